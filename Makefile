@@ -1,0 +1,40 @@
+# Two commands: `make demo` and `make test`. Both create/refresh .venv first (idempotent:
+# the stamp file makes a second run install nothing unless a requirements file changed).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.ivf-installed
+REQS := requirements/runtime.txt requirements/dev.txt requirements/constraints.txt setup.py training/setup.py
+export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+export HF_HUB_OFFLINE := 1
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench venv clean train-default
+
+venv: $(STAMP)
+
+$(STAMP): $(REQS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip<26" "setuptools<80" wheel
+	$(PY) -m pip install -q -r requirements/dev.txt -c requirements/constraints.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e . -e training
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ivf-perception demo --out demo_output
+
+test: $(STAMP)
+	$(PY) -m pytest test $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(VENV)/bin/ivf-perception bench
+
+# Reproduce the bundled default weights (see README, "Bundled weights").
+train-default: $(STAMP)
+	$(VENV)/bin/ivf-train run training/recipes/s4fusion_generated.yaml out_dir=runs/s4fusion_default
+	$(VENV)/bin/ivf-train export runs/s4fusion_default --out ivf_perception/weights/s4fusion_tiny_default.safetensors
+
+clean:
+	rm -rf $(VENV) demo_output build install log *.egg-info

@@ -1,0 +1,60 @@
+"""Options shared by the commands that run the engine, and the error boundary for users.
+
+Options default to ``None`` so a variant's or weight sidecar's defaults win unless the user
+says otherwise (STYLE: CLI defaults never replace variant defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from ivf_perception.engine import Engine, EngineError, InputError, WeightsError
+from ivf_perception.models.registry import UnknownModelError
+
+__all__ = ["add_engine_arguments", "engine_from_args", "user_errors", "USER_ERRORS", "setup_logging"]
+
+USER_ERRORS = (EngineError, InputError, WeightsError, UnknownModelError, FileNotFoundError, ValueError)
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("engine")
+    g.add_argument("--variant", default=None, help="model family (default: from the weights; s4fusion)")
+    g.add_argument("--weights", default=None,
+                   help="engine weights .safetensors (with sidecar); 'default' = bundled; 'none' = random init")
+    g.add_argument("--preset", default=None, help="size preset when no weights are used (paper, small, tiny)")
+    g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    g.add_argument("--batch-size", type=int, default=1, help="pairs per inference call")
+
+
+def engine_from_args(args: argparse.Namespace) -> Engine:
+    """Build the engine: bundled weights unless --weights none/a file or a variant without weights."""
+    weights = args.weights
+    if weights is None:
+        weights = "default" if args.variant in (None, "s4fusion") and args.preset is None else "none"
+    if str(weights).lower() == "none":
+        return Engine(args.variant or "s4fusion", preset=args.preset, device=args.device, precision=args.precision)
+    return Engine(args.variant or "auto", weights=weights, preset=args.preset, device=args.device,
+                  precision=args.precision)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def user_errors(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Decorator: turn expected user errors into one clear line and exit code 2, not a traceback."""
+    def wrap(fn: Callable[..., int]) -> Callable[..., int]:
+        def inner(*a, **kw) -> int:
+            try:
+                return fn(*a, **kw)
+            except USER_ERRORS as exc:
+                print(f"{prog}: error: {exc}", file=sys.stderr)
+                return 2
+        inner.__name__ = fn.__name__
+        inner.__doc__ = fn.__doc__
+        return inner
+    return wrap

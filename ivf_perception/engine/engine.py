@@ -1,0 +1,255 @@
+"""The Engine: the one place that owns device, precision, the model and pre/post-processing.
+
+The live node, bag replay, the CLI and evaluation all call :meth:`Engine.infer`, so every
+front door produces identical images for identical inputs (DESIGN §1). Nothing else in the
+package picks a device.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ivf_perception.engine.postprocess import logits_to_labels, make_overlay, to_uint8_rgb
+from ivf_perception.engine.preprocess import prepare_batch
+from ivf_perception.engine.timing import StageTimer
+from ivf_perception.engine.weights import WeightsError, WeightsInfo, load_weights
+from ivf_perception.io.classes import MFNET_CLASSES, MFNET_PALETTE, palette_to_array
+from ivf_perception.io.thermal import AGCConfig
+from ivf_perception.models import FusionSegModel, build_model
+
+__all__ = ["Engine", "EngineResult", "EngineError", "PRECISIONS", "DEFAULT_WEIGHTS", "resolve_device"]
+
+_log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "s4fusion_tiny_default.safetensors"
+
+
+class EngineError(ValueError):
+    """The engine cannot be built as requested (device, precision, weights/model mismatch)."""
+
+
+@dataclass
+class EngineResult:
+    """One fused frame.
+
+    Attributes:
+        fused: H×W×3 uint8 RGB.
+        labels: H×W uint8 class ids, or None for fusion-only models.
+        rgb: the validated H×W×3 uint8 input, kept for overlays.
+        timings_ms: per-stage latency of the call that produced this result (shared by a batch).
+    """
+
+    fused: np.ndarray
+    labels: np.ndarray | None
+    rgb: np.ndarray
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    _palette: list[int] | None = None
+
+    def overlay(self, alpha: float = 0.5, on: str = "rgb") -> np.ndarray | None:
+        """Class colours blended over the RGB input (``on="rgb"``) or the fused image.
+
+        Computed on request: the node only calls it when someone subscribes to the overlay.
+        """
+        if self.labels is None or self._palette is None:
+            return None
+        base = self.fused if on == "fused" else self.rgb
+        return make_overlay(base, self.labels, self._palette, alpha)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto``/None → CUDA when available, else CPU; a CUDA request without CUDA is an error."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EngineError(f"device '{device}' requested but CUDA is not available here; use device=cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise EngineError(f"device '{device}' is not supported (use auto, cpu or cuda[:N])")
+    return dev
+
+
+class Engine:
+    """Fusion + segmentation inference on numpy images.
+
+    Args:
+        model: a registry name (``"s4fusion"``) or a built ``FusionSegModel``.
+        weights: a ``.safetensors`` engine weights file (with its JSON sidecar), ``"default"``
+            for the bundled weights, or None for random initialisation (tests, benchmarks).
+        preset: size preset when building by name without weights.
+        num_classes: class count when building by name without weights.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        precision: ``fp32``, ``fp16`` (CUDA only) or ``bf16`` (autocast; the selective scan
+            itself always accumulates in fp32).
+        agc: percentile AGC settings for 16-bit thermal.
+        homography: optional 3×3 matrix warping thermal into the RGB frame.
+        class_names, palette: override the sidecar's (or MFNet's) class table.
+        model_overrides: extra constructor arguments (e.g. ``scan_backend``).
+    """
+
+    def __init__(self, model: str | nn.Module = "s4fusion", *, weights: str | Path | None = None,
+                 preset: str | None = None, num_classes: int | None = None,
+                 device: str | torch.device | None = "auto", precision: str = "fp32",
+                 agc: AGCConfig | None = None, homography: Sequence[float] | np.ndarray | None = None,
+                 class_names: Sequence[str] | None = None, palette: Sequence[int] | None = None,
+                 **model_overrides: Any) -> None:
+        self.device = resolve_device(device)
+        if precision not in PRECISIONS:
+            raise EngineError(f"precision '{precision}' is not supported; use one of {', '.join(PRECISIONS)}")
+        if precision == "fp16" and self.device.type != "cuda":
+            raise EngineError("precision fp16 needs a CUDA device; on the CPU use fp32 or bf16")
+        self.precision = precision
+        self.agc = agc or AGCConfig()
+        self.homography = None if homography is None else np.asarray(homography, dtype=np.float64).reshape(3, 3)
+        self.info: WeightsInfo | None = None
+
+        if weights is not None:
+            self.model = self._load(model, weights, preset, num_classes, model_overrides)
+        elif isinstance(model, nn.Module):
+            self.model = model
+        else:
+            self.model = build_model(model, preset=preset, num_classes=num_classes, **model_overrides)
+        if not isinstance(self.model, FusionSegModel):
+            raise EngineError(f"{type(self.model).__name__} is not a FusionSegModel")
+        self.model.to(self.device).eval()
+
+        n = self.num_classes
+        default_names = list(MFNET_CLASSES) if n == len(MFNET_CLASSES) else [f"class_{i}" for i in range(n)]
+        default_palette = list(MFNET_PALETTE) if n == len(MFNET_PALETTE) else []
+        if self.info is not None:
+            default_names = self.info.classes or default_names
+            default_palette = self.info.palette or default_palette
+        self.class_names = list(class_names) if class_names is not None else default_names
+        self.set_palette(palette if palette is not None else default_palette)
+
+    # ------------------------------------------------------------------ construction
+
+    def _load(self, model: str | nn.Module, weights: str | Path, preset: str | None,
+              num_classes: int | None, overrides: dict[str, Any]) -> nn.Module:
+        path = DEFAULT_WEIGHTS if str(weights) == "default" else Path(weights)
+        state, info = load_weights(path)
+        self.info = info
+        requested = getattr(model, "variant", None) if isinstance(model, nn.Module) else model
+        if requested and requested != info.variant and not (isinstance(model, str) and model == "auto"):
+            raise WeightsError(
+                f"{path} holds weights of variant '{info.variant}' but variant '{requested}' was requested; "
+                f"use --variant {info.variant} or weights trained for {requested}"
+            )
+        if num_classes is not None and num_classes != info.num_classes:
+            raise WeightsError(
+                f"{path} was trained for {info.num_classes} classes but num_classes={num_classes} was requested"
+            )
+        if preset is not None and preset != info.preset:
+            raise WeightsError(f"{path} holds preset '{info.preset}' weights but preset '{preset}' was requested")
+        net = model if isinstance(model, nn.Module) else build_model(
+            info.variant, preset=info.preset, num_classes=info.num_classes, **{**info.model_args, **overrides})
+        try:
+            net.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise WeightsError(f"{path} does not fit {info.variant}/{info.preset}: {exc}") from exc
+        return net
+
+    @classmethod
+    def default(cls, **kwargs: Any) -> "Engine":
+        """The bundled S4Fusion weights (trained on generated scenes + real unlabelled pairs)."""
+        if not DEFAULT_WEIGHTS.is_file():
+            raise WeightsError(
+                f"bundled weights {DEFAULT_WEIGHTS} are missing; reinstall the package or run `make train-default`"
+            )
+        return cls("auto", weights=DEFAULT_WEIGHTS, **kwargs)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def num_classes(self) -> int:
+        return int(getattr(self.model, "num_classes", 0))
+
+    @property
+    def variant(self) -> str:
+        return getattr(self.model, "variant", type(self.model).__name__)
+
+    @property
+    def preset(self) -> str:
+        return getattr(self.model, "preset", "")
+
+    def set_palette(self, palette: Sequence[int]) -> None:
+        """Replace the class colours (safe at runtime: only post-processing uses them)."""
+        palette_to_array(palette)  # validates every entry
+        if len(palette) < self.num_classes:
+            _log.warning("palette has %d colours for %d classes; the rest are drawn black",
+                         len(palette), self.num_classes)
+        self.palette = [int(c) for c in palette]
+
+    def describe(self) -> dict[str, Any]:
+        """A summary for logs, diagnostics and reports."""
+        return {
+            "variant": self.variant,
+            "preset": self.preset,
+            "num_classes": self.num_classes,
+            "device": str(self.device),
+            "precision": self.precision,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "weights": None if self.info is None else {"recipe": self.info.recipe.get("name"),
+                                                        "metrics": self.info.metrics},
+        }
+
+    # ------------------------------------------------------------------ inference
+
+    def infer(self, rgb: np.ndarray, thermal: np.ndarray) -> EngineResult:
+        """Fuse and segment one pair (RGB H×W×3 uint8; thermal H×W uint8/uint16/float)."""
+        return self.infer_batch([rgb], [thermal])[0]
+
+    def infer_batch(self, rgbs: Sequence[np.ndarray], thermals: Sequence[np.ndarray]) -> list[EngineResult]:
+        """Fuse and segment a batch of pairs; images may differ in size (padded together)."""
+        timer = StageTimer(self.device)
+        with timer.stage("preprocess"):
+            batch = prepare_batch(list(rgbs), list(thermals), multiple=self.model.input_multiple,
+                                  device=self.device, agc=self.agc, homography=self.homography)
+        with timer.stage("inference"):
+            out = self._forward(batch.rgb, batch.thermal)
+        with timer.stage("postprocess"):
+            fused = to_uint8_rgb(out.fused)
+            labels = logits_to_labels(out.logits) if out.logits is not None else None
+            results = []
+            for i, (h, w) in enumerate(batch.sizes):
+                results.append(EngineResult(
+                    fused=np.ascontiguousarray(fused[i, :h, :w]),
+                    labels=None if labels is None else np.ascontiguousarray(labels[i, :h, :w]),
+                    rgb=batch.rgb_u8[i],
+                    _palette=self.palette if labels is not None else None,
+                ))
+        for r in results:
+            r.timings_ms = dict(timer.ms)
+        return results
+
+    def _forward(self, rgb: torch.Tensor, thermal: torch.Tensor) -> Any:
+        with torch.inference_mode():
+            if self.precision == "fp32":
+                return self.model(rgb, thermal)
+            with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision]):
+                out = self.model(rgb, thermal)
+            out.fused = out.fused.float()
+            if out.logits is not None:
+                out.logits = out.logits.float()
+            return out
+
+    def warmup(self, height: int = 240, width: int = 320, iterations: int = 1) -> None:
+        """Run dummy frames so the first real frame does not pay for allocation/autotuning."""
+        rgb = np.zeros((height, width, 3), np.uint8)
+        th = np.zeros((height, width), np.uint8)
+        for _ in range(iterations):
+            self.infer(rgb, th)
+
+    def release(self) -> None:
+        """Free the model and cached GPU memory (lifecycle deactivate/cleanup)."""
+        self.model = None  # type: ignore[assignment]
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+

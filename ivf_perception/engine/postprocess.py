@@ -1,0 +1,53 @@
+"""Turn model outputs into what robots publish: uint8 RGB, uint8 class ids, colour overlays.
+
+Pure numpy/torch functions so the node, replay and the CLI produce identical images.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ivf_perception.io.classes import colorize_labels
+
+__all__ = ["to_uint8_rgb", "logits_to_labels", "make_overlay"]
+
+
+def to_uint8_rgb(fused: torch.Tensor) -> np.ndarray:
+    """Convert a fused image to uint8, rounding (not truncating) so 0.5/255 steps survive.
+
+    Shape:
+        fused: (B, 3, H, W) in [0, 1]  ->  (B, H, W, 3) uint8
+    """
+    x = fused.detach().float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def logits_to_labels(logits: torch.Tensor) -> np.ndarray:
+    """Class ids by argmax over K (K ≤ 256 so ids fit mono8).
+
+    Shape:
+        logits: (B, K, H, W)  ->  (B, H, W) uint8
+    """
+    if logits.shape[1] > 256:
+        raise ValueError(f"{logits.shape[1]} classes do not fit a mono8 label image (max 256)")
+    return logits.argmax(dim=1).to(torch.uint8).cpu().numpy()
+
+
+def make_overlay(rgb: np.ndarray, labels: np.ndarray, palette: Sequence[int], alpha: float = 0.5) -> np.ndarray:
+    """Blend the class colours (0xRRGGBB list) over an RGB image; class 0 (unlabelled) stays transparent.
+
+    Shape:
+        rgb: (H, W, 3) uint8, labels: (H, W) uint8  ->  (H, W, 3) uint8
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"overlay alpha must be in [0, 1], got {alpha}")
+    if rgb.shape[:2] != labels.shape:
+        raise ValueError(f"overlay needs equal sizes, got image {rgb.shape[:2]} and labels {labels.shape}")
+    colours = colorize_labels(labels, palette).astype(np.float32)
+    out = rgb.astype(np.float32)
+    mask = (labels > 0)[..., None]
+    blended = np.where(mask, (1.0 - alpha) * out + alpha * colours, out)
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)

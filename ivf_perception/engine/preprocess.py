@@ -1,0 +1,139 @@
+"""Turn camera arrays into model input tensors: dtype handling, AGC, registration, padding.
+
+Inputs are numpy arrays as the codec and image readers produce them: RGB ``H×W×3`` uint8 (or
+gray ``H×W``), thermal ``H×W`` uint8, uint16 raw counts, or float in [0, 1]. Sixteen-bit thermal
+goes through percentile AGC (a fixed 65535 scale flattens thermal images). Thermal is warped
+into the RGB frame by a homography when one is configured, otherwise resized to the RGB size.
+Batches are padded (edge replication) to the model's multiple and to a common size; each
+result remembers its own crop.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ivf_perception.io.registration import resize_to, warp_thermal
+from ivf_perception.io.thermal import AGCConfig, agc_percentile
+
+__all__ = ["InputError", "PreparedBatch", "prepare_rgb", "prepare_thermal", "prepare_batch"]
+
+_log = logging.getLogger(__name__)
+
+
+class InputError(ValueError):
+    """An input image cannot be interpreted (wrong dtype, channels, range or size)."""
+
+
+def prepare_rgb(rgb: np.ndarray) -> np.ndarray:
+    """Validate and normalise an RGB image to ``H×W×3`` uint8 (gray expanded, alpha dropped)."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim == 2:
+        rgb = np.repeat(rgb[..., None], 3, axis=2)
+    if rgb.ndim != 3 or rgb.shape[2] not in (1, 3, 4):
+        raise InputError(f"RGB image must be H×W, H×W×3 or H×W×4, got shape {rgb.shape}")
+    if rgb.shape[2] == 1:
+        rgb = np.repeat(rgb, 3, axis=2)
+    rgb = rgb[..., :3]
+    if rgb.shape[0] < 2 or rgb.shape[1] < 2:
+        raise InputError(f"RGB image is too small ({rgb.shape[0]}×{rgb.shape[1]})")
+    if rgb.dtype == np.uint8:
+        return np.ascontiguousarray(rgb)
+    if rgb.dtype == np.uint16:
+        return np.ascontiguousarray((rgb >> 8).astype(np.uint8))
+    if np.issubdtype(rgb.dtype, np.floating):
+        if not np.isfinite(rgb).all():
+            raise InputError("RGB image contains NaN or infinite values")
+        return np.ascontiguousarray(np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8))
+    raise InputError(f"RGB image dtype {rgb.dtype} is not supported (use uint8, uint16 or float in [0, 1])")
+
+
+def prepare_thermal(thermal: np.ndarray, agc: AGCConfig | None = None) -> np.ndarray:
+    """Normalise a thermal image to ``H×W`` float32 in [0, 1].
+
+    uint8 is divided by 255; uint16 (raw counts, e.g. Boson/Lepton RAW16) goes through
+    percentile AGC; float must already be in [0, 1]. Three equal channels collapse to one;
+    false-colour thermal is converted by BT.601 luminance (an approximation of the counts).
+    """
+    agc = agc or AGCConfig()
+    t = np.asarray(thermal)
+    if t.ndim == 3:
+        if t.shape[2] == 1:
+            t = t[..., 0]
+        elif t.shape[2] in (3, 4):
+            t = t[..., :3]
+            if np.array_equal(t[..., 0], t[..., 1]) and np.array_equal(t[..., 1], t[..., 2]):
+                t = t[..., 0]
+            else:
+                t = (0.299 * t[..., 0].astype(np.float32) + 0.587 * t[..., 1] + 0.114 * t[..., 2]).astype(
+                    np.float32 if np.issubdtype(t.dtype, np.floating) else t.dtype)
+        else:
+            raise InputError(f"thermal image must have 1 or 3 channels, got shape {t.shape}")
+    if t.ndim != 2:
+        raise InputError(f"thermal image must be H×W, got shape {t.shape}")
+    if t.shape[0] < 2 or t.shape[1] < 2:
+        raise InputError(f"thermal image is too small ({t.shape[0]}×{t.shape[1]})")
+    if t.dtype == np.uint8:
+        return t.astype(np.float32) / 255.0
+    if t.dtype == np.uint16:
+        return agc_percentile(t, agc.low_pct, agc.high_pct)
+    if np.issubdtype(t.dtype, np.floating):
+        if not np.isfinite(t).all():
+            raise InputError("thermal image contains NaN or infinite values")
+        if t.min() < -1e-6 or t.max() > 1 + 1e-6:
+            raise InputError(
+                f"float thermal must be in [0, 1], got range [{t.min():.3g}, {t.max():.3g}]; "
+                "pass raw uint16 counts to use AGC instead"
+            )
+        return np.clip(t, 0.0, 1.0).astype(np.float32)
+    raise InputError(f"thermal dtype {t.dtype} is not supported (use uint8, uint16 or float in [0, 1])")
+
+
+@dataclass
+class PreparedBatch:
+    """Padded input tensors plus what is needed to undo the padding per item."""
+
+    rgb: torch.Tensor  # (B, 3, Hp, Wp) float in [0, 1]
+    thermal: torch.Tensor  # (B, 1, Hp, Wp) float in [0, 1]
+    sizes: list[tuple[int, int]]  # original (H, W) per item
+    rgb_u8: list[np.ndarray]  # validated RGB images, for overlays
+
+
+def _align_thermal(thermal: np.ndarray, size: tuple[int, int], homography: np.ndarray | None) -> np.ndarray:
+    if homography is not None:
+        return warp_thermal(thermal, homography, size)
+    if thermal.shape != size:
+        _log.warning("thermal %s resized to the RGB size %s (configure a homography to register them)",
+                     thermal.shape, size)
+        return resize_to(thermal, size)
+    return thermal
+
+
+def prepare_batch(rgbs: list[np.ndarray], thermals: list[np.ndarray], *, multiple: int,
+                  device: torch.device, agc: AGCConfig | None = None,
+                  homography: np.ndarray | None = None) -> PreparedBatch:
+    """Validate, align and pad a batch of pairs for a model with input multiple ``multiple``."""
+    if len(rgbs) != len(thermals):
+        raise InputError(f"got {len(rgbs)} RGB images but {len(thermals)} thermal images")
+    if not rgbs:
+        raise InputError("empty batch")
+    rgb_u8 = [prepare_rgb(r) for r in rgbs]
+    sizes = [r.shape[:2] for r in rgb_u8]
+    th = [_align_thermal(prepare_thermal(t, agc), s, homography) for t, s in zip(thermals, sizes)]
+    hp = -(-max(s[0] for s in sizes) // multiple) * multiple
+    wp = -(-max(s[1] for s in sizes) // multiple) * multiple
+    rgb_t, th_t = [], []
+    for r, t, (h, w) in zip(rgb_u8, th, sizes):
+        rt = torch.from_numpy(r).to(device).permute(2, 0, 1).float().div_(255.0)
+        tt = torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)).to(device)[None]
+        pad = (0, wp - w, 0, hp - h)
+        if pad[1] or pad[3]:
+            rt = F.pad(rt[None], pad, mode="replicate")[0]
+            tt = F.pad(tt[None], pad, mode="replicate")[0]
+        rgb_t.append(rt)
+        th_t.append(tt)
+    return PreparedBatch(torch.stack(rgb_t), torch.stack(th_t), [tuple(s) for s in sizes], rgb_u8)

@@ -1,0 +1,138 @@
+"""Engine weight files: ``NAME.safetensors`` plus a ``NAME.json`` sidecar.
+
+Why this format: safetensors cannot execute code on load (a pickled ``.pt`` can), and the
+sidecar keeps everything needed to rebuild and interpret the model next to the tensors:
+variant, preset, constructor arguments, class names, palette, input size, the training recipe,
+the data it saw and its validation metrics. Pickled checkpoints are refused by name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+__all__ = [
+    "WEIGHTS_FORMAT",
+    "WeightsError",
+    "WeightsInfo",
+    "save_weights",
+    "load_weights",
+    "read_sidecar",
+    "sidecar_path",
+]
+
+WEIGHTS_FORMAT = "ivf_perception.weights/1"
+_PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar"}
+
+
+class WeightsError(ValueError):
+    """A weight file is missing, corrupt, pickled, or does not fit the requested model."""
+
+
+@dataclass
+class WeightsInfo:
+    """The sidecar's content.
+
+    Attributes:
+        variant: registry name of the model family (e.g. ``"s4fusion"``).
+        preset: size preset the weights were trained with.
+        num_classes: segmentation classes (0 for fusion-only weights).
+        model_args: extra constructor overrides used at training time.
+        classes: class names, index = class id.
+        palette: one 0xRRGGBB colour per class.
+        input_size: (H, W) the model was trained/validated at, informational.
+        recipe: the resolved training configuration.
+        data: what the model was trained and validated on.
+        metrics: validation metrics.
+    """
+
+    variant: str
+    preset: str
+    num_classes: int
+    model_args: dict[str, Any] = field(default_factory=dict)
+    classes: list[str] = field(default_factory=list)
+    palette: list[int] = field(default_factory=list)
+    input_size: list[int] | None = None
+    recipe: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": WEIGHTS_FORMAT, **self.__dict__}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any], source: Path) -> "WeightsInfo":
+        if obj.get("format") != WEIGHTS_FORMAT:
+            raise WeightsError(
+                f"{source}: sidecar format is {obj.get('format')!r}, expected {WEIGHTS_FORMAT!r}"
+            )
+        missing = [k for k in ("variant", "preset", "num_classes") if k not in obj]
+        if missing:
+            raise WeightsError(f"{source}: sidecar lacks required keys {missing}")
+        known = {k: obj[k] for k in cls.__dataclass_fields__ if k in obj}
+        return cls(**known)
+
+
+def sidecar_path(weights_path: str | Path) -> Path:
+    """The JSON sidecar that belongs to a ``.safetensors`` file."""
+    return Path(weights_path).with_suffix(".json")
+
+
+def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | Path, info: WeightsInfo) -> Path:
+    """Write ``path`` (.safetensors) and its sidecar atomically (temp file + rename).
+
+    Returns:
+        The path of the safetensors file.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"{path}: engine weights must use the .safetensors suffix")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"format": WEIGHTS_FORMAT, "variant": info.variant})
+    side = sidecar_path(path)
+    side_tmp = side.with_name(side.name + ".tmp")
+    side_tmp.write_text(json.dumps(info.to_json(), indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    side_tmp.replace(side)
+    return path
+
+
+def read_sidecar(path: str | Path) -> WeightsInfo:
+    """Read and validate the sidecar of a weights file."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise WeightsError(
+            f"{path}: sidecar {side.name} not found next to the weights; it records the variant, "
+            "preset and classes. Export weights with `ivf-train export` or `save_weights`."
+        )
+    try:
+        obj = json.loads(side.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"{side}: unreadable sidecar ({exc})") from exc
+    return WeightsInfo.from_json(obj, side)
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsInfo]:
+    """Load tensors and sidecar; refuses pickles and reports corrupt files clearly."""
+    path = Path(path)
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise WeightsError(
+            f"{path}: pickled checkpoints ({path.suffix}) are refused because unpickling can run "
+            "arbitrary code; convert it to .safetensors with `ivf-train export`."
+        )
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    info = read_sidecar(path)
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: corrupt or truncated safetensors file ({exc})") from exc
+    return state, info

@@ -1,0 +1,397 @@
+"""``sensor_msgs/Image`` <-> numpy, for rclpy messages and rosbags messages alike.
+
+Why our own codec: cv_bridge is not on PyPI for ROS 2 and scales 16-bit thermal with a fixed
+factor; rclpy and rosbags messages have the same fields but different Python types for ``data``
+(``array.array`` vs ``numpy.ndarray``). One implementation, duck-typed on the fields ``height``,
+``width``, ``encoding``, ``is_bigendian``, ``step`` and ``data``, serves the live node, bag replay
+and tools, so they cannot disagree.
+
+Conventions:
+
+- Decoded arrays keep the message's channel order (``bgr8`` stays BGR); use :func:`to_rgb` /
+  :func:`to_thermal` for model inputs. Mono encodings decode to ``(H, W)``, colour to
+  ``(H, W, C)``.
+- ``8UC1`` is treated as ``mono8``, and ``8UC3`` as ``bgr8`` (OpenCV's channel order, which is what
+  cv_bridge and OpenCV-based drivers put in such messages).
+- ``step`` may exceed ``width * bytes_per_pixel`` (row padding); padding is dropped.
+- 16-bit data honours ``is_bigendian``; decoded arrays are native-endian ``uint16``.
+- Encoded messages are tightly packed (``step = width * bytes_per_pixel``), little-endian
+  (``is_bigendian = 0``).
+"""
+
+from __future__ import annotations
+
+import array as _array
+import dataclasses
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import ImageDecodeError, ImageEncodeError, UnsupportedEncodingError
+from .thermal import AGCConfig, agc_percentile
+
+__all__ = [
+    "EncodingInfo",
+    "ENCODINGS",
+    "SUPPORTED_ENCODINGS",
+    "encoding_info",
+    "image_to_numpy",
+    "numpy_to_image",
+    "make_header",
+    "stamp_to_ns",
+    "header_stamp_ns",
+    "to_rgb",
+    "to_thermal",
+]
+
+
+@dataclass(frozen=True)
+class EncodingInfo:
+    """What an encoding string means for the pixel layout.
+
+    Attributes:
+        name: canonical ROS encoding name.
+        channels: channels per pixel.
+        dtype: numpy dtype of one channel (uint8 or uint16).
+        order: channel order: ``"gray"``, ``"rgb"``, ``"bgr"``, ``"rgba"`` or ``"bgra"``.
+    """
+
+    name: str
+    channels: int
+    dtype: np.dtype
+    order: str
+
+    @property
+    def bytes_per_pixel(self) -> int:
+        """Bytes of one pixel (all channels)."""
+        return self.channels * self.dtype.itemsize
+
+
+_U8 = np.dtype(np.uint8)
+_U16 = np.dtype(np.uint16)
+
+ENCODINGS: dict[str, EncodingInfo] = {
+    info.name: info
+    for info in (
+        EncodingInfo("rgb8", 3, _U8, "rgb"),
+        EncodingInfo("bgr8", 3, _U8, "bgr"),
+        EncodingInfo("rgba8", 4, _U8, "rgba"),
+        EncodingInfo("bgra8", 4, _U8, "bgra"),
+        EncodingInfo("mono8", 1, _U8, "gray"),
+        EncodingInfo("mono16", 1, _U16, "gray"),
+        EncodingInfo("8UC1", 1, _U8, "gray"),
+        EncodingInfo("8UC3", 3, _U8, "bgr"),
+        EncodingInfo("16UC1", 1, _U16, "gray"),
+    )
+}
+SUPPORTED_ENCODINGS: tuple[str, ...] = tuple(ENCODINGS)
+_BY_LOWER = {name.lower(): info for name, info in ENCODINGS.items()}
+_MSG_FIELDS = ("height", "width", "encoding", "is_bigendian", "step", "data")
+
+
+def encoding_info(encoding: str) -> EncodingInfo:
+    """Look up an encoding (case-insensitive: ``"MONO8"`` and ``"8uc1"`` are accepted).
+
+    Raises:
+        UnsupportedEncodingError: naming the encoding and listing the supported ones.
+    """
+    if not isinstance(encoding, str):
+        raise UnsupportedEncodingError(
+            f"image encoding must be a string such as 'rgb8', got {type(encoding).__name__}"
+        )
+    info = _BY_LOWER.get(encoding.strip().lower())
+    if info is None:
+        raise UnsupportedEncodingError(
+            f"unsupported image encoding {encoding!r}; supported encodings: "
+            f"{', '.join(SUPPORTED_ENCODINGS)}. Convert the image upstream (e.g. an "
+            "image_proc/debayer node for bayer_* encodings) or publish one of these."
+        )
+    return info
+
+
+def _data_as_uint8(data: Any) -> np.ndarray:
+    """View the message's ``data`` field as a flat uint8 array without copying where possible."""
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8:
+            raise ImageDecodeError(
+                f"Image.data as a numpy array must have dtype uint8, got {data.dtype}; "
+                "pass the raw byte buffer (e.g. data.view(np.uint8))"
+            )
+        return data.reshape(-1)
+    if isinstance(data, (bytes, bytearray, memoryview, _array.array)):
+        return np.frombuffer(data, dtype=np.uint8)
+    if isinstance(data, Sequence):
+        try:
+            return np.asarray(data, dtype=np.uint8).reshape(-1)
+        except (OverflowError, ValueError, TypeError) as exc:
+            raise ImageDecodeError(
+                f"Image.data must hold byte values 0..255; converting a {type(data).__name__} "
+                f"failed: {exc}"
+            ) from exc
+    raise ImageDecodeError(
+        "Image.data must be bytes, bytearray, array.array('B'), a list of ints or a uint8 numpy "
+        f"array, got {type(data).__name__}"
+    )
+
+
+def image_to_numpy(msg: Any) -> np.ndarray:
+    """Decode a ``sensor_msgs/Image`` (rclpy or rosbags object) into a numpy array.
+
+    Args:
+        msg: any object with the fields ``height``, ``width``, ``encoding``, ``is_bigendian``,
+            ``step`` and ``data`` (bytes, array.array, list of ints or uint8 numpy array).
+
+    Returns:
+        A new, writable, C-contiguous array (it never aliases the message buffer): ``(H, W)`` for
+        mono encodings, ``(H, W, C)`` for colour, dtype uint8 or native-endian uint16, channel
+        order as in the message.
+
+    Raises:
+        TypeError: ``msg`` lacks Image fields.
+        UnsupportedEncodingError: the encoding is not in :data:`SUPPORTED_ENCODINGS`.
+        ImageDecodeError: zero size, ``step`` smaller than a row, or ``data`` shorter than
+            ``step * height``.
+    """
+    missing = [f for f in _MSG_FIELDS if not hasattr(msg, f)]
+    if missing:
+        raise TypeError(
+            f"expected a sensor_msgs/Image-like message with fields {', '.join(_MSG_FIELDS)}; "
+            f"{type(msg).__name__} lacks {', '.join(missing)}"
+        )
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    info = encoding_info(msg.encoding)
+    if height <= 0 or width <= 0:
+        raise ImageDecodeError(
+            f"image has zero size (height={height}, width={width}, encoding={info.name}); "
+            "an empty Image usually means the publisher sent an uninitialised message"
+        )
+    row_bytes = width * info.bytes_per_pixel
+    if step < row_bytes:
+        raise ImageDecodeError(
+            f"image step {step} is smaller than one row of {width} px x "
+            f"{info.bytes_per_pixel} B ({info.name}) = {row_bytes} B; the publisher filled "
+            "step or encoding incorrectly"
+        )
+    buf = _data_as_uint8(msg.data)
+    needed = step * height
+    if buf.size < needed:
+        raise ImageDecodeError(
+            f"image data has {buf.size} B, expected at least step*height = {step}*{height} = "
+            f"{needed} B for a {width}x{height} {info.name} image; the message is truncated or "
+            "height/step are wrong"
+        )
+    rows = buf[:needed].reshape(height, step)[:, :row_bytes]
+    if info.dtype.itemsize == 1:
+        out = np.array(rows, dtype=np.uint8, order="C", copy=True)
+    else:
+        wire = np.dtype(">u2" if msg.is_bigendian else "<u2")
+        out = np.ascontiguousarray(rows).view(wire).astype(np.uint16, copy=True)
+    if info.channels == 1:
+        return out.reshape(height, width)
+    return out.reshape(height, width, info.channels)
+
+
+def _check_array(array: np.ndarray, info: EncodingInfo, *, error: type[ValueError]) -> np.ndarray:
+    """Check an array's dtype and channels against an encoding; return it as ``(H, W, C)``."""
+    if not isinstance(array, np.ndarray):
+        raise TypeError(f"expected a numpy array for encoding {info.name}, got {type(array).__name__}")
+    if array.dtype != info.dtype:
+        hint = (
+            "convert with np.clip(x, 0, 255).astype(np.uint8)"
+            if info.dtype == _U8
+            else "use uint16 raw counts"
+        )
+        raise error(
+            f"encoding {info.name} needs dtype {info.dtype}, got {array.dtype}; {hint} or pick "
+            "an encoding that matches the data"
+        )
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim != 3 or array.shape[2] != info.channels:
+        expected = "(H, W) or (H, W, 1)" if info.channels == 1 else f"(H, W, {info.channels})"
+        raise error(f"encoding {info.name} needs an array of shape {expected}, got {array.shape}")
+    if array.shape[0] == 0 or array.shape[1] == 0:
+        raise error(f"cannot handle an empty image of shape {array.shape} ({info.name})")
+    return array
+
+
+def _field_class(cls: type, field_name: str) -> type | None:
+    """Resolve the class of a dataclass field of a rosbags message type (types are strings)."""
+    try:
+        field = {f.name: f for f in dataclasses.fields(cls)}[field_name]
+    except (KeyError, TypeError):
+        return None
+    ftype = field.type
+    if isinstance(ftype, type):
+        return ftype
+    module = sys.modules.get(cls.__module__)
+    return getattr(module, str(ftype), None) if module is not None else None
+
+
+def make_header(stamp_ns: int = 0, frame_id: str = "", msg_type: type | None = None) -> Any:
+    """Build a ``std_msgs/Header`` of the family that ``msg_type`` (an Image class) belongs to.
+
+    Args:
+        stamp_ns: time stamp in integer nanoseconds (must be >= 0).
+        frame_id: the TF frame of the camera.
+        msg_type: the Image class the header is for: ``None`` for rclpy's
+            ``sensor_msgs.msg.Image``, or a rosbags typestore class.
+
+    Returns:
+        An rclpy ``std_msgs.msg.Header`` or the rosbags ``std_msgs__msg__Header`` instance.
+    """
+    stamp_ns = int(stamp_ns)
+    if stamp_ns < 0:
+        raise ValueError(f"stamp_ns must be >= 0 (ROS time), got {stamp_ns}")
+    sec, nanosec = divmod(stamp_ns, 1_000_000_000)
+    if msg_type is not None and dataclasses.is_dataclass(msg_type):
+        header_cls = _field_class(msg_type, "header")
+        time_cls = _field_class(header_cls, "stamp") if header_cls is not None else None
+        if header_cls is None or time_cls is None:
+            raise TypeError(
+                f"cannot find the Header/Time classes for {msg_type!r}; pass header= explicitly"
+            )
+        return header_cls(stamp=time_cls(sec=sec, nanosec=nanosec), frame_id=str(frame_id))
+    from builtin_interfaces.msg import Time
+    from std_msgs.msg import Header
+
+    return Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=str(frame_id))
+
+
+def stamp_to_ns(stamp: Any) -> int:
+    """Convert a ``builtin_interfaces/Time`` (rclpy or rosbags) into integer nanoseconds."""
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def header_stamp_ns(msg: Any) -> int:
+    """The header stamp of any stamped message in integer nanoseconds."""
+    return stamp_to_ns(msg.header.stamp)
+
+
+def _default_image_type() -> type:
+    try:
+        from sensor_msgs.msg import Image
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "numpy_to_image builds rclpy messages by default, but sensor_msgs is not importable "
+            f"({exc}). Source a ROS 2 install or install the ros-sensor-msgs wheel, or pass "
+            "msg_type= (e.g. a rosbags typestore's sensor_msgs__msg__Image)."
+        ) from exc
+    return Image
+
+
+def numpy_to_image(
+    array: np.ndarray,
+    encoding: str,
+    header: Any = None,
+    msg_type: type | None = None,
+) -> Any:
+    """Encode a numpy array as a ``sensor_msgs/Image``.
+
+    Args:
+        array: ``(H, W)`` / ``(H, W, 1)`` for mono encodings or ``(H, W, C)`` for colour, with
+            the encoding's dtype (uint8, or uint16 for ``mono16``/``16UC1``), channels already in
+            the encoding's order.
+        encoding: one of :data:`SUPPORTED_ENCODINGS`.
+        header: a Header of the right family (see :func:`make_header`); ``None`` gives stamp 0
+            and an empty frame_id.
+        msg_type: the class to build: ``None`` for rclpy's ``sensor_msgs.msg.Image``, or another
+            Image class such as the rosbags typestore's ``sensor_msgs__msg__Image`` (dataclasses
+            are built with all fields as constructor keywords, ``data`` as a uint8 array).
+
+    Returns:
+        The message, with ``step = width * bytes_per_pixel`` and ``is_bigendian = 0``.
+
+    Raises:
+        UnsupportedEncodingError: unknown encoding.
+        ImageEncodeError: dtype/shape do not match the encoding, or the array is empty.
+    """
+    info = encoding_info(encoding)
+    arr3 = _check_array(array, info, error=ImageEncodeError)
+    height, width = int(arr3.shape[0]), int(arr3.shape[1])
+    step = width * info.bytes_per_pixel
+    if info.dtype.itemsize > 1:
+        arr3 = arr3.astype("<u2", copy=False)
+    payload = np.ascontiguousarray(arr3).view(np.uint8).reshape(-1)
+    cls = _default_image_type() if msg_type is None else msg_type
+    if header is None:
+        header = make_header(0, "", msg_type=cls)
+    fields = dict(height=height, width=width, encoding=info.name, is_bigendian=0, step=step)
+    if dataclasses.is_dataclass(cls):
+        # rosbags: frozen-free dataclass whose data field is a numpy uint8 array
+        return cls(header=header, data=payload.copy(), **fields)
+    msg = cls()
+    try:
+        msg.header = header
+    except AssertionError as exc:  # rclpy validates field types with assert
+        raise TypeError(
+            f"header of type {type(header).__name__} does not fit {cls.__name__}; build it with "
+            "make_header(stamp_ns, frame_id, msg_type=...) for the same message family"
+        ) from exc
+    for key, value in fields.items():
+        setattr(msg, key, value)
+    # array.array('B', bytes) is rclpy's fast path (no per-element validation of a Sequence)
+    msg.data = _array.array("B", payload.tobytes())
+    return msg
+
+
+def _resolve_agc(agc: AGCConfig | None) -> AGCConfig:
+    if agc is None:
+        return AGCConfig()
+    if not isinstance(agc, AGCConfig):
+        raise TypeError(f"agc must be an AGCConfig or None, got {type(agc).__name__}")
+    return agc
+
+
+def to_rgb(array: np.ndarray, encoding: str, agc: AGCConfig | None = None) -> np.ndarray:
+    """Convert a decoded image of any supported encoding to ``(H, W, 3)`` uint8 RGB.
+
+    BGR is reordered, alpha dropped, gray replicated to three channels; 16-bit gray goes through
+    the percentile AGC (``agc``, default 1/99 %) first. The result may share memory with the input
+    when no conversion is needed (``rgb8``).
+    """
+    info = encoding_info(encoding)
+    arr = _check_array(array, info, error=ImageDecodeError)
+    if info.order == "rgb":
+        return np.ascontiguousarray(arr)
+    if info.order == "bgr":
+        return np.ascontiguousarray(arr[:, :, ::-1])
+    if info.order == "rgba":
+        return np.ascontiguousarray(arr[:, :, :3])
+    if info.order == "bgra":
+        return np.ascontiguousarray(arr[:, :, 2::-1])
+    gray = arr[:, :, 0]
+    if info.dtype != _U8:
+        cfg = _resolve_agc(agc)
+        gray = np.rint(agc_percentile(gray, cfg.low_pct, cfg.high_pct) * 255.0).astype(np.uint8)
+    return np.repeat(gray[:, :, None], 3, axis=2)
+
+
+# ITU-R BT.601 luma weights (the ones the fusion metrics and the papers' YCbCr code use)
+_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def to_thermal(array: np.ndarray, encoding: str, agc: AGCConfig | None = None) -> np.ndarray:
+    """Convert a decoded thermal image to ``(H, W)`` float32 in ``[0, 1]``.
+
+    - ``mono8`` / ``8UC1``: ``x / 255`` (the camera already applied its AGC).
+    - ``mono16`` / ``16UC1``: raw counts through the percentile AGC (``agc``, default 1/99 %),
+      never a fixed ``/ 65535`` scale.
+    - ``rgb8`` / ``bgr8`` / ``8UC3`` / ``rgba8`` / ``bgra8`` (false-colour palettes): BT.601
+      luminance ``/ 255``. This is an approximation: palettes such as ironbow or rainbow are not
+      monotonic in luminance, so prefer configuring the camera for mono8/mono16 output.
+    """
+    info = encoding_info(encoding)
+    arr = _check_array(array, info, error=ImageDecodeError)
+    if info.order == "gray":
+        gray = arr[:, :, 0]
+        if info.dtype == _U8:
+            return gray.astype(np.float32) * np.float32(1.0 / 255.0)
+        cfg = _resolve_agc(agc)
+        return agc_percentile(gray, cfg.low_pct, cfg.high_pct)
+    rgb = to_rgb(arr, info.name).astype(np.float32)
+    lum = rgb @ (_BT601 / np.float32(255.0))
+    return np.clip(lum, 0.0, 1.0, out=lum)

@@ -1,0 +1,181 @@
+"""Automatic gain control (AGC) for raw 16-bit thermal counts.
+
+Why: radiometric and RAW16 cameras (FLIR Boson/Lepton, ...) put a scene's useful temperature
+span into a few hundred of the 65536 possible counts. A fixed ``x / 65535`` scale (what cv_bridge
+and most viewers do) therefore yields an almost flat grey image. The fusion networks expect
+thermal in ``[0, 1]`` with contrast comparable to the 8-bit AGC output their training sets were
+recorded with, so we clip each frame to a low/high percentile of its own counts and stretch that
+window to ``[0, 1]`` (the "linear histogram" AGC of thermal camera SDKs).
+
+Percentiles use linear interpolation between order statistics (numpy's default ``"linear"``
+method), identically in the numpy and torch versions, so CPU pre-processing in a dataset loader
+and GPU pre-processing in the engine give the same values (to float32 rounding, ~1e-7).
+
+A frame whose window is empty (constant image, or ``high == low``) maps to zeros, never NaN: a
+lens cap or a flat-field correction frame must not poison a batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .errors import AGCError
+
+if TYPE_CHECKING:  # torch stays an optional, lazily imported dependency of io/
+    import torch
+
+__all__ = ["AGCConfig", "agc_percentile", "agc_percentile_torch"]
+
+
+def _check_percentiles(low_pct: float, high_pct: float) -> tuple[float, float]:
+    """Validate and return the percentile pair as floats."""
+    try:
+        low, high = float(low_pct), float(high_pct)
+    except (TypeError, ValueError) as exc:
+        raise AGCError(
+            f"AGC percentiles must be numbers, got low_pct={low_pct!r}, high_pct={high_pct!r}"
+        ) from exc
+    if not (math.isfinite(low) and math.isfinite(high) and 0.0 <= low < high <= 100.0):
+        raise AGCError(
+            f"AGC percentiles must satisfy 0 <= low_pct < high_pct <= 100, got "
+            f"low_pct={low_pct}, high_pct={high_pct}; typical values are 1.0 and 99.0"
+        )
+    return low, high
+
+
+@dataclass(frozen=True)
+class AGCConfig:
+    """Parameters of the percentile AGC, validated on construction.
+
+    Attributes:
+        low_pct: counts at or below this percentile of the frame map to 0.
+        high_pct: counts at or above this percentile map to 1. ``0`` and ``100`` give a plain
+            min/max stretch, which is sensitive to hot/dead pixels; 1/99 ignores them.
+    """
+
+    low_pct: float = 1.0
+    high_pct: float = 99.0
+
+    def __post_init__(self) -> None:
+        _check_percentiles(self.low_pct, self.high_pct)
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        """Apply :func:`agc_percentile` with this configuration."""
+        return agc_percentile(raw, self.low_pct, self.high_pct)
+
+
+def agc_percentile(raw: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0) -> np.ndarray:
+    """Clip a thermal frame to two of its percentiles and stretch the window to ``[0, 1]``.
+
+    Args:
+        raw: ``(H, W)`` (or any shape) array of raw counts, usually ``uint16``; any integer or
+            finite floating dtype works. Percentiles are taken over the whole array.
+        low_pct: lower percentile in ``[0, 100)``.
+        high_pct: upper percentile in ``(low_pct, 100]``.
+
+    Returns:
+        ``float32`` array of the same shape with values in ``[0, 1]``; all zeros when the
+        percentile window is empty (constant frame).
+
+    Raises:
+        AGCError: invalid percentiles, an empty array, a non-numeric dtype or non-finite values.
+
+    Example:
+        >>> agc_percentile(np.array([[0, 10], [20, 30]], np.uint16), 0, 100).tolist()
+        [[0.0, 0.3333333432674408], [0.6666666865348877, 1.0]]
+    """
+    low, high = _check_percentiles(low_pct, high_pct)
+    arr = np.asarray(raw)
+    if arr.size == 0:
+        raise AGCError(f"AGC needs a non-empty image, got shape {arr.shape}")
+    if arr.dtype == np.bool_ or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise AGCError(
+            f"AGC expects integer counts (e.g. uint16) or floats, got dtype {arr.dtype}"
+        )
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise AGCError(
+            "AGC input contains NaN or infinite values; replace them (e.g. np.nan_to_num) first"
+        )
+    lo, hi = np.percentile(arr, [low, high])
+    # float32 arithmetic, the same formula as the torch version, so both agree to rounding.
+    lo32 = np.float32(lo)
+    span = np.float32(hi) - lo32
+    if not span > 0:
+        return np.zeros(arr.shape, np.float32)
+    out = arr.astype(np.float32)
+    out -= lo32
+    out *= np.float32(1.0) / span
+    np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def _kth_interpolated(flat: "torch.Tensor", pct: float) -> "torch.Tensor":
+    """Per-row percentile of a ``(B, N)`` float tensor, numpy ``"linear"`` method.
+
+    ``torch.quantile`` would do, but it refuses inputs above 16M elements (a batch of 8
+    1280x1024 frames is 10M, a batch of 16 is not) and sorts; ``kthvalue`` selects the two
+    neighbouring order statistics exactly, and the interpolation runs on ``(B,)`` scalars in
+    float64 so the result matches ``np.percentile``.
+    """
+    import torch
+
+    n = flat.shape[1]
+    pos = pct / 100.0 * (n - 1)
+    k0 = int(math.floor(pos))
+    frac = pos - k0
+    v0 = torch.kthvalue(flat, k0 + 1, dim=1).values.double()
+    if frac == 0.0 or k0 + 1 >= n:
+        return v0
+    v1 = torch.kthvalue(flat, k0 + 2, dim=1).values.double()
+    return v0 + (v1 - v0) * frac
+
+
+def agc_percentile_torch(
+    raw: "torch.Tensor", low_pct: float = 1.0, high_pct: float = 99.0
+) -> "torch.Tensor":
+    """Batched percentile AGC on any device; per-image percentiles, same result as numpy.
+
+    Args:
+        raw: ``(B, 1, H, W)`` tensor of raw counts (``uint16``, any integer or float dtype).
+        low_pct: lower percentile in ``[0, 100)``.
+        high_pct: upper percentile in ``(low_pct, 100]``.
+
+    Returns:
+        ``(B, 1, H, W)`` ``float32`` tensor in ``[0, 1]`` on ``raw``'s device; images whose
+        window is empty are all zeros.
+
+    Raises:
+        AGCError: invalid percentiles or non-finite values.
+        ShapeError: ``raw`` is not ``(B, 1, H, W)``.
+
+    Shape:
+        - raw: ``(B, 1, H, W)``
+        - output: ``(B, 1, H, W)``
+    """
+    import torch
+
+    from ivf_perception.checks import check_shape
+
+    low, high = _check_percentiles(low_pct, high_pct)
+    check_shape(raw, "B 1 H W", name="raw")
+    if raw.numel() == 0:
+        raise AGCError(f"AGC needs non-empty images, got shape {tuple(raw.shape)}")
+    x = raw.to(torch.float32)
+    if raw.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise AGCError(
+            "AGC input contains NaN or infinite values; replace them (torch.nan_to_num) first"
+        )
+    flat = x.reshape(x.shape[0], -1)
+    lo = _kth_interpolated(flat, low).to(torch.float32)
+    hi = _kth_interpolated(flat, high).to(torch.float32)
+    span = hi - lo
+    valid = span > 0
+    scale = torch.where(valid, 1.0 / torch.where(valid, span, torch.ones_like(span)), torch.zeros_like(span))
+    out = (x - lo.view(-1, 1, 1, 1)) * scale.view(-1, 1, 1, 1)
+    return out.clamp_(0.0, 1.0)

@@ -1,0 +1,108 @@
+"""Model registry: variants are declared as data and built by name.
+
+timm's habit: each registered function is stored under its ``__name__``; re-registering a
+name warns; unknown names fail with the list of known ones. ``build_model`` drops
+``None``-valued overrides so CLI options that were not given never replace a variant's
+defaults, and it never mutates the registered defaults (smp forks that update the shared
+dict in place make one call change the next).
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import warnings
+from typing import Any, Callable
+
+from torch import nn
+
+__all__ = [
+    "register_model",
+    "list_models",
+    "build_model",
+    "is_model",
+    "model_entrypoint",
+    "UnknownModelError",
+    "PRESETS",
+]
+
+PRESETS = ("paper", "small", "tiny")
+"""Size presets every family understands: ``paper`` is the published configuration,
+``small`` a CPU/embedded configuration, ``tiny`` the fastest usable one."""
+
+_MODEL_ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
+_DEPRECATED: dict[str, str] = {}
+
+
+class UnknownModelError(KeyError):
+    """The requested model name is not registered."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0])
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Decorator registering a model-building function under its ``__name__``."""
+    name = fn.__name__
+    if name in _MODEL_ENTRYPOINTS:
+        warnings.warn(f"Overwriting {name} in the model registry", stacklevel=2)
+    _MODEL_ENTRYPOINTS[name] = fn
+    return fn
+
+
+def register_deprecated(old_name: str, new_name: str) -> None:
+    """Keep a retired name working, with a DeprecationWarning naming the replacement."""
+    _DEPRECATED[old_name] = new_name
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Sorted names of registered models matching a shell-style ``pattern``."""
+    _ensure_families_imported()
+    return sorted(n for n in _MODEL_ENTRYPOINTS if fnmatch.fnmatch(n, pattern))
+
+
+def is_model(name: str) -> bool:
+    """Whether ``name`` (or a deprecated alias of it) is registered."""
+    _ensure_families_imported()
+    return name in _MODEL_ENTRYPOINTS or name in _DEPRECATED
+
+
+def model_entrypoint(name: str) -> Callable[..., nn.Module]:
+    """The registered building function for ``name``; raises UnknownModelError otherwise."""
+    _ensure_families_imported()
+    if name in _DEPRECATED:
+        new = _DEPRECATED[name]
+        warnings.warn(f"Model name '{name}' is deprecated; use '{new}'", DeprecationWarning, stacklevel=3)
+        name = new
+    if name not in _MODEL_ENTRYPOINTS:
+        known = ", ".join(sorted(_MODEL_ENTRYPOINTS))
+        raise UnknownModelError(f"Unknown model ({name}); registered models: {known}")
+    return _MODEL_ENTRYPOINTS[name]
+
+
+def build_model(name: str, *, preset: str | None = None, num_classes: int | None = None,
+                **overrides: Any) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: registered family name (e.g. ``"s4fusion"``) or full variant name.
+        preset: size preset (``paper``, ``small``, ``tiny``); ``None`` keeps the variant's own.
+        num_classes: segmentation classes; ``None`` keeps the variant's default.
+        **overrides: constructor arguments; ``None`` values are dropped.
+
+    Returns:
+        The model in train mode on the CPU (or on ``device=`` if passed).
+    """
+    kwargs = {k: copy.deepcopy(v) for k, v in overrides.items() if v is not None}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"Unknown preset '{preset}'; expected one of {', '.join(PRESETS)}")
+        kwargs["preset"] = preset
+    if num_classes is not None:
+        kwargs["num_classes"] = int(num_classes)
+    return model_entrypoint(name)(**kwargs)
+
+
+def _ensure_families_imported() -> None:
+    """Import the family modules so their ``@register_model`` decorators have run."""
+    from ivf_perception.models import families  # noqa: F401  (import registers)

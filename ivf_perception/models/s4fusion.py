@@ -1,0 +1,451 @@
+"""S4Fusion: saliency-aware cross-modal selective state-space fusion, plus our segmentation head.
+
+Paper: Ma et al., "S4Fusion: Saliency-aware Selective State Space Model for Infrared Visible
+Image Fusion" (2024). Reference code: github.com/zipper112/S4Fusion (read to understand the
+architecture; nothing copied). The published weights are not used; ours are trained with
+``training/`` and carry their own licence (the project's).
+
+Architecture (DESIGN §5), U-shaped over 3 scales:
+
+* overlapping 4×4 patch embedding of each modality (6×6 kernel, stride 4) to H/4×W/4 tokens;
+* per-modality encoders of VSS blocks, patch merging between scales;
+* at every scale a CMSA module: ``cmsa_blocks`` Cross SS2D blocks (Patch Mark, Interleaving,
+  Cross SS2D with modality-specific Δ/B/C over a shared hidden state, Recovering); the two
+  recovered streams are summed into the scale's fused feature;
+* a decoder of VSS blocks that upsamples (patch expanding) and adds the fused skip features;
+* fold + linear output: each H/4 token predicts an overlapping 6×6 patch of the fused
+  luminance, folded back to H×W with overlap averaging.
+
+Differences from the public code, on purpose:
+
+* Inputs are the product contract (RGB B×3×H×W, thermal B×1×H×W). The paper fuses
+  luminance; we feed the visible branch RGB (colour helps segmentation), predict the fused Y
+  channel and recombine it with the visible Cb/Cr (BT.601), the standard practice for colour
+  fusion results.
+* The fusion head predicts a correction, in logit space, to the pixel average of Y_vi and the
+  thermal image, initialised at zero: an untrained model is a sensible fusion and training on
+  a CPU converges in minutes instead of hours.
+* Our extension: a light SegFormer-style segmentation head on the decoder features of the three
+  scales, so this fusion-only network also publishes label maps. ``num_classes=0`` removes it.
+* Any H, W divisible by ``input_multiple`` (16); the engine pads and crops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ivf_perception.models.base import FusionSegModel, FusionSegOutput
+from ivf_perception.models.layers import CrossSS2D, DropPath, VSSBlock, get_norm_layer
+from ivf_perception.models.layers.color import rgb_to_gray, rgb_to_ycbcr, ycbcr_to_rgb
+from ivf_perception.models.registry import register_model
+
+__all__ = ["S4Fusion", "S4FusionFeatures", "s4fusion", "test_s4fusion", "PRESET_ARGS"]
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+class OverlapPatchEmbed(nn.Module):
+    """Overlapping patch embedding: a (patch+2)² convolution with stride ``patch`` and LayerNorm.
+
+    Shape:
+        x: (B, C_in, H, W)  ->  (B, H/patch, W/patch, dim), channels-last tokens.
+    """
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int = 4, overlap: int = 2,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size + overlap, stride=patch_size,
+                              padding=overlap // 2, **dd)
+        self.norm = nn.LayerNorm(dim, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(x).permute(0, 2, 3, 1))
+
+
+class PatchMerging(nn.Module):
+    """Halve the resolution: concatenate each 2×2 neighbourhood, LayerNorm, project 4C → 2C.
+
+    Shape:
+        x: (B, H, W, C)  ->  (B, H/2, W/2, 2C)
+    """
+
+    def __init__(self, dim: int, norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.norm = norm_layer(4 * dim, **dd)
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))
+
+
+class PatchExpand(nn.Module):
+    """Double the resolution: project C → 2C and rearrange into a 2×2 neighbourhood of C/2.
+
+    Shape:
+        x: (B, H, W, C)  ->  (B, 2H, 2W, C/2)
+    """
+
+    def __init__(self, dim: int, norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.expand = nn.Linear(dim, 2 * dim, bias=False, **dd)
+        self.norm = norm_layer(dim // 2, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, c = x.shape
+        x = self.expand(x).view(b, h, w, 2, 2, c // 2)
+        x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, c // 2)
+        return self.norm(x)
+
+
+class CMSABlock(nn.Module):
+    """One cross-modal block: pre-norm Cross SS2D with a residual on each modality.
+
+    Shape:
+        ir, vi: (B, H, W, C)  ->  (ir', vi') of the same shape.
+    """
+
+    def __init__(self, dim: int, d_state: int, ssm_ratio: float, drop_path: float,
+                 norm_layer: Callable[..., nn.Module], scan_backend: str,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.norm_ir = norm_layer(dim, **dd)
+        self.norm_vi = norm_layer(dim, **dd)
+        self.cross = CrossSS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, scan_backend=scan_backend, **dd)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, ir: torch.Tensor, vi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out_ir, out_vi = self.cross(self.norm_ir(ir), self.norm_vi(vi))
+        return ir + self.drop_path(out_ir), vi + self.drop_path(out_vi)
+
+
+class CMSA(nn.Module):
+    """Cross-modal saliency aggregation at one scale: a stack of CMSA blocks, then the sum.
+
+    Shape:
+        ir, vi: (B, H, W, C)  ->  (B, H, W, C) fused feature.
+    """
+
+    def __init__(self, dim: int, num_blocks: int, d_state: int, ssm_ratio: float, drop_path: float,
+                 norm_layer: Callable[..., nn.Module], scan_backend: str,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            CMSABlock(dim, d_state, ssm_ratio, drop_path, norm_layer, scan_backend, device=device, dtype=dtype)
+            for _ in range(num_blocks)
+        )
+
+    def forward(self, ir: torch.Tensor, vi: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            ir, vi = block(ir, vi)
+        return ir + vi
+
+
+# --------------------------------------------------------------------------- stages
+
+
+class EncoderStage(nn.Module):
+    """VSS blocks at one scale, followed by patch merging unless it is the last scale."""
+
+    def __init__(self, dim: int, depth: int, d_state: int, ssm_ratio: float, drop_paths: list[float],
+                 norm_layer: Callable[..., nn.Module], downsample: bool, scan_backend: str,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.blocks = nn.Sequential(*(
+            VSSBlock(dim, d_state=d_state, ssm_ratio=ssm_ratio, drop_path=drop_paths[i],
+                     norm_layer=norm_layer, scan_backend=scan_backend, **dd)
+            for i in range(depth)
+        ))
+        self.downsample = PatchMerging(dim, norm_layer, **dd) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Returns the scale's feature and the downsampled input of the next scale."""
+        x = self.blocks(x)
+        return x, (self.downsample(x) if self.downsample is not None else None)
+
+
+class DecoderStage(nn.Module):
+    """Optionally upsample from the coarser scale, add the fused skip, then VSS blocks."""
+
+    def __init__(self, dim: int, depth: int, d_state: int, ssm_ratio: float, drop_paths: list[float],
+                 norm_layer: Callable[..., nn.Module], upsample_from: int | None, scan_backend: str,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.upsample = PatchExpand(upsample_from, norm_layer, **dd) if upsample_from else None
+        self.blocks = nn.Sequential(*(
+            VSSBlock(dim, d_state=d_state, ssm_ratio=ssm_ratio, drop_path=drop_paths[i],
+                     norm_layer=norm_layer, scan_backend=scan_backend, **dd)
+            for i in range(depth)
+        ))
+
+    def forward(self, x: torch.Tensor | None, skip: torch.Tensor) -> torch.Tensor:
+        x = skip if x is None else self.upsample(x) + skip
+        return self.blocks(x)
+
+
+# --------------------------------------------------------------------------- heads
+
+
+class FoldFusionHead(nn.Module):
+    """Fold + linear output: every token predicts an overlapping k×k patch of the fused Y.
+
+    Overlapping predictions are averaged by dividing by the fold of ones, which makes the head
+    resolution-agnostic. The result is a correction in logit space to the pixel average of the
+    visible luminance and the thermal image (zero-initialised, see the module docstring).
+
+    Shape:
+        tokens: (B, H/p, W/p, C), y_vi, ir: (B, 1, H, W)  ->  fused Y (B, 1, H, W) in (0, 1)
+    """
+
+    def __init__(self, dim: int, patch_size: int = 4, overlap: int = 2,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.kernel = patch_size + overlap
+        self.stride = patch_size
+        self.padding = overlap // 2
+        self.proj = nn.Linear(dim, self.kernel * self.kernel, device=device, dtype=dtype)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, tokens: torch.Tensor, y_vi: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        b, h, w, _ = tokens.shape
+        out_size = (h * self.stride, w * self.stride)
+        cols = self.proj(tokens).reshape(b, h * w, -1).transpose(1, 2)
+        fold = dict(output_size=out_size, kernel_size=self.kernel, stride=self.stride, padding=self.padding)
+        summed = F.fold(cols, **fold)
+        count = F.fold(torch.ones_like(cols[:1]), **fold)
+        correction = summed / count
+        base = (0.5 * (y_vi + ir)).clamp(1e-3, 1 - 1e-3)
+        return torch.sigmoid(torch.logit(base) + correction)
+
+
+class MultiScaleSegHead(nn.Module):
+    """Our light segmentation head (SegFormer-style) on the decoder features of every scale.
+
+    Each scale is projected to ``embed_dim`` by a 1×1 convolution and upsampled to the finest
+    scale; the concatenation is fused by 1×1 conv + BN + ReLU and classified; the logits are
+    upsampled bilinearly to the input size.
+
+    Shape:
+        feats: list of (B, H_i, W_i, C_i), finest first  ->  (B, K, H, W)
+    """
+
+    def __init__(self, in_dims: list[int], num_classes: int, embed_dim: int = 64, dropout: float = 0.1,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        self.proj = nn.ModuleList(nn.Conv2d(c, embed_dim, 1, **dd) for c in in_dims)
+        self.fuse = nn.Sequential(
+            nn.Conv2d(embed_dim * len(in_dims), embed_dim, 1, bias=False, **dd),
+            nn.BatchNorm2d(embed_dim, **dd),
+            nn.ReLU(inplace=True),
+        )
+        self.dropout = nn.Dropout2d(dropout)
+        self.classifier = nn.Conv2d(embed_dim, num_classes, 1, **dd)
+
+    def forward(self, feats: list[torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:
+        finest = feats[0].shape[1:3]
+        maps = []
+        for f, proj in zip(feats, self.proj):
+            m = proj(f.permute(0, 3, 1, 2))
+            if m.shape[-2:] != finest:
+                m = F.interpolate(m, size=finest, mode="bilinear", align_corners=False)
+            maps.append(m)
+        x = self.classifier(self.dropout(self.fuse(torch.cat(maps, dim=1))))
+        return F.interpolate(x, size=out_size, mode="bilinear", align_corners=False)
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass
+class S4FusionFeatures:
+    """What ``forward_features`` hands to ``forward_head``: decoder features, finest first."""
+
+    decoder: list[torch.Tensor]
+
+
+class S4Fusion(FusionSegModel):
+    """S4Fusion with our segmentation head (see the module docstring).
+
+    Args:
+        num_classes: segmentation classes; 0 builds a fusion-only model (``logits`` is None).
+        dims: channels per scale, e.g. (48, 96, 192).
+        depths: VSS blocks per encoder scale; the decoder mirrors them.
+        d_state: SSM state size of the VSS blocks.
+        fusion_d_state: SSM state size of the Cross SS2D blocks.
+        ssm_ratio: SSM expansion (d_inner = ssm_ratio · dim).
+        cmsa_blocks: Cross SS2D blocks per scale.
+        patch_size: patch embedding stride (the fold head uses the same geometry).
+        drop_path_rate: stochastic depth, linearly increasing over the encoder blocks.
+        seg_embed_dim: channels of the segmentation head.
+        norm_layer: name or callable of the token norm.
+        scan_backend: selective-scan backend ("auto", "chunked", "ref", "cuda").
+        preset: the preset name recorded in the weight sidecar.
+        device, dtype: where to create parameters.
+    """
+
+    variant = "s4fusion"
+
+    def __init__(
+        self,
+        num_classes: int = 9,
+        dims: tuple[int, ...] = (48, 96, 192),
+        depths: tuple[int, ...] = (1, 2, 1),
+        d_state: int = 12,
+        fusion_d_state: int = 18,
+        ssm_ratio: float = 1.5,
+        cmsa_blocks: int = 3,
+        patch_size: int = 4,
+        drop_path_rate: float = 0.0,
+        seg_embed_dim: int = 64,
+        norm_layer: str | Callable[..., nn.Module] = "layernorm",
+        scan_backend: str = "auto",
+        preset: str = "custom",
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if len(dims) != len(depths):
+            raise ValueError(f"dims {tuple(dims)} and depths {tuple(depths)} must have the same length")
+        if any(dims[i + 1] != 2 * dims[i] for i in range(len(dims) - 1)):
+            raise ValueError(f"dims must double per scale (patch merging 4C -> 2C), got {tuple(dims)}")
+        if num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        dd = {"device": device, "dtype": dtype}
+        norm = get_norm_layer(norm_layer)
+        self.num_classes = int(num_classes)
+        self.preset = preset
+        self.input_multiple = patch_size * 2 ** (len(dims) - 1)
+        self._args = dict(dims=list(dims), depths=list(depths), d_state=d_state,
+                          fusion_d_state=fusion_d_state, ssm_ratio=ssm_ratio, cmsa_blocks=cmsa_blocks,
+                          patch_size=patch_size, seg_embed_dim=seg_embed_dim)
+
+        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        enc_rates = [rates[sum(depths[:i]):sum(depths[:i + 1])] for i in range(len(depths))]
+        last = len(dims) - 1
+
+        self.embed_ir = OverlapPatchEmbed(1, dims[0], patch_size, **dd)
+        self.embed_vi = OverlapPatchEmbed(3, dims[0], patch_size, **dd)
+        self.encoder_ir = nn.ModuleList(
+            EncoderStage(dims[i], depths[i], d_state, ssm_ratio, enc_rates[i], norm, i < last, scan_backend, **dd)
+            for i in range(len(dims))
+        )
+        self.encoder_vi = nn.ModuleList(
+            EncoderStage(dims[i], depths[i], d_state, ssm_ratio, enc_rates[i], norm, i < last, scan_backend, **dd)
+            for i in range(len(dims))
+        )
+        self.fuser = nn.ModuleList(
+            CMSA(dims[i], cmsa_blocks, fusion_d_state, ssm_ratio, 0.0, norm, scan_backend, **dd)
+            for i in range(len(dims))
+        )
+        # Decoder from coarsest to finest scale.
+        self.decoder = nn.ModuleList(
+            DecoderStage(dims[i], depths[i], d_state, ssm_ratio, enc_rates[i][::-1], norm,
+                         dims[i + 1] if i < last else None, scan_backend, **dd)
+            for i in reversed(range(len(dims)))
+        )
+        self.decoder_norm = norm(dims[0], **dd)
+        self.fusion_head = FoldFusionHead(dims[0], patch_size, **dd)
+        self.seg_head = (
+            MultiScaleSegHead(list(dims), num_classes, seg_embed_dim, **dd) if num_classes > 0 else None
+        )
+        self.feature_info = [
+            {"num_chs": dims[i], "reduction": patch_size * 2 ** i, "module": f"decoder.{last - i}"}
+            for i in range(len(dims))
+        ]
+
+    def forward_features(self, rgb: torch.Tensor, thermal: torch.Tensor) -> S4FusionFeatures:
+        ir, vi = self.embed_ir(thermal), self.embed_vi(rgb)
+        fused_skips = []
+        for stage_ir, stage_vi, cmsa in zip(self.encoder_ir, self.encoder_vi, self.fuser):
+            feat_ir, ir = stage_ir(ir)
+            feat_vi, vi = stage_vi(vi)
+            fused_skips.append(cmsa(feat_ir, feat_vi))
+        x = None
+        decoded = []
+        for stage, skip in zip(self.decoder, reversed(fused_skips)):
+            x = stage(x, skip)
+            decoded.append(x)
+        decoded.reverse()
+        decoded[0] = self.decoder_norm(decoded[0])
+        return S4FusionFeatures(decoder=decoded)
+
+    def forward_head(self, features: S4FusionFeatures, rgb: torch.Tensor, thermal: torch.Tensor) -> FusionSegOutput:
+        ycbcr = rgb_to_ycbcr(rgb)
+        y_vi = ycbcr[:, :1]
+        fused_y = self.fusion_head(features.decoder[0], y_vi, thermal)
+        fused = ycbcr_to_rgb(torch.cat((fused_y, ycbcr[:, 1:]), dim=1)).clamp(0.0, 1.0)
+        logits = None
+        if self.seg_head is not None:
+            logits = self.seg_head(features.decoder, out_size=tuple(rgb.shape[-2:]))
+        aux: dict[str, Any] = {"fused_y": fused_y} if self.training else {}
+        return FusionSegOutput(fused=fused, logits=logits, aux=aux)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "model_args": dict(self._args)}
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: S4Fusion) -> dict[str, torch.Tensor]:
+    """Adapt a state dict to ``model``: drop the segmentation head when the class count differs.
+
+    This is how fusion weights are reused for a new class table: the fusion path loads, the
+    head is trained anew. Other mismatches are left for ``load_state_dict`` to report.
+    """
+    own = model.state_dict()
+    return {
+        k: v for k, v in state_dict.items()
+        if not (k.startswith("seg_head.classifier.") and k in own and own[k].shape != v.shape)
+    }
+
+
+def _create_s4fusion(preset: str, **kwargs: Any) -> S4Fusion:
+    if preset not in PRESET_ARGS:
+        raise ValueError(f"Unknown S4Fusion preset '{preset}'; expected one of {', '.join(PRESET_ARGS)}")
+    args = {**PRESET_ARGS[preset], **kwargs}
+    return S4Fusion(preset=preset, **args)
+
+
+PRESET_ARGS: dict[str, dict[str, Any]] = {
+    # The published configuration (DESIGN §5).
+    "paper": dict(dims=(48, 96, 192), depths=(1, 2, 1), d_state=12, fusion_d_state=18, ssm_ratio=1.5,
+                  cmsa_blocks=3),
+    # CPU/embedded: narrower, one block per scale, two cross-modal blocks.
+    "small": dict(dims=(32, 64, 128), depths=(1, 1, 1), d_state=8, fusion_d_state=12, ssm_ratio=1.5,
+                  cmsa_blocks=2, seg_embed_dim=48),
+    # The fastest usable configuration (bundled default on CPU robots).
+    "tiny": dict(dims=(16, 32, 64), depths=(1, 1, 1), d_state=6, fusion_d_state=8, ssm_ratio=1.0,
+                 cmsa_blocks=1, seg_embed_dim=32),
+    # Micro model for tests only (timm's test_* habit).
+    "test": dict(dims=(8, 16, 32), depths=(1, 1, 1), d_state=2, fusion_d_state=2, ssm_ratio=1.0,
+                 cmsa_blocks=1, seg_embed_dim=8),
+}
+
+
+@register_model
+def s4fusion(preset: str = "paper", **kwargs: Any) -> S4Fusion:
+    """S4Fusion (paper preset: dims 48/96/192, depths 1/2/1, d_state 12, fusion d_state 18)."""
+    return _create_s4fusion(preset, **kwargs)
+
+
+@register_model
+def test_s4fusion(preset: str = "test", **kwargs: Any) -> S4Fusion:
+    """Micro S4Fusion for CPU tests of every code path."""
+    return _create_s4fusion(preset, **kwargs)

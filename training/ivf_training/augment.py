@@ -1,0 +1,127 @@
+"""Joint augmentation of an RGB/thermal/labels triple: random scale, random crop, flip.
+
+Why joint: the three arrays describe the same pixels; any geometric change must be applied
+identically or the network learns from misaligned pairs. Images are resampled bilinearly (with
+antialiasing when shrinking) and labels with ``nearest-exact``, whose pixel-centre convention
+matches bilinear ``align_corners=False``, so label borders stay on the image borders.
+
+Determinism: every random number comes from the ``torch.Generator`` passed in, so a sample's
+augmentation is a function of (seed, epoch, index) alone, independent of worker count and of
+where a resumed run restarts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["IGNORE_INDEX", "JointAugment", "resize_sample", "pad_to", "crop_sample", "hflip_sample"]
+
+IGNORE_INDEX = 255
+"""Label value ignored by the loss and the metrics."""
+
+Sample = dict[str, object]
+
+
+def resize_sample(sample: Sample, height: int, width: int) -> Sample:
+    """Resize rgb/thermal (bilinear, antialiased when shrinking) and labels (nearest-exact)."""
+    out = dict(sample)
+    rgb: torch.Tensor = sample["rgb"]  # type: ignore[assignment]
+    if tuple(rgb.shape[-2:]) == (height, width):
+        return out
+    antialias = height < rgb.shape[-2] or width < rgb.shape[-1]
+    for key in ("rgb", "thermal"):
+        img: torch.Tensor = sample[key]  # type: ignore[assignment]
+        out[key] = F.interpolate(
+            img[None], size=(height, width), mode="bilinear", align_corners=False, antialias=antialias
+        )[0].clamp_(0.0, 1.0)
+    labels = sample.get("labels")
+    if labels is not None:
+        lab = labels[None, None].float()  # type: ignore[union-attr]
+        out["labels"] = F.interpolate(lab, size=(height, width), mode="nearest-exact")[0, 0].long()
+    return out
+
+
+def pad_to(sample: Sample, height: int, width: int) -> Sample:
+    """Pad bottom/right to at least ``height``×``width``: images with 0, labels with 255."""
+    rgb: torch.Tensor = sample["rgb"]  # type: ignore[assignment]
+    ph, pw = max(0, height - rgb.shape[-2]), max(0, width - rgb.shape[-1])
+    if not (ph or pw):
+        return dict(sample)
+    out = dict(sample)
+    for key in ("rgb", "thermal"):
+        out[key] = F.pad(sample[key], (0, pw, 0, ph), value=0.0)  # type: ignore[arg-type]
+    if sample.get("labels") is not None:
+        out["labels"] = F.pad(sample["labels"], (0, pw, 0, ph), value=IGNORE_INDEX)  # type: ignore[arg-type]
+    return out
+
+
+def crop_sample(sample: Sample, top: int, left: int, height: int, width: int) -> Sample:
+    """Crop every array of the sample to the same window."""
+    out = dict(sample)
+    for key in ("rgb", "thermal", "labels"):
+        value = sample.get(key)
+        if value is not None:
+            out[key] = value[..., top : top + height, left : left + width]  # type: ignore[index]
+    return out
+
+
+def hflip_sample(sample: Sample) -> Sample:
+    """Mirror every array of the sample left-right."""
+    out = dict(sample)
+    for key in ("rgb", "thermal", "labels"):
+        value = sample.get(key)
+        if value is not None:
+            out[key] = value.flip(-1)  # type: ignore[union-attr]
+    return out
+
+
+@dataclass(frozen=True)
+class JointAugment:
+    """Random scale → random crop (padding when smaller) → random horizontal flip.
+
+    Args:
+        crop: output height and width in pixels.
+        scale_range: the scale factor is drawn log-uniformly from this range (so 0.5 and 2.0
+            are equally likely around 1.0).
+        hflip: flip with probability 0.5.
+
+    Shape:
+        sample["rgb"]: (3, H, W), sample["thermal"]: (1, H, W), sample["labels"]: (H, W) or absent
+        → the same keys at (crop, crop).
+    """
+
+    crop: int
+    scale_range: tuple[float, float] = (0.75, 1.5)
+    hflip: bool = True
+
+    def __post_init__(self) -> None:
+        if self.crop < 1:
+            raise ValueError(f"crop must be >= 1, got {self.crop}")
+        lo, hi = self.scale_range
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range must satisfy 0 < min <= max, got {self.scale_range}")
+
+    def __call__(self, sample: Sample, generator: torch.Generator) -> Sample:
+        lo, hi = self.scale_range
+        u = float(torch.rand((), generator=generator))
+        scale = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+        rgb: torch.Tensor = sample["rgb"]  # type: ignore[assignment]
+        h, w = rgb.shape[-2:]
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        out = resize_sample(sample, nh, nw)
+        out = pad_to(out, self.crop, self.crop)
+        h, w = out["rgb"].shape[-2:]  # type: ignore[union-attr]
+        top = int(torch.randint(0, h - self.crop + 1, (), generator=generator))
+        left = int(torch.randint(0, w - self.crop + 1, (), generator=generator))
+        out = crop_sample(out, top, left, self.crop, self.crop)
+        flip = bool(torch.rand((), generator=generator) < 0.5)
+        if self.hflip and flip:
+            out = hflip_sample(out)
+        for key in ("rgb", "thermal", "labels"):
+            if out.get(key) is not None:
+                out[key] = out[key].contiguous()  # type: ignore[union-attr]
+        return out

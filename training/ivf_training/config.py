@@ -1,0 +1,508 @@
+"""Typed training configuration: dataclasses, YAML loading, ``key=value`` overrides, validation.
+
+Why typed dataclasses instead of a free dict passed around: every key is declared once with its
+type and default, a typo fails at start-up (naming the key and listing the valid ones) instead of
+silently being ignored hours into a run, and the resolved configuration written next to the
+checkpoints is exactly what ran. The configuration is parsed once at the entry point and unpacked
+into plain constructor arguments (STYLE: "a config object passed everywhere" is an anti-pattern).
+
+YAML quirk handled here: PyYAML follows YAML 1.1, where ``3e-4`` (no dot) is a *string*; float
+fields therefore accept strings that Python's ``float()`` parses.
+
+Relative data paths are resolved against the current working directory when the configuration
+is loaded (run ``ivf-train`` from the project root) and stored absolute in the run directory, so
+``ivf-train resume`` works from anywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, Sequence
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "ModelConfig",
+    "GeneratedDataConfig",
+    "DataConfig",
+    "OptimConfig",
+    "LossConfig",
+    "TrainConfig",
+    "load_config",
+    "config_from_dict",
+    "config_to_dict",
+    "parse_overrides",
+    "apply_overrides",
+]
+
+
+class ConfigError(ValueError):
+    """The configuration file or an override is invalid (unknown key, wrong type or value)."""
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build (``build_model(variant, preset=..., num_classes=..., **overrides)``).
+
+    Attributes:
+        variant: registry name, e.g. ``"s4fusion"``.
+        preset: size preset (``paper``, ``small``, ``tiny``).
+        num_classes: segmentation classes; 0 trains a fusion-only model.
+        overrides: extra constructor arguments of the variant (e.g. ``{"drop_path": 0.0}``).
+    """
+
+    variant: str = "s4fusion"
+    preset: str = "tiny"
+    num_classes: int = 9
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GeneratedDataConfig:
+    """Generated scenes (``ivf_perception.io.synthetic``): the only labelled data available here.
+
+    Attributes:
+        train_count: scenes used for training (indices ``train_start`` ..).
+        val_count: scenes used for validation (indices ``val_start`` ..).
+        train_start: first scene index for training.
+        val_start: first scene index for validation; far from the training range so the two
+            sets never overlap.
+        scene: fields of ``SceneConfig`` (size, object counts, night ratio, ...).
+    """
+
+    train_count: int = 0
+    val_count: int = 0
+    train_start: int = 0
+    val_start: int = 1_000_000
+    scene: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """Training and validation data.
+
+    Attributes:
+        generated: generated scenes (labelled).
+        train_folders: roots with ``vi/``, ``ir/`` and optional ``labels/`` (FolderPairDataset).
+        train_real: unlabelled pair folders with ``vi/`` and ``ir/`` (e.g. LLVIP train).
+        real_repeat: how often each folder/real set appears in the training mix; small real sets
+            next to thousands of generated scenes would otherwise hardly be seen.
+        real_short_side: resize real images so their shorter side has this many pixels before
+            augmentation (LLVIP is 1280×1024; crops of 128 px would show only texture); ``None``
+            keeps the original size.
+        val_folders: labelled (or unlabelled) folder roots for validation.
+        val_real: unlabelled pair folders for fusion-metric validation (never RoadScene/TNO,
+            which are held out for reporting).
+        val_max_pairs: at most this many pairs per unlabelled validation folder (fusion metrics
+            on full-size images are slow on a CPU); ``None`` uses all.
+        class_names: one name per class; empty → the MFNet names when ``num_classes`` is 9,
+            otherwise ``class_0`` ...
+        palette: one 0xRRGGBB colour per class; empty → MFNet palette or a generated one.
+        scale_range: random scale factor range of the joint augmentation.
+        hflip: random horizontal flip.
+    """
+
+    generated: GeneratedDataConfig = field(default_factory=GeneratedDataConfig)
+    train_folders: list[str] = field(default_factory=list)
+    train_real: list[str] = field(default_factory=list)
+    real_repeat: int = 1
+    real_short_side: int | None = None
+    val_folders: list[str] = field(default_factory=list)
+    val_real: list[str] = field(default_factory=list)
+    val_max_pairs: int | None = None
+    class_names: list[str] = field(default_factory=list)
+    palette: list[int] = field(default_factory=list)
+    scale_range: tuple[float, float] = (0.75, 1.5)
+    hflip: bool = True
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a linear warm-up followed by a cosine decay.
+
+    S4Fusion trains with warm-up cosine 3e-4 → 1.5e-3 → 6e-4: the learning rate rises linearly
+    from ``lr_start`` to ``lr_peak`` during the first ``warmup_fraction`` of the steps, then
+    follows half a cosine down to ``lr_end``.
+
+    Attributes:
+        lr_start: learning rate at step 0.
+        lr_peak: learning rate at the end of the warm-up.
+        lr_end: learning rate at the last step.
+        warmup_fraction: fraction of all steps spent warming up, in [0, 1).
+        weight_decay: AdamW decoupled weight decay (not applied to norms, biases and parameters
+            flagged ``_no_weight_decay`` such as Mamba's ``A_log`` and ``D``).
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        grad_clip: maximum global gradient norm; ``None`` disables clipping.
+    """
+
+    lr_start: float = 3e-4
+    lr_peak: float = 1.5e-3
+    lr_end: float = 6e-4
+    warmup_fraction: float = 0.05
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0
+
+
+@dataclass
+class LossConfig:
+    """Weights of the loss terms (see ``ivf_training.losses`` for the definitions and choices).
+
+    Attributes:
+        seg: cross-entropy weight (ignore index 255).
+        fusion: multiplier of the whole fusion group (intensity + ssim + gradient + color).
+        intensity: L1(Y_F, max(Y_vi, IR)).
+        ssim: 1 − mean(SSIM(Y_F, Y_vi), SSIM(Y_F, IR)).
+        gradient: L1(|∇Y_F|, max(|∇Y_vi|, |∇IR|)) with a normalised Sobel operator.
+        color: L1 between the fused and the visible CbCr (our addition: the model outputs RGB).
+        perception: weight of the perception-enhanced loss (ResNet-50 entropy); used only when
+            ``resnet50_weights`` is set.
+        perception_texture: weight of the Sobel texture term that keeps the entropy term in check.
+        resnet50_weights: local torchvision ResNet-50 weight file (.safetensors, or a .pth state
+            dict loaded with ``weights_only=True``); ``None`` skips the perception loss.
+    """
+
+    seg: float = 1.0
+    fusion: float = 1.0
+    intensity: float = 1.0
+    ssim: float = 1.0
+    gradient: float = 15.0
+    color: float = 1.0
+    perception: float = 0.1
+    perception_texture: float = 1.0
+    resnet50_weights: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; written resolved to ``RUN_DIR/config.yaml``.
+
+    Attributes:
+        model, data, optim, loss: see their classes.
+        max_steps: optimiser steps to train; takes precedence over ``epochs``.
+        epochs: passes over the training mix (used when ``max_steps`` is ``None``).
+        batch_size: training batch size (crops make images equal-sized).
+        crop: square training crop size in pixels; must be divisible by the model's
+            ``input_multiple``.
+        seed: seeds model initialisation, data order and augmentation.
+        amp: mixed precision on CUDA: ``auto`` (bf16 if supported, else fp16), ``bf16``,
+            ``fp16`` or ``off``; always off on the CPU.
+        device: ``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``.
+        val_every: validate every this many steps (0: only at the end).
+        ckpt_every: checkpoint every this many steps (0: only at the end).
+        log_every: write a training line to ``log.jsonl`` every this many steps.
+        num_workers: DataLoader worker processes.
+        out_dir: parent folder of run directories.
+        name: run directory name; ``None`` → ``<config stem>-<timestamp>``.
+        best_metric: validation metric selecting ``ckpt/best`` (``mIoU``, ``fusion/Qabf``,
+            ``loss/total`` ...).
+        best_mode: whether a higher (``max``) or lower (``min``) ``best_metric`` is better.
+        progress: show a tqdm progress bar.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    max_steps: int | None = None
+    epochs: int | None = None
+    batch_size: int = 8
+    crop: int = 128
+    seed: int = 0
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    device: str = "auto"
+    val_every: int = 500
+    ckpt_every: int = 250
+    log_every: int = 10
+    num_workers: int = 0
+    out_dir: str = "runs"
+    name: str | None = None
+    best_metric: str = "mIoU"
+    best_mode: Literal["max", "min"] = "max"
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Cross-field checks that single-field typing cannot express."""
+        if self.max_steps is None and self.epochs is None:
+            raise ConfigError("set either max_steps or epochs (both are empty)")
+        for name in ("max_steps", "epochs", "batch_size", "crop", "log_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be >= 1, got {value}")
+        for name in ("val_every", "ckpt_every", "num_workers"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.model.num_classes < 0:
+            raise ConfigError(f"model.num_classes must be >= 0, got {self.model.num_classes}")
+        o = self.optim
+        if not 0.0 <= o.warmup_fraction < 1.0:
+            raise ConfigError(f"optim.warmup_fraction must be in [0, 1), got {o.warmup_fraction}")
+        for name in ("lr_start", "lr_peak", "lr_end", "weight_decay", "eps"):
+            if getattr(o, name) < 0:
+                raise ConfigError(f"optim.{name} must be >= 0, got {getattr(o, name)}")
+        if o.lr_peak <= 0:
+            raise ConfigError(f"optim.lr_peak must be > 0, got {o.lr_peak}")
+        if o.grad_clip is not None and o.grad_clip <= 0:
+            raise ConfigError(f"optim.grad_clip must be > 0 or null, got {o.grad_clip}")
+        d = self.data
+        lo, hi = d.scale_range
+        if not 0 < lo <= hi:
+            raise ConfigError(f"data.scale_range must satisfy 0 < min <= max, got {list(d.scale_range)}")
+        if d.real_repeat < 1:
+            raise ConfigError(f"data.real_repeat must be >= 1, got {d.real_repeat}")
+        g = d.generated
+        for name in ("train_count", "val_count", "train_start", "val_start"):
+            if getattr(g, name) < 0:
+                raise ConfigError(f"data.generated.{name} must be >= 0, got {getattr(g, name)}")
+        if g.train_count and g.val_count and _ranges_overlap(
+            g.train_start, g.train_count, g.val_start, g.val_count
+        ):
+            raise ConfigError(
+                f"generated training scenes [{g.train_start}, {g.train_start + g.train_count}) overlap "
+                f"validation scenes [{g.val_start}, {g.val_start + g.val_count}); move data.generated.val_start"
+            )
+        if not (g.train_count or d.train_folders or d.train_real):
+            raise ConfigError(
+                "no training data: set data.generated.train_count, data.train_folders or data.train_real"
+            )
+        n = self.model.num_classes
+        if d.class_names and len(d.class_names) != n:
+            raise ConfigError(f"data.class_names has {len(d.class_names)} names but model.num_classes is {n}")
+        if d.palette and len(d.palette) != n:
+            raise ConfigError(f"data.palette has {len(d.palette)} colours but model.num_classes is {n}")
+        labelled_val = g.val_count > 0 or bool(d.val_folders)
+        if self.best_metric == "mIoU" and not (labelled_val and n > 0):
+            raise ConfigError(
+                "best_metric 'mIoU' needs a segmenting model and labelled validation data "
+                "(data.generated.val_count > 0 or data.val_folders); for fusion-only training "
+                "set best_metric to a fusion metric such as fusion/Qabf"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# dict <-> dataclass
+
+
+def config_to_dict(cfg: Any) -> Any:
+    """Plain YAML-safe data (dicts, lists, scalars) of a config dataclass (tuples → lists)."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: config_to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [config_to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {str(k): config_to_dict(v) for k, v in cfg.items()}
+    return cfg
+
+
+def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
+    """Build and validate a :class:`TrainConfig` from plain data; unknown keys are errors."""
+    cfg = _build(TrainConfig, data, "")
+    cfg.validate()
+    return cfg
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, Mapping):
+        where = prefix.rstrip(".") or "the configuration"
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}: {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in hints:
+            raise ConfigError(_unknown_key_message(f"{prefix}{key}", prefix, names))
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _unknown_key_message(full_key: str, prefix: str, names: Sequence[str]) -> str:
+    section = f"'{prefix.rstrip('.')}'" if prefix else "the top level"
+    return f"unknown key '{full_key}'; valid keys in {section}: {', '.join(names)}"
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert where lossless."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"{key} must not be null")
+        inner = [a for a in args if a is not type(None)]
+        errors = []
+        for a in inner:
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {'; '.join(errors)}")
+    if value is None:
+        raise ConfigError(f"{key} must not be null (expected {_type_name(tp)})")
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, f"{key}.")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, args))}; got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key} must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return {str(k): copy.deepcopy(v) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key} must be a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported annotation {tp!r}")  # a bug in this module, not user input
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _ranges_overlap(a0: int, an: int, b0: int, bn: int) -> bool:
+    return a0 < b0 + bn and b0 < a0 + an
+
+
+# --------------------------------------------------------------------------------------------
+# overrides
+
+
+def parse_overrides(items: Sequence[str]) -> list[tuple[list[str], Any]]:
+    """Parse ``key.sub=value`` strings; values are YAML scalars/lists (``[0.5, 2.0]``, ``null``)."""
+    parsed = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override '{item}' is not of the form key.sub=value (e.g. optim.lr_peak=1e-3)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': value is not valid YAML ({exc})") from exc
+        parsed.append((key.split("."), value))
+    return parsed
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with dotted overrides applied; unknown keys are errors.
+
+    Keys are checked against the dataclass schema, so ``optim.lrr=1`` fails naming ``optim.lrr``
+    and listing the valid keys of ``optim``. Below free-form mappings (``model.overrides``,
+    ``data.generated.scene``) any key is accepted.
+    """
+    out = copy.deepcopy(data)
+    for path, value in parse_overrides(overrides):
+        node: dict[str, Any] = out
+        cls: Any = TrainConfig
+        for depth, part in enumerate(path):
+            last = depth == len(path) - 1
+            if cls is not None:
+                hints = typing.get_type_hints(cls)
+                if part not in hints:
+                    prefix = "".join(p + "." for p in path[:depth])
+                    names = [f.name for f in dataclasses.fields(cls)]
+                    raise ConfigError(_unknown_key_message(".".join(path[: depth + 1]), prefix, names))
+                tp = hints[part]
+                cls = tp if dataclasses.is_dataclass(tp) else None
+                if not last and cls is None and typing.get_origin(tp) is not dict:
+                    raise ConfigError(f"'{'.'.join(path[: depth + 1])}' is a value, not a section")
+            if last:
+                node[part] = value
+            else:
+                child = node.get(part)
+                if child is None:
+                    child = node[part] = {}
+                if not isinstance(child, dict):
+                    raise ConfigError(f"'{'.'.join(path[: depth + 1])}' is not a mapping in the configuration")
+                node = child
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# files
+
+_PATH_LIST_FIELDS = ("train_folders", "train_real", "val_folders", "val_real")
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Load a YAML file (or defaults when ``path`` is None), apply overrides, validate.
+
+    Relative data paths and ``loss.resnet50_weights`` are made absolute against the current
+    working directory; a ``name`` left empty becomes ``<file stem>-<timestamp>`` in the trainer.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"configuration file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    try:
+        cfg = config_from_dict(apply_overrides(data, overrides))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from None
+    return absolutize_paths(cfg)
+
+
+def absolutize_paths(cfg: TrainConfig) -> TrainConfig:
+    """Make data paths, the ResNet-50 weight path and ``out_dir`` absolute (against the cwd)."""
+    for name in _PATH_LIST_FIELDS:
+        setattr(cfg.data, name, [str(Path(p).expanduser().absolute()) for p in getattr(cfg.data, name)])
+    if cfg.loss.resnet50_weights:
+        cfg.loss.resnet50_weights = str(Path(cfg.loss.resnet50_weights).expanduser().absolute())
+    cfg.out_dir = str(Path(cfg.out_dir).expanduser().absolute())
+    return cfg
+
+
+def dump_config(cfg: TrainConfig, path: str | os.PathLike[str]) -> None:
+    """Write the resolved configuration as YAML (atomically: temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
