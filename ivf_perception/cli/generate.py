@@ -22,8 +22,8 @@ def parse_size(text: str) -> tuple[int, int]:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"size must look like 240x320 (HxW), got '{text}'") from exc
-    if h < 32 or w < 32:
-        raise argparse.ArgumentTypeError(f"size must be at least 32x32, got {h}x{w}")
+    if h < 64 or w < 64:
+        raise argparse.ArgumentTypeError(f"size must be at least 64x64, got {h}x{w}")
     return h, w
 
 

@@ -321,21 +321,41 @@ def numpy_to_image(
         header = make_header(0, "", msg_type=cls)
     fields = dict(height=height, width=width, encoding=info.name, is_bigendian=0, step=step)
     if dataclasses.is_dataclass(cls):
-        # rosbags: frozen-free dataclass whose data field is a numpy uint8 array
+        # rosbags: a dataclass whose data field is a numpy uint8 array
+        header = _coerce_header(header, _field_class(cls, "header"), cls)
         return cls(header=header, data=payload.copy(), **fields)
     msg = cls()
-    try:
-        msg.header = header
-    except AssertionError as exc:  # rclpy validates field types with assert
-        raise TypeError(
-            f"header of type {type(header).__name__} does not fit {cls.__name__}; build it with "
-            "make_header(stamp_ns, frame_id, msg_type=...) for the same message family"
-        ) from exc
+    msg.header = _coerce_header(header, type(getattr(msg, "header", None)), cls)
     for key, value in fields.items():
         setattr(msg, key, value)
-    # array.array('B', bytes) is rclpy's fast path (no per-element validation of a Sequence)
-    msg.data = _array.array("B", payload.tobytes())
+    # an array.array('B') is rclpy's fast path (no per-element validation of a Sequence);
+    # frombytes on the numpy buffer makes the single copy
+    data = _array.array("B")
+    data.frombytes(memoryview(payload))
+    msg.data = data
     return msg
+
+
+def _coerce_header(header: Any, expected: type | None, cls: type) -> Any:
+    """Return ``header`` as an instance of the Header class ``cls`` uses.
+
+    Why: outputs copy their input's header, and the input may come from the other family (a
+    rosbags message from a bag, published through rclpy, or the bag's own generated classes vs
+    a typestore's). Any object with ``stamp.sec``, ``stamp.nanosec`` and ``frame_id`` is
+    rebuilt; rclpy only validates field types when ``ROS_PYTHON_CHECK_FIELDS`` is set and
+    rosbags never does, so a wrong type would otherwise fail late, inside a serializer.
+    """
+    if expected is None or expected is type(None) or isinstance(header, expected):
+        return header
+    try:
+        stamp_ns, frame_id = stamp_to_ns(header.stamp), str(header.frame_id)
+    except AttributeError:
+        raise TypeError(
+            f"header must be a std_msgs/Header (fields stamp and frame_id) for "
+            f"{cls.__module__}.{cls.__name__}, got {type(header).__name__}; build one with "
+            "make_header(stamp_ns, frame_id, msg_type=...)"
+        ) from None
+    return make_header(stamp_ns, frame_id, msg_type=cls)
 
 
 def _resolve_agc(agc: AGCConfig | None) -> AGCConfig:

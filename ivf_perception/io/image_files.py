@@ -136,7 +136,9 @@ def _collapse_colour(rgb: np.ndarray, path: Path) -> np.ndarray:
     if np.array_equal(r, g) and np.array_equal(g, b):
         return np.ascontiguousarray(r)
     wide = rgb.astype(np.float32)
-    spread = max(np.abs(wide[:, :, 0] - wide[:, :, 1]).max(), np.abs(wide[:, :, 1] - wide[:, :, 2]).max())
+    spread = max(
+        np.abs(wide[:, :, 0] - wide[:, :, 1]).max(), np.abs(wide[:, :, 1] - wide[:, :, 2]).max()
+    )
     if spread <= _gray_tolerance(rgb.dtype):
         return wide.mean(axis=2)
     warnings.warn(

@@ -176,6 +176,7 @@ def agc_percentile_torch(
     hi = _kth_interpolated(flat, high).to(torch.float32)
     span = hi - lo
     valid = span > 0
-    scale = torch.where(valid, 1.0 / torch.where(valid, span, torch.ones_like(span)), torch.zeros_like(span))
+    safe_span = torch.where(valid, span, torch.ones_like(span))
+    scale = torch.where(valid, 1.0 / safe_span, torch.zeros_like(span))
     out = (x - lo.view(-1, 1, 1, 1)) * scale.view(-1, 1, 1, 1)
     return out.clamp_(0.0, 1.0)

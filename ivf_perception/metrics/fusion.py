@@ -25,6 +25,7 @@ Use :func:`fusion_metrics` for the whole table (keys ``EN SD SF AG MI CC PSNR SC
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import cv2
@@ -48,6 +49,7 @@ __all__ = [
     "ssim",
     "ssim_pair",
     "fusion_metrics",
+    "FusionMetricAccumulator",
 ]
 
 #: Keys of :func:`fusion_metrics`, in table order.
@@ -58,9 +60,6 @@ FUSION_METRIC_NAMES: tuple[str, ...] = (
 #: PSNR is clipped to ``[-PSNR_CAP_DB, PSNR_CAP_DB]`` dB (identical images would give +inf,
 #: an all-black fused image -inf).
 PSNR_CAP_DB: float = 100.0
-
-# BT.601 luma weights, the ones OpenCV's RGB2GRAY uses.
-_BT601 = (0.299, 0.587, 0.114)
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,9 +128,11 @@ def to_gray_u8(image: Any) -> np.ndarray:
     * float input must lie in ``[0, 1]`` (a model output); it is scaled by 255 and rounded per
       channel first, as if saved to an 8-bit file, then converted as above.
 
-    Rounding is numpy's (half to even). 16-bit images, 4-channel images (alpha, or MFNet's RGB +
-    thermal) and float images outside ``[0, 1]`` are refused: their 8-bit meaning is not
-    defined here (use the thermal gain control / an image reader first).
+    Rounding is numpy's (half to even). Integer images with values above 255 (16-bit raw
+    thermal), 4-channel images (alpha, or MFNet's RGB + thermal) and float images outside
+    ``[0, 1]`` are refused: their 8-bit meaning is not defined here (apply the thermal gain
+    control first, or use ``ivf_perception.cli.eval_fusion.prepare_for_metrics`` on images as
+    read from files).
 
     Args:
         image: ``(H, W)``, ``(H, W, 1)`` or ``(H, W, 3)`` numpy array.
@@ -167,8 +168,9 @@ def to_gray_u8(image: Any) -> np.ndarray:
             if lo < 0 or hi > 255:
                 raise ValueError(
                     f"to_gray_u8: {x.dtype} image has values in [{lo}, {hi}], expected 0..255; "
-                    "16-bit thermal images need gain control to 8 bits first "
-                    "(ivf_perception.io), not a fixed scale"
+                    "16-bit thermal images need gain control to 8 bits first, not a fixed scale "
+                    "(ivf_perception.io.thermal.agc_percentile, or "
+                    "ivf_perception.cli.eval_fusion.prepare_for_metrics(image, 'ir') for images as read)"
                 )
         u8 = x.astype(np.uint8, copy=False)
     elif np.issubdtype(x.dtype, np.floating):
@@ -585,7 +587,10 @@ def ssim_pair(
 
     ``data_range = 255`` follows DESIGN §6. The CDDFuse reference passes float32 images without
     ``data_range`` to scikit-image 0.19, which then uses the float dtype range (-1..1), i.e.
-    ``data_range = 2``; pass ``data_range=2.0`` to reproduce that exactly.
+    ``data_range = 2`` (skimage computes in float32 then); pass ``data_range=2.0`` to reproduce
+    it. The difference is large: on RoadScene with ``F`` the mean of the sources, ``SSIM(F, A) +
+    SSIM(F, B)`` is about 1.48 with 255 and 0.95 with 2, and the SSIM values published with the
+    CDDFuse evaluator (0.98 for CDDFuse on RoadScene) are on the ``data_range = 2`` scale.
 
     Shapes ``(H, W)`` each, at least ``win_size`` in both dimensions. Range ``[-1, 1]``; 1 for
     identical images. Never NaN: C1, C2 > 0, so two constant images give
@@ -636,7 +641,9 @@ def ssim(fused: np.ndarray, ir: np.ndarray, vi: np.ndarray, *, data_range: float
 # --------------------------------------------------------------------------------------------
 
 
-def fusion_metrics(fused: Any, ir: Any, vi: Any, *, prepare: bool = True) -> dict[str, float]:
+def fusion_metrics(
+    fused: Any, ir: Any, vi: Any, *, prepare: bool = True, ssim_data_range: float = 255.0
+) -> dict[str, float]:
     """All eleven fusion metrics of one image triple.
 
     Args:
@@ -646,6 +653,8 @@ def fusion_metrics(fused: Any, ir: Any, vi: Any, *, prepare: bool = True) -> dic
         prepare: if True (default) each image first goes through :func:`to_gray_u8`, so uint8
             RGB/gray images and float RGB/gray in [0, 1] are accepted. If False the images must
             already be 2-D gray levels 0..255 (e.g. the output of :func:`to_gray_u8`).
+        ssim_data_range: SSIM's data range; 255 per DESIGN §6. The numbers published with the
+            CDDFuse evaluator correspond to 2.0 (see :func:`ssim_pair`).
 
     Returns:
         ``{"EN", "SD", "SF", "AG", "MI", "CC", "PSNR", "SCD", "VIF", "Qabf", "SSIM": float}`` in
@@ -677,5 +686,62 @@ def fusion_metrics(fused: Any, ir: Any, vi: Any, *, prepare: bool = True) -> dic
         "SCD": scd(f, a, b),
         "VIF": vif(f, a, b),
         "Qabf": qabf(f, a, b),
-        "SSIM": ssim(f, a, b),
+        "SSIM": ssim(f, a, b, data_range=ssim_data_range),
     }
+
+
+class FusionMetricAccumulator:
+    """Means of per-image fusion metrics (e.g. :func:`fusion_metrics`).
+
+    The first :meth:`update` fixes the metric names; later updates must carry the same keys.
+
+    Example:
+        >>> acc = FusionMetricAccumulator()
+        >>> acc.update({"EN": 6.0, "SD": 40.0}); acc.update({"EN": 7.0, "SD": 42.0})
+        >>> acc.compute()
+        {'EN': 6.5, 'SD': 41.0}
+    """
+
+    def __init__(self) -> None:
+        self._sums: dict[str, float] = {}
+        self.count = 0
+
+    def update(self, metrics: Mapping[str, float]) -> None:
+        """Add one image's metrics.
+
+        Raises:
+            KeyError: the keys differ from the first update's (missing/extra keys named).
+            ValueError: a value is not a finite number.
+        """
+        if not isinstance(metrics, Mapping) or not metrics:
+            raise TypeError(f"expected a non-empty mapping of metric name to value, got {metrics!r}")
+        if self.count and set(metrics) != set(self._sums):
+            missing = sorted(set(self._sums) - set(metrics))
+            extra = sorted(set(metrics) - set(self._sums))
+            raise KeyError(f"metric names differ from the first update: missing {missing}, unexpected {extra}")
+        values = {}
+        for name, value in metrics.items():
+            v = float(value)
+            if not math.isfinite(v):
+                raise ValueError(f"metric {name!r} is not finite ({v}); fusion metrics are always finite")
+            values[name] = v
+        if not self.count:
+            self._sums = {name: 0.0 for name in metrics}
+        for name, v in values.items():
+            self._sums[name] += v
+        self.count += 1
+
+    def compute(self) -> dict[str, float]:
+        """Mean of every metric over the images added since the last :meth:`reset`.
+
+        Raises:
+            ValueError: nothing was added.
+        """
+        if not self.count:
+            raise ValueError("FusionMetricAccumulator.compute(): no image was added; call update() first")
+        return {name: s / self.count for name, s in self._sums.items()}
+
+    def reset(self) -> None:
+        """Forget everything accumulated."""
+        self._sums = {}
+        self.count = 0

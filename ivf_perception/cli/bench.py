@@ -1,0 +1,120 @@
+"""``ivf-perception bench``: cost of every variant and preset, and the selective scan's speed.
+
+Prints Markdown tables (paste into the README) and optionally writes JSON. CPU fp32 always;
+on a CUDA machine also fp32/bf16 with our chunked scan and, when mamba-ssm is installed, with
+its CUDA kernel. Randomly initialised models: cost does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ivf_perception.cli._common import setup_logging, user_errors
+from ivf_perception.cli.generate import parse_size
+from ivf_perception.engine import Engine
+from ivf_perception.engine.profiling import count_gmacs, count_parameters, measure_latency
+from ivf_perception.models import list_models
+from ivf_perception.models.ops import has_cuda_scan
+from ivf_perception.models.ops.bench import bench_selective_scan
+
+__all__ = ["build_parser", "main", "run_benchmarks"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ivf-perception bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", nargs="+", default=None, help="families (default: all registered, not test_*)")
+    p.add_argument("--presets", nargs="+", default=["paper", "small", "tiny"])
+    p.add_argument("--sizes", nargs="+", type=parse_size, default=[(480, 640), (240, 320)])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--device", default="auto", help="auto: CPU, plus CUDA when available")
+    p.add_argument("--scan-length", type=int, default=19200, help="L of the selective-scan comparison")
+    p.add_argument("--skip-scan", action="store_true")
+    p.add_argument("--json", help="write all results to this file")
+    return p
+
+
+def _configs(device_arg: str) -> list[dict[str, Any]]:
+    configs = []
+    if device_arg in ("auto", "cpu"):
+        configs.append({"device": "cpu", "precision": "fp32", "scan": "chunked"})
+    if device_arg.startswith("cuda") or (device_arg == "auto" and torch.cuda.is_available()):
+        dev = "cuda" if device_arg == "auto" else device_arg
+        scans = ["chunked"] + (["cuda"] if has_cuda_scan() else [])
+        for precision in ("fp32", "bf16"):
+            configs += [{"device": dev, "precision": precision, "scan": s} for s in scans]
+    return configs
+
+
+def run_benchmarks(args: argparse.Namespace) -> dict[str, Any]:
+    torch.manual_seed(0)
+    variants = args.variants or [v for v in list_models() if not v.startswith("test_")]
+    rows = []
+    for variant in variants:
+        for preset in args.presets:
+            model_probe = Engine(variant, preset=preset, device="cpu").model
+            params = count_parameters(model_probe)
+            gmacs = count_gmacs(model_probe, 480, 640)
+            del model_probe
+            for cfg in _configs(args.device):
+                engine = Engine(variant, preset=preset, device=cfg["device"], precision=cfg["precision"],
+                                scan_backend=cfg["scan"])
+                for h, w in args.sizes:
+                    stats = measure_latency(engine, h, w, repeats=args.repeats)
+                    rows.append({"variant": variant, "preset": preset, **cfg, "size": f"{h}x{w}",
+                                 "params_M": params / 1e6, "gmacs_480x640": gmacs,
+                                 "latency_ms": stats.median_ms, "p90_ms": stats.p90_ms, "fps": stats.fps,
+                                 "stages_ms": stats.stages_ms, "peak_mem_mib": stats.peak_mem_mib})
+                    print(_row_line(rows[-1]), flush=True)
+                engine.release()
+    result: dict[str, Any] = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "models": rows,
+    }
+    if not args.skip_scan:
+        result["selective_scan"] = bench_selective_scan(L=args.scan_length)
+    return result
+
+
+def _row_line(r: dict[str, Any]) -> str:
+    mem = f"{r['peak_mem_mib']:.0f}" if r["peak_mem_mib"] is not None else "-"
+    return (f"| {r['variant']} | {r['preset']} | {r['device']} {r['precision']} ({r['scan']} scan) | {r['size']} | "
+            f"{r['params_M']:.2f} | {r['gmacs_480x640']:.2f} | {r['latency_ms']:.1f} | {r['fps']:.2f} | {mem} |")
+
+
+def format_tables(result: dict[str, Any]) -> str:
+    m = result["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, GPU: {m['gpu'] or 'none'}", "",
+             "| variant | preset | device / precision | size | params (M) | GMACs @480x640 | latency ms (median) "
+             "| FPS | peak GPU MiB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    lines += [_row_line(r) for r in result["models"]]
+    scan = result.get("selective_scan")
+    if scan:
+        lines += ["", "| selective scan | L | D | N | sequential ms | chunked ms | speed-up | max abs error |",
+                  "|---|---|---|---|---|---|---|---|",
+                  f"| fp32 {scan.get('device', 'cpu')} | {scan['L']} | {scan['D']} | {scan['N']} | "
+                  f"{scan['ref_s'] * 1e3:.1f} | {scan['chunked_s'] * 1e3:.1f} | {scan['speedup']:.1f}x | "
+                  f"{scan['max_abs_err']:.2e} |"]
+    return "\n".join(lines)
+
+
+@user_errors("ivf-perception bench")
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    result = run_benchmarks(args)
+    print()
+    print(format_tables(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0

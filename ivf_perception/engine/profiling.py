@@ -1,0 +1,75 @@
+"""Model cost measurements for the benchmark command: parameters, FLOPs, latency, memory.
+
+Latency is measured through the Engine (pre-processing, inference, post-processing), the way
+a node or replay pays it, after warm-up; medians over repeats resist one-off stalls.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from ivf_perception.engine.engine import Engine
+
+__all__ = ["LatencyStats", "count_parameters", "count_gmacs", "measure_latency"]
+
+
+@dataclass
+class LatencyStats:
+    """Latency of one configuration in milliseconds (median over repeats) and derived FPS."""
+
+    median_ms: float
+    p90_ms: float
+    stages_ms: dict[str, float]
+    peak_mem_mib: float | None
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.median_ms if self.median_ms > 0 else float("inf")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_gmacs(model: nn.Module, height: int, width: int, device: torch.device | str = "cpu") -> float:
+    """Multiply-accumulates of one forward pass, in G (fvcore's "GFLOPs" convention).
+
+    torch's FlopCounterMode counts convolutions, linear layers and matmuls as 2 FLOPs per MAC;
+    halving gives the number most papers report. Element-wise work (activations, the
+    selective-scan recurrence itself) is not counted, as in fvcore.
+    """
+    rgb = torch.zeros(1, 3, height, width, device=device)
+    thermal = torch.zeros(1, 1, height, width, device=device)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(rgb, thermal)
+    model.train(was_training)
+    return counter.get_total_flops() / 2e9
+
+
+def measure_latency(engine: Engine, height: int, width: int, repeats: int = 5, warmup: int = 1) -> LatencyStats:
+    """End-to-end engine latency on a random uint8 pair of the given size."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    thermal = rng.integers(0, 256, (height, width), dtype=np.uint8)
+    for _ in range(warmup):
+        engine.infer(rgb, thermal)
+    cuda = engine.device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(engine.device)
+    totals, stages = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        res = engine.infer(rgb, thermal)
+        totals.append((time.perf_counter() - start) * 1e3)
+        stages.append(res.timings_ms)
+    peak = torch.cuda.max_memory_allocated(engine.device) / 2**20 if cuda else None
+    stage_med = {k: float(np.median([s[k] for s in stages])) for k in stages[0]}
+    return LatencyStats(float(np.median(totals)), float(np.percentile(totals, 90)), stage_med, peak)

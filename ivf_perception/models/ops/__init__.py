@@ -1,0 +1,24 @@
+"""Shared tensor operations (function first, module second) with optional compiled kernels.
+
+Everything here imports on a CPU-only machine: compiled kernels (mamba-ssm) are looked up
+lazily by :mod:`ivf_perception.models.ops._backend`.
+"""
+
+from ivf_perception.models.ops._backend import get_cuda_scan, has_cuda_scan
+from ivf_perception.models.ops.selective_scan import (
+    SCAN_BACKENDS,
+    SelectiveScan,
+    selective_scan,
+    selective_scan_chunked,
+    selective_scan_ref,
+)
+
+__all__ = [
+    "SCAN_BACKENDS",
+    "SelectiveScan",
+    "get_cuda_scan",
+    "has_cuda_scan",
+    "selective_scan",
+    "selective_scan_chunked",
+    "selective_scan_ref",
+]

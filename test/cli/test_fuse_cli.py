@@ -1,0 +1,57 @@
+"""``ivf-perception fuse`` on user folders, including the bad-input cases of the issue."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from ivf_perception.cli import fuse
+
+
+def _folders(tmp_path: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    ir, vi = tmp_path / "ir", tmp_path / "vi"
+    ir.mkdir()
+    vi.mkdir()
+    cv2.imwrite(str(vi / "a.png"), rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    cv2.imwrite(str(ir / "a.png"), rng.integers(0, 256, (40, 60), dtype=np.uint8))
+    cv2.imwrite(str(vi / "b.jpg"), rng.integers(0, 256, (33, 47, 3), dtype=np.uint8))
+    cv2.imwrite(str(ir / "b.png"), rng.integers(0, 256, (20, 30), dtype=np.uint8))  # other size
+    cv2.imwrite(str(vi / "only_vi.png"), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    (ir / "broken.png").write_bytes(b"not a png")
+    cv2.imwrite(str(vi / "broken.png"), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    return ir, vi
+
+
+def test_fuse_writes_outputs_and_lists_bad_pairs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ir, vi = _folders(tmp_path)
+    out = tmp_path / "out"
+    rc = fuse.main(["--ir", str(ir), "--vi", str(vi), "--out", str(out), "--variant", "test_s4fusion",
+                    "--weights", "none", "--device", "cpu", "--batch-size", "2"])
+    captured = capsys.readouterr()
+    assert rc == 0
+    for sub in ("fused", "labels", "overlay"):
+        assert sorted(p.name for p in (out / sub).iterdir()) == ["a.png", "b.png"]
+    assert cv2.imread(str(out / "fused" / "b.png")).shape == (33, 47, 3)
+    assert cv2.imread(str(out / "labels" / "a.png"), cv2.IMREAD_UNCHANGED).shape == (40, 60)
+    assert "only_vi" in captured.out
+    assert "failed broken" in captured.err
+
+
+def test_missing_folder_is_one_clear_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = fuse.main(["--ir", str(tmp_path / "nope"), "--vi", str(tmp_path), "--out", str(tmp_path / "o"),
+                    "--variant", "test_s4fusion", "--weights", "none", "--device", "cpu"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "nope" in err and "Traceback" not in err
+
+
+def test_weights_of_another_variant_are_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    ir, vi = _folders(tmp_path)
+    rc = fuse.main(["--ir", str(ir), "--vi", str(vi), "--out", str(tmp_path / "o"), "--variant", "test_s4fusion",
+                    "--weights", "default", "--device", "cpu"])
+    assert rc == 2
+    assert "but variant 'test_s4fusion' was requested" in capsys.readouterr().err

@@ -1,0 +1,42 @@
+"""``generate`` and ``bench`` commands (bench on a micro model: tables, not timings, are tested)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from ivf_perception.cli import bench, generate
+from ivf_perception.cli.main import main as cli_main
+from ivf_perception.io.bag import list_topics
+
+
+def test_generate_folder_and_bag(tmp_path: Path) -> None:
+    rc = generate.main(["--out", str(tmp_path / "ds"), "--bag", str(tmp_path / "bag"), "--count", "3",
+                        "--size", "64x96", "--seed", "5"])
+    assert rc == 0
+    assert len(list((tmp_path / "ds" / "vi").iterdir())) == 3
+    assert len(list((tmp_path / "ds" / "labels").iterdir())) == 3
+    topics = list_topics(tmp_path / "bag")
+    assert all(t == "sensor_msgs/msg/Image" for t in topics.values()) and len(topics) == 3
+
+
+def test_generate_rejects_bad_size(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        generate.main(["--out", "x", "--size", "12by3"])
+    assert "HxW" in capsys.readouterr().err
+
+
+def test_bench_prints_a_table_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "bench.json"
+    rc = cli_main(["bench", "--variants", "test_s4fusion", "--presets", "test", "--sizes", "32x32",
+                   "--repeats", "1", "--device", "cpu", "--scan-length", "256", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "| test_s4fusion | test | cpu fp32 (chunked scan) | 32x32 |" in text
+    assert "| selective scan |" in text
+    result = json.loads(out.read_text())
+    row = result["models"][0]
+    assert row["params_M"] > 0 and row["gmacs_480x640"] > 0 and row["latency_ms"] > 0
+    assert result["selective_scan"]["max_abs_err"] < 1e-4

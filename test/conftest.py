@@ -1,0 +1,34 @@
+"""Shared fixtures: real-data location, seeds, and a small CPU thread budget.
+
+CI runs on 2 cores; one torch thread per test process keeps timings predictable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("AMENT_PREFIX_PATH", str(REPO_ROOT / ".venv"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data, or skip with the reason (a user's fresh clone has no shared/ beside it)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (it sits beside the repository in CI)")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+    np.random.seed(0)

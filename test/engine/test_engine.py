@@ -1,0 +1,121 @@
+"""Engine: pre/post-processing, padding, thermal handling, precision/device errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ivf_perception.engine import Engine, EngineError, InputError
+from ivf_perception.io.thermal import agc_percentile
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    torch.manual_seed(0)
+    eng = Engine("test_s4fusion", device="cpu")
+    for p in eng.model.fusion_head.parameters():  # a non-trivial fusion, not the pixel average
+        p.data.normal_(0, 0.3)
+    return eng
+
+
+def _pair(h: int, w: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (h, w, 3), dtype=np.uint8), rng.integers(0, 256, (h, w), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("size", [(37, 53), (16, 16), (65, 17)])
+def test_any_size_is_padded_and_cropped_back(engine: Engine, size: tuple[int, int]) -> None:
+    rgb, th = _pair(*size)
+    res = engine.infer(rgb, th)
+    assert res.fused.shape == (*size, 3) and res.fused.dtype == np.uint8
+    assert res.labels.shape == size and res.labels.dtype == np.uint8
+    assert res.labels.max() < engine.num_classes
+    assert res.overlay().shape == (*size, 3)
+    assert set(res.timings_ms) == {"preprocess", "inference", "postprocess"}
+
+
+def test_batch_equals_single_calls(engine: Engine) -> None:
+    pairs = [_pair(32, 48, s) for s in range(3)]
+    batch = engine.infer_batch([p[0] for p in pairs], [p[1] for p in pairs])
+    for (rgb, th), res in zip(pairs, batch):
+        single = engine.infer(rgb, th)
+        assert np.abs(single.fused.astype(int) - res.fused.astype(int)).max() <= 1
+        assert (single.labels == res.labels).mean() > 0.99
+
+
+def test_sixteen_bit_thermal_goes_through_agc(engine: Engine) -> None:
+    rgb, _ = _pair(32, 32)
+    raw = np.random.default_rng(1).integers(20000, 24000, (32, 32), dtype=np.uint16)
+    a = engine.infer(rgb, raw)
+    b = engine.infer(rgb, agc_percentile(raw, engine.agc.low_pct, engine.agc.high_pct))
+    np.testing.assert_array_equal(a.fused, b.fused)
+
+
+def test_gray_stored_as_three_channels_is_accepted(engine: Engine) -> None:
+    rgb, th = _pair(32, 32)
+    a = engine.infer(rgb, th)
+    b = engine.infer(rgb, np.repeat(th[..., None], 3, axis=2))
+    np.testing.assert_array_equal(a.fused, b.fused)
+
+
+def test_thermal_of_another_size_is_resized(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    rgb, _ = _pair(48, 64)
+    th = np.full((24, 32), 128, np.uint8)
+    res = engine.infer(rgb, th)
+    assert res.fused.shape == (48, 64, 3)
+    assert "resized to the RGB size" in caplog.text
+
+
+def test_homography_warps_thermal() -> None:
+    eng = Engine("test_s4fusion", device="cpu", homography=[1, 0, 4, 0, 1, 0, 0, 0, 1])
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    th = np.zeros((32, 32), np.uint8)
+    th[:, 10] = 255
+    batch_input = eng.infer(rgb, th)  # runs; the warp itself is tested in test/io
+    assert batch_input.fused.shape == (32, 32, 3)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((8, 8, 2), np.uint8), "thermal image must have 1 or 3 channels"),
+    (np.full((8, 8), 2.0, np.float32), r"float thermal must be in \[0, 1\]"),
+    (np.zeros((8, 8), np.int32), "thermal dtype int32 is not supported"),
+    (np.full((8, 8), np.nan, np.float32), "NaN"),
+])
+def test_bad_thermal_is_a_clear_error(engine: Engine, bad: np.ndarray, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        engine.infer(np.zeros((8, 8, 3), np.uint8), bad)
+
+
+def test_bad_rgb_is_a_clear_error(engine: Engine) -> None:
+    with pytest.raises(InputError, match="RGB image must be"):
+        engine.infer(np.zeros((8, 8, 2), np.uint8), np.zeros((8, 8), np.uint8))
+
+
+def test_precision_and_device_errors() -> None:
+    with pytest.raises(EngineError, match="fp16 needs a CUDA device"):
+        Engine("test_s4fusion", device="cpu", precision="fp16")
+    with pytest.raises(EngineError, match="precision 'fp8'"):
+        Engine("test_s4fusion", device="cpu", precision="fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineError, match="CUDA is not available"):
+            Engine("test_s4fusion", device="cuda")
+
+
+def test_bf16_on_cpu_runs_close_to_fp32(engine: Engine) -> None:
+    bf16 = Engine(engine.model, device="cpu", precision="bf16")
+    rgb, th = _pair(32, 32)
+    a, b = engine.infer(rgb, th), bf16.infer(rgb, th)
+    assert np.abs(a.fused.astype(int) - b.fused.astype(int)).mean() < 3.0
+
+
+def test_palette_change_and_validation(engine: Engine) -> None:
+    rgb, th = _pair(32, 32)
+    engine.set_palette([0xFF0000] * engine.num_classes)
+    res = engine.infer(rgb, th)
+    over = res.overlay(alpha=1.0)
+    labelled = res.labels > 0
+    if labelled.any():
+        assert (over[labelled] == [255, 0, 0]).all()
+    with pytest.raises(ValueError, match="0xRRGGBB"):
+        engine.set_palette([0x1000000])

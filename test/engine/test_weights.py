@@ -1,0 +1,83 @@
+"""Engine weight files: round trip, refusal of pickles, mismatches named, corrupt files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ivf_perception.engine import Engine, WeightsError, WeightsInfo, save_weights
+from ivf_perception.engine.weights import load_weights, sidecar_path
+from ivf_perception.models import build_model
+
+
+@pytest.fixture
+def weights(tmp_path: Path) -> Path:
+    model = build_model("test_s4fusion", num_classes=9)
+    for p in model.fusion_head.parameters():
+        p.data.normal_(0, 0.3)
+    info = WeightsInfo(variant="test_s4fusion", preset="test", num_classes=9,
+                       model_args=model.config()["model_args"], classes=[f"c{i}" for i in range(9)],
+                       palette=[0x112233] * 9, metrics={"mIoU": 0.5})
+    return save_weights(model.state_dict(), tmp_path / "m.safetensors", info)
+
+
+def test_engine_loads_weights_and_sidecar(weights: Path) -> None:
+    eng = Engine("auto", weights=weights, device="cpu")
+    assert eng.num_classes == 9 and eng.preset == "test"
+    assert eng.class_names[0] == "c0" and eng.palette[0] == 0x112233
+    state, _ = load_weights(weights)
+    for k, v in eng.model.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+
+
+def test_wrong_variant_is_named(weights: Path) -> None:
+    with pytest.raises(WeightsError, match="variant 'test_s4fusion' but variant 's4fusion' was requested"):
+        Engine("s4fusion", weights=weights, device="cpu")
+
+
+def test_wrong_class_count_is_named(weights: Path) -> None:
+    with pytest.raises(WeightsError, match="trained for 9 classes but num_classes=5"):
+        Engine("auto", weights=weights, num_classes=5, device="cpu")
+
+
+def test_pickles_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "model.pth"
+    torch.save({"a": torch.zeros(1)}, path)
+    with pytest.raises(WeightsError, match="pickled checkpoints"):
+        Engine("auto", weights=path, device="cpu")
+
+
+def test_corrupt_file_is_reported(weights: Path) -> None:
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(WeightsError, match="corrupt or truncated"):
+        Engine("auto", weights=weights, device="cpu")
+
+
+def test_missing_sidecar_and_bad_format(weights: Path) -> None:
+    side = sidecar_path(weights)
+    obj = json.loads(side.read_text())
+    side.write_text(json.dumps({**obj, "format": "other/9"}))
+    with pytest.raises(WeightsError, match="sidecar format"):
+        load_weights(weights)
+    side.unlink()
+    with pytest.raises(WeightsError, match="sidecar m.json not found"):
+        load_weights(weights)
+
+
+def test_state_of_another_shape_is_reported(tmp_path: Path) -> None:
+    model = build_model("test_s4fusion", num_classes=9)
+    info = WeightsInfo(variant="test_s4fusion", preset="test", num_classes=9,
+                       model_args={**model.config()["model_args"], "dims": [16, 32, 64]})
+    path = save_weights(model.state_dict(), tmp_path / "x.safetensors", info)
+    with pytest.raises(WeightsError, match="does not fit test_s4fusion/test"):
+        Engine("auto", weights=path, device="cpu")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError, match="not found"):
+        Engine("auto", weights=tmp_path / "none.safetensors", device="cpu")

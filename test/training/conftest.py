@@ -1,0 +1,85 @@
+"""Fixtures of the training tests: a registered stand-in model and small configurations.
+
+The stand-in (``test_training_standin``) is NOT a fusion network from a paper: it is a tiny
+convolutional U-Net that honours the FusionSegModel contract (fused RGB in [0, 1], logits,
+``input_multiple``), so the trainer, checkpoints and export can be tested in seconds on a CPU
+independently of the real families. It carries a norm layer, biases and a parameter flagged
+``_no_weight_decay`` so the optimiser's parameter groups are exercised too, and dropout so the
+resume test checks that the RNG state is restored. The real S4Fusion is
+trained by its own test in ``test_trainer.py`` when it is registered.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ivf_perception.models import FusionSegModel, FusionSegOutput, register_model
+
+from ivf_training.config import TrainConfig, load_config
+
+STANDIN = "test_training_standin"
+
+
+class StandInFusionSeg(FusionSegModel):
+    """Tiny conv U-Net working at half resolution: fused RGB = sigmoid(logit(rgb) + residual)."""
+
+    input_multiple = 4
+    variant = STANDIN
+
+    def __init__(self, num_classes: int = 9, width: int = 12, preset: str = "tiny") -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.preset = preset
+        self.stem = nn.Sequential(nn.Conv2d(4, width, 3, stride=2, padding=1), nn.GroupNorm(4, width), nn.GELU())
+        self.down = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.GELU(),
+                                  nn.Conv2d(2 * width, 2 * width, 3, padding=2, dilation=2), nn.GELU())
+        # dropout draws from the global torch RNG: resuming must restore that RNG exactly
+        self.up = nn.Sequential(nn.Conv2d(3 * width, width, 3, padding=1), nn.GELU(), nn.Dropout2d(0.1))
+        self.fusion_head = nn.Conv2d(width, 3, 3, padding=1)
+        self.seg_head = nn.Conv2d(width, num_classes, 1) if num_classes else None
+        self.gate = nn.Parameter(torch.zeros(1, 3, 1, 1))
+        self.gate._no_weight_decay = True  # type: ignore[attr-defined]
+
+    def forward_features(self, rgb: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor:
+        x0 = self.stem(torch.cat((rgb, thermal), 1))
+        x1 = self.down(x0)
+        return self.up(torch.cat((F.interpolate(x1, size=x0.shape[-2:]), x0), 1))
+
+    def forward_head(self, features: torch.Tensor, rgb: torch.Tensor, thermal: torch.Tensor) -> FusionSegOutput:
+        size = rgb.shape[-2:]
+        residual = F.interpolate(self.fusion_head(features), size=size, mode="bilinear", align_corners=False)
+        fused = torch.sigmoid(torch.logit(rgb.clamp(1e-3, 1 - 1e-3)) + residual + self.gate * thermal)
+        logits = None
+        if self.seg_head is not None:
+            logits = F.interpolate(self.seg_head(features), size=size, mode="bilinear", align_corners=False)
+        return FusionSegOutput(fused=fused, logits=logits)
+
+
+@register_model
+def test_training_standin(preset: str = "tiny", **kwargs: Any) -> StandInFusionSeg:
+    """Registered stand-in (see the module docstring)."""
+    return StandInFusionSeg(preset=preset, **kwargs)
+
+
+def make_config(tmp_path: Path, *overrides: str) -> TrainConfig:
+    """A small CPU configuration on generated 64×80 scenes with the stand-in model."""
+    base = [
+        f"model.variant={STANDIN}", "model.preset=tiny", "model.num_classes=9",
+        "data.generated.train_count=64", "data.generated.val_count=4",
+        "data.generated.scene={height: 64, width: 80}",
+        "max_steps=6", "batch_size=4", "crop=64", "val_every=0", "ckpt_every=3", "log_every=1",
+        "optim.warmup_fraction=0.2", "progress=false", "seed=7", f"out_dir={tmp_path / 'runs'}", "name=run",
+    ]
+    return load_config(None, [*base, *overrides])
+
+
+@pytest.fixture
+def tiny_config(tmp_path: Path) -> TrainConfig:
+    """A 6-step run of the stand-in model (checkpoint every 3 steps)."""
+    return make_config(tmp_path)

@@ -1,0 +1,179 @@
+"""Atomic, pickle-free training checkpoints.
+
+A checkpoint is a pair of files in ``RUN_DIR/ckpt/``:
+
+* ``<tag>.safetensors`` — the model's tensors (safetensors cannot execute code on load);
+* ``<tag>.state.pt`` — optimiser, scaler, RNG states, step and best-so-far, made of tensors,
+  dicts, lists, strings, ints, floats, bools and None only, so it loads with
+  ``torch.load(..., weights_only=True)`` (no arbitrary unpickling). The state records the
+  SHA-256 of the model file, so a mismatched or corrupted pair is detected.
+
+Writing: both files go to ``*.tmp`` first and are flushed to disk; then the complete previous
+pair is renamed to ``prev.*`` and the new pair renamed into place. A crash at any moment leaves
+either the old ``last`` or the old pair as ``prev`` intact; loading verifies the pair and, when
+it is broken, names the previous good checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+__all__ = [
+    "STATE_FORMAT",
+    "CheckpointError",
+    "checkpoint_paths",
+    "save_checkpoint",
+    "load_checkpoint",
+    "save_model_file",
+    "capture_rng",
+    "restore_rng",
+]
+
+STATE_FORMAT = "ivf_training.state/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, or its two files do not belong together."""
+
+
+def checkpoint_paths(ckpt_dir: Path, tag: str) -> tuple[Path, Path]:
+    """``(model file, state file)`` of checkpoint ``tag`` (``last``, ``prev``)."""
+    return ckpt_dir / f"{tag}.safetensors", ckpt_dir / f"{tag}.state.pt"
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def save_model_file(state_dict: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> str:
+    """Write a model state dict to ``path`` atomically; returns the file's SHA-256.
+
+    Tensors are cloned to plain CPU storage first: safetensors refuses tensors that share
+    memory (tied weights), and a state dict entry must not be a view into a larger buffer.
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    digest = _write_tensors(state_dict, tmp, metadata)
+    tmp.replace(path)
+    return digest
+
+
+def _write_tensors(state_dict: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> str:
+    """Write tensors to ``path``, flush to disk, return the SHA-256 of the file."""
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in state_dict.items()}
+    save_file(tensors, str(path), metadata=dict(metadata))
+    _fsync(path)
+    return _sha256(path)
+
+
+def save_checkpoint(ckpt_dir: Path, model_state: Mapping[str, torch.Tensor], state: dict[str, Any]) -> None:
+    """Write ``last.*`` atomically, keeping the previous complete pair as ``prev.*``."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    model_path, state_path = checkpoint_paths(ckpt_dir, "last")
+    model_tmp = model_path.with_name(model_path.name + ".tmp")
+    state_tmp = state_path.with_name(state_path.name + ".tmp")
+    digest = _write_tensors(model_state, model_tmp, {"format": STATE_FORMAT, "step": str(state["step"])})
+    full_state = {**state, "format": STATE_FORMAT, "model_sha256": digest}
+    torch.save(full_state, state_tmp)
+    _fsync(state_tmp)
+    prev_model, prev_state = checkpoint_paths(ckpt_dir, "prev")
+    if model_path.exists() and state_path.exists():
+        model_path.replace(prev_model)
+        state_path.replace(prev_state)
+    model_tmp.replace(model_path)
+    state_tmp.replace(state_path)
+
+
+def _read_pair(ckpt_dir: Path, tag: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    model_path, state_path = checkpoint_paths(ckpt_dir, tag)
+    for p in (model_path, state_path):
+        if not p.is_file():
+            raise CheckpointError(f"{p} is missing")
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip, unpickler and I/O errors share no base class
+        raise CheckpointError(f"{state_path} is corrupt or not a training state ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{state_path} is not an {STATE_FORMAT} training state")
+    if _sha256(model_path) != state.get("model_sha256"):
+        raise CheckpointError(
+            f"{model_path} does not match {state_path.name} (checksum differs: the model file is "
+            "corrupt or from another checkpoint)"
+        )
+    try:
+        model_state = load_file(str(model_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{model_path} is corrupt ({exc})") from exc
+    return model_state, state
+
+
+def load_checkpoint(ckpt_dir: Path, tag: str = "last") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load and verify checkpoint ``tag``; on failure point to the previous good one.
+
+    Raises:
+        CheckpointError: the pair is missing, corrupt or inconsistent. The message says whether
+            ``prev`` is intact (and at which step) and how to resume from it.
+    """
+    try:
+        return _read_pair(ckpt_dir, tag)
+    except CheckpointError as exc:
+        hint = ""
+        if tag != "prev":
+            try:
+                _, prev = _read_pair(ckpt_dir, "prev")
+                hint = (
+                    f"; the previous checkpoint {ckpt_dir / 'prev.safetensors'} (step {prev['step']}) is "
+                    f"intact: resume from it with `ivf-train resume {ckpt_dir.parent} --checkpoint prev`"
+                )
+            except CheckpointError:
+                hint = "; no intact previous checkpoint (ckpt/prev.*) exists either"
+        raise CheckpointError(f"refusing checkpoint '{tag}' in {ckpt_dir}: {exc}{hint}") from None
+
+
+def capture_rng() -> dict[str, Any]:
+    """Python, numpy and torch RNG states as tensors/ints/floats (``weights_only``-loadable)."""
+    py_version, py_keys, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    state: dict[str, Any] = {
+        "python_version": int(py_version),
+        "python_keys": torch.tensor(py_keys, dtype=torch.int64),
+        "python_gauss": py_gauss,
+        "numpy_name": str(np_name),
+        "numpy_keys": torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+        "numpy_pos": int(np_pos),
+        "numpy_has_gauss": int(np_has_gauss),
+        "numpy_gauss": float(np_gauss),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng`."""
+    random.setstate((state["python_version"], tuple(int(v) for v in state["python_keys"].tolist()), state["python_gauss"]))
+    np.random.set_state((
+        state["numpy_name"],
+        state["numpy_keys"].numpy().astype(np.uint32),
+        state["numpy_pos"],
+        state["numpy_has_gauss"],
+        state["numpy_gauss"],
+    ))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,705 @@
+"""The training loop: optimiser, schedule, AMP, validation, logging, checkpoints, export.
+
+Run directory layout (``RUN_DIR = out_dir/name``)::
+
+    config.yaml        the resolved configuration (absolute paths); ``resume`` reads only this
+    data.json          what was trained/validated on (kinds, folders, counts)
+    log.jsonl          one JSON object per line: {"kind": "train"|"val"|"resume", "step": ...}
+    ckpt/last.*        latest checkpoint (see ivf_training.checkpoint), ckpt/prev.* the one before
+    ckpt/best.safetensors + best.json   model with the best validation ``best_metric``
+
+Reproducibility: the seed fixes model initialisation (set before ``build_model``), the data
+order (:class:`~ivf_training.datasets.ResumableBatchSampler`) and the augmentation
+(:class:`~ivf_training.datasets.AugmentedDataset`); checkpoints hold optimiser, scaler and RNG
+states, so resuming at step N reproduces an uninterrupted run on the CPU bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from tqdm import tqdm
+
+from ivf_perception.engine.weights import WeightsInfo, save_weights
+from ivf_perception.io.classes import MFNET_CLASSES, MFNET_PALETTE
+from ivf_perception.metrics import (
+    ConfusionAccumulator,
+    FusionMetricAccumulator,
+    average_gradient,
+    entropy,
+    mutual_information,
+    qabf,
+    segmentation_scores,
+    spatial_frequency,
+    ssim,
+    std,
+    to_gray_u8,
+)
+from ivf_perception.models import build_model
+
+from ivf_training.augment import IGNORE_INDEX, JointAugment
+from ivf_training.checkpoint import (
+    CheckpointError,
+    capture_rng,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    save_model_file,
+)
+from ivf_training.config import ConfigError, TrainConfig, config_from_dict, config_to_dict, dump_config
+from ivf_training.datasets import (
+    AugmentedDataset,
+    FolderPairDataset,
+    GeneratedScenesDataset,
+    RealPairsDataset,
+    ResumableBatchSampler,
+    build_mix,
+    describe_dataset,
+)
+from ivf_training.losses import FusionSegLoss, PerceptionLoss
+
+__all__ = [
+    "FUSION_VAL_METRICS",
+    "WarmupCosine",
+    "param_groups",
+    "seed_everything",
+    "resolve_classes",
+    "Trainer",
+    "start_run",
+    "resume_run",
+    "export_engine_weights",
+]
+
+_log = logging.getLogger(__name__)
+
+FUSION_VAL_METRICS = ("EN", "SD", "SF", "AG", "MI", "SSIM", "Qabf")
+"""Fusion metrics computed at validation (VIF, the slowest, and PSNR/CC/SCD are left to the
+evaluation CLI); logged as ``fusion/<name>``."""
+
+_FUSION_FNS = {
+    "EN": lambda f, a, b: entropy(f),
+    "SD": lambda f, a, b: std(f),
+    "SF": lambda f, a, b: spatial_frequency(f),
+    "AG": lambda f, a, b: average_gradient(f),
+    "MI": mutual_information,
+    "SSIM": ssim,
+    "Qabf": qabf,
+}
+_SEG_VAL_METRICS = ("mIoU", "mIoU_with_background", "background_IoU", "pixel_accuracy")
+_LOSS_TERMS = ("total", "seg_ce", "fus_intensity", "fus_ssim", "fus_gradient", "fus_color", "per_entropy", "per_texture")
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+
+
+# --------------------------------------------------------------------------------------------
+# small pieces
+
+
+@dataclass(frozen=True)
+class WarmupCosine:
+    """Linear warm-up from ``start`` to ``peak`` over ``warmup_steps``, then cosine to ``end``.
+
+    A pure function of the step, so resuming needs no scheduler state beyond the step count.
+    """
+
+    start: float
+    peak: float
+    end: float
+    warmup_steps: int
+    total_steps: int
+
+    def __call__(self, step: int) -> float:
+        """Learning rate for the optimiser step with index ``step`` (0-based)."""
+        if step < self.warmup_steps:
+            return self.start + (self.peak - self.start) * step / self.warmup_steps
+        decay_steps = max(1, self.total_steps - 1 - self.warmup_steps)
+        t = min(1.0, (step - self.warmup_steps) / decay_steps)
+        return self.end + 0.5 * (self.peak - self.end) * (1.0 + math.cos(math.pi * t))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay for weights; none for norms, biases, 1-D and flagged parameters.
+
+    Parameters carrying ``_no_weight_decay = True`` (Mamba's ``A_log`` and ``D``) must not be
+    pulled towards zero: ``A_log`` parameterises the state decay and ``D`` the skip path.
+    """
+    no_decay_ids = {
+        id(p) for m in model.modules() if isinstance(m, _NORM_TYPES) for p in m.parameters(recurse=False)
+    }
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if getattr(p, "_no_weight_decay", False) or p.ndim <= 1 or name.endswith(".bias") or id(p) in no_decay_ids:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _voc_palette(n: int) -> list[int]:
+    """The PASCAL VOC colour map (bit-interleaved class ids), distinct for any n ≤ 256."""
+    out = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        out.append(r << 16 | g << 8 | b)
+    return out
+
+
+def resolve_classes(num_classes: int, names: Sequence[str], palette: Sequence[int]) -> tuple[list[str], list[int]]:
+    """Class names and palette: given ones, MFNet's for 9 classes, else generic ones."""
+    if not names:
+        names = list(MFNET_CLASSES) if num_classes == len(MFNET_CLASSES) else [f"class_{i}" for i in range(num_classes)]
+    if not palette:
+        palette = list(MFNET_PALETTE) if num_classes == len(MFNET_PALETTE) else _voc_palette(num_classes)
+    return list(names), list(palette)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device '{name}' is not a valid torch device (use auto, cpu, cuda or cuda:N)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available; use device=auto or cpu")
+    return device
+
+
+def _resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for full precision (always on the CPU)."""
+    if amp == "off":
+        return None
+    if device.type != "cuda":
+        if amp != "auto":
+            _log.info("amp=%s ignored: mixed precision is only used on CUDA (training on %s)", amp, device)
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("amp=bf16 requested but this GPU does not support bfloat16; use amp=fp16 or auto")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+
+def _finite_or_none(value: Any) -> float | None:
+    """Undefined scores (a class never seen) become None: log.jsonl stays strict JSON."""
+    if value is None:
+        return None
+    v = float(value)
+    return v if math.isfinite(v) else None
+
+
+def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record, allow_nan=False) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# trainer
+
+
+class Trainer:
+    """Trains one model on one data mix; see the module docstring for the run directory.
+
+    All arguments are plain values (the configuration is unpacked by :meth:`from_config`).
+
+    Args:
+        model: the network (a ``FusionSegModel``), on the CPU; moved to ``device`` here.
+        loss_fn: the combined loss.
+        train_set: training samples before augmentation (dicts as in ``ivf_training.datasets``).
+        val_set: validation samples at full size, or ``None``.
+        run_dir: the run directory (created by :func:`start_run`).
+        augment: the joint augmentation applied to training samples.
+        batch_size: training batch size.
+        max_steps: number of optimiser steps.
+        schedule: learning rate per step.
+        weight_decay, betas, eps: AdamW settings.
+        grad_clip: maximum global gradient norm, or ``None``.
+        amp: ``auto``, ``bf16``, ``fp16`` or ``off`` (CUDA only).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        seed: data order / augmentation seed (model initialisation is seeded by the caller).
+        val_every, ckpt_every, log_every: intervals in steps (0: only at the end, for the first two).
+        num_workers: DataLoader workers.
+        best_metric, best_mode: validation metric selecting ``ckpt/best`` and its direction.
+        progress: show a tqdm bar.
+        num_classes, class_names: for the confusion matrix.
+    """
+
+    def __init__(self, *, model: nn.Module, loss_fn: FusionSegLoss, train_set: Dataset, val_set: Dataset | None,
+                 run_dir: Path, augment: JointAugment, batch_size: int, max_steps: int, schedule: WarmupCosine,
+                 weight_decay: float, betas: tuple[float, float], eps: float, grad_clip: float | None, amp: str,
+                 device: str, seed: int, val_every: int, ckpt_every: int, log_every: int, num_workers: int,
+                 best_metric: str, best_mode: str, progress: bool, num_classes: int,
+                 class_names: Sequence[str]) -> None:
+        self.device = _resolve_device(device)
+        self.amp_dtype = _resolve_amp(amp, self.device)
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn.to(self.device)
+        self.run_dir = Path(run_dir)
+        self.train_set = AugmentedDataset(train_set, augment, seed)
+        self.val_set = val_set
+        self.batch_size = batch_size
+        self.max_steps = max_steps
+        self.schedule = schedule
+        self.grad_clip = grad_clip
+        self.val_every = val_every
+        self.ckpt_every = ckpt_every
+        self.log_every = log_every
+        self.num_workers = num_workers
+        self.progress = progress
+        self.num_classes = num_classes
+        self.class_names = list(class_names)
+        known = self.validation_metric_names()
+        if best_metric not in known:
+            raise ConfigError(f"best_metric '{best_metric}' is not a validation metric; choose one of {', '.join(known)}")
+        self.best_metric = best_metric
+        self.best_mode = best_mode
+        self.sampler = ResumableBatchSampler(len(self.train_set), batch_size, seed)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, weight_decay), lr=schedule(0), betas=betas, eps=eps)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.step = 0
+        self.best_value: float | None = None
+        self.best_step: int | None = None
+        self.best_metrics: dict[str, float | None] = {}
+        self.last_val: dict[str, float | None] = {}
+        self.last_ckpt_step: int | None = None
+
+    # ---- construction from a configuration ---------------------------------------------------
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, run_dir: Path) -> "Trainer":
+        """Seed, build the model, datasets and loss from ``cfg`` and unpack it into a Trainer."""
+        seed_everything(cfg.seed)
+        m = cfg.model
+        model = build_model(m.variant, preset=m.preset, num_classes=m.num_classes, **m.overrides)
+        multiple = int(getattr(model, "input_multiple", 1))
+        if cfg.crop % multiple:
+            lower, upper = cfg.crop - cfg.crop % multiple, cfg.crop + multiple - cfg.crop % multiple
+            raise ConfigError(
+                f"crop {cfg.crop} is not divisible by {m.variant}'s input_multiple {multiple}; "
+                f"use crop={max(lower, multiple)} or crop={upper}"
+            )
+        train_set, val_set = build_datasets(cfg)
+        lc = cfg.loss
+        perception = PerceptionLoss(lc.resnet50_weights) if lc.perception > 0 or lc.perception_texture > 0 else None
+        loss_fn = FusionSegLoss(seg=lc.seg, fusion=lc.fusion, intensity=lc.intensity, ssim=lc.ssim,
+                                gradient=lc.gradient, color=lc.color, perception=perception,
+                                perception_weight=lc.perception, perception_texture=lc.perception_texture)
+        # TrainConfig.validate guarantees that max_steps or epochs is set
+        max_steps = cfg.max_steps or int(cfg.epochs or 0) * (len(train_set) // cfg.batch_size)  # type: ignore[arg-type]
+        o = cfg.optim
+        schedule = WarmupCosine(o.lr_start, o.lr_peak, o.lr_end, int(o.warmup_fraction * max_steps), max_steps)
+        class_names, _ = resolve_classes(m.num_classes, cfg.data.class_names, cfg.data.palette)
+        return cls(
+            model=model, loss_fn=loss_fn, train_set=train_set, val_set=val_set, run_dir=run_dir,
+            augment=JointAugment(cfg.crop, cfg.data.scale_range, cfg.data.hflip), batch_size=cfg.batch_size,
+            max_steps=max_steps, schedule=schedule, weight_decay=o.weight_decay, betas=o.betas, eps=o.eps,
+            grad_clip=o.grad_clip, amp=cfg.amp, device=cfg.device, seed=cfg.seed, val_every=cfg.val_every,
+            ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, num_workers=cfg.num_workers,
+            best_metric=cfg.best_metric, best_mode=cfg.best_mode, progress=cfg.progress,
+            num_classes=m.num_classes, class_names=class_names,
+        )
+
+    def validation_metric_names(self) -> list[str]:
+        """Names that validation can produce (valid choices for ``best_metric``)."""
+        names = [f"fusion/{n}" for n in FUSION_VAL_METRICS] + [f"loss/{t}" for t in _LOSS_TERMS]
+        return (list(_SEG_VAL_METRICS) if self.num_classes > 0 else []) + names
+
+    # ---- paths -------------------------------------------------------------------------------
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "ckpt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "log.jsonl"
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        """Write ``ckpt/last.*`` (the previous pair becomes ``ckpt/prev.*``)."""
+        state = {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": capture_rng(),
+            "best": {"value": self.best_value, "step": self.best_step, "metrics": dict(self.best_metrics)},
+            "last_val": dict(self.last_val),
+        }
+        save_checkpoint(self.ckpt_dir, self.model.state_dict(), state)
+        self.last_ckpt_step = self.step
+
+    def load_checkpoint(self, tag: str = "last") -> None:
+        """Restore model, optimiser, scaler, RNG, step and best-so-far from ``ckpt/<tag>``."""
+        model_state, state = load_checkpoint(self.ckpt_dir, tag)
+        try:
+            self.model.load_state_dict(model_state)
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(
+                f"checkpoint {self.ckpt_dir}/{tag} does not fit the model built from config.yaml: {exc}"
+            ) from exc
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        restore_rng(state["rng"])
+        self.step = int(state["step"])
+        best = state["best"]
+        self.best_value, self.best_step = best["value"], best["step"]
+        self.best_metrics = dict(best["metrics"])
+        self.last_val = dict(state["last_val"])
+        self.last_ckpt_step = self.step
+        if self.step > self.max_steps:
+            raise CheckpointError(f"checkpoint step {self.step} is beyond max_steps {self.max_steps}")
+        self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        """Drop log lines written after the checkpoint (they will be recomputed), note the resume."""
+        lines = []
+        if self.log_path.is_file():
+            for line in self.log_path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut off by the interruption
+                    continue
+                if record.get("step", 0) <= self.step:
+                    lines.append(line)
+        lines.append(json.dumps({"kind": "resume", "step": self.step, "time": time.time()}))
+        tmp = self.log_path.with_name(self.log_path.name + ".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(self.log_path)
+
+    def _save_best(self, metrics: Mapping[str, float | None]) -> None:
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        save_model_file(self.model.state_dict(), self.ckpt_dir / "best.safetensors",
+                        {"step": str(self.step), "metric": self.best_metric})
+        tmp = self.ckpt_dir / "best.json.tmp"
+        tmp.write_text(json.dumps({"step": self.step, "best_metric": self.best_metric,
+                                   "value": self.best_value, "metrics": dict(metrics)}, indent=2) + "\n")
+        tmp.replace(self.ckpt_dir / "best.json")
+
+    # ---- training ----------------------------------------------------------------------------
+
+    def _loader(self, epoch: int, skip_batches: int) -> DataLoader:
+        self.sampler.set_epoch(epoch, skip_batches)
+        self.train_set.set_epoch(epoch)
+        # A private generator keeps the DataLoader from drawing its base seed from the global RNG
+        # (which would shift dropout/drop-path randomness depending on where an epoch starts).
+        return DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=self.num_workers,
+                          pin_memory=self.device.type == "cuda", generator=torch.Generator())
+
+    def _train_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        rgb = batch["rgb"].to(self.device, non_blocking=True)
+        thermal = batch["thermal"].to(self.device, non_blocking=True)
+        labels = batch["labels"].to(self.device, non_blocking=True)
+        lr = self.schedule(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
+            output = self.model(rgb, thermal)
+        loss, terms = self.loss_fn(output, rgb, thermal, labels)  # in float32, outside autocast
+        if not torch.isfinite(loss):
+            shown = {k: round(float(v), 5) for k, v in terms.items()}
+            raise FloatingPointError(
+                f"loss became non-finite at step {self.step} ({shown}); lower optim.lr_peak, keep "
+                f"optim.grad_clip set, or use amp=off. Last checkpoint: step {self.last_ckpt_step}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip).detach()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return terms
+
+    def fit(self, stop_at_step: int | None = None) -> dict[str, Any]:
+        """Train until ``max_steps`` (or ``stop_at_step``, checkpointing there), validating and
+        checkpointing on schedule.
+
+        Args:
+            stop_at_step: stop after this step with a checkpoint, to split a long run into
+                time-boxed sessions continued by ``resume``.
+
+        Returns:
+            ``{"step", "best_metric", "best_value", "best_step", "last_val"}``.
+        """
+        end = self.max_steps if stop_at_step is None else min(self.max_steps, stop_at_step)
+        bpe = self.sampler.batches_per_epoch
+        self.model.train()
+        self.loss_fn.train()
+        sums: dict[str, float] = {}
+        count, t_log = 0, time.perf_counter()
+        bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True, unit="step")
+        try:
+            while self.step < end:
+                epoch = self.step // bpe
+                for batch in self._loader(epoch, self.step % bpe):
+                    terms = self._train_step(batch)
+                    self.step += 1
+                    bar.update(1)
+                    for k, v in terms.items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+                    count += 1
+                    if self.step % self.log_every == 0 or self.step == end:
+                        now = time.perf_counter()
+                        means = {k: v / count for k, v in sums.items()}
+                        _append_jsonl(self.log_path, {
+                            "kind": "train", "step": self.step, "epoch": epoch, "lr": self.schedule(self.step - 1),
+                            "imgs_per_s": count * self.batch_size / max(now - t_log, 1e-9), **means,
+                        })
+                        bar.set_postfix(loss=f"{means['total']:.4f}")
+                        sums, count, t_log = {}, 0, now
+                    finished = self.step >= end
+                    if (self.val_every and self.step % self.val_every == 0) or (finished and self.step == self.max_steps):
+                        self.validate_and_track()
+                    if (self.ckpt_every and self.step % self.ckpt_every == 0) or finished:
+                        self.save_checkpoint()
+                    if finished:
+                        break
+        finally:
+            bar.close()
+        return {"step": self.step, "best_metric": self.best_metric, "best_value": self.best_value,
+                "best_step": self.best_step, "last_val": dict(self.last_val)}
+
+    # ---- validation --------------------------------------------------------------------------
+
+    def validate_and_track(self) -> dict[str, float | None]:
+        """Validate, log, and update ``ckpt/best`` when ``best_metric`` improved."""
+        metrics = self.validate()
+        self.last_val = metrics
+        _append_jsonl(self.log_path, {"kind": "val", "step": self.step, **metrics})
+        value = metrics.get(self.best_metric)
+        if value is not None:
+            better = self.best_value is None or (
+                value > self.best_value if self.best_mode == "max" else value < self.best_value
+            )
+            if better:
+                self.best_value, self.best_step, self.best_metrics = value, self.step, dict(metrics)
+                self._save_best(metrics)
+        if self.progress:
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
+                              if k in (self.best_metric, "loss/total") and v is not None)
+            tqdm.write(f"step {self.step}: {shown}")
+        return metrics
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float | None]:
+        """Metrics on the validation set at full size (batch 1, padded to the model's multiple).
+
+        Returns:
+            ``mIoU`` & co. over labelled images (one confusion matrix over the set), the means of
+            ``fusion/<metric>`` over all images, and ``loss/<term>`` means.
+        """
+        if self.val_set is None:
+            return {}
+        was_training = self.model.training
+        self.model.eval()
+        self.loss_fn.eval()
+        multiple = int(getattr(self.model, "input_multiple", 1))
+        conf = ConfusionAccumulator(self.num_classes, IGNORE_INDEX, self.class_names) if self.num_classes > 0 else None
+        fusion = FusionMetricAccumulator()
+        loss_sums: dict[str, float] = {}
+        loss_counts: dict[str, int] = {}
+        loader = DataLoader(self.val_set, batch_size=1, num_workers=self.num_workers)
+        try:
+            for batch in loader:
+                rgb = batch["rgb"].to(self.device)
+                thermal = batch["thermal"].to(self.device)
+                labels = batch["labels"].to(self.device)
+                h, w = rgb.shape[-2:]
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                    enabled=self.amp_dtype is not None):
+                    out = self.model(_pad_to_multiple(rgb, multiple), _pad_to_multiple(thermal, multiple))
+                out.fused = out.fused[..., :h, :w].float()
+                if out.logits is not None:
+                    out.logits = out.logits[..., :h, :w].float()
+                labelled = bool((labels != IGNORE_INDEX).any())
+                # unlabelled images would add seg_ce = 0 and dilute its mean: leave them out
+                _, terms = self.loss_fn(out, rgb, thermal, labels if labelled else None)
+                for k, v in terms.items():
+                    loss_sums[k] = loss_sums.get(k, 0.0) + float(v)
+                    loss_counts[k] = loss_counts.get(k, 0) + 1
+                if conf is not None and out.logits is not None and labelled:
+                    conf.update(out.logits.argmax(1).cpu(), labels.cpu())
+                fused_np = out.fused[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
+                f = to_gray_u8(fused_np)
+                a = to_gray_u8(thermal[0, 0].cpu().numpy())
+                b = to_gray_u8(rgb[0].permute(1, 2, 0).cpu().numpy())
+                fusion.update({name: _FUSION_FNS[name](f, a, b) for name in FUSION_VAL_METRICS})
+        finally:
+            self.model.train(was_training)
+            self.loss_fn.train(was_training)
+        metrics: dict[str, float | None] = {}
+        if conf is not None and conf.num_updates:
+            scores = segmentation_scores(conf.compute(), self.class_names)
+            metrics.update({k: _finite_or_none(scores[k]) for k in _SEG_VAL_METRICS})
+            metrics.update({f"IoU/{name}": _finite_or_none(v) for name, v in scores["per_class_iou"].items()})
+        if fusion.count:
+            metrics.update({f"fusion/{k}": v for k, v in fusion.compute().items()})
+        metrics.update({f"loss/{k}": v / loss_counts[k] for k, v in loss_sums.items()})
+        return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# datasets from the configuration
+
+
+def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
+    """The training mix and the validation set described by ``cfg.data``."""
+    d, g = cfg.data, cfg.data.generated
+    k = cfg.model.num_classes or None
+    parts: list[tuple[Dataset, int]] = []
+    if g.train_count:
+        parts.append((GeneratedScenesDataset(g.train_count, g.scene, g.train_start), 1))
+    for root in d.train_folders:
+        parts.append((FolderPairDataset(root, num_classes=k, short_side=d.real_short_side), d.real_repeat))
+    if d.train_real:
+        parts.append((RealPairsDataset(d.train_real, short_side=d.real_short_side), d.real_repeat))
+    train = build_mix(parts)
+    val_parts: list[Dataset] = []
+    if g.val_count:
+        val_parts.append(GeneratedScenesDataset(g.val_count, g.scene, g.val_start))
+    for root in d.val_folders:
+        val_parts.append(FolderPairDataset(root, num_classes=k, short_side=d.real_short_side, max_pairs=d.val_max_pairs))
+    if d.val_real:
+        val_parts.append(RealPairsDataset(d.val_real, short_side=d.real_short_side, max_pairs=d.val_max_pairs))
+    val = None if not val_parts else val_parts[0] if len(val_parts) == 1 else ConcatDataset(val_parts)
+    return train, val
+
+
+# --------------------------------------------------------------------------------------------
+# runs
+
+
+def _run_name(cfg: TrainConfig, config_stem: str) -> str:
+    return cfg.name or f"{config_stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def start_run(cfg: TrainConfig, config_stem: str = "run") -> Trainer:
+    """Create the run directory (config.yaml, data.json) and a Trainer ready to ``fit``.
+
+    Raises:
+        ConfigError: the run directory already holds a run (resume it or choose another name).
+    """
+    cfg.name = _run_name(cfg, config_stem)
+    run_dir = Path(cfg.out_dir) / cfg.name
+    if (run_dir / "config.yaml").exists():
+        raise ConfigError(
+            f"run directory {run_dir} already holds a run; continue it with `ivf-train resume {run_dir}` "
+            "or choose another name=..."
+        )
+    trainer = Trainer.from_config(cfg, run_dir)  # builds everything first: fail before writing
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(cfg, run_dir / "config.yaml")
+    data = {"train": describe_dataset(trainer.train_set), "val": describe_dataset(trainer.val_set) if trainer.val_set else None}
+    (run_dir / "data.json").write_text(json.dumps(data, indent=2) + "\n")
+    return trainer
+
+
+def read_run_config(run_dir: Path) -> TrainConfig:
+    """The resolved configuration of a run directory."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    return config_from_dict(data)
+
+
+def resume_run(run_dir: str | Path, checkpoint: str = "last") -> Trainer:
+    """A Trainer restored from ``RUN_DIR/ckpt/<checkpoint>``, ready to continue with ``fit``."""
+    run_dir = Path(run_dir)
+    cfg = read_run_config(run_dir)
+    trainer = Trainer.from_config(cfg, run_dir)
+    trainer.load_checkpoint(checkpoint)
+    return trainer
+
+
+def export_engine_weights(source: str | Path, out_path: str | Path, *, checkpoint: str | None = None) -> Path:
+    """Write engine weights (``.safetensors`` + sidecar) from a run directory or checkpoint file.
+
+    Args:
+        source: a run directory, or a model file inside its ``ckpt/`` folder.
+        out_path: destination ``.safetensors``.
+        checkpoint: ``best``, ``last`` or ``prev`` when ``source`` is a run directory; default
+            ``best`` if it exists, else ``last``.
+
+    The sidecar records the variant, preset, classes and palette, ``input_size`` (the training
+    crop), ``recipe`` (the resolved configuration), ``data`` (data.json) and ``metrics`` (the
+    validation metrics of the exported checkpoint's best, or the last validation).
+    """
+    source = Path(source)
+    if source.is_file():
+        model_file, run_dir = source, source.parent.parent
+    else:
+        run_dir = source
+        tag = checkpoint or ("best" if (run_dir / "ckpt" / "best.safetensors").exists() else "last")
+        model_file = run_dir / "ckpt" / f"{tag}.safetensors"
+    cfg = read_run_config(run_dir)
+    if not model_file.is_file():
+        raise CheckpointError(f"no model file {model_file}; train first or choose --checkpoint last")
+    if model_file.name.startswith(("last", "prev")):
+        model_state, state = load_checkpoint(model_file.parent, model_file.name.split(".")[0])
+        metrics = {"step": state["step"], **state["last_val"]}
+    else:
+        from safetensors.torch import load_file
+
+        try:
+            model_state = load_file(str(model_file), device="cpu")
+        except Exception as exc:  # safetensors raises several unrelated types
+            raise CheckpointError(f"{model_file} is corrupt ({exc})") from exc
+        best_json = model_file.with_suffix(".json")
+        best = json.loads(best_json.read_text()) if best_json.is_file() else {}
+        metrics = {"step": best.get("step"), **best.get("metrics", {})}
+    m = cfg.model
+    model = build_model(m.variant, preset=m.preset, num_classes=m.num_classes, **m.overrides)
+    try:
+        model.load_state_dict(model_state)  # refuse to export tensors the engine could not load
+    except RuntimeError as exc:
+        raise CheckpointError(f"{model_file} does not fit {m.variant}/{m.preset}: {exc}") from exc
+    classes, palette = resolve_classes(m.num_classes, cfg.data.class_names, cfg.data.palette)
+    data_json = run_dir / "data.json"
+    info = WeightsInfo(
+        variant=m.variant, preset=m.preset, num_classes=m.num_classes, model_args=dict(m.overrides),
+        classes=classes if m.num_classes else [], palette=palette if m.num_classes else [],
+        input_size=[cfg.crop, cfg.crop], recipe=config_to_dict(cfg),
+        data=json.loads(data_json.read_text()) if data_json.is_file() else {},
+        metrics={"checkpoint": model_file.name, "best_metric": cfg.best_metric, **metrics},
+    )
+    return save_weights(model.state_dict(), out_path, info)
