@@ -33,7 +33,7 @@ bench: $(STAMP)
 
 # Reproduce the bundled default weights (see README, "Bundled weights").
 train-default: $(STAMP)
-	$(VENV)/bin/ivf-train run training/recipes/s4fusion_generated.yaml out_dir=runs/s4fusion_default
+	$(VENV)/bin/ivf-train run training/recipes/s4fusion_generated.yaml name=s4fusion_default
 	$(VENV)/bin/ivf-train export runs/s4fusion_default --out ivf_perception/weights/s4fusion_tiny_default.safetensors
 
 clean:

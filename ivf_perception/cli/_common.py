@@ -14,7 +14,7 @@ from typing import Callable
 from ivf_perception.engine import Engine, EngineError, InputError, WeightsError
 from ivf_perception.models.registry import UnknownModelError
 
-__all__ = ["add_engine_arguments", "engine_from_args", "user_errors", "USER_ERRORS", "setup_logging"]
+__all__ = ["add_engine_arguments", "engine_from_args", "parse_size", "user_errors", "USER_ERRORS", "setup_logging"]
 
 USER_ERRORS = (EngineError, InputError, WeightsError, UnknownModelError, FileNotFoundError, ValueError)
 
@@ -39,6 +39,17 @@ def engine_from_args(args: argparse.Namespace) -> Engine:
         return Engine(args.variant or "s4fusion", preset=args.preset, device=args.device, precision=args.precision)
     return Engine(args.variant or "auto", weights=weights, preset=args.preset, device=args.device,
                   precision=args.precision)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``HxW`` (e.g. ``240x320``) to a (height, width) tuple, for argparse ``type=``."""
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"size must look like 240x320 (HxW), got '{text}'") from exc
+    if h < 16 or w < 16:
+        raise argparse.ArgumentTypeError(f"size must be at least 16x16, got {h}x{w}")
+    return h, w
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -15,8 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ivf_perception.cli._common import setup_logging, user_errors
-from ivf_perception.cli.generate import parse_size
+from ivf_perception.cli._common import parse_size, setup_logging, user_errors
 from ivf_perception.engine import Engine
 from ivf_perception.engine.profiling import count_gmacs, count_parameters, measure_latency
 from ivf_perception.models import list_models

@@ -19,8 +19,7 @@ from typing import Any, Sequence
 
 from ivf_perception import __version__
 from ivf_perception.baselines import BASELINES, baseline_fuse
-from ivf_perception.cli._common import add_engine_arguments, engine_from_args, setup_logging, user_errors
-from ivf_perception.cli.generate import parse_size
+from ivf_perception.cli._common import add_engine_arguments, engine_from_args, parse_size, setup_logging, user_errors
 from ivf_perception.engine import Engine
 from ivf_perception.engine.preprocess import prepare_thermal
 from ivf_perception.folder_fusion import fuse_folders

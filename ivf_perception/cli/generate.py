@@ -10,21 +10,10 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from ivf_perception.cli._common import user_errors
+from ivf_perception.cli._common import parse_size, user_errors
 from ivf_perception.io.synthetic import SceneConfig, write_scene_bag, write_scene_folder
 
-__all__ = ["build_parser", "main", "parse_size"]
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``HxW`` (e.g. ``240x320``) to a (height, width) tuple."""
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"size must look like 240x320 (HxW), got '{text}'") from exc
-    if h < 64 or w < 64:
-        raise argparse.ArgumentTypeError(f"size must be at least 64x64, got {h}x{w}")
-    return h, w
+__all__ = ["build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

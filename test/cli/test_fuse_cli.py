@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from ivf_perception.cli import fuse
+from ivf_perception.engine import WeightsInfo, save_weights
+from ivf_perception.models import build_model
 
 
 def _folders(tmp_path: Path) -> tuple[Path, Path]:
@@ -51,7 +53,12 @@ def test_missing_folder_is_one_clear_line(tmp_path: Path, capsys: pytest.Capture
 
 def test_weights_of_another_variant_are_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ir, vi = _folders(tmp_path)
-    rc = fuse.main(["--ir", str(ir), "--vi", str(vi), "--out", str(tmp_path / "o"), "--variant", "test_s4fusion",
-                    "--weights", "default", "--device", "cpu"])
+    model = build_model("test_s4fusion")
+    weights = save_weights(model.state_dict(), tmp_path / "w.safetensors",
+                           WeightsInfo(variant="test_s4fusion", preset="test", num_classes=9))
+    rc = fuse.main(["--ir", str(ir), "--vi", str(vi), "--out", str(tmp_path / "o"), "--variant", "s4fusion",
+                    "--weights", str(weights), "--device", "cpu"])
     assert rc == 2
-    assert "but variant 'test_s4fusion' was requested" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "variant 'test_s4fusion' but variant 's4fusion' was requested" in err
+    assert "Traceback" not in err

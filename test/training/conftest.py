@@ -12,7 +12,8 @@ trained by its own test in ``test_trainer.py`` when it is registered.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -67,19 +68,42 @@ def test_training_standin(preset: str = "tiny", **kwargs: Any) -> StandInFusionS
     return StandInFusionSeg(preset=preset, **kwargs)
 
 
-def make_config(tmp_path: Path, *overrides: str) -> TrainConfig:
-    """A small CPU configuration on generated 64×80 scenes with the stand-in model."""
+def _make_config(root: Path, *overrides: str) -> TrainConfig:
     base = [
         f"model.variant={STANDIN}", "model.preset=tiny", "model.num_classes=9",
         "data.generated.train_count=64", "data.generated.val_count=4",
         "data.generated.scene={height: 64, width: 80}",
         "max_steps=6", "batch_size=4", "crop=64", "val_every=0", "ckpt_every=3", "log_every=1",
-        "optim.warmup_fraction=0.2", "progress=false", "seed=7", f"out_dir={tmp_path / 'runs'}", "name=run",
+        "optim.warmup_fraction=0.2", "progress=false", "seed=7", f"out_dir={root / 'runs'}", "name=run",
     ]
     return load_config(None, [*base, *overrides])
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """One intra-op thread for these tests: the models are tiny, and on a shared 2-core machine a
+    second OpenMP thread that waits for a busy core made training steps ~50x slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
-def tiny_config(tmp_path: Path) -> TrainConfig:
-    """A 6-step run of the stand-in model (checkpoint every 3 steps)."""
-    return make_config(tmp_path)
+def make_config(tmp_path: Path) -> Callable[..., TrainConfig]:
+    """Factory of small CPU configurations: generated 64×80 scenes, the stand-in model, 6 steps
+    of batch 4 with checkpoints every 3 steps, runs under ``root`` (default ``tmp_path``).
+
+    Usage: ``make_config("max_steps=3", root=tmp_path / "a")``.
+    """
+
+    def factory(*overrides: str, root: Path | None = None) -> TrainConfig:
+        return _make_config(root if root is not None else tmp_path, *overrides)
+
+    return factory
+
+
+@pytest.fixture
+def standin() -> type[StandInFusionSeg]:
+    """The stand-in model class (registered as ``test_training_standin``)."""
+    return StandInFusionSeg

@@ -6,11 +6,30 @@ for the models, data readers and metrics, never the other way round.
 
 Entry points: the ``ivf-train`` command (:mod:`ivf_training.cli`), or in Python
 ``load_config`` → ``start_run(cfg).fit()`` → ``export_engine_weights(run_dir, out)``.
+The names below are imported lazily (PEP 562), so ``ivf-train --help`` does not load torch.
 """
 
-from ivf_training.config import ConfigError, TrainConfig, load_config
-from ivf_training.trainer import Trainer, export_engine_weights, resume_run, start_run
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __all__ = ["ConfigError", "TrainConfig", "Trainer", "load_config", "start_run", "resume_run", "export_engine_weights"]
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "ConfigError": "ivf_training.config",
+    "TrainConfig": "ivf_training.config",
+    "load_config": "ivf_training.config",
+    "Trainer": "ivf_training.trainer",
+    "start_run": "ivf_training.trainer",
+    "resume_run": "ivf_training.trainer",
+    "export_engine_weights": "ivf_training.trainer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ivf_training' has no attribute {name!r}")

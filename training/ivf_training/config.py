@@ -40,6 +40,8 @@ __all__ = [
     "config_to_dict",
     "parse_overrides",
     "apply_overrides",
+    "absolutize_paths",
+    "dump_config",
 ]
 
 
@@ -238,7 +240,7 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
-        for name in ("val_every", "ckpt_every", "num_workers"):
+        for name in ("val_every", "ckpt_every", "num_workers", "seed"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.model.num_classes < 0:
@@ -493,11 +495,16 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
 def absolutize_paths(cfg: TrainConfig) -> TrainConfig:
     """Make data paths, the ResNet-50 weight path and ``out_dir`` absolute (against the cwd)."""
     for name in _PATH_LIST_FIELDS:
-        setattr(cfg.data, name, [str(Path(p).expanduser().absolute()) for p in getattr(cfg.data, name)])
+        setattr(cfg.data, name, [_absolute(p) for p in getattr(cfg.data, name)])
     if cfg.loss.resnet50_weights:
-        cfg.loss.resnet50_weights = str(Path(cfg.loss.resnet50_weights).expanduser().absolute())
-    cfg.out_dir = str(Path(cfg.out_dir).expanduser().absolute())
+        cfg.loss.resnet50_weights = _absolute(cfg.loss.resnet50_weights)
+    cfg.out_dir = _absolute(cfg.out_dir)
     return cfg
+
+
+def _absolute(path: str) -> str:
+    """Absolute and lexically normalised (``a/../b`` → ``b``), symlinks kept as written."""
+    return os.path.abspath(os.path.expanduser(path))
 
 
 def dump_config(cfg: TrainConfig, path: str | os.PathLike[str]) -> None:

@@ -7,6 +7,7 @@ Run directory layout (``RUN_DIR = out_dir/name``)::
     log.jsonl          one JSON object per line: {"kind": "train"|"val"|"resume", "step": ...}
     ckpt/last.*        latest checkpoint (see ivf_training.checkpoint), ckpt/prev.* the one before
     ckpt/best.safetensors + best.json   model with the best validation ``best_metric``
+    ckpt/stale-*       files set aside when resuming from an older checkpoint (never deleted)
 
 Reproducibility: the seed fixes model initialisation (set before ``build_model``), the data
 order (:class:`~ivf_training.datasets.ResumableBatchSampler`) and the augmentation
@@ -78,7 +79,9 @@ __all__ = [
     "seed_everything",
     "resolve_classes",
     "Trainer",
+    "build_datasets",
     "start_run",
+    "read_run_config",
     "resume_run",
     "export_engine_weights",
 ]
@@ -100,7 +103,7 @@ _FUSION_FNS = {
 }
 _SEG_VAL_METRICS = ("mIoU", "mIoU_with_background", "background_IoU", "pixel_accuracy")
 _LOSS_TERMS = ("total", "seg_ce", "fus_intensity", "fus_ssim", "fus_gradient", "fus_color", "per_entropy", "per_texture")
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,7 +339,9 @@ class Trainer:
     def validation_metric_names(self) -> list[str]:
         """Names that validation can produce (valid choices for ``best_metric``)."""
         names = [f"fusion/{n}" for n in FUSION_VAL_METRICS] + [f"loss/{t}" for t in _LOSS_TERMS]
-        return (list(_SEG_VAL_METRICS) if self.num_classes > 0 else []) + names
+        if self.num_classes == 0:
+            return names
+        return list(_SEG_VAL_METRICS) + [f"IoU/{c}" for c in self.class_names] + names
 
     # ---- paths -------------------------------------------------------------------------------
 
@@ -384,7 +389,34 @@ class Trainer:
         self.last_ckpt_step = self.step
         if self.step > self.max_steps:
             raise CheckpointError(f"checkpoint step {self.step} is beyond max_steps {self.max_steps}")
+        if tag == "prev":
+            # last.* is newer (or corrupt): keep it out of the rotation, which would otherwise make
+            # it the next "prev"
+            self._set_aside(("last.safetensors", "last.state.pt"), f"stale-after-step{self.step}")
+        self._set_aside_stale_best()
         self._truncate_log()
+
+    def _set_aside(self, names: Sequence[str], prefix: str) -> None:
+        """Rename checkpoint files that no longer belong to this run's timeline (never delete)."""
+        for name in names:
+            path = self.ckpt_dir / name
+            if path.exists():
+                target = path.with_name(f"{prefix}-{name}")
+                path.replace(target)
+                _log.warning("set aside %s as %s: it is not part of the resumed run", path, target.name)
+
+    def _set_aside_stale_best(self) -> None:
+        """Rename ``ckpt/best.*`` written after the checkpoint we resume from (e.g. resuming from
+        ``prev``): it belongs to discarded progress and must not be exported as this run's best."""
+        best_json = self.ckpt_dir / "best.json"
+        if not best_json.is_file():
+            return
+        try:
+            best_step = json.loads(best_json.read_text()).get("step")
+        except json.JSONDecodeError:
+            best_step = None
+        if best_step != self.best_step:
+            self._set_aside(("best.safetensors", "best.json"), f"stale-step{best_step}")
 
     def _truncate_log(self) -> None:
         """Drop log lines written after the checkpoint (they will be recomputed), note the resume."""
@@ -461,7 +493,7 @@ class Trainer:
         bpe = self.sampler.batches_per_epoch
         self.model.train()
         self.loss_fn.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}  # summed on the device: no host sync per step
         count, t_log = 0, time.perf_counter()
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True, unit="step")
         try:
@@ -472,13 +504,14 @@ class Trainer:
                     self.step += 1
                     bar.update(1)
                     for k, v in terms.items():
-                        sums[k] = sums.get(k, 0.0) + float(v)
+                        sums[k] = sums[k] + v if k in sums else v.clone()
                     count += 1
                     if self.step % self.log_every == 0 or self.step == end:
                         now = time.perf_counter()
-                        means = {k: v / count for k, v in sums.items()}
+                        means = {k: float(v) / count for k, v in sums.items()}
                         _append_jsonl(self.log_path, {
-                            "kind": "train", "step": self.step, "epoch": epoch, "lr": self.schedule(self.step - 1),
+                            "kind": "train", "step": self.step, "epoch": epoch, "time": time.time(),
+                            "lr": self.schedule(self.step - 1),
                             "imgs_per_s": count * self.batch_size / max(now - t_log, 1e-9), **means,
                         })
                         bar.set_postfix(loss=f"{means['total']:.4f}")

@@ -23,9 +23,6 @@ from ivf_training.datasets import (
     describe_dataset,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-
-
 def _rgb(h: int, w: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 
@@ -162,10 +159,8 @@ def test_augmented_dataset_depends_on_seed_epoch_index_only() -> None:
 
 
 @pytest.mark.realdata
-def test_llvip_train_pairs_load() -> None:
-    root = SHARED_DATA / "llvip" / "train"
-    if not root.is_dir():
-        pytest.skip(f"{root} not present (a fresh clone without ../shared/data)")
+def test_llvip_train_pairs_load(shared_data: Path) -> None:
+    root = shared_data / "llvip" / "train"
     ds = RealPairsDataset([root], short_side=128, max_pairs=2)
     s = ds[0]
     assert len(ds) == 2

@@ -1,0 +1,164 @@
+"""Cross SS2D: S4Fusion's cross-modal selective scan over interleaved infrared/visible tokens.
+
+Ma et al., "S4Fusion: Saliency-aware Selective State Space Model for Infrared and Visible
+Image Fusion", 2024 (arXiv:2405.20881); public code ``zipper112/S4Fusion``. Written from
+the paper and that code's behaviour; parameter names match its checkpoints.
+
+The idea: scan both modalities *in one sequence* so a single hidden state carries
+information across them, while each token's Δ, B and C still come from its own modality.
+Steps (``x`` = infrared tokens, ``y`` = visible tokens, both (B, H, W, C)):
+
+1. Shared input projection to an SSM input and a gate ``z`` per modality, shared depth-wise
+   conv + SiLU.
+2. Four scan orders of each modality (:func:`cross_scan`).
+3. Modality-specific Δ/B/C: ``x_proj_weight`` for infrared tokens and ``y_proj_weight`` for
+   visible tokens (one projection per direction each); the Δ up-projection is shared, as
+   in the public code. They are computed from the unmarked tokens.
+4. Patch Mark: a learned linear map of the concatenated tokens (2·d_inner -> d_inner),
+   ``mark = W [x; y]``, is added to both modalities' SSM inputs, so each token carries a
+   tag of what the other modality sees at the same place. It is per token, so it is
+   computed once on the feature map and read in the four orders.
+5. Interleaving: per direction, ``x0, y0, x1, y1, ...`` (length 2L), with the matching
+   Δ/B/C interleaved the same way.
+6. One grouped selective scan (4 groups = 4 directions) over the interleaved sequences:
+   one hidden state shared by both modalities, shared A, D and Δ bias.
+7. Recovering: even positions are infrared outputs, odd positions visible ones; each is put
+   back in image order (:func:`cross_merge`, sum of the directions).
+8. Shared LayerNorm, gate each modality by ``silu`` of its own ``z``, shared output
+   projection.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ivf_perception.checks import check_shape
+from ivf_perception.models.layers.cross_scan import NUM_DIRECTIONS, cross_merge, cross_scan
+from ivf_perception.models.layers.ss2d import check_scan_backend, depthwise_conv
+from ivf_perception.models.layers.ssm_params import (
+    dt_rank_for,
+    init_a_log,
+    init_dt_bias,
+    init_dt_weight,
+    init_proj_weight,
+    no_weight_decay,
+    project_scan_params,
+)
+from ivf_perception.models.ops import selective_scan
+
+__all__ = ["CrossSS2D", "interleave"]
+
+
+def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a0, b0, a1, b1, ...`` along the last dimension.
+
+    Shape:
+        a, b: (*, L)  ->  (*, 2L)
+    """
+    return torch.stack([a, b], dim=-1).flatten(-2)
+
+
+class CrossSS2D(nn.Module):
+    """S4Fusion's Cross SS2D: a shared-state selective scan over interleaved modalities.
+
+    Args:
+        d_model: channels C of both inputs and outputs.
+        d_state: SSM state size N (S4Fusion's fusion blocks use 18).
+        ssm_ratio: inner width ``d_inner = int(ssm_ratio * d_model)`` (S4Fusion: 1.5).
+        dt_rank: rank of Δ's projection; ``"auto"`` is ``ceil(d_model / 16)``.
+        d_conv: depth-wise conv kernel size (odd); ``<= 1`` disables the conv.
+        dropout: dropout on the outputs.
+        scan_backend: selective-scan backend.
+        device: parameter device.
+        dtype: parameter dtype.
+
+    Shape:
+        x (infrared), y (visible): (B, H, W, C)  ->  (out_x, out_y), both (B, H, W, C).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 18,
+        ssm_ratio: float = 1.5,
+        dt_rank: int | str = "auto",
+        d_conv: int = 3,
+        dropout: float = 0.0,
+        scan_backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        check_scan_backend(scan_backend)
+        dd = {"device": device, "dtype": dtype}
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_inner = int(ssm_ratio * d_model)
+        if self.d_inner < 1:
+            raise ValueError(f"ssm_ratio * d_model must be >= 1, got {ssm_ratio} * {d_model}")
+        self.dt_rank = dt_rank_for(d_model, dt_rank)
+        self.scan_backend = scan_backend
+        k, n_proj = NUM_DIRECTIONS, self.dt_rank + 2 * d_state
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False, **dd)
+        self.conv2d = depthwise_conv(self.d_inner, d_conv, True, **dd)
+        self.act = nn.SiLU()
+        self.x_proj_weight = nn.Parameter(torch.empty(k, n_proj, self.d_inner, **dd))  # infrared
+        self.y_proj_weight = nn.Parameter(torch.empty(k, n_proj, self.d_inner, **dd))  # visible
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, self.d_inner, self.dt_rank, **dd))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, self.d_inner, **dd))
+        self.A_logs = no_weight_decay(nn.Parameter(torch.empty(k * self.d_inner, d_state, **dd)))
+        self.Ds = no_weight_decay(nn.Parameter(torch.empty(k * self.d_inner, **dd)))
+        self.mark_proj = nn.Parameter(torch.empty(self.d_inner, 2 * self.d_inner, **dd))
+        self.out_norm = nn.LayerNorm(self.d_inner, **dd)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False, **dd)
+        self.dropout = nn.Dropout(dropout) if dropout > 0.0 else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Mamba's initialisation of the scan parameters; ``nn.Linear``'s for the mark."""
+        init_proj_weight(self.x_proj_weight)
+        init_proj_weight(self.y_proj_weight)
+        init_proj_weight(self.mark_proj)
+        init_dt_weight(self.dt_projs_weight, self.dt_rank)
+        init_dt_bias(self.dt_projs_bias)
+        init_a_log(self.A_logs)
+        nn.init.ones_(self.Ds)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        check_shape(x, "B H W C", name="x", C=self.d_model)
+        b, h, w, _ = x.shape
+        check_shape(y, "B H W C", name="y", B=b, H=h, W=w, C=self.d_model)
+        length = h * w
+
+        x, z_x = self.in_proj(x).chunk(2, dim=-1)
+        y, z_y = self.in_proj(y).chunk(2, dim=-1)
+        x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, d_inner, H, W)
+        y = self.act(self.conv2d(y.permute(0, 3, 1, 2)))
+        mark = torch.einsum("bchw,dc->bdhw", torch.cat([x, y], dim=1), self.mark_proj)  # Patch Mark
+
+        xs, ys, marks = cross_scan(x), cross_scan(y), cross_scan(mark)  # (B, 4, d_inner, L)
+        dt_x, b_x, c_x = project_scan_params(xs, self.x_proj_weight, self.dt_projs_weight, self.dt_rank, self.d_state)
+        dt_y, b_y, c_y = project_scan_params(ys, self.y_proj_weight, self.dt_projs_weight, self.dt_rank, self.d_state)
+
+        u = interleave(xs + marks, ys + marks).flatten(1, 2)  # (B, 4·d_inner, 2L)
+        a_log = self.A_logs.to(torch.promote_types(self.A_logs.dtype, torch.float32))
+        out = selective_scan(
+            u, interleave(dt_x, dt_y).flatten(1, 2), -torch.exp(a_log), interleave(b_x, b_y), interleave(c_x, c_y),
+            self.Ds, delta_bias=self.dt_projs_bias.flatten(), delta_softplus=True, backend=self.scan_backend,
+        )
+        out = out.view(b, NUM_DIRECTIONS, self.d_inner, length, 2)  # Recovering: even = x, odd = y
+        out_x = self._gate_and_project(cross_merge(out[..., 0], h, w), z_x)
+        out_y = self._gate_and_project(cross_merge(out[..., 1], h, w), z_y)
+        return out_x, out_y
+
+    def _gate_and_project(self, tokens: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """(B, d_inner, L) scan output -> (B, H, W, C): norm, ``silu(z)`` gate, projection."""
+        tokens = tokens.transpose(1, 2).reshape(z.shape)
+        return self.dropout(self.out_proj(self.out_norm(tokens) * F.silu(z)))
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
+                f"dt_rank={self.dt_rank}, scan_backend={self.scan_backend!r}")

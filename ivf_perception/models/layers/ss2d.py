@@ -1,0 +1,139 @@
+"""SS2D: VMamba's 2-D selective scan over a channels-last feature map.
+
+Liu et al., "VMamba: Visual State Space Model", NeurIPS 2024. The token map is projected to
+an SSM input ``x`` and a gate ``z``; ``x`` goes through a depth-wise conv and SiLU, is read in
+four scan orders (:func:`cross_scan`), each order gets its own input-dependent Δ/B/C and is
+scanned with one grouped selective scan (four groups, one per order); the four outputs are
+put back in image order and summed (:func:`cross_merge`), normalised, gated by ``silu(z)``
+and projected back. Parameter names match VMamba's so its checkpoints map one to one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ivf_perception.checks import check_shape
+from ivf_perception.models.layers.cross_scan import NUM_DIRECTIONS, cross_merge, cross_scan
+from ivf_perception.models.layers.ssm_params import (
+    dt_rank_for,
+    init_a_log,
+    init_dt_bias,
+    init_dt_weight,
+    init_proj_weight,
+    no_weight_decay,
+    project_scan_params,
+)
+from ivf_perception.models.ops import SCAN_BACKENDS, selective_scan
+
+__all__ = ["SS2D", "check_scan_backend", "depthwise_conv"]
+
+
+def depthwise_conv(channels: int, d_conv: int, bias: bool, device: torch.device | str | None,
+                   dtype: torch.dtype | None) -> nn.Module:
+    """The local mixing conv before the scan; ``d_conv <= 1`` disables it (identity).
+
+    Raises:
+        ValueError: for an even kernel size, which could not keep H×W unchanged.
+    """
+    if d_conv <= 1:
+        return nn.Identity()
+    if d_conv % 2 == 0:
+        raise ValueError(f"d_conv must be odd so that the conv keeps H and W (or <= 1 to disable it), got {d_conv}")
+    return nn.Conv2d(channels, channels, d_conv, padding=(d_conv - 1) // 2, groups=channels, bias=bias,
+                     device=device, dtype=dtype)
+
+
+def check_scan_backend(scan_backend: str) -> None:
+    """Fail at construction, not at the first forward, on a misspelt backend."""
+    if scan_backend not in SCAN_BACKENDS:
+        raise ValueError(f"Unknown scan_backend {scan_backend!r}; supported backends: {list(SCAN_BACKENDS)}")
+
+
+class SS2D(nn.Module):
+    """VMamba's 2-D selective-scan mixer on channels-last input.
+
+    Args:
+        d_model: input/output channels C.
+        d_state: SSM state size N.
+        ssm_ratio: inner width ``d_inner = int(ssm_ratio * d_model)``.
+        dt_rank: rank of Δ's projection; ``"auto"`` is ``ceil(d_model / 16)``.
+        d_conv: depth-wise conv kernel size (odd); ``<= 1`` disables the conv.
+        conv_bias: bias of the depth-wise conv.
+        bias: bias of the input and output projections.
+        dropout: dropout on the output.
+        scan_backend: selective-scan backend, see :data:`~ivf_perception.models.ops.SCAN_BACKENDS`.
+        device: parameter device.
+        dtype: parameter dtype.
+
+    Shape:
+        x: (B, H, W, C)  ->  (B, H, W, C), any H, W.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        ssm_ratio: float = 2.0,
+        dt_rank: int | str = "auto",
+        d_conv: int = 3,
+        conv_bias: bool = True,
+        bias: bool = False,
+        dropout: float = 0.0,
+        scan_backend: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        check_scan_backend(scan_backend)
+        dd = {"device": device, "dtype": dtype}
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_inner = int(ssm_ratio * d_model)
+        if self.d_inner < 1:
+            raise ValueError(f"ssm_ratio * d_model must be >= 1, got {ssm_ratio} * {d_model}")
+        self.dt_rank = dt_rank_for(d_model, dt_rank)
+        self.scan_backend = scan_backend
+        k = NUM_DIRECTIONS
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **dd)
+        self.conv2d = depthwise_conv(self.d_inner, d_conv, conv_bias, **dd)
+        self.act = nn.SiLU()
+        self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * d_state, self.d_inner, **dd))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, self.d_inner, self.dt_rank, **dd))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, self.d_inner, **dd))
+        self.A_logs = no_weight_decay(nn.Parameter(torch.empty(k * self.d_inner, d_state, **dd)))
+        self.Ds = no_weight_decay(nn.Parameter(torch.empty(k * self.d_inner, **dd)))
+        self.out_norm = nn.LayerNorm(self.d_inner, **dd)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **dd)
+        self.dropout = nn.Dropout(dropout) if dropout > 0.0 else nn.Identity()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Mamba's initialisation of the scan parameters (the nn layers init themselves)."""
+        init_proj_weight(self.x_proj_weight)
+        init_dt_weight(self.dt_projs_weight, self.dt_rank)
+        init_dt_bias(self.dt_projs_bias)
+        init_a_log(self.A_logs)
+        nn.init.ones_(self.Ds)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_shape(x, "B H W C", name="x", C=self.d_model)
+        b, h, w, _ = x.shape
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, d_inner, H, W)
+        xs = cross_scan(x)  # (B, 4, d_inner, L)
+        delta, bs, cs = project_scan_params(xs, self.x_proj_weight, self.dt_projs_weight, self.dt_rank, self.d_state)
+        a_log = self.A_logs.to(torch.promote_types(self.A_logs.dtype, torch.float32))
+        ys = selective_scan(
+            xs.flatten(1, 2), delta.flatten(1, 2), -torch.exp(a_log), bs, cs, self.Ds,
+            delta_bias=self.dt_projs_bias.flatten(), delta_softplus=True, backend=self.scan_backend,
+        )
+        y = cross_merge(ys.view(b, NUM_DIRECTIONS, self.d_inner, h * w), h, w)
+        y = self.out_norm(y.transpose(1, 2).reshape(b, h, w, self.d_inner)) * F.silu(z)
+        return self.dropout(self.out_proj(y))
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
+                f"dt_rank={self.dt_rank}, scan_backend={self.scan_backend!r}")

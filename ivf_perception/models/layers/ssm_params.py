@@ -1,0 +1,94 @@
+"""Parameters of multi-direction selective-scan layers: Mamba's initialisers and projection.
+
+Shared by :class:`SS2D` and :class:`CrossSS2D`. Each of the ``K`` scan directions owns a
+low-rank projection of the tokens to (Δ, B, C) and a Δ up-projection with a bias; all
+directions' channels are stacked (``K·d_inner``) for one grouped selective scan.
+
+Initialisation follows Mamba (Gu & Dao, 2023): Δ's bias is the inverse softplus of a
+log-uniform sample in ``[dt_min, dt_max]`` so softplus(bias) starts as a sensible step
+size, the Δ projection weight is uniform with std ``dt_rank**-0.5``, and A is S4D-real
+(``A[:, n] = -(n + 1)``, stored as ``A_log = log(n + 1)`` so that A stays negative).
+``A_log`` and ``D`` are flagged ``_no_weight_decay`` for the optimiser's parameter groups.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = [
+    "dt_rank_for",
+    "init_dt_bias",
+    "init_dt_weight",
+    "init_proj_weight",
+    "init_a_log",
+    "no_weight_decay",
+    "project_scan_params",
+]
+
+
+def dt_rank_for(d_model: int, dt_rank: int | str) -> int:
+    """Mamba's ``dt_rank="auto"``: ``ceil(d_model / 16)``; an int is returned as is."""
+    if dt_rank == "auto":
+        return math.ceil(d_model / 16)
+    if isinstance(dt_rank, int) and dt_rank >= 1:
+        return dt_rank
+    raise ValueError(f"dt_rank must be 'auto' or a positive int, got {dt_rank!r}")
+
+
+@torch.no_grad()
+def init_dt_bias(bias: torch.Tensor, dt_min: float = 1e-3, dt_max: float = 0.1, dt_floor: float = 1e-4) -> None:
+    """In place: ``bias = softplus⁻¹(dt)`` with ``dt`` log-uniform in [dt_min, dt_max]."""
+    log_min, log_max = math.log(dt_min), math.log(dt_max)
+    dt = torch.exp(torch.rand_like(bias) * (log_max - log_min) + log_min).clamp_(min=dt_floor)
+    bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse of softplus(x) = log(1 + e^x)
+
+
+@torch.no_grad()
+def init_dt_weight(weight: torch.Tensor, dt_rank: int, dt_scale: float = 1.0) -> None:
+    """In place: uniform in ±``dt_rank**-0.5 * dt_scale`` (keeps Δ's variance at init)."""
+    std = dt_rank**-0.5 * dt_scale
+    weight.uniform_(-std, std)
+
+
+@torch.no_grad()
+def init_proj_weight(weight: torch.Tensor) -> None:
+    """In place: ``nn.Linear``'s default, uniform in ±1/sqrt(fan_in), for stacked (K, out, in)."""
+    bound = 1.0 / math.sqrt(weight.shape[-1])
+    weight.uniform_(-bound, bound)
+
+
+@torch.no_grad()
+def init_a_log(a_log: torch.Tensor) -> None:
+    """In place: S4D-real ``A_log[:, n] = log(n + 1)`` for a (channels, N) tensor."""
+    n = torch.arange(1, a_log.shape[-1] + 1, device=a_log.device, dtype=a_log.dtype)
+    a_log.copy_(torch.log(n).expand_as(a_log))
+
+
+def no_weight_decay(param: nn.Parameter) -> nn.Parameter:
+    """Flag ``param`` so the optimiser's parameter groups exclude it from weight decay."""
+    param._no_weight_decay = True  # type: ignore[attr-defined]
+    return param
+
+
+def project_scan_params(
+    xs: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor, dt_rank: int, d_state: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Input-dependent Δ (before bias/softplus), B and C of every direction.
+
+    Args:
+        xs: tokens of each direction.
+        x_proj_weight: per-direction projection to ``dt_rank + 2·d_state``.
+        dt_projs_weight: per-direction up-projection of Δ's low-rank part.
+        dt_rank: rank of Δ's projection.
+        d_state: SSM state size N.
+
+    Shape:
+        xs: (B, K, D, L); x_proj_weight: (K, R + 2N, D); dt_projs_weight: (K, D, R)
+        ->  delta: (B, K, D, L); B, C: (B, K, N, L)
+    """
+    x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, x_proj_weight)
+    dts, b, c = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=2)
+    return torch.einsum("bkrl,kdr->bkdl", dts, dt_projs_weight), b, c
