@@ -20,12 +20,12 @@ from typing import Any, Sequence
 from ivf_perception import __version__
 from ivf_perception.baselines import BASELINES, baseline_fuse
 from ivf_perception.cli._common import add_engine_arguments, engine_from_args, parse_size, setup_logging, user_errors
+from ivf_perception.cli.eval_fusion import evaluate_folders
 from ivf_perception.engine import Engine
 from ivf_perception.engine.preprocess import prepare_thermal
 from ivf_perception.folder_fusion import fuse_folders
 from ivf_perception.io.image_files import find_pairs, read_image, read_rgb, write_png
 from ivf_perception.io.synthetic import SceneConfig, write_scene_bag, write_scene_folder
-from ivf_perception.cli.eval_fusion import evaluate_folders
 from ivf_perception.metrics import ConfusionAccumulator
 
 __all__ = ["build_parser", "main", "DEMO_SEED"]
@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     is_night = {f["name"]: bool(f["is_night"]) for f in index["frames"]}
 
     engine = engine_from_args(args)
+    engine.warmup(*args.size)  # the first call pays for allocations; keep it out of the latency
     summary = fuse_folders(engine, sample / "ir", sample / "vi", out, batch_size=args.batch_size)
     metrics = _evaluate(engine, sample, out, is_night)
     metrics["latency_ms"] = summary.mean_latency_ms
