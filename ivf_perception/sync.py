@@ -144,6 +144,12 @@ class ApproximateTimePairer(Generic[T]):
                 self.stats.unmatched[s] += len(q)
                 q.clear()
 
+    def reset(self) -> None:
+        """Forget queued messages and stamp history (a bag loop restarted time); counters stay."""
+        self.flush()
+        with self._lock:
+            self._last_stamp = {s: None for s in STREAMS}
+
     def pending(self) -> dict[str, int]:
         with self._lock:
             return {s: len(q) for s, q in self._queues.items()}

@@ -94,3 +94,13 @@ def test_latest_slot_wakes_a_waiting_worker_and_closes() -> None:
     assert got == ["x"]
     slot.close()
     assert slot.get(timeout=5) is None
+
+
+def test_reset_after_time_jumps_back() -> None:
+    p = ApproximateTimePairer(slop_s=0.01)
+    p.add("rgb", 500 * MS, "old")
+    p.reset()
+    assert p.pending() == {"rgb": 0, "thermal": 0} and p.stats.unmatched["rgb"] == 1
+    p.add("rgb", 10 * MS, "new")
+    assert p.stats.out_of_order["rgb"] == 0
+    assert p.add("thermal", 12 * MS, "t").rgb == "new"
