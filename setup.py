@@ -16,6 +16,8 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        (f"share/{PACKAGE}/rviz", glob("rviz/*.rviz")),
+        (f"share/{PACKAGE}/msg", glob("msg/*.msg")),
     ],
     install_requires=["setuptools"],
     zip_safe=False,
@@ -27,6 +29,7 @@ setup(
     entry_points={
         "console_scripts": [
             "ivf-perception = ivf_perception.cli.main:main",
+            "fusion_node = ivf_perception.nodes.fusion_node:main",
         ],
     },
 )

@@ -18,6 +18,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-fusion": ("ivf_perception.cli.eval_fusion", "fusion metrics of fused images against their sources"),
     "bench": ("ivf_perception.cli.bench", "parameters, GFLOPs, latency per variant; selective-scan speed"),
     "generate": ("ivf_perception.cli.generate", "write generated labelled scenes as a folder dataset and/or bag"),
+    "node": ("ivf_perception.cli.node", "start the live ROS 2 fusion node (rclpy arguments pass through)"),
+    "play": ("ivf_perception.cli.play", "publish a rosbag2's image topics with their recorded timing"),
+    "bench-node": ("ivf_perception.cli.bench_node", "fusion node overhead and sustained rate at 640x480, 30 Hz"),
 }
 
 

@@ -62,3 +62,19 @@ def test_weights_of_another_variant_are_named(tmp_path: Path, capsys: pytest.Cap
     err = capsys.readouterr().err
     assert "variant 'test_s4fusion' but variant 's4fusion' was requested" in err
     assert "Traceback" not in err
+
+
+def test_baseline_mode_writes_pixel_fusions(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    ir, vi = tmp_path / "ir", tmp_path / "vi"
+    ir.mkdir()
+    vi.mkdir()
+    gray = rng.integers(0, 256, (40, 60), dtype=np.uint8)  # gray visible: no gamut clipping of colour
+    cv2.imwrite(str(vi / "a.png"), np.repeat(gray[..., None], 3, axis=2))
+    cv2.imwrite(str(ir / "a.png"), rng.integers(0, 256, (40, 60), dtype=np.uint8))
+    out = tmp_path / "base"
+    assert fuse.main(["--ir", str(ir), "--vi", str(vi), "--out", str(out), "--baseline", "max"]) == 0
+    fused = cv2.imread(str(out / "fused" / "a.png"), cv2.IMREAD_GRAYSCALE).astype(int)
+    ir_img = cv2.imread(str(ir / "a.png"), cv2.IMREAD_GRAYSCALE).astype(int)
+    np.testing.assert_allclose(fused, np.maximum(ir_img, gray.astype(int)), atol=1)
+    assert not (out / "labels").exists()

@@ -1,0 +1,76 @@
+"""``ivf-perception play BAG``: publish a rosbag2's image topics with their recorded timing.
+
+Messages keep their original header stamps and bytes; ``--rate`` scales the speed and
+``--loop`` starts again at the end (stamps then jump back, which the fusion node detects and
+answers by resetting its pairing). Topics keep their recorded names; remap them with rclpy
+arguments, e.g. ``--ros-args -r /camera/rgb/image:=/rgb/image``. The bundled Fast DDS profile
+for large images is used unless FASTDDS_DEFAULT_PROFILES_FILE is set (``--no-dds-profile``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from ivf_perception.cli._common import user_errors
+
+__all__ = ["build_parser", "main"]
+
+PROG = "ivf-perception play"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Arguments after --ros-args go to rclpy (remapping, node name, ...).")
+    p.add_argument("bag", help="rosbag2 folder (MCAP or sqlite3)")
+    p.add_argument("--rate", type=float, default=1.0, help="speed factor (default 1.0 = recorded timing)")
+    p.add_argument("--loop", action="store_true", help="play again from the start at the end, until Ctrl-C")
+    p.add_argument("--topics", nargs="+", default=None,
+                   help="topics to publish (default: every sensor_msgs/msg/Image topic)")
+    p.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to this long until every topic has a subscriber before starting")
+    p.add_argument("--qos-depth", type=int, default=10, help="history depth of the (reliable) publishers")
+    p.add_argument("--no-dds-profile", action="store_true",
+                   help="do not apply the bundled Fast DDS large-image profile")
+    return p
+
+
+@user_errors(PROG)
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    from rclpy.utilities import remove_ros_args
+
+    args = build_parser().parse_args(remove_ros_args(["play", *argv])[1:])
+    if args.rate <= 0:
+        raise ValueError(f"--rate must be > 0, got {args.rate}")
+    if args.qos_depth < 1:
+        raise ValueError(f"--qos-depth must be >= 1, got {args.qos_depth}")
+    if not args.no_dds_profile:
+        from ivf_perception.nodes.dds import apply_large_images_profile
+
+        apply_large_images_profile()
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException
+
+    from ivf_perception.nodes.bag_player import BagPlayer
+
+    rclpy.init(args=["ivf_perception_play", *argv])
+    node = rclpy.create_node("ivf_perception_player")
+    try:
+        player = BagPlayer(node, args.bag, args.topics, rate=args.rate, loop=args.loop, qos_depth=args.qos_depth)
+        if args.wait_for_subscribers > 0 and not player.wait_for_subscribers(args.wait_for_subscribers):
+            node.get_logger().warning(f"not every topic has a subscriber after {args.wait_for_subscribers:g} s; "
+                                      "playing anyway")
+        node.get_logger().info(f"playing {args.bag}: {', '.join(player.topics)} at {args.rate:g}x"
+                               + (", looping" if args.loop else ""))
+        summary = player.play()
+        print(f"published {summary.total} messages ({', '.join(f'{t}: {n}' for t, n in summary.published.items())}) "
+              f"in {summary.duration_s:.2f} s, {summary.loops} pass(es)")
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

@@ -1,0 +1,501 @@
+"""``fusion_node``: live thermal + RGB fusion and segmentation as a ROS 2 lifecycle node.
+
+Data path (DESIGN §1, §4): the image callbacks only read the header stamp and offer the message
+to the shared :class:`~ivf_perception.sync.ApproximateTimePairer`; a completed pair goes to a
+:class:`~ivf_perception.sync.LatestSlot`; one worker thread takes the newest pair, decodes it
+(``ivf_perception.io``), runs :meth:`Engine.infer`, encodes and publishes. A slow engine
+therefore drops stale pairs (counted) instead of building a queue and latency, and inference
+never blocks the executor. This module only wires parts together: no tensor maths here.
+
+Topics (relative, remappable):
+    in:  ``rgb/image``, ``thermal/image`` (sensor_msgs/Image), ``rgb/camera_info``,
+         ``thermal/camera_info`` (optional, checked against the image sizes)
+    out: ``fused/image`` (rgb8), ``segmentation/labels`` (mono8 class ids),
+         ``segmentation/overlay`` (rgb8, computed only while subscribed), ``fusion/stats``
+         (ivf_perception_msgs/FusionStats), all with the RGB input's header; ``/diagnostics``.
+
+Lifecycle (the ROS 2 lifecycle talker's structure, yolo_ros's order of work):
+    configure  reads and validates the parameters, builds the QoS, builds and warms up the
+               engine, creates the publishers. SUCCESS: inactive. FAILURE (invalid parameter,
+               missing or mismatched weights, no CUDA): back to unconfigured, reason logged and
+               shown in /diagnostics; fix the parameter and configure again.
+    activate   subscribes and starts the worker. SUCCESS: active.
+    deactivate unsubscribes, stops the worker, frees cached GPU memory. SUCCESS: inactive.
+    cleanup    destroys the publishers and releases the model. SUCCESS: unconfigured.
+    shutdown   all of the above from any state; the process then exits.
+    ERROR      only when a transition itself raised (logged with its traceback); on_error
+               releases everything and returns to unconfigured.
+With ``autostart`` (default true) the node configures and activates itself at startup.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.exceptions import ParameterException
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.task import Future
+from sensor_msgs.msg import CameraInfo, Image
+
+from ivf_perception.engine import Engine, EngineError, EngineResult, InputError, WeightsError
+from ivf_perception.io import AGCConfig, IVFIOError, header_stamp_ns, image_to_numpy, numpy_to_image, to_rgb, to_thermal
+from ivf_perception.io.stats_msg import FusionStatsValues, rclpy_fusion_stats_type
+from ivf_perception.models.registry import UnknownModelError
+from ivf_perception.nodes.health import HealthSnapshot, RateMeter, StreamHealth, assess_health, to_diagnostic_array
+from ivf_perception.nodes.parameters import (
+    PARAMETERS,
+    SAFE_PARAMETERS,
+    FusionNodeConfig,
+    ParameterValueError,
+    build_qos,
+    check_parameter_change,
+    config_from_values,
+    descriptor,
+    engine_arguments,
+)
+from ivf_perception.sync import STREAMS, ApproximateTimePairer, LatestSlot, Pair
+
+__all__ = ["FusionNode", "main"]
+
+# Errors a bad frame or a failing engine raises; the frame is skipped and reported.
+FRAME_ERRORS = (IVFIOError, InputError, EngineError, ValueError, TypeError, RuntimeError)
+# Errors building the engine at configure; the transition fails with the reason.
+CONFIGURE_ERRORS = (WeightsError, EngineError, UnknownModelError, InputError, IVFIOError, OSError,
+                    ValueError, RuntimeError)
+
+
+@dataclass(frozen=True)
+class _Runtime:
+    """Settings the worker reads per frame; replaced as a whole when a safe parameter changes."""
+
+    agc: AGCConfig
+    overlay_enabled: bool
+    overlay_alpha: float
+
+
+def _transition(fn: Callable[[FusionNode, LifecycleState], TransitionCallbackReturn]
+                ) -> Callable[[FusionNode, LifecycleState], TransitionCallbackReturn]:
+    """Log an exception escaping a transition (rclpy turns it into ERROR without a word)."""
+    @functools.wraps(fn)
+    def wrapper(self: FusionNode, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            return fn(self, state)
+        except Exception:  # the lifecycle's error path: logged here, then on_error cleans up
+            self.get_logger().error(f"{fn.__name__} raised:\n{traceback.format_exc()}")
+            raise
+    return wrapper
+
+
+class FusionNode(LifecycleNode):
+    """The fusion lifecycle node (see the module docstring for topics and transitions).
+
+    Args:
+        node_name: default node name (``__node:=`` remaps it).
+        **kwargs: passed to ``LifecycleNode`` (e.g. ``parameter_overrides``, ``context``).
+    """
+
+    def __init__(self, node_name: str = "fusion_node", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        for spec in PARAMETERS:
+            default = Parameter.Type[spec.kind.upper()] if spec.default is None else spec.default
+            self.declare_parameter(spec.name, default, descriptor(spec))
+
+        self.finalized: Future = Future()
+        self._config: FusionNodeConfig | None = None
+        self._engine: Engine | None = None
+        self._configure_error = ""
+        self._active = False
+        self._runtime: _Runtime | None = None
+        self._image_qos: QoSProfile | None = None
+        self._publishers_by_name: dict[str, Any] = {}
+        self._subscriptions_list: list[Any] = []
+        self._pairer: ApproximateTimePairer[Image] | None = None
+        self._slot: LatestSlot[Pair[Image]] | None = None
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._reset_counters()
+
+        try:
+            self._stats_type: type | None = rclpy_fusion_stats_type()
+        except ImportError as exc:
+            self._stats_type = None
+            self.get_logger().warning(f"fusion/stats is disabled: {exc}")
+
+        period = float(self.get_parameter("diagnostics_period_s").value)
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self._diagnostics_timer = self.create_timer(period, self._publish_diagnostics)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._after_set_parameters)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @_transition
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            config = config_from_values(self._parameter_values())
+        except ParameterValueError as exc:
+            return self._configure_failed(f"invalid parameter: {exc}")
+        model, kwargs = engine_arguments(config)
+        try:
+            engine = Engine(model, **kwargs)
+            if config.class_names is not None and len(config.class_names) != engine.num_classes:
+                raise ParameterValueError(
+                    f"class_names has {len(config.class_names)} names but the model has "
+                    f"{engine.num_classes} classes; give one name per class or leave it unset")
+            started = time.monotonic()
+            engine.warmup(*config.warmup_size)
+            warmup_ms = (time.monotonic() - started) * 1e3
+        except CONFIGURE_ERRORS as exc:
+            return self._configure_failed(f"cannot build the engine ({type(exc).__name__}): {exc}")
+
+        self._engine, self._config, self._configure_error = engine, config, ""
+        self._runtime = _Runtime(config.agc, config.overlay_enabled, config.overlay_alpha)
+        self._image_qos = build_qos(config.qos_reliability, config.qos_depth)
+        # Outputs are reliable: reliable and best-effort subscribers (RViz, recorders) both match.
+        out_qos = QoSProfile(depth=config.qos_depth, reliability=ReliabilityPolicy.RELIABLE)
+        self._publishers_by_name = {
+            "fused": self.create_lifecycle_publisher(Image, "fused/image", out_qos),
+            "labels": self.create_lifecycle_publisher(Image, "segmentation/labels", out_qos),
+            "overlay": self.create_lifecycle_publisher(Image, "segmentation/overlay", out_qos),
+        }
+        if self._stats_type is not None:
+            self._publishers_by_name["stats"] = self.create_lifecycle_publisher(self._stats_type, "fusion/stats", out_qos)
+        if abs(self._diagnostics_timer.timer_period_ns - config.diagnostics_period_s * 1e9) > 1:
+            self.destroy_timer(self._diagnostics_timer)
+            self._diagnostics_timer = self.create_timer(config.diagnostics_period_s, self._publish_diagnostics)
+        info = engine.describe()
+        self.get_logger().info(
+            f"configured: {info['variant']}/{info['preset']} ({info['num_classes']} classes) on "
+            f"{info['device']} {info['precision']}, weights '{config.weights}', warm-up "
+            f"{config.warmup_size[0]}x{config.warmup_size[1]} took {warmup_ms:.0f} ms")
+        return TransitionCallbackReturn.SUCCESS
+
+    @_transition
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        config = self._config  # set: the state machine only activates a configured node
+        self._reset_counters()
+        self._pairer = ApproximateTimePairer(config.slop_s, config.queue_size)
+        self._slot = LatestSlot(self._pairer.stats)
+        qos = self._image_qos
+        self._subscriptions_list = [
+            self.create_subscription(Image, f"{s}/image", functools.partial(self._on_image, s), qos)
+            for s in STREAMS
+        ] + [
+            self.create_subscription(CameraInfo, f"{s}/camera_info", functools.partial(self._on_camera_info, s), qos)
+            for s in STREAMS
+        ]
+        result = super().on_activate(state)  # enables the lifecycle publishers
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._work, name="fusion_worker", daemon=True)
+        self._worker.start()
+        self._active = True
+        self.get_logger().info(
+            "active: " + ", ".join(s.topic_name for s in self._subscriptions_list[:2])
+            + f" ({config.qos_reliability}, depth {config.qos_depth}), slop {config.slop_s * 1e3:.0f} ms")
+        return result
+
+    @_transition
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self._free_device_cache()
+        self.get_logger().info("inactive: subscriptions and worker stopped")
+        return super().on_deactivate(state)
+
+    @_transition
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._release()
+        self.get_logger().info("unconfigured: publishers destroyed, model released")
+        return super().on_cleanup(state)
+
+    @_transition
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self._release()
+        self.get_logger().info(f"shut down from {state.label}")
+        if not self.finalized.done():
+            self.finalized.set_result(True)
+        return super().on_shutdown(state)
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self._release()
+        self.get_logger().error(f"error while {state.label}: everything released, back to unconfigured")
+        return TransitionCallbackReturn.SUCCESS
+
+    def autostart(self) -> bool:
+        """Configure and activate when the ``autostart`` parameter is true; True on success."""
+        if not self.get_parameter("autostart").value:
+            self.get_logger().info("autostart is false: waiting for lifecycle transitions (configure, activate)")
+            return True
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            self.get_logger().error("autostart: configure failed (see above); fix the parameters, then "
+                                    "call the configure transition again")
+            return False
+        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+    def close(self) -> None:
+        """Stop the worker and release the model (process exit without a shutdown transition)."""
+        self._stop_processing()
+        self._release()
+
+    # ------------------------------------------------------------------ configure helpers
+
+    def _configure_failed(self, reason: str) -> TransitionCallbackReturn:
+        self._configure_error = reason
+        self.get_logger().error(f"configure failed: {reason}")
+        return TransitionCallbackReturn.FAILURE
+
+    def _parameter_values(self) -> dict[str, Any]:
+        """Current values of our parameters; an unset optional list reads as None."""
+        return {spec.name: self.get_parameter_or(spec.name, Parameter(spec.name)).value for spec in PARAMETERS}
+
+    def _stop_processing(self) -> None:
+        self._active = False
+        for sub in self._subscriptions_list:
+            self.destroy_subscription(sub)
+        self._subscriptions_list = []
+        self._stop.set()
+        if self._slot is not None:
+            self._slot.close()
+        if self._worker is not None:
+            self._worker.join()
+            self._worker = None
+        if self._pairer is not None:
+            self._pairer.flush()
+
+    def _release(self) -> None:
+        for pub in self._publishers_by_name.values():
+            self.destroy_lifecycle_publisher(pub)
+        self._publishers_by_name = {}
+        if self._engine is not None:
+            self._engine.release()
+        self._engine = None
+        self._config = None
+
+    def _free_device_cache(self) -> None:
+        """Return cached CUDA blocks to the driver (deactivate, or after a failed frame)."""
+        if self._engine is not None and self._engine.device.type == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def _reset_counters(self) -> None:
+        self._processed = 0
+        self._failed = 0
+        self._failed_since_report = 0
+        self._resets = 0
+        self._last_error = ""
+        self._last_error_time: float | None = None
+        self._latest_stamp: dict[str, int | None] = {s: None for s in STREAMS}
+        self._last_rx: dict[str, float | None] = {s: None for s in STREAMS}
+        self._image_size: dict[str, tuple[int, int]] = {}
+        self._camera_info_size: dict[str, tuple[int, int]] = {}
+        self._meters = {s: RateMeter() for s in (*STREAMS, "output")}
+        self._latency_ms: deque[float] = deque(maxlen=30)
+        self._processing_ms: deque[float] = deque(maxlen=30)
+        self._activated_at = time.monotonic()
+
+    # ------------------------------------------------------------------ callbacks (executor thread)
+
+    def _on_image(self, stream: str, msg: Image) -> None:
+        """Stamp and hand over; nothing heavy runs here."""
+        now = time.monotonic()
+        self._meters[stream].tick(now)
+        self._last_rx[stream] = now
+        self._image_size[stream] = (msg.width, msg.height)
+        stamp = header_stamp_ns(msg)
+        latest = self._latest_stamp[stream]
+        if latest is not None and latest - stamp > self._config.time_jump_threshold_s * 1e9:
+            self._pairer.reset()
+            self._latest_stamp = {s: None for s in STREAMS}
+            self._resets += 1
+            self.get_logger().warning(
+                f"{stream} stamps jumped back by {(latest - stamp) / 1e9:.3f} s (bag loop or clock "
+                "reset): pairing queues reset")
+        previous = self._latest_stamp[stream]
+        self._latest_stamp[stream] = stamp if previous is None else max(previous, stamp)
+        pair = self._pairer.add(stream, stamp, msg)
+        if pair is not None:
+            self._slot.put(pair)
+
+    def _on_camera_info(self, stream: str, msg: CameraInfo) -> None:
+        self._camera_info_size[stream] = (msg.width, msg.height)
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _work(self) -> None:
+        slot = self._slot
+        while not self._stop.is_set():
+            pair = slot.get(timeout=0.2)
+            if pair is not None:
+                self._process(pair)
+
+    def _process(self, pair: Pair[Image]) -> None:
+        """Decode, infer, publish one pair; a failure skips the frame and is reported."""
+        started = time.monotonic()
+        try:
+            result = self._infer(pair)
+            self._publish(pair, result, started)
+        except FRAME_ERRORS as exc:
+            self._frame_failed(pair, f"{type(exc).__name__}: {exc}")
+            if isinstance(exc, RuntimeError):  # e.g. CUDA out of memory: give the cache back
+                self._free_device_cache()
+        except Exception as exc:  # the worker must survive anything a frame can trigger
+            self._frame_failed(pair, f"unexpected {type(exc).__name__}: {exc}")
+            self.get_logger().error(traceback.format_exc(), throttle_duration_sec=5.0)
+
+    def _infer(self, pair: Pair[Image]) -> EngineResult:
+        runtime = self._runtime
+        rgb = to_rgb(image_to_numpy(pair.rgb), pair.rgb.encoding, runtime.agc)
+        thermal = to_thermal(image_to_numpy(pair.thermal), pair.thermal.encoding, runtime.agc)
+        return self._engine.infer(rgb, thermal)
+
+    def _publish(self, pair: Pair[Image], result: EngineResult, started: float) -> None:
+        pubs, runtime, header = self._publishers_by_name, self._runtime, pair.rgb.header
+        pubs["fused"].publish(numpy_to_image(result.fused, "rgb8", header=header))
+        if result.labels is not None:
+            pubs["labels"].publish(numpy_to_image(result.labels, "mono8", header=header))
+            if runtime.overlay_enabled and pubs["overlay"].get_subscription_count() > 0:
+                pubs["overlay"].publish(numpy_to_image(result.overlay(runtime.overlay_alpha), "rgb8", header=header))
+        self._processed += 1
+        end_to_end_ms = (self.get_clock().now().nanoseconds - pair.rgb_stamp_ns) / 1e6
+        if "stats" in pubs:
+            engine = self._engine
+            values = FusionStatsValues.from_frame(
+                rgb_stamp_ns=pair.rgb_stamp_ns, thermal_stamp_ns=pair.thermal_stamp_ns,
+                frame_id=header.frame_id, engine_info=engine.describe(), class_names=engine.class_names,
+                labels=result.labels, timings_ms=result.timings_ms, pairing=self._pairer.stats,
+                end_to_end_ms=end_to_end_ms, processed=self._processed, failed=self._failed,
+                resets=self._resets)
+            pubs["stats"].publish(values.to_rclpy())
+        self._meters["output"].tick()
+        self._latency_ms.append(end_to_end_ms)
+        self._processing_ms.append((time.monotonic() - started) * 1e3)
+
+    def _frame_failed(self, pair: Pair[Image], reason: str) -> None:
+        self._failed += 1
+        self._failed_since_report += 1
+        self._last_error = reason
+        self._last_error_time = time.monotonic()
+        stamp = pair.rgb_stamp_ns / 1e9
+        self.get_logger().error(f"frame {stamp:.3f} skipped: {reason}", throttle_duration_sec=1.0)
+
+    # ------------------------------------------------------------------ diagnostics (executor thread)
+
+    def _snapshot(self) -> HealthSnapshot:
+        now = time.monotonic()
+        config, engine = self._config, self._engine
+        state = "active" if self._active else ("inactive" if engine is not None else "unconfigured")
+        streams: dict[str, StreamHealth] = {}
+        pairing = self._pairer.stats if self._pairer is not None else None
+        if self._active:
+            topics = {s: sub.topic_name for s, sub in zip(STREAMS, self._subscriptions_list)}
+            for s in STREAMS:
+                last = self._last_rx[s]
+                mismatch = ""
+                info, image = self._camera_info_size.get(s), self._image_size.get(s)
+                if info and image and info != image and info != (0, 0):
+                    mismatch = f"camera_info is {info[0]}x{info[1]} but images are {image[0]}x{image[1]}"
+                streams[s] = StreamHealth(
+                    topic=topics[s], received=pairing.received[s], rate_hz=self._meters[s].rate(now),
+                    silent_s=now - (last if last is not None else self._activated_at), size_mismatch=mismatch)
+        counters: dict[str, float | int] = {}
+        if pairing is not None:
+            counters = {"paired": pairing.paired, "processed": self._processed, "dropped stale": pairing.dropped_stale,
+                        "failed": self._failed, "unmatched rgb": pairing.unmatched["rgb"],
+                        "unmatched thermal": pairing.unmatched["thermal"], "resets": self._resets,
+                        "pair skew mean (ms)": round(pairing.skew_mean_ms, 2),
+                        "pair skew max (ms)": round(pairing.skew_max_ms, 2)}
+        latency, processing = list(self._latency_ms), list(self._processing_ms)
+        failed_recently, self._failed_since_report = self._failed_since_report, 0
+        return HealthSnapshot(
+            state=state, device=str(engine.device) if engine else "", variant=engine.variant if engine else "",
+            streams=streams, qos_reliability=config.qos_reliability if config else "",
+            stream_timeout_s=float(self.get_parameter("stream_timeout_s").value),
+            output_rate_hz=self._meters["output"].rate(now),
+            latency_ms=sum(latency) / len(latency) if latency else None,
+            processing_ms=sum(processing) / len(processing) if processing else None,
+            counters=counters, failed_recently=failed_recently, last_error=self._last_error,
+            last_error_age_s=None if self._last_error_time is None else now - self._last_error_time,
+            configure_error=self._configure_error)
+
+    def _publish_diagnostics(self) -> None:
+        report = assess_health(self._snapshot())
+        self._diagnostics_pub.publish(to_diagnostic_array(
+            report, name=f"{self.get_fully_qualified_name()}: fusion",
+            hardware_id=str(self._engine.device) if self._engine else "none",
+            stamp=self.get_clock().now().to_msg()))
+
+    # ------------------------------------------------------------------ parameters (executor thread)
+
+    def _on_set_parameters(self, params: Sequence[Parameter]) -> SetParametersResult:
+        """Validate a change; safe parameters only while active (STYLE: validate in this callback)."""
+        changes = {p.name: p.value for p in params}
+        try:
+            check_parameter_change(changes, self._parameter_values(), active=self._active)
+        except ParameterValueError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    def _after_set_parameters(self, params: Sequence[Parameter]) -> None:
+        """Apply accepted safe changes now; the others take effect at the next configure."""
+        names = {p.name for p in params}
+        values = self._parameter_values()
+        if self._engine is not None and "palette" in names and values["palette"] is not None:
+            self._engine.set_palette(list(values["palette"]))
+        if self._pairer is not None and "slop_s" in names:
+            self._pairer.set_slop(values["slop_s"])
+        if self._runtime is not None and names & {"agc_low_pct", "agc_high_pct", "overlay_enabled", "overlay_alpha"}:
+            self._runtime = _Runtime(AGCConfig(values["agc_low_pct"], values["agc_high_pct"]),
+                                     values["overlay_enabled"], values["overlay_alpha"])
+        pending = sorted(n for n in names if n not in SAFE_PARAMETERS and n in values)
+        if pending and self._engine is not None:
+            self.get_logger().info(f"{', '.join(pending)} changed: takes effect at the next configure "
+                                   "(cleanup, then configure)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the node until Ctrl-C or the shutdown transition (the ``fusion_node`` console script).
+
+    Args:
+        argv: full command line including the program name (default ``sys.argv``); ROS
+            arguments (``--ros-args -p name:=value --params-file FILE -r from:=to``) are rclpy's.
+    """
+    rclpy.init(args=list(sys.argv if argv is None else argv))
+    try:
+        node = FusionNode()
+    except ParameterException as exc:
+        print(f"fusion_node: invalid parameter: {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        return 2
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        node.autostart()
+        executor.spin_until_future_complete(node.finalized)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.close()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Bag replay evaluation and bag tools (issue 4).
+
+Replay a recorded rosbag2 through the engine with the live node's pairing policy, write an
+output bag, score it and report (:func:`run_replay`); compare two engines on the same bag
+(:func:`run_compare`); extract paired frames as a training dataset (:func:`extract_dataset`);
+measure replay overhead against the bare engine (:func:`bench_replay`).
+
+Modules, one job each: ``params`` (node parameters), ``topics`` (topic detection), ``pairing``
+(messages → pairs), ``decode`` (pairs → arrays), ``labels`` (label folders), ``writing`` (output
+bag), ``metrics``, ``thumbnails``, ``plots``, ``render`` (Markdown/HTML), ``report``,
+``outputs`` (output folder policy), ``versions``, ``runner``, ``compare``, ``extract``, ``bench``.
+"""
+
+from .bench import bench_replay
+from .compare import run_compare
+from .extract import ExtractOptions, ExtractResult, extract_dataset
+from .params import PairingParams, load_pairing_params
+from .runner import EmptyBagError, ReplayOptions, ReplayResult, run_replay
+from .topics import MissingTopicError, TopicSelection, UnsupportedTopicError, select_topics
+
+__all__ = [
+    "EmptyBagError",
+    "ExtractOptions",
+    "ExtractResult",
+    "MissingTopicError",
+    "PairingParams",
+    "ReplayOptions",
+    "ReplayResult",
+    "TopicSelection",
+    "UnsupportedTopicError",
+    "bench_replay",
+    "extract_dataset",
+    "load_pairing_params",
+    "run_compare",
+    "run_replay",
+    "select_topics",
+]

@@ -1,0 +1,197 @@
+"""Bag messages → RGB/thermal pairs, exactly as the live node would have paired them.
+
+Why: the value of replay evaluation is that it reproduces live behaviour. Messages are fed to
+the shared :class:`~ivf_perception.sync.ApproximateTimePairer` (same slop and queue size as the
+node) in the bag's record-time order, which is the order they arrived in live, keyed by their
+header stamps. Header stamps that jump back by more than
+:data:`~ivf_perception.replay.params.TIME_JUMP_NS` (a looped bag, a clock reset) reset the
+pairer as the node does; smaller steps back are counted as out-of-order messages.
+
+Ground-truth labels (a label topic stamped like the RGB image) are attached to the pair whose
+RGB header stamp they carry. They may be recorded before or after the pair completes, so a pair
+waits for its label for up to :data:`LABEL_WAIT_NS` of record time; pairs are still released in
+the order they were formed.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ivf_perception.io.bag_reader import BagReader, BagRecord
+from ivf_perception.io.image_codec import header_stamp_ns
+from ivf_perception.sync import ApproximateTimePairer, PairingStats
+
+from .params import TIME_JUMP_NS, PairingParams
+from .topics import TopicSelection
+
+__all__ = ["FramePair", "PairingLog", "FrameStream", "LABEL_WAIT_NS"]
+
+LABEL_WAIT_NS = 2_000_000_000
+"""How long (record time) a pair waits for its ground-truth label message."""
+_MAX_EVENTS = 20
+
+
+@dataclass
+class FramePair:
+    """One paired frame: the decoded (deserialised) messages and where they came from.
+
+    Attributes:
+        index: position in pairing order, from 0.
+        rgb_msg, thermal_msg: ``sensor_msgs/Image`` objects (rosbags).
+        rgb_log_ns, thermal_log_ns: record times of the two messages.
+        label_msg: the ground-truth label Image with the RGB stamp, if the bag has one.
+    """
+
+    index: int
+    rgb_msg: Any
+    thermal_msg: Any
+    rgb_log_ns: int
+    thermal_log_ns: int
+    label_msg: Any | None = None
+
+    @property
+    def rgb_stamp_ns(self) -> int:
+        return header_stamp_ns(self.rgb_msg)
+
+    @property
+    def thermal_stamp_ns(self) -> int:
+        return header_stamp_ns(self.thermal_msg)
+
+    @property
+    def skew_ns(self) -> int:
+        """Thermal header stamp minus RGB header stamp."""
+        return self.thermal_stamp_ns - self.rgb_stamp_ns
+
+    @property
+    def completed_log_ns(self) -> int:
+        """Record time at which the pair was complete (when a live node could start on it)."""
+        return max(self.rgb_log_ns, self.thermal_log_ns)
+
+    @property
+    def frame_id(self) -> str:
+        return str(self.rgb_msg.header.frame_id)
+
+    @property
+    def name(self) -> str:
+        """A file-name-safe identifier: the RGB header stamp in nanoseconds, zero-padded."""
+        return f"{self.rgb_stamp_ns:019d}"
+
+
+@dataclass
+class PairingLog:
+    """What happened while pairing, beyond the pairer's own counters.
+
+    Attributes:
+        stats: the pairer's :class:`~ivf_perception.sync.PairingStats` (live object).
+        resets: pairer resets after a header stamp jumped back by more than TIME_JUMP_NS.
+        events: descriptions of those jumps (the first few).
+        skews_ns: thermal − RGB stamp of every pair, in pairing order.
+        labels_matched: pairs that received a ground-truth label.
+        labels_unmatched: label messages whose stamp matched no pair's RGB stamp.
+    """
+
+    stats: PairingStats
+    resets: int = 0
+    events: list[str] = field(default_factory=list)
+    skews_ns: list[int] = field(default_factory=list)
+    labels_matched: int = 0
+    labels_unmatched: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.stats.as_dict(), "resets": self.resets, "time_jumps": list(self.events),
+                "labels_matched": self.labels_matched, "labels_unmatched": self.labels_unmatched}
+
+
+class FrameStream:
+    """Iterate over the pairs of a bag.
+
+    Args:
+        reader: the open bag.
+        topics: the chosen RGB/thermal/label topics.
+        params: slop and queue size (the node's).
+        on_record: called with every input record read (e.g. to copy inputs to the output bag).
+    """
+
+    def __init__(self, reader: BagReader, topics: TopicSelection, params: PairingParams,
+                 on_record: Callable[[BagRecord], None] | None = None) -> None:
+        self.reader = reader
+        self.topics = topics
+        self.pairer: ApproximateTimePairer[tuple[Any, int]] = ApproximateTimePairer(params.slop_s, params.queue_size)
+        self.log = PairingLog(self.pairer.stats)
+        self._on_record = on_record
+        self._last_stamp: dict[str, int] = {}
+        self._labels: dict[int, tuple[Any, int]] = {}  # stamp -> (label msg, record time)
+        self._pending: deque[FramePair] = deque()
+        self._count = 0
+
+    def __iter__(self) -> Iterator[FramePair]:
+        wanted = [self.topics.rgb, self.topics.thermal] + ([self.topics.label] if self.topics.label else [])
+        role = {self.topics.rgb: "rgb", self.topics.thermal: "thermal", self.topics.label: "label"}
+        for record in self.reader.records(wanted):
+            if self._on_record is not None:
+                self._on_record(record)
+            msg = self.reader.decode(record)
+            if msg is None:
+                continue
+            stream = role[record.topic]
+            if stream == "label":
+                self._add_label(msg, record.log_time_ns)
+            else:
+                self._add_image(stream, msg, record.log_time_ns)
+            yield from self._release(record.log_time_ns)
+        self.pairer.flush()
+        yield from self._release(None)
+        self.log.labels_unmatched += len(self._labels)
+        self._labels.clear()
+
+    def _add_image(self, stream: str, msg: Any, log_ns: int) -> None:
+        stamp = header_stamp_ns(msg)
+        last = self._last_stamp.get(stream)
+        if last is not None and stamp < last - TIME_JUMP_NS:
+            self.pairer.reset()
+            self.log.resets += 1
+            if len(self.log.events) < _MAX_EVENTS:
+                self.log.events.append(f"{stream} stamp jumped back {(last - stamp) / 1e9:.3f} s at record time "
+                                       f"{log_ns}; pairing reset")
+            self._last_stamp.clear()
+        self._last_stamp[stream] = stamp if last is None or stamp < last - TIME_JUMP_NS else max(last, stamp)
+        pair = self.pairer.add(stream, stamp, (msg, log_ns))
+        if pair is None:
+            return
+        (rgb_msg, rgb_log), (th_msg, th_log) = pair.rgb, pair.thermal
+        frame = FramePair(self._count, rgb_msg, th_msg, rgb_log, th_log)
+        self._count += 1
+        self.log.skews_ns.append(pair.skew_ns)
+        label = self._labels.pop(pair.rgb_stamp_ns, None)
+        if label is not None:
+            frame.label_msg = label[0]
+            self.log.labels_matched += 1
+        self._pending.append(frame)
+
+    def _add_label(self, msg: Any, log_ns: int) -> None:
+        stamp = header_stamp_ns(msg)
+        for frame in self._pending:
+            if frame.label_msg is None and frame.rgb_stamp_ns == stamp:
+                frame.label_msg = msg
+                self.log.labels_matched += 1
+                return
+        self._labels[stamp] = (msg, log_ns)
+
+    def _release(self, now_ns: int | None) -> Iterator[FramePair]:
+        """Hand out pairs in order once they have their label, waited long enough, or at the end."""
+        has_labels = self.topics.label is not None
+        while self._pending:
+            front = self._pending[0]
+            ready = (not has_labels or front.label_msg is not None or now_ns is None
+                     or now_ns - front.completed_log_ns > LABEL_WAIT_NS)
+            if not ready:
+                break
+            yield self._pending.popleft()
+        if now_ns is not None and self._labels:
+            stale = [s for s, (_, t) in self._labels.items() if now_ns - t > LABEL_WAIT_NS]
+            for s in stale:
+                del self._labels[s]
+            self.log.labels_unmatched += len(stale)
