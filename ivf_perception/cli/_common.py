@@ -11,6 +11,8 @@ import logging
 import sys
 from typing import Callable
 
+import torch
+
 from ivf_perception.engine import Engine, EngineError, InputError, WeightsError
 from ivf_perception.models.registry import UnknownModelError
 
@@ -28,10 +30,17 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     g.add_argument("--batch-size", type=int, default=1, help="pairs per inference call")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: one per core); lower it when other processes "
+                        "share the CPU, oversubscription makes the scan's many small ops much slower")
 
 
 def engine_from_args(args: argparse.Namespace) -> Engine:
     """Build the engine: bundled weights unless --weights none/a file or a variant without weights."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     weights = args.weights
     if weights is None:
         weights = "default" if args.variant in (None, "s4fusion") and args.preset is None else "none"

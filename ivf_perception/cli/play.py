@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import Sequence
 
 from ivf_perception.cli._common import user_errors
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="topics to publish (default: every sensor_msgs/msg/Image topic)")
     p.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SECONDS",
                    help="wait up to this long until every topic has a subscriber before starting")
+    p.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",
+                   help="sleep this long before playing (after --wait-for-subscribers), so that "
+                        "subscribers also finish discovering this publisher")
     p.add_argument("--qos-depth", type=int, default=10, help="history depth of the (reliable) publishers")
     p.add_argument("--no-dds-profile", action="store_true",
                    help="do not apply the bundled Fast DDS large-image profile")
@@ -44,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(remove_ros_args(["play", *argv])[1:])
     if args.rate <= 0:
         raise ValueError(f"--rate must be > 0, got {args.rate}")
+    if args.delay < 0:
+        raise ValueError(f"--delay must be >= 0, got {args.delay}")
     if args.qos_depth < 1:
         raise ValueError(f"--qos-depth must be >= 1, got {args.qos_depth}")
     if not args.no_dds_profile:
@@ -63,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.wait_for_subscribers > 0 and not player.wait_for_subscribers(args.wait_for_subscribers):
             node.get_logger().warning(f"not every topic has a subscriber after {args.wait_for_subscribers:g} s; "
                                       "playing anyway")
+        time.sleep(args.delay)
         node.get_logger().info(f"playing {args.bag}: {', '.join(player.topics)} at {args.rate:g}x"
                                + (", looping" if args.loop else ""))
         summary = player.play()

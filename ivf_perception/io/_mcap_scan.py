@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from binascii import crc32
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO

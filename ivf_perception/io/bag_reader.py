@@ -175,7 +175,7 @@ class BagReader:
         self.report.problems += recovered.problems + problems
         self.topics = dict(recovered.topics)
         self.counts = dict(recovered.counts)
-        _log.warning("bag %s could not be opened normally (%s); scanned its files instead",
+        _log.info("bag %s could not be opened normally (%s); scanning its files instead",
                      self.path, self.report.open_error)
 
     # ------------------------------------------------------------------ reading
@@ -190,6 +190,8 @@ class BagReader:
         unknown = sorted(wanted - self.topics.keys())
         if unknown:
             raise BagError(f"topics {unknown} are not in bag {self.path}; it has: {self.describe_topics()}")
+        if not wanted:  # rosbags reads every connection when given none
+            return
         if self._recovered is not None:
             for topic, log_time, raw in self._recovered.records(wanted):
                 yield BagRecord(topic, self.topics[topic], log_time, raw)

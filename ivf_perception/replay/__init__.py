@@ -5,17 +5,19 @@ output bag, score it and report (:func:`run_replay`); compare two engines on the
 (:func:`run_compare`); extract paired frames as a training dataset (:func:`extract_dataset`);
 measure replay overhead against the bare engine (:func:`bench_replay`).
 
-Modules, one job each: ``params`` (node parameters), ``topics`` (topic detection), ``pairing``
-(messages → pairs), ``decode`` (pairs → arrays), ``labels`` (label folders), ``writing`` (output
-bag), ``metrics``, ``thumbnails``, ``plots``, ``render`` (Markdown/HTML), ``report``,
-``outputs`` (output folder policy), ``versions``, ``runner``, ``compare``, ``extract``, ``bench``.
+Modules, one job each: ``params`` (node parameters), ``inputs`` (opening a bag), ``topics``
+(topic detection), ``pairing`` (messages → pairs), ``decode`` (pairs → arrays), ``labels``
+(label folders), ``writing`` (output bag), ``metrics``, ``thumbnails``, ``plots``, ``render``
+(Markdown/HTML), ``report``, ``outputs`` (output folder policy), ``versions``, ``runner``,
+``compare``, ``extract``, ``bench``.
 """
 
 from .bench import bench_replay
 from .compare import run_compare
 from .extract import ExtractOptions, ExtractResult, extract_dataset
-from .params import PairingParams, load_pairing_params
-from .runner import EmptyBagError, ReplayOptions, ReplayResult, run_replay
+from .params import NodeParams, load_node_params
+from .inputs import EmptyBagError
+from .runner import ReplayOptions, ReplayResult, run_replay
 from .topics import MissingTopicError, TopicSelection, UnsupportedTopicError, select_topics
 
 __all__ = [
@@ -23,14 +25,14 @@ __all__ = [
     "ExtractOptions",
     "ExtractResult",
     "MissingTopicError",
-    "PairingParams",
+    "NodeParams",
     "ReplayOptions",
     "ReplayResult",
     "TopicSelection",
     "UnsupportedTopicError",
     "bench_replay",
     "extract_dataset",
-    "load_pairing_params",
+    "load_node_params",
     "run_compare",
     "run_replay",
     "select_topics",

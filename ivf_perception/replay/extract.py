@@ -39,7 +39,7 @@ from .decode import decode_pair
 from .inputs import estimated_pairs, open_bag_inputs
 from .outputs import OutputExistsError, prepare_output_dir
 from .pairing import FramePair, FrameStream
-from .params import PairingParams
+from .params import NodeParams
 from .report import write_json
 
 __all__ = ["ExtractOptions", "ExtractResult", "extract_dataset", "INDEX_FORMAT"]
@@ -59,7 +59,7 @@ class ExtractOptions:
     rgb_topic: str | None = None
     thermal_topic: str | None = None
     label_topic: str | None = None
-    params: PairingParams = field(default_factory=PairingParams)
+    params: NodeParams = field(default_factory=NodeParams)
     overwrite: bool = False
     max_frames: int | None = None
     distro: str = "kilted"
@@ -114,12 +114,13 @@ def _previous_frames(options: ExtractOptions, source: dict[str, Any]) -> dict[st
         raise OutputExistsError(
             f"{options.out} holds an extraction with other topics or pairing ({before}); this run uses {now}. "
             "Pass --overwrite to start over, or choose another --out")
-    return {f["name"]: f for f in previous.get("frames", []) if _files_exist(options.out, f["name"], f.get("has_labels"))}
+    return {f["name"]: f for f in previous.get("frames", [])
+            if _files_exist(options.out, f["name"], f.get("has_labels"))}
 
 
 def _files_exist(out: Path, name: str, labels: bool | None) -> bool:
-    needed = [out / "vi" / f"{name}.png", out / "ir" / f"{name}.png"] + ([out / "labels" / f"{name}.png"] if labels else [])
-    return all(p.is_file() for p in needed)
+    folders = ("vi", "ir", "labels") if labels else ("vi", "ir")
+    return all((out / folder / f"{name}.png").is_file() for folder in folders)
 
 
 def _write_atomic(path: Path, array: np.ndarray) -> None:

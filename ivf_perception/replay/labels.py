@@ -75,7 +75,8 @@ class LabelFolder:
             return None
         labels = read_image(path)
         if labels.ndim == 3:
-            if labels.shape[2] >= 3 and (labels[..., 0] == labels[..., 1]).all() and (labels[..., 1] == labels[..., 2]).all():
+            gray = labels.shape[2] >= 3 and all((labels[..., 0] == labels[..., c]).all() for c in (1, 2))
+            if gray:
                 labels = labels[..., 0]
             else:
                 raise DatasetError(f"{path}: label images must hold one class id per pixel (single channel)")

@@ -32,7 +32,7 @@ from .decode import DecodedFrame
 __all__ = ["NIGHT_LUMA_THRESHOLD", "PIPELINE_STAGES", "FrameResult", "ReplayMetrics", "mean_luma", "latency_stats"]
 
 NIGHT_LUMA_THRESHOLD = 70.0
-PIPELINE_STAGES = ("read", "decode", "preprocess", "inference", "postprocess", "write")
+PIPELINE_STAGES = ("read", "decode", "preprocess", "inference", "postprocess", "overlay", "write")
 """Stages of one frame's way through replay; ``metrics`` is timed too but is not part of it."""
 _LUMA = np.array([0.299, 0.587, 0.114])
 
@@ -99,7 +99,8 @@ class ReplayMetrics:
         self.frames: list[FrameResult] = []
         self._fusion = {s: FusionMetricAccumulator() for s in ("all", "day", "night")}
         k = len(self.class_names)
-        self._conf = {s: ConfusionAccumulator(k, class_names=self.class_names) for s in ("all", "day", "night")} if k else {}
+        splits = ("all", "day", "night") if k else ()
+        self._conf = {s: ConfusionAccumulator(k, class_names=self.class_names) for s in splits}
         self.label_errors = 0
 
     def add(self, result: FrameResult, frame: DecodedFrame, fused: np.ndarray, labels: np.ndarray | None,
@@ -147,7 +148,7 @@ class ReplayMetrics:
     # ------------------------------------------------------------------ aggregate
 
     def summary(self, wall_s: float) -> dict[str, Any]:
-        """Aggregates over the frames added so far (``wall_s``: the replay's wall-clock time)."""
+        """Aggregates over the frames added so far (``wall_s``: the replay's wall-clock time, warm-up excluded)."""
         frames = self.frames
         n = len(frames)
         fusion = {s: acc.compute() for s, acc in self._fusion.items() if acc.count}

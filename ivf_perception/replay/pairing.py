@@ -4,8 +4,8 @@ Why: the value of replay evaluation is that it reproduces live behaviour. Messag
 the shared :class:`~ivf_perception.sync.ApproximateTimePairer` (same slop and queue size as the
 node) in the bag's record-time order, which is the order they arrived in live, keyed by their
 header stamps. Header stamps that jump back by more than
-:data:`~ivf_perception.replay.params.TIME_JUMP_NS` (a looped bag, a clock reset) reset the
-pairer as the node does; smaller steps back are counted as out-of-order messages.
+the node's ``time_jump_threshold_s`` (a looped bag, a clock reset) reset the pairer exactly as
+the node does; smaller steps back are counted as out-of-order messages.
 
 Ground-truth labels (a label topic stamped like the RGB image) are attached to the pair whose
 RGB header stamp they carry. They may be recorded before or after the pair completes, so a pair
@@ -24,7 +24,7 @@ from ivf_perception.io.bag_reader import BagReader, BagRecord
 from ivf_perception.io.image_codec import header_stamp_ns
 from ivf_perception.sync import ApproximateTimePairer, PairingStats
 
-from .params import TIME_JUMP_NS, PairingParams
+from .params import NodeParams
 from .topics import TopicSelection
 
 __all__ = ["FramePair", "PairingLog", "FrameStream", "LABEL_WAIT_NS"]
@@ -86,7 +86,7 @@ class PairingLog:
 
     Attributes:
         stats: the pairer's :class:`~ivf_perception.sync.PairingStats` (live object).
-        resets: pairer resets after a header stamp jumped back by more than TIME_JUMP_NS.
+        resets: pairer resets after a header stamp jumped back by more than the threshold.
         events: descriptions of those jumps (the first few).
         skews_ns: thermal − RGB stamp of every pair, in pairing order.
         labels_matched: pairs that received a ground-truth label.
@@ -111,16 +111,17 @@ class FrameStream:
     Args:
         reader: the open bag.
         topics: the chosen RGB/thermal/label topics.
-        params: slop and queue size (the node's).
+        params: the node's slop, queue size and time-jump threshold.
         on_record: called with every input record read (e.g. to copy inputs to the output bag).
     """
 
-    def __init__(self, reader: BagReader, topics: TopicSelection, params: PairingParams,
+    def __init__(self, reader: BagReader, topics: TopicSelection, params: NodeParams,
                  on_record: Callable[[BagRecord], None] | None = None) -> None:
         self.reader = reader
         self.topics = topics
         self.pairer: ApproximateTimePairer[tuple[Any, int]] = ApproximateTimePairer(params.slop_s, params.queue_size)
         self.log = PairingLog(self.pairer.stats)
+        self._jump_ns = params.time_jump_ns
         self._on_record = on_record
         self._last_stamp: dict[str, int] = {}
         self._labels: dict[int, tuple[Any, int]] = {}  # stamp -> (label msg, record time)
@@ -150,14 +151,15 @@ class FrameStream:
     def _add_image(self, stream: str, msg: Any, log_ns: int) -> None:
         stamp = header_stamp_ns(msg)
         last = self._last_stamp.get(stream)
-        if last is not None and stamp < last - TIME_JUMP_NS:
+        if last is not None and last - stamp > self._jump_ns:
             self.pairer.reset()
             self.log.resets += 1
             if len(self.log.events) < _MAX_EVENTS:
                 self.log.events.append(f"{stream} stamp jumped back {(last - stamp) / 1e9:.3f} s at record time "
                                        f"{log_ns}; pairing reset")
             self._last_stamp.clear()
-        self._last_stamp[stream] = stamp if last is None or stamp < last - TIME_JUMP_NS else max(last, stamp)
+        previous = self._last_stamp.get(stream)
+        self._last_stamp[stream] = stamp if previous is None else max(previous, stamp)
         pair = self.pairer.add(stream, stamp, (msg, log_ns))
         if pair is None:
             return

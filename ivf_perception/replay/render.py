@@ -95,12 +95,16 @@ def to_markdown(title: str, blocks: Sequence[Block]) -> str:
 
 
 _CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
-h1{font-size:1.6em;border-bottom:2px solid #4a7ab5;padding-bottom:.2em}h2{font-size:1.25em;margin-top:1.8em;color:#2d4f7c}
-table{border-collapse:collapse;margin:.6em 0 1em;font-size:.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
-th{background:#eef3f9}td:first-child,th:first-child{text-align:left}caption{text-align:left;font-style:italic;padding:2px 0}
-.charts{display:flex;flex-wrap:wrap;gap:12px}.frames td{text-align:center;vertical-align:top}.frames img{display:block;margin:auto}
-p{line-height:1.45}code{background:#f3f3f3;padding:0 3px}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1100px;
+color:#222;padding:0 1em}
+h1{font-size:1.6em;border-bottom:2px solid #4a7ab5;padding-bottom:.2em}
+h2{font-size:1.25em;margin-top:1.8em;color:#2d4f7c}
+table{border-collapse:collapse;margin:.6em 0 1em;font-size:.9em}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#eef3f9}td:first-child,th:first-child{text-align:left}
+caption{text-align:left;font-style:italic;padding:2px 0}
+.charts{display:flex;flex-wrap:wrap;gap:12px}.frames td{text-align:center;vertical-align:top}
+.frames img{display:block;margin:auto}p{line-height:1.45}code{background:#f3f3f3;padding:0 3px}
 """
 
 

@@ -55,12 +55,16 @@ def _status_text(s: dict[str, Any]) -> str:
         return (f"PARTIAL: the replay was interrupted after {s['frames']} frame(s); everything below covers "
                 "only those frames, and the output bag holds exactly them.")
     if status == "no pairs":
+        if s["pairing"]["paired"]:
+            return (f"{s['pairing']['paired']} pair(s) were formed but none could be processed: see Input "
+                    "problems.")
         return "No RGB/thermal pair was formed: see the pairing section for why (slop, stamps, topics)."
     return f"Complete: {s['frames']} frame(s) processed."
 
 
 def _headline(s: dict[str, Any]) -> list[Block]:
-    rows: list[list[Any]] = [["frames", s["frames"]], ["day / night frames", f"{s['day_night']['day']} / {s['day_night']['night']}"]]
+    rows: list[list[Any]] = [["frames", s["frames"]],
+                             ["day / night frames", f"{s['day_night']['day']} / {s['day_night']['night']}"]]
     seg = s.get("segmentation") or {}
     if "all" in seg:
         rows.append(["mIoU (classes 1..K-1, whole set)", seg["all"]["mIoU"]])
@@ -76,7 +80,8 @@ def _headline(s: dict[str, Any]) -> list[Block]:
              ["throughput, engine only (frames/s)", thr["fps_engine"]]]
     lat = s["latency_ms"].get("pipeline")
     if lat:
-        rows.append(["pipeline latency p50 / p95 / p99 (ms)", f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f}"])
+        rows.append(["pipeline latency p50 / p95 / p99 (ms)",
+                     f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f}"])
     return [Heading("Headline"), Table(["", "value"], rows)]
 
 
@@ -123,11 +128,12 @@ def _latency(s: dict[str, Any]) -> list[Block]:
     return [
         Heading("Latency and throughput"),
         Text("Per frame, milliseconds. read: bag reading, deserialisation and pairing since the previous frame; "
-             "decode: Image messages to arrays; preprocess/inference/postprocess: the engine; write: overlay, "
-             "output bag (and PNGs); pipeline: their sum; metrics: scoring, not part of the pipeline."),
+             "decode: Image messages to arrays; preprocess/inference/postprocess: the engine; overlay: class "
+             "colours over RGB; write: encoding and writing the output bag (and PNGs); pipeline: their sum; "
+             "metrics: scoring, not part of the pipeline. The engine's warm-up on the first frame is excluded."),
         Table(["stage", "mean", "p50", "p95", "p99", "max"], [[r[0], *[fmt(v, 2) for v in r[1:]]] for r in rows]),
         Table(["wall time (s)", "frames/s (wall)", "frames/s (pipeline)", "frames/s (engine)"],
-              [[fmt(thr["wall_s"], 2), fmt(thr["fps_wall"], 2), fmt(thr["fps_pipeline"], 2), fmt(thr["fps_engine"], 2)]]),
+              [[fmt(thr[k], 2) for k in ("wall_s", "fps_wall", "fps_pipeline", "fps_engine")]]),
         Raw(svg_histogram(pipeline, "Pipeline latency per frame", "ms"), classes=["charts"]),
     ]
 
@@ -138,7 +144,8 @@ def _pairing(s: dict[str, Any], slop_s: float) -> list[Block]:
             ["paired", p["paired"]],
             ["unmatched (rgb / thermal)", f"{p['unmatched_rgb']} / {p['unmatched_thermal']}"],
             ["out of order (rgb / thermal)", f"{p['out_of_order_rgb']} / {p['out_of_order_thermal']}"],
-            ["pairing resets (stamps jumped back > 1 s)", p["resets"]],
+            [f"pairing resets (stamps jumped back > {s['configuration']['pairing']['time_jump_threshold_s']:g} s)",
+             p["resets"]],
             ["|skew| mean / max (ms)", f"{p['skew_mean_ms']:.2f} / {p['skew_max_ms']:.2f}"],
             ["labels matched / unmatched", f"{p['labels_matched']} / {p['labels_unmatched']}"]]
     per_frame = s.get("per_frame", [])
@@ -186,16 +193,21 @@ def _frames_html(title: str, thumbs: list[Thumbnail]) -> str:
     return f"<table class='frames'><caption>{escape(title)}</caption>{head}{''.join(cells)}</table>"
 
 
+_SCORE_MEANING = {"mIoU": "per-frame mIoU against the ground truth",
+                  "Qabf": "edge information transferred from the sources into the fused image"}
+
+
 def _thumbnails(best: list[Thumbnail], worst: list[Thumbnail]) -> list[Block]:
     if not best:
-        return [Heading("Best and worst frames"), Text("No frame could be ranked (no ground truth and no fusion metrics).")]
+        return [Heading("Best and worst frames"),
+                Text("No frame could be ranked (no ground truth and no fusion metrics).")]
     score = best[0].score_name
     md = "\n".join(["- best: " + ", ".join(f"{t.name} ({score} {t.score:.3f})" for t in best),
                     "- worst: " + ", ".join(f"{t.name} ({score} {t.score:.3f})" for t in worst),
                     "", "Thumbnails (RGB, thermal, fused, overlay) are in report.html."])
     html = _frames_html(f"Best {len(best)} by {score}", best) + _frames_html(f"Worst {len(worst)} by {score}", worst)
     return [Heading("Best and worst frames"),
-            Text(f"Ranked by each frame's own {score} ({'per-frame mIoU against the ground truth' if score == 'mIoU' else 'edge information transferred from the sources'})."),
+            Text(f"Ranked by each frame's own {score} ({_SCORE_MEANING[score]})."),
             Raw(html, markdown=md)]
 
 
@@ -212,7 +224,8 @@ def _configuration(s: dict[str, Any]) -> list[Block]:
             ["weights", cfg.get("weights") or "random initialisation"],
             ["pairing", f"slop {cfg['pairing']['slop_s']} s, queue {cfg['pairing']['queue_size']} "
                         f"({cfg['pairing']['source']})"],
-            ["homography", cfg["pairing"]["homography"] or "none"]]
+            ["homography", cfg["pairing"]["homography"] or "none"],
+            ["thermal AGC percentiles", cfg["pairing"]["agc_pct"]]]
     rows += [[f"option {k}", v] for k, v in cfg["options"].items()]
     rows += [[f"output topic {k}", v] for k, v in cfg["output_topics"].items()]
     versions = [[k, v] for k, v in s["software"].items()]

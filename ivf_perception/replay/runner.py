@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ivf_perception.engine import Engine, InputError
+from ivf_perception.engine import Engine
 from ivf_perception.io.bag import IMAGE_MSGTYPE
 from ivf_perception.io.bag_reader import BagReader
-from ivf_perception.io.errors import ImageDecodeError
+from ivf_perception.io.errors import DatasetError, ImageDecodeError
 from ivf_perception.io.image_files import write_png
 from ivf_perception.io.stats_msg import FusionStatsValues
 
@@ -36,7 +36,7 @@ from .labels import LabelFolder
 from .metrics import NIGHT_LUMA_THRESHOLD, FrameResult, ReplayMetrics, latency_stats, mean_luma
 from .outputs import prepare_output_dir
 from .pairing import FramePair, FrameStream
-from .params import PairingParams
+from .params import NodeParams
 from .report import REPORT_FILES, write_report
 from .thumbnails import ThumbnailKeeper
 from .topics import TopicSelection
@@ -60,7 +60,7 @@ class ReplayOptions:
         out: the output folder (``bag/``, ``report.html``, ``report.md``, ``metrics.json``, ``png/``).
         rgb_topic, thermal_topic, label_topic: explicit topics (None: detect).
         labels_dir: ground-truth label folder (see :class:`~ivf_perception.replay.labels.LabelFolder`).
-        params: pairing parameters (the node's).
+        params: the node's parameters (pairing, thermal AGC, registration, classes).
         png: also write fused/labels/overlay PNGs.
         overwrite: replace the outputs of an earlier run in ``out``.
         max_frames: stop after this many processed pairs.
@@ -81,7 +81,7 @@ class ReplayOptions:
     thermal_topic: str | None = None
     label_topic: str | None = None
     labels_dir: Path | None = None
-    params: PairingParams = field(default_factory=PairingParams)
+    params: NodeParams = field(default_factory=NodeParams)
     png: bool = False
     overwrite: bool = False
     max_frames: int | None = None
@@ -146,6 +146,7 @@ class _Replay:
         self.thumbs = ThumbnailKeeper(options.thumbnails)
         self.skipped: list[dict[str, Any]] = []
         self.processed = 0
+        self.warmup_s: float | None = None
 
     def ground_truth(self) -> str:
         if self.labels is not None:
@@ -171,7 +172,11 @@ class _Replay:
                 mark = time.perf_counter()
                 continue
             if self.labels is not None:
-                frame.labels = self.labels.lookup(pair.rgb_stamp_ns, pair.index)
+                try:
+                    frame.labels = self.labels.lookup(pair.rgb_stamp_ns, pair.index)
+                except DatasetError as exc:  # e.g. a colour visualisation instead of class ids
+                    self.metrics.label_errors += 1
+                    _log.warning("frame %s: ground truth not used: %s", pair.name, exc)
             timings = {"read": read_ms, "decode": (time.perf_counter() - released) * 1e3}
             batch.append(_Pending(pair, frame, timings, released))
             if len(batch) >= self.o.batch_size:
@@ -185,9 +190,13 @@ class _Replay:
         return "complete"
 
     def process(self, batch: list[_Pending], writer: OutputBag, stream: FrameStream, progress: tqdm) -> None:
+        if self.warmup_s is None:  # like the node at configure: one-time allocations stay out of the latencies
+            start = time.perf_counter()
+            self.engine.warmup(*batch[0].frame.rgb.shape[:2])
+            self.warmup_s = time.perf_counter() - start
         try:
             results = self.engine.infer_batch([p.frame.rgb for p in batch], [p.frame.thermal for p in batch])
-        except (InputError, ValueError) as exc:
+        except ValueError as exc:  # InputError, ShapeError: this batch's images, not the replay, are at fault
             for p in batch:
                 self.skip(p.pair, f"engine refused the input: {exc}")
             return
@@ -195,7 +204,9 @@ class _Replay:
             timings = dict(p.timings)
             timings.update({k: v / len(batch) for k, v in result.timings_ms.items()})  # a batch shares one call
             start = time.perf_counter()
-            overlay = result.overlay(alpha=0.5)
+            overlay = result.overlay(alpha=self.o.params.overlay_alpha)
+            timings["overlay"] = (time.perf_counter() - start) * 1e3
+            start = time.perf_counter()
             stats = FusionStatsValues.from_frame(
                 rgb_stamp_ns=p.pair.rgb_stamp_ns, thermal_stamp_ns=p.pair.thermal_stamp_ns, frame_id=p.pair.frame_id,
                 engine_info=self.engine_info, class_names=self.class_names, labels=result.labels,
@@ -213,7 +224,8 @@ class _Replay:
                 thermal_stamp_ns=p.pair.thermal_stamp_ns, skew_ms=p.pair.skew_ns / 1e6, brightness=brightness,
                 is_night=brightness < self.o.night_threshold, timings_ms=timings)
             self.metrics.add(frame_result, p.frame, result.fused, result.labels, p.frame.labels)
-            self.thumbs.offer(frame_result, p.frame.rgb, p.frame.thermal, p.frame.thermal_encoding, result.fused, overlay)
+            self.thumbs.offer(frame_result, p.frame.rgb, p.frame.thermal, p.frame.thermal_encoding, result.fused,
+                              overlay)
             progress.update(1)
 
     def write_pngs(self, name: str, fused: np.ndarray, labels: np.ndarray | None, overlay: np.ndarray | None) -> None:
@@ -245,11 +257,12 @@ def run_replay(options: ReplayOptions, engine: Engine) -> ReplayResult:
         state = _Replay(options, engine, reader, topics)
         owned = (OUTPUT_BAG, PNG_DIR, *REPORT_FILES)
         prepare_output_dir(options.out, owned, options.overwrite)
-        copy = {t: IMAGE_MSGTYPE for t in (topics.rgb, topics.thermal, topics.label) if t} if options.copy_inputs else None
+        inputs = [t for t in (topics.rgb, topics.thermal, topics.label) if t]
+        copy = {t: IMAGE_MSGTYPE for t in inputs} if options.copy_inputs else None
         writer = OutputBag(options.out / OUTPUT_BAG, options.namespace, copy_topics=copy)
         stream = FrameStream(reader, topics, options.params, on_record=writer.copy if copy else None)
-        progress = tqdm(total=estimated_pairs(reader, topics, options.max_frames), unit="frame", desc="replay", disable=not options.progress or None,
-                        file=sys.stderr, dynamic_ncols=True)
+        progress = tqdm(total=estimated_pairs(reader, topics, options.max_frames), unit="frame", desc="replay",
+                        disable=not options.progress or None, file=sys.stderr, dynamic_ncols=True)
         t0 = time.perf_counter()
         try:
             status = state.run(writer, stream, progress)
@@ -260,12 +273,13 @@ def run_replay(options: ReplayOptions, engine: Engine) -> ReplayResult:
         finally:
             writer.close()
             progress.close()
-        wall_s = time.perf_counter() - t0
+        wall_s = time.perf_counter() - t0 - (state.warmup_s or 0.0)
     finally:
         reader.close()
     if status == "complete" and state.processed == 0:
         status = "no pairs"
     summary = _summary(options, state, stream, writer, status, started, wall_s)
+    summary["throughput"]["warmup_s"] = state.warmup_s
     files = write_report(options.out, summary, state.thumbs.best, state.thumbs.worst)
     return ReplayResult(status, state.processed, summary, options.out, files, reader.report.lines())
 

@@ -117,7 +117,8 @@ def select_topics(reader: BagReader, rgb: str | None = None, thermal: str | None
             _check_type(reader, other[0], "camera")
         raise MissingTopicError(f"bag {reader.path} has no {IMAGE_MSGTYPE} topic; it has: {reader.describe_topics()}")
     labels = [t for t in images if _has_hint(t, LABEL_HINTS)]
-    inputs = [t for t in images if t not in labels and not _has_hint(t, OUTPUT_HINTS) and t not in (rgb, thermal, label)]
+    inputs = [t for t in images
+              if t not in labels and not _has_hint(t, OUTPUT_HINTS) and t not in (rgb, thermal, label)]
 
     if thermal is None:
         thermal = _unique([t for t in inputs if _has_hint(t, THERMAL_HINTS) and not _has_hint(t, RGB_HINTS)],

@@ -3,13 +3,15 @@
 Why a bag: users inspect results in the tools they already use (``ros2 bag play`` into RViz,
 Foxglove), side by side with the inputs. Topics are the node's output names under a namespace
 (``/ivf_perception/fused/image`` rgb8, ``.../segmentation/labels`` mono8 class ids,
-``.../segmentation/overlay`` rgb8, ``.../stats`` FusionStats). Every output carries the RGB
+``.../segmentation/overlay`` rgb8, ``.../fusion/stats`` FusionStats). Every output carries the RGB
 input's header (stamp and frame_id), as the node does (DESIGN §4), and is logged at the record
 time its pair became complete, so outputs line up with the inputs when played back. With
 ``copy_inputs`` the input topics are copied byte for byte, making the bag self-contained.
 
 MCAP stores each type's definition, which Foxglove and ``ros2 bag`` need to decode the custom
-FusionStats without its package installed.
+FusionStats without its package installed. FusionStats fields mean what they mean live, except
+``end_to_end_ms``: in replay it is the wall time from the pair being formed to its outputs being
+written (there is no transport to measure).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ __all__ = ["OutputBag", "OUTPUT_TOPICS", "DEFAULT_NAMESPACE"]
 
 DEFAULT_NAMESPACE = "/ivf_perception"
 OUTPUT_TOPICS = {"fused": "fused/image", "labels": "segmentation/labels", "overlay": "segmentation/overlay",
-                 "stats": "stats"}
+                 "stats": "fusion/stats"}
 _BAG_VERSION = 9
 
 

@@ -113,6 +113,11 @@ class Collector:
     topic: str
     items: list[Received] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
+    subscription: Any = None
+
+    def matched(self) -> bool:
+        """Whether a publisher of this topic has been discovered (outputs would now arrive)."""
+        return self.subscription is not None and self.subscription.get_publisher_count() > 0
 
     def add(self, msg: Any) -> None:
         with self.cond:
@@ -166,7 +171,7 @@ class RosGraph:
 
         qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
         collector = Collector(topic)
-        self.node.create_subscription(msg_type, topic, collector.add, qos)
+        collector.subscription = self.node.create_subscription(msg_type, topic, collector.add, qos)
         return collector
 
     def publisher(self, msg_type: type, topic: str, depth: int = 50) -> Any:

@@ -18,7 +18,7 @@ from ivf_perception.engine import Engine
 from ivf_perception.io import header_stamp_ns, image_to_numpy, read_image_messages, to_rgb, to_thermal
 from ivf_perception.io.stats_msg import rclpy_fusion_stats_type
 from ivf_perception.io.synthetic import SceneConfig, write_scene_bag
-from rosgraph_helpers import node_command, params
+from rosgraph_helpers import REPO, params, wait_until
 
 FRAMES = 30
 SLOP_S = 0.02
@@ -38,11 +38,14 @@ def test_played_sequence_is_fused_with_rgb_stamps_and_matches_offline_engine(gra
     overlay = graph.subscribe(Image, "/segmentation/overlay")
     stats = graph.subscribe(FusionStats, "/fusion/stats")
 
-    spawn(node_command(*params(weights=str(test_weights), device="cpu", warmup_size=[64, 80], slop_s=SLOP_S,
-                                qos_reliability="reliable", qos_depth=50),
-                       "-r", f"rgb/image:={RGB_TOPIC}", "-r", f"thermal/image:={THERMAL_TOPIC}"), "node")
+    # started the documented way: the CLI with the shipped parameter file, overrides after --ros-args
+    spawn([sys.executable, "-m", "ivf_perception.cli.main", "node", "--params-file", str(REPO / "config" / "fusion_node.yaml"),
+           "--ros-args", *params(weights=str(test_weights), device="cpu", warmup_size=[64, 80], slop_s=SLOP_S,
+                                 qos_reliability="reliable", qos_depth=50),
+           "-r", f"rgb/image:={RGB_TOPIC}", "-r", f"thermal/image:={THERMAL_TOPIC}"], "node")
+    wait_until(lambda: all(c.matched() for c in (fused, labels, overlay, stats)), 120, "the node's outputs")
     player = spawn([sys.executable, "-m", "ivf_perception.cli.main", "play", str(bag), "--topics", RGB_TOPIC,
-                    THERMAL_TOPIC, "--wait-for-subscribers", "120"], "player")
+                    THERMAL_TOPIC, "--wait-for-subscribers", "120", "--delay", "1"], "player")
     assert player.wait(timeout=180) == 0
 
     inputs = {(m.topic, _stamp(m.msg)): m.msg for m in read_image_messages(bag)}

@@ -1,0 +1,236 @@
+"""``ivf-perception bench-node``: what the live node adds on top of the engine, and the rate it sustains.
+
+Starts the fusion node as a separate process (as on a robot), publishes generated RGB and
+thermal frames from this process at ``--fps`` like a camera driver (best-effort, stamped with
+the current time), and subscribes to ``fused/image`` and ``fusion/stats``. Per frame:
+
+- end-to-end: RGB header stamp -> ``fused/image`` received here (system clock);
+- engine: the node's pre-processing + inference + post-processing for that frame (FusionStats);
+- overhead = end-to-end - engine: both DDS hops, pairing, waiting for the worker (keep-latest
+  slot), decoding, encoding and publishing;
+- in node: RGB stamp -> all outputs published, as the node reports it (FusionStats).
+
+Reported over the measured window: medians and 90th percentiles, the sustained output rate and
+how many pairs were dropped as stale (the engine is slower than the cameras) or unmatched.
+Randomly initialised weights by default: cost does not depend on the weights. The bundled Fast
+DDS large-image profile is used (unless FASTDDS_DEFAULT_PROFILES_FILE is set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ivf_perception.cli._common import parse_size, user_errors
+
+__all__ = ["build_parser", "main", "run_node_benchmark", "format_table"]
+
+PROG = "ivf-perception bench-node"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", type=parse_size, default=(480, 640), help="HxW of the published frames (default 480x640)")
+    p.add_argument("--fps", type=float, default=30.0, help="camera rate (default 30)")
+    p.add_argument("--seconds", type=float, default=10.0, help="measured duration (default 10 s)")
+    p.add_argument("--warmup-seconds", type=float, default=3.0, help="published before measuring (default 3 s)")
+    p.add_argument("--variant", default="s4fusion")
+    p.add_argument("--preset", default="small")
+    p.add_argument("--weights", default="none", help="'none' (random init, default), 'default' or a file")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--domain-id", type=int, default=None,
+                   help="ROS domain of the benchmark (default: one derived from the process id, 1..100)")
+    p.add_argument("--json", help="also write the results to this file")
+    return p
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+def _node_process(args: argparse.Namespace, env: dict[str, str], log: Any) -> subprocess.Popen:
+    h, w = args.size
+    ros = ["-p", f"variant:={args.variant}", "-p", f"preset:={args.preset}", "-p", f"weights:={args.weights}",
+           "-p", f"device:={args.device}", "-p", f"precision:={args.precision}", "-p", f"warmup_size:=[{h}, {w}]",
+           "-r", "__node:=ivf_bench_fusion_node"]
+    return subprocess.Popen([sys.executable, "-m", "ivf_perception.nodes.fusion_node", "--ros-args", *ros],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def run_node_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Run one benchmark (see the module docstring) and return its figures."""
+    from ivf_perception.nodes.dds import apply_large_images_profile
+
+    profile = apply_large_images_profile()
+    domain = args.domain_id if args.domain_id is not None else 1 + os.getpid() % 100
+    env = {**os.environ, "ROS_DOMAIN_ID": str(domain)}
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    from ivf_perception.io import make_header, numpy_to_image
+    from ivf_perception.io.stats_msg import rclpy_fusion_stats_type
+    from ivf_perception.io.synthetic import SceneConfig, generate_scene
+
+    h, w = args.size
+    scenes = [generate_scene(i, SceneConfig(height=h, width=w, seed=7)) for i in range(8)]
+    log = tempfile.TemporaryFile(mode="w+")
+    node_proc = _node_process(args, env, log)
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=domain)
+    node = rclpy.create_node("ivf_bench_camera", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    received: dict[int, int] = {}  # rgb stamp -> receive time (ns)
+    stats: dict[int, Any] = {}
+    lock = threading.Lock()
+
+    def on_fused(msg: Image) -> None:
+        now = time.time_ns()
+        with lock:
+            received[msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec] = now
+
+    def on_stats(msg: Any) -> None:
+        with lock:
+            stats[msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec] = msg
+
+    reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    fused_sub = node.create_subscription(Image, "fused/image", on_fused, reliable)
+    stats_sub = node.create_subscription(rclpy_fusion_stats_type(), "fusion/stats", on_stats, reliable)
+    pubs = {s: node.create_publisher(Image, f"{s}/image", qos_profile_sensor_data) for s in ("rgb", "thermal")}
+    spinner.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not (all(p.get_subscription_count() for p in pubs.values())
+                   and fused_sub.get_publisher_count() and stats_sub.get_publisher_count()):
+            if node_proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"the fusion node did not come up:\n{log.read()}")
+            time.sleep(0.1)
+
+        period = 1.0 / args.fps
+        sent: list[int] = []
+
+        def publish_for(seconds: float, record: bool) -> None:
+            start, i = time.monotonic(), 0
+            while True:
+                target = start + i * period
+                if target - start >= seconds:
+                    return
+                time.sleep(max(0.0, target - time.monotonic()))
+                scene = scenes[i % len(scenes)]
+                stamp = node.get_clock().now().nanoseconds
+                pubs["rgb"].publish(numpy_to_image(scene.rgb, "rgb8", header=make_header(stamp, "camera_rgb")))
+                pubs["thermal"].publish(numpy_to_image(scene.thermal, "mono8", header=make_header(stamp, "camera_thermal")))
+                if record:
+                    sent.append(stamp)
+                i += 1
+
+        publish_for(args.warmup_seconds, record=False)
+        with lock:
+            first_stats = max(stats.values(), key=lambda m: m.processed, default=None)
+        t0 = time.monotonic()
+        publish_for(args.seconds, record=True)
+        measured_s = time.monotonic() - t0
+        time.sleep(2.0)  # let the last outputs arrive
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        context.try_shutdown()
+        node_proc.send_signal(signal.SIGINT)
+        try:
+            node_proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            node_proc.kill()
+        log.seek(0)
+        node_log = log.read()
+        log.close()
+
+    with lock:
+        window = [s for s in sent if s in received and s in stats]
+        last_stats = max(stats.values(), key=lambda m: m.processed, default=None)
+    if last_stats is None or not window:
+        raise RuntimeError(f"no frame was fused during the measurement; node log:\n{node_log}")
+    e2e = [(received[s] - s) / 1e6 for s in window]
+    engine = [stats[s].preprocess_ms + stats[s].inference_ms + stats[s].postprocess_ms for s in window]
+    in_node = [stats[s].end_to_end_ms for s in window]
+    overhead = [a - b for a, b in zip(e2e, engine)]
+    before = first_stats
+    delta = (lambda f: getattr(last_stats, f) - (getattr(before, f) if before is not None else 0))
+    return {
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "gpu": _gpu_name(args.device)},
+        "config": {"size": f"{h}x{w}", "fps": args.fps, "variant": args.variant, "preset": args.preset,
+                   "weights": args.weights, "device": args.device, "precision": args.precision,
+                   "dds_profile": profile, "seconds": measured_s},
+        "frames_sent": len(sent),
+        "frames_fused": len(window),
+        "output_rate_hz": len(window) / measured_s if measured_s > 0 else 0.0,
+        "end_to_end_ms": {"median": _percentile(e2e, 50), "p90": _percentile(e2e, 90)},
+        "engine_ms": {"median": _percentile(engine, 50), "p90": _percentile(engine, 90)},
+        "overhead_ms": {"median": _percentile(overhead, 50), "p90": _percentile(overhead, 90)},
+        "in_node_ms": {"median": _percentile(in_node, 50), "p90": _percentile(in_node, 90)},
+        "counters": {"received_rgb": delta("received_rgb"), "paired": delta("paired"),
+                     "dropped_stale": delta("dropped_stale"), "unmatched_rgb": delta("unmatched_rgb"),
+                     "failed": delta("failed")},
+    }
+
+
+def _gpu_name(device: str) -> str | None:
+    if not device.startswith("cuda") and device != "auto":
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def format_table(r: dict[str, Any]) -> str:
+    """A Markdown table of one benchmark run (for the README)."""
+    c, m, k = r["config"], r["machine"], r["counters"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; DDS profile: "
+        f"{Path(c['dds_profile']).name if c['dds_profile'] else 'Fast DDS defaults'}",
+        "",
+        "| model | device | input | end-to-end ms (median / p90) | engine ms | node overhead ms | stamp->published in node ms "
+        "| output rate Hz | sent / fused / dropped stale / unmatched |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| {c['variant']} {c['preset']} ({c['weights']}) | {c['device']} {c['precision']} | {c['size']} @ {c['fps']:g} Hz "
+        f"| {_fmt(r['end_to_end_ms']['median'])} / {_fmt(r['end_to_end_ms']['p90'])} "
+        f"| {_fmt(r['engine_ms']['median'])} / {_fmt(r['engine_ms']['p90'])} "
+        f"| {_fmt(r['overhead_ms']['median'])} / {_fmt(r['overhead_ms']['p90'])} "
+        f"| {_fmt(r['in_node_ms']['median'])} / {_fmt(r['in_node_ms']['p90'])} "
+        f"| {r['output_rate_hz']:.1f} | {r['frames_sent']} / {r['frames_fused']} / {k['dropped_stale']} / {k['unmatched_rgb']} |",
+    ]
+    return "\n".join(lines)
+
+
+@user_errors(PROG)
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.fps <= 0 or args.seconds <= 0 or args.warmup_seconds < 0:
+        raise ValueError("--fps and --seconds must be > 0 and --warmup-seconds >= 0")
+    result = run_node_benchmark(args)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0

@@ -1,0 +1,136 @@
+"""The node driven in-process (its own rclpy context and domain): fast checks of every transition,
+of configure failures, of runtime parameter application and of the engine-error path.
+
+These inspect the node's internals on purpose (STYLE, from yolo_ros: after deactivate/cleanup
+check that the model is really gone). The cross-process behaviour is in the other test files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import rclpy
+import torch
+from rclpy.lifecycle import TransitionCallbackReturn
+from rclpy.parameter import Parameter
+
+from ivf_perception.io import make_header, numpy_to_image
+from ivf_perception.nodes.fusion_node import FusionNode, main
+from ivf_perception.nodes.health import ERROR, OK, assess_health
+from ivf_perception.sync import Pair
+
+SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
+
+
+@pytest.fixture
+def context(domain_id: int) -> Iterator[rclpy.Context]:
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=domain_id)
+    yield ctx
+    ctx.try_shutdown()
+
+
+@pytest.fixture
+def make_node(context, test_weights) -> Iterator:
+    nodes: list[FusionNode] = []
+
+    def _make(**overrides) -> FusionNode:
+        values = {"autostart": False, "weights": str(test_weights), "device": "cpu", "warmup_size": [64, 80],
+                  "stream_timeout_s": 600.0, **overrides}
+        node = FusionNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+        nodes.append(node)
+        return node
+
+    yield _make
+    for node in nodes:
+        node.close()
+        node.destroy_node()
+
+
+def _pair(stamp: int = 1_000) -> Pair:
+    rng = np.random.default_rng(0)
+    rgb = numpy_to_image(rng.integers(0, 256, (64, 80, 3), np.uint8), "rgb8", header=make_header(stamp, "cam"))
+    th = numpy_to_image(rng.integers(0, 256, (64, 80), np.uint8), "mono8", header=make_header(stamp, "th"))
+    return Pair(stamp, stamp, rgb, th)
+
+
+def test_every_transition_builds_starts_stops_and_releases(make_node) -> None:
+    node = make_node()
+    assert node._engine is None and not node._publishers_by_name
+    assert node.trigger_configure() == SUCCESS
+    engine = node._engine
+    assert engine is not None and engine.model is not None
+    assert set(node._publishers_by_name) == {"fused", "labels", "overlay", "stats"}
+    assert node.trigger_activate() == SUCCESS
+    assert node._worker.is_alive() and len(node._subscriptions_list) == 4
+    worker = node._worker
+    assert node.trigger_deactivate() == SUCCESS
+    assert not worker.is_alive() and node._worker is None and node._subscriptions_list == []
+    assert node._engine is engine, "deactivate keeps the model for a quick re-activate"
+    assert node.trigger_activate() == SUCCESS and node.trigger_deactivate() == SUCCESS
+    assert node.trigger_cleanup() == SUCCESS
+    assert node._engine is None and engine.model is None, "cleanup releases the model"
+    assert not node._publishers_by_name
+    assert node.trigger_shutdown() == SUCCESS and node.finalized.done()
+
+
+@pytest.mark.parametrize(("overrides", "reason"), [
+    ({"weights": "/nonexistent/w.safetensors"}, "weights file not found"),
+    ({"variant": "s4fusion"}, "holds weights of variant 'test_s4fusion' but variant 's4fusion' was requested"),
+    ({"class_names": ["a", "b"]}, "class_names has 2 names but the model has 9 classes"),
+    ({"homography": [0.0] * 9}, "invalid parameter: homography"),
+    ({"agc_low_pct": 50.0, "agc_high_pct": 40.0}, "low_pct < high_pct"),
+    ({"weights": "none", "variant": "no_such_model"}, "no_such_model"),
+])
+def test_configure_fails_with_the_reason(make_node, overrides, reason) -> None:
+    node = make_node(**overrides)
+    assert node.trigger_configure() == FAILURE
+    assert reason in node._configure_error
+    report = assess_health(node._snapshot())
+    assert report.level == ERROR and reason in report.message
+    assert node._engine is None
+
+
+def test_safe_parameters_apply_at_runtime_and_others_wait_for_configure(make_node) -> None:
+    node = make_node()
+    assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
+    results = node.set_parameters([Parameter("overlay_alpha", value=0.9), Parameter("slop_s", value=0.2),
+                                   Parameter("palette", value=[0x112233] * 9),
+                                   Parameter("agc_low_pct", value=5.0), Parameter("overlay_enabled", value=False)])
+    assert all(r.successful for r in results)
+    assert node._runtime.overlay_alpha == 0.9 and not node._runtime.overlay_enabled
+    assert node._runtime.agc.low_pct == 5.0 and node._pairer.slop_s == pytest.approx(0.2)
+    assert node._engine.palette == [0x112233] * 9
+    refused = node.set_parameters([Parameter("qos_depth", value=3)])[0]
+    assert not refused.successful and "deactivate first" in refused.reason
+    assert node.trigger_deactivate() == SUCCESS
+    assert node.set_parameters([Parameter("qos_depth", value=3)])[0].successful
+
+
+def test_engine_error_skips_the_frame_reports_error_and_recovers(make_node) -> None:
+    node = make_node()
+    assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
+    real_infer = node._engine.infer
+
+    def out_of_memory(*args, **kwargs):  # a stand-in: this machine has no GPU to exhaust
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    node._engine.infer = out_of_memory
+    node._process(_pair(1_000))
+    assert node._failed == 1 and node._processed == 0 and node._worker.is_alive()
+    report = assess_health(node._snapshot())
+    assert report.level == ERROR and "OutOfMemoryError: CUDA out of memory" in report.message
+
+    node._engine.infer = real_infer
+    node._process(_pair(2_000))
+    assert node._processed == 1
+    report = assess_health(node._snapshot())
+    assert report.level == OK and dict(report.values)["last error"].startswith("OutOfMemoryError")
+
+
+def test_invalid_startup_parameter_exits_2_with_the_reason(domain_id, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain_id))
+    assert main(["fusion_node", "--ros-args", "-p", "overlay_alpha:=2.0"]) == 2
+    assert "overlay_alpha" in capsys.readouterr().err

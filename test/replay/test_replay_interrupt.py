@@ -1,0 +1,59 @@
+"""Ctrl-C during a replay: the output bag stays readable and a partial report is written."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ivf_perception.cli.replay import main as replay_main
+from ivf_perception.engine import Engine
+from ivf_perception.io.bag_reader import BagReader
+from ivf_perception.replay.runner import run_replay
+from replay_helpers import FRAMES, MICRO
+
+
+class InterruptingEngine:
+    """Delegates to a real engine and raises KeyboardInterrupt (as Ctrl-C would) on call ``stop_at``."""
+
+    def __init__(self, engine: Engine, stop_at: int) -> None:
+        self._engine = engine
+        self._stop_at = stop_at
+        self.calls = 0
+
+    def infer_batch(self, rgbs: Any, thermals: Any) -> Any:
+        self.calls += 1
+        if self.calls == self._stop_at:
+            raise KeyboardInterrupt
+        return self._engine.infer_batch(rgbs, thermals)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+
+def test_interrupted_replay_leaves_a_readable_bag_and_a_partial_report(mcap_bag, micro_engine, options):
+    engine = InterruptingEngine(micro_engine, stop_at=4)  # frames 1-3 done, Ctrl-C during the 4th
+    result = run_replay(options(mcap_bag), engine)
+    assert (result.status, result.frames, result.exit_code) == ("interrupted", 3, 130)
+    with BagReader(result.out / "bag") as reader:  # opened normally: footer and metadata.yaml written
+        assert not reader.report.damaged
+        topics = result.summary["configuration"]["output_topics"]
+        assert all(reader.counts[topics[k]] == 3 for k in ("fused", "labels", "overlay", "stats"))
+        assert len(list(reader.messages([topics["fused"]]))) == 3
+    s = json.loads((result.out / "metrics.json").read_text())
+    assert s["status"] == "interrupted" and s["frames"] == 3 and len(s["per_frame"]) == 3
+    assert s["segmentation"]["all"]["frames"] == 3
+    md = (result.out / "report.md").read_text()
+    html = (result.out / "report.html").read_text()
+    assert "PARTIAL: the replay was interrupted after 3 frame(s)" in md and "PARTIAL" in html
+    assert FRAMES > 3
+
+
+def test_cli_exit_code_after_ctrl_c(mcap_bag, tmp_path, monkeypatch, capsys):
+    def interrupt(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Engine, "infer_batch", interrupt)
+    out = tmp_path / "out"
+    assert replay_main([str(mcap_bag), "--out", str(out), *MICRO]) == 130
+    assert "interrupted: 0 frame(s)" in capsys.readouterr().out
+    assert (out / "report.html").is_file() and (out / "bag" / "metadata.yaml").is_file()
