@@ -47,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_large_images_profile()
     from ivf_perception.nodes.fusion_node import main as node_main
 
-    ros_args = ["--ros-args"] + [a for path in args.params_file for a in ("--params-file", str(path))]
-    # our options are not ROS arguments, so rclpy ignores them; the files are appended as ROS args
-    return node_main(["fusion_node", *argv, *(ros_args if args.params_file else [])])
+    # The files go first, as their own ROS-arguments section ("--" closes it), so that the user's
+    # own "-p name:=value" after them wins; our options are not ROS arguments and rclpy ignores them.
+    files = [a for path in args.params_file for a in ("--params-file", str(path))]
+    return node_main(["fusion_node", *(["--ros-args", *files, "--"] if files else []), *argv])

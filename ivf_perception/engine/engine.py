@@ -32,6 +32,10 @@ PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "s4fusion_tiny_default.safetensors"
 
 
+_MISSING_DEFAULT = (f"bundled weights {DEFAULT_WEIGHTS} are missing; reinstall the package or "
+                    "run `make train-default` to train them")
+
+
 class EngineError(ValueError):
     """The engine cannot be built as requested (device, precision, weights/model mismatch)."""
 
@@ -134,6 +138,8 @@ class Engine:
     def _load(self, model: str | nn.Module, weights: str | Path, preset: str | None,
               num_classes: int | None, overrides: dict[str, Any]) -> nn.Module:
         path = DEFAULT_WEIGHTS if str(weights) == "default" else Path(weights)
+        if str(weights) == "default" and not path.is_file():
+            raise WeightsError(_MISSING_DEFAULT)
         state, info = load_weights(path)
         self.info = info
         requested = getattr(model, "variant", None) if isinstance(model, nn.Module) else model
@@ -160,9 +166,7 @@ class Engine:
     def default(cls, **kwargs: Any) -> "Engine":
         """The bundled S4Fusion weights (trained on generated scenes + real unlabelled pairs)."""
         if not DEFAULT_WEIGHTS.is_file():
-            raise WeightsError(
-                f"bundled weights {DEFAULT_WEIGHTS} are missing; reinstall the package or run `make train-default`"
-            )
+            raise WeightsError(_MISSING_DEFAULT)
         return cls("auto", weights=DEFAULT_WEIGHTS, **kwargs)
 
     # ------------------------------------------------------------------ properties

@@ -10,6 +10,7 @@ result remembers its own crop.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -103,12 +104,18 @@ class PreparedBatch:
     rgb_u8: list[np.ndarray]  # validated RGB images, for overlays
 
 
+@functools.lru_cache(maxsize=64)
+def _warn_resize(thermal_size: tuple[int, int], rgb_size: tuple[int, int]) -> None:
+    """Log once per size combination: a live camera pair would otherwise flood the log every frame."""
+    _log.warning("thermal %s resized to the RGB size %s (configure a homography to register them)",
+                 thermal_size, rgb_size)
+
+
 def _align_thermal(thermal: np.ndarray, size: tuple[int, int], homography: np.ndarray | None) -> np.ndarray:
     if homography is not None:
         return warp_thermal(thermal, homography, size)
     if thermal.shape != size:
-        _log.warning("thermal %s resized to the RGB size %s (configure a homography to register them)",
-                     thermal.shape, size)
+        _warn_resize(tuple(thermal.shape), tuple(size))
         return resize_to(thermal, size)
     return thermal
 

@@ -117,6 +117,7 @@ class FusionNode(LifecycleNode):
         self.finalized: Future = Future()
         self._config: FusionNodeConfig | None = None
         self._engine: Engine | None = None
+        self._engine_info: dict[str, Any] = {}
         self._configure_error = ""
         self._active = False
         self._runtime: _Runtime | None = None
@@ -163,6 +164,7 @@ class FusionNode(LifecycleNode):
             return self._configure_failed(f"cannot build the engine ({type(exc).__name__}): {exc}")
 
         self._engine, self._config, self._configure_error = engine, config, ""
+        self._engine_info = engine.describe()  # per-frame stats reuse it (describe() walks the model)
         self._runtime = _Runtime(config.agc, config.overlay_enabled, config.overlay_alpha)
         self._image_qos = build_qos(config.qos_reliability, config.qos_depth)
         # Outputs are reliable: reliable and best-effort subscribers (RViz, recorders) both match.
@@ -177,7 +179,7 @@ class FusionNode(LifecycleNode):
         if abs(self._diagnostics_timer.timer_period_ns - config.diagnostics_period_s * 1e9) > 1:
             self.destroy_timer(self._diagnostics_timer)
             self._diagnostics_timer = self.create_timer(config.diagnostics_period_s, self._publish_diagnostics)
-        info = engine.describe()
+        info = self._engine_info
         self.get_logger().info(
             f"configured: {info['variant']}/{info['preset']} ({info['num_classes']} classes) on "
             f"{info['device']} {info['precision']}, weights '{config.weights}', warm-up "
@@ -377,7 +379,7 @@ class FusionNode(LifecycleNode):
             engine = self._engine
             values = FusionStatsValues.from_frame(
                 rgb_stamp_ns=pair.rgb_stamp_ns, thermal_stamp_ns=pair.thermal_stamp_ns,
-                frame_id=header.frame_id, engine_info=engine.describe(), class_names=engine.class_names,
+                frame_id=header.frame_id, engine_info=self._engine_info, class_names=engine.class_names,
                 labels=result.labels, timings_ms=result.timings_ms, pairing=self._pairer.stats,
                 end_to_end_ms=end_to_end_ms, processed=self._processed, failed=self._failed,
                 resets=self._resets)
@@ -425,7 +427,7 @@ class FusionNode(LifecycleNode):
         return HealthSnapshot(
             state=state, device=str(engine.device) if engine else "", variant=engine.variant if engine else "",
             streams=streams, qos_reliability=config.qos_reliability if config else "",
-            stream_timeout_s=float(self.get_parameter("stream_timeout_s").value),
+            stream_timeout_s=config.stream_timeout_s if config else 0.0,
             output_rate_hz=self._meters["output"].rate(now),
             latency_ms=sum(latency) / len(latency) if latency else None,
             processing_ms=sum(processing) / len(processing) if processing else None,

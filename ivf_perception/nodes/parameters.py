@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -364,13 +364,3 @@ def descriptor(spec: ParamSpec) -> Any:
     elif spec.min_value is not None:
         desc.additional_constraints = f"each entry in [{spec.min_value:g}, {spec.max_value:g}]"
     return desc
-
-
-def rcl_type_name(spec: ParamSpec) -> str:
-    """The ``rclpy.parameter.Parameter.Type`` member name of a spec (``DOUBLE_ARRAY`` ...)."""
-    return spec.kind.upper()
-
-
-def as_sequence(value: Any) -> Sequence[Any] | None:
-    """rclpy returns array parameters as ``array.array``; normalise to a list (None stays)."""
-    return None if value is None else list(value)

@@ -63,8 +63,9 @@ def test_thermal_of_another_size_is_resized(engine: Engine, caplog: pytest.LogCa
     rgb, _ = _pair(48, 64)
     th = np.full((24, 32), 128, np.uint8)
     res = engine.infer(rgb, th)
+    engine.infer(rgb, th)
     assert res.fused.shape == (48, 64, 3)
-    assert "resized to the RGB size" in caplog.text
+    assert caplog.text.count("thermal (24, 32) resized to the RGB size (48, 64)") == 1  # once, not per frame
 
 
 def test_homography_warps_thermal() -> None:

@@ -49,7 +49,7 @@ def test_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def spawn(domain_id: int, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., RosProcess]]:
+def spawn(domain_id: int, tmp_path: Path) -> Iterator[Callable[..., RosProcess]]:
     """Start processes on the test's domain; stopped (Ctrl-C) at teardown, logs printed on failure."""
     procs: list[RosProcess] = []
 

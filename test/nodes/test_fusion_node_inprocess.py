@@ -7,6 +7,7 @@ check that the model is really gone). The cross-process behaviour is in the othe
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import numpy as np
@@ -16,7 +17,8 @@ import torch
 from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
-from ivf_perception.io import make_header, numpy_to_image
+from ivf_perception.engine import Engine
+from ivf_perception.io import AGCConfig, image_to_numpy, make_header, numpy_to_image, to_thermal
 from ivf_perception.nodes.fusion_node import FusionNode, main
 from ivf_perception.nodes.health import ERROR, OK, assess_health
 from ivf_perception.sync import Pair
@@ -109,6 +111,38 @@ def test_safe_parameters_apply_at_runtime_and_others_wait_for_configure(make_nod
     assert node.set_parameters([Parameter("qos_depth", value=3)])[0].successful
 
 
+@pytest.mark.parametrize("encoding", ["mono8", "mono16", "16UC1", "bgr8", "rgb8", "8UC1"])
+def test_every_thermal_encoding_at_another_resolution_is_registered_into_the_rgb_frame(make_node, test_weights,
+                                                                                       encoding) -> None:
+    """Thermal at twice the RGB resolution, warped by the homography parameter, with custom AGC."""
+    homography = [0.5, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 1.0]  # thermal px -> RGB px
+    node = make_node(homography=homography, agc_low_pct=2.0, agc_high_pct=98.0)
+    assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
+    published: list = []  # a spy on the real publisher
+    real_publish = node._publishers_by_name["labels"].publish
+    node._publishers_by_name["labels"].publish = lambda msg: (published.append(msg), real_publish(msg))
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (64, 80, 3), np.uint8)
+    if encoding in ("mono16", "16UC1"):
+        thermal = rng.integers(20_000, 24_000, (128, 160), dtype=np.uint16)
+    elif encoding in ("bgr8", "rgb8"):
+        thermal = rng.integers(0, 256, (128, 160, 3), dtype=np.uint8)
+    else:
+        thermal = rng.integers(0, 256, (128, 160), dtype=np.uint8)
+    rgb_msg = numpy_to_image(rgb, "rgb8", header=make_header(5_000, "cam"))
+    th_msg = numpy_to_image(thermal, encoding, header=make_header(5_000, "th"))
+    node._process(Pair(5_000, 5_000, rgb_msg, th_msg))
+    assert node._failed == 0 and len(published) == 1
+
+    agc = AGCConfig(2.0, 98.0)
+    reference = Engine("auto", weights=test_weights, device="cpu", homography=homography, agc=agc)
+    expected = reference.infer(rgb, to_thermal(thermal, encoding, agc))
+    got = image_to_numpy(published[0])
+    assert got.shape == (64, 80) and published[0].header.frame_id == "cam"
+    np.testing.assert_array_equal(got, expected.labels)
+
+
 def test_engine_error_skips_the_frame_reports_error_and_recovers(make_node) -> None:
     node = make_node()
     assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
@@ -128,6 +162,18 @@ def test_engine_error_skips_the_frame_reports_error_and_recovers(make_node) -> N
     assert node._processed == 1
     report = assess_health(node._snapshot())
     assert report.level == OK and dict(report.values)["last error"].startswith("OutOfMemoryError")
+
+
+def test_without_the_interface_package_the_node_runs_without_stats(make_node, monkeypatch) -> None:
+    for name in [m for m in sys.modules if m.startswith("ivf_perception_msgs")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "ivf_perception_msgs", None)  # import fails as if never built
+    node = make_node()
+    assert node._stats_type is None
+    assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
+    assert set(node._publishers_by_name) == {"fused", "labels", "overlay"}
+    node._process(_pair())
+    assert node._processed == 1 and node._failed == 0
 
 
 def test_invalid_startup_parameter_exits_2_with_the_reason(domain_id, monkeypatch, capsys) -> None:
