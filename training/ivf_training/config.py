@@ -58,12 +58,16 @@ class ModelConfig:
         preset: size preset (``paper``, ``small``, ``tiny``).
         num_classes: segmentation classes; 0 trains a fusion-only model.
         overrides: extra constructor arguments of the variant (e.g. ``{"drop_path": 0.0}``).
+        init_from: weights to start from instead of a random initialisation: engine weights
+            (``.safetensors`` with sidecar) or a run's checkpoint ``.safetensors``. Used for
+            fine-tuning stages and stage hand-overs; must fit the model exactly.
     """
 
     variant: str = "s4fusion"
     preset: str = "tiny"
     num_classes: int = 9
     overrides: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
 
 
 @dataclass
@@ -498,6 +502,8 @@ def absolutize_paths(cfg: TrainConfig) -> TrainConfig:
         setattr(cfg.data, name, [_absolute(p) for p in getattr(cfg.data, name)])
     if cfg.loss.resnet50_weights:
         cfg.loss.resnet50_weights = _absolute(cfg.loss.resnet50_weights)
+    if cfg.model.init_from:
+        cfg.model.init_from = _absolute(cfg.model.init_from)
     cfg.out_dir = _absolute(cfg.out_dir)
     return cfg
 

@@ -30,11 +30,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import tqdm
 
-from ivf_perception.engine.weights import WeightsInfo, save_weights
+from ivf_perception.engine.weights import WEIGHTS_FORMAT, WeightsInfo, load_weights, save_weights, sidecar_path
 from ivf_perception.io.classes import MFNET_CLASSES, MFNET_PALETTE
 from ivf_perception.metrics import (
     ConfusionAccumulator,
@@ -234,6 +236,38 @@ def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
 # trainer
 
 
+def _is_engine_weights(path: Path) -> bool:
+    """Engine weights have a sidecar with the engine format; a run's ``best.json`` is not one."""
+    side = sidecar_path(path)
+    try:
+        return side.is_file() and json.loads(side.read_text()).get("format") == WEIGHTS_FORMAT
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def load_initial_weights(model: torch.nn.Module, path: Path) -> None:
+    """Start from trained weights (fine-tuning, stage hand-over) instead of a random init.
+
+    Accepts engine weights (with a JSON sidecar, read through the engine's loader so pickles
+    are refused the same way) or a run's checkpoint ``.safetensors``. The tensors must fit the
+    model exactly: a silent partial load would make the recipe lie about what it trained.
+    """
+    if not path.is_file():
+        raise ConfigError(f"model.init_from: {path} does not exist")
+    if _is_engine_weights(path):
+        state, _ = load_weights(path)
+    else:
+        try:
+            state = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ConfigError(f"model.init_from: {path} is not a readable .safetensors file ({exc})") from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(f"model.init_from: {path} does not fit the configured model: {exc}") from exc
+    _log.info("initialised the model from %s", path)
+
+
 class Trainer:
     """Trains one model on one data mix; see the module docstring for the run directory.
 
@@ -308,6 +342,8 @@ class Trainer:
         seed_everything(cfg.seed)
         m = cfg.model
         model = build_model(m.variant, preset=m.preset, num_classes=m.num_classes, **m.overrides)
+        if m.init_from:
+            load_initial_weights(model, Path(m.init_from))
         multiple = int(getattr(model, "input_multiple", 1))
         if cfg.crop % multiple:
             lower, upper = cfg.crop - cfg.crop % multiple, cfg.crop + multiple - cfg.crop % multiple
@@ -711,11 +747,9 @@ def export_engine_weights(source: str | Path, out_path: str | Path, *, checkpoin
         model_state, state = load_checkpoint(model_file.parent, model_file.name.split(".")[0])
         metrics = {"step": state["step"], **state["last_val"]}
     else:
-        from safetensors.torch import load_file
-
         try:
             model_state = load_file(str(model_file), device="cpu")
-        except Exception as exc:  # safetensors raises several unrelated types
+        except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{model_file} is corrupt ({exc})") from exc
         best_json = model_file.with_suffix(".json")
         best = json.loads(best_json.read_text()) if best_json.is_file() else {}
