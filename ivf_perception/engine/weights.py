@@ -100,6 +100,8 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | Path, info:
     side = sidecar_path(path)
     side_tmp = side.with_name(side.name + ".tmp")
     side_tmp.write_text(json.dumps(info.to_json(), indent=2, sort_keys=True) + "\n")
+    for written in (tmp, side_tmp):
+        written.chmod(0o644)  # temp files are private; weights are shipped and shared
     tmp.replace(path)
     side_tmp.replace(side)
     return path
