@@ -15,8 +15,7 @@ import numpy as np
 
 from ivf_perception.baselines import baseline_fuse
 from ivf_perception.engine import Engine, InputError
-from ivf_perception.engine.preprocess import prepare_thermal
-from ivf_perception.io.registration import resize_to
+from ivf_perception.engine.preprocess import align_thermal
 from ivf_perception.io.thermal import AGCConfig
 from ivf_perception.io.errors import IVFIOError
 from ivf_perception.io.image_files import find_pairs, read_rgb, read_thermal, write_png
@@ -90,9 +89,9 @@ def fuse_folders(engine: Engine, ir_dir: str | Path, vi_dir: str | Path, out_dir
     return summary
 
 
-def fuse_folders_baseline(ir_dir: str | Path, vi_dir: str | Path, out_dir: str | Path, mode: str = "mean", *,
+def fuse_folders_baseline(ir_dir: str | Path, vi_dir: str | Path, fused_dir: str | Path, mode: str = "mean", *,
                           agc: AGCConfig | None = None) -> FolderFusionSummary:
-    """Pixel-average or pixel-maximum fusion of every pair into ``OUT/fused`` (no labels).
+    """Pixel-average or pixel-maximum fusion of every pair into ``fused_dir`` (no labels).
 
     The reference every learned model must beat, written like a model's output so
     ``eval-fusion`` scores both the same way.
@@ -102,13 +101,10 @@ def fuse_folders_baseline(ir_dir: str | Path, vi_dir: str | Path, out_dir: str |
     for pair in listing:
         try:
             vi = read_rgb(pair.vi_path)
-            thermal = prepare_thermal(read_thermal(pair.ir_path, agc=agc), agc)
+            thermal = align_thermal(read_thermal(pair.ir_path, agc=agc), vi.shape[:2])
         except (IVFIOError, InputError, OSError) as exc:
             summary.failed[pair.stem] = str(exc)
             continue
-        if thermal.shape != vi.shape[:2]:
-            _log.warning("%s: thermal %s resized to the visible size %s", pair.stem, thermal.shape, vi.shape[:2])
-            thermal = resize_to(thermal, vi.shape[:2])
-        write_png(Path(out_dir) / "fused" / f"{pair.stem}.png", baseline_fuse(vi, thermal, mode))
+        write_png(Path(fused_dir) / f"{pair.stem}.png", baseline_fuse(vi, thermal, mode))
         summary.written.append(pair.stem)
     return summary

@@ -18,7 +18,7 @@ import torch
 from ivf_perception.cli._common import parse_size, setup_logging, user_errors
 from ivf_perception.engine import Engine
 from ivf_perception.engine.profiling import count_gmacs, count_parameters, measure_latency
-from ivf_perception.models import list_models
+from ivf_perception.models import build_model, list_models
 from ivf_perception.models.ops import has_cuda_scan
 from ivf_perception.models.ops.bench import bench_selective_scan
 
@@ -57,10 +57,10 @@ def run_benchmarks(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for variant in variants:
         for preset in args.presets:
-            model_probe = Engine(variant, preset=preset, device="cpu").model
-            params = count_parameters(model_probe)
-            gmacs = count_gmacs(model_probe, 480, 640)
-            del model_probe
+            model = build_model(variant, preset=preset)
+            params = count_parameters(model)
+            gmacs = count_gmacs(model, 480, 640)
+            del model
             for cfg in _configs(args.device):
                 engine = Engine(variant, preset=preset, device=cfg["device"], precision=cfg["precision"],
                                 scan_backend=cfg["scan"])

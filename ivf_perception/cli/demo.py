@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ivf_perception import __version__
-from ivf_perception.baselines import BASELINES, baseline_fuse
+from ivf_perception.baselines import BASELINES
 from ivf_perception.cli._common import add_engine_arguments, engine_from_args, parse_size, setup_logging, user_errors
 from ivf_perception.cli.eval_fusion import evaluate_folders
 from ivf_perception.engine import Engine
-from ivf_perception.engine.preprocess import prepare_thermal
-from ivf_perception.folder_fusion import fuse_folders
-from ivf_perception.io.image_files import find_pairs, read_image, read_rgb, write_png
+from ivf_perception.folder_fusion import fuse_folders, fuse_folders_baseline
+from ivf_perception.io.image_files import read_image
 from ivf_perception.io.synthetic import SceneConfig, write_scene_bag, write_scene_folder
 from ivf_perception.metrics import ConfusionAccumulator
 
@@ -49,11 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _write_baselines(engine: Engine, sample: Path, out: Path) -> dict[str, Path]:
     """Pixel-average and pixel-maximum fusions of the sample, as PNG folders to score alike."""
     folders = {b: out / "baselines" / b for b in BASELINES}
-    for pair in find_pairs(sample / "ir", sample / "vi"):
-        vi = read_rgb(pair.vi_path)
-        thermal = prepare_thermal(read_image(pair.ir_path), engine.agc)
-        for b, folder in folders.items():
-            write_png(folder / f"{pair.stem}.png", baseline_fuse(vi, thermal, b))
+    for b, folder in folders.items():
+        fuse_folders_baseline(sample / "ir", sample / "vi", folder, b, agc=engine.agc)
     return folders
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Sequence
 
 from tqdm import tqdm
@@ -38,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
     if args.baseline:
-        summary = fuse_folders_baseline(args.ir, args.vi, args.out, args.baseline)
+        summary = fuse_folders_baseline(args.ir, args.vi, Path(args.out) / "fused", args.baseline)
         print(f"wrote {len(summary.written)} pixel-{args.baseline} fusions -> {args.out}")
         _report_skipped(summary)
         return 0 if summary.written else 1

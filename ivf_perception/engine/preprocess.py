@@ -18,10 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ivf_perception.io.image_codec import to_thermal
 from ivf_perception.io.registration import resize_to, warp_thermal
 from ivf_perception.io.thermal import AGCConfig, agc_percentile
 
-__all__ = ["InputError", "PreparedBatch", "prepare_rgb", "prepare_thermal", "prepare_batch"]
+__all__ = ["InputError", "PreparedBatch", "align_thermal", "prepare_rgb", "prepare_thermal", "prepare_batch"]
 
 _log = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ def prepare_thermal(thermal: np.ndarray, agc: AGCConfig | None = None) -> np.nda
             t = t[..., :3]
             if np.array_equal(t[..., 0], t[..., 1]) and np.array_equal(t[..., 1], t[..., 2]):
                 t = t[..., 0]
+            elif t.dtype == np.uint8:  # false colour from a camera: the codec's conversion, as in the node
+                t = to_thermal(np.ascontiguousarray(t), "rgb8")
             else:
                 t = (0.299 * t[..., 0].astype(np.float32) + 0.587 * t[..., 1] + 0.114 * t[..., 2]).astype(
                     np.float32 if np.issubdtype(t.dtype, np.floating) else t.dtype)
@@ -111,7 +114,8 @@ def _warn_resize(thermal_size: tuple[int, int], rgb_size: tuple[int, int]) -> No
                  thermal_size, rgb_size)
 
 
-def _align_thermal(thermal: np.ndarray, size: tuple[int, int], homography: np.ndarray | None) -> np.ndarray:
+def align_thermal(thermal: np.ndarray, size: tuple[int, int], homography: np.ndarray | None = None) -> np.ndarray:
+    """Bring thermal into the RGB frame: warp by ``homography``, else resize (warned once per size)."""
     if homography is not None:
         return warp_thermal(thermal, homography, size)
     if thermal.shape != size:
@@ -130,7 +134,7 @@ def prepare_batch(rgbs: list[np.ndarray], thermals: list[np.ndarray], *, multipl
         raise InputError("empty batch")
     rgb_u8 = [prepare_rgb(r) for r in rgbs]
     sizes = [r.shape[:2] for r in rgb_u8]
-    th = [_align_thermal(prepare_thermal(t, agc), s, homography) for t, s in zip(thermals, sizes)]
+    th = [align_thermal(prepare_thermal(t, agc), s, homography) for t, s in zip(thermals, sizes)]
     hp = -(-max(s[0] for s in sizes) // multiple) * multiple
     wp = -(-max(s[1] for s in sizes) // multiple) * multiple
     rgb_t, th_t = [], []

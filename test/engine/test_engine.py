@@ -120,3 +120,12 @@ def test_palette_change_and_validation(engine: Engine) -> None:
         assert (over[labelled] == [255, 0, 0]).all()
     with pytest.raises(ValueError, match="0xRRGGBB"):
         engine.set_palette([0x1000000])
+
+
+def test_false_colour_thermal_matches_the_codec_used_by_the_node() -> None:
+    """Replay (engine path) and the live node (codec path) must see the same thermal values."""
+    from ivf_perception.engine.preprocess import prepare_thermal
+    from ivf_perception.io.image_codec import to_thermal
+
+    colour = np.random.default_rng(5).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(prepare_thermal(colour), to_thermal(colour, "rgb8"))
