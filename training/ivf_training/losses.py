@@ -44,6 +44,7 @@ from torch import nn
 from ivf_perception.checks import check_shape
 from ivf_perception.models.base import FusionSegOutput
 from ivf_perception.models.layers.color import rgb_to_ycbcr
+from ivf_perception.models.layers.sobel import sobel_magnitude as _layer_sobel_magnitude
 
 from ivf_training.augment import IGNORE_INDEX
 
@@ -134,17 +135,14 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, window_size: int = 11, sigma: floa
 def sobel_magnitude(img: torch.Tensor) -> torch.Tensor:
     """``|Gx| + |Gy|`` of a 1/8-normalised Sobel operator with replicate padding.
 
+    The loss terms call the model library's Sobel op, so the gradients the fusion head extracts
+    and the gradients the loss compares are the same operator.
+
     Shape:
         img: (B, C, H, W) → (B, C, H, W)
     """
     check_shape(img, "B C H W", name="img")
-    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]],
-                      dtype=img.dtype, device=img.device) / 8.0
-    kernel = torch.stack((kx, kx.t()))[:, None]  # (2, 1, 3, 3): x then y
-    c = img.shape[1]
-    padded = F.pad(img, (1, 1, 1, 1), mode="replicate")
-    grads = F.conv2d(padded.reshape(-1, 1, *padded.shape[-2:]), kernel)
-    return grads.abs().sum(1).reshape(img.shape[0], c, *img.shape[-2:])
+    return _layer_sobel_magnitude(img, normalized=True, border="replicate")
 
 
 def _luma(rgb: torch.Tensor) -> torch.Tensor:

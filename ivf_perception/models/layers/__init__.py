@@ -6,8 +6,12 @@ from ivf_perception.models.layers.cross_ss2d import CrossSS2D, interleave
 from ivf_perception.models.layers.drop_path import DropPath, drop_path
 from ivf_perception.models.layers.factories import get_norm_layer
 from ivf_perception.models.layers.mlp import Mlp
+from ivf_perception.models.layers.sobel import SOBEL_BORDERS, Sobel, sobel_gradients, sobel_magnitude
 from ivf_perception.models.layers.ss2d import SS2D
 from ivf_perception.models.layers.vss_block import VSSBlock
+from ivf_perception.models.layers.window_scan import window_merge, window_scan, window_scan_order
+from ivf_perception.models.layers.fft_filter import FFTAmplitudeFilter, fft_amplitude_filter
+from ivf_perception.models.layers.channel_attention import ChannelAttention, ChannelAttentionBlock
 
 __all__ = [
     "BT601_LUMA",
@@ -24,5 +28,16 @@ __all__ = [
     "interleave",
     "rgb_to_gray",
     "rgb_to_ycbcr",
+    "SOBEL_BORDERS",
+    "Sobel",
+    "sobel_gradients",
+    "sobel_magnitude",
     "ycbcr_to_rgb",
+    "window_merge",
+    "window_scan",
+    "window_scan_order",
+    "FFTAmplitudeFilter",
+    "fft_amplitude_filter",
+    "ChannelAttention",
+    "ChannelAttentionBlock",
 ]

@@ -6,6 +6,14 @@ four scan orders (:func:`cross_scan`), each order gets its own input-dependent Î
 scanned with one grouped selective scan (four groups, one per order); the four outputs are
 put back in image order and summed (:func:`cross_merge`), normalised, gated by ``silu(z)``
 and projected back. Parameter names match VMamba's so its checkpoints map one to one.
+
+Two options cover the other users of the layer:
+
+- ``scan_order="window"`` reads the map window by window (LocalMamba's local scan,
+  :func:`window_scan`), as CMFS's wavelet branch does;
+- ``gated=False`` is VMamba's ``"v05_noz"`` forward (its "0230s" VMamba-T, CMFS's encoder):
+  ``in_proj`` produces only ``d_inner`` channels and the output is not gated, so the
+  checkpoint's ``in_proj.weight`` of shape ``(d_inner, d_model)`` loads as is.
 """
 
 from __future__ import annotations
@@ -25,9 +33,13 @@ from ivf_perception.models.layers.ssm_params import (
     no_weight_decay,
     project_scan_params,
 )
+from ivf_perception.models.layers.window_scan import window_merge, window_scan
 from ivf_perception.models.ops import SCAN_BACKENDS, selective_scan
 
-__all__ = ["SS2D", "check_scan_backend", "depthwise_conv"]
+__all__ = ["SCAN_ORDERS", "SS2D", "check_scan_backend", "depthwise_conv"]
+
+SCAN_ORDERS = ("cross", "window")
+"""Accepted ``scan_order`` values: VMamba's cross scan, or LocalMamba's local-window scan."""
 
 
 def depthwise_conv(channels: int, d_conv: int, bias: bool, device: torch.device | str | None,
@@ -64,6 +76,10 @@ class SS2D(nn.Module):
         bias: bias of the input and output projections.
         dropout: dropout on the output.
         scan_backend: selective-scan backend, see :data:`~ivf_perception.models.ops.SCAN_BACKENDS`.
+        scan_order: ``"cross"`` (:func:`cross_scan`) or ``"window"`` (:func:`window_scan`).
+        window_size: side of the scan window of ``scan_order="window"``.
+        gated: multiply the output by ``silu(z)`` from a second half of ``in_proj``; False is
+            VMamba's ``"v05_noz"`` (``in_proj`` has ``d_inner`` outputs, no gate).
         device: parameter device.
         dtype: parameter dtype.
 
@@ -82,11 +98,18 @@ class SS2D(nn.Module):
         bias: bool = False,
         dropout: float = 0.0,
         scan_backend: str = "auto",
+        scan_order: str = "cross",
+        window_size: int = 4,
+        gated: bool = True,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         check_scan_backend(scan_backend)
+        if scan_order not in SCAN_ORDERS:
+            raise ValueError(f"Unknown scan_order {scan_order!r}; supported scan orders: {list(SCAN_ORDERS)}")
+        if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1:
+            raise ValueError(f"window_size must be a positive int, got {window_size!r}")
         dd = {"device": device, "dtype": dtype}
         self.d_model = d_model
         self.d_state = d_state
@@ -95,9 +118,12 @@ class SS2D(nn.Module):
             raise ValueError(f"ssm_ratio * d_model must be >= 1, got {ssm_ratio} * {d_model}")
         self.dt_rank = dt_rank_for(d_model, dt_rank)
         self.scan_backend = scan_backend
+        self.scan_order = scan_order
+        self.window_size = window_size
+        self.gated = bool(gated)
         k = NUM_DIRECTIONS
 
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **dd)
+        self.in_proj = nn.Linear(d_model, (2 if self.gated else 1) * self.d_inner, bias=bias, **dd)
         self.conv2d = depthwise_conv(self.d_inner, d_conv, conv_bias, **dd)
         self.act = nn.SiLU()
         self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * d_state, self.d_inner, **dd))
@@ -121,19 +147,28 @@ class SS2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B H W C", name="x", C=self.d_model)
         b, h, w, _ = x.shape
-        x, z = self.in_proj(x).chunk(2, dim=-1)
+        x = self.in_proj(x)
+        z = None
+        if self.gated:
+            x, z = x.chunk(2, dim=-1)
         x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, d_inner, H, W)
-        xs = cross_scan(x)  # (B, 4, d_inner, L)
+        window = self.scan_order == "window"
+        xs = window_scan(x, self.window_size) if window else cross_scan(x)  # (B, 4, d_inner, L)
         delta, bs, cs = project_scan_params(xs, self.x_proj_weight, self.dt_projs_weight, self.dt_rank, self.d_state)
         a_log = self.A_logs.to(torch.promote_types(self.A_logs.dtype, torch.float32))
         ys = selective_scan(
             xs.flatten(1, 2), delta.flatten(1, 2), -torch.exp(a_log), bs, cs, self.Ds,
             delta_bias=self.dt_projs_bias.flatten(), delta_softplus=True, backend=self.scan_backend,
         )
-        y = cross_merge(ys.view(b, NUM_DIRECTIONS, self.d_inner, h * w), h, w)
-        y = self.out_norm(y.transpose(1, 2).reshape(b, h, w, self.d_inner)) * F.silu(z)
+        ys = ys.view(b, NUM_DIRECTIONS, self.d_inner, h * w)
+        y = window_merge(ys, h, w, self.window_size) if window else cross_merge(ys, h, w)
+        y = self.out_norm(y.transpose(1, 2).reshape(b, h, w, self.d_inner))
+        if z is not None:
+            y = y * F.silu(z)
         return self.dropout(self.out_proj(y))
 
     def extra_repr(self) -> str:
+        window = f", window_size={self.window_size}" if self.scan_order == "window" else ""
         return (f"d_model={self.d_model}, d_inner={self.d_inner}, d_state={self.d_state}, "
-                f"dt_rank={self.dt_rank}, scan_backend={self.scan_backend!r}")
+                f"dt_rank={self.dt_rank}, scan_backend={self.scan_backend!r}, "
+                f"scan_order={self.scan_order!r}{window}, gated={self.gated}")

@@ -7,6 +7,8 @@ CMFS's "0230s" encoder do not). Submodule names match VMamba's checkpoints.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -29,6 +31,8 @@ class VSSBlock(nn.Module):
         drop_path: stochastic-depth probability of each residual branch.
         norm_layer: name or constructor of the (last-dimension) norm, see :func:`get_norm_layer`.
         scan_backend: selective-scan backend.
+        ssm_kwargs: further :class:`SS2D` options (e.g. VMamba-T's ``conv_bias=False,
+            gated=False``), so one block serves every VMamba flavour.
         device: parameter device.
         dtype: parameter dtype.
 
@@ -45,6 +49,7 @@ class VSSBlock(nn.Module):
         drop_path: float = 0.0,
         norm_layer: str | NormFactory | None = "layernorm",
         scan_backend: str = "auto",
+        ssm_kwargs: dict[str, Any] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -52,7 +57,7 @@ class VSSBlock(nn.Module):
         dd = {"device": device, "dtype": dtype}
         norm = get_norm_layer(norm_layer)
         self.norm = norm(dim, **dd)
-        self.op = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, scan_backend=scan_backend, **dd)
+        self.op = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, scan_backend=scan_backend, **(ssm_kwargs or {}), **dd)
         self.drop_path = DropPath(drop_path)
         self.norm2: nn.Module | None = None
         self.mlp: Mlp | None = None

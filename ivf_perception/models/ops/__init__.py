@@ -12,6 +12,7 @@ from ivf_perception.models.ops.selective_scan import (
     selective_scan_chunked,
     selective_scan_ref,
 )
+from ivf_perception.models.ops.wavelet import DWT2, IDWT2, dwt2, idwt2, pack_subbands, unpack_subbands
 
 __all__ = [
     "SCAN_BACKENDS",
@@ -21,4 +22,10 @@ __all__ = [
     "selective_scan",
     "selective_scan_chunked",
     "selective_scan_ref",
+    "DWT2",
+    "IDWT2",
+    "dwt2",
+    "idwt2",
+    "pack_subbands",
+    "unpack_subbands",
 ]

@@ -1,0 +1,109 @@
+"""Frequency-domain filtering of a feature map's amplitude spectrum, its phase kept.
+
+CMFS (eq. 8-9) filters the concatenated spatial and wavelet features in the Fourier domain:
+the amplitude of ``rfft2`` goes through a small learned mapping (1×1 conv + LeakyReLU, twice)
+while the phase, which carries most of the structure (where edges are), is kept; ``irfft2``
+returns to the original H×W. Amplitude carries the global intensity/texture statistics in
+which the modalities differ, so re-weighting it lets the block mix them globally at
+``O(HW log HW)`` cost.
+
+The FFT runs in at least float32 (``rfft2`` does not take half precision on every device and
+size); the learned mapping sees the amplitude in the input's dtype. Amplitude and phase come
+from ``abs``/``angle``, whose gradients PyTorch defines as zero at an exactly zero frequency
+bin, so no epsilon is needed (CMFS's public code adds 1e-8 at three places for this).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ivf_perception.checks import check_shape
+
+__all__ = ["FFT_NORMS", "FFTAmplitudeFilter", "fft_amplitude_filter"]
+
+FFT_NORMS = ("backward", "ortho", "forward")
+"""Accepted ``norm`` values, as in :func:`torch.fft.rfft2`."""
+
+
+def _check_norm(norm: str) -> None:
+    if norm not in FFT_NORMS:
+        raise ValueError(f"Unknown FFT norm {norm!r}; supported norms: {list(FFT_NORMS)}")
+
+
+def fft_amplitude_filter(
+    x: torch.Tensor, amplitude_fn: Callable[[torch.Tensor], torch.Tensor], norm: str = "backward"
+) -> torch.Tensor:
+    """Map the amplitude spectrum of ``x`` with ``amplitude_fn``, keep the phase, transform back.
+
+    ``y = irfft2(amplitude_fn(|X|) · exp(i·angle(X)))`` with ``X = rfft2(x)``; an identity
+    ``amplitude_fn`` returns ``x``.
+
+    Args:
+        x: feature map.
+        amplitude_fn: maps the amplitude to a new amplitude of the same shape.
+        norm: FFT normalisation (:data:`FFT_NORMS`); CMFS uses ``"backward"``.
+
+    Returns:
+        The filtered map, in ``x``'s dtype and size (odd W included).
+
+    Shape:
+        x: (B, C, H, W)  ->  (B, C, H, W); amplitude_fn: (B, C, H, W//2+1) -> same.
+
+    Example:
+        >>> x = torch.randn(1, 2, 5, 7)
+        >>> torch.allclose(fft_amplitude_filter(x, lambda a: a), x, atol=1e-6)
+        True
+    """
+    check_shape(x, "B C H W", name="x")
+    _check_norm(norm)
+    h, w = x.shape[-2:]
+    compute_dtype = torch.promote_types(x.dtype, torch.float32)
+    spectrum = torch.fft.rfft2(x.to(compute_dtype), norm=norm)
+    amplitude = amplitude_fn(spectrum.abs().to(x.dtype))
+    check_shape(amplitude, "B C H W", name="amplitude_fn(amplitude)", B=x.shape[0], C=x.shape[1], H=h,
+                W=spectrum.shape[-1])
+    filtered = torch.polar(amplitude.to(compute_dtype), spectrum.angle())
+    return torch.fft.irfft2(filtered, s=(h, w), norm=norm).to(x.dtype)
+
+
+class FFTAmplitudeFilter(nn.Module):
+    """CMFS's learned amplitude filter: :func:`fft_amplitude_filter` with ``(1×1 conv, LeakyReLU) × 2``.
+
+    Args:
+        channels: channels C of the map (the convs mix amplitudes across channels, per frequency).
+        negative_slope: LeakyReLU slope (CMFS: 0.1).
+        norm: FFT normalisation (:data:`FFT_NORMS`).
+        device: parameter device.
+        dtype: parameter dtype.
+
+    Shape:
+        x: (B, C, H, W)  ->  (B, C, H, W), any H, W.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        negative_slope: float = 0.1,
+        norm: str = "backward",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        _check_norm(norm)
+        dd = {"device": device, "dtype": dtype}
+        self.norm = norm
+        self.amplitude = nn.Sequential(
+            nn.Conv2d(channels, channels, 1, **dd),
+            nn.LeakyReLU(negative_slope),
+            nn.Conv2d(channels, channels, 1, **dd),
+            nn.LeakyReLU(negative_slope),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fft_amplitude_filter(x, self.amplitude, self.norm)
+
+    def extra_repr(self) -> str:
+        return f"norm={self.norm!r}"

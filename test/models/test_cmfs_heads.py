@@ -1,0 +1,153 @@
+"""CMFS heads: SegFormer MLP decoder and Sobel fusion head on odd sizes, gradients, ranges, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ivf_perception.checks import ShapeError
+from ivf_perception.models.cmfs.heads import GradientResidualDenseBlock, SegFormerMLPHead, SobelFusionHead
+from ivf_perception.models.layers import Sobel
+
+DIMS = (4, 8, 12, 16)
+
+
+def _feats(b: int, h: int, w: int, dims: tuple[int, ...] = DIMS, scale: float = 1.0) -> list[torch.Tensor]:
+    """Encoder-like pyramid for an h×w image: strides 4, 8, 16, 32 with ceil rounding."""
+    return [scale * torch.randn(b, c, -(-h // 2 ** (i + 2)), -(-w // 2 ** (i + 2))) for i, c in enumerate(dims)]
+
+
+def _assert_all_params_get_grads(module: nn.Module) -> None:
+    missing = [n for n, p in module.named_parameters()
+               if p.grad is None or not torch.isfinite(p.grad).all() or float(p.grad.abs().sum()) == 0]
+    assert not missing, f"no gradient reached {missing}"
+
+
+class TestSegFormerMLPHead:
+    @pytest.mark.parametrize("training", [True, False])
+    @pytest.mark.parametrize("batch", [1, 2, 3])
+    def test_shapes(self, batch: int, training: bool) -> None:
+        head = SegFormerMLPHead(DIMS, num_classes=5, embed_dim=8, ss2d_d_state=4).train(training)
+        for h, w in [(60, 80), (15, 20), (30, 40), (61, 79)]:
+            logits = head(_feats(batch, h, w), (h, w))
+            assert logits.shape == (batch, 5, h, w)
+            assert torch.isfinite(logits).all()
+
+    def test_plain_segformer_and_three_stages(self) -> None:
+        head = SegFormerMLPHead(DIMS[:3], num_classes=2, embed_dim=8, ss2d_d_state=None)
+        assert head.mixer is None
+        assert head(_feats(2, 30, 40, DIMS[:3]), (30, 40)).shape == (2, 2, 30, 40)
+
+    def test_gradients_reach_every_parameter(self) -> None:
+        head = SegFormerMLPHead(DIMS, num_classes=3, embed_dim=8, ss2d_d_state=4).train()
+        target = torch.randint(0, 3, (2, 30, 40))
+        F.cross_entropy(head(_feats(2, 30, 40), (30, 40)), target).backward()
+        _assert_all_params_get_grads(head)
+
+    def test_eval_is_deterministic(self) -> None:
+        head = SegFormerMLPHead(DIMS, num_classes=3, embed_dim=8, ss2d_d_state=4, dropout=0.5).eval()
+        feats = _feats(2, 15, 20)
+        with torch.no_grad():
+            assert torch.equal(head(feats, (15, 20)), head(feats, (15, 20)))
+
+    def test_logits_are_upsampled_from_the_finest_stage(self) -> None:
+        head = SegFormerMLPHead(DIMS, num_classes=3, embed_dim=8, ss2d_d_state=4).eval()
+        feats = _feats(1, 32, 48)
+        with torch.no_grad():
+            coarse = head(feats, feats[0].shape[-2:])
+            fine = head(feats, (32, 48))
+        torch.testing.assert_close(fine, F.interpolate(coarse, size=(32, 48), mode="bilinear", align_corners=False))
+
+    def test_paper_width(self) -> None:
+        head = SegFormerMLPHead([96, 192, 384, 768], 9)
+        assert head.embed_dim == 512 and head.mixer is not None and head.mixer.d_state == 16
+        assert head.linear_fuse.in_channels == 4 * 512 and head.linear_pred.out_channels == 9
+
+    def test_exception(self) -> None:
+        head = SegFormerMLPHead(DIMS, num_classes=3, embed_dim=8, ss2d_d_state=None)
+        feats = _feats(2, 30, 40)
+        with pytest.raises(ValueError, match=r"feats: expected 4 feature maps .* got 3"):
+            head(feats[:3], (30, 40))
+        with pytest.raises(ShapeError, match=r"feats\[1\]: expected C=8"):
+            head([feats[0], feats[0], feats[2], feats[3]], (30, 40))
+        with pytest.raises(ShapeError, match=r"feats\[2\]: expected B=2"):
+            head([feats[0], feats[1], feats[2][:1], feats[3]], (30, 40))
+        with pytest.raises(ValueError, match="out_size must be"):
+            head(feats, (30, 0))
+        with pytest.raises(ValueError, match="in_dims must be a non-empty sequence"):
+            SegFormerMLPHead([], num_classes=3)
+
+
+class TestGradientResidualDenseBlock:
+    def test_sobel_branch_is_fixed_and_silent_on_flat_input(self) -> None:
+        block = GradientResidualDenseBlock(4)
+        assert isinstance(block.sobel, Sobel) and list(block.sobel.parameters()) == []
+        x = torch.full((1, 4, 5, 7), 0.3)
+        dense = torch.cat((x, F.leaky_relu(block.conv1(x), 0.2)), dim=1)
+        dense = torch.cat((dense, F.leaky_relu(block.conv2(dense), 0.2)), dim=1)
+        # replicate padding: a flat map has no gradient, border included; only conv_up's bias is left
+        expected = F.leaky_relu(block.conv_down(dense) + block.conv_up.bias.view(1, -1, 1, 1), 0.1)
+        torch.testing.assert_close(block(x), expected)
+
+    def test_cardinality(self) -> None:
+        assert GradientResidualDenseBlock(4, 6)(torch.randn(2, 4, 5, 3)).shape == (2, 6, 5, 3)
+
+
+class TestSobelFusionHead:
+    @pytest.mark.parametrize("training", [True, False])
+    @pytest.mark.parametrize("batch", [1, 2, 3])
+    def test_shapes_and_range(self, batch: int, training: bool) -> None:
+        head = SobelFusionHead(DIMS, embed_dim=4).train(training)
+        for h, w in [(30, 40), (61, 79), (45, 62)]:  # the coarsest stage needs 2 values for BatchNorm
+            rgb, thermal = torch.rand(batch, 3, h, w), torch.rand(batch, 1, h, w)
+            fused = head(_feats(batch, h, w), _feats(batch, h, w), rgb, thermal)
+            assert fused.shape == (batch, 3, h, w)
+            assert fused.min() >= 0.0 and fused.max() <= 1.0
+
+    def test_range_under_extreme_inputs(self) -> None:
+        head = SobelFusionHead(DIMS, embed_dim=4).eval()
+        with torch.no_grad():
+            fused = head(_feats(1, 30, 40, scale=1e4), _feats(1, 30, 40, scale=-1e4),
+                         torch.full((1, 3, 30, 40), 1e3), torch.full((1, 1, 30, 40), -1e3))
+        assert torch.isfinite(fused).all() and fused.min() >= 0.0 and fused.max() <= 1.0
+
+    def test_gradients_reach_every_parameter(self) -> None:
+        head = SobelFusionHead(DIMS, embed_dim=4).train()
+        rgb, thermal = torch.rand(2, 3, 30, 40), torch.rand(2, 1, 30, 40)
+        head(_feats(2, 30, 40), _feats(2, 30, 40), rgb, thermal).sub(rgb).abs().mean().backward()
+        _assert_all_params_get_grads(head)
+
+    def test_eval_is_deterministic(self) -> None:
+        head = SobelFusionHead(DIMS, embed_dim=4).eval()
+        args = (_feats(2, 15, 20), _feats(2, 15, 20), torch.rand(2, 3, 15, 20), torch.rand(2, 1, 15, 20))
+        with torch.no_grad():
+            assert torch.equal(head(*args), head(*args))
+
+    def test_default_width_and_inputs(self) -> None:
+        head = SobelFusionHead([96, 192, 384, 768])
+        assert head.embed_dim == 16
+        assert head.fuse[0].in_channels == 2 * 4 * 16 + 3 + 1  # 8 projected maps, RGB, thermal
+
+    def test_device_dtype(self) -> None:
+        head = SobelFusionHead(DIMS, embed_dim=4, device="cpu", dtype=torch.float64)
+        assert {p.dtype for p in head.parameters()} == {torch.float64}
+        out = head([f.double() for f in _feats(1, 30, 40)], [f.double() for f in _feats(1, 30, 40)],
+                   torch.rand(1, 3, 30, 40, dtype=torch.float64), torch.rand(1, 1, 30, 40, dtype=torch.float64))
+        assert out.dtype == torch.float64
+
+    def test_exception(self) -> None:
+        head = SobelFusionHead(DIMS, embed_dim=4)
+        feats = _feats(2, 30, 40)
+        rgb, thermal = torch.rand(2, 3, 30, 40), torch.rand(2, 1, 30, 40)
+        with pytest.raises(ShapeError, match=r"thermal: expected 1=1"):
+            head(feats, feats, rgb, rgb)
+        with pytest.raises(ShapeError, match=r"thermal: expected H=30"):
+            head(feats, feats, rgb, thermal[..., :29, :])
+        with pytest.raises(ShapeError, match=r"rgb: expected 3=3"):
+            head(feats, feats, thermal, thermal)
+        with pytest.raises(ValueError, match=r"thermal_feats: expected 4 feature maps"):
+            head(feats, feats[:2], rgb, thermal)
+        with pytest.raises(ShapeError, match=r"rgb_feats\[0\]: expected B=2"):
+            head([f[:1] for f in feats], feats, rgb, thermal)
