@@ -8,6 +8,7 @@ its CUDA kernel. Randomly initialised models: cost does not depend on the weight
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 from pathlib import Path
@@ -29,7 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ivf-perception bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=None, help="families (default: all registered, not test_*)")
-    p.add_argument("--presets", nargs="+", default=["paper", "small", "tiny"])
+    p.add_argument("--presets", nargs="+", default=["paper", "small", "tiny"],
+                   help="presets to measure; a family without one of them is skipped with a note")
+    p.add_argument("--params-only", nargs="+", default=[], metavar="PRESET",
+                   help="presets whose parameters and GMACs are reported without latency (e.g. CMFS paper on a CPU)")
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[(480, 640), (240, 320)])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="auto", help="auto: CPU, plus CUDA when available")
@@ -39,13 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _configs(device_arg: str) -> list[dict[str, Any]]:
+def _configs(device_arg: str, has_scan: bool = True) -> list[dict[str, Any]]:
+    """Device/precision/scan combinations to time; models without a selective scan get one
+    row per device and precision (scan "-")."""
     configs = []
     if device_arg in ("auto", "cpu"):
-        configs.append({"device": "cpu", "precision": "fp32", "scan": "chunked"})
+        configs.append({"device": "cpu", "precision": "fp32", "scan": "chunked" if has_scan else "-"})
     if device_arg.startswith("cuda") or (device_arg == "auto" and torch.cuda.is_available()):
         dev = "cuda" if device_arg == "auto" else device_arg
-        scans = ["chunked"] + (["cuda"] if has_cuda_scan() else [])
+        scans = (["chunked"] + (["cuda"] if has_cuda_scan() else [])) if has_scan else ["-"]
         for precision in ("fp32", "bf16"):
             configs += [{"device": dev, "precision": precision, "scan": s} for s in scans]
     return configs
@@ -57,13 +63,25 @@ def run_benchmarks(args: argparse.Namespace) -> dict[str, Any]:
     rows = []
     for variant in variants:
         for preset in args.presets:
-            model = build_model(variant, preset=preset)
+            try:
+                # on the meta device: counting needs shapes only, not a 100 GMAC CPU forward
+                model = build_model(variant, preset=preset, device="meta")
+            except ValueError as exc:  # the family has no such preset
+                print(f"skipped {variant}/{preset}: {exc}", flush=True)
+                continue
             params = count_parameters(model)
-            gmacs = count_gmacs(model, 480, 640)
+            gmacs = count_gmacs(model, 480, 640, device="meta")
+            scans = "scan_backend" in inspect.signature(type(model).__init__).parameters
             del model
-            for cfg in _configs(args.device):
+            if preset in args.params_only:
+                rows.append({"variant": variant, "preset": preset, "device": "-", "precision": "-", "scan": "-",
+                             "size": "-", "params_M": params / 1e6, "gmacs_480x640": gmacs, "latency_ms": None,
+                             "p90_ms": None, "fps": None, "stages_ms": {}, "peak_mem_mib": None})
+                print(_row_line(rows[-1]), flush=True)
+                continue
+            for cfg in _configs(args.device, scans):
                 engine = Engine(variant, preset=preset, device=cfg["device"], precision=cfg["precision"],
-                                scan_backend=cfg["scan"])
+                                **({"scan_backend": cfg["scan"]} if scans else {}))
                 for h, w in args.sizes:
                     stats = measure_latency(engine, h, w, repeats=args.repeats)
                     rows.append({"variant": variant, "preset": preset, **cfg, "size": f"{h}x{w}",
@@ -85,8 +103,10 @@ def run_benchmarks(args: argparse.Namespace) -> dict[str, Any]:
 
 def _row_line(r: dict[str, Any]) -> str:
     mem = f"{r['peak_mem_mib']:.0f}" if r["peak_mem_mib"] is not None else "-"
-    return (f"| {r['variant']} | {r['preset']} | {r['device']} {r['precision']} ({r['scan']} scan) | {r['size']} | "
-            f"{r['params_M']:.2f} | {r['gmacs_480x640']:.2f} | {r['latency_ms']:.1f} | {r['fps']:.2f} | {mem} |")
+    where = f"{r['device']} {r['precision']} ({r['scan']} scan)" if r["latency_ms"] is not None else "not timed"
+    latency = f"{r['latency_ms']:.1f} | {r['fps']:.2f}" if r["latency_ms"] is not None else "- | -"
+    return (f"| {r['variant']} | {r['preset']} | {where} | {r['size']} | "
+            f"{r['params_M']:.2f} | {r['gmacs_480x640']:.2f} | {latency} | {mem} |")
 
 
 def format_tables(result: dict[str, Any]) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,6 +34,10 @@ DEMO_SEED = 20261122
 """Seed of the demo sequence; training recipes never use it, so the demo is held out."""
 
 HEADLINE = ("EN", "SD", "SF", "AG", "MI", "VIF", "Qabf", "SSIM")
+
+UNTRAINED_NOTE = ("- **untrained model**: randomly initialised weights (no weights were given and none are bundled "
+                  "for this variant/preset), so the numbers below only show that the pipeline runs; train with "
+                  "`ivf-train` and pass `--weights FILE`")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +85,8 @@ def _report(metrics: dict[str, Any], engine: Engine, args: argparse.Namespace, s
              f"({engine.precision}), {engine.describe()['parameters'] / 1e6:.2f} M parameters",
              f"- sample: {args.frames} generated scenes {args.size[0]}x{args.size[1]} (seed {DEMO_SEED}, "
              "day and night), held out from training",
-             f"- mean engine latency {metrics['latency_ms']:.1f} ms/frame; whole demo {seconds:.1f} s", "",
+             f"- mean engine latency {metrics['latency_ms']:.1f} ms/frame; whole demo {seconds:.1f} s",
+             *([UNTRAINED_NOTE] if engine.info is None else []), "",
              "## Fusion metrics (means; higher is better)", "",
              "| method | " + " | ".join(HEADLINE) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
     for method, means in metrics["fusion_mean"].items():
@@ -111,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     is_night = {f["name"]: bool(f["is_night"]) for f in index["frames"]}
 
     engine = engine_from_args(args)
+    if engine.info is None:
+        logging.getLogger("ivf_perception.demo").warning(UNTRAINED_NOTE.removeprefix("- ").replace("**", ""))
     engine.warmup(*args.size)  # the first call pays for allocations; keep it out of the latency
     summary = fuse_folders(engine, sample / "ir", sample / "vi", out, batch_size=args.batch_size)
     metrics = _evaluate(engine, sample, out, is_night)

@@ -2,16 +2,31 @@
 
 MFNet's 9 classes (Ha et al., IROS 2017) are shared by MSRS and by our generated scenes, so
 one definition serves the loaders, the synthetic data, the node's parameters and the metrics.
+PST900 and FMB have their own tables; :data:`CLASS_TABLES` maps each dataset to its table so
+the trainer, the exported sidecar and the node publish the same names and colours.
 Palettes are lists of ``0xRRGGBB`` integers, the form a ROS parameter list takes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MFNET_CLASSES", "MFNET_PALETTE", "palette_to_array", "colorize_labels"]
+__all__ = [
+    "MFNET_CLASSES",
+    "MFNET_PALETTE",
+    "PST900_CLASSES",
+    "PST900_PALETTE",
+    "FMB_CLASSES",
+    "FMB_PALETTE",
+    "ClassTable",
+    "CLASS_TABLES",
+    "class_table",
+    "palette_to_array",
+    "colorize_labels",
+]
 
 MFNET_CLASSES: tuple[str, ...] = (
     "unlabelled",
@@ -37,6 +52,70 @@ MFNET_PALETTE: list[int] = [
     0xC08080,  # color_cone (192, 128, 128)
     0xC04000,  # bump (192, 64, 0)
 ]
+
+# PST900 (Shivakumar et al., ICRA 2020): ids as printed by the dataset's pst_inference.py.
+PST900_CLASSES: tuple[str, ...] = ("background", "fire_extinguisher", "backpack", "hand_drill", "survivor")
+
+# The colour map of the PST900 toolkit (toolkit/utilities.py, BGR there; RGB here).
+PST900_PALETTE: list[int] = [0x000000, 0xFF0000, 0x00FF00, 0x0000FF, 0xFFFFFF]
+
+# FMB (Liu et al., ICCV 2023, SegMiF): 14 classes plus 0 = unlabelled, in the order of the
+# public FMB configurations (their "Lamp" and "Sign" are traffic lights and traffic signs).
+FMB_CLASSES: tuple[str, ...] = (
+    "unlabelled",
+    "road",
+    "sidewalk",
+    "building",
+    "traffic_lamp",
+    "traffic_sign",
+    "vegetation",
+    "sky",
+    "person",
+    "car",
+    "truck",
+    "bus",
+    "motorcycle",
+    "bicycle",
+    "pole",
+)
+
+# The FMB palette of the CMFS configuration (configs/config_fmb.yaml); FMB itself ships none.
+FMB_PALETTE: list[int] = [
+    0x000000, 0xE4E4B3, 0x8539B5, 0xB1A243, 0x32B2C8, 0xC72D84, 0x54AC42, 0x4F49B3,
+    0xA6634C, 0xFD7942, 0x5BA589, 0x98619B, 0x8C9969, 0x9ED7DE, 0x5A7187,
+]
+
+
+@dataclass(frozen=True)
+class ClassTable:
+    """A dataset's label set: class names by id and one ``0xRRGGBB`` colour per class."""
+
+    name: str
+    classes: tuple[str, ...]
+    palette: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+
+CLASS_TABLES: dict[str, ClassTable] = {
+    "mfnet": ClassTable("MFNet", MFNET_CLASSES, tuple(MFNET_PALETTE)),
+    "msrs": ClassTable("MSRS", MFNET_CLASSES, tuple(MFNET_PALETTE)),  # MSRS relabels MFNet frames
+    "pst900": ClassTable("PST900", PST900_CLASSES, tuple(PST900_PALETTE)),
+    "fmb": ClassTable("FMB", FMB_CLASSES, tuple(FMB_PALETTE)),
+}
+
+
+def class_table(dataset: str) -> ClassTable:
+    """The class table of a labelled benchmark (``mfnet``, ``msrs``, ``pst900``, ``fmb``).
+
+    Raises:
+        KeyError: unknown dataset name (the message lists the known ones).
+    """
+    try:
+        return CLASS_TABLES[dataset.lower()]
+    except KeyError:
+        raise KeyError(f"no class table for dataset {dataset!r}; known: {', '.join(CLASS_TABLES)}") from None
 
 
 def palette_to_array(palette: Sequence[int]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Joint augmentation of an RGB/thermal/labels triple: random scale, random crop, flip.
+"""Joint augmentation of an RGB/thermal/labels triple: random scale, random crop, flip, quarter turns.
 
 Why joint: the three arrays describe the same pixels; any geometric change must be applied
 identically or the network learns from misaligned pairs. Images are resampled bilinearly (with
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["IGNORE_INDEX", "JointAugment", "resize_sample", "pad_to", "crop_sample", "hflip_sample"]
+__all__ = ["IGNORE_INDEX", "JointAugment", "resize_sample", "pad_to", "crop_sample", "hflip_sample", "rot90_sample"]
 
 IGNORE_INDEX = 255
 """Label value ignored by the loss and the metrics."""
@@ -79,28 +79,51 @@ def hflip_sample(sample: Sample) -> Sample:
     return out
 
 
+def rot90_sample(sample: Sample, k: int) -> Sample:
+    """Rotate every array of the sample by ``k`` quarter turns (counter-clockwise) together."""
+    out = dict(sample)
+    for key in ("rgb", "thermal", "labels"):
+        value = sample.get(key)
+        if value is not None:
+            out[key] = torch.rot90(value, k, dims=(-2, -1))  # type: ignore[arg-type]
+    return out
+
+
 @dataclass(frozen=True)
 class JointAugment:
-    """Random scale → random crop (padding when smaller) → random horizontal flip.
+    """Random scale → random crop (padding when smaller) → random horizontal flip → random quarter turns.
 
     Args:
-        crop: output height and width in pixels.
+        crop: output height in pixels (and width, unless ``crop_width`` is given).
         scale_range: the scale factor is drawn log-uniformly from this range (so 0.5 and 2.0
             are equally likely around 1.0).
         hflip: flip with probability 0.5.
+        crop_width: output width when it differs from the height (CMFS crops 480×640).
+        rot90: rotate by 0, 90, 180 or 270 degrees, uniformly (MAFS trains with flips and 90°
+            rotations). Needs a square crop: a quarter turn swaps height and width, and only
+            the 180° turn would keep a non-square crop's shape (a silent restriction that
+            changes the augmentation, so it is refused instead). When off, no random number is
+            drawn for it, so existing recipes augment exactly as before.
 
     Shape:
         sample["rgb"]: (3, H, W), sample["thermal"]: (1, H, W), sample["labels"]: (H, W) or absent
-        → the same keys at (crop, crop).
+        → the same keys at (crop, crop_width or crop).
     """
 
     crop: int
     scale_range: tuple[float, float] = (0.75, 1.5)
     hflip: bool = True
+    crop_width: int | None = None
+    rot90: bool = False
 
     def __post_init__(self) -> None:
-        if self.crop < 1:
-            raise ValueError(f"crop must be >= 1, got {self.crop}")
+        if self.crop < 1 or (self.crop_width is not None and self.crop_width < 1):
+            raise ValueError(f"crop sizes must be >= 1, got {self.crop}x{self.crop_width}")
+        if self.rot90 and self.crop_width not in (None, self.crop):
+            raise ValueError(
+                f"rot90 needs a square crop: a quarter turn of a {self.crop}x{self.crop_width} crop is "
+                f"{self.crop_width}x{self.crop}; use crop_width=None or rot90=False"
+            )
         lo, hi = self.scale_range
         if not 0 < lo <= hi:
             raise ValueError(f"scale_range must satisfy 0 < min <= max, got {self.scale_range}")
@@ -113,14 +136,17 @@ class JointAugment:
         h, w = rgb.shape[-2:]
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         out = resize_sample(sample, nh, nw)
-        out = pad_to(out, self.crop, self.crop)
+        ch, cw = self.crop, self.crop_width or self.crop
+        out = pad_to(out, ch, cw)
         h, w = out["rgb"].shape[-2:]  # type: ignore[union-attr]
-        top = int(torch.randint(0, h - self.crop + 1, (), generator=generator))
-        left = int(torch.randint(0, w - self.crop + 1, (), generator=generator))
-        out = crop_sample(out, top, left, self.crop, self.crop)
+        top = int(torch.randint(0, h - ch + 1, (), generator=generator))
+        left = int(torch.randint(0, w - cw + 1, (), generator=generator))
+        out = crop_sample(out, top, left, ch, cw)
         flip = bool(torch.rand((), generator=generator) < 0.5)
         if self.hflip and flip:
             out = hflip_sample(out)
+        if self.rot90:
+            out = rot90_sample(out, int(torch.randint(0, 4, (), generator=generator)))
         for key in ("rgb", "thermal", "labels"):
             if out.get(key) is not None:
                 out[key] = out[key].contiguous()  # type: ignore[union-attr]

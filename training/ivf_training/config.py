@@ -61,6 +61,11 @@ class ModelConfig:
         init_from: weights to start from instead of a random initialisation: engine weights
             (``.safetensors`` with sidecar) or a run's checkpoint ``.safetensors``. Used for
             fine-tuning stages and stage hand-overs; must fit the model exactly.
+        text_features: for text-guided models (CMFS): a CLIP text feature file of the class
+            prompts (``ivf-perception clip-text-features`` writes one).
+        clip_weights: for text-guided models: an open_clip ViT-B/32 checkpoint file to compute
+            the text features from (cached in the run directory), or ``random`` for a randomly
+            initialised text tower (tests and CPU learning checks: no real CLIP guidance).
     """
 
     variant: str = "s4fusion"
@@ -68,6 +73,8 @@ class ModelConfig:
     num_classes: int = 9
     overrides: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
+    text_features: str | None = None
+    clip_weights: str | None = None
 
 
 @dataclass
@@ -96,14 +103,23 @@ class DataConfig:
 
     Attributes:
         generated: generated scenes (labelled).
-        train_folders: roots with ``vi/``, ``ir/`` and optional ``labels/`` (FolderPairDataset).
+        kind: the layout of ``train_folders`` and ``val_folders`` (see training/DATASETS.md):
+            ``folder`` (``vi/``, ``ir/``, optional ``labels/``), ``extract`` (written by
+            ``ivf-perception extract``), ``mfnet``, ``msrs``, ``pst900`` or ``fmb``.
+        train_folders: dataset roots of layout ``kind`` to train on.
+        train_split: split of ``train_folders`` (benchmarks: a split name, default ``train``;
+            ``folder``/``extract``: an optional subfolder).
         train_real: unlabelled pair folders with ``vi/`` and ``ir/`` (e.g. LLVIP train).
         real_repeat: how often each folder/real set appears in the training mix; small real sets
             next to thousands of generated scenes would otherwise hardly be seen.
         real_short_side: resize real images so their shorter side has this many pixels before
             augmentation (LLVIP is 1280×1024; crops of 128 px would show only texture); ``None``
             keeps the original size.
-        val_folders: labelled (or unlabelled) folder roots for validation.
+        val_folders: dataset roots of layout ``kind`` for validation (labelled or not).
+        val_split: split of ``val_folders``; ``None`` → ``val`` for MFNet, ``test`` for MSRS,
+            PST900 and FMB (they ship no validation split), the root itself for folder kinds.
+        loader_options: extra arguments of the ``kind``'s loader, e.g. ``{thermal: thermal_raw}``
+            for PST900's 16-bit thermal (unknown ones are errors when the data is built).
         val_real: unlabelled pair folders for fusion-metric validation (never RoadScene/TNO,
             which are held out for reporting).
         val_max_pairs: at most this many pairs per unlabelled validation folder (fusion metrics
@@ -113,31 +129,60 @@ class DataConfig:
         palette: one 0xRRGGBB colour per class; empty → MFNet palette or a generated one.
         scale_range: random scale factor range of the joint augmentation.
         hflip: random horizontal flip.
+        rot90: random rotation by a multiple of 90° (MAFS); needs a square crop (``crop_width``
+            unset or equal to ``crop``), since a quarter turn swaps height and width.
     """
 
     generated: GeneratedDataConfig = field(default_factory=GeneratedDataConfig)
+    kind: Literal["folder", "extract", "mfnet", "msrs", "pst900", "fmb"] = "folder"
     train_folders: list[str] = field(default_factory=list)
+    train_split: str | None = None
     train_real: list[str] = field(default_factory=list)
     real_repeat: int = 1
     real_short_side: int | None = None
     val_folders: list[str] = field(default_factory=list)
+    val_split: str | None = None
+    loader_options: dict[str, Any] = field(default_factory=dict)
     val_real: list[str] = field(default_factory=list)
     val_max_pairs: int | None = None
     class_names: list[str] = field(default_factory=list)
     palette: list[int] = field(default_factory=list)
     scale_range: tuple[float, float] = (0.75, 1.5)
     hflip: bool = True
+    rot90: bool = False
+
+    def __post_init__(self) -> None:
+        """Single-field checks: split names are names (``train``, ``test_night``), never paths such as
+        ``../x``; loader options do not shadow what the trainer passes to ``build_dataset`` itself."""
+        for name in ("train_split", "val_split"):
+            split = getattr(self, name)
+            if split is not None and (not split.strip() or split in (".", "..") or any(c in split for c in "/\\")):
+                raise ConfigError(
+                    f"data.{name} must be a split name such as 'train' or 'test' (no path separators), got {split!r}"
+                )
+        reserved = sorted(set(self.loader_options) & {"root", "split", "num_classes", "short_side", "max_pairs"})
+        if reserved:
+            raise ConfigError(
+                f"data.loader_options cannot set {', '.join(reserved)}: they come from data.train_folders/val_folders, "
+                "the splits, model.num_classes, data.real_short_side and data.val_max_pairs"
+            )
 
 
 @dataclass
 class OptimConfig:
-    """AdamW with a linear warm-up followed by a cosine decay.
+    """AdamW (or SGD) with a linear warm-up followed by a cosine, polynomial or exponential decay.
 
     S4Fusion trains with warm-up cosine 3e-4 → 1.5e-3 → 6e-4: the learning rate rises linearly
     from ``lr_start`` to ``lr_peak`` during the first ``warmup_fraction`` of the steps, then
-    follows half a cosine down to ``lr_end``.
+    follows half a cosine down to ``lr_end``. CMFS uses ``schedule: poly``: after the warm-up,
+    ``lr_end + (lr_peak − lr_end)·(1 − t)^power`` with t the fraction of the decay done. MAFS
+    uses SGD (momentum 0.9, lr 1e-3) with ``schedule: exp``: after the warm-up,
+    ``lr_peak·gamma_decay^e`` with e the (fractional) number of epochs since the warm-up ended;
+    ``lr_end`` plays no part in it.
 
     Attributes:
+        name: ``adamw`` or ``sgd`` (momentum SGD, whose ``weight_decay`` is the classic L2
+            penalty; betas and eps are AdamW's only).
         lr_start: learning rate at step 0.
         lr_peak: learning rate at the end of the warm-up.
         lr_end: learning rate at the last step.
@@ -147,8 +192,13 @@ class OptimConfig:
         betas: AdamW betas.
         eps: AdamW epsilon.
         grad_clip: maximum global gradient norm; ``None`` disables clipping.
+        schedule: ``warmup_cosine``, ``poly`` or ``exp``.
+        power: exponent of the ``poly`` decay.
+        momentum: SGD momentum.
+        gamma_decay: learning-rate factor per epoch of the ``exp`` decay, in (0, 1].
     """
 
+    name: Literal["adamw", "sgd"] = "adamw"
     lr_start: float = 3e-4
     lr_peak: float = 1.5e-3
     lr_end: float = 6e-4
@@ -157,6 +207,10 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     grad_clip: float | None = 1.0
+    schedule: Literal["warmup_cosine", "poly", "exp"] = "warmup_cosine"
+    power: float = 0.9
+    momentum: float = 0.9
+    gamma_decay: float = 0.99
 
 
 @dataclass
@@ -175,6 +229,45 @@ class LossConfig:
         perception_texture: weight of the Sobel texture term that keeps the entropy term in check.
         resnet50_weights: local torchvision ResNet-50 weight file (.safetensors, or a .pth state
             dict loaded with ``weights_only=True``); ``None`` skips the perception loss.
+        kind: which objective: ``s4fusion`` (the terms above), ``cmfs``
+            (``ivf_training.cmfs_losses``: seg·CE + fusion·(intensity·L_int + color·L_color +
+            gradient·L_grad) + moe_balance·L_bal, with the visible image gamma-corrected by
+            ``gamma`` and the thermal contrast scaled by ``beta``; ssim and perception unused),
+            ``mafs_stage1`` or ``mafs_stage2`` (below).
+        gamma: CMFS's visible gamma (0.5 MFNet/PST900, 0.8 FMB).
+        beta: CMFS's thermal contrast factor (1.7 MFNet, 1.0 FMB, 1.8 PST900).
+        moe_balance: weight of CMFS's mixture-of-experts load-balancing term.
+
+    MAFS (``ivf_training.mafs_losses``) trains in two runs, each its own ``kind``:
+
+    * ``mafs_stage1``: masked reconstruction (``MAFSStage1Loss``):
+      ``rec_intensity·L1 + rec_gradient·L1(∇)`` on the hidden pixels of both images, with
+      ``mask_patch``-sized squares hidden at a ratio drawn from ``mask_ratio`` per sample and
+      modality. Validation reports only ``loss/<term>`` (use ``best_metric: loss/total``,
+      ``best_mode: min``).
+    * ``mafs_stage2``: fusion + segmentation (``MAFSStage2Loss``): fusion task
+      ``intensity·L_int + gradient·L_grad`` (paper: 5 and 8), segmentation task
+      ``seg·OHEM + seg_aux·aux + binary·BCE + boundary·L_bd + kd·KD``; both through the α-fair
+      utility (``fair_alpha``) and weighted by DWA (``dwa_temperature``, ``dwa_period``);
+      ``fusion``, ``ssim``, ``color`` and the perception terms are unused.
+
+    Attributes (MAFS):
+        mask_patch: side of a hidden square in pixels (paper: 32).
+        mask_ratio: range of the hidden fraction of patches, ``0 <= lo <= hi <= 1``, ``hi > 0``.
+        rec_intensity, rec_gradient: α1, α2 of the stage I loss (paper: 5, 5).
+        seg_aux: weight of the deep supervision of the transformer-decoder stages.
+        binary, boundary: weights of the binary (foreground) and boundary heads.
+        kd: weight of the distillation term (used only with ``teacher_weights``).
+        kd_temperature: distillation temperature T (paper: 4).
+        ohem_thresh: OHEM probability threshold; ``ohem_min_kept``: least pixels kept
+            (``None``: 1/16 of the batch's pixels).
+        boundary_width: half-width in pixels of the boundary target band.
+        fair_alpha: α of the α-fair utility (paper: 0.8).
+        dwa_temperature: DWA temperature (paper: 500).
+        dwa_period: ``step`` or ``epoch`` (the paper's): what one DWA period is.
+        teacher_weights: engine weights (``.safetensors`` + sidecar) of any segmentation model
+            the registry builds, with the student's class count; it segments the fused image
+            (frozen) for the KD term. ``None``: no distillation.
     """
 
     seg: float = 1.0
@@ -186,6 +279,26 @@ class LossConfig:
     perception: float = 0.1
     perception_texture: float = 1.0
     resnet50_weights: str | None = None
+    kind: Literal["s4fusion", "cmfs", "mafs_stage1", "mafs_stage2"] = "s4fusion"
+    gamma: float = 0.5
+    beta: float = 1.7
+    moe_balance: float = 0.01
+    mask_patch: int = 32
+    mask_ratio: tuple[float, float] = (0.25, 0.75)
+    rec_intensity: float = 5.0
+    rec_gradient: float = 5.0
+    seg_aux: float = 0.4
+    binary: float = 1.0
+    boundary: float = 1.0
+    kd: float = 1.0
+    kd_temperature: float = 4.0
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int | None = None
+    boundary_width: int = 1
+    fair_alpha: float = 0.8
+    dwa_temperature: float = 500.0
+    dwa_period: Literal["step", "epoch"] = "step"
+    teacher_weights: str | None = None
 
 
 @dataclass
@@ -197,8 +310,9 @@ class TrainConfig:
         max_steps: optimiser steps to train; takes precedence over ``epochs``.
         epochs: passes over the training mix (used when ``max_steps`` is ``None``).
         batch_size: training batch size (crops make images equal-sized).
-        crop: square training crop size in pixels; must be divisible by the model's
-            ``input_multiple``.
+        crop: training crop height (and width unless ``crop_width`` is set) in pixels; must be
+            divisible by the model's ``input_multiple``.
+        crop_width: training crop width when it differs from ``crop`` (e.g. 640 with crop 480).
         seed: seeds model initialisation, data order and augmentation.
         amp: mixed precision on CUDA: ``auto`` (bf16 if supported, else fp16), ``bf16``,
             ``fp16`` or ``off``; always off on the CPU.
@@ -223,6 +337,7 @@ class TrainConfig:
     epochs: int | None = None
     batch_size: int = 8
     crop: int = 128
+    crop_width: int | None = None
     seed: int = 0
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     device: str = "auto"
@@ -240,7 +355,7 @@ class TrainConfig:
         """Cross-field checks that single-field typing cannot express."""
         if self.max_steps is None and self.epochs is None:
             raise ConfigError("set either max_steps or epochs (both are empty)")
-        for name in ("max_steps", "epochs", "batch_size", "crop", "log_every"):
+        for name in ("max_steps", "epochs", "batch_size", "crop", "crop_width", "log_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
@@ -259,10 +374,41 @@ class TrainConfig:
             raise ConfigError(f"optim.lr_peak must be > 0, got {o.lr_peak}")
         if o.grad_clip is not None and o.grad_clip <= 0:
             raise ConfigError(f"optim.grad_clip must be > 0 or null, got {o.grad_clip}")
+        if o.power <= 0:
+            raise ConfigError(f"optim.power must be > 0, got {o.power}")
+        if not 0.0 <= o.momentum < 1.0:
+            raise ConfigError(f"optim.momentum must be in [0, 1), got {o.momentum}")
+        if not 0.0 < o.gamma_decay <= 1.0:
+            raise ConfigError(f"optim.gamma_decay (learning-rate factor per epoch) must be in (0, 1], got {o.gamma_decay}")
+        lc = self.loss
+        if lc.kind == "cmfs" and (lc.gamma <= 0 or lc.beta < 0):
+            raise ConfigError(f"loss.gamma must be > 0 and loss.beta >= 0, got {lc.gamma} and {lc.beta}")
+        if lc.kind != "s4fusion" and lc.resnet50_weights:
+            raise ConfigError(
+                f"loss.resnet50_weights belongs to the s4fusion objective; the {lc.kind} objective has no perception term"
+            )
+        if lc.teacher_weights and lc.kind != "mafs_stage2":
+            raise ConfigError(f"loss.teacher_weights is used by loss.kind mafs_stage2 only (got loss.kind {lc.kind})")
+        if lc.kind in ("mafs_stage1", "mafs_stage2"):
+            _validate_mafs_loss(lc)
+        if lc.kind == "mafs_stage1" and not self.best_metric.startswith("loss/"):
+            raise ConfigError(
+                f"best_metric '{self.best_metric}': MAFS stage I validation reports only the reconstruction loss; "
+                "set best_metric: loss/total and best_mode: min"
+            )
+        if lc.kind == "mafs_stage2" and self.model.num_classes == 0:
+            raise ConfigError("loss.kind mafs_stage2 trains segmentation: model.num_classes must be > 0")
+        if self.model.text_features and self.model.clip_weights:
+            raise ConfigError("set model.text_features or model.clip_weights, not both")
         d = self.data
         lo, hi = d.scale_range
         if not 0 < lo <= hi:
             raise ConfigError(f"data.scale_range must satisfy 0 < min <= max, got {list(d.scale_range)}")
+        if d.rot90 and self.crop_width not in (None, self.crop):
+            raise ConfigError(
+                f"data.rot90 needs a square crop: a quarter turn of a {self.crop}x{self.crop_width} crop is "
+                f"{self.crop_width}x{self.crop}; unset crop_width or set data.rot90: false"
+            )
         if d.real_repeat < 1:
             raise ConfigError(f"data.real_repeat must be >= 1, got {d.real_repeat}")
         g = d.generated
@@ -404,6 +550,28 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _validate_mafs_loss(lc: LossConfig) -> None:
+    """Ranges of the MAFS loss settings (the loss classes would fail only at the first step)."""
+    if lc.mask_patch < 1:
+        raise ConfigError(f"loss.mask_patch must be >= 1 pixel, got {lc.mask_patch}")
+    lo, hi = lc.mask_ratio
+    if not (0.0 <= lo <= hi <= 1.0 and hi > 0.0):
+        raise ConfigError(f"loss.mask_ratio must satisfy 0 <= min <= max <= 1 and max > 0, got {list(lc.mask_ratio)}")
+    for name in ("seg", "intensity", "gradient", "rec_intensity", "rec_gradient", "seg_aux", "binary", "boundary",
+                 "kd", "fair_alpha"):
+        if getattr(lc, name) < 0:
+            raise ConfigError(f"loss.{name} must be >= 0, got {getattr(lc, name)}")
+    for name in ("kd_temperature", "dwa_temperature"):
+        if getattr(lc, name) <= 0:
+            raise ConfigError(f"loss.{name} must be > 0, got {getattr(lc, name)}")
+    if not 0.0 < lc.ohem_thresh <= 1.0:
+        raise ConfigError(f"loss.ohem_thresh is a probability in (0, 1], got {lc.ohem_thresh}")
+    if lc.ohem_min_kept is not None and lc.ohem_min_kept < 0:
+        raise ConfigError(f"loss.ohem_min_kept must be >= 0 or null, got {lc.ohem_min_kept}")
+    if lc.boundary_width < 1:
+        raise ConfigError(f"loss.boundary_width must be >= 1 pixel, got {lc.boundary_width}")
+
+
 def _ranges_overlap(a0: int, an: int, b0: int, bn: int) -> bool:
     return a0 < b0 + bn and b0 < a0 + an
 
@@ -472,7 +640,7 @@ _PATH_LIST_FIELDS = ("train_folders", "train_real", "val_folders", "val_real")
 def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Load a YAML file (or defaults when ``path`` is None), apply overrides, validate.
 
-    Relative data paths and ``loss.resnet50_weights`` are made absolute against the current
+    Relative data paths and the loss's weight files are made absolute against the current
     working directory; a ``name`` left empty becomes ``<file stem>-<timestamp>`` in the trainer.
     """
     data: dict[str, Any] = {}
@@ -497,13 +665,19 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
 
 
 def absolutize_paths(cfg: TrainConfig) -> TrainConfig:
-    """Make data paths, the ResNet-50 weight path and ``out_dir`` absolute (against the cwd)."""
+    """Make data paths, the loss's weight files (ResNet-50, teacher) and ``out_dir`` absolute (against the cwd)."""
     for name in _PATH_LIST_FIELDS:
         setattr(cfg.data, name, [_absolute(p) for p in getattr(cfg.data, name)])
     if cfg.loss.resnet50_weights:
         cfg.loss.resnet50_weights = _absolute(cfg.loss.resnet50_weights)
+    if cfg.loss.teacher_weights:
+        cfg.loss.teacher_weights = _absolute(cfg.loss.teacher_weights)
     if cfg.model.init_from:
         cfg.model.init_from = _absolute(cfg.model.init_from)
+    if cfg.model.text_features:
+        cfg.model.text_features = _absolute(cfg.model.text_features)
+    if cfg.model.clip_weights and cfg.model.clip_weights != "random":
+        cfg.model.clip_weights = _absolute(cfg.model.clip_weights)
     cfg.out_dir = _absolute(cfg.out_dir)
     return cfg
 

@@ -24,7 +24,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import tqdm
 
 from ivf_perception.engine.weights import WEIGHTS_FORMAT, WeightsInfo, load_weights, save_weights, sidecar_path
-from ivf_perception.io.classes import MFNET_CLASSES, MFNET_PALETTE
+from ivf_perception.io.classes import CLASS_TABLES, MFNET_CLASSES
 from ivf_perception.metrics import (
     ConfusionAccumulator,
     FusionMetricAccumulator,
@@ -52,6 +52,7 @@ from ivf_perception.metrics import (
     to_gray_u8,
 )
 from ivf_perception.models import build_model
+from ivf_perception.models.cmfs.text_features import TextFeaturesError, text_features_for
 
 from ivf_training.augment import IGNORE_INDEX, JointAugment
 from ivf_training.checkpoint import (
@@ -62,21 +63,34 @@ from ivf_training.checkpoint import (
     save_checkpoint,
     save_model_file,
 )
-from ivf_training.config import ConfigError, TrainConfig, config_from_dict, config_to_dict, dump_config
+from ivf_training.config import (
+    ConfigError,
+    LossConfig,
+    ModelConfig,
+    OptimConfig,
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    dump_config,
+)
 from ivf_training.datasets import (
     AugmentedDataset,
-    FolderPairDataset,
-    GeneratedScenesDataset,
     RealPairsDataset,
     ResumableBatchSampler,
+    build_dataset,
     build_mix,
+    default_split,
     describe_dataset,
 )
+from ivf_training.cmfs_losses import CMFSLoss
 from ivf_training.losses import FusionSegLoss, PerceptionLoss
 
 __all__ = [
     "FUSION_VAL_METRICS",
     "WarmupCosine",
+    "WarmupPoly",
+    "build_loss",
+    "build_schedule",
     "param_groups",
     "seed_everything",
     "resolve_classes",
@@ -104,7 +118,8 @@ _FUSION_FNS = {
     "Qabf": qabf,
 }
 _SEG_VAL_METRICS = ("mIoU", "mIoU_with_background", "background_IoU", "pixel_accuracy")
-_LOSS_TERMS = ("total", "seg_ce", "fus_intensity", "fus_ssim", "fus_gradient", "fus_color", "per_entropy", "per_texture")
+_LOSS_TERMS = ("total", "seg_ce", "fus_intensity", "fus_ssim", "fus_gradient", "fus_color", "per_entropy", "per_texture",
+               "moe_balance")
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
 
@@ -132,6 +147,69 @@ class WarmupCosine:
         decay_steps = max(1, self.total_steps - 1 - self.warmup_steps)
         t = min(1.0, (step - self.warmup_steps) / decay_steps)
         return self.end + 0.5 * (self.peak - self.end) * (1.0 + math.cos(math.pi * t))
+
+
+@dataclass(frozen=True)
+class WarmupPoly:
+    """Linear warm-up from ``start`` to ``peak``, then ``end + (peak − end)·(1 − t)^power``.
+
+    The "poly" schedule of semantic segmentation (CMFS: power 0.9 after a warm-up); a pure
+    function of the step like :class:`WarmupCosine`.
+    """
+
+    start: float
+    peak: float
+    end: float
+    warmup_steps: int
+    total_steps: int
+    power: float = 0.9
+
+    def __call__(self, step: int) -> float:
+        """Learning rate for the optimiser step with index ``step`` (0-based)."""
+        if step < self.warmup_steps:
+            return self.start + (self.peak - self.start) * step / self.warmup_steps
+        decay_steps = max(1, self.total_steps - 1 - self.warmup_steps)
+        t = min(1.0, (step - self.warmup_steps) / decay_steps)
+        return self.end + (self.peak - self.end) * (1.0 - t) ** self.power
+
+
+def build_schedule(o: OptimConfig, max_steps: int) -> Callable[[int], float]:
+    """The learning-rate schedule named by ``optim.schedule``."""
+    warmup = int(o.warmup_fraction * max_steps)
+    if o.schedule == "poly":
+        return WarmupPoly(o.lr_start, o.lr_peak, o.lr_end, warmup, max_steps, o.power)
+    return WarmupCosine(o.lr_start, o.lr_peak, o.lr_end, warmup, max_steps)
+
+
+def build_loss(lc: LossConfig) -> nn.Module:
+    """The training objective named by ``loss.kind`` with the configured weights."""
+    if lc.kind == "cmfs":
+        return CMFSLoss(seg=lc.seg, fusion=lc.fusion, intensity=lc.intensity, color=lc.color,
+                        gradient=lc.gradient, gamma=lc.gamma, beta=lc.beta, moe_balance=lc.moe_balance)
+    perception = PerceptionLoss(lc.resnet50_weights) if lc.perception > 0 or lc.perception_texture > 0 else None
+    return FusionSegLoss(seg=lc.seg, fusion=lc.fusion, intensity=lc.intensity, ssim=lc.ssim,
+                         gradient=lc.gradient, color=lc.color, perception=perception,
+                         perception_weight=lc.perception, perception_texture=lc.perception_texture)
+
+
+def set_text_features(model: nn.Module, m: ModelConfig, class_names: Sequence[str], cache_dir: Path) -> None:
+    """Give a text-guided model (CMFS) the CLIP features of its class prompts (all classes but 0).
+
+    Weights loaded with ``model.init_from`` already carry features; a configured source replaces
+    them. Without either, the error lists what to provide.
+    """
+    if not hasattr(model, "set_text_features"):
+        if m.text_features or m.clip_weights:
+            raise ConfigError(f"{m.variant} is not text-guided; remove model.text_features / model.clip_weights")
+        return
+    if not (m.text_features or m.clip_weights) and getattr(model, "has_text_features", False):
+        return
+    try:
+        features = text_features_for(list(class_names[1:]), features_file=m.text_features,
+                                     clip_weights=m.clip_weights, cache_dir=cache_dir)
+    except TextFeaturesError as exc:
+        raise ConfigError(str(exc)) from None
+    model.set_text_features(features)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -177,12 +255,17 @@ def _voc_palette(n: int) -> list[int]:
     return out
 
 
-def resolve_classes(num_classes: int, names: Sequence[str], palette: Sequence[int]) -> tuple[list[str], list[int]]:
-    """Class names and palette: given ones, MFNet's for 9 classes, else generic ones."""
+def resolve_classes(num_classes: int, names: Sequence[str], palette: Sequence[int],
+                    dataset_kind: str | None = None) -> tuple[list[str], list[int]]:
+    """Class names and palette: given ones, else the benchmark's table (``dataset_kind`` one of
+    :data:`CLASS_TABLES`) when its size fits, else MFNet's for 9 classes, else generic ones."""
+    table = CLASS_TABLES.get(dataset_kind or "")
+    if table is None or len(table) != num_classes:
+        table = CLASS_TABLES["mfnet"] if num_classes == len(MFNET_CLASSES) else None
     if not names:
-        names = list(MFNET_CLASSES) if num_classes == len(MFNET_CLASSES) else [f"class_{i}" for i in range(num_classes)]
+        names = list(table.classes) if table else [f"class_{i}" for i in range(num_classes)]
     if not palette:
-        palette = list(MFNET_PALETTE) if num_classes == len(MFNET_PALETTE) else _voc_palette(num_classes)
+        palette = list(table.palette) if table else _voc_palette(num_classes)
     return list(names), list(palette)
 
 
@@ -295,8 +378,9 @@ class Trainer:
         num_classes, class_names: for the confusion matrix.
     """
 
-    def __init__(self, *, model: nn.Module, loss_fn: FusionSegLoss, train_set: Dataset, val_set: Dataset | None,
-                 run_dir: Path, augment: JointAugment, batch_size: int, max_steps: int, schedule: WarmupCosine,
+    def __init__(self, *, model: nn.Module, loss_fn: nn.Module, train_set: Dataset, val_set: Dataset | None,
+                 run_dir: Path, augment: JointAugment, batch_size: int, max_steps: int,
+                 schedule: Callable[[int], float],
                  weight_decay: float, betas: tuple[float, float], eps: float, grad_clip: float | None, amp: str,
                  device: str, seed: int, val_every: int, ckpt_every: int, log_every: int, num_workers: int,
                  best_metric: str, best_mode: str, progress: bool, num_classes: int,
@@ -344,27 +428,26 @@ class Trainer:
         model = build_model(m.variant, preset=m.preset, num_classes=m.num_classes, **m.overrides)
         if m.init_from:
             load_initial_weights(model, Path(m.init_from))
+        class_names, _ = resolve_classes(m.num_classes, cfg.data.class_names, cfg.data.palette, cfg.data.kind)
+        set_text_features(model, m, class_names, run_dir / "cache")
         multiple = int(getattr(model, "input_multiple", 1))
-        if cfg.crop % multiple:
-            lower, upper = cfg.crop - cfg.crop % multiple, cfg.crop + multiple - cfg.crop % multiple
-            raise ConfigError(
-                f"crop {cfg.crop} is not divisible by {m.variant}'s input_multiple {multiple}; "
-                f"use crop={max(lower, multiple)} or crop={upper}"
-            )
+        for name in ("crop", "crop_width"):
+            size = getattr(cfg, name)
+            if size is not None and size % multiple:
+                lower, upper = size - size % multiple, size + multiple - size % multiple
+                raise ConfigError(
+                    f"{name} {size} is not divisible by {m.variant}'s input_multiple {multiple}; "
+                    f"use {name}={max(lower, multiple)} or {name}={upper}"
+                )
         train_set, val_set = build_datasets(cfg)
-        lc = cfg.loss
-        perception = PerceptionLoss(lc.resnet50_weights) if lc.perception > 0 or lc.perception_texture > 0 else None
-        loss_fn = FusionSegLoss(seg=lc.seg, fusion=lc.fusion, intensity=lc.intensity, ssim=lc.ssim,
-                                gradient=lc.gradient, color=lc.color, perception=perception,
-                                perception_weight=lc.perception, perception_texture=lc.perception_texture)
+        loss_fn = build_loss(cfg.loss)
         # TrainConfig.validate guarantees that max_steps or epochs is set
         max_steps = cfg.max_steps or int(cfg.epochs or 0) * (len(train_set) // cfg.batch_size)  # type: ignore[arg-type]
         o = cfg.optim
-        schedule = WarmupCosine(o.lr_start, o.lr_peak, o.lr_end, int(o.warmup_fraction * max_steps), max_steps)
-        class_names, _ = resolve_classes(m.num_classes, cfg.data.class_names, cfg.data.palette)
+        schedule = build_schedule(o, max_steps)
         return cls(
             model=model, loss_fn=loss_fn, train_set=train_set, val_set=val_set, run_dir=run_dir,
-            augment=JointAugment(cfg.crop, cfg.data.scale_range, cfg.data.hflip), batch_size=cfg.batch_size,
+            augment=JointAugment(cfg.crop, cfg.data.scale_range, cfg.data.hflip, cfg.crop_width), batch_size=cfg.batch_size,
             max_steps=max_steps, schedule=schedule, weight_decay=o.weight_decay, betas=o.betas, eps=o.eps,
             grad_clip=o.grad_clip, amp=cfg.amp, device=cfg.device, seed=cfg.seed, val_every=cfg.val_every,
             ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, num_workers=cfg.num_workers,
@@ -648,22 +731,31 @@ class Trainer:
 
 
 def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
-    """The training mix and the validation set described by ``cfg.data``."""
+    """The training mix and the validation set described by ``cfg.data``.
+
+    ``train_folders`` and ``val_folders`` are read as ``cfg.data.kind`` through
+    :func:`~ivf_training.datasets.build_dataset`, which lists missing or unmatched files and checks
+    every label file against the class table now, before the first step, not hours into a run.
+    """
     d, g = cfg.data, cfg.data.generated
     k = cfg.model.num_classes or None
+    train_split = d.train_split or default_split(d.kind, "train")
+    val_split = d.val_split or default_split(d.kind, "val")
     parts: list[tuple[Dataset, int]] = []
     if g.train_count:
-        parts.append((GeneratedScenesDataset(g.train_count, g.scene, g.train_start), 1))
+        parts.append((build_dataset("generated", count=g.train_count, config=g.scene, start=g.train_start), 1))
     for root in d.train_folders:
-        parts.append((FolderPairDataset(root, num_classes=k, short_side=d.real_short_side), d.real_repeat))
+        dataset = build_dataset(d.kind, root, train_split, num_classes=k, short_side=d.real_short_side, **d.loader_options)
+        parts.append((dataset, d.real_repeat))
     if d.train_real:
         parts.append((RealPairsDataset(d.train_real, short_side=d.real_short_side), d.real_repeat))
     train = build_mix(parts)
     val_parts: list[Dataset] = []
     if g.val_count:
-        val_parts.append(GeneratedScenesDataset(g.val_count, g.scene, g.val_start))
+        val_parts.append(build_dataset("generated", count=g.val_count, config=g.scene, start=g.val_start))
     for root in d.val_folders:
-        val_parts.append(FolderPairDataset(root, num_classes=k, short_side=d.real_short_side, max_pairs=d.val_max_pairs))
+        val_parts.append(build_dataset(d.kind, root, val_split, num_classes=k, short_side=d.real_short_side,
+                                       max_pairs=d.val_max_pairs, **d.loader_options))
     if d.val_real:
         val_parts.append(RealPairsDataset(d.val_real, short_side=d.real_short_side, max_pairs=d.val_max_pairs))
     val = None if not val_parts else val_parts[0] if len(val_parts) == 1 else ConcatDataset(val_parts)
@@ -760,12 +852,12 @@ def export_engine_weights(source: str | Path, out_path: str | Path, *, checkpoin
         model.load_state_dict(model_state)  # refuse to export tensors the engine could not load
     except RuntimeError as exc:
         raise CheckpointError(f"{model_file} does not fit {m.variant}/{m.preset}: {exc}") from exc
-    classes, palette = resolve_classes(m.num_classes, cfg.data.class_names, cfg.data.palette)
+    classes, palette = resolve_classes(m.num_classes, cfg.data.class_names, cfg.data.palette, cfg.data.kind)
     data_json = run_dir / "data.json"
     info = WeightsInfo(
         variant=m.variant, preset=m.preset, num_classes=m.num_classes, model_args=dict(m.overrides),
         classes=classes if m.num_classes else [], palette=palette if m.num_classes else [],
-        input_size=[cfg.crop, cfg.crop], recipe=config_to_dict(cfg),
+        input_size=[cfg.crop, cfg.crop_width or cfg.crop], recipe=config_to_dict(cfg),
         data=json.loads(data_json.read_text()) if data_json.is_file() else {},
         metrics={"checkpoint": model_file.name, "best_metric": cfg.best_metric, **metrics},
     )

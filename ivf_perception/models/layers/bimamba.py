@@ -21,13 +21,10 @@ from torch import nn
 from ivf_perception.checks import check_shape
 from ivf_perception.models.layers.ss2d import check_scan_backend
 from ivf_perception.models.layers.ssm_params import (
+    add_direction_params,
     dt_rank_for,
-    init_a_log,
-    init_dt_bias,
-    init_dt_weight,
-    init_proj_weight,
-    no_weight_decay,
     project_scan_params,
+    reset_direction_params,
 )
 from ivf_perception.models.ops import selective_scan
 
@@ -84,21 +81,13 @@ class BidirectionalMamba(nn.Module):
         # Causal convs: padded on both sides by d_conv - 1, the tail is cut in forward().
         self.conv1d_fwd = nn.Conv1d(self.d_inner, self.d_inner, d_conv, padding=d_conv - 1, groups=self.d_inner, **dd)
         self.conv1d_bwd = nn.Conv1d(self.d_inner, self.d_inner, d_conv, padding=d_conv - 1, groups=self.d_inner, **dd)
-        self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * d_state, self.d_inner, **dd))
-        self.dt_projs_weight = nn.Parameter(torch.empty(k, self.d_inner, self.dt_rank, **dd))
-        self.dt_projs_bias = nn.Parameter(torch.empty(k, self.d_inner, **dd))
-        self.A_logs = no_weight_decay(nn.Parameter(torch.empty(k * self.d_inner, d_state, **dd)))
-        self.Ds = no_weight_decay(nn.Parameter(torch.empty(k * self.d_inner, **dd)))
+        add_direction_params(self, k, self.d_inner, self.dt_rank, d_state, **dd)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **dd)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Mamba's initialisation of the scan parameters (the nn layers init themselves)."""
-        init_proj_weight(self.x_proj_weight)
-        init_dt_weight(self.dt_projs_weight, self.dt_rank)
-        init_dt_bias(self.dt_projs_bias)
-        init_a_log(self.A_logs)
-        nn.init.ones_(self.Ds)
+        reset_direction_params(self, self.dt_rank)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B L C", name="x", C=self.d_model)

@@ -38,13 +38,11 @@ from ivf_perception.checks import check_shape
 from ivf_perception.models.layers.cross_scan import NUM_DIRECTIONS, cross_merge, cross_scan
 from ivf_perception.models.layers.ss2d import check_scan_backend, depthwise_conv
 from ivf_perception.models.layers.ssm_params import (
+    add_direction_params,
     dt_rank_for,
-    init_a_log,
-    init_dt_bias,
-    init_dt_weight,
     init_proj_weight,
-    no_weight_decay,
     project_scan_params,
+    reset_direction_params,
 )
 from ivf_perception.models.ops import selective_scan
 
@@ -107,10 +105,7 @@ class CrossSS2D(nn.Module):
         self.act = nn.SiLU()
         self.x_proj_weight = nn.Parameter(torch.empty(k, n_proj, self.d_inner, **dd))  # infrared
         self.y_proj_weight = nn.Parameter(torch.empty(k, n_proj, self.d_inner, **dd))  # visible
-        self.dt_projs_weight = nn.Parameter(torch.empty(k, self.d_inner, self.dt_rank, **dd))
-        self.dt_projs_bias = nn.Parameter(torch.empty(k, self.d_inner, **dd))
-        self.A_logs = no_weight_decay(nn.Parameter(torch.empty(k * self.d_inner, d_state, **dd)))
-        self.Ds = no_weight_decay(nn.Parameter(torch.empty(k * self.d_inner, **dd)))
+        add_direction_params(self, k, self.d_inner, self.dt_rank, d_state, with_x_proj=False, **dd)
         self.mark_proj = nn.Parameter(torch.empty(self.d_inner, 2 * self.d_inner, **dd))
         self.out_norm = nn.LayerNorm(self.d_inner, **dd)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False, **dd)
@@ -119,13 +114,9 @@ class CrossSS2D(nn.Module):
 
     def reset_parameters(self) -> None:
         """Mamba's initialisation of the scan parameters; ``nn.Linear``'s for the mark."""
-        init_proj_weight(self.x_proj_weight)
+        reset_direction_params(self, self.dt_rank)
         init_proj_weight(self.y_proj_weight)
         init_proj_weight(self.mark_proj)
-        init_dt_weight(self.dt_projs_weight, self.dt_rank)
-        init_dt_bias(self.dt_projs_bias)
-        init_a_log(self.A_logs)
-        nn.init.ones_(self.Ds)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         check_shape(x, "B H W C", name="x", C=self.d_model)

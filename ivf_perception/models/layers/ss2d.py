@@ -25,13 +25,10 @@ from torch import nn
 from ivf_perception.checks import check_shape
 from ivf_perception.models.layers.cross_scan import NUM_DIRECTIONS, cross_merge, cross_scan
 from ivf_perception.models.layers.ssm_params import (
+    add_direction_params,
     dt_rank_for,
-    init_a_log,
-    init_dt_bias,
-    init_dt_weight,
-    init_proj_weight,
-    no_weight_decay,
     project_scan_params,
+    reset_direction_params,
 )
 from ivf_perception.models.layers.window_scan import window_merge, window_scan
 from ivf_perception.models.ops import SCAN_BACKENDS, selective_scan
@@ -126,11 +123,7 @@ class SS2D(nn.Module):
         self.in_proj = nn.Linear(d_model, (2 if self.gated else 1) * self.d_inner, bias=bias, **dd)
         self.conv2d = depthwise_conv(self.d_inner, d_conv, conv_bias, **dd)
         self.act = nn.SiLU()
-        self.x_proj_weight = nn.Parameter(torch.empty(k, self.dt_rank + 2 * d_state, self.d_inner, **dd))
-        self.dt_projs_weight = nn.Parameter(torch.empty(k, self.d_inner, self.dt_rank, **dd))
-        self.dt_projs_bias = nn.Parameter(torch.empty(k, self.d_inner, **dd))
-        self.A_logs = no_weight_decay(nn.Parameter(torch.empty(k * self.d_inner, d_state, **dd)))
-        self.Ds = no_weight_decay(nn.Parameter(torch.empty(k * self.d_inner, **dd)))
+        add_direction_params(self, k, self.d_inner, self.dt_rank, d_state, **dd)
         self.out_norm = nn.LayerNorm(self.d_inner, **dd)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **dd)
         self.dropout = nn.Dropout(dropout) if dropout > 0.0 else nn.Identity()
@@ -138,11 +131,7 @@ class SS2D(nn.Module):
 
     def reset_parameters(self) -> None:
         """Mamba's initialisation of the scan parameters (the nn layers init themselves)."""
-        init_proj_weight(self.x_proj_weight)
-        init_dt_weight(self.dt_projs_weight, self.dt_rank)
-        init_dt_bias(self.dt_projs_bias)
-        init_a_log(self.A_logs)
-        nn.init.ones_(self.Ds)
+        reset_direction_params(self, self.dt_rank)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B H W C", name="x", C=self.d_model)

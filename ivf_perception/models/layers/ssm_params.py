@@ -26,6 +26,8 @@ __all__ = [
     "init_a_log",
     "no_weight_decay",
     "project_scan_params",
+    "add_direction_params",
+    "reset_direction_params",
 ]
 
 
@@ -92,3 +94,33 @@ def project_scan_params(
     x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, x_proj_weight)
     dts, b, c = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=2)
     return torch.einsum("bkrl,kdr->bkdl", dts, dt_projs_weight), b, c
+
+
+def add_direction_params(module: nn.Module, directions: int, d_inner: int, dt_rank: int, d_state: int,
+                         with_x_proj: bool = True, device: torch.device | str | None = None,
+                         dtype: torch.dtype | None = None) -> None:
+    """Register the stacked per-direction scan parameters on ``module`` under VMamba's names.
+
+    ``x_proj_weight`` (K, R + 2N, D), ``dt_projs_weight`` (K, D, R), ``dt_projs_bias`` (K, D),
+    ``A_logs`` (K·D, N) and ``Ds`` (K·D,), the last two flagged for no weight decay: every
+    multi-direction mixer (SS2D, Cross SS2D, bidirectional Mamba) shares this layout, so each
+    runs all its directions as one grouped selective scan and VMamba checkpoints map by name.
+    ``with_x_proj=False`` leaves the input projection to mixers that project differently.
+    """
+    dd = {"device": device, "dtype": dtype}
+    if with_x_proj:
+        module.x_proj_weight = nn.Parameter(torch.empty(directions, dt_rank + 2 * d_state, d_inner, **dd))
+    module.dt_projs_weight = nn.Parameter(torch.empty(directions, d_inner, dt_rank, **dd))
+    module.dt_projs_bias = nn.Parameter(torch.empty(directions, d_inner, **dd))
+    module.A_logs = no_weight_decay(nn.Parameter(torch.empty(directions * d_inner, d_state, **dd)))
+    module.Ds = no_weight_decay(nn.Parameter(torch.empty(directions * d_inner, **dd)))
+
+
+def reset_direction_params(module: nn.Module, dt_rank: int) -> None:
+    """Mamba's initialisation of the parameters of :func:`add_direction_params`."""
+    init_proj_weight(module.x_proj_weight)
+    init_dt_weight(module.dt_projs_weight, dt_rank)
+    init_dt_bias(module.dt_projs_bias)
+    init_a_log(module.A_logs)
+    with torch.no_grad():
+        module.Ds.fill_(1.0)

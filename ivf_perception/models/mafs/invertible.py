@@ -1,0 +1,189 @@
+"""MAFS fusion decoder: densely connected invertible blocks, then 3×3 conv + tanh to the fused Y.
+
+Why invertible blocks: an invertible transform cannot discard information, so the fused
+feature's detail (from both modalities) survives to the output head; the paper stacks five of
+them on 32 channels. Each block is an affine coupling (eqs. 6–7) after Glow's invertible 1×1
+convolution, which mixes the channels so both halves get transformed across the stack:
+
+    [x1, x2] = W x                         (invertible 1×1 conv, LU-parameterised)
+    y1 = x1 + φ(x2)                        (eq. 6)
+    y2 = x2 ⊙ exp(s(y1)) + η(y1),          s(y1) = c · (2σ(ρ(y1)) − 1)       (eq. 7)
+
+with ``c`` the clamp that bounds the log-scale (stable ``exp``). The inverse is exact:
+
+    x2 = (y2 − η(y1)) ⊙ exp(−s(y1)),   x1 = y1 − φ(x2),   x = W⁻¹ [x1, x2].
+
+"Densely connected": the outputs of all blocks are concatenated and aggregated by a 1×1
+convolution, so the head sees shallow and deep transforms of the feature at once. The
+aggregation and the head are not invertible (they map 32 channels to one); the block chain is,
+and :meth:`InvertibleFusionDecoder.inverse` inverts it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ivf_perception.checks import check_shape
+
+__all__ = ["InvertibleConv1x1", "CouplingSubnet", "InvertibleBlock", "InvertibleFusionDecoder"]
+
+
+class InvertibleConv1x1(nn.Module):
+    """Glow's invertible 1×1 convolution, ``W = P L (U + diag(sign(s) · exp(log|s|)))``.
+
+    The LU parameterisation keeps ``W`` invertible during training (the diagonal never reaches
+    zero) and makes its inverse cheap and exact. ``W`` starts as a random rotation; the
+    permutation ``P`` and the signs are fixed buffers (saved with the weights).
+
+    Args:
+        channels: channels C.
+        device, dtype: where to create parameters.
+
+    Shape:
+        x: (B, C, H, W)  ->  (B, C, H, W), for ``forward`` and ``inverse``.
+    """
+
+    def __init__(self, channels: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype or torch.get_default_dtype()}
+        # Factorise in float64 on the CPU (LU is unavailable for low-precision/meta tensors), then move.
+        rotation = torch.linalg.qr(torch.randn(channels, channels, dtype=torch.float64))[0]
+        perm, lower, upper = torch.linalg.lu(rotation)
+        diag = torch.diagonal(upper)
+        self.register_buffer("perm", perm.to(**dd))
+        self.register_buffer("sign_s", torch.sign(diag).to(**dd))
+        self.lower = nn.Parameter(torch.tril(lower, -1).to(**dd))
+        self.upper = nn.Parameter(torch.triu(upper, 1).to(**dd))
+        self.log_s = nn.Parameter(torch.log(diag.abs()).to(**dd))
+
+    def weight(self) -> torch.Tensor:
+        """The C×C matrix ``W`` (masks keep the triangular structure whatever the optimiser does)."""
+        eye = torch.eye(self.log_s.numel(), device=self.log_s.device, dtype=self.log_s.dtype)
+        lower = torch.tril(self.lower, -1) + eye
+        upper = torch.triu(self.upper, 1) + torch.diag(self.sign_s * self.log_s.exp())
+        return self.perm @ lower @ upper
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight()[:, :, None, None])
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(y, torch.linalg.inv(self.weight())[:, :, None, None])
+
+
+class CouplingSubnet(nn.Sequential):
+    """One of φ, ρ, η: conv3×3 → LeakyReLU → conv3×3 → LeakyReLU → conv3×3.
+
+    Any function works in a coupling (it is never inverted); the last convolution starts at a
+    tenth of its default scale so every block starts close to the identity.
+
+    Shape:
+        x: (B, in_chs, H, W)  ->  (B, out_chs, H, W)
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, hidden: int, device: torch.device | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        dd = {"device": device, "dtype": dtype}
+        super().__init__(
+            nn.Conv2d(in_chs, hidden, 3, padding=1, **dd), nn.LeakyReLU(0.2),
+            nn.Conv2d(hidden, hidden, 3, padding=1, **dd), nn.LeakyReLU(0.2),
+            nn.Conv2d(hidden, out_chs, 3, padding=1, **dd),
+        )
+        with torch.no_grad():
+            self[-1].weight.mul_(0.1)
+            self[-1].bias.zero_()
+
+
+class InvertibleBlock(nn.Module):
+    """Invertible 1×1 conv + affine coupling (eqs. 6–7), see the module docstring.
+
+    Args:
+        channels: channels C.
+        split: channels of the first half x1 (the rest is x2).
+        hidden: width of the subnets φ, ρ, η.
+        clamp: bound of the log-scale s.
+        device, dtype: where to create parameters.
+
+    Shape:
+        x: (B, C, H, W)  ->  (B, C, H, W), for ``forward`` and ``inverse``.
+    """
+
+    def __init__(self, channels: int, split: int, hidden: int, clamp: float = 0.8,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if not 0 < split < channels:
+            raise ValueError(f"split must be in (0, {channels}), got {split}")
+        dd = {"device": device, "dtype": dtype}
+        self.splits = (split, channels - split)
+        self.clamp = clamp
+        self.mix = InvertibleConv1x1(channels, **dd)
+        self.phi = CouplingSubnet(self.splits[1], self.splits[0], hidden, **dd)
+        self.rho = CouplingSubnet(self.splits[0], self.splits[1], hidden, **dd)
+        self.eta = CouplingSubnet(self.splits[0], self.splits[1], hidden, **dd)
+
+    def _log_scale(self, y1: torch.Tensor) -> torch.Tensor:
+        return self.clamp * (2 * torch.sigmoid(self.rho(y1)) - 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.mix(x).split(self.splits, dim=1)
+        y1 = x1 + self.phi(x2)
+        y2 = x2 * torch.exp(self._log_scale(y1)) + self.eta(y1)
+        return torch.cat((y1, y2), dim=1)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        y1, y2 = y.split(self.splits, dim=1)
+        x2 = (y2 - self.eta(y1)) * torch.exp(-self._log_scale(y1))
+        x1 = y1 - self.phi(x2)
+        return self.mix.inverse(torch.cat((x1, x2), dim=1))
+
+
+class InvertibleFusionDecoder(nn.Module):
+    """The fusion decoder: invertible blocks, dense aggregation, 3×3 conv + tanh → fused Y in [0, 1].
+
+    Args:
+        channels: width C of the fused feature (32 in the paper).
+        num_blocks: invertible blocks (5 in the paper).
+        hidden: width of the coupling subnets; None uses C/2.
+        clamp: bound of the coupling log-scale.
+        device, dtype: where to create parameters.
+
+    Shape:
+        forward: feature (B, C, H, W)  ->  Y (B, 1, H, W) in [0, 1]
+        flow: feature (B, C, H, W)  ->  list of ``num_blocks`` (B, C, H, W), one per block
+        inverse: last flow output (B, C, H, W)  ->  feature (B, C, H, W)
+    """
+
+    def __init__(self, channels: int, num_blocks: int = 5, hidden: int | None = None, clamp: float = 0.8,
+                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+        dd = {"device": device, "dtype": dtype}
+        self.channels = channels
+        hidden = hidden or max(1, channels // 2)
+        self.blocks = nn.ModuleList(
+            InvertibleBlock(channels, channels // 2, hidden, clamp, **dd) for _ in range(num_blocks)
+        )
+        self.aggregate = nn.Conv2d(channels * num_blocks, channels, 1, **dd)
+        self.head = nn.Conv2d(channels, 1, 3, padding=1, **dd)
+
+    def flow(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of every invertible block (the last one is what :meth:`inverse` takes)."""
+        check_shape(x, "B C H W", name="feature", C=self.channels)
+        outs = []
+        for block in self.blocks:
+            x = block(x)
+            outs.append(x)
+        return outs
+
+    def inverse(self, z: torch.Tensor) -> torch.Tensor:
+        """Exact inverse of the block chain: the feature whose last flow output is ``z``."""
+        check_shape(z, "B C H W", name="z", C=self.channels)
+        for block in reversed(self.blocks):
+            z = block.inverse(z)
+        return z
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dense = self.aggregate(torch.cat(self.flow(x), dim=1))
+        return (torch.tanh(self.head(dense)) + 1) / 2
