@@ -18,6 +18,10 @@ setup(
         "pyyaml",
         "tqdm",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": ["pytest"],
+        "tensorboard": ["tensorboard"],  # optional: training logs to log.jsonl without it
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],  # ivf-train export --onnx
+    },
     entry_points={"console_scripts": ["ivf-train = ivf_training.cli:main"]},
 )

@@ -33,7 +33,7 @@ class StandInFusionSeg(FusionSegModel):
     input_multiple = 4
     variant = STANDIN
 
-    def __init__(self, num_classes: int = 9, width: int = 12, preset: str = "tiny") -> None:
+    def __init__(self, num_classes: int = 9, width: int = 12, preset: str = "tiny", dropout: float = 0.1) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.preset = preset
@@ -41,7 +41,7 @@ class StandInFusionSeg(FusionSegModel):
         self.down = nn.Sequential(nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.GELU(),
                                   nn.Conv2d(2 * width, 2 * width, 3, padding=2, dilation=2), nn.GELU())
         # dropout draws from the global torch RNG: resuming must restore that RNG exactly
-        self.up = nn.Sequential(nn.Conv2d(3 * width, width, 3, padding=1), nn.GELU(), nn.Dropout2d(0.1))
+        self.up = nn.Sequential(nn.Conv2d(3 * width, width, 3, padding=1), nn.GELU(), nn.Dropout2d(dropout))
         self.fusion_head = nn.Conv2d(width, 3, 3, padding=1)
         self.seg_head = nn.Conv2d(width, num_classes, 1) if num_classes else None
         self.gate = nn.Parameter(torch.zeros(1, 3, 1, 1))

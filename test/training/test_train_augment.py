@@ -94,7 +94,7 @@ def test_resize_keeps_label_values() -> None:
 
 
 def test_invalid_arguments() -> None:
-    with pytest.raises(ValueError, match="crop must be >= 1"):
+    with pytest.raises(ValueError, match="crop sizes must be >= 1"):
         JointAugment(0)
     with pytest.raises(ValueError, match="scale_range"):
         JointAugment(32, scale_range=(2.0, 1.0))

@@ -11,14 +11,19 @@ A checkpoint is a pair of files in ``RUN_DIR/ckpt/``:
 Writing: both files go to ``*.tmp`` first and are flushed to disk; then the complete previous
 pair is renamed to ``prev.*`` and the new pair renamed into place. A crash at any moment leaves
 either the old ``last`` or the old pair as ``prev`` intact; loading verifies the pair and, when
-it is broken, names the previous good checkpoint.
+it is broken, names the previous good checkpoint. A failed write (disk full, quota, I/O error)
+removes the partial ``*.tmp`` files, touches nothing else and raises :class:`CheckpointError`
+saying which checkpoint was kept.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import random
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -67,9 +72,26 @@ def save_model_file(state_dict: Mapping[str, torch.Tensor], path: Path, metadata
     memory (tied weights), and a state dict entry must not be a view into a larger buffer.
     """
     tmp = path.with_name(path.name + ".tmp")
-    digest = _write_tensors(state_dict, tmp, metadata)
+    with _cleanup_on_write_error([tmp], f"{path} is unchanged"):
+        digest = _write_tensors(state_dict, tmp, metadata)
     tmp.replace(path)
     return digest
+
+
+@contextlib.contextmanager
+def _cleanup_on_write_error(tmp_paths: Sequence[Path], kept: str) -> Iterator[None]:
+    """Turn a failed write into a :class:`CheckpointError` after removing the partial files.
+
+    ``torch.save`` reports a full disk as a ``RuntimeError`` from its zip writer, safetensors and
+    ``fsync`` as an ``OSError``; both mean the same to the caller: nothing new was saved.
+    """
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        for tmp in tmp_paths:
+            tmp.unlink(missing_ok=True)
+        reason = "the disk is full" if getattr(exc, "errno", None) == errno.ENOSPC else "writing failed"
+        raise CheckpointError(f"could not save a checkpoint: {reason} ({exc}); {kept}") from exc
 
 
 def _write_tensors(state_dict: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> str:
@@ -86,10 +108,13 @@ def save_checkpoint(ckpt_dir: Path, model_state: Mapping[str, torch.Tensor], sta
     model_path, state_path = checkpoint_paths(ckpt_dir, "last")
     model_tmp = model_path.with_name(model_path.name + ".tmp")
     state_tmp = state_path.with_name(state_path.name + ".tmp")
-    digest = _write_tensors(model_state, model_tmp, {"format": STATE_FORMAT, "step": str(state["step"])})
-    full_state = {**state, "format": STATE_FORMAT, "model_sha256": digest}
-    torch.save(full_state, state_tmp)
-    _fsync(state_tmp)
+    kept = (f"the previous checkpoint {model_path} is kept; once the disk has room, continue with "
+            f"`ivf-train resume {ckpt_dir.parent}`" if model_path.exists() else "no checkpoint exists yet")
+    with _cleanup_on_write_error([model_tmp, state_tmp], kept):
+        digest = _write_tensors(model_state, model_tmp, {"format": STATE_FORMAT, "step": str(state["step"])})
+        full_state = {**state, "format": STATE_FORMAT, "model_sha256": digest}
+        torch.save(full_state, state_tmp)
+        _fsync(state_tmp)
     prev_model, prev_state = checkpoint_paths(ckpt_dir, "prev")
     if model_path.exists() and state_path.exists():
         model_path.replace(prev_model)

@@ -1,22 +1,28 @@
-"""``ivf-train``: start, resume and export training runs.
+"""``ivf-train``: start, resume, evaluate, export and benchmark training runs.
 
 ::
 
     ivf-train run CONFIG.yaml [key=value ...] [--stop-at-step N]
     ivf-train resume RUN_DIR [--checkpoint last|prev] [--stop-at-step N]
-    ivf-train export RUN_DIR --out FILE.safetensors [--checkpoint best|last|prev]
+    ivf-train eval CHECKPOINT --dataset KIND [--root DIR] [--split S] [--out FILE.json]
+    ivf-train export RUN_DIR --out FILE.safetensors [--checkpoint best|last|prev] [--onnx]
+    ivf-train bench [--variants ...] [--preset small]
+
+    torchrun --standalone --nproc-per-node N -m ivf_training.cli run CONFIG.yaml   # data-parallel
 
 User errors (bad configuration, missing data, broken checkpoints) print one line and exit
-with status 2; an interrupted run (Ctrl-C) exits with 130 and says how to continue.
+with status 2; an interrupted run (Ctrl-C) exits with 130 and says how to continue. Under
+torchrun only rank 0 prints and logs.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 __all__ = ["build_parser", "main"]
 
@@ -42,42 +48,159 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--stop-at-step", type=int, default=None, metavar="N",
                         help="checkpoint and stop after step N")
 
-    export = sub.add_parser("export", help="write engine weights (.safetensors + .json sidecar)")
+    export = sub.add_parser("export", help="write engine weights (.safetensors + .json sidecar) and optionally ONNX")
     export.add_argument("run_dir", type=Path, help="run directory, or a model file in its ckpt/ folder")
     export.add_argument("--out", type=Path, required=True, help="destination .safetensors file")
     export.add_argument("--checkpoint", default=None, choices=("best", "last", "prev"),
                         help="default: best if validated, else last")
+    export.add_argument("--onnx", action="store_true",
+                        help="also write FILE.onnx, checked against PyTorch with onnxruntime")
+    export.add_argument("--onnx-size", type=_size, default=None, metavar="HxW",
+                        help="the ONNX graph's fixed input size (default: the training crop)")
+
+    evaluate = sub.add_parser("eval", help="full-size metrics of a trained model on a dataset",
+                              description="mIoU, per-class IoU and all fusion metrics at full size, "
+                                          "printed as a table and written as JSON.")
+    evaluate.add_argument("checkpoint", type=Path,
+                          help="engine weights (.safetensors with sidecar), a run directory or a file in its ckpt/")
+    evaluate.add_argument("--dataset", required=True, metavar="KIND",
+                          help="mfnet, msrs, pst900, fmb, folder, extract or generated (see training/DATASETS.md)")
+    evaluate.add_argument("--root", type=Path, default=None, help="the dataset folder (not for generated)")
+    evaluate.add_argument("--split", default=None,
+                          help="default: the split training validates on (MFNet val; MSRS, PST900, FMB test)")
+    evaluate.add_argument("--checkpoint-tag", default=None, choices=("best", "last", "prev"),
+                          help="for a run directory: default best if validated, else last")
+    evaluate.add_argument("--out", type=Path, default=None,
+                          help="JSON report (default: RUN_DIR/eval/KIND-SPLIT.json, or ./STEM.eval-KIND-SPLIT.json)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    evaluate.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    evaluate.add_argument("--short-side", type=int, default=None,
+                          help="resize so the shorter side has this many pixels")
+    evaluate.add_argument("--max-pairs", type=int, default=None, help="evaluate only the first N samples")
+    evaluate.add_argument("--num-workers", type=int, default=0)
+    evaluate.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                          help="loader option (YAML value), e.g. thermal=thermal_raw or count=100 (repeatable)")
+
+    bench = sub.add_parser("bench", help="training throughput per variant and the data loader's share")
+    bench.add_argument("--variants", nargs="+", default=None, help="default: every registered variant but test_*")
+    bench.add_argument("--preset", default="small")
+    bench.add_argument("--device", default="auto", help="auto: the CPU, plus CUDA when available")
+    bench.add_argument("--batch-size", type=int, default=2)
+    bench.add_argument("--crop", type=int, default=128)
+    bench.add_argument("--steps", type=int, default=3, help="timed steps per variant")
+    bench.add_argument("--warmup", type=int, default=1, help="untimed steps first (allocation, autotuning)")
+    bench.add_argument("--num-workers", type=int, default=0)
+    bench.add_argument("--out", type=Path, default=None, help="also write the table to this Markdown file")
     return parser
+
+
+def _size(text: str) -> tuple[int, int]:
+    """``480x640`` → (480, 640)."""
+    h, sep, w = text.lower().partition("x")
+    if not sep or not h.isdigit() or not w.isdigit() or int(h) < 1 or int(w) < 1:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 480x640, got {text!r}")
+    return int(h), int(w)
+
+
+def _options(items: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` loader options; values are YAML (numbers, lists, mappings)."""
+    import yaml
+
+    from ivf_training.config import ConfigError
+
+    options = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--option {item!r} is not of the form KEY=VALUE (e.g. thermal=thermal_raw)")
+        try:
+            options[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--option {item!r}: the value is not valid YAML ({exc})") from exc
+    return options
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ivf_perception.engine.weights import save_weights
+
+    from ivf_training.onnx_export import export_onnx
+    from ivf_training.trainer import load_run_weights
+
+    run = load_run_weights(args.run_dir, checkpoint=args.checkpoint)
+    if args.onnx:  # refuse a model that cannot be exported before writing anything
+        height, width = args.onnx_size or run.info.input_size
+        onnx_path = args.out.with_suffix(".onnx")
+        meta = {"variant": run.info.variant, "preset": run.info.preset, "num_classes": run.info.num_classes,
+                "classes": run.info.classes, "palette": run.info.palette,
+                "input_multiple": int(getattr(run.model, "input_multiple", 1))}
+        check = export_onnx(run.model, onnx_path, height=height, width=width, metadata=meta)
+        diffs = ", ".join(f"{k} {v:.2g}" for k, v in check.max_abs_diff.items())
+        print(f"wrote {onnx_path} ({height}x{width}; onnxruntime vs PyTorch max |diff|: {diffs})")
+    out = save_weights(run.model.state_dict(), args.out, run.info)
+    print(f"wrote {out} and {out.with_suffix('.json').name}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from ivf_training.evaluate import default_output_path, evaluate, format_table, write_report
+
+    result = evaluate(args.checkpoint, args.dataset, args.root, args.split, checkpoint=args.checkpoint_tag,
+                      device=args.device, precision=args.precision, short_side=args.short_side,
+                      max_pairs=args.max_pairs, num_workers=args.num_workers, options=_options(args.option),
+                      progress=True)
+    report = result.report
+    data = report["dataset"]
+    split = f" split {data['split']}" if data["split"] else ""
+    title = (f"{report['model']['variant']}/{report['model']['preset']} ({report['weights']}) on {data['kind']}"
+             f"{split} ({data['images']} images, full size, {report['precision']})")
+    print(format_table(result.metrics, title))
+    out = write_report(result, args.out or default_output_path(args.checkpoint, args.dataset, data["split"]))
+    print(f"wrote {out}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ivf-train``; returns the process exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks
+    level = logging.DEBUG if args.verbose else logging.INFO if main_rank else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    say = print if main_rank else (lambda *a, **k: None)
     # Imported here so `ivf-train --help` stays fast and import errors surface as messages.
+    from ivf_perception.engine.engine import EngineError
     from ivf_perception.engine.weights import WeightsError
     from ivf_perception.io.errors import IVFIOError
     from ivf_perception.models.registry import UnknownModelError
 
     from ivf_training.checkpoint import CheckpointError
     from ivf_training.config import ConfigError, load_config
+    from ivf_training.distributed import init_distributed, shutdown_distributed
     from ivf_training.losses import PerceptionWeightsError
-    from ivf_training.trainer import export_engine_weights, resume_run, start_run
+    from ivf_training.onnx_export import OnnxExportError
+    from ivf_training.trainer import read_run_config, resume_run, start_run
 
     user_errors = (ConfigError, CheckpointError, WeightsError, PerceptionWeightsError, IVFIOError,
-                   UnknownModelError, FileNotFoundError)
+                   UnknownModelError, FileNotFoundError, OnnxExportError, EngineError)
     trainer = None
     try:
         if args.command == "export":
-            out = export_engine_weights(args.run_dir, args.out, checkpoint=args.checkpoint)
-            print(f"wrote {out} and {out.with_suffix('.json').name}")
+            return _export(args)
+        if args.command == "eval":
+            return _eval(args)
+        if args.command == "bench":
+            from ivf_training.bench import run_bench
+
+            print(run_bench(args))
             return 0
         if args.command == "run":
-            trainer = start_run(load_config(args.config, args.overrides), config_stem=args.config.stem)
-            print(f"run directory: {trainer.run_dir}")
+            cfg = load_config(args.config, args.overrides)
+            init_distributed(cfg.device)
+            trainer = start_run(cfg, config_stem=args.config.stem)
+            say(f"run directory: {trainer.run_dir}")
         else:
+            init_distributed(read_run_config(args.run_dir).device)
             trainer = resume_run(args.run_dir, args.checkpoint)
-            print(f"resuming {trainer.run_dir} at step {trainer.step}")
+            say(f"resuming {trainer.run_dir} at step {trainer.step}")
         result = trainer.fit(stop_at_step=args.stop_at_step)
     except user_errors as exc:
         print(f"ivf-train: error: {exc}", file=sys.stderr)
@@ -86,13 +209,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ivf-train: training diverged: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        if trainer is not None:
+        if trainer is not None and main_rank:
             print(f"\nivf-train: interrupted at step {trainer.step}; last checkpoint at step "
                   f"{trainer.last_ckpt_step}. Continue with: ivf-train resume {trainer.run_dir}", file=sys.stderr)
         return 130
+    finally:
+        shutdown_distributed()
     best = result["best_value"]
     best_text = f"best {result['best_metric']} {best:.4f} at step {result['best_step']}" if best is not None else "no validation"
-    print(f"finished at step {result['step']}: {best_text}; export with: ivf-train export {trainer.run_dir} --out FILE.safetensors")
+    say(f"finished at step {result['step']}: {best_text}; export with: ivf-train export {trainer.run_dir} --out FILE.safetensors")
     return 0
 
 

@@ -181,8 +181,6 @@ class OptimConfig:
     ``lr_end`` plays no part in it.
 
     Attributes:
-        name: ``adamw`` or ``sgd`` (momentum SGD, whose ``weight_decay`` is the classic L2
-            penalty; betas and eps are AdamW's only).
         lr_start: learning rate at step 0.
         lr_peak: learning rate at the end of the warm-up.
         lr_end: learning rate at the last step.
@@ -194,11 +192,12 @@ class OptimConfig:
         grad_clip: maximum global gradient norm; ``None`` disables clipping.
         schedule: ``warmup_cosine``, ``poly`` or ``exp``.
         power: exponent of the ``poly`` decay.
+        name: ``adamw`` or ``sgd`` (momentum SGD, whose ``weight_decay`` is the classic L2
+            penalty; betas and eps are AdamW's only).
         momentum: SGD momentum.
         gamma_decay: learning-rate factor per epoch of the ``exp`` decay, in (0, 1].
     """
 
-    name: Literal["adamw", "sgd"] = "adamw"
     lr_start: float = 3e-4
     lr_peak: float = 1.5e-3
     lr_end: float = 6e-4
@@ -209,6 +208,7 @@ class OptimConfig:
     grad_clip: float | None = 1.0
     schedule: Literal["warmup_cosine", "poly", "exp"] = "warmup_cosine"
     power: float = 0.9
+    name: Literal["adamw", "sgd"] = "adamw"
     momentum: float = 0.9
     gamma_decay: float = 0.99
 
@@ -309,7 +309,14 @@ class TrainConfig:
         model, data, optim, loss: see their classes.
         max_steps: optimiser steps to train; takes precedence over ``epochs``.
         epochs: passes over the training mix (used when ``max_steps`` is ``None``).
-        batch_size: training batch size (crops make images equal-sized).
+        batch_size: training batch size (crops make images equal-sized): the global batch of one
+            optimiser step, split over the ``torchrun`` ranks and then into ``accum_steps``
+            micro-batches, so a recipe means the same on one GPU as on eight.
+        accum_steps: gradient accumulation: micro-batches per optimiser step (their gradients
+            add up to the whole batch's); ``batch_size`` must divide by ranks × accum_steps.
+        ema_decay: keep an exponential moving average of the weights with this decay (e.g.
+            0.999; ``None``: off). Validation, ``ckpt/best`` and export then use the averaged
+            weights; the checkpoints hold both.
         crop: training crop height (and width unless ``crop_width`` is set) in pixels; must be
             divisible by the model's ``input_multiple``.
         crop_width: training crop width when it differs from ``crop`` (e.g. 640 with crop 480).
@@ -327,6 +334,14 @@ class TrainConfig:
             ``loss/total`` ...).
         best_mode: whether a higher (``max``) or lower (``min``) ``best_metric`` is better.
         progress: show a tqdm progress bar.
+        tensorboard: write TensorBoard events to ``RUN_DIR/tb`` (when the ``tensorboard``
+            package is installed).
+        image_every: add an image grid (inputs, fused, labels, prediction) to TensorBoard every
+            this many steps (0: never).
+        ddp_find_unused_parameters: under ``torchrun``, let DDP look for parameters that got no
+            gradient in a step (needed only by models with unused branches; costs a graph walk).
+        sync_batchnorm: under ``torchrun`` on GPUs, compute BatchNorm statistics over the global
+            batch instead of each rank's share (small per-GPU batches).
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -350,18 +365,28 @@ class TrainConfig:
     best_metric: str = "mIoU"
     best_mode: Literal["max", "min"] = "max"
     progress: bool = True
+    accum_steps: int = 1
+    ema_decay: float | None = None
+    tensorboard: bool = True
+    image_every: int = 500
+    ddp_find_unused_parameters: bool = False
+    sync_batchnorm: bool = False
 
     def validate(self) -> None:
         """Cross-field checks that single-field typing cannot express."""
         if self.max_steps is None and self.epochs is None:
             raise ConfigError("set either max_steps or epochs (both are empty)")
-        for name in ("max_steps", "epochs", "batch_size", "crop", "crop_width", "log_every"):
+        for name in ("max_steps", "epochs", "batch_size", "crop", "crop_width", "log_every", "accum_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
-        for name in ("val_every", "ckpt_every", "num_workers", "seed"):
+        for name in ("val_every", "ckpt_every", "num_workers", "seed", "image_every"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.batch_size % self.accum_steps:
+            raise ConfigError(f"batch_size {self.batch_size} is not divisible by accum_steps {self.accum_steps}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in (0, 1) (e.g. 0.999) or null, got {self.ema_decay}")
         if self.model.num_classes < 0:
             raise ConfigError(f"model.num_classes must be >= 0, got {self.model.num_classes}")
         o = self.optim

@@ -8,11 +8,17 @@ Run directory layout (``RUN_DIR = out_dir/name``)::
     ckpt/last.*        latest checkpoint (see ivf_training.checkpoint), ckpt/prev.* the one before
     ckpt/best.safetensors + best.json   model with the best validation ``best_metric``
     ckpt/stale-*       files set aside when resuming from an older checkpoint (never deleted)
+    tb/                TensorBoard events (ivf_training.tb_logging)
+    eval/              reports of ``ivf-train eval`` (ivf_training.evaluate)
+
+Under ``torchrun`` every rank runs a Trainer on its slice of each global batch and rank 0 alone
+writes the run directory (:mod:`ivf_training.distributed`).
 
 Reproducibility: the seed fixes model initialisation (set before ``build_model``), the data
 order (:class:`~ivf_training.datasets.ResumableBatchSampler`) and the augmentation
 (:class:`~ivf_training.datasets.AugmentedDataset`); checkpoints hold optimiser, scaler and RNG
-states, so resuming at step N reproduces an uninterrupted run on the CPU bit for bit.
+states (and the EMA weights), so resuming at step N reproduces an uninterrupted run on the CPU
+bit for bit.
 """
 
 from __future__ import annotations
@@ -28,7 +34,6 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -38,23 +43,10 @@ from tqdm import tqdm
 
 from ivf_perception.engine.weights import WEIGHTS_FORMAT, WeightsInfo, load_weights, save_weights, sidecar_path
 from ivf_perception.io.classes import CLASS_TABLES, MFNET_CLASSES
-from ivf_perception.metrics import (
-    ConfusionAccumulator,
-    FusionMetricAccumulator,
-    average_gradient,
-    entropy,
-    mutual_information,
-    qabf,
-    segmentation_scores,
-    spatial_frequency,
-    ssim,
-    std,
-    to_gray_u8,
-)
-from ivf_perception.models import build_model
+from ivf_perception.models import FusionSegOutput, build_model
 from ivf_perception.models.cmfs.text_features import TextFeaturesError, text_features_for
 
-from ivf_training.augment import IGNORE_INDEX, JointAugment
+from ivf_training.augment import JointAugment
 from ivf_training.checkpoint import (
     CheckpointError,
     capture_rng,
@@ -84,12 +76,31 @@ from ivf_training.datasets import (
 )
 from ivf_training.cmfs_losses import CMFSLoss
 from ivf_training.losses import FusionSegLoss, PerceptionLoss
+from ivf_training.mafs_losses import MAFSStage1Loss, MAFSStage2Loss
+from ivf_training.objectives import Objective, SupervisedObjective, build_objective
+from ivf_training.distributed import (
+    DistContext,
+    ShardedBatchSampler,
+    barrier,
+    broadcast_object,
+    convert_sync_batchnorm,
+    gather_objects,
+    grad_sync,
+    mean_across_ranks,
+    split_batch,
+    wrap_model,
+)
+from ivf_training.ema import ModelEMA
+from ivf_training.tb_logging import TensorBoardLogger
+from ivf_training.validation import FUSION_VAL_METRICS, SEG_VAL_METRICS, validate_model
 
 __all__ = [
     "FUSION_VAL_METRICS",
     "WarmupCosine",
     "WarmupPoly",
+    "WarmupExp",
     "build_loss",
+    "build_optimizer",
     "build_schedule",
     "param_groups",
     "seed_everything",
@@ -99,27 +110,19 @@ __all__ = [
     "start_run",
     "read_run_config",
     "resume_run",
+    "RunWeights",
+    "load_run_weights",
     "export_engine_weights",
 ]
 
 _log = logging.getLogger(__name__)
 
-FUSION_VAL_METRICS = ("EN", "SD", "SF", "AG", "MI", "SSIM", "Qabf")
-"""Fusion metrics computed at validation (VIF, the slowest, and PSNR/CC/SCD are left to the
-evaluation CLI); logged as ``fusion/<name>``."""
-
-_FUSION_FNS = {
-    "EN": lambda f, a, b: entropy(f),
-    "SD": lambda f, a, b: std(f),
-    "SF": lambda f, a, b: spatial_frequency(f),
-    "AG": lambda f, a, b: average_gradient(f),
-    "MI": mutual_information,
-    "SSIM": ssim,
-    "Qabf": qabf,
-}
-_SEG_VAL_METRICS = ("mIoU", "mIoU_with_background", "background_IoU", "pixel_accuracy")
 _LOSS_TERMS = ("total", "seg_ce", "fus_intensity", "fus_ssim", "fus_gradient", "fus_color", "per_entropy", "per_texture",
-               "moe_balance")
+               "moe_balance",
+               # MAFS stage I (masked reconstruction) and stage II (fusion + segmentation, DWA weights)
+               "rec_rgb", "rec_rgb_intensity", "rec_rgb_gradient", "rec_thermal", "rec_thermal_intensity",
+               "rec_thermal_gradient", "fusion", "segmentation", "seg_ohem", "seg_aux", "seg_binary", "seg_boundary",
+               "seg_kd", "dwa_fusion", "dwa_segmentation")
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
 
@@ -173,19 +176,73 @@ class WarmupPoly:
         return self.end + (self.peak - self.end) * (1.0 - t) ** self.power
 
 
-def build_schedule(o: OptimConfig, max_steps: int) -> Callable[[int], float]:
-    """The learning-rate schedule named by ``optim.schedule``."""
+@dataclass(frozen=True)
+class WarmupExp:
+    """Linear warm-up from ``start`` to ``peak``, then ``peak·gamma^e`` with ``e`` the epochs
+    (fractional) since the warm-up ended.
+
+    The exponential decay MAFS trains with; continuous in the step (rather than a staircase
+    per epoch) so that it stays a pure function of the step like :class:`WarmupCosine`.
+    """
+
+    start: float
+    peak: float
+    warmup_steps: int
+    steps_per_epoch: int
+    gamma: float
+
+    def __call__(self, step: int) -> float:
+        """Learning rate for the optimiser step with index ``step`` (0-based)."""
+        if step < self.warmup_steps:
+            return self.start + (self.peak - self.start) * step / self.warmup_steps
+        return self.peak * self.gamma ** ((step - self.warmup_steps) / self.steps_per_epoch)
+
+
+def build_schedule(o: OptimConfig, max_steps: int, steps_per_epoch: int | None = None) -> Callable[[int], float]:
+    """The learning-rate schedule named by ``optim.schedule``.
+
+    Args:
+        steps_per_epoch: optimiser steps per pass over the training mix; the ``exp`` schedule
+            decays per epoch and needs it.
+    """
     warmup = int(o.warmup_fraction * max_steps)
     if o.schedule == "poly":
         return WarmupPoly(o.lr_start, o.lr_peak, o.lr_end, warmup, max_steps, o.power)
+    if o.schedule == "exp":
+        if not steps_per_epoch or steps_per_epoch < 1:
+            raise ConfigError(f"optim.schedule exp decays per epoch and needs steps_per_epoch >= 1, got {steps_per_epoch}")
+        return WarmupExp(o.lr_start, o.lr_peak, warmup, steps_per_epoch, o.gamma_decay)
     return WarmupCosine(o.lr_start, o.lr_peak, o.lr_end, warmup, max_steps)
 
 
+def build_optimizer(name: str, groups: list[dict[str, Any]], lr: float, *, betas: tuple[float, float] = (0.9, 0.999),
+                    eps: float = 1e-8, momentum: float = 0.9) -> torch.optim.Optimizer:
+    """The optimiser ``name`` (``optim.name``: ``adamw`` or ``sgd``) over parameter ``groups``
+    (:func:`param_groups`, which carry the weight decay).
+
+    SGD's weight decay is the classic L2 penalty (coupled with the gradient), AdamW's the
+    decoupled decay; both skip the no-decay group.
+    """
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps)
+    raise ConfigError(f"optim.name '{name}' is not an optimiser; use adamw or sgd")
+
+
 def build_loss(lc: LossConfig) -> nn.Module:
-    """The training objective named by ``loss.kind`` with the configured weights."""
+    """The training loss named by ``loss.kind`` with the configured weights."""
     if lc.kind == "cmfs":
         return CMFSLoss(seg=lc.seg, fusion=lc.fusion, intensity=lc.intensity, color=lc.color,
                         gradient=lc.gradient, gamma=lc.gamma, beta=lc.beta, moe_balance=lc.moe_balance)
+    if lc.kind == "mafs_stage1":
+        return MAFSStage1Loss(alpha_intensity=lc.rec_intensity, alpha_gradient=lc.rec_gradient)
+    if lc.kind == "mafs_stage2":
+        return MAFSStage2Loss(fusion_intensity=lc.intensity, fusion_gradient=lc.gradient, seg_ce=lc.seg,
+                              seg_aux=lc.seg_aux, binary=lc.binary, boundary=lc.boundary, kd=lc.kd,
+                              kd_temperature=lc.kd_temperature, ohem_thresh=lc.ohem_thresh,
+                              ohem_min_kept=lc.ohem_min_kept, boundary_width=lc.boundary_width,
+                              alpha=lc.fair_alpha, dwa_temperature=lc.dwa_temperature, dwa_period=lc.dwa_period)
     perception = PerceptionLoss(lc.resnet50_weights) if lc.perception > 0 or lc.perception_texture > 0 else None
     return FusionSegLoss(seg=lc.seg, fusion=lc.fusion, intensity=lc.intensity, ssim=lc.ssim,
                          gradient=lc.gradient, color=lc.color, perception=perception,
@@ -213,7 +270,7 @@ def set_text_features(model: nn.Module, m: ModelConfig, class_names: Sequence[st
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay for weights; none for norms, biases, 1-D and flagged parameters.
+    """Optimiser groups: decay for weights; none for norms, biases, 1-D and flagged parameters.
 
     Parameters carrying ``_no_weight_decay = True`` (Mamba's ``A_log`` and ``D``) must not be
     pulled towards zero: ``A_log`` parameterises the state decay and ``D`` the skip path.
@@ -296,20 +353,6 @@ def _resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if amp == "bf16" else torch.float16
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
-    ph, pw = (-h) % multiple, (-w) % multiple
-    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
-
-
-def _finite_or_none(value: Any) -> float | None:
-    """Undefined scores (a class never seen) become None: log.jsonl stays strict JSON."""
-    if value is None:
-        return None
-    v = float(value)
-    return v if math.isfinite(v) else None
-
-
 def _append_jsonl(path: Path, record: Mapping[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record, allow_nan=False) + "\n")
@@ -366,7 +409,7 @@ class Trainer:
         batch_size: training batch size.
         max_steps: number of optimiser steps.
         schedule: learning rate per step.
-        weight_decay, betas, eps: AdamW settings.
+        weight_decay, betas, eps: AdamW settings (``weight_decay`` also SGD's).
         grad_clip: maximum global gradient norm, or ``None``.
         amp: ``auto``, ``bf16``, ``fp16`` or ``off`` (CUDA only).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
@@ -376,6 +419,17 @@ class Trainer:
         best_metric, best_mode: validation metric selecting ``ckpt/best`` and its direction.
         progress: show a tqdm bar.
         num_classes, class_names: for the confusion matrix.
+        objective: forward pass(es) + loss of a batch (:mod:`ivf_training.objectives`); default
+            the single forward pass of the s4fusion/cmfs losses.
+        optimizer: ``adamw`` or ``sgd``.
+        momentum: SGD momentum.
+        accum_steps: micro-batches per optimiser step (gradient accumulation).
+        ema_decay: decay of the weight average used for validation and export; ``None``: off.
+        tensorboard: write TensorBoard events to ``RUN_DIR/tb`` (rank 0).
+        image_every: TensorBoard image grid every this many steps (0: never).
+        palette: 0xRRGGBB per class, for the image grids.
+        ddp_find_unused_parameters, sync_batchnorm: data-parallel options (used under torchrun;
+            see :mod:`ivf_training.distributed`).
     """
 
     def __init__(self, *, model: nn.Module, loss_fn: nn.Module, train_set: Dataset, val_set: Dataset | None,
@@ -384,11 +438,18 @@ class Trainer:
                  weight_decay: float, betas: tuple[float, float], eps: float, grad_clip: float | None, amp: str,
                  device: str, seed: int, val_every: int, ckpt_every: int, log_every: int, num_workers: int,
                  best_metric: str, best_mode: str, progress: bool, num_classes: int,
-                 class_names: Sequence[str]) -> None:
-        self.device = _resolve_device(device)
+                 class_names: Sequence[str], objective: Objective | None = None, optimizer: str = "adamw",
+                 momentum: float = 0.9, accum_steps: int = 1, ema_decay: float | None = None,
+                 tensorboard: bool = True, image_every: int = 0, palette: Sequence[int] = (),
+                 ddp_find_unused_parameters: bool = False, sync_batchnorm: bool = False) -> None:
+        self.dist = DistContext.current()
+        self.device = self.dist.place(_resolve_device(device))
         self.amp_dtype = _resolve_amp(amp, self.device)
-        self.model = model.to(self.device)
+        self.model = convert_sync_batchnorm(model, self.dist, self.device) if sync_batchnorm else model
+        self.model = self.model.to(self.device)
         self.loss_fn = loss_fn.to(self.device)
+        self.objective = (objective or SupervisedObjective()).to(self.device)
+        self.objective.prepare(self.model)  # freezes what the objective does not train
         self.run_dir = Path(run_dir)
         self.train_set = AugmentedDataset(train_set, augment, seed)
         self.val_set = val_set
@@ -400,7 +461,7 @@ class Trainer:
         self.ckpt_every = ckpt_every
         self.log_every = log_every
         self.num_workers = num_workers
-        self.progress = progress
+        self.progress = progress and self.dist.is_main
         self.num_classes = num_classes
         self.class_names = list(class_names)
         known = self.validation_metric_names()
@@ -409,7 +470,8 @@ class Trainer:
         self.best_metric = best_metric
         self.best_mode = best_mode
         self.sampler = ResumableBatchSampler(len(self.train_set), batch_size, seed)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, weight_decay), lr=schedule(0), betas=betas, eps=eps)
+        self.optimizer = build_optimizer(optimizer, param_groups(self.model, weight_decay), schedule(0), betas=betas,
+                                         eps=eps, momentum=momentum)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.step = 0
         self.best_value: float | None = None
@@ -417,6 +479,24 @@ class Trainer:
         self.best_metrics: dict[str, float | None] = {}
         self.last_val: dict[str, float | None] = {}
         self.last_ckpt_step: int | None = None
+        if batch_size % (self.dist.world_size * accum_steps):
+            raise ConfigError(f"batch_size {batch_size} must be divisible by ranks × accum_steps = "
+                              f"{self.dist.world_size} × {accum_steps}")
+        self.accum_steps = accum_steps
+        self.ema = ModelEMA(self.model, ema_decay) if ema_decay else None
+        # after objective.prepare: DDP registers only the parameters that are trained; the objective
+        # names the training path (MAFS stage I: the model's reconstruct), which DDP must wrap
+        self.train_model = wrap_model(self.objective.training_module(self.model), self.dist, self.device,
+                                      find_unused_parameters=ddp_find_unused_parameters)
+        self.tb = TensorBoardLogger(self.run_dir / "tb", enabled=tensorboard and self.dist.is_main,
+                                    image_every=image_every, palette=palette)
+        if self.dist.enabled:  # the same initial weights everywhere, but each rank its own dropout
+            torch.manual_seed(seed * self.dist.world_size + self.dist.rank)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights validation, ``ckpt/best`` and export use: the EMA when enabled."""
+        return self.ema.module if self.ema is not None else self.model
 
     # ---- construction from a configuration ---------------------------------------------------
 
@@ -428,7 +508,7 @@ class Trainer:
         model = build_model(m.variant, preset=m.preset, num_classes=m.num_classes, **m.overrides)
         if m.init_from:
             load_initial_weights(model, Path(m.init_from))
-        class_names, _ = resolve_classes(m.num_classes, cfg.data.class_names, cfg.data.palette, cfg.data.kind)
+        class_names, palette = resolve_classes(m.num_classes, cfg.data.class_names, cfg.data.palette, cfg.data.kind)
         set_text_features(model, m, class_names, run_dir / "cache")
         multiple = int(getattr(model, "input_multiple", 1))
         for name in ("crop", "crop_width"):
@@ -441,26 +521,34 @@ class Trainer:
                 )
         train_set, val_set = build_datasets(cfg)
         loss_fn = build_loss(cfg.loss)
+        objective = build_objective(cfg.loss, m.num_classes)
         # TrainConfig.validate guarantees that max_steps or epochs is set
         max_steps = cfg.max_steps or int(cfg.epochs or 0) * (len(train_set) // cfg.batch_size)  # type: ignore[arg-type]
         o = cfg.optim
-        schedule = build_schedule(o, max_steps)
+        schedule = build_schedule(o, max_steps, steps_per_epoch=max(1, len(train_set) // cfg.batch_size))
         return cls(
             model=model, loss_fn=loss_fn, train_set=train_set, val_set=val_set, run_dir=run_dir,
-            augment=JointAugment(cfg.crop, cfg.data.scale_range, cfg.data.hflip, cfg.crop_width), batch_size=cfg.batch_size,
+            augment=JointAugment(cfg.crop, cfg.data.scale_range, cfg.data.hflip, cfg.crop_width, cfg.data.rot90),
+            batch_size=cfg.batch_size,
             max_steps=max_steps, schedule=schedule, weight_decay=o.weight_decay, betas=o.betas, eps=o.eps,
             grad_clip=o.grad_clip, amp=cfg.amp, device=cfg.device, seed=cfg.seed, val_every=cfg.val_every,
             ckpt_every=cfg.ckpt_every, log_every=cfg.log_every, num_workers=cfg.num_workers,
             best_metric=cfg.best_metric, best_mode=cfg.best_mode, progress=cfg.progress,
-            num_classes=m.num_classes, class_names=class_names,
+            num_classes=m.num_classes, class_names=class_names, objective=objective, optimizer=o.name,
+            momentum=o.momentum,
+            accum_steps=cfg.accum_steps, ema_decay=cfg.ema_decay, tensorboard=cfg.tensorboard,
+            image_every=cfg.image_every, palette=palette if m.num_classes else (),
+            ddp_find_unused_parameters=cfg.ddp_find_unused_parameters, sync_batchnorm=cfg.sync_batchnorm,
         )
 
     def validation_metric_names(self) -> list[str]:
         """Names that validation can produce (valid choices for ``best_metric``)."""
+        if not self.objective.scores_outputs:  # e.g. MAFS stage I: no fused image, no segmentation
+            return [f"loss/{t}" for t in _LOSS_TERMS]
         names = [f"fusion/{n}" for n in FUSION_VAL_METRICS] + [f"loss/{t}" for t in _LOSS_TERMS]
         if self.num_classes == 0:
             return names
-        return list(_SEG_VAL_METRICS) + [f"IoU/{c}" for c in self.class_names] + names
+        return list(SEG_VAL_METRICS) + [f"IoU/{c}" for c in self.class_names] + names
 
     # ---- paths -------------------------------------------------------------------------------
 
@@ -475,16 +563,25 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        """Write ``ckpt/last.*`` (the previous pair becomes ``ckpt/prev.*``)."""
-        state = {
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": capture_rng(),
-            "best": {"value": self.best_value, "step": self.best_step, "metrics": dict(self.best_metrics)},
-            "last_val": dict(self.last_val),
-        }
-        save_checkpoint(self.ckpt_dir, self.model.state_dict(), state)
+        """Write ``ckpt/last.*`` (the previous pair becomes ``ckpt/prev.*``); rank 0 writes, with
+        every rank's RNG state, and all ranks return once it is on disk."""
+        rng = gather_objects(capture_rng(), self.dist)  # a collective: every rank takes part
+        if self.dist.is_main:
+            state = {
+                "step": self.step,
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": rng[0],
+                "best": {"value": self.best_value, "step": self.best_step, "metrics": dict(self.best_metrics)},
+                "last_val": dict(self.last_val),
+                "objective": self.objective.state_dict(self.loss_fn),
+            }
+            if self.dist.enabled:
+                state["rng_ranks"] = rng
+            if self.ema is not None:
+                state["ema"] = self.ema.state_dict()
+            save_checkpoint(self.ckpt_dir, self.model.state_dict(), state)
+        barrier(self.dist)
         self.last_ckpt_step = self.step
 
     def load_checkpoint(self, tag: str = "last") -> None:
@@ -499,7 +596,14 @@ class Trainer:
             ) from exc
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
-        restore_rng(state["rng"])
+        self.objective.load_state_dict(self.loss_fn, state.get("objective", {}))
+        if self.ema is not None:
+            if "ema" not in state:
+                raise CheckpointError(f"checkpoint {self.ckpt_dir}/{tag} holds no EMA weights, but ema_decay is set")
+            self.ema.load_state_dict(state["ema"])
+        # each rank continues its own random stream; with another world size, rank 0's is reused
+        rng_ranks = state.get("rng_ranks", [])
+        restore_rng(rng_ranks[self.dist.rank] if len(rng_ranks) == self.dist.world_size else state["rng"])
         self.step = int(state["step"])
         best = state["best"]
         self.best_value, self.best_step = best["value"], best["step"]
@@ -508,6 +612,9 @@ class Trainer:
         self.last_ckpt_step = self.step
         if self.step > self.max_steps:
             raise CheckpointError(f"checkpoint step {self.step} is beyond max_steps {self.max_steps}")
+        barrier(self.dist)  # every rank has read the checkpoint before rank 0 renames files
+        if not self.dist.is_main:
+            return
         if tag == "prev":
             # last.* is newer (or corrupt): keep it out of the rotation, which would otherwise make
             # it the next "prev"
@@ -555,7 +662,7 @@ class Trainer:
 
     def _save_best(self, metrics: Mapping[str, float | None]) -> None:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        save_model_file(self.model.state_dict(), self.ckpt_dir / "best.safetensors",
+        save_model_file(self.eval_model.state_dict(), self.ckpt_dir / "best.safetensors",
                         {"step": str(self.step), "metric": self.best_metric})
         tmp = self.ckpt_dir / "best.json.tmp"
         tmp.write_text(json.dumps({"step": self.step, "best_metric": self.best_metric,
@@ -569,32 +676,49 @@ class Trainer:
         self.train_set.set_epoch(epoch)
         # A private generator keeps the DataLoader from drawing its base seed from the global RNG
         # (which would shift dropout/drop-path randomness depending on where an epoch starts).
-        return DataLoader(self.train_set, batch_sampler=self.sampler, num_workers=self.num_workers,
+        # under torchrun each rank loads its slice of every global batch
+        sampler = (ShardedBatchSampler(self.sampler, self.dist.rank, self.dist.world_size)
+                   if self.dist.enabled else self.sampler)
+        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.num_workers,
                           pin_memory=self.device.type == "cuda", generator=torch.Generator())
 
+    def _autocast(self) -> torch.autocast:
+        """The mixed-precision context of model forward passes (disabled at full precision)."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+
     def _train_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        rgb = batch["rgb"].to(self.device, non_blocking=True)
-        thermal = batch["thermal"].to(self.device, non_blocking=True)
-        labels = batch["labels"].to(self.device, non_blocking=True)
+        """One optimiser step on this rank's share of the global batch, in ``accum_steps``
+        micro-batches whose scaled losses add up to the mean over the share (the returned terms
+        are micro-batch means)."""
         lr = self.schedule(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
-            output = self.model(rgb, thermal)
-        loss, terms = self.loss_fn(output, rgb, thermal, labels)  # in float32, outside autocast
-        if not torch.isfinite(loss):
-            shown = {k: round(float(v), 5) for k, v in terms.items()}
-            raise FloatingPointError(
-                f"loss became non-finite at step {self.step} ({shown}); lower optim.lr_peak, keep "
-                f"optim.grad_clip set, or use amp=off. Last checkpoint: step {self.last_ckpt_step}"
-            )
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        micro_batches = split_batch(batch, self.accum_steps)
+        terms: dict[str, torch.Tensor] = {}
+        for i, micro in enumerate(micro_batches):
+            rgb = micro["rgb"].to(self.device, non_blocking=True)
+            thermal = micro["thermal"].to(self.device, non_blocking=True)
+            labels = micro["labels"].to(self.device, non_blocking=True)
+            with grad_sync(self.train_model, last_micro_batch=i == len(micro_batches) - 1):
+                loss, micro_terms = self.objective.train_step(self.train_model, self.loss_fn, rgb, thermal, labels,
+                                                              self._autocast)
+                if not torch.isfinite(loss):
+                    shown = {k: round(float(v), 5) for k, v in micro_terms.items()}
+                    raise FloatingPointError(
+                        f"loss became non-finite at step {self.step} ({shown}); lower optim.lr_peak, keep "
+                        f"optim.grad_clip set, or use amp=off. Last checkpoint: step {self.last_ckpt_step}"
+                    )
+                self.scaler.scale(loss / len(micro_batches)).backward()
+            for k, v in micro_terms.items():
+                terms[k] = terms[k] + v / len(micro_batches) if k in terms else v / len(micro_batches)
         if self.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip).detach()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema is not None:
+            self.ema.update(self.model)
         return terms
 
     def fit(self, stop_at_step: int | None = None) -> dict[str, Any]:
@@ -615,24 +739,31 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}  # summed on the device: no host sync per step
         count, t_log = 0, time.perf_counter()
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True, unit="step")
+        self.tb.open(self.step)
         try:
             while self.step < end:
                 epoch = self.step // bpe
                 for batch in self._loader(epoch, self.step % bpe):
                     terms = self._train_step(batch)
                     self.step += 1
+                    if self.step % bpe == 0:
+                        self.objective.end_epoch(self.loss_fn)
                     bar.update(1)
                     for k, v in terms.items():
                         sums[k] = sums[k] + v if k in sums else v.clone()
                     count += 1
+                    if self.objective.scores_outputs and self.tb.wants_images(self.step):  # a fused image to show
+                        self.tb.images(self.step, self.eval_model, batch, device=self.device, amp_dtype=self.amp_dtype)
                     if self.step % self.log_every == 0 or self.step == end:
                         now = time.perf_counter()
-                        means = {k: float(v) / count for k, v in sums.items()}
-                        _append_jsonl(self.log_path, {
-                            "kind": "train", "step": self.step, "epoch": epoch, "time": time.time(),
-                            "lr": self.schedule(self.step - 1),
-                            "imgs_per_s": count * self.batch_size / max(now - t_log, 1e-9), **means,
-                        })
+                        # means over equal-sized shares: their mean over the ranks is the global batch's
+                        means = mean_across_ranks({k: float(v) / count for k, v in sums.items()}, self.dist)
+                        rates = {"lr": self.schedule(self.step - 1),
+                                 "imgs_per_s": count * self.batch_size / max(now - t_log, 1e-9)}
+                        if self.dist.is_main:
+                            _append_jsonl(self.log_path, {"kind": "train", "step": self.step, "epoch": epoch,
+                                                          "time": time.time(), **rates, **means})
+                        self.tb.scalars("train", {**rates, **means}, self.step)
                         bar.set_postfix(loss=f"{means['total']:.4f}")
                         sums, count, t_log = {}, 0, now
                     finished = self.step >= end
@@ -644,6 +775,7 @@ class Trainer:
                         break
         finally:
             bar.close()
+            self.tb.close()
         return {"step": self.step, "best_metric": self.best_metric, "best_value": self.best_value,
                 "best_step": self.best_step, "last_val": dict(self.last_val)}
 
@@ -653,77 +785,47 @@ class Trainer:
         """Validate, log, and update ``ckpt/best`` when ``best_metric`` improved."""
         metrics = self.validate()
         self.last_val = metrics
-        _append_jsonl(self.log_path, {"kind": "val", "step": self.step, **metrics})
+        if self.dist.is_main:
+            _append_jsonl(self.log_path, {"kind": "val", "step": self.step, **metrics})
+        self.tb.scalars("val", metrics, self.step)
         value = metrics.get(self.best_metric)
         if value is not None:
             better = self.best_value is None or (
                 value > self.best_value if self.best_mode == "max" else value < self.best_value
             )
-            if better:
+            if better:  # the reduced metrics are equal on all ranks, and so is this decision
                 self.best_value, self.best_step, self.best_metrics = value, self.step, dict(metrics)
-                self._save_best(metrics)
+                if self.dist.is_main:
+                    self._save_best(metrics)
         if self.progress:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()
                               if k in (self.best_metric, "loss/total") and v is not None)
             tqdm.write(f"step {self.step}: {shown}")
         return metrics
 
-    @torch.no_grad()
     def validate(self) -> dict[str, float | None]:
-        """Metrics on the validation set at full size (batch 1, padded to the model's multiple).
+        """Metrics of :attr:`eval_model` on the validation set at full size (batch 1, padded to the
+        model's multiple) through the objective's ``validation_step``; under torchrun every rank
+        validates a shard and the sums are reduced.
 
         Returns:
             ``mIoU`` & co. over labelled images (one confusion matrix over the set), the means of
-            ``fusion/<metric>`` over all images, and ``loss/<term>`` means.
+            ``fusion/<metric>`` over all images, and ``loss/<term>`` means
+            (:func:`~ivf_training.validation.validate_model`).
         """
         if self.val_set is None:
             return {}
-        was_training = self.model.training
-        self.model.eval()
-        self.loss_fn.eval()
-        multiple = int(getattr(self.model, "input_multiple", 1))
-        conf = ConfusionAccumulator(self.num_classes, IGNORE_INDEX, self.class_names) if self.num_classes > 0 else None
-        fusion = FusionMetricAccumulator()
-        loss_sums: dict[str, float] = {}
-        loss_counts: dict[str, int] = {}
-        loader = DataLoader(self.val_set, batch_size=1, num_workers=self.num_workers)
-        try:
-            for batch in loader:
-                rgb = batch["rgb"].to(self.device)
-                thermal = batch["thermal"].to(self.device)
-                labels = batch["labels"].to(self.device)
-                h, w = rgb.shape[-2:]
-                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                                    enabled=self.amp_dtype is not None):
-                    out = self.model(_pad_to_multiple(rgb, multiple), _pad_to_multiple(thermal, multiple))
-                out.fused = out.fused[..., :h, :w].float()
-                if out.logits is not None:
-                    out.logits = out.logits[..., :h, :w].float()
-                labelled = bool((labels != IGNORE_INDEX).any())
-                # unlabelled images would add seg_ce = 0 and dilute its mean: leave them out
-                _, terms = self.loss_fn(out, rgb, thermal, labels if labelled else None)
-                for k, v in terms.items():
-                    loss_sums[k] = loss_sums.get(k, 0.0) + float(v)
-                    loss_counts[k] = loss_counts.get(k, 0) + 1
-                if conf is not None and out.logits is not None and labelled:
-                    conf.update(out.logits.argmax(1).cpu(), labels.cpu())
-                fused_np = out.fused[0].clamp(0, 1).permute(1, 2, 0).cpu().numpy()
-                f = to_gray_u8(fused_np)
-                a = to_gray_u8(thermal[0, 0].cpu().numpy())
-                b = to_gray_u8(rgb[0].permute(1, 2, 0).cpu().numpy())
-                fusion.update({name: _FUSION_FNS[name](f, a, b) for name in FUSION_VAL_METRICS})
-        finally:
-            self.model.train(was_training)
-            self.loss_fn.train(was_training)
-        metrics: dict[str, float | None] = {}
-        if conf is not None and conf.num_updates:
-            scores = segmentation_scores(conf.compute(), self.class_names)
-            metrics.update({k: _finite_or_none(scores[k]) for k in _SEG_VAL_METRICS})
-            metrics.update({f"IoU/{name}": _finite_or_none(v) for name, v in scores["per_class_iou"].items()})
-        if fusion.count:
-            metrics.update({f"fusion/{k}": v for k, v in fusion.compute().items()})
-        metrics.update({f"loss/{k}": v / loss_counts[k] for k, v in loss_sums.items()})
-        return metrics
+        model = self.eval_model
+        multiple = int(getattr(model, "input_multiple", 1))
+
+        def step(rgb: torch.Tensor, thermal: torch.Tensor, labels: torch.Tensor | None,
+                 index: int) -> tuple[FusionSegOutput | None, Mapping[str, torch.Tensor]]:
+            return self.objective.validation_step(model, self.loss_fn, rgb, thermal, labels, self._autocast,
+                                                  multiple, index)
+
+        return validate_model(step, self.val_set, modules=(model, self.loss_fn), device=self.device,
+                              num_classes=self.num_classes, class_names=self.class_names,
+                              num_workers=self.num_workers, dist=self.dist)
 
 
 # --------------------------------------------------------------------------------------------
@@ -776,7 +878,8 @@ def start_run(cfg: TrainConfig, config_stem: str = "run") -> Trainer:
     Raises:
         ConfigError: the run directory already holds a run (resume it or choose another name).
     """
-    cfg.name = _run_name(cfg, config_stem)
+    ctx = DistContext.current()
+    cfg.name = broadcast_object(_run_name(cfg, config_stem), ctx)  # one timestamped name for all ranks
     run_dir = Path(cfg.out_dir) / cfg.name
     if (run_dir / "config.yaml").exists():
         raise ConfigError(
@@ -784,10 +887,13 @@ def start_run(cfg: TrainConfig, config_stem: str = "run") -> Trainer:
             "or choose another name=..."
         )
     trainer = Trainer.from_config(cfg, run_dir)  # builds everything first: fail before writing
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(cfg, run_dir / "config.yaml")
-    data = {"train": describe_dataset(trainer.train_set), "val": describe_dataset(trainer.val_set) if trainer.val_set else None}
-    (run_dir / "data.json").write_text(json.dumps(data, indent=2) + "\n")
+    barrier(ctx)  # every rank has checked the directory before rank 0 writes into it
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir / "config.yaml")
+        data = {"train": describe_dataset(trainer.train_set),
+                "val": describe_dataset(trainer.val_set) if trainer.val_set else None}
+        (run_dir / "data.json").write_text(json.dumps(data, indent=2) + "\n")
     return trainer
 
 
@@ -812,18 +918,36 @@ def resume_run(run_dir: str | Path, checkpoint: str = "last") -> Trainer:
     return trainer
 
 
-def export_engine_weights(source: str | Path, out_path: str | Path, *, checkpoint: str | None = None) -> Path:
-    """Write engine weights (``.safetensors`` + sidecar) from a run directory or checkpoint file.
+@dataclass
+class RunWeights:
+    """A trained model taken out of a run directory, with what its engine-weights sidecar records.
+
+    Attributes:
+        model: built from the run's configuration with the checkpoint's weights, on the CPU.
+        info: variant, preset, classes, palette, input size, recipe, data and metrics.
+        model_file: the checkpoint file the weights came from.
+    """
+
+    model: nn.Module
+    info: WeightsInfo
+    model_file: Path
+
+
+def load_run_weights(source: str | Path, *, checkpoint: str | None = None) -> RunWeights:
+    """The model of a run directory or checkpoint file, ready to export or evaluate.
 
     Args:
         source: a run directory, or a model file inside its ``ckpt/`` folder.
-        out_path: destination ``.safetensors``.
         checkpoint: ``best``, ``last`` or ``prev`` when ``source`` is a run directory; default
             ``best`` if it exists, else ``last``.
 
-    The sidecar records the variant, preset, classes and palette, ``input_size`` (the training
-    crop), ``recipe`` (the resolved configuration), ``data`` (data.json) and ``metrics`` (the
-    validation metrics of the exported checkpoint's best, or the last validation).
+    With ``ema_decay`` set, ``best`` already holds the averaged weights and ``last``/``prev``
+    carry them in their state file: the averaged weights are what this returns. ``info.metrics``
+    holds the validation metrics of the checkpoint's best, or its last validation.
+
+    Raises:
+        ConfigError: ``source`` is not a run directory.
+        CheckpointError: the model file is missing, corrupt, or does not fit the configured model.
     """
     source = Path(source)
     if source.is_file():
@@ -837,6 +961,8 @@ def export_engine_weights(source: str | Path, out_path: str | Path, *, checkpoin
         raise CheckpointError(f"no model file {model_file}; train first or choose --checkpoint last")
     if model_file.name.startswith(("last", "prev")):
         model_state, state = load_checkpoint(model_file.parent, model_file.name.split(".")[0])
+        if "ema" in state:
+            model_state = state["ema"]["weights"]
         metrics = {"step": state["step"], **state["last_val"]}
     else:
         try:
@@ -861,4 +987,21 @@ def export_engine_weights(source: str | Path, out_path: str | Path, *, checkpoin
         data=json.loads(data_json.read_text()) if data_json.is_file() else {},
         metrics={"checkpoint": model_file.name, "best_metric": cfg.best_metric, **metrics},
     )
-    return save_weights(model.state_dict(), out_path, info)
+    return RunWeights(model.eval(), info, model_file)
+
+
+def export_engine_weights(source: str | Path, out_path: str | Path, *, checkpoint: str | None = None) -> Path:
+    """Write engine weights (``.safetensors`` + sidecar) from a run directory or checkpoint file.
+
+    Args:
+        source: a run directory, or a model file inside its ``ckpt/`` folder.
+        out_path: destination ``.safetensors``.
+        checkpoint: ``best``, ``last`` or ``prev`` when ``source`` is a run directory; default
+            ``best`` if it exists, else ``last``.
+
+    The sidecar records the variant, preset, classes and palette, ``input_size`` (the training
+    crop), ``recipe`` (the resolved configuration), ``data`` (data.json) and ``metrics`` (see
+    :func:`load_run_weights`, which also says which weights an EMA run exports).
+    """
+    run = load_run_weights(source, checkpoint=checkpoint)
+    return save_weights(run.model.state_dict(), out_path, run.info)

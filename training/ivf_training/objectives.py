@@ -1,0 +1,376 @@
+"""Training objectives: what one batch means to the trainer (forward passes + loss).
+
+Why a separate object: the trainer owns everything recipes share (optimiser, schedule, AMP,
+logging, validation metrics, checkpoints), while recipes differ in how a batch becomes a loss.
+S4Fusion and CMFS run one forward pass and compare its output with the inputs and labels;
+MAFS stage I hides patches of both images and trains a reconstruction path instead; MAFS stage
+II adds a frozen teacher that segments the fused image. Each of these is one small class here,
+selected by ``loss.kind`` (:func:`build_objective`), instead of special cases in the trainer.
+
+An objective receives the model and the loss module on every call rather than keeping them:
+the trainer stays their owner (device, train/eval mode, replacement in tests), and the
+objective holds only what is its own (mask settings, the teacher).
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ivf_perception.engine import Engine
+from ivf_perception.models.base import FusionSegOutput
+
+from ivf_training.config import ConfigError, LossConfig
+from ivf_training.mafs_losses import random_patch_mask
+
+__all__ = [
+    "Objective",
+    "SupervisedObjective",
+    "MaskedReconstructionObjective",
+    "ReconstructionPath",
+    "DistilledFusionSegObjective",
+    "pad_to_multiple",
+    "load_teacher",
+    "build_objective",
+]
+
+_log = logging.getLogger(__name__)
+
+Autocast = Callable[[], AbstractContextManager[Any]]
+"""A factory of the trainer's autocast context (mixed precision is the trainer's decision)."""
+
+Terms = dict[str, torch.Tensor]
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Replicate-pad the bottom/right of ``x`` so H and W are multiples of ``multiple``.
+
+    Shape:
+        x: (B, C, H, W) → (B, C, ⌈H/m⌉·m, ⌈W/m⌉·m)
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+
+def _crop_output(out: FusionSegOutput, h: int, w: int) -> FusionSegOutput:
+    """Undo validation padding: crop ``fused``/``logits`` to ``h``×``w``, in float32 for the metrics."""
+    out.fused = out.fused[..., :h, :w].float()
+    if out.logits is not None:
+        out.logits = out.logits[..., :h, :w].float()
+    return out
+
+
+def _detached(terms: Mapping[str, torch.Tensor]) -> Terms:
+    return {k: v.detach() for k, v in terms.items()}
+
+
+class Objective(abc.ABC):
+    """Forward pass(es) and loss of one batch, for training and for validation.
+
+    Attributes:
+        scores_outputs: validation computes mIoU and the fusion metrics from the returned
+            output; False where the objective has no fused image or segmentation (MAFS stage I),
+            so only ``loss/<term>`` is reported.
+    """
+
+    scores_outputs: bool = True
+
+    def prepare(self, model: nn.Module) -> None:
+        """Check that ``model`` suits the objective and freeze what it does not train; called
+        once, before the optimiser collects the trainable parameters."""
+
+    def to(self, device: torch.device) -> "Objective":
+        """Move the objective's own modules (a teacher) to ``device``."""
+        return self
+
+    def training_module(self, model: nn.Module) -> nn.Module:
+        """The module whose ``forward`` is the training path; the trainer wraps it for data
+        parallelism (DDP synchronises gradients only of passes through the wrapper's forward)."""
+        return model
+
+    @abc.abstractmethod
+    def train_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
+                   labels: torch.Tensor, autocast: Autocast) -> tuple[torch.Tensor, Terms]:
+        """The loss to back-propagate and its detached named terms (``total`` included).
+
+        Args:
+            model: :meth:`training_module` of the model, possibly wrapped (DDP).
+
+        Shape:
+            rgb (B, 3, H, W), thermal (B, 1, H, W), labels (B, H, W) int64 (255 = ignore)
+        """
+
+    @abc.abstractmethod
+    def validation_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
+                        labels: torch.Tensor | None, autocast: Autocast, multiple: int,
+                        index: int) -> tuple[FusionSegOutput | None, Terms]:
+        """One full-size validation image: the output cropped to the input size (None when
+        ``scores_outputs`` is False) and the loss terms.
+
+        Args:
+            model: the bare model (not :meth:`training_module`).
+            labels: None for an unlabelled image (its segmentation terms would dilute the means).
+            multiple: the model's ``input_multiple``; inputs are padded to it.
+            index: position of the image in the validation set, for reproducible randomness.
+        """
+
+    def end_epoch(self, loss_fn: nn.Module) -> None:
+        """Called after the last step of each epoch."""
+
+    def state_dict(self, loss_fn: nn.Module) -> dict[str, Any]:
+        """Training state of the loss that a resumed run needs (tensors and plain data only)."""
+        return {}
+
+    def load_state_dict(self, loss_fn: nn.Module, state: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`."""
+
+
+class SupervisedObjective(Objective):
+    """One forward pass, ``loss_fn(output, rgb, thermal, labels) -> (total, terms)``.
+
+    The objective of ``loss.kind`` ``s4fusion`` and ``cmfs``: the model fuses and segments the
+    batch, the loss compares the output with the inputs and the labels. The loss runs in float32
+    outside autocast.
+    """
+
+    def train_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
+                   labels: torch.Tensor, autocast: Autocast) -> tuple[torch.Tensor, Terms]:
+        with autocast():
+            output = model(rgb, thermal)
+        return loss_fn(output, rgb, thermal, labels)
+
+    def validation_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
+                        labels: torch.Tensor | None, autocast: Autocast, multiple: int,
+                        index: int) -> tuple[FusionSegOutput | None, Terms]:
+        h, w = rgb.shape[-2:]
+        with autocast():
+            out = model(pad_to_multiple(rgb, multiple), pad_to_multiple(thermal, multiple))
+        out = _crop_output(out, h, w)
+        _, terms = loss_fn(out, rgb, thermal, labels)
+        return out, terms
+
+
+def _train_only_stage(model: nn.Module, stage: str, kind: str) -> None:
+    """Freeze every top-level module of ``model`` that ``STAGE_MODULES[stage]`` does not list.
+
+    Freezing (rather than merely not using) keeps those parameters out of the optimiser, so a
+    stage provably changes only its own modules, and data-parallel training sees no parameter
+    that requires a gradient but never gets one.
+    """
+    stages = getattr(model, "STAGE_MODULES", None)
+    if not isinstance(stages, Mapping) or stage not in stages:
+        raise ConfigError(
+            f"loss.kind '{kind}' trains the '{stage}' stage of a staged model (mafs, test_mafs), but "
+            f"{getattr(model, 'variant', type(model).__name__)} declares no STAGE_MODULES['{stage}']; "
+            "use loss.kind s4fusion or cmfs for single-stage models"
+        )
+    trained = set(stages[stage])
+    frozen = [name for name, _ in model.named_children() if name not in trained]
+    for name in frozen:
+        getattr(model, name).requires_grad_(False)
+    _log.info("%s: training %s; frozen: %s", kind, ", ".join(stages[stage]), ", ".join(frozen) or "nothing")
+
+
+class ReconstructionPath(nn.Module):
+    """A staged model's ``reconstruct(rgb, thermal)`` as this module's ``forward``.
+
+    A data-parallel wrapper hooks only ``forward``: calling ``reconstruct`` on the wrapped model
+    directly would skip its gradient synchronisation and let the ranks drift apart silently.
+    Holding the model as a child shares its parameters, so no weights are copied.
+
+    Shape:
+        rgb (B, 3, H, W), thermal (B, 1, H, W) → (rgb (B, 3, H, W), thermal (B, 1, H, W))
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, rgb: torch.Tensor, thermal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.reconstruct(rgb, thermal)
+
+
+class MaskedReconstructionObjective(Objective):
+    """MAFS stage I: hide patches of both images, reconstruct them, loss on the hidden pixels.
+
+    Each step draws, per sample and per modality, a mask of whole ``patch``×``patch`` squares at
+    a ratio drawn from ``ratio_range`` (:func:`~ivf_training.mafs_losses.random_patch_mask`);
+    the hidden pixels are set to 0 (the masked-autoencoder input), ``model.reconstruct`` predicts
+    both complete images and ``loss_fn`` (:class:`~ivf_training.mafs_losses.MAFSStage1Loss`)
+    scores the hidden pixels only. Only ``STAGE_MODULES["reconstruction"]`` is trained, through
+    :class:`ReconstructionPath` (the module the trainer wraps for data parallelism).
+
+    Training masks come from the global torch RNG (saved in checkpoints, so a resumed run draws
+    the same masks); validation masks from a generator seeded with the image's index, so every
+    validation scores the same masked inputs and its loss is comparable across steps.
+
+    Args:
+        patch: side of a hidden square (MAFS: 32).
+        ratio_range: range of the hidden fraction of patches.
+        val_seed: base seed of the validation masks.
+    """
+
+    scores_outputs = False
+    STAGE = "reconstruction"
+
+    def __init__(self, patch: int = 32, ratio_range: tuple[float, float] = (0.25, 0.75), val_seed: int = 0) -> None:
+        self.patch = patch
+        self.ratio_range = ratio_range
+        self.val_seed = val_seed
+
+    def prepare(self, model: nn.Module) -> None:
+        _train_only_stage(model, self.STAGE, "mafs_stage1")
+        if not callable(getattr(model, "reconstruct", None)):
+            raise ConfigError(f"loss.kind 'mafs_stage1' needs a model with reconstruct(rgb, thermal); "
+                              f"{type(model).__name__} has none")
+
+    def training_module(self, model: nn.Module) -> nn.Module:
+        return ReconstructionPath(model)
+
+    def _masks(self, rgb: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        b, _, h, w = rgb.shape
+        masks = [random_patch_mask(b, h, w, self.patch, self.ratio_range, generator=generator).to(rgb.device)
+                 for _ in range(2)]
+        return masks[0], masks[1]
+
+    def _loss(self, reconstruct: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+              loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor, autocast: Autocast,
+              generator: torch.Generator | None, multiple: int) -> Mapping[str, torch.Tensor]:
+        mask_rgb, mask_thermal = self._masks(rgb, generator)
+        h, w = rgb.shape[-2:]
+        masked_rgb = pad_to_multiple(rgb.masked_fill(mask_rgb, 0.0), multiple)
+        masked_thermal = pad_to_multiple(thermal.masked_fill(mask_thermal, 0.0), multiple)
+        with autocast():
+            rec_rgb, rec_thermal = reconstruct(masked_rgb, masked_thermal)
+        rec_rgb, rec_thermal = rec_rgb[..., :h, :w], rec_thermal[..., :h, :w]
+        # stage I has no fused image: ``fused`` carries the visible reconstruction only to fill the
+        # container the loss reads its ``aux`` keys from
+        output = FusionSegOutput(fused=rec_rgb, logits=None, aux={"recon_rgb": rec_rgb, "recon_thermal": rec_thermal})
+        return loss_fn(output, rgb, thermal, mask_rgb, mask_thermal)
+
+    def train_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
+                   labels: torch.Tensor, autocast: Autocast) -> tuple[torch.Tensor, Terms]:
+        terms = self._loss(model, loss_fn, rgb, thermal, autocast, None, 1)  # model: a ReconstructionPath
+        return terms["total"], _detached(terms)
+
+    def validation_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
+                        labels: torch.Tensor | None, autocast: Autocast, multiple: int,
+                        index: int) -> tuple[FusionSegOutput | None, Terms]:
+        generator = torch.Generator().manual_seed(self.val_seed + index)
+        return None, _detached(self._loss(model.reconstruct, loss_fn, rgb, thermal, autocast, generator, multiple))
+
+
+def load_teacher(path: str | Path, num_classes: int) -> nn.Module:
+    """A frozen segmentation model built by the registry from engine weights (variant, preset
+    and constructor arguments from the sidecar), in eval mode on the CPU.
+
+    Raises:
+        ConfigError: the file is missing or unusable, the model does not segment, or its class
+            count differs from the student's (distillation compares class distributions).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"loss.teacher_weights: {path} does not exist; give engine weights (.safetensors with its .json "
+            "sidecar) of a trained segmentation model, e.g. from `ivf-train export RUN_DIR --out FILE.safetensors`"
+        )
+    try:
+        teacher = Engine("auto", weights=path, device="cpu").model
+    except ValueError as exc:  # WeightsError, EngineError, trunk-weight and registry errors
+        raise ConfigError(f"loss.teacher_weights: {path} cannot be used as a teacher: {exc}") from exc
+    teacher_classes = int(getattr(teacher, "num_classes", 0))
+    if teacher_classes != num_classes:
+        raise ConfigError(
+            f"loss.teacher_weights: {path} segments {teacher_classes} classes but model.num_classes is "
+            f"{num_classes}; distillation needs a teacher trained on the same class table"
+        )
+    teacher.eval().requires_grad_(False)
+    return teacher
+
+
+class DistilledFusionSegObjective(Objective):
+    """MAFS stage II: fusion + segmentation, optionally distilled from a frozen teacher.
+
+    The model fuses and segments the batch; the teacher, when given, segments the *fused* image
+    (detached: distillation must not push the fusion towards what pleases the teacher) together
+    with the thermal image, since every registry model takes a visible/thermal pair.
+    ``loss_fn`` is :class:`~ivf_training.mafs_losses.MAFSStage2Loss`; without a teacher its KD
+    term is absent from the logs. Only ``STAGE_MODULES["fusion_seg"]`` is trained (the stage I
+    reconstruction decoder stays frozen). The loss's DWA history is part of the checkpoint, and
+    with ``dwa_period: epoch`` a DWA period closes at each epoch's end.
+
+    Args:
+        teacher: a frozen segmentation model (:func:`load_teacher`) or None.
+    """
+
+    STAGE = "fusion_seg"
+
+    def __init__(self, teacher: nn.Module | None = None) -> None:
+        self.teacher = teacher
+
+    def prepare(self, model: nn.Module) -> None:
+        _train_only_stage(model, self.STAGE, "mafs_stage2")
+        if int(getattr(model, "num_classes", 0)) == 0:
+            raise ConfigError("loss.kind 'mafs_stage2' trains segmentation; set model.num_classes > 0")
+
+    def to(self, device: torch.device) -> "DistilledFusionSegObjective":
+        if self.teacher is not None:
+            self.teacher.to(device)
+        return self
+
+    def _teacher_logits(self, fused: torch.Tensor, thermal: torch.Tensor) -> torch.Tensor | None:
+        if self.teacher is None:
+            return None
+        h, w = fused.shape[-2:]
+        multiple = int(getattr(self.teacher, "input_multiple", 1))
+        with torch.no_grad():
+            out = self.teacher(pad_to_multiple(fused.detach(), multiple), pad_to_multiple(thermal, multiple))
+        return out.logits[..., :h, :w].float()
+
+    def train_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
+                   labels: torch.Tensor, autocast: Autocast) -> tuple[torch.Tensor, Terms]:
+        with autocast():
+            output = model(rgb, thermal)
+            teacher_logits = self._teacher_logits(output.fused, thermal)
+        terms = loss_fn(output, rgb, thermal, labels, teacher_logits)
+        return terms["total"], _detached(terms)
+
+    def validation_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
+                        labels: torch.Tensor | None, autocast: Autocast, multiple: int,
+                        index: int) -> tuple[FusionSegOutput | None, Terms]:
+        h, w = rgb.shape[-2:]
+        with autocast():
+            out = model(pad_to_multiple(rgb, multiple), pad_to_multiple(thermal, multiple))
+        out = _crop_output(out, h, w)
+        with autocast():
+            teacher_logits = self._teacher_logits(out.fused, thermal)
+        return out, _detached(loss_fn(out, rgb, thermal, labels, teacher_logits))
+
+    def end_epoch(self, loss_fn: nn.Module) -> None:
+        loss_fn.end_epoch()
+
+    def state_dict(self, loss_fn: nn.Module) -> dict[str, Any]:
+        return {"dwa": dict(loss_fn.dwa.state_dict())}
+
+    def load_state_dict(self, loss_fn: nn.Module, state: Mapping[str, Any]) -> None:
+        if "dwa" in state:
+            loss_fn.dwa.load_state_dict(state["dwa"])
+
+
+def build_objective(lc: LossConfig, num_classes: int) -> Objective:
+    """The objective of ``loss.kind``; a configured teacher is loaded here (failing before any
+    run directory is written)."""
+    if lc.kind == "mafs_stage1":
+        return MaskedReconstructionObjective(lc.mask_patch, lc.mask_ratio)
+    if lc.kind == "mafs_stage2":
+        teacher = load_teacher(lc.teacher_weights, num_classes) if lc.teacher_weights else None
+        return DistilledFusionSegObjective(teacher)
+    return SupervisedObjective()
