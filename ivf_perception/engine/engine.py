@@ -23,6 +23,7 @@ from ivf_perception.engine.weights import WeightsError, WeightsInfo, load_weight
 from ivf_perception.io.classes import MFNET_CLASSES, MFNET_PALETTE, palette_to_array
 from ivf_perception.io.thermal import AGCConfig
 from ivf_perception.models import FusionSegModel, build_model
+from ivf_perception.models.registry import without_pretrained_files
 
 __all__ = ["Engine", "EngineResult", "EngineError", "PRECISIONS", "DEFAULT_WEIGHTS", "resolve_device"]
 
@@ -155,7 +156,8 @@ class Engine:
         if preset is not None and preset != info.preset:
             raise WeightsError(f"{path} holds preset '{info.preset}' weights but preset '{preset}' was requested")
         net = model if isinstance(model, nn.Module) else build_model(
-            info.variant, preset=info.preset, num_classes=info.num_classes, **{**info.model_args, **overrides})
+            info.variant, preset=info.preset, num_classes=info.num_classes,
+            **{**without_pretrained_files(info.model_args), **overrides})
         try:
             net.load_state_dict(state, strict=True)
         except RuntimeError as exc:

@@ -24,11 +24,18 @@ __all__ = [
     "model_entrypoint",
     "UnknownModelError",
     "PRESETS",
+    "PRETRAINED_FILE_ARGS",
+    "without_pretrained_files",
 ]
 
 PRESETS = ("paper", "small", "tiny")
 """Size presets every family understands: ``paper`` is the published configuration,
 ``small`` a CPU/embedded configuration, ``tiny`` the fastest usable one."""
+
+PRETRAINED_FILE_ARGS = frozenset({"encoder_weights", "trunk_weights", "thermal_trunk_weights"})
+"""Builder arguments naming ImageNet files that initialise a model before training (CMFS's
+VMamba-T, MAFS's ResNet trunks). Trained weights already contain those tensors, so rebuilding a
+trained model must not need the files: exports and the engine drop these arguments."""
 
 _MODEL_ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 _DEPRECATED: dict[str, str] = {}
@@ -39,6 +46,11 @@ class UnknownModelError(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable
         return str(self.args[0])
+
+
+def without_pretrained_files(args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` without :data:`PRETRAINED_FILE_ARGS` (for rebuilding a trained model)."""
+    return {k: v for k, v in args.items() if k not in PRETRAINED_FILE_ARGS}
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:

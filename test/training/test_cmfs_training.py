@@ -132,3 +132,24 @@ def test_cmfs_trains_exports_and_runs_in_the_engine(make_config: MakeConfig, tmp
 def test_cmfs_recipes_load(recipe: str) -> None:
     cfg = load_config(RECIPES / recipe)
     assert cfg.model.variant == "cmfs" and cfg.loss.kind == "cmfs" and cfg.optim.schedule == "poly"
+
+
+def test_exported_weights_do_not_need_the_imagenet_file(make_config: MakeConfig, tmp_path: Path) -> None:
+    """A run initialised from a VMamba-T checkpoint exports weights that load without that file."""
+    pytest.importorskip("open_clip")
+    from safetensors.torch import save_file
+
+    from ivf_perception.models import build_model
+
+    imagenet = tmp_path / "vssm_tiny.safetensors"
+    branch = build_model("test_cmfs").encoder_rgb.state_dict()
+    save_file({k: v.contiguous() for k, v in branch.items()}, str(imagenet))
+    cfg = make_config("model.variant=test_cmfs", "model.preset=test", "model.clip_weights=random",
+                      f"model.overrides={{encoder_weights: {imagenet}}}", "loss.kind=cmfs", "max_steps=1",
+                      "ckpt_every=1", "crop=64")
+    trainer = start_run(cfg, "cmfs_init")
+    trainer.fit()
+    imagenet.unlink()
+    out = export_engine_weights(trainer.run_dir, tmp_path / "cmfs.safetensors")
+    engine = Engine("auto", weights=out, device="cpu")
+    assert "encoder_weights" not in engine.info.model_args

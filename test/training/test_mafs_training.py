@@ -412,7 +412,7 @@ def test_mafs_recipes_load(recipe: str) -> None:
     assert cfg.model.preset == "paper" and cfg.data.kind == dataset
     assert (o.name, o.lr_peak, o.momentum, o.schedule) == ("sgd", 1e-3, 0.9, "exp")
     assert (cfg.crop, cfg.batch_size, cfg.epochs) == (256, 4, 100 if stage1 else 400)
-    assert cfg.model.num_classes == {"mfnet": 9, "pst900": 5, "fmb": 15}[dataset]
+    assert cfg.model.num_classes == {"mfnet": 9, "msrs": 9, "pst900": 5, "fmb": 15}[dataset]
     assert ("trunk_weights" in cfg.model.overrides) == stage1  # stage II inherits the trunks from stage I
 
 

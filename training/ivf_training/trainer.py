@@ -44,6 +44,7 @@ from tqdm import tqdm
 from ivf_perception.engine.weights import WEIGHTS_FORMAT, WeightsInfo, load_weights, save_weights, sidecar_path
 from ivf_perception.io.classes import CLASS_TABLES, MFNET_CLASSES
 from ivf_perception.models import FusionSegOutput, build_model
+from ivf_perception.models.registry import without_pretrained_files
 from ivf_perception.models.cmfs.text_features import TextFeaturesError, text_features_for
 
 from ivf_training.augment import JointAugment
@@ -973,7 +974,8 @@ def load_run_weights(source: str | Path, *, checkpoint: str | None = None) -> Ru
         best = json.loads(best_json.read_text()) if best_json.is_file() else {}
         metrics = {"step": best.get("step"), **best.get("metrics", {})}
     m = cfg.model
-    model = build_model(m.variant, preset=m.preset, num_classes=m.num_classes, **m.overrides)
+    model_args = without_pretrained_files(m.overrides)  # the trained tensors replace ImageNet files
+    model = build_model(m.variant, preset=m.preset, num_classes=m.num_classes, **model_args)
     try:
         model.load_state_dict(model_state)  # refuse to export tensors the engine could not load
     except RuntimeError as exc:
@@ -981,7 +983,7 @@ def load_run_weights(source: str | Path, *, checkpoint: str | None = None) -> Ru
     classes, palette = resolve_classes(m.num_classes, cfg.data.class_names, cfg.data.palette, cfg.data.kind)
     data_json = run_dir / "data.json"
     info = WeightsInfo(
-        variant=m.variant, preset=m.preset, num_classes=m.num_classes, model_args=dict(m.overrides),
+        variant=m.variant, preset=m.preset, num_classes=m.num_classes, model_args=model_args,
         classes=classes if m.num_classes else [], palette=palette if m.num_classes else [],
         input_size=[cfg.crop, cfg.crop_width or cfg.crop], recipe=config_to_dict(cfg),
         data=json.loads(data_json.read_text()) if data_json.is_file() else {},
