@@ -60,8 +60,13 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
 
-def _crop_output(out: FusionSegOutput, h: int, w: int) -> FusionSegOutput:
-    """Undo validation padding: crop ``fused``/``logits`` to ``h``×``w``, in float32 for the metrics."""
+def _full_size_forward(model: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor, autocast: Autocast,
+                       multiple: int) -> FusionSegOutput:
+    """Validation forward on a whole image: pad to the model's multiple, run, crop ``fused`` and
+    ``logits`` back to the input size, in float32 for the metrics."""
+    h, w = rgb.shape[-2:]
+    with autocast():
+        out = model(pad_to_multiple(rgb, multiple), pad_to_multiple(thermal, multiple))
     out.fused = out.fused[..., :h, :w].float()
     if out.logits is not None:
         out.logits = out.logits[..., :h, :w].float()
@@ -150,10 +155,7 @@ class SupervisedObjective(Objective):
     def validation_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
                         labels: torch.Tensor | None, autocast: Autocast, multiple: int,
                         index: int) -> tuple[FusionSegOutput | None, Terms]:
-        h, w = rgb.shape[-2:]
-        with autocast():
-            out = model(pad_to_multiple(rgb, multiple), pad_to_multiple(thermal, multiple))
-        out = _crop_output(out, h, w)
+        out = _full_size_forward(model, rgb, thermal, autocast, multiple)
         _, terms = loss_fn(out, rgb, thermal, labels)
         return out, terms
 
@@ -346,10 +348,7 @@ class DistilledFusionSegObjective(Objective):
     def validation_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
                         labels: torch.Tensor | None, autocast: Autocast, multiple: int,
                         index: int) -> tuple[FusionSegOutput | None, Terms]:
-        h, w = rgb.shape[-2:]
-        with autocast():
-            out = model(pad_to_multiple(rgb, multiple), pad_to_multiple(thermal, multiple))
-        out = _crop_output(out, h, w)
+        out = _full_size_forward(model, rgb, thermal, autocast, multiple)
         with autocast():
             teacher_logits = self._teacher_logits(out.fused, thermal)
         return out, _detached(loss_fn(out, rgb, thermal, labels, teacher_logits))
