@@ -421,3 +421,12 @@ def test_bundled_s4fusion_teaches_the_generated_recipe(monkeypatch: pytest.Monke
     cfg = load_config(RECIPES / "mafs_stage2_generated.yaml")
     teacher = load_teacher(cfg.loss.teacher_weights, cfg.model.num_classes)
     assert Engine(teacher, device="cpu").variant == "s4fusion"
+
+
+def test_stage1_run_is_not_exported(stage1_run: dict[str, Any], tmp_path: Path) -> None:
+    """A stage-I run has untrained fusion and segmentation heads: export refuses it."""
+    from ivf_training.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="stage-I .* untrained"):
+        export_engine_weights(stage1_run["trainer"].run_dir, tmp_path / "stage1.safetensors")
+    assert not (tmp_path / "stage1.safetensors").exists()

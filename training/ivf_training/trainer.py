@@ -1004,6 +1004,15 @@ def export_engine_weights(source: str | Path, out_path: str | Path, *, checkpoin
     The sidecar records the variant, preset, classes and palette, ``input_size`` (the training
     crop), ``recipe`` (the resolved configuration), ``data`` (data.json) and ``metrics`` (see
     :func:`load_run_weights`, which also says which weights an EMA run exports).
+
+    Raises:
+        CheckpointError: besides :func:`load_run_weights`' cases, a MAFS stage-I run, whose fusion
+            and segmentation heads were never trained (export its stage-II run instead).
     """
     run = load_run_weights(source, checkpoint=checkpoint)
+    if run.info.recipe.get("loss", {}).get("kind") == "mafs_stage1":
+        raise CheckpointError(
+            f"{source} is a MAFS stage-I (masked reconstruction) run: its fusion and segmentation heads are "
+            "untrained. Start stage II from it (model.init_from) and export that run."
+        )
     return save_weights(run.model.state_dict(), out_path, run.info)
