@@ -37,6 +37,7 @@ __all__ = [
     "ReconstructionPath",
     "DistilledFusionSegObjective",
     "pad_to_multiple",
+    "forward_full_size",
     "load_teacher",
     "build_objective",
 ]
@@ -60,11 +61,18 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
 
-def _full_size_forward(model: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor, autocast: Autocast,
-                       multiple: int) -> FusionSegOutput:
-    """Validation forward on a whole image: pad to the model's multiple, run, crop ``fused`` and
-    ``logits`` back to the input size, in float32 for the metrics."""
+def forward_full_size(model: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor, autocast: Autocast,
+                      multiple: int | None = None) -> FusionSegOutput:
+    """The model's output for images of any size: padded to ``multiple`` (default the model's
+    ``input_multiple``; pass it for a wrapped model, e.g. under DDP), cropped back, in float32
+    for the metrics.
+
+    Shape:
+        rgb (B, 3, H, W), thermal (B, 1, H, W) → fused (B, 3, H, W), logits (B, K, H, W) or None
+    """
     h, w = rgb.shape[-2:]
+    if multiple is None:
+        multiple = int(getattr(model, "input_multiple", 1))
     with autocast():
         out = model(pad_to_multiple(rgb, multiple), pad_to_multiple(thermal, multiple))
     out.fused = out.fused[..., :h, :w].float()
@@ -155,7 +163,7 @@ class SupervisedObjective(Objective):
     def validation_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
                         labels: torch.Tensor | None, autocast: Autocast, multiple: int,
                         index: int) -> tuple[FusionSegOutput | None, Terms]:
-        out = _full_size_forward(model, rgb, thermal, autocast, multiple)
+        out = forward_full_size(model, rgb, thermal, autocast, multiple)
         _, terms = loss_fn(out, rgb, thermal, labels)
         return out, terms
 
@@ -348,7 +356,7 @@ class DistilledFusionSegObjective(Objective):
     def validation_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
                         labels: torch.Tensor | None, autocast: Autocast, multiple: int,
                         index: int) -> tuple[FusionSegOutput | None, Terms]:
-        out = _full_size_forward(model, rgb, thermal, autocast, multiple)
+        out = forward_full_size(model, rgb, thermal, autocast, multiple)
         with autocast():
             teacher_logits = self._teacher_logits(out.fused, thermal)
         return out, _detached(loss_fn(out, rgb, thermal, labels, teacher_logits))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -40,7 +39,7 @@ from ivf_perception.metrics import (
 
 from ivf_training.augment import IGNORE_INDEX
 from ivf_training.distributed import DistContext, gather_objects, shard_dataset
-from ivf_training.objectives import pad_to_multiple
+from ivf_training.objectives import forward_full_size
 
 __all__ = ["FUSION_FNS", "FUSION_VAL_METRICS", "FUSION_EVAL_METRICS", "SEG_VAL_METRICS", "ValidationStep",
            "forward_full_size", "validate_model"]
@@ -91,24 +90,6 @@ ValidationStep = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", in
 """``(rgb, thermal, labels or None, index) -> (output cropped to the input size or None, loss terms)``:
 one full-size image through the model (and the loss). The trainer's step is its objective's
 ``validation_step``; ``ivf-train eval`` uses :func:`forward_full_size` and no loss."""
-
-
-def forward_full_size(model: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
-                      autocast: Callable[[], AbstractContextManager[Any]]) -> FusionSegOutput:
-    """The model's output for images of any size: padded to ``input_multiple``, cropped back,
-    in float32 for the metrics.
-
-    Shape:
-        rgb (B, 3, H, W), thermal (B, 1, H, W) → fused (B, 3, H, W), logits (B, K, H, W) or None
-    """
-    h, w = rgb.shape[-2:]
-    multiple = int(getattr(model, "input_multiple", 1))
-    with autocast():
-        out = model(pad_to_multiple(rgb, multiple), pad_to_multiple(thermal, multiple))
-    out.fused = out.fused[..., :h, :w].float()
-    if out.logits is not None:
-        out.logits = out.logits[..., :h, :w].float()
-    return out
 
 
 @torch.no_grad()
