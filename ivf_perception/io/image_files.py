@@ -41,6 +41,7 @@ __all__ = [
     "read_mfnet_4ch",
     "write_png",
     "find_pairs",
+    "index_images",
 ]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -289,16 +290,19 @@ class PairListing:
         return [pair.stem for pair in self.pairs]
 
 
-def _index_folder(folder: Path, role: str) -> dict[str, Path]:
-    """Map stem -> file for the image files directly inside ``folder``."""
+def index_images(folder: Path, role: str) -> dict[str, Path]:
+    """Map stem -> file for the image files directly inside ``folder``, in name order.
+
+    Raises:
+        DatasetNotFoundError: ``folder`` is missing or not a directory.
+        DatasetError: two images share a stem (a pair would be ambiguous).
+    """
     if not folder.is_dir():
         what = "is not a directory" if folder.exists() else "does not exist"
         raise DatasetNotFoundError(f"{role} folder {folder} {what}")
     index: dict[str, Path] = {}
-    for entry in folder.iterdir():
-        if not entry.is_file() or entry.name.startswith("."):
-            continue
-        if entry.suffix.lower() not in IMAGE_EXTENSIONS:
+    for entry in sorted(folder.iterdir()):
+        if not entry.is_file() or entry.name.startswith(".") or entry.suffix.lower() not in IMAGE_EXTENSIONS:
             continue
         if entry.stem in index:
             raise DatasetError(
@@ -330,8 +334,8 @@ def find_pairs(ir_dir: str | os.PathLike[str], vi_dir: str | os.PathLike[str]) -
             images with the same stem.
     """
     ir_root, vi_root = Path(ir_dir), Path(vi_dir)
-    ir_files = _index_folder(ir_root, "thermal (ir)")
-    vi_files = _index_folder(vi_root, "visible (vi)")
+    ir_files = index_images(ir_root, "thermal (ir)")
+    vi_files = index_images(vi_root, "visible (vi)")
     common = sorted(ir_files.keys() & vi_files.keys())
     if not common:
         raise DatasetError(

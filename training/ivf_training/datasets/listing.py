@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ivf_perception.io.errors import DatasetError, DatasetNotFoundError
-from ivf_perception.io.image_files import IMAGE_EXTENSIONS, find_pairs
+from ivf_perception.io.image_files import find_pairs, index_images
 
 __all__ = [
     "NO_THERMAL",
@@ -122,28 +122,6 @@ def split_folder(root: Path, split: str, title: str) -> Path:
             f"{title} split folder {folder} does not exist; {root} holds the folders: {', '.join(found) or 'none'}"
         )
     return folder
-
-
-def index_images(folder: Path, role: str) -> dict[str, Path]:
-    """Map stem → image file for the images directly inside ``folder``.
-
-    Raises:
-        DatasetNotFoundError: the folder does not exist.
-        DatasetError: two images share a stem (a pair would be ambiguous).
-    """
-    if not folder.is_dir():
-        raise DatasetNotFoundError(f"{role} folder {folder} does not exist")
-    index: dict[str, Path] = {}
-    for entry in sorted(folder.iterdir()):
-        if not entry.is_file() or entry.name.startswith(".") or entry.suffix.lower() not in IMAGE_EXTENSIONS:
-            continue
-        if entry.stem in index:
-            raise DatasetError(
-                f"{role} folder {folder} holds two images with the stem {entry.stem!r} "
-                f"({index[entry.stem].name}, {entry.name}); keep one so samples are unambiguous"
-            )
-        index[entry.stem] = entry
-    return index
 
 
 def list_pairs(rgb_dir: Path, thermal_dir: Path, labels_dir: Path | None, *, labels_required: bool,
