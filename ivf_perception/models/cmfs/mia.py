@@ -39,20 +39,9 @@ from torch import nn
 
 from ivf_perception.checks import check_shape
 from ivf_perception.models.layers.bimamba import BidirectionalMamba
+from ivf_perception.models.layers.channel_shuffle import channel_shuffle
 
 __all__ = ["MIA", "MMFI", "RegionTextGate", "channel_shuffle"]
-
-
-def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
-    """Interleave the channels of ``groups`` equal groups (ShuffleNet), mixing channel groups.
-
-    Shape:
-        x: (B, C, H, W) with C divisible by ``groups``  ->  (B, C, H, W)
-    """
-    b, c, h, w = x.shape
-    if c % groups:
-        raise ValueError(f"channel_shuffle: {c} channels are not divisible into {groups} groups")
-    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
 
 
 class RegionTextGate(nn.Module):

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ivf_perception.checks import check_shape
+from ivf_perception.models.layers.channel_shuffle import channel_shuffle
 from ivf_perception.models.layers.ss2d import check_scan_backend
 from ivf_perception.models.layers.ssm_params import (
     dt_rank_for,
@@ -75,22 +76,6 @@ __all__ = [
 ]
 
 _Device = torch.device | str | None
-
-
-def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """ShuffleNet's channel shuffle: interleave the channels of ``groups`` equal groups.
-
-    Raises:
-        ValueError: when C is not divisible by ``groups``.
-
-    Shape:
-        x: (B, C, H, W)  ->  (B, C, H, W)
-    """
-    check_shape(x, "B C H W", name="x")
-    b, c, h, w = x.shape
-    if c % groups:
-        raise ValueError(f"channel_shuffle: C={c} is not divisible by groups={groups}")
-    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
 
 
 def load_balancing_loss(probs: torch.Tensor, expert_index: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from ivf_perception.models.layers.vss_block import VSSBlock
 from ivf_perception.models.layers.window_scan import window_merge, window_scan, window_scan_order
 from ivf_perception.models.layers.fft_filter import FFTAmplitudeFilter, fft_amplitude_filter
 from ivf_perception.models.layers.channel_attention import ChannelAttention, ChannelAttentionBlock
+from ivf_perception.models.layers.channel_shuffle import channel_shuffle
 
 __all__ = [
     "BT601_LUMA",
@@ -21,6 +22,7 @@ __all__ = [
     "NUM_DIRECTIONS",
     "SS2D",
     "VSSBlock",
+    "channel_shuffle",
     "cross_merge",
     "cross_scan",
     "drop_path",
