@@ -35,6 +35,11 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/ivf-perception bench
 
+# ruff (lint + import order) over the whole tree, mypy over the library (settings in pyproject.toml).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
 # Reproduce the bundled default weights (see README, "Bundled weights"): two stages, ~55 min on 2 cores.
 train-default: $(STAMP)
 	$(VENV)/bin/ivf-train run training/recipes/s4fusion_generated.yaml name=s4fusion_default
