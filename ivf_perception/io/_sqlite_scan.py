@@ -32,7 +32,7 @@ class _BadCell(Exception):
     """A cell cannot be decoded (points outside its page or the file, broken overflow chain)."""
 
 
-def _varint(buf: mmap.mmap | bytes, pos: int) -> tuple[int, int]:
+def _varint(buf: mmap.mmap | bytes | bytearray, pos: int) -> tuple[int, int]:
     value = 0
     for i in range(9):
         if pos + i >= len(buf):

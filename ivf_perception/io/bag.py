@@ -16,7 +16,7 @@ import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import numpy as np
 
@@ -36,7 +36,7 @@ __all__ = [
 
 IMAGE_MSGTYPE = "sensor_msgs/msg/Image"
 STORAGES: tuple[str, ...] = ("mcap", "sqlite3")
-_BAG_VERSION = 9  # rosbag2 metadata version written by Jazzy/Kilted
+_BAG_VERSION: Final = 9  # rosbag2 metadata version written by Jazzy/Kilted
 
 
 def _stores() -> Any:

@@ -85,6 +85,7 @@ def recover_bag(path: Path) -> RecoveredBag:
         raise BagError(f"{path} holds no .mcap or .db3 file to read")
     bag = RecoveredBag()
     kinds = []
+    scan: McapScan | SqliteScan
     for file in files:
         with file.open("rb") as f:
             magic = f.read(16)

@@ -177,12 +177,12 @@ def to_gray_u8(image: Any) -> np.ndarray:
         xf = x.astype(np.float64, copy=False)
         if not np.isfinite(xf).all():
             raise ValueError("to_gray_u8: image contains NaN or infinite values")
-        lo, hi = float(xf.min()), float(xf.max())
+        flo, fhi = float(xf.min()), float(xf.max())
         tol = 1e-6
-        if lo < -tol or hi > 1.0 + tol:
+        if flo < -tol or fhi > 1.0 + tol:
             raise ValueError(
                 f"to_gray_u8: float images must be in [0, 1] (a model output), got values in "
-                f"[{lo:g}, {hi:g}]; for gray levels 0..255 pass uint8 "
+                f"[{flo:g}, {fhi:g}]; for gray levels 0..255 pass uint8 "
                 "(np.round(x).astype(np.uint8)) or call the metrics directly"
             )
         u8 = np.clip(np.round(xf * 255.0), 0, 255).astype(np.uint8)
