@@ -13,6 +13,8 @@ from ivf_perception.models.layers.window_scan import window_merge, window_scan, 
 from ivf_perception.models.layers.fft_filter import FFTAmplitudeFilter, fft_amplitude_filter
 from ivf_perception.models.layers.channel_attention import ChannelAttention, ChannelAttentionBlock
 from ivf_perception.models.layers.channel_shuffle import channel_shuffle
+from ivf_perception.models.layers.feature_maps import check_feature_dims, check_feature_maps, resize_to
+from ivf_perception.models.layers.segformer_head import SegFormerHead, remap_legacy_segformer_keys
 
 __all__ = [
     "BT601_LUMA",
@@ -42,4 +44,9 @@ __all__ = [
     "fft_amplitude_filter",
     "ChannelAttention",
     "ChannelAttentionBlock",
+    "SegFormerHead",
+    "check_feature_dims",
+    "check_feature_maps",
+    "remap_legacy_segformer_keys",
+    "resize_to",
 ]
