@@ -405,13 +405,13 @@ PRESET_ARGS: dict[str, dict[str, Any]] = {
 }
 
 
-@register_model
+@register_model(presets=PRESET_ARGS)
 def s4fusion(preset: str = "paper", **kwargs: Any) -> S4Fusion:
     """S4Fusion (paper preset: dims 48/96/192, depths 1/2/1, d_state 12, fusion d_state 18)."""
     return _create_s4fusion(preset, **kwargs)
 
 
-@register_model
+@register_model(presets=PRESET_ARGS)
 def test_s4fusion(preset: str = "test", **kwargs: Any) -> S4Fusion:
     """Micro S4Fusion for CPU tests of every code path."""
     return _create_s4fusion(preset, **kwargs)

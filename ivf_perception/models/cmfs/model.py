@@ -397,7 +397,7 @@ PRESET_ARGS: dict[str, dict[str, Any]] = {
 }
 
 
-@register_model
+@register_model(presets=PRESET_ARGS)
 def cmfs(preset: str = "paper", **kwargs: Any) -> CMFS:
     """CMFS (paper preset: VMamba-T branches 96–768, depths 2/2/8/2, MIA, FSC at stages 0–1, MMFE).
 
@@ -407,7 +407,7 @@ def cmfs(preset: str = "paper", **kwargs: Any) -> CMFS:
     return _create_cmfs(preset, **kwargs)
 
 
-@register_model
+@register_model(presets=PRESET_ARGS)
 def test_cmfs(preset: str = "test", **kwargs: Any) -> CMFS:
     """Micro CMFS for CPU tests of every code path."""
     return _create_cmfs(preset, **kwargs)
