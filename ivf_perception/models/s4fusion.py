@@ -41,7 +41,7 @@ from torch import nn
 
 from ivf_perception.models.base import FusionSegModel, FusionSegOutput
 from ivf_perception.models.layers import CrossSS2D, DropPath, VSSBlock, get_norm_layer
-from ivf_perception.models.layers.color import rgb_to_gray, rgb_to_ycbcr, ycbcr_to_rgb
+from ivf_perception.models.layers.color import rgb_to_ycbcr, ycbcr_to_rgb
 from ivf_perception.models.layers.segformer_head import SegFormerHead
 from ivf_perception.models.registry import register_model
 

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ivf_perception.models import UnknownModelError, build_model, list_models, list_presets, register_model
-from ivf_perception.models import registry
+from ivf_perception.models import UnknownModelError, build_model, list_models, list_presets, register_model, registry
 
 
 def test_lists_registered_families() -> None:
