@@ -41,9 +41,9 @@ def render_rgb(env: Env, cfg: SceneConfig) -> np.ndarray:
     else:
         light = np.full((c.h, c.w), rng.uniform(0.85, 1.1), np.float32)
         noise_std = cfg.rgb_noise_std
-    img = c.albedo * light[:, :, None]
-    img += c.emissive
-    img = cv2.GaussianBlur(img, (0, 0), 0.6)
+    lit = c.albedo * light[:, :, None]
+    lit += c.emissive
+    img: np.ndarray = cv2.GaussianBlur(lit, (0, 0), 0.6)
     img *= 255.0
     if noise_std > 0:
         img += gaussian(rng, img.shape) * np.float32(noise_std)
@@ -54,8 +54,8 @@ def render_rgb(env: Env, cfg: SceneConfig) -> np.ndarray:
 
 def render_thermal(env: Env, cfg: SceneConfig) -> np.ndarray:
     c, rng = env.canvas, env.rng
-    temp = c.temp + smooth_noise(rng, c.h, c.w, 16) * np.float32(0.4)
-    temp = cv2.GaussianBlur(temp, (0, 0), 1.0)  # LWIR optics are softer than RGB
+    textured = c.temp + smooth_noise(rng, c.h, c.w, 16) * np.float32(0.4)
+    temp: np.ndarray = cv2.GaussianBlur(textured, (0, 0), 1.0)  # LWIR optics are softer than RGB
     dx, dy = cfg.thermal_shift
     if dx or dy:
         shift = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]], np.float64)

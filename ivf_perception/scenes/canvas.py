@@ -11,15 +11,22 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import cv2
 import numpy as np
 
-__all__ = ["HALF_ROAD_M", "ONE", "SHIFT", "Canvas", "Road", "fx"]
+__all__ = ["HALF_ROAD_M", "ONE", "SHIFT", "Canvas", "Colour", "Depth", "Road", "fx"]
 
 SHIFT = 4  # fractional bits for cv2 drawing (sub-pixel geometry for small, far objects)
 ONE = 1 << SHIFT
 HALF_ROAD_M = 3.5  # half the road width in metres: the perspective scale reference
+
+Colour = Sequence[float] | np.ndarray
+"""An RGB reflectance or light amount: the painters pass tuples and jittered numpy triples."""
+
+Depth = float | np.floating | np.ndarray
+"""Road depth ``t`` (0 at the horizon, 1 at the image bottom): a number or an array of them."""
 
 
 def fx(points: np.ndarray) -> list[np.ndarray]:
@@ -43,7 +50,7 @@ class Canvas:
         self.temp = np.zeros((height, width), np.float32)
         self.labels = np.zeros((height, width), np.uint8)
 
-    def poly(self, pts: np.ndarray, colour: Sequence[float], temp: float | None,
+    def poly(self, pts: np.ndarray, colour: Colour, temp: float | None,
              label: int | None = None) -> None:
         p = fx(pts)
         cv2.fillPoly(self.albedo, p, tuple(float(c) for c in colour), cv2.LINE_8, SHIFT)
@@ -52,11 +59,11 @@ class Canvas:
         if label is not None:
             cv2.fillPoly(self.labels, p, int(label), cv2.LINE_8, SHIFT)
 
-    def rect(self, x0: float, y0: float, x1: float, y1: float, colour: Sequence[float],
+    def rect(self, x0: float, y0: float, x1: float, y1: float, colour: Colour,
              temp: float | None, label: int | None = None) -> None:
         self.poly(np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]), colour, temp, label)
 
-    def ellipse(self, cx: float, cy: float, ax: float, ay: float, colour: Sequence[float],
+    def ellipse(self, cx: float, cy: float, ax: float, ay: float, colour: Colour,
                 temp: float | None, label: int | None = None, thickness: int = -1,
                 angle: float = 0.0) -> None:
         centre = (int(round(cx * ONE)), int(round(cy * ONE)))
@@ -69,7 +76,7 @@ class Canvas:
             cv2.ellipse(self.labels, *args, int(label), thickness, cv2.LINE_8, SHIFT)
 
     def line(self, p0: Sequence[float], p1: Sequence[float], width: float,
-             colour: Sequence[float], temp: float | None, label: int | None = None) -> None:
+             colour: Colour, temp: float | None, label: int | None = None) -> None:
         """A thick segment as a polygon (cv2.line widths are integers and ignore sub-pixels)."""
         (x0, y0), (x1, y1) = p0, p1
         dx, dy = x1 - x0, y1 - y0
@@ -79,7 +86,7 @@ class Canvas:
         self.poly(pts, colour, temp, label)
 
     def glow(self, target: np.ndarray, cx: float, cy: float, sx: float, sy: float,
-             amount: Sequence[float] | float) -> None:
+             amount: Colour | float) -> None:
         """Add a Gaussian blob (light pool or bloom) to ``target`` inside a 3-sigma window."""
         sx, sy = max(sx, 0.5), max(sy, 0.5)
         x0, x1 = max(int(cx - 3 * sx), 0), min(int(cx + 3 * sx) + 1, self.w)
@@ -92,7 +99,7 @@ class Canvas:
         if target.ndim == 3:
             target[y0:y1, x0:x1] += blob[:, :, None] * np.asarray(amount, np.float32).reshape(1, 1, -1)
         else:
-            target[y0:y1, x0:x1] += blob * np.float32(amount)
+            target[y0:y1, x0:x1] += blob * np.float32(cast(float, amount))  # 2-D targets take one amount
 
 
 @dataclass
@@ -111,16 +118,16 @@ class Road:
     hb: float  # half-width at the bottom (px)
     h0: float  # half-width at the horizon (px)
 
-    def y(self, t: np.ndarray | float) -> np.ndarray | float:
+    def y(self, t: Depth) -> Depth:
         return self.y_h + t * (self.height - self.y_h)
 
-    def half(self, t: np.ndarray | float) -> np.ndarray | float:
+    def half(self, t: Depth) -> Depth:
         return self.h0 + (self.hb - self.h0) * t
 
-    def x(self, t: np.ndarray | float, u: float) -> np.ndarray | float:
+    def x(self, t: Depth, u: float) -> Depth:
         return self.cb + (self.cf - self.cb) * (1.0 - np.minimum(t, 1.0)) ** 2 + u * self.half(t)
 
-    def m2px(self, t: float) -> float:
+    def m2px(self, t: Depth) -> float:
         """Pixels per metre at depth ``t``."""
         return float(self.half(t)) / HALF_ROAD_M
 

@@ -14,6 +14,7 @@ existed used SegFormer's own names and concatenated the stages coarsest first; t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +67,7 @@ class SegFormerHead(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd: dict[str, Any] = {"device": device, "dtype": dtype}
         self.in_dims = check_feature_dims(in_dims)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -97,7 +98,9 @@ class SegFormerHead(nn.Module):
         return resize_to(logits, (int(out_size[0]), int(out_size[1])))
 
 
-_LEGACY_NAMES = {"linear_c.": "proj.", "linear_fuse.": "fuse.0.", "fuse_norm.": "fuse.1.", "linear_pred.": "classifier."}
+_LEGACY_NAMES = {
+    "linear_c.": "proj.", "linear_fuse.": "fuse.0.", "fuse_norm.": "fuse.1.", "linear_pred.": "classifier.",
+}
 
 
 def remap_legacy_segformer_keys(state_dict: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -110,13 +113,13 @@ def remap_legacy_segformer_keys(state_dict: dict[str, torch.Tensor], prefix: str
     """
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
-        rest = key[len(prefix):] if key.startswith(prefix) else None
-        old = next((o for o in _LEGACY_NAMES if rest is not None and rest.startswith(o)), None)
+        rest = key[len(prefix):]
+        old = next((o for o in _LEGACY_NAMES if key.startswith(prefix) and rest.startswith(o)), None)
         if old is None:
             out[key] = value
             continue
-        new_key = prefix + _LEGACY_NAMES[old] + rest[len(old):]  # type: ignore[index]
-        if old == "linear_fuse." and rest == "linear_fuse.weight":
+        new_key = prefix + _LEGACY_NAMES[old] + rest[len(old):]
+        if rest == "linear_fuse.weight":
             embed = value.shape[0]
             value = torch.cat(value.split(embed, dim=1)[::-1], dim=1)
         out[new_key] = value
