@@ -25,8 +25,9 @@ Differences from the public code, on purpose:
 * The fusion head predicts a correction, in logit space, to the pixel average of Y_vi and the
   thermal image, initialised at zero: an untrained model is a sensible fusion and training on
   a CPU converges in minutes instead of hours.
-* Our extension: a light SegFormer head (the shared :class:`~ivf_perception.models.layers.SegFormerHead`)
-  on the decoder features of the three scales, so this fusion-only network also publishes label maps. ``num_classes=0`` removes it.
+* Our extension: a light SegFormer head (the shared
+  :class:`~ivf_perception.models.layers.SegFormerHead`) on the decoder features of the three
+  scales, so this fusion-only network also publishes label maps. ``num_classes=0`` removes it.
 * Any H, W divisible by ``input_multiple`` (16); the engine pads and crops.
 """
 
