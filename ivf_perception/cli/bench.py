@@ -19,8 +19,7 @@ import torch
 from ivf_perception.cli._common import parse_size, setup_logging, user_errors
 from ivf_perception.engine import Engine
 from ivf_perception.engine.profiling import count_gmacs, count_parameters, measure_latency
-from ivf_perception.models import build_model, list_models, list_presets
-from ivf_perception.models.registry import describe_presets
+from ivf_perception.models import build_model, describe_presets, list_models, list_presets
 from ivf_perception.models.ops import has_cuda_scan
 from ivf_perception.models.ops.bench import bench_selective_scan
 

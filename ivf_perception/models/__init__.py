@@ -10,6 +10,7 @@ from ivf_perception.models.base import FusionSegModel, FusionSegOutput
 from ivf_perception.models.registry import (
     UnknownModelError,
     build_model,
+    describe_presets,
     is_model,
     list_models,
     list_presets,
@@ -21,6 +22,7 @@ __all__ = [
     "FusionSegOutput",
     "UnknownModelError",
     "build_model",
+    "describe_presets",
     "is_model",
     "list_models",
     "list_presets",
