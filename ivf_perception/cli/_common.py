@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 
 from ivf_perception.engine import Engine, EngineError, InputError, WeightsError
-from ivf_perception.models.registry import UnknownModelError
+from ivf_perception.models.registry import UnknownModelError, describe_presets
 
 __all__ = ["add_engine_arguments", "engine_from_args", "parse_size", "user_errors", "USER_ERRORS", "setup_logging"]
 
@@ -26,7 +26,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--variant", default=None, help="model family (default: from the weights; s4fusion)")
     g.add_argument("--weights", default=None,
                    help="engine weights .safetensors (with sidecar); 'default' = bundled; 'none' = random init")
-    g.add_argument("--preset", default=None, help="size preset when no weights are used (paper, small, tiny)")
+    g.add_argument("--preset", default=None, help=f"size preset when no weights are used ({describe_presets()})")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     g.add_argument("--batch-size", type=int, default=1, help="pairs per inference call")

@@ -19,7 +19,7 @@ import torch
 from ivf_perception.cli._common import parse_size, setup_logging, user_errors
 from ivf_perception.engine import Engine
 from ivf_perception.engine.profiling import count_gmacs, count_parameters, measure_latency
-from ivf_perception.models import build_model, list_models
+from ivf_perception.models import build_model, describe_presets, list_models, list_presets
 from ivf_perception.models.ops import has_cuda_scan
 from ivf_perception.models.ops.bench import bench_selective_scan
 
@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ivf-perception bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=None, help="families (default: all registered, not test_*)")
-    p.add_argument("--presets", nargs="+", default=["paper", "small", "tiny"],
-                   help="presets to measure; a family without one of them is skipped with a note")
+    p.add_argument("--presets", nargs="+", default=None,
+                   help=f"presets to measure (default: each family's own; {describe_presets()}); "
+                        "a family without a requested one is skipped with a note")
     p.add_argument("--params-only", nargs="+", default=[], metavar="PRESET",
                    help="presets whose parameters and GMACs are reported without latency (e.g. CMFS paper on a CPU)")
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[(480, 640), (240, 320)])
@@ -62,7 +63,7 @@ def run_benchmarks(args: argparse.Namespace) -> dict[str, Any]:
     variants = args.variants or [v for v in list_models() if not v.startswith("test_")]
     rows = []
     for variant in variants:
-        for preset in args.presets:
+        for preset in args.presets or list_presets(variant, include_test=False):
             try:
                 # on the meta device: counting needs shapes only, not a 100 GMAC CPU forward
                 model = build_model(variant, preset=preset, device="meta")

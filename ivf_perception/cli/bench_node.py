@@ -85,7 +85,7 @@ def run_node_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
     from ivf_perception.io import make_header, numpy_to_image
     from ivf_perception.io.stats_msg import rclpy_fusion_stats_type
-    from ivf_perception.io.synthetic import SceneConfig, generate_scene
+    from ivf_perception.scenes import SceneConfig, generate_scene
 
     h, w = args.size
     scenes = [generate_scene(i, SceneConfig(height=h, width=w, seed=7)) for i in range(8)]

@@ -25,7 +25,7 @@ from ivf_perception.cli.eval_fusion import evaluate_folders
 from ivf_perception.engine import Engine
 from ivf_perception.folder_fusion import fuse_folders, fuse_folders_baseline
 from ivf_perception.io.image_files import read_image
-from ivf_perception.io.synthetic import SceneConfig, write_scene_bag, write_scene_folder
+from ivf_perception.scenes import SceneConfig, write_scene_bag, write_scene_folder
 from ivf_perception.metrics import ConfusionAccumulator
 
 __all__ = ["build_parser", "main", "DEMO_SEED"]

@@ -11,7 +11,7 @@ import argparse
 from typing import Sequence
 
 from ivf_perception.cli._common import parse_size, user_errors
-from ivf_perception.io.synthetic import SceneConfig, write_scene_bag, write_scene_folder
+from ivf_perception.scenes import SceneConfig, write_scene_bag, write_scene_folder
 
 __all__ = ["build_parser", "main"]
 

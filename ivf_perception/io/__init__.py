@@ -1,4 +1,4 @@
-"""Image I/O without ROS: message codec, thermal AGC, registration, files, bags, generated scenes.
+"""Image I/O without ROS: message codec, thermal AGC, registration, files, bags.
 
 Everything here is a pure function on numpy arrays (torch only in ``agc_percentile_torch``,
 imported lazily), usable by the node, bag replay, tools and training alike. rclpy is imported
@@ -57,15 +57,6 @@ from .image_files import (
     write_png,
 )
 from .registration import INTERPOLATIONS, resize_to, validate_homography, warp_thermal
-from .synthetic import (
-    Scene,
-    SceneConfig,
-    generate_scene,
-    iter_scenes,
-    scene_stamp_ns,
-    write_scene_bag,
-    write_scene_folder,
-)
 from .thermal import AGCConfig, agc_percentile, agc_percentile_torch
 
 __all__ = [
@@ -114,14 +105,6 @@ __all__ = [
     "MFNET_PALETTE",
     "palette_to_array",
     "colorize_labels",
-    # synthetic
-    "SceneConfig",
-    "Scene",
-    "generate_scene",
-    "iter_scenes",
-    "scene_stamp_ns",
-    "write_scene_folder",
-    "write_scene_bag",
     # errors
     "IVFIOError",
     "UnsupportedEncodingError",

@@ -1,10 +1,14 @@
 """Model registry: variants are declared as data and built by name.
 
 timm's habit: each registered function is stored under its ``__name__``; re-registering a
-name warns; unknown names fail with the list of known ones. ``build_model`` drops
-``None``-valued overrides so CLI options that were not given never replace a variant's
-defaults, and it never mutates the registered defaults (smp forks that update the shared
-dict in place make one call change the next).
+name warns; unknown names fail with the list of known ones. The registry is a leaf: it imports
+no family. The package ``ivf_perception.models`` imports every family module, whose
+``@register_model`` decorators fill it, so importing anything from the model library sees every
+variant (and the registry never imports back into the families that import it).
+
+``build_model`` drops ``None``-valued overrides so CLI options that were not given never replace
+a variant's defaults, and it never mutates the registered defaults (smp forks that update the
+shared dict in place make one call change the next).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, TypeVar, overload
 
 from torch import nn
 
@@ -23,21 +27,25 @@ __all__ = [
     "is_model",
     "model_entrypoint",
     "UnknownModelError",
-    "PRESETS",
+    "list_presets",
+    "describe_presets",
+    "TEST_PRESET",
     "PRETRAINED_FILE_ARGS",
     "without_pretrained_files",
 ]
-
-PRESETS = ("paper", "small", "tiny")
-"""Size presets every family understands: ``paper`` is the published configuration,
-``small`` a CPU/embedded configuration, ``tiny`` the fastest usable one."""
 
 PRETRAINED_FILE_ARGS = frozenset({"encoder_weights", "trunk_weights", "thermal_trunk_weights"})
 """Builder arguments naming ImageNet files that initialise a model before training (CMFS's
 VMamba-T, MAFS's ResNet trunks). Trained weights already contain those tensors, so rebuilding a
 trained model must not need the files: exports and the engine drop these arguments."""
 
+TEST_PRESET = "test"
+"""The micro preset of every family (timm's ``test_*`` habit): for CPU tests, not for use."""
+
+_Builder = TypeVar("_Builder", bound=Callable[..., Any])
+
 _MODEL_ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
+_MODEL_PRESETS: dict[str, tuple[str, ...]] = {}
 _DEPRECATED: dict[str, str] = {}
 
 
@@ -53,13 +61,33 @@ def without_pretrained_files(args: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in args.items() if k not in PRETRAINED_FILE_ARGS}
 
 
-def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Decorator registering a model-building function under its ``__name__``."""
-    name = fn.__name__
-    if name in _MODEL_ENTRYPOINTS:
-        warnings.warn(f"Overwriting {name} in the model registry", stacklevel=2)
-    _MODEL_ENTRYPOINTS[name] = fn
-    return fn
+@overload
+def register_model(fn: _Builder, *, presets: Iterable[str] = ()) -> _Builder: ...
+
+
+@overload
+def register_model(fn: None = None, *, presets: Iterable[str] = ()) -> Callable[[_Builder], _Builder]: ...
+
+
+def register_model(fn: _Builder | None = None, *,
+                   presets: Iterable[str] = ()) -> _Builder | Callable[[_Builder], _Builder]:
+    """Decorator registering a model-building function under its ``__name__``.
+
+    Use it bare (``@register_model``) or with the size presets the builder accepts
+    (``@register_model(presets=PRESET_ARGS)``): :func:`list_presets` reports exactly those, so
+    the bench, the CLI help and the README never offer a preset a family lacks.
+    """
+    declared = tuple(presets)
+
+    def register(builder: _Builder) -> _Builder:
+        name = builder.__name__
+        if name in _MODEL_ENTRYPOINTS:
+            warnings.warn(f"Overwriting {name} in the model registry", stacklevel=3)
+        _MODEL_ENTRYPOINTS[name] = builder
+        _MODEL_PRESETS[name] = declared
+        return builder
+
+    return register if fn is None else register(fn)
 
 
 def register_deprecated(old_name: str, new_name: str) -> None:
@@ -69,27 +97,51 @@ def register_deprecated(old_name: str, new_name: str) -> None:
 
 def list_models(pattern: str = "*") -> list[str]:
     """Sorted names of registered models matching a shell-style ``pattern``."""
-    _ensure_families_imported()
     return sorted(n for n in _MODEL_ENTRYPOINTS if fnmatch.fnmatch(n, pattern))
 
 
 def is_model(name: str) -> bool:
     """Whether ``name`` (or a deprecated alias of it) is registered."""
-    _ensure_families_imported()
     return name in _MODEL_ENTRYPOINTS or name in _DEPRECATED
 
 
 def model_entrypoint(name: str) -> Callable[..., nn.Module]:
     """The registered building function for ``name``; raises UnknownModelError otherwise."""
-    _ensure_families_imported()
+    return _MODEL_ENTRYPOINTS[_resolve(name)]
+
+
+def list_presets(name: str, *, include_test: bool = True) -> tuple[str, ...]:
+    """The size presets model ``name`` accepts, in the order its family declares them.
+
+    Args:
+        name: a registered (or deprecated) model name.
+        include_test: keep :data:`TEST_PRESET`, the micro configuration for CPU tests, which
+            benchmarks and help texts leave out (as they leave out ``test_*`` names).
+
+    Raises:
+        UnknownModelError: ``name`` is not registered.
+    """
+    presets = _MODEL_PRESETS[_resolve(name)]
+    return presets if include_test else tuple(p for p in presets if p != TEST_PRESET)
+
+
+def describe_presets() -> str:
+    """Every family's presets on one line (``cmfs: paper, small; ...``) for help texts, so they
+    name exactly the presets each family has."""
+    return "; ".join(f"{name}: {', '.join(list_presets(name, include_test=False))}"
+                     for name in list_models() if not name.startswith("test_"))
+
+
+def _resolve(name: str) -> str:
+    """``name`` itself, or the replacement of a deprecated name (with a DeprecationWarning)."""
     if name in _DEPRECATED:
         new = _DEPRECATED[name]
-        warnings.warn(f"Model name '{name}' is deprecated; use '{new}'", DeprecationWarning, stacklevel=3)
+        warnings.warn(f"Model name '{name}' is deprecated; use '{new}'", DeprecationWarning, stacklevel=4)
         name = new
     if name not in _MODEL_ENTRYPOINTS:
         known = ", ".join(sorted(_MODEL_ENTRYPOINTS))
         raise UnknownModelError(f"Unknown model ({name}); registered models: {known}")
-    return _MODEL_ENTRYPOINTS[name]
+    return name
 
 
 def build_model(name: str, *, preset: str | None = None, num_classes: int | None = None,
@@ -112,7 +164,3 @@ def build_model(name: str, *, preset: str | None = None, num_classes: int | None
         kwargs["num_classes"] = int(num_classes)
     return model_entrypoint(name)(**kwargs)
 
-
-def _ensure_families_imported() -> None:
-    """Import the family modules so their ``@register_model`` decorators have run."""
-    from ivf_perception.models import families  # noqa: F401  (import registers)

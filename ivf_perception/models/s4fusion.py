@@ -25,7 +25,8 @@ Differences from the public code, on purpose:
 * The fusion head predicts a correction, in logit space, to the pixel average of Y_vi and the
   thermal image, initialised at zero: an untrained model is a sensible fusion and training on
   a CPU converges in minutes instead of hours.
-* Our extension: a light SegFormer-style segmentation head on the decoder features of the three
+* Our extension: a light SegFormer head (the shared
+  :class:`~ivf_perception.models.layers.SegFormerHead`) on the decoder features of the three
   scales, so this fusion-only network also publishes label maps. ``num_classes=0`` removes it.
 * Any H, W divisible by ``input_multiple`` (16); the engine pads and crops.
 """
@@ -41,7 +42,8 @@ from torch import nn
 
 from ivf_perception.models.base import FusionSegModel, FusionSegOutput
 from ivf_perception.models.layers import CrossSS2D, DropPath, VSSBlock, get_norm_layer
-from ivf_perception.models.layers.color import rgb_to_gray, rgb_to_ycbcr, ycbcr_to_rgb
+from ivf_perception.models.layers.color import rgb_to_ycbcr, ycbcr_to_rgb
+from ivf_perception.models.layers.segformer_head import SegFormerHead
 from ivf_perception.models.registry import register_model
 
 __all__ = ["S4Fusion", "S4FusionFeatures", "s4fusion", "test_s4fusion", "PRESET_ARGS"]
@@ -233,42 +235,6 @@ class FoldFusionHead(nn.Module):
         return torch.sigmoid(torch.logit(base) + correction)
 
 
-class MultiScaleSegHead(nn.Module):
-    """Our light segmentation head (SegFormer-style) on the decoder features of every scale.
-
-    Each scale is projected to ``embed_dim`` by a 1×1 convolution and upsampled to the finest
-    scale; the concatenation is fused by 1×1 conv + BN + ReLU and classified; the logits are
-    upsampled bilinearly to the input size.
-
-    Shape:
-        feats: list of (B, H_i, W_i, C_i), finest first  ->  (B, K, H, W)
-    """
-
-    def __init__(self, in_dims: list[int], num_classes: int, embed_dim: int = 64, dropout: float = 0.1,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        dd = {"device": device, "dtype": dtype}
-        self.proj = nn.ModuleList(nn.Conv2d(c, embed_dim, 1, **dd) for c in in_dims)
-        self.fuse = nn.Sequential(
-            nn.Conv2d(embed_dim * len(in_dims), embed_dim, 1, bias=False, **dd),
-            nn.BatchNorm2d(embed_dim, **dd),
-            nn.ReLU(inplace=True),
-        )
-        self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(embed_dim, num_classes, 1, **dd)
-
-    def forward(self, feats: list[torch.Tensor], out_size: tuple[int, int]) -> torch.Tensor:
-        finest = feats[0].shape[1:3]
-        maps = []
-        for f, proj in zip(feats, self.proj):
-            m = proj(f.permute(0, 3, 1, 2))
-            if m.shape[-2:] != finest:
-                m = F.interpolate(m, size=finest, mode="bilinear", align_corners=False)
-            maps.append(m)
-        x = self.classifier(self.dropout(self.fuse(torch.cat(maps, dim=1))))
-        return F.interpolate(x, size=out_size, mode="bilinear", align_corners=False)
-
-
 # --------------------------------------------------------------------------- model
 
 
@@ -362,7 +328,7 @@ class S4Fusion(FusionSegModel):
         self.decoder_norm = norm(dims[0], **dd)
         self.fusion_head = FoldFusionHead(dims[0], patch_size, **dd)
         self.seg_head = (
-            MultiScaleSegHead(list(dims), num_classes, seg_embed_dim, **dd) if num_classes > 0 else None
+            SegFormerHead(list(dims), num_classes, seg_embed_dim, **dd) if num_classes > 0 else None
         )
         self.feature_info = [
             {"num_chs": dims[i], "reduction": patch_size * 2 ** i, "module": f"decoder.{last - i}"}
@@ -392,7 +358,8 @@ class S4Fusion(FusionSegModel):
         fused = ycbcr_to_rgb(torch.cat((fused_y, ycbcr[:, 1:]), dim=1)).clamp(0.0, 1.0)
         logits = None
         if self.seg_head is not None:
-            logits = self.seg_head(features.decoder, out_size=tuple(rgb.shape[-2:]))
+            channels_first = [f.permute(0, 3, 1, 2) for f in features.decoder]
+            logits = self.seg_head(channels_first, out_size=tuple(rgb.shape[-2:]))
         aux: dict[str, Any] = {"fused_y": fused_y} if self.training else {}
         return FusionSegOutput(fused=fused, logits=logits, aux=aux)
 
@@ -439,13 +406,13 @@ PRESET_ARGS: dict[str, dict[str, Any]] = {
 }
 
 
-@register_model
+@register_model(presets=PRESET_ARGS)
 def s4fusion(preset: str = "paper", **kwargs: Any) -> S4Fusion:
     """S4Fusion (paper preset: dims 48/96/192, depths 1/2/1, d_state 12, fusion d_state 18)."""
     return _create_s4fusion(preset, **kwargs)
 
 
-@register_model
+@register_model(presets=PRESET_ARGS)
 def test_s4fusion(preset: str = "test", **kwargs: Any) -> S4Fusion:
     """Micro S4Fusion for CPU tests of every code path."""
     return _create_s4fusion(preset, **kwargs)

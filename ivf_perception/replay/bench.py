@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ivf_perception.engine import Engine
-from ivf_perception.io.synthetic import SceneConfig, write_scene_bag
+from ivf_perception.scenes import SceneConfig, write_scene_bag
 
 from .decode import decode_pair
 from .inputs import open_bag_inputs

@@ -1,4 +1,4 @@
-"""CMFS heads: SegFormer MLP decoder and Sobel fusion head on odd sizes, gradients, ranges, errors."""
+"""CMFS fusion head: the Sobel fusion head on odd sizes, gradients, ranges, errors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ivf_perception.checks import ShapeError
-from ivf_perception.models.cmfs.heads import GradientResidualDenseBlock, SegFormerMLPHead, SobelFusionHead
+from ivf_perception.models.cmfs.heads import GradientResidualDenseBlock, SobelFusionHead
 from ivf_perception.models.layers import Sobel
 
 DIMS = (4, 8, 12, 16)
@@ -23,61 +23,6 @@ def _assert_all_params_get_grads(module: nn.Module) -> None:
     missing = [n for n, p in module.named_parameters()
                if p.grad is None or not torch.isfinite(p.grad).all() or float(p.grad.abs().sum()) == 0]
     assert not missing, f"no gradient reached {missing}"
-
-
-class TestSegFormerMLPHead:
-    @pytest.mark.parametrize("training", [True, False])
-    @pytest.mark.parametrize("batch", [1, 2, 3])
-    def test_shapes(self, batch: int, training: bool) -> None:
-        head = SegFormerMLPHead(DIMS, num_classes=5, embed_dim=8, ss2d_d_state=4).train(training)
-        for h, w in [(60, 80), (15, 20), (30, 40), (61, 79)]:
-            logits = head(_feats(batch, h, w), (h, w))
-            assert logits.shape == (batch, 5, h, w)
-            assert torch.isfinite(logits).all()
-
-    def test_plain_segformer_and_three_stages(self) -> None:
-        head = SegFormerMLPHead(DIMS[:3], num_classes=2, embed_dim=8, ss2d_d_state=None)
-        assert head.mixer is None
-        assert head(_feats(2, 30, 40, DIMS[:3]), (30, 40)).shape == (2, 2, 30, 40)
-
-    def test_gradients_reach_every_parameter(self) -> None:
-        head = SegFormerMLPHead(DIMS, num_classes=3, embed_dim=8, ss2d_d_state=4).train()
-        target = torch.randint(0, 3, (2, 30, 40))
-        F.cross_entropy(head(_feats(2, 30, 40), (30, 40)), target).backward()
-        _assert_all_params_get_grads(head)
-
-    def test_eval_is_deterministic(self) -> None:
-        head = SegFormerMLPHead(DIMS, num_classes=3, embed_dim=8, ss2d_d_state=4, dropout=0.5).eval()
-        feats = _feats(2, 15, 20)
-        with torch.no_grad():
-            assert torch.equal(head(feats, (15, 20)), head(feats, (15, 20)))
-
-    def test_logits_are_upsampled_from_the_finest_stage(self) -> None:
-        head = SegFormerMLPHead(DIMS, num_classes=3, embed_dim=8, ss2d_d_state=4).eval()
-        feats = _feats(1, 32, 48)
-        with torch.no_grad():
-            coarse = head(feats, feats[0].shape[-2:])
-            fine = head(feats, (32, 48))
-        torch.testing.assert_close(fine, F.interpolate(coarse, size=(32, 48), mode="bilinear", align_corners=False))
-
-    def test_paper_width(self) -> None:
-        head = SegFormerMLPHead([96, 192, 384, 768], 9)
-        assert head.embed_dim == 512 and head.mixer is not None and head.mixer.d_state == 16
-        assert head.linear_fuse.in_channels == 4 * 512 and head.linear_pred.out_channels == 9
-
-    def test_exception(self) -> None:
-        head = SegFormerMLPHead(DIMS, num_classes=3, embed_dim=8, ss2d_d_state=None)
-        feats = _feats(2, 30, 40)
-        with pytest.raises(ValueError, match=r"feats: expected 4 feature maps .* got 3"):
-            head(feats[:3], (30, 40))
-        with pytest.raises(ShapeError, match=r"feats\[1\]: expected C=8"):
-            head([feats[0], feats[0], feats[2], feats[3]], (30, 40))
-        with pytest.raises(ShapeError, match=r"feats\[2\]: expected B=2"):
-            head([feats[0], feats[1], feats[2][:1], feats[3]], (30, 40))
-        with pytest.raises(ValueError, match="out_size must be"):
-            head(feats, (30, 0))
-        with pytest.raises(ValueError, match="in_dims must be a non-empty sequence"):
-            SegFormerMLPHead([], num_classes=3)
 
 
 class TestGradientResidualDenseBlock:

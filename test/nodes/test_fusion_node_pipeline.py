@@ -17,7 +17,7 @@ from sensor_msgs.msg import Image
 from ivf_perception.engine import Engine
 from ivf_perception.io import header_stamp_ns, image_to_numpy, read_image_messages, to_rgb, to_thermal
 from ivf_perception.io.stats_msg import rclpy_fusion_stats_type
-from ivf_perception.io.synthetic import SceneConfig, write_scene_bag
+from ivf_perception.scenes import SceneConfig, write_scene_bag
 from rosgraph_helpers import REPO, params, wait_until
 
 FRAMES = 30

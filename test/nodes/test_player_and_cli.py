@@ -13,7 +13,7 @@ from sensor_msgs.msg import Image
 
 from ivf_perception.cli.main import main as cli
 from ivf_perception.io import header_stamp_ns, read_image_messages
-from ivf_perception.io.synthetic import SceneConfig, write_scene_bag
+from ivf_perception.scenes import SceneConfig, write_scene_bag
 
 RGB, THERMAL = "/camera/rgb/image", "/camera/thermal/image"
 

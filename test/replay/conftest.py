@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ivf_perception.engine import Engine
-from ivf_perception.io.synthetic import write_scene_bag
+from ivf_perception.scenes import write_scene_bag
 from ivf_perception.replay.runner import ReplayOptions
 from replay_helpers import CONFIG, FRAMES
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ivf_perception.io.synthetic import SceneConfig
+from ivf_perception.scenes import SceneConfig
 
 FRAMES = 6
 CONFIG = SceneConfig(height=64, width=96, seed=3)

@@ -12,7 +12,7 @@ import torch
 from ivf_perception.cli.extract import main as extract_main
 from ivf_perception.io.bag_reader import BagReader
 from ivf_perception.io.image_files import read_image
-from ivf_perception.io.synthetic import generate_scene
+from ivf_perception.scenes import generate_scene
 from ivf_perception.replay.decode import decode_pair
 from ivf_perception.replay.extract import ExtractOptions, extract_dataset
 from ivf_perception.replay.outputs import OutputExistsError

@@ -79,7 +79,7 @@ class ModelConfig:
 
 @dataclass
 class GeneratedDataConfig:
-    """Generated scenes (``ivf_perception.io.synthetic``): the only labelled data available here.
+    """Generated scenes (``ivf_perception.scenes``): the only labelled data available here.
 
     Attributes:
         train_count: scenes used for training (indices ``train_start`` ..).

@@ -12,8 +12,9 @@ Per encoder stage i (DESIGN §5), for RGB and thermal branches of VMamba-T:
 3. FSC (:mod:`.fsc`, stages 0–1) refines each modality with a residual;
 4. MMFE (:mod:`.mmfe`) fuses the two modalities into the stage's semantic feature.
 
-A SegFormer MLP decoder (:mod:`.heads`) segments from the four semantic features; the fusion
-head (Sobel gradient residual dense block) produces the fused RGB from the per-stage, per-modality
+A SegFormer MLP decoder (the shared :class:`~ivf_perception.models.layers.SegFormerHead`, with
+an SS2D mixer) segments from the four semantic features; the fusion head (:mod:`.heads`, Sobel
+gradient residual dense block) produces the fused RGB from the per-stage, per-modality
 "vision" features and the inputs.
 
 Fixed defects of the public code: any input size whose sides are multiples of 32 (the engine
@@ -40,11 +41,12 @@ from torch import nn
 from ivf_perception.models.base import FusionSegModel, FusionSegOutput
 from ivf_perception.models.cmfs.backbone import CheckpointReport, VMambaBranch, map_vmamba_checkpoint
 from ivf_perception.models.cmfs.fsc import FrequencySpatialCollaboration
-from ivf_perception.models.cmfs.heads import SegFormerMLPHead, SobelFusionHead
+from ivf_perception.models.cmfs.heads import SobelFusionHead
 from ivf_perception.models.cmfs.mia import MIA
 from ivf_perception.models.cmfs.mmfe import MultiModalFeatureEnhancement
 from ivf_perception.models.cmfs.text_features import TEXT_DIM, load_text_features
 from ivf_perception.models.layers.color import rgb_to_ycbcr, ycbcr_to_rgb
+from ivf_perception.models.layers.segformer_head import SegFormerHead, remap_legacy_segformer_keys
 from ivf_perception.models.registry import register_model
 
 __all__ = ["CMFS", "CMFSFeatures", "ABLATIONS", "PRESET_ARGS", "cmfs", "test_cmfs", "checkpoint_filter_fn"]
@@ -228,8 +230,9 @@ class CMFS(FusionSegModel):
         )
         self.outnorm_rgb = nn.ModuleList(nn.LayerNorm(d, **dd) for d in dims)
         self.outnorm_thermal = nn.ModuleList(nn.LayerNorm(d, **dd) for d in dims)
-        self.seg_head = SegFormerMLPHead(list(dims), num_classes, embed_dim=seg_embed_dim,
-                                         ss2d_d_state=seg_ss2d_d_state, scan_backend=scan_backend, **dd)
+        # The public code's fuse convolution has a bias (redundant before BN); kept.
+        self.seg_head = SegFormerHead(list(dims), num_classes, embed_dim=seg_embed_dim, fuse_bias=True,
+                                      ss2d_d_state=seg_ss2d_d_state, scan_backend=scan_backend, **dd)
         self.fusion_head = (SobelFusionHead(list(dims), embed_dim=fusion_embed_dim, **dd)
                             if use_fusion_head else None)
         self.feature_info = [
@@ -340,10 +343,13 @@ class CMFS(FusionSegModel):
 
 
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: CMFS) -> dict[str, torch.Tensor]:
-    """Adapt a CMFS state dict to ``model``: for another class table, drop the classifier and
-    the text features (and the region-map convs sized by them), which are then trained/set anew."""
+    """Adapt a CMFS state dict to ``model``: map a segmentation head saved with SegFormer's own
+    parameter names (before the head was shared with S4Fusion) onto the shared head, and, for
+    another class table, drop the classifier and the text features (and the region-map convs
+    sized by them), which are then trained/set anew."""
+    state_dict = remap_legacy_segformer_keys(state_dict, "seg_head.")
     own = model.state_dict()
-    class_sized = ("seg_head.classifier.", "seg_head.linear_pred.", "text_features")
+    class_sized = ("seg_head.classifier.", "text_features")
     return {
         k: v for k, v in state_dict.items()
         if not (k in own and own[k].shape != v.shape
@@ -391,7 +397,7 @@ PRESET_ARGS: dict[str, dict[str, Any]] = {
 }
 
 
-@register_model
+@register_model(presets=PRESET_ARGS)
 def cmfs(preset: str = "paper", **kwargs: Any) -> CMFS:
     """CMFS (paper preset: VMamba-T branches 96–768, depths 2/2/8/2, MIA, FSC at stages 0–1, MMFE).
 
@@ -401,7 +407,7 @@ def cmfs(preset: str = "paper", **kwargs: Any) -> CMFS:
     return _create_cmfs(preset, **kwargs)
 
 
-@register_model
+@register_model(presets=PRESET_ARGS)
 def test_cmfs(preset: str = "test", **kwargs: Any) -> CMFS:
     """Micro CMFS for CPU tests of every code path."""
     return _create_cmfs(preset, **kwargs)

@@ -54,13 +54,13 @@ __all__ = [
 ]
 
 
-@register_model
+@register_model(presets=PRESET_ARGS)
 def mafs(preset: str = "paper", **kwargs: Any) -> MAFS:
     """MAFS (paper preset: two ResNet-152 trunks, 5 invertible blocks, 3-stage transformer decoder)."""
     return _create_mafs(preset, **kwargs)
 
 
-@register_model
+@register_model(presets=PRESET_ARGS)
 def test_mafs(preset: str = "test", **kwargs: Any) -> MAFS:
     """Micro MAFS for CPU tests of every code path."""
     return _create_mafs(preset, **kwargs)

@@ -1,7 +1,7 @@
 """Scenes generated on the fly: the only labelled RGB-thermal data available offline.
 
 Why: no labelled benchmark can be downloaded here (CI, offline robots), yet segmentation training
-must be checked end to end; :func:`ivf_perception.io.synthetic.generate_scene` draws scenes with
+must be checked end to end; :func:`ivf_perception.scenes.generate_scene` draws scenes with
 known MFNet-class labels, deterministically from an index.
 """
 
@@ -20,7 +20,7 @@ __all__ = ["GeneratedScenesDataset"]
 
 
 class GeneratedScenesDataset(Dataset):
-    """Scenes generated on the fly by :func:`ivf_perception.io.synthetic.generate_scene`.
+    """Scenes generated on the fly by :func:`ivf_perception.scenes.generate_scene`.
 
     Scene ``i`` of the dataset is ``generate_scene(start + i, config)``: deterministic, so the
     same indices always give the same scenes and disjoint index ranges give disjoint sets.
@@ -32,7 +32,7 @@ class GeneratedScenesDataset(Dataset):
     """
 
     def __init__(self, count: int, config: Any = None, start: int = 0) -> None:
-        from ivf_perception.io.synthetic import SceneConfig
+        from ivf_perception.scenes import SceneConfig
 
         if count < 1:
             raise DatasetError(f"GeneratedScenesDataset needs count >= 1, got {count}")
@@ -51,7 +51,7 @@ class GeneratedScenesDataset(Dataset):
         return self.count
 
     def __getitem__(self, index: int) -> Sample:
-        from ivf_perception.io.synthetic import generate_scene
+        from ivf_perception.scenes import generate_scene
 
         if not 0 <= index < self.count:
             raise IndexError(f"scene index {index} out of range for {self.count} scenes")

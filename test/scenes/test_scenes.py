@@ -12,22 +12,26 @@ from ivf_perception.io import (
     MFNET_PALETTE,
     BagError,
     IVFIOError,
-    SceneConfig,
     find_pairs,
-    generate_scene,
     header_stamp_ns,
     image_to_numpy,
-    iter_scenes,
     list_topics,
     palette_to_array,
     read_image,
     read_image_messages,
     read_rgb,
+)
+from ivf_perception.scenes import (
+    BASE_STAMP_NS,
+    PERSON,
+    UNLABELLED,
+    SceneConfig,
+    generate_scene,
+    iter_scenes,
     scene_stamp_ns,
     write_scene_bag,
     write_scene_folder,
 )
-from ivf_perception.io.synthetic import BASE_STAMP_NS, PERSON, UNLABELLED
 
 
 @pytest.fixture(scope="module")
