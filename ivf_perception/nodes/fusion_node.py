@@ -190,7 +190,7 @@ class FusionNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         config = self._config  # set: the state machine only activates a configured node
         self._reset_counters()
-        self._pairer = ApproximateTimePairer(config.slop_s, config.queue_size)
+        self._pairer = ApproximateTimePairer(config.slop_s, config.queue_size, config.time_jump_threshold_s)
         self._slot = LatestSlot(self._pairer.stats)
         qos = self._image_qos
         self._subscriptions_list = [
@@ -299,10 +299,8 @@ class FusionNode(LifecycleNode):
         self._processed = 0
         self._failed = 0
         self._failed_since_report = 0
-        self._resets = 0
         self._last_error = ""
         self._last_error_time: float | None = None
-        self._latest_stamp: dict[str, int | None] = {s: None for s in STREAMS}
         self._last_rx: dict[str, float | None] = {s: None for s in STREAMS}
         self._image_size: dict[str, tuple[int, int]] = {}
         self._camera_info_size: dict[str, tuple[int, int]] = {}
@@ -319,18 +317,11 @@ class FusionNode(LifecycleNode):
         self._meters[stream].tick(now)
         self._last_rx[stream] = now
         self._image_size[stream] = (msg.width, msg.height)
-        stamp = header_stamp_ns(msg)
-        latest = self._latest_stamp[stream]
-        if latest is not None and latest - stamp > self._config.time_jump_threshold_s * 1e9:
-            self._pairer.reset()
-            self._latest_stamp = {s: None for s in STREAMS}
-            self._resets += 1
+        pair = self._pairer.add(stream, header_stamp_ns(msg), msg)
+        for jump in self._pairer.take_time_jumps():
             self.get_logger().warning(
-                f"{stream} stamps jumped back by {(latest - stamp) / 1e9:.3f} s (bag loop or clock "
+                f"{jump.stream} stamps jumped back by {jump.back_s:.3f} s (bag loop or clock "
                 "reset): pairing queues reset")
-        previous = self._latest_stamp[stream]
-        self._latest_stamp[stream] = stamp if previous is None else max(previous, stamp)
-        pair = self._pairer.add(stream, stamp, msg)
         if pair is not None:
             self._slot.put(pair)
 
@@ -382,7 +373,7 @@ class FusionNode(LifecycleNode):
                 frame_id=header.frame_id, engine_info=self._engine_info, class_names=engine.class_names,
                 labels=result.labels, timings_ms=result.timings_ms, pairing=self._pairer.stats,
                 end_to_end_ms=end_to_end_ms, processed=self._processed, failed=self._failed,
-                resets=self._resets)
+                resets=self._pairer.stats.resets)
             pubs["stats"].publish(values.to_rclpy())
         self._meters["output"].tick()
         self._latency_ms.append(end_to_end_ms)
@@ -419,7 +410,7 @@ class FusionNode(LifecycleNode):
         if pairing is not None:
             counters = {"paired": pairing.paired, "processed": self._processed, "dropped stale": pairing.dropped_stale,
                         "failed": self._failed, "unmatched rgb": pairing.unmatched["rgb"],
-                        "unmatched thermal": pairing.unmatched["thermal"], "resets": self._resets,
+                        "unmatched thermal": pairing.unmatched["thermal"], "resets": pairing.resets,
                         "pair skew mean (ms)": round(pairing.skew_mean_ms, 2),
                         "pair skew max (ms)": round(pairing.skew_max_ms, 2)}
         latency, processing = list(self._latency_ms), list(self._processing_ms)
