@@ -2,7 +2,7 @@
 
 Why here and not in the runner: the metrics must be the very ones ``eval-fusion`` and the demo
 report (one implementation, :mod:`ivf_perception.metrics`), prepared the same way
-(:func:`~ivf_perception.cli.eval_fusion.prepare_for_metrics`: BT.601 gray, percentile AGC for
+(:func:`~ivf_perception.metrics.prepare.prepare_for_metrics`: BT.601 gray, percentile AGC for
 16-bit thermal); this module only decides what is accumulated over which frames.
 
 - Fusion metrics (DESIGN §6) of every frame, averaged overall, by day and by night.
@@ -23,9 +23,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ivf_perception.cli.eval_fusion import prepare_for_metrics
 from ivf_perception.io.registration import resize_to, warp_thermal
 from ivf_perception.metrics import ConfusionAccumulator, FusionMetricAccumulator, confusion_matrix, fusion_metrics, miou
+from ivf_perception.metrics.prepare import prepare_for_metrics
 
 from .decode import DecodedFrame
 
