@@ -43,7 +43,8 @@ from .image_codec import (
     numpy_to_image,
     stamp_to_ns,
     to_rgb,
-    to_thermal,
+    decode_rgb,
+    decode_thermal,
 )
 from .image_files import (
     IMAGE_EXTENSIONS,
@@ -80,7 +81,8 @@ __all__ = [
     "stamp_to_ns",
     "header_stamp_ns",
     "to_rgb",
-    "to_thermal",
+    "decode_rgb",
+    "decode_thermal",
     # thermal
     "AGCConfig",
     "agc_percentile",
