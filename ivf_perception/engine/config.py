@@ -32,6 +32,7 @@ __all__ = [
     "BACKENDS",
     "PipelineConfig",
     "validate_value",
+    "check_range",
     "check_agc",
     "default_weights",
     "engine_arguments",

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ivf_perception.engine.config import PipelineConfig, engine_arguments
+from ivf_perception.engine.config import PRECISION_NAMES, PipelineConfig, engine_arguments
 from ivf_perception.engine.postprocess import logits_to_labels, make_overlay, to_uint8_rgb
 from ivf_perception.engine.preprocess import prepare_batch
 from ivf_perception.engine.timing import StageTimer
@@ -33,7 +33,7 @@ __all__ = ["Engine", "EngineResult", "EngineError", "PRECISIONS", "DEFAULT_WEIGH
 
 _log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "s4fusion_tiny_default.safetensors"
 
 

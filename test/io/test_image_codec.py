@@ -13,6 +13,8 @@ from ivf_perception.io import (
     ImageDecodeError,
     ImageEncodeError,
     UnsupportedEncodingError,
+    decode_rgb,
+    decode_thermal,
     encoding_info,
     get_typestore,
     header_stamp_ns,
@@ -21,8 +23,6 @@ from ivf_perception.io import (
     numpy_to_image,
     read_image_messages,
     to_rgb,
-    decode_rgb,
-    decode_thermal,
     write_image_bag,
 )
 
@@ -292,9 +292,9 @@ class TestConversions:
 
     def test_decode_rgb_reorders_and_keeps_16_bit_raw(self):
         rgb = sample("rgb8", seed=6)
-        for encoding, array in (("rgb8", rgb), ("bgr8", rgb[:, :, ::-1]),
+        for encoding, image in (("rgb8", rgb), ("bgr8", rgb[:, :, ::-1]),
                                 ("rgba8", np.dstack([rgb, np.full(rgb.shape[:2], 9, np.uint8)]))):
-            np.testing.assert_array_equal(decode_rgb(numpy_to_image(np.ascontiguousarray(array), encoding)), rgb)
+            np.testing.assert_array_equal(decode_rgb(numpy_to_image(np.ascontiguousarray(image), encoding)), rgb)
         gray = sample("mono8", seed=7)
         np.testing.assert_array_equal(decode_rgb(numpy_to_image(gray, "mono8")), np.dstack([gray] * 3))
         raw = sample("mono16", seed=8)
