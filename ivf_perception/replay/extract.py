@@ -4,7 +4,7 @@ Why: recorded drives become training data. Frames are paired with the live node'
 (:class:`~ivf_perception.replay.pairing.FrameStream`), so a dataset holds exactly the pairs the
 robot would have fused. Layout (the generic one, read by ``ivf_training``'s ``FolderPairDataset``)::
 
-    OUT/vi/NAME.png       RGB (8-bit), or 16-bit gray raw counts from a mono16 RGB camera
+    OUT/vi/NAME.png       RGB (8-bit)
     OUT/ir/NAME.png       thermal as recorded: 8-bit gray, 16-bit raw counts, or RGB false colour
     OUT/labels/NAME.png   class ids, when the bag has a label topic
     OUT/index.json        source bag and topics, pairing parameters, per-frame stamps; skipped frames
