@@ -35,7 +35,8 @@ DEFAULTS = {s.name: s.default for s in PARAMETERS}
 class TestParameters:
     def test_defaults_validate_and_build_a_config(self) -> None:
         cfg = config_from_values({})
-        assert cfg.pipeline.variant == "auto" and cfg.pipeline.weights == "default" and cfg.qos_reliability == "best_effort"
+        assert cfg.pipeline.variant == "auto" and cfg.pipeline.weights == "default"
+        assert cfg.qos_reliability == "best_effort"
         assert cfg.pipeline.palette is None and cfg.pipeline.homography is None and cfg.pipeline.agc.low_pct == 1.0
 
     def test_the_node_declares_the_pipeline_table_plus_its_own(self) -> None:

@@ -25,6 +25,7 @@ from ivf_perception.engine import WeightsInfo, save_weights
 from ivf_perception.io import header_stamp_ns, image_to_numpy, make_header, numpy_to_image, read_image_messages
 from ivf_perception.io.classes import MFNET_CLASSES, MFNET_PALETTE
 from ivf_perception.models import build_model
+from ivf_perception.sync import PairingStats
 from replay_helpers import write_bag
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-rclpy wheels) is not installed")
@@ -91,7 +92,10 @@ def _bag_entries(thermal_encoding: str, rgb_encoding: str) -> list[tuple]:
     return entries
 
 
-def _run_node(context: rclpy.Context, weights: Path, bag: Path) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]], object]:
+Outputs = list[tuple[int, bytes]]  # (header stamp, image bytes) per published/written image
+
+
+def _run_node(context: rclpy.Context, weights: Path, bag: Path) -> tuple[Outputs, Outputs, PairingStats]:
     values = {**NODE_PARAMS, "autostart": False, "weights": str(weights), "device": "cpu", "warmup_size": [48, 64]}
     node = FusionNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
     try:
@@ -99,7 +103,7 @@ def _run_node(context: rclpy.Context, weights: Path, bag: Path) -> tuple[list[tu
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
         pairs: list = []
         node._slot.put = pairs.append  # take the pairs from the hand-over instead of the worker thread
-        outputs: dict[str, list[tuple[int, bytes]]] = {"fused": [], "labels": []}
+        outputs: dict[str, Outputs] = {"fused": [], "labels": []}
         for name, out in outputs.items():
             node._publishers_by_name[name].publish = (
                 lambda msg, out=out: out.append((header_stamp_ns(msg), image_to_numpy(msg).tobytes())))
@@ -118,19 +122,20 @@ def _run_node(context: rclpy.Context, weights: Path, bag: Path) -> tuple[list[tu
         node.destroy_node()
 
 
-def _run_replay(weights: Path, bag: Path, params_file: Path, out: Path) -> tuple[list, list, dict]:
+def _run_replay(weights: Path, bag: Path, params_file: Path, out: Path) -> tuple[Outputs, Outputs, dict]:
     code = replay_main([str(bag), "--out", str(out), "--params-file", str(params_file), "--weights", str(weights),
                         "--device", "cpu", "--threads", "1", "--no-progress", "--no-fusion-metrics",
                         "--rgb-topic", RGB_TOPIC, "--thermal-topic", THERMAL_TOPIC])
     assert code == 0
-    got: dict[str, list[tuple[int, bytes]]] = {"fused": [], "labels": []}
+    got: dict[str, Outputs] = {"fused": [], "labels": []}
     topics = {"/ivf_perception/fused/image": "fused", "/ivf_perception/segmentation/labels": "labels"}
     for record in read_image_messages(out / "bag", list(topics)):
         got[topics[record.topic]].append((header_stamp_ns(record.msg), image_to_numpy(record.msg).tobytes()))
     return got["fused"], got["labels"], json.loads((out / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize(("thermal_encoding", "rgb_encoding"), [("mono16", "rgb8"), ("bgr8", "bgr8"), ("mono8", "rgb8")])
+@pytest.mark.parametrize(("thermal_encoding", "rgb_encoding"),
+                         [("mono16", "rgb8"), ("bgr8", "bgr8"), ("mono8", "rgb8")])
 def test_node_and_replay_outputs_are_byte_identical(context, weights, tmp_path, thermal_encoding, rgb_encoding) -> None:
     bag = tmp_path / "loop"
     write_bag(bag, _bag_entries(thermal_encoding, rgb_encoding))
