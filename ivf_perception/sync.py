@@ -12,6 +12,12 @@ and are counted as unmatched. A message that finds no partner waits in its strea
 queue (``queue_size``); overflowing the queue drops the oldest as unmatched. Pairing happens
 as soon as a partner exists, so a pair is never held back waiting for a possibly closer one.
 
+Time jumps: each stream's newest stamp is tracked here (once, for every front door). A stamp
+older than its stream's newest by more than ``time_jump_s`` (a looped bag, a clock reset) resets
+the pairer before the message is offered: queued messages count as unmatched, the stamp history
+is forgotten, and the jump is recorded (:meth:`ApproximateTimePairer.take_time_jumps`) so the
+caller can log it. Smaller steps back are only counted as out-of-order.
+
 The second half is :class:`LatestSlot`, a keep-latest hand-over between the subscription
 callbacks and one inference worker: a slow engine replaces (drops, counted as stale) pairs it
 had no time for instead of building a queue and latency.
@@ -24,7 +30,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-__all__ = ["Pair", "PairingStats", "ApproximateTimePairer", "LatestSlot", "STREAMS"]
+__all__ = ["Pair", "PairingStats", "TimeJump", "ApproximateTimePairer", "LatestSlot", "STREAMS"]
 
 T = TypeVar("T")
 STREAMS = ("rgb", "thermal")
@@ -45,15 +51,40 @@ class Pair(Generic[T]):
         return self.thermal_stamp_ns - self.rgb_stamp_ns
 
 
+@dataclass(frozen=True)
+class TimeJump:
+    """A stamp that jumped back past the threshold and reset the pairer.
+
+    Attributes:
+        stream: ``rgb`` or ``thermal``.
+        newest_ns: the stream's newest stamp before the jump.
+        stamp_ns: the stamp that jumped back.
+    """
+
+    stream: str
+    newest_ns: int
+    stamp_ns: int
+
+    @property
+    def back_s(self) -> float:
+        """How far back the stamp jumped, seconds."""
+        return (self.newest_ns - self.stamp_ns) / 1e9
+
+
 @dataclass
 class PairingStats:
-    """Counters of the pairing and hand-over stages, published in stats and diagnostics."""
+    """Counters of the pairing and hand-over stages, published in stats and diagnostics.
+
+    ``resets`` counts time-jump resets; :meth:`as_dict` leaves it out because reports list it
+    next to the jumps themselves.
+    """
 
     received: dict[str, int] = field(default_factory=lambda: {s: 0 for s in STREAMS})
     unmatched: dict[str, int] = field(default_factory=lambda: {s: 0 for s in STREAMS})
     out_of_order: dict[str, int] = field(default_factory=lambda: {s: 0 for s in STREAMS})
     paired: int = 0
     dropped_stale: int = 0
+    resets: int = 0
     skew_abs_sum_ns: int = 0
     skew_abs_max_ns: int = 0
 
@@ -86,17 +117,23 @@ class ApproximateTimePairer(Generic[T]):
     Args:
         slop_s: largest accepted |thermal stamp − RGB stamp|, in seconds.
         queue_size: messages kept per stream while waiting for a partner.
+        time_jump_s: a stamp this much older than its stream's newest resets the pairer
+            (see the module docstring); None never resets.
     """
 
-    def __init__(self, slop_s: float = 0.05, queue_size: int = 10) -> None:
+    def __init__(self, slop_s: float = 0.05, queue_size: int = 10, time_jump_s: float | None = None) -> None:
         self._lock = threading.Lock()
         self._queues: dict[str, deque[tuple[int, T]]] = {s: deque() for s in STREAMS}
-        self._last_stamp: dict[str, int | None] = {s: None for s in STREAMS}
+        self._newest: dict[str, int | None] = {s: None for s in STREAMS}
+        self._jumps: list[TimeJump] = []
         self.stats = PairingStats()
         self.set_slop(slop_s)
         if queue_size < 1:
             raise ValueError(f"queue_size must be >= 1, got {queue_size}")
         self.queue_size = int(queue_size)
+        if time_jump_s is not None and not time_jump_s >= 0.0:
+            raise ValueError(f"time_jump_s must be >= 0 seconds or None, got {time_jump_s}")
+        self._jump_ns = None if time_jump_s is None else int(round(time_jump_s * 1e9))
 
     @property
     def slop_s(self) -> float:
@@ -114,11 +151,16 @@ class ApproximateTimePairer(Generic[T]):
             raise ValueError(f"unknown stream '{stream}'; expected one of {', '.join(STREAMS)}")
         other = "thermal" if stream == "rgb" else "rgb"
         with self._lock:
+            newest = self._newest[stream]
+            if newest is not None and self._jump_ns is not None and newest - stamp_ns > self._jump_ns:
+                self._jumps.append(TimeJump(stream, newest, stamp_ns))
+                self.stats.resets += 1
+                self._clear()
+                newest = None
             self.stats.received[stream] += 1
-            last = self._last_stamp[stream]
-            if last is not None and stamp_ns < last:
+            if newest is not None and stamp_ns < newest:
                 self.stats.out_of_order[stream] += 1
-            self._last_stamp[stream] = stamp_ns if last is None else max(last, stamp_ns)
+            self._newest[stream] = stamp_ns if newest is None else max(newest, stamp_ns)
 
             candidates = self._queues[other]
             best = min(range(len(candidates)), key=lambda i: abs(candidates[i][0] - stamp_ns), default=None)
@@ -140,19 +182,31 @@ class ApproximateTimePairer(Generic[T]):
     def flush(self) -> None:
         """Count everything still waiting as unmatched (end of a bag, node shutdown)."""
         with self._lock:
-            for s, q in self._queues.items():
-                self.stats.unmatched[s] += len(q)
-                q.clear()
+            self._flush()
 
     def reset(self) -> None:
         """Forget queued messages and stamp history (a bag loop restarted time); counters stay."""
-        self.flush()
         with self._lock:
-            self._last_stamp = {s: None for s in STREAMS}
+            self._clear()
+
+    def take_time_jumps(self) -> list[TimeJump]:
+        """The time jumps that reset the pairer since the last call (for the caller's log)."""
+        with self._lock:
+            jumps, self._jumps = self._jumps, []
+            return jumps
 
     def pending(self) -> dict[str, int]:
         with self._lock:
             return {s: len(q) for s, q in self._queues.items()}
+
+    def _flush(self) -> None:
+        for s, q in self._queues.items():
+            self.stats.unmatched[s] += len(q)
+            q.clear()
+
+    def _clear(self) -> None:
+        self._flush()
+        self._newest = {s: None for s in STREAMS}
 
     def _discard_older(self, stream: str, stamp_ns: int) -> None:
         """Drop queued messages of ``stream`` older than ``stamp_ns``: they can no longer pair."""

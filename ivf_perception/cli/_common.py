@@ -9,14 +9,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Callable
+from collections.abc import Mapping
+from typing import Any, Callable
 
 import torch
 
 from ivf_perception.engine import Engine, EngineError, InputError, WeightsError
+from ivf_perception.engine.config import PRECISION_NAMES, PipelineConfig, default_weights
 from ivf_perception.models.registry import UnknownModelError, describe_presets
 
-__all__ = ["add_engine_arguments", "engine_from_args", "parse_size", "user_errors", "USER_ERRORS", "setup_logging"]
+__all__ = ["add_engine_arguments", "engine_options", "engine_from_args", "parse_size", "user_errors", "USER_ERRORS",
+           "setup_logging"]
 
 USER_ERRORS = (EngineError, InputError, WeightsError, UnknownModelError, FileNotFoundError, ValueError)
 
@@ -28,26 +31,31 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                    help="engine weights .safetensors (with sidecar); 'default' = bundled; 'none' = random init")
     g.add_argument("--preset", default=None, help=f"size preset when no weights are used ({describe_presets()})")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    g.add_argument("--precision", default="fp32", choices=list(PRECISION_NAMES))
     g.add_argument("--batch-size", type=int, default=1, help="pairs per inference call")
     g.add_argument("--threads", type=int, default=None,
                    help="CPU threads for torch (default: one per core); lower it when other processes "
                         "share the CPU, oversubscription makes the scan's many small ops much slower")
 
 
-def engine_from_args(args: argparse.Namespace) -> Engine:
-    """Build the engine: bundled weights unless --weights none/a file or a variant without weights."""
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The engine options as pipeline values (unset weights chosen by ``default_weights``)."""
+    weights = args.weights if args.weights is not None else default_weights(args.variant, args.preset)
+    return {"variant": args.variant or "auto", "weights": weights, "preset": args.preset or "",
+            "device": args.device, "precision": args.precision}
+
+
+def engine_from_args(args: argparse.Namespace, pipeline: Mapping[str, Any] | None = None) -> Engine:
+    """Build the engine from the options on top of ``pipeline`` values (e.g. a node params file).
+
+    The same :meth:`Engine.from_config` rules as the node's; ``--threads`` sets torch's CPU
+    threads first.
+    """
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    weights = args.weights
-    if weights is None:
-        weights = "default" if args.variant in (None, "s4fusion") and args.preset is None else "none"
-    if str(weights).lower() == "none":
-        return Engine(args.variant or "s4fusion", preset=args.preset, device=args.device, precision=args.precision)
-    return Engine(args.variant or "auto", weights=weights, preset=args.preset, device=args.device,
-                  precision=args.precision)
+    return Engine.from_config(PipelineConfig.from_values({**(pipeline or {}), **engine_options(args)}))
 
 
 def parse_size(text: str) -> tuple[int, int]:

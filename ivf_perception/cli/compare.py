@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def builder(side: str) -> tuple[Engine, str]:
         side_args = _side(args, side)
-        engine = params.apply_to_engine(engine_from_args(side_args))
+        engine = engine_from_args(side_args, params.applied)
         return engine, weights_label(side_args, engine)
 
     options = ReplayOptions(

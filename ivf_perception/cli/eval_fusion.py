@@ -6,7 +6,7 @@ Usage::
 
 Images are matched by file stem across the three folders (``ir/0001.jpg``, ``vi/0001.png``,
 ``fused/0001.png``; png, jpg, jpeg, bmp, tif, tiff). Every image is prepared as DESIGN.md §6
-says (8-bit, BT.601 gray, rounded; see :func:`ivf_perception.metrics.to_gray_u8`) and scored
+says (8-bit, BT.601 gray, rounded; see :func:`ivf_perception.metrics.prepare.prepare_for_metrics`) and scored
 with :func:`ivf_perception.metrics.fusion_metrics`. Stems missing from a folder, unreadable
 files and size mismatches are reported and skipped; the table shows the mean over the images
 that were scored. Exit code 0 on success, 2 when a folder is missing or no image could be
@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from ivf_perception.io.image_files import IMAGE_EXTENSIONS, read_image
-from ivf_perception.io.thermal import agc_percentile
-from ivf_perception.metrics.fusion import FUSION_METRIC_NAMES, FusionMetricAccumulator, fusion_metrics, to_gray_u8
+from ivf_perception.metrics.fusion import FUSION_METRIC_NAMES, FusionMetricAccumulator, fusion_metrics
+from ivf_perception.metrics.prepare import prepare_for_metrics
 
-__all__ = ["EvalResult", "evaluate_folders", "prepare_for_metrics", "build_parser", "main"]
+__all__ = ["EvalResult", "evaluate_folders", "build_parser", "main"]
 
 _ROLES = ("ir", "vi", "fused")
 _PROG = "ivf-perception eval-fusion"
@@ -61,35 +61,6 @@ class EvalResult:
     def to_json(self) -> dict[str, dict]:
         """``{"mean": {metric: value}, "per_image": {stem: {metric: value}}}``."""
         return {"mean": dict(self.mean), "per_image": {k: dict(v) for k, v in self.per_image.items()}}
-
-
-def prepare_for_metrics(image: np.ndarray, role: str = "vi") -> np.ndarray:
-    """Turn an image as stored (:func:`ivf_perception.io.image_files.read_image`) into gray 0..255.
-
-    * RGBA / gray+alpha: the alpha channel is dropped.
-    * 8-bit: :func:`~ivf_perception.metrics.to_gray_u8` (BT.601, rounded; gray passes).
-    * 16-bit: for the thermal image (``role="ir"``) and gray, percentile gain control 1/99 %
-      (:func:`ivf_perception.io.thermal.agc_percentile`, what the engine applies to raw counts);
-      otherwise a fixed ``1/257`` scale to 8 bits.
-    * float (TIFF): must be in ``[0, 1]``, except a gray thermal image, which goes through the
-      same gain control as 16-bit.
-
-    Returns:
-        float64 ``(H, W)`` whole gray levels in ``0..255``.
-    """
-    x = image
-    if x.ndim == 3 and x.shape[2] == 4:
-        x = x[:, :, :3]
-    gray = x.ndim == 2 or (x.ndim == 3 and x.shape[2] == 1)
-    if x.dtype == np.uint16:
-        if role == "ir" and gray:
-            x = agc_percentile(x.reshape(x.shape[:2]))
-        else:
-            x = np.rint(x.astype(np.float64) / 257.0).astype(np.uint8)
-    elif np.issubdtype(x.dtype, np.floating) and role == "ir" and gray:
-        if np.isfinite(x).all() and (x.min() < 0.0 or x.max() > 1.0):
-            x = agc_percentile(x.reshape(x.shape[:2]))
-    return to_gray_u8(x)
 
 
 def _index_folder(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:

@@ -125,9 +125,8 @@ def _print_result(result: ReplayResult) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    engine = engine_from_args(args)
     params = node_params_from_args(args)
-    params.apply_to_engine(engine)
+    engine = engine_from_args(args, params.applied)
     with tempfile.TemporaryDirectory(prefix="ivf-bench-replay-") as tmp:
         bags = list(args.bag) or generate_bench_bags(
             Path(tmp), [parse_size(s) for s in args.bench_sizes.split(",")], args.bench_frames)
@@ -154,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(args.bag) != 1 or args.out is None:
         parser.error("give exactly one BAG and --out DIR (several bags only with --bench)")
     params = node_params_from_args(args)
-    engine = params.apply_to_engine(engine_from_args(args))
+    engine = engine_from_args(args, params.applied)
     options = ReplayOptions(
         bag=args.bag[0], out=args.out, rgb_topic=args.rgb_topic, thermal_topic=args.thermal_topic,
         label_topic=args.label_topic, labels_dir=args.labels, params=params, png=args.png, overwrite=args.overwrite,

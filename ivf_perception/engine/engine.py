@@ -1,7 +1,9 @@
 """The Engine: the one place that owns device, precision, the model and pre/post-processing.
 
-The live node, bag replay, the CLI and evaluation all call :meth:`Engine.infer`, so every
-front door produces identical images for identical inputs (DESIGN §1). Nothing else in the
+The live node, bag replay, the CLI and evaluation all build it with :meth:`Engine.from_config`
+and call :meth:`Engine.infer` with images as decoded (thermal raw), so every front door produces
+identical images for identical inputs (DESIGN §1): thermal AGC, registration and input
+validation happen here, configured at construction, and nowhere else. Nothing else in the
 package picks a device.
 """
 
@@ -16,11 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ivf_perception.engine.config import PRECISION_NAMES, PipelineConfig, engine_arguments
 from ivf_perception.engine.postprocess import logits_to_labels, make_overlay, to_uint8_rgb
 from ivf_perception.engine.preprocess import prepare_batch
 from ivf_perception.engine.timing import StageTimer
 from ivf_perception.engine.weights import WeightsError, WeightsInfo, load_weights
 from ivf_perception.io.classes import MFNET_CLASSES, MFNET_PALETTE, palette_to_array
+from ivf_perception.io.registration import validate_homography
 from ivf_perception.io.thermal import AGCConfig
 from ivf_perception.models import FusionSegModel, build_model
 from ivf_perception.models.registry import without_pretrained_files
@@ -29,7 +33,7 @@ __all__ = ["Engine", "EngineResult", "EngineError", "PRECISIONS", "DEFAULT_WEIGH
 
 _log = logging.getLogger(__name__)
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "s4fusion_tiny_default.safetensors"
 
 
@@ -93,9 +97,11 @@ class Engine:
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         precision: ``fp32``, ``fp16`` (CUDA only) or ``bf16`` (autocast; the selective scan
             itself always accumulates in fp32).
-        agc: percentile AGC settings for 16-bit thermal.
-        homography: optional 3×3 matrix warping thermal into the RGB frame.
-        class_names, palette: override the sidecar's (or MFNet's) class table.
+        agc: percentile AGC settings for 16-bit thermal (and 16-bit gray RGB).
+        homography: optional 3×3 matrix (or 9 row-major numbers) warping thermal into the
+            RGB frame.
+        class_names, palette: override the sidecar's (or MFNet's) class table; class_names
+            must name every class of the model.
         model_overrides: extra constructor arguments (e.g. ``scan_backend``).
     """
 
@@ -111,8 +117,8 @@ class Engine:
         if precision == "fp16" and self.device.type != "cuda":
             raise EngineError("precision fp16 needs a CUDA device; on the CPU use fp32 or bf16")
         self.precision = precision
-        self.agc = agc or AGCConfig()
-        self.homography = None if homography is None else np.asarray(homography, dtype=np.float64).reshape(3, 3)
+        self._agc = agc or AGCConfig()
+        self._homography = None if homography is None else validate_homography(homography)
         self.info: WeightsInfo | None = None
 
         if weights is not None:
@@ -131,6 +137,9 @@ class Engine:
         if self.info is not None:
             default_names = self.info.classes or default_names
             default_palette = self.info.palette or default_palette
+        if class_names is not None and len(class_names) != n:
+            raise EngineError(f"class_names has {len(class_names)} names but the model has {n} classes; "
+                              "give one name per class or leave it unset")
         self.class_names = list(class_names) if class_names is not None else default_names
         self.set_palette(palette if palette is not None else default_palette)
 
@@ -165,6 +174,12 @@ class Engine:
         return net
 
     @classmethod
+    def from_config(cls, config: PipelineConfig) -> "Engine":
+        """The engine a node, replay or a command asks for (:func:`~.config.engine_arguments`)."""
+        model, kwargs = engine_arguments(config)
+        return cls(model, **kwargs)
+
+    @classmethod
     def default(cls, **kwargs: Any) -> "Engine":
         """The bundled S4Fusion weights (trained on generated scenes + real unlabelled pairs)."""
         if not DEFAULT_WEIGHTS.is_file():
@@ -184,6 +199,22 @@ class Engine:
     @property
     def preset(self) -> str:
         return getattr(self.model, "preset", "")
+
+    @property
+    def agc(self) -> AGCConfig:
+        """Percentile AGC applied to 16-bit images in pre-processing."""
+        return self._agc
+
+    @property
+    def homography(self) -> np.ndarray | None:
+        """The 3×3 thermal → RGB registration, or None (thermal is only resized)."""
+        return self._homography
+
+    def set_agc(self, agc: AGCConfig) -> None:
+        """Replace the AGC window (safe at runtime: each call of :meth:`infer_batch` reads it once)."""
+        if not isinstance(agc, AGCConfig):
+            raise TypeError(f"agc must be an AGCConfig, got {type(agc).__name__}")
+        self._agc = agc
 
     def set_palette(self, palette: Sequence[int]) -> None:
         """Replace the class colours (safe at runtime: only post-processing uses them)."""
@@ -209,7 +240,11 @@ class Engine:
     # ------------------------------------------------------------------ inference
 
     def infer(self, rgb: np.ndarray, thermal: np.ndarray) -> EngineResult:
-        """Fuse and segment one pair (RGB H×W×3 uint8; thermal H×W uint8/uint16/float)."""
+        """Fuse and segment one pair, images as decoded (see ``engine.preprocess``).
+
+        RGB: H×W×3 uint8 (or gray H×W, uint16 raw counts through the AGC); thermal: H×W uint8,
+        uint16 raw counts, float in [0, 1], or H×W×3 false colour.
+        """
         return self.infer_batch([rgb], [thermal])[0]
 
     def infer_batch(self, rgbs: Sequence[np.ndarray], thermals: Sequence[np.ndarray]) -> list[EngineResult]:
@@ -217,7 +252,7 @@ class Engine:
         timer = StageTimer(self.device)
         with timer.stage("preprocess"):
             batch = prepare_batch(list(rgbs), list(thermals), multiple=self.model.input_multiple,
-                                  device=self.device, agc=self.agc, homography=self.homography)
+                                  device=self.device, agc=self._agc, homography=self._homography)
         with timer.stage("inference"):
             out = self._forward(batch.rgb, batch.thermal)
         with timer.stage("postprocess"):

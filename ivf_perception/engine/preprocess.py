@@ -1,11 +1,13 @@
-"""Turn camera arrays into model input tensors: dtype handling, AGC, registration, padding.
+"""Turn camera arrays into model input tensors: validation, AGC, registration, padding.
 
-Inputs are numpy arrays as the codec and image readers produce them: RGB ``H×W×3`` uint8 (or
-gray ``H×W``), thermal ``H×W`` uint8, uint16 raw counts, or float in [0, 1]. Sixteen-bit thermal
-goes through percentile AGC (a fixed 65535 scale flattens thermal images). Thermal is warped
-into the RGB frame by a homography when one is configured, otherwise resized to the RGB size.
-Batches are padded (edge replication) to the model's multiple and to a common size; each
-result remembers its own crop.
+This is the only place images are normalised for a model (DESIGN §1: one pipeline). Inputs are
+numpy arrays as the codec (``io.image_codec.decode_rgb`` / ``decode_thermal``) and the image
+readers leave them: RGB ``H×W×3`` uint8 (or gray ``H×W``; 16-bit gray is raw counts), thermal
+``H×W`` uint8, uint16 raw counts, float in [0, 1], or ``H×W×3`` false colour in RGB order.
+Sixteen-bit images go through the engine's percentile AGC (a fixed 65535 scale flattens thermal
+images). Thermal is warped into the RGB frame by a homography when one is configured, otherwise
+resized to the RGB size. Batches are padded (edge replication) to the model's multiple and to a
+common size; each result remembers its own crop.
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ivf_perception.io.image_codec import to_thermal
 from ivf_perception.io.registration import resize_to, warp_thermal
-from ivf_perception.io.thermal import AGCConfig, agc_percentile
+from ivf_perception.io.thermal import AGCConfig
 
 __all__ = ["InputError", "PreparedBatch", "align_thermal", "prepare_rgb", "prepare_thermal", "prepare_batch"]
 
@@ -31,15 +32,26 @@ class InputError(ValueError):
     """An input image cannot be interpreted (wrong dtype, channels, range or size)."""
 
 
-def prepare_rgb(rgb: np.ndarray) -> np.ndarray:
-    """Validate and normalise an RGB image to ``H×W×3`` uint8 (gray expanded, alpha dropped)."""
+# ITU-R BT.601 luma weights over 255: false-colour thermal to [0, 1] in one product
+_BT601_OVER_255 = np.array([0.299, 0.587, 0.114], dtype=np.float32) / np.float32(255.0)
+
+
+def prepare_rgb(rgb: np.ndarray, agc: AGCConfig | None = None) -> np.ndarray:
+    """Validate and normalise an RGB image to ``H×W×3`` uint8 (gray expanded, alpha dropped).
+
+    16-bit gray (a mono16 camera's raw counts) goes through the percentile AGC (``agc``,
+    default 1/99 %), like 16-bit thermal; 16-bit colour keeps its top 8 bits.
+    """
+    agc = agc or AGCConfig()
     rgb = np.asarray(rgb)
+    if rgb.ndim == 3 and rgb.shape[2] == 1:
+        rgb = rgb[..., 0]
     if rgb.ndim == 2:
+        if rgb.dtype == np.uint16 and rgb.size:
+            rgb = np.rint(agc.apply(rgb) * 255.0).astype(np.uint8)
         rgb = np.repeat(rgb[..., None], 3, axis=2)
-    if rgb.ndim != 3 or rgb.shape[2] not in (1, 3, 4):
+    if rgb.ndim != 3 or rgb.shape[2] not in (3, 4):
         raise InputError(f"RGB image must be H×W, H×W×3 or H×W×4, got shape {rgb.shape}")
-    if rgb.shape[2] == 1:
-        rgb = np.repeat(rgb, 3, axis=2)
     rgb = rgb[..., :3]
     if rgb.shape[0] < 2 or rgb.shape[1] < 2:
         raise InputError(f"RGB image is too small ({rgb.shape[0]}×{rgb.shape[1]})")
@@ -58,8 +70,10 @@ def prepare_thermal(thermal: np.ndarray, agc: AGCConfig | None = None) -> np.nda
     """Normalise a thermal image to ``H×W`` float32 in [0, 1].
 
     uint8 is divided by 255; uint16 (raw counts, e.g. Boson/Lepton RAW16) goes through
-    percentile AGC; float must already be in [0, 1]. Three equal channels collapse to one;
-    false-colour thermal is converted by BT.601 luminance (an approximation of the counts).
+    percentile AGC, never a fixed ``/ 65535``; float must already be in [0, 1]. Three equal
+    channels collapse to one; false colour (RGB order, as the codec decodes ``rgb8``/``bgr8``)
+    is converted by BT.601 luminance. That is an approximation: palettes such as ironbow or
+    rainbow are not monotonic in luminance, so prefer configuring the camera for mono8/mono16.
     """
     agc = agc or AGCConfig()
     t = np.asarray(thermal)
@@ -70,8 +84,9 @@ def prepare_thermal(thermal: np.ndarray, agc: AGCConfig | None = None) -> np.nda
             t = t[..., :3]
             if np.array_equal(t[..., 0], t[..., 1]) and np.array_equal(t[..., 1], t[..., 2]):
                 t = t[..., 0]
-            elif t.dtype == np.uint8:  # false colour from a camera: the codec's conversion, as in the node
-                t = to_thermal(np.ascontiguousarray(t), "rgb8")
+            elif t.dtype == np.uint8:  # false colour from a camera
+                lum = t.astype(np.float32) @ _BT601_OVER_255
+                t = np.clip(lum, 0.0, 1.0, out=lum)
             else:
                 t = (0.299 * t[..., 0].astype(np.float32) + 0.587 * t[..., 1] + 0.114 * t[..., 2]).astype(
                     np.float32 if np.issubdtype(t.dtype, np.floating) else t.dtype)
@@ -84,7 +99,7 @@ def prepare_thermal(thermal: np.ndarray, agc: AGCConfig | None = None) -> np.nda
     if t.dtype == np.uint8:
         return t.astype(np.float32) / 255.0
     if t.dtype == np.uint16:
-        return agc_percentile(t, agc.low_pct, agc.high_pct)
+        return agc.apply(t)
     if np.issubdtype(t.dtype, np.floating):
         if not np.isfinite(t).all():
             raise InputError("thermal image contains NaN or infinite values")
@@ -132,7 +147,7 @@ def prepare_batch(rgbs: list[np.ndarray], thermals: list[np.ndarray], *, multipl
         raise InputError(f"got {len(rgbs)} RGB images but {len(thermals)} thermal images")
     if not rgbs:
         raise InputError("empty batch")
-    rgb_u8 = [prepare_rgb(r) for r in rgbs]
+    rgb_u8 = [prepare_rgb(r, agc) for r in rgbs]
     sizes = [r.shape[:2] for r in rgb_u8]
     th = [align_thermal(prepare_thermal(t, agc), s, homography) for t, s in zip(thermals, sizes)]
     hp = -(-max(s[0] for s in sizes) // multiple) * multiple

@@ -36,6 +36,8 @@ from .image_codec import (
     ENCODINGS,
     SUPPORTED_ENCODINGS,
     EncodingInfo,
+    decode_rgb,
+    decode_thermal,
     encoding_info,
     header_stamp_ns,
     image_to_numpy,
@@ -43,7 +45,6 @@ from .image_codec import (
     numpy_to_image,
     stamp_to_ns,
     to_rgb,
-    to_thermal,
 )
 from .image_files import (
     IMAGE_EXTENSIONS,
@@ -71,7 +72,8 @@ __all__ = [
     "stamp_to_ns",
     "header_stamp_ns",
     "to_rgb",
-    "to_thermal",
+    "decode_rgb",
+    "decode_thermal",
     # thermal
     "AGCConfig",
     "agc_percentile",

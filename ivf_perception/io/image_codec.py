@@ -8,9 +8,11 @@ and tools, so they cannot disagree.
 
 Conventions:
 
-- Decoded arrays keep the message's channel order (``bgr8`` stays BGR); use :func:`to_rgb` /
-  :func:`to_thermal` for model inputs. Mono encodings decode to ``(H, W)``, colour to
-  ``(H, W, C)``.
+- :func:`image_to_numpy` keeps the message's channel order (``bgr8`` stays BGR). Mono
+  encodings decode to ``(H, W)``, colour to ``(H, W, C)``.
+- Engine inputs come from :func:`decode_rgb` / :func:`decode_thermal`, which only reorder
+  channels: 16-bit images stay raw counts, and gain control, registration and validation are the
+  Engine's pre-processing (DESIGN §1: one pipeline for node and replay).
 - ``8UC1`` is treated as ``mono8``, and ``8UC3`` as ``bgr8`` (OpenCV's channel order, which is what
   cv_bridge and OpenCV-based drivers put in such messages).
 - ``step`` may exceed ``width * bytes_per_pixel`` (row padding); padding is dropped.
@@ -31,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from .errors import ImageDecodeError, ImageEncodeError, UnsupportedEncodingError
-from .thermal import AGCConfig, agc_percentile
 
 __all__ = [
     "EncodingInfo",
@@ -44,7 +45,8 @@ __all__ = [
     "stamp_to_ns",
     "header_stamp_ns",
     "to_rgb",
-    "to_thermal",
+    "decode_rgb",
+    "decode_thermal",
 ]
 
 
@@ -358,23 +360,23 @@ def _coerce_header(header: Any, expected: type | None, cls: type) -> Any:
     return make_header(stamp_ns, frame_id, msg_type=cls)
 
 
-def _resolve_agc(agc: AGCConfig | None) -> AGCConfig:
-    if agc is None:
-        return AGCConfig()
-    if not isinstance(agc, AGCConfig):
-        raise TypeError(f"agc must be an AGCConfig or None, got {type(agc).__name__}")
-    return agc
+def to_rgb(array: np.ndarray, encoding: str) -> np.ndarray:
+    """Convert a decoded 8-bit image of any supported encoding to ``(H, W, 3)`` uint8 RGB.
 
+    BGR is reordered, alpha dropped, gray replicated to three channels. The result may share
+    memory with the input when no conversion is needed (``rgb8``).
 
-def to_rgb(array: np.ndarray, encoding: str, agc: AGCConfig | None = None) -> np.ndarray:
-    """Convert a decoded image of any supported encoding to ``(H, W, 3)`` uint8 RGB.
-
-    BGR is reordered, alpha dropped, gray replicated to three channels; 16-bit gray goes through
-    the percentile AGC (``agc``, default 1/99 %) first. The result may share memory with the input
-    when no conversion is needed (``rgb8``).
+    Raises:
+        ImageDecodeError: a 16-bit encoding: raw counts have no fixed 8-bit meaning; give them to
+            the Engine (which applies its AGC) or to ``io.thermal.agc_percentile`` for display.
     """
     info = encoding_info(encoding)
     arr = _check_array(array, info, error=ImageDecodeError)
+    if info.dtype != _U8:
+        raise ImageDecodeError(
+            f"{info.name} holds raw 16-bit counts, which have no fixed RGB form; pass them to the "
+            "Engine (its percentile AGC converts them) or apply io.thermal.agc_percentile to view them"
+        )
     if info.order == "rgb":
         return np.ascontiguousarray(arr)
     if info.order == "bgr":
@@ -383,35 +385,34 @@ def to_rgb(array: np.ndarray, encoding: str, agc: AGCConfig | None = None) -> np
         return np.ascontiguousarray(arr[:, :, :3])
     if info.order == "bgra":
         return np.ascontiguousarray(arr[:, :, 2::-1])
-    gray = arr[:, :, 0]
-    if info.dtype != _U8:
-        cfg = _resolve_agc(agc)
-        gray = np.rint(agc_percentile(gray, cfg.low_pct, cfg.high_pct) * 255.0).astype(np.uint8)
-    return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.repeat(arr, 3, axis=2)
 
 
-# ITU-R BT.601 luma weights (the ones the fusion metrics and the papers' YCbCr code use)
-_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+def decode_rgb(msg: Any) -> np.ndarray:
+    """Decode an RGB camera's Image for the Engine.
 
+    Returns:
+        ``(H, W, 3)`` uint8 RGB for 8-bit encodings (reordered, alpha dropped, gray replicated);
+        ``(H, W)`` uint16 raw counts for ``mono16``/``16UC1`` (the Engine applies its AGC).
 
-def to_thermal(array: np.ndarray, encoding: str, agc: AGCConfig | None = None) -> np.ndarray:
-    """Convert a decoded thermal image to ``(H, W)`` float32 in ``[0, 1]``.
-
-    - ``mono8`` / ``8UC1``: ``x / 255`` (the camera already applied its AGC).
-    - ``mono16`` / ``16UC1``: raw counts through the percentile AGC (``agc``, default 1/99 %),
-      never a fixed ``/ 65535`` scale.
-    - ``rgb8`` / ``bgr8`` / ``8UC3`` / ``rgba8`` / ``bgra8`` (false-colour palettes): BT.601
-      luminance ``/ 255``. This is an approximation: palettes such as ironbow or rainbow are not
-      monotonic in luminance, so prefer configuring the camera for mono8/mono16 output.
+    Raises:
+        as :func:`image_to_numpy`.
     """
-    info = encoding_info(encoding)
-    arr = _check_array(array, info, error=ImageDecodeError)
-    if info.order == "gray":
-        gray = arr[:, :, 0]
-        if info.dtype == _U8:
-            return gray.astype(np.float32) * np.float32(1.0 / 255.0)
-        cfg = _resolve_agc(agc)
-        return agc_percentile(gray, cfg.low_pct, cfg.high_pct)
-    rgb = to_rgb(arr, info.name).astype(np.float32)
-    lum = rgb @ (_BT601 / np.float32(255.0))
-    return np.clip(lum, 0.0, 1.0, out=lum)
+    array = image_to_numpy(msg)
+    info = encoding_info(msg.encoding)
+    return array if info.dtype != _U8 else to_rgb(array, info.name)
+
+
+def decode_thermal(msg: Any) -> np.ndarray:
+    """Decode a thermal camera's Image for the Engine.
+
+    Returns:
+        ``(H, W)`` uint8 or uint16 raw counts for mono encodings, as recorded; ``(H, W, 3)``
+        uint8 in RGB order for false-colour encodings (the Engine converts them by luminance).
+
+    Raises:
+        as :func:`image_to_numpy`.
+    """
+    array = image_to_numpy(msg)
+    info = encoding_info(msg.encoding)
+    return array if info.channels == 1 else to_rgb(array, info.name)

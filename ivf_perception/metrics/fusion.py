@@ -131,7 +131,7 @@ def to_gray_u8(image: Any) -> np.ndarray:
     Rounding is numpy's (half to even). Integer images with values above 255 (16-bit raw
     thermal), 4-channel images (alpha, or MFNet's RGB + thermal) and float images outside
     ``[0, 1]`` are refused: their 8-bit meaning is not defined here (apply the thermal gain
-    control first, or use ``ivf_perception.cli.eval_fusion.prepare_for_metrics`` on images as
+    control first, or use ``ivf_perception.metrics.prepare.prepare_for_metrics`` on images as
     read from files).
 
     Args:
@@ -170,7 +170,7 @@ def to_gray_u8(image: Any) -> np.ndarray:
                     f"to_gray_u8: {x.dtype} image has values in [{lo}, {hi}], expected 0..255; "
                     "16-bit thermal images need gain control to 8 bits first, not a fixed scale "
                     "(ivf_perception.io.thermal.agc_percentile, or "
-                    "ivf_perception.cli.eval_fusion.prepare_for_metrics(image, 'ir') for images as read)"
+                    "ivf_perception.metrics.prepare.prepare_for_metrics(image, 'ir') for images as read)"
                 )
         u8 = x.astype(np.uint8, copy=False)
     elif np.issubdtype(x.dtype, np.floating):

@@ -1,9 +1,12 @@
 """``fusion_node``: live thermal + RGB fusion and segmentation as a ROS 2 lifecycle node.
 
 Data path (DESIGN §1, §4): the image callbacks only read the header stamp and offer the message
-to the shared :class:`~ivf_perception.sync.ApproximateTimePairer`; a completed pair goes to a
-:class:`~ivf_perception.sync.LatestSlot`; one worker thread takes the newest pair, decodes it
-(``ivf_perception.io``), runs :meth:`Engine.infer`, encodes and publishes. A slow engine
+to the shared :class:`~ivf_perception.sync.ApproximateTimePairer` (which also owns the time-jump
+reset); a completed pair goes to a :class:`~ivf_perception.sync.LatestSlot`; one worker thread
+takes the newest pair, decodes it (``io.decode_rgb``/``io.decode_thermal``, thermal left raw, as
+replay does), runs :meth:`Engine.infer` (AGC, registration and validation happen there), encodes
+and publishes. The engine is built by :meth:`Engine.from_config` from the same
+:class:`~ivf_perception.engine.config.PipelineConfig` replay and the CLI use. A slow engine
 therefore drops stale pairs (counted) instead of building a queue and latency, and inference
 never blocks the executor. This module only wires parts together: no tensor maths here.
 
@@ -52,7 +55,8 @@ from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, Image
 
 from ivf_perception.engine import Engine, EngineError, EngineResult, InputError, WeightsError
-from ivf_perception.io import AGCConfig, IVFIOError, header_stamp_ns, image_to_numpy, numpy_to_image, to_rgb, to_thermal
+from ivf_perception.engine.config import ParameterValueError
+from ivf_perception.io import AGCConfig, IVFIOError, decode_rgb, decode_thermal, header_stamp_ns, numpy_to_image
 from ivf_perception.io.stats_msg import FusionStatsValues, rclpy_fusion_stats_type
 from ivf_perception.models.registry import UnknownModelError
 from ivf_perception.nodes.health import HealthSnapshot, RateMeter, StreamHealth, assess_health, to_diagnostic_array
@@ -60,12 +64,10 @@ from ivf_perception.nodes.parameters import (
     PARAMETERS,
     SAFE_PARAMETERS,
     FusionNodeConfig,
-    ParameterValueError,
     build_qos,
     check_parameter_change,
     config_from_values,
     descriptor,
-    engine_arguments,
 )
 from ivf_perception.sync import STREAMS, ApproximateTimePairer, LatestSlot, Pair
 
@@ -80,9 +82,11 @@ CONFIGURE_ERRORS = (WeightsError, EngineError, UnknownModelError, InputError, IV
 
 @dataclass(frozen=True)
 class _Runtime:
-    """Settings the worker reads per frame; replaced as a whole when a safe parameter changes."""
+    """Output settings the worker reads per frame; replaced as a whole when a safe parameter changes.
 
-    agc: AGCConfig
+    The AGC window is the engine's (``Engine.set_agc``), so pre-processing has one owner.
+    """
+
     overlay_enabled: bool
     overlay_alpha: float
 
@@ -150,13 +154,8 @@ class FusionNode(LifecycleNode):
             config = config_from_values(self._parameter_values())
         except ParameterValueError as exc:
             return self._configure_failed(f"invalid parameter: {exc}")
-        model, kwargs = engine_arguments(config)
         try:
-            engine = Engine(model, **kwargs)
-            if config.class_names is not None and len(config.class_names) != engine.num_classes:
-                raise ParameterValueError(
-                    f"class_names has {len(config.class_names)} names but the model has "
-                    f"{engine.num_classes} classes; give one name per class or leave it unset")
+            engine = Engine.from_config(config.pipeline)
             started = time.monotonic()
             engine.warmup(*config.warmup_size)
             warmup_ms = (time.monotonic() - started) * 1e3
@@ -165,7 +164,7 @@ class FusionNode(LifecycleNode):
 
         self._engine, self._config, self._configure_error = engine, config, ""
         self._engine_info = engine.describe()  # per-frame stats reuse it (describe() walks the model)
-        self._runtime = _Runtime(config.agc, config.overlay_enabled, config.overlay_alpha)
+        self._runtime = _Runtime(config.overlay_enabled, config.pipeline.overlay_alpha)
         self._image_qos = build_qos(config.qos_reliability, config.qos_depth)
         # Outputs are reliable: reliable and best-effort subscribers (RViz, recorders) both match.
         out_qos = QoSProfile(depth=config.qos_depth, reliability=ReliabilityPolicy.RELIABLE)
@@ -182,15 +181,16 @@ class FusionNode(LifecycleNode):
         info = self._engine_info
         self.get_logger().info(
             f"configured: {info['variant']}/{info['preset']} ({info['num_classes']} classes) on "
-            f"{info['device']} {info['precision']}, weights '{config.weights}', warm-up "
+            f"{info['device']} {info['precision']}, weights '{config.pipeline.weights}', warm-up "
             f"{config.warmup_size[0]}x{config.warmup_size[1]} took {warmup_ms:.0f} ms")
         return TransitionCallbackReturn.SUCCESS
 
     @_transition
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         config = self._config  # set: the state machine only activates a configured node
+        pipeline = config.pipeline
         self._reset_counters()
-        self._pairer = ApproximateTimePairer(config.slop_s, config.queue_size)
+        self._pairer = ApproximateTimePairer(pipeline.slop_s, pipeline.queue_size, pipeline.time_jump_threshold_s)
         self._slot = LatestSlot(self._pairer.stats)
         qos = self._image_qos
         self._subscriptions_list = [
@@ -207,7 +207,7 @@ class FusionNode(LifecycleNode):
         self._active = True
         self.get_logger().info(
             "active: " + ", ".join(s.topic_name for s in self._subscriptions_list[:2])
-            + f" ({config.qos_reliability}, depth {config.qos_depth}), slop {config.slop_s * 1e3:.0f} ms")
+            + f" ({config.qos_reliability}, depth {config.qos_depth}), slop {pipeline.slop_s * 1e3:.0f} ms")
         return result
 
     @_transition
@@ -299,10 +299,8 @@ class FusionNode(LifecycleNode):
         self._processed = 0
         self._failed = 0
         self._failed_since_report = 0
-        self._resets = 0
         self._last_error = ""
         self._last_error_time: float | None = None
-        self._latest_stamp: dict[str, int | None] = {s: None for s in STREAMS}
         self._last_rx: dict[str, float | None] = {s: None for s in STREAMS}
         self._image_size: dict[str, tuple[int, int]] = {}
         self._camera_info_size: dict[str, tuple[int, int]] = {}
@@ -319,18 +317,11 @@ class FusionNode(LifecycleNode):
         self._meters[stream].tick(now)
         self._last_rx[stream] = now
         self._image_size[stream] = (msg.width, msg.height)
-        stamp = header_stamp_ns(msg)
-        latest = self._latest_stamp[stream]
-        if latest is not None and latest - stamp > self._config.time_jump_threshold_s * 1e9:
-            self._pairer.reset()
-            self._latest_stamp = {s: None for s in STREAMS}
-            self._resets += 1
+        pair = self._pairer.add(stream, header_stamp_ns(msg), msg)
+        for jump in self._pairer.take_time_jumps():
             self.get_logger().warning(
-                f"{stream} stamps jumped back by {(latest - stamp) / 1e9:.3f} s (bag loop or clock "
+                f"{jump.stream} stamps jumped back by {jump.back_s:.3f} s (bag loop or clock "
                 "reset): pairing queues reset")
-        previous = self._latest_stamp[stream]
-        self._latest_stamp[stream] = stamp if previous is None else max(previous, stamp)
-        pair = self._pairer.add(stream, stamp, msg)
         if pair is not None:
             self._slot.put(pair)
 
@@ -361,10 +352,7 @@ class FusionNode(LifecycleNode):
             self.get_logger().error(traceback.format_exc(), throttle_duration_sec=5.0)
 
     def _infer(self, pair: Pair[Image]) -> EngineResult:
-        runtime = self._runtime
-        rgb = to_rgb(image_to_numpy(pair.rgb), pair.rgb.encoding, runtime.agc)
-        thermal = to_thermal(image_to_numpy(pair.thermal), pair.thermal.encoding, runtime.agc)
-        return self._engine.infer(rgb, thermal)
+        return self._engine.infer(decode_rgb(pair.rgb), decode_thermal(pair.thermal))
 
     def _publish(self, pair: Pair[Image], result: EngineResult, started: float) -> None:
         pubs, runtime, header = self._publishers_by_name, self._runtime, pair.rgb.header
@@ -382,7 +370,7 @@ class FusionNode(LifecycleNode):
                 frame_id=header.frame_id, engine_info=self._engine_info, class_names=engine.class_names,
                 labels=result.labels, timings_ms=result.timings_ms, pairing=self._pairer.stats,
                 end_to_end_ms=end_to_end_ms, processed=self._processed, failed=self._failed,
-                resets=self._resets)
+                resets=self._pairer.stats.resets)
             pubs["stats"].publish(values.to_rclpy())
         self._meters["output"].tick()
         self._latency_ms.append(end_to_end_ms)
@@ -419,7 +407,7 @@ class FusionNode(LifecycleNode):
         if pairing is not None:
             counters = {"paired": pairing.paired, "processed": self._processed, "dropped stale": pairing.dropped_stale,
                         "failed": self._failed, "unmatched rgb": pairing.unmatched["rgb"],
-                        "unmatched thermal": pairing.unmatched["thermal"], "resets": self._resets,
+                        "unmatched thermal": pairing.unmatched["thermal"], "resets": pairing.resets,
                         "pair skew mean (ms)": round(pairing.skew_mean_ms, 2),
                         "pair skew max (ms)": round(pairing.skew_max_ms, 2)}
         latency, processing = list(self._latency_ms), list(self._processing_ms)
@@ -461,9 +449,10 @@ class FusionNode(LifecycleNode):
             self._engine.set_palette(list(values["palette"]))
         if self._pairer is not None and "slop_s" in names:
             self._pairer.set_slop(values["slop_s"])
-        if self._runtime is not None and names & {"agc_low_pct", "agc_high_pct", "overlay_enabled", "overlay_alpha"}:
-            self._runtime = _Runtime(AGCConfig(values["agc_low_pct"], values["agc_high_pct"]),
-                                     values["overlay_enabled"], values["overlay_alpha"])
+        if self._engine is not None and names & {"agc_low_pct", "agc_high_pct"}:
+            self._engine.set_agc(AGCConfig(values["agc_low_pct"], values["agc_high_pct"]))
+        if self._runtime is not None and names & {"overlay_enabled", "overlay_alpha"}:
+            self._runtime = _Runtime(values["overlay_enabled"], values["overlay_alpha"])
         pending = sorted(n for n in names if n not in SAFE_PARAMETERS and n in values)
         if pending and self._engine is not None:
             self.get_logger().info(f"{', '.join(pending)} changed: takes effect at the next configure "

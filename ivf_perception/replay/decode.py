@@ -2,7 +2,9 @@
 
 Why a separate step: decoding happens only for frames that paired (as in the live node's
 worker), and a frame that cannot be decoded must be skipped and reported without stopping the
-replay, so the failure has to surface here, per frame, as one exception type.
+replay, so the failure has to surface here, per frame, as one exception type. The images are
+decoded by the same codec functions as in the node (``decode_rgb``/``decode_thermal``: channel
+order only), so the Engine receives identical arrays on both paths.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ivf_perception.io.errors import ImageDecodeError
-from ivf_perception.io.image_codec import encoding_info, image_to_numpy, to_rgb
+from ivf_perception.io.image_codec import decode_rgb, decode_thermal, encoding_info, image_to_numpy
 
 from .pairing import FramePair
 
@@ -24,7 +26,8 @@ class DecodedFrame:
     """Arrays of one pair.
 
     Attributes:
-        rgb: ``(H, W, 3)`` uint8 RGB.
+        rgb: ``(H, W, 3)`` uint8 RGB, or ``(H, W)`` uint16 raw counts from a 16-bit gray camera
+            (the engine applies AGC; its result's ``rgb`` is the 8-bit image).
         thermal: as recorded: ``(H, W)`` uint8 or uint16 raw counts, or ``(H, W, 3)`` uint8 RGB
             for false-colour cameras (the engine applies AGC / luminance itself).
         thermal_encoding: the thermal message's encoding.
@@ -57,16 +60,12 @@ def decode_pair(pair: FramePair) -> DecodedFrame:
         ImageDecodeError: (including UnsupportedEncodingError) naming which image failed.
     """
     try:
-        rgb_msg = pair.rgb_msg
-        rgb = to_rgb(image_to_numpy(rgb_msg), rgb_msg.encoding)
+        rgb = decode_rgb(pair.rgb_msg)
     except ImageDecodeError as exc:
         raise ImageDecodeError(f"RGB image: {exc}") from exc
     try:
-        th_msg = pair.thermal_msg
-        info = encoding_info(th_msg.encoding)
-        thermal = image_to_numpy(th_msg)
-        if info.channels > 1:
-            thermal = to_rgb(thermal, info.name)
+        encoding = encoding_info(pair.thermal_msg.encoding).name
+        thermal = decode_thermal(pair.thermal_msg)
     except ImageDecodeError as exc:
         raise ImageDecodeError(f"thermal image: {exc}") from exc
     labels = None
@@ -78,4 +77,4 @@ def decode_pair(pair: FramePair) -> DecodedFrame:
         if labels.shape != rgb.shape[:2]:
             raise ImageDecodeError(f"label image is {labels.shape[1]}x{labels.shape[0]} but the RGB image is "
                                    f"{rgb.shape[1]}x{rgb.shape[0]}; labels must match the RGB image")
-    return DecodedFrame(rgb=rgb, thermal=thermal, thermal_encoding=info.name, labels=labels)
+    return DecodedFrame(rgb=rgb, thermal=thermal, thermal_encoding=encoding, labels=labels)

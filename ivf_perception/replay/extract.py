@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ivf_perception.engine.preprocess import prepare_rgb
 from ivf_perception.io.errors import ImageDecodeError
 from ivf_perception.io.image_files import write_png
 
@@ -183,7 +184,9 @@ def extract_dataset(options: ExtractOptions) -> ExtractResult:
                     if frame.labels is not None:
                         _write_atomic(options.out / "labels" / f"{pair.name}.png", frame.labels)
                     _write_atomic(options.out / "ir" / f"{pair.name}.png", frame.thermal)
-                    _write_atomic(options.out / "vi" / f"{pair.name}.png", frame.rgb)
+                    # 8-bit as the engine sees it (a 16-bit gray camera through the node's AGC)
+                    vi = prepare_rgb(frame.rgb, options.params.config.agc)
+                    _write_atomic(options.out / "vi" / f"{pair.name}.png", vi)
                     frames[pair.name] = _entry(pair, frame.thermal_encoding)
                     written += 1
                     if written % _INDEX_EVERY == 0:

@@ -2,7 +2,7 @@
 
 Why here and not in the runner: the metrics must be the very ones ``eval-fusion`` and the demo
 report (one implementation, :mod:`ivf_perception.metrics`), prepared the same way
-(:func:`~ivf_perception.cli.eval_fusion.prepare_for_metrics`: BT.601 gray, percentile AGC for
+(:func:`~ivf_perception.metrics.prepare.prepare_for_metrics`: BT.601 gray, percentile AGC for
 16-bit thermal); this module only decides what is accumulated over which frames.
 
 - Fusion metrics (DESIGN §6) of every frame, averaged overall, by day and by night.
@@ -23,11 +23,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ivf_perception.cli.eval_fusion import prepare_for_metrics
 from ivf_perception.io.registration import resize_to, warp_thermal
 from ivf_perception.metrics import ConfusionAccumulator, FusionMetricAccumulator, confusion_matrix, fusion_metrics, miou
-
-from .decode import DecodedFrame
+from ivf_perception.metrics.prepare import prepare_for_metrics
 
 __all__ = ["NIGHT_LUMA_THRESHOLD", "PIPELINE_STAGES", "FrameResult", "ReplayMetrics", "mean_luma", "latency_stats"]
 
@@ -103,13 +101,18 @@ class ReplayMetrics:
         self._conf = {s: ConfusionAccumulator(k, class_names=self.class_names) for s in splits}
         self.label_errors = 0
 
-    def add(self, result: FrameResult, frame: DecodedFrame, fused: np.ndarray, labels: np.ndarray | None,
-            ground_truth: np.ndarray | None) -> FrameResult:
-        """Score one frame and accumulate it; records its ``metrics`` time in ``result.timings_ms``."""
+    def add(self, result: FrameResult, rgb: np.ndarray, thermal: np.ndarray, fused: np.ndarray,
+            labels: np.ndarray | None, ground_truth: np.ndarray | None) -> FrameResult:
+        """Score one frame and accumulate it; records its ``metrics`` time in ``result.timings_ms``.
+
+        Args:
+            rgb: the engine's validated ``(H, W, 3)`` uint8 RGB (``EngineResult.rgb``).
+            thermal: the thermal image as decoded (raw counts or 8-bit).
+        """
         start = time.perf_counter()
         split = "night" if result.is_night else "day"
         if self.fusion_enabled:
-            result.fusion = self._fusion_metrics(frame, fused)
+            result.fusion = self._fusion_metrics(rgb, thermal, fused)
             for s in ("all", split):
                 self._fusion[s].update(result.fusion)
         if ground_truth is not None and labels is not None and self._conf:
@@ -118,9 +121,9 @@ class ReplayMetrics:
         self.frames.append(result)
         return result
 
-    def _fusion_metrics(self, frame: DecodedFrame, fused: np.ndarray) -> dict[str, float]:
-        vi = prepare_for_metrics(frame.rgb, "vi")
-        ir = prepare_for_metrics(frame.thermal, "ir")
+    def _fusion_metrics(self, rgb: np.ndarray, thermal: np.ndarray, fused: np.ndarray) -> dict[str, float]:
+        vi = prepare_for_metrics(rgb, "vi")
+        ir = prepare_for_metrics(thermal, "ir")
         if self.homography is not None:
             ir = np.rint(warp_thermal(ir, self.homography, vi.shape))
         elif ir.shape != vi.shape:

@@ -1,11 +1,10 @@
 """Bag messages → RGB/thermal pairs, exactly as the live node would have paired them.
 
 Why: the value of replay evaluation is that it reproduces live behaviour. Messages are fed to
-the shared :class:`~ivf_perception.sync.ApproximateTimePairer` (same slop and queue size as the
-node) in the bag's record-time order, which is the order they arrived in live, keyed by their
-header stamps. Header stamps that jump back by more than
-the node's ``time_jump_threshold_s`` (a looped bag, a clock reset) reset the pairer exactly as
-the node does; smaller steps back are counted as out-of-order messages.
+the shared :class:`~ivf_perception.sync.ApproximateTimePairer` (same slop, queue size and
+time-jump threshold as the node) in the bag's record-time order, which is the order they arrived
+in live, keyed by their header stamps. The pairer itself resets on a time jump (a looped bag, a
+clock reset), exactly as in the node; this module only logs the jumps it reports.
 
 Ground-truth labels (a label topic stamped like the RGB image) are attached to the pair whose
 RGB header stamp they carry. They may be recorded before or after the pair completes, so a pair
@@ -85,8 +84,8 @@ class PairingLog:
     """What happened while pairing, beyond the pairer's own counters.
 
     Attributes:
-        stats: the pairer's :class:`~ivf_perception.sync.PairingStats` (live object).
-        resets: pairer resets after a header stamp jumped back by more than the threshold.
+        stats: the pairer's :class:`~ivf_perception.sync.PairingStats` (live object; its
+            ``resets`` counts the time-jump resets).
         events: descriptions of those jumps (the first few).
         skews_ns: thermal − RGB stamp of every pair, in pairing order.
         labels_matched: pairs that received a ground-truth label.
@@ -94,11 +93,15 @@ class PairingLog:
     """
 
     stats: PairingStats
-    resets: int = 0
     events: list[str] = field(default_factory=list)
     skews_ns: list[int] = field(default_factory=list)
     labels_matched: int = 0
     labels_unmatched: int = 0
+
+    @property
+    def resets(self) -> int:
+        """Pairer resets after a header stamp jumped back by more than the threshold."""
+        return self.stats.resets
 
     def as_dict(self) -> dict[str, Any]:
         return {**self.stats.as_dict(), "resets": self.resets, "time_jumps": list(self.events),
@@ -119,11 +122,10 @@ class FrameStream:
                  on_record: Callable[[BagRecord], None] | None = None) -> None:
         self.reader = reader
         self.topics = topics
-        self.pairer: ApproximateTimePairer[tuple[Any, int]] = ApproximateTimePairer(params.slop_s, params.queue_size)
+        self.pairer: ApproximateTimePairer[tuple[Any, int]] = ApproximateTimePairer(
+            params.slop_s, params.queue_size, params.config.time_jump_threshold_s)
         self.log = PairingLog(self.pairer.stats)
-        self._jump_ns = params.time_jump_ns
         self._on_record = on_record
-        self._last_stamp: dict[str, int] = {}
         self._labels: dict[int, tuple[Any, int]] = {}  # stamp -> (label msg, record time)
         self._pending: deque[FramePair] = deque()
         self._count = 0
@@ -149,18 +151,11 @@ class FrameStream:
         self._labels.clear()
 
     def _add_image(self, stream: str, msg: Any, log_ns: int) -> None:
-        stamp = header_stamp_ns(msg)
-        last = self._last_stamp.get(stream)
-        if last is not None and last - stamp > self._jump_ns:
-            self.pairer.reset()
-            self.log.resets += 1
+        pair = self.pairer.add(stream, header_stamp_ns(msg), (msg, log_ns))
+        for jump in self.pairer.take_time_jumps():
             if len(self.log.events) < _MAX_EVENTS:
-                self.log.events.append(f"{stream} stamp jumped back {(last - stamp) / 1e9:.3f} s at record time "
+                self.log.events.append(f"{jump.stream} stamp jumped back {jump.back_s:.3f} s at record time "
                                        f"{log_ns}; pairing reset")
-            self._last_stamp.clear()
-        previous = self._last_stamp.get(stream)
-        self._last_stamp[stream] = stamp if previous is None else max(previous, stamp)
-        pair = self.pairer.add(stream, stamp, (msg, log_ns))
         if pair is None:
             return
         (rgb_msg, rgb_log), (th_msg, th_log) = pair.rgb, pair.thermal

@@ -2,12 +2,14 @@
 
 Why: replay evaluation is only worth something if it pairs and pre-processes frames as the robot
 did, so replay reads the node's own parameter file (``--ros-args --params-file node.yaml``) and
-validates it with the node's own table (:func:`ivf_perception.nodes.parameters.config_from_values`:
-same defaults, same checks). Replay uses the parameters that shape results: ``slop_s``,
-``queue_size`` and ``time_jump_threshold_s`` (pairing), ``agc_low_pct``/``agc_high_pct`` and
-``homography`` (thermal pre-processing), ``class_names``/``palette`` and ``overlay_alpha``
-(outputs). The engine itself is chosen on the command line (``--variant``/``--weights``), as
-evaluations usually compare engines.
+validates it with the pipeline table the node declares its parameters from
+(:class:`ivf_perception.engine.config.PipelineConfig`: same defaults, same checks). Replay uses
+the parameters that shape results: ``slop_s``, ``queue_size`` and ``time_jump_threshold_s``
+(pairing), ``agc_low_pct``/``agc_high_pct`` and ``homography`` (thermal pre-processing),
+``class_names``/``palette`` and ``overlay_alpha`` (outputs). The engine itself is chosen on the
+command line (``--variant``/``--weights``), as evaluations usually compare engines: the command
+adds that choice to :attr:`NodeParams.applied` and ``Engine.from_config`` builds the engine from
+the resulting :class:`~ivf_perception.engine.config.PipelineConfig`, as the node does.
 
 Accepted layouts (ROS 2 parameter files)::
 
@@ -24,17 +26,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
-from ivf_perception.engine import Engine
-from ivf_perception.io.thermal import AGCConfig
-from ivf_perception.nodes.parameters import SPECS, FusionNodeConfig, config_from_values
+from ivf_perception.engine.config import PIPELINE_SPECS, PipelineConfig
 
-__all__ = ["NodeParams", "load_node_params"]
+__all__ = ["NodeParams", "load_node_params", "NODE_ONLY_PARAMETERS"]
 
 _APPLIED = ("slop_s", "queue_size", "time_jump_threshold_s", "agc_low_pct", "agc_high_pct", "homography",
             "class_names", "palette", "overlay_alpha")
+NODE_ONLY_PARAMETERS = ("warmup_size", "qos_reliability", "qos_depth", "overlay_enabled", "stream_timeout_s",
+                        "diagnostics_period_s", "autostart")
+"""The node's ROS-only parameters: known (not reported as unknown) but meaningless for replay.
+Named here because replay may not import the node; a node test keeps the two lists equal."""
 
 
 @dataclass(frozen=True)
@@ -42,14 +45,17 @@ class NodeParams:
     """The node parameters replay applies.
 
     Attributes:
-        config: the node's validated configuration (defaults for anything not in the file).
+        config: the validated pipeline configuration (defaults for anything not in the file;
+            its engine fields are the node's defaults, replay's engine comes from the command).
         source: where the values came from (a file and node name, or the node's defaults).
         file_values: the parameters as written in the file (for the report), unknown ones included.
+        applied: the values of the file (and overrides) that replay applies.
     """
 
-    config: FusionNodeConfig = field(default_factory=lambda: config_from_values({}))
+    config: PipelineConfig = field(default_factory=lambda: PipelineConfig.from_values({}))
     source: str = "the fusion node's defaults"
     file_values: dict[str, Any] = field(default_factory=dict)
+    applied: dict[str, Any] = field(default_factory=dict)
 
     @property
     def slop_s(self) -> float:
@@ -72,24 +78,9 @@ class NodeParams:
     def overlay_alpha(self) -> float:
         return self.config.overlay_alpha
 
-    def apply_to_engine(self, engine: Engine) -> Engine:
-        """Give the engine the node's thermal AGC, registration and class table, as the node does."""
-        c = self.config
-        engine.agc = AGCConfig(c.agc.low_pct, c.agc.high_pct)
-        if c.homography is not None:
-            engine.homography = np.asarray(c.homography, dtype=np.float64).reshape(3, 3)
-        if c.class_names is not None:
-            if len(c.class_names) != engine.num_classes:
-                raise ValueError(f"class_names has {len(c.class_names)} names but the engine has "
-                                 f"{engine.num_classes} classes")
-            engine.class_names = list(c.class_names)
-        if c.palette is not None:
-            engine.set_palette(list(c.palette))
-        return engine
-
     def as_dict(self) -> dict[str, Any]:
         c = self.config
-        unknown = sorted(set(self.file_values) - SPECS.keys())
+        unknown = sorted(set(self.file_values) - PIPELINE_SPECS.keys() - set(NODE_ONLY_PARAMETERS))
         return {"slop_s": c.slop_s, "queue_size": c.queue_size, "time_jump_threshold_s": c.time_jump_threshold_s,
                 "agc_pct": [c.agc.low_pct, c.agc.high_pct], "homography": list(c.homography) if c.homography else None,
                 "overlay_alpha": c.overlay_alpha, "class_names": list(c.class_names) if c.class_names else None,
@@ -158,4 +149,5 @@ def load_node_params(path: str | os.PathLike[str] | None, node_name: str | None 
     if slop_s is not None or queue_size is not None:
         source += " + command-line overrides"
         applied.update({k: v for k, v in (("slop_s", slop_s), ("queue_size", queue_size)) if v is not None})
-    return NodeParams(config=config_from_values(applied), source=source, file_values=values)
+    return NodeParams(config=PipelineConfig.from_values(applied), source=source, file_values=values,
+                      applied=applied)

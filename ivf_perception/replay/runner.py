@@ -218,14 +218,13 @@ class _Replay:
                 self.write_pngs(p.pair.name, result.fused, result.labels, overlay)
             timings["write"] = (time.perf_counter() - start) * 1e3
             self.processed += 1
-            brightness = mean_luma(p.frame.rgb)
+            brightness = mean_luma(result.rgb)
             frame_result = FrameResult(
                 index=p.pair.index, name=p.pair.name, rgb_stamp_ns=p.pair.rgb_stamp_ns,
                 thermal_stamp_ns=p.pair.thermal_stamp_ns, skew_ms=p.pair.skew_ns / 1e6, brightness=brightness,
                 is_night=brightness < self.o.night_threshold, timings_ms=timings)
-            self.metrics.add(frame_result, p.frame, result.fused, result.labels, p.frame.labels)
-            self.thumbs.offer(frame_result, p.frame.rgb, p.frame.thermal, p.frame.thermal_encoding, result.fused,
-                              overlay)
+            self.metrics.add(frame_result, result.rgb, p.frame.thermal, result.fused, result.labels, p.frame.labels)
+            self.thumbs.offer(frame_result, result.rgb, p.frame.thermal, result.fused, overlay)
             progress.update(1)
 
     def write_pngs(self, name: str, fused: np.ndarray, labels: np.ndarray | None, overlay: np.ndarray | None) -> None:

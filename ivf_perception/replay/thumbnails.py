@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from ivf_perception.io.image_codec import to_rgb
+from ivf_perception.io.thermal import agc_percentile
 
 from .metrics import FrameResult
 
@@ -42,11 +42,13 @@ def _small(image: np.ndarray) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
-def _thermal_view(thermal: np.ndarray, encoding: str) -> np.ndarray:
-    """Thermal as 8-bit RGB for display (16-bit through the same percentile AGC as the engine)."""
+def _thermal_view(thermal: np.ndarray) -> np.ndarray:
+    """Thermal as decoded → 8-bit RGB for display (16-bit through the default percentile AGC)."""
     if thermal.ndim == 3:
         return thermal
-    return to_rgb(thermal, encoding if thermal.dtype == np.uint16 else "mono8")
+    if thermal.dtype == np.uint16:
+        thermal = np.rint(agc_percentile(thermal) * 255.0).astype(np.uint8)
+    return np.repeat(thermal[:, :, None], 3, axis=2)
 
 
 @dataclass
@@ -73,12 +75,12 @@ class ThumbnailKeeper:
         return (len(self._best) < self.k or score > self._best[0][0]
                 or len(self._worst) < self.k or -score > self._worst[0][0])
 
-    def offer(self, result: FrameResult, rgb: np.ndarray, thermal: np.ndarray, thermal_encoding: str,
-              fused: np.ndarray, overlay: np.ndarray | None) -> None:
+    def offer(self, result: FrameResult, rgb: np.ndarray, thermal: np.ndarray, fused: np.ndarray,
+              overlay: np.ndarray | None) -> None:
         ranked = frame_score(result)
         if ranked is None or self.k <= 0 or not self.wants(ranked[1]):
             return
-        images = {"rgb": _small(rgb), "thermal": _small(_thermal_view(thermal, thermal_encoding)),
+        images = {"rgb": _small(rgb), "thermal": _small(_thermal_view(thermal)),
                   "fused": _small(fused)}
         if overlay is not None:
             images["overlay"] = _small(overlay)

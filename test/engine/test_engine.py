@@ -122,10 +122,93 @@ def test_palette_change_and_validation(engine: Engine) -> None:
         engine.set_palette([0x1000000])
 
 
-def test_false_colour_thermal_matches_the_codec_used_by_the_node() -> None:
-    """Replay (engine path) and the live node (codec path) must see the same thermal values."""
+def test_false_colour_thermal_is_converted_by_bt601_luminance() -> None:
+    """Decoded rgb8/bgr8 thermal (RGB order) becomes BT.601 luminance, in the engine only."""
     from ivf_perception.engine.preprocess import prepare_thermal
-    from ivf_perception.io.image_codec import to_thermal
+    from ivf_perception.io import decode_thermal, numpy_to_image
 
+    rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]] * 2, np.uint8)
+    expected = [[0.299, 0.587, 0.114, 1.0]] * 2
+    np.testing.assert_allclose(prepare_thermal(decode_thermal(numpy_to_image(rgb, "rgb8"))), expected, atol=1e-6)
+    bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+    np.testing.assert_allclose(prepare_thermal(decode_thermal(numpy_to_image(bgr, "bgr8"))), expected, atol=1e-6)
     colour = np.random.default_rng(5).integers(0, 256, (12, 16, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(prepare_thermal(colour), to_thermal(colour, "rgb8"))
+    lum = colour.astype(np.float32) @ (np.array([0.299, 0.587, 0.114], np.float32) / np.float32(255.0))
+    np.testing.assert_array_equal(prepare_thermal(colour), np.clip(lum, 0.0, 1.0))
+
+
+def test_decoded_mono_thermal_is_normalised_here() -> None:
+    """mono8/8UC1 are x/255; mono16 goes through the percentile AGC (never /65535)."""
+    from ivf_perception.engine.preprocess import prepare_thermal
+    from ivf_perception.io import AGCConfig, decode_thermal, numpy_to_image
+
+    gray = np.array([[0, 51, 255]] * 2, np.uint8)
+    for encoding in ("mono8", "8UC1"):
+        out = prepare_thermal(decode_thermal(numpy_to_image(gray, encoding)))
+        np.testing.assert_allclose(out, [[0.0, 0.2, 1.0]] * 2, atol=1e-7)
+    raw = np.random.default_rng(2).integers(0, 65536, (20, 20)).astype(np.uint16)
+    out = prepare_thermal(decode_thermal(numpy_to_image(raw, "mono16")))
+    assert out.dtype == np.float32 and out.shape == raw.shape
+    np.testing.assert_array_equal(out, agc_percentile(raw, 1.0, 99.0))
+    np.testing.assert_array_equal(prepare_thermal(raw, AGCConfig(5, 95)), agc_percentile(raw, 5, 95))
+
+
+def test_sixteen_bit_gray_rgb_goes_through_the_engines_agc() -> None:
+    """A mono16 RGB camera: decoded raw, stretched by the engine's AGC (as 16-bit thermal)."""
+    from ivf_perception.engine.preprocess import prepare_rgb
+    from ivf_perception.io import AGCConfig, decode_rgb, numpy_to_image
+
+    raw = np.random.default_rng(3).integers(0, 65536, (5, 7)).astype(np.uint16)
+    out = prepare_rgb(decode_rgb(numpy_to_image(raw, "16UC1")))
+    expected = np.rint(agc_percentile(raw) * 255).astype(np.uint8)
+    assert out.shape == (5, 7, 3)
+    np.testing.assert_array_equal(out[:, :, 1], expected)
+    narrow = prepare_rgb(raw, AGCConfig(10, 90))
+    np.testing.assert_array_equal(narrow[:, :, 0], np.rint(agc_percentile(raw, 10, 90) * 255).astype(np.uint8))
+
+
+def test_agc_and_registration_are_set_at_construction(engine: Engine) -> None:
+    from ivf_perception.io import AGCConfig, HomographyError
+
+    eng = Engine("test_s4fusion", device="cpu", agc=AGCConfig(2, 98), homography=[1, 0, 2, 0, 1, 0, 0, 0, 1])
+    assert (eng.agc.low_pct, eng.agc.high_pct) == (2, 98) and eng.homography[0, 2] == 2.0
+    with pytest.raises(AttributeError):
+        eng.agc = AGCConfig()  # type: ignore[misc]  # read-only: configured at construction
+    with pytest.raises(AttributeError):
+        eng.homography = None  # type: ignore[misc]
+    eng.set_agc(AGCConfig(5, 95))  # the one runtime-safe pre-processing setting (a node parameter)
+    assert eng.agc.low_pct == 5
+    with pytest.raises(TypeError, match="AGCConfig"):
+        eng.set_agc((1, 99))  # type: ignore[arg-type]
+    with pytest.raises(HomographyError, match="singular"):
+        Engine("test_s4fusion", device="cpu", homography=[0.0] * 9)
+    with pytest.raises(EngineError, match="class_names has 2 names but the model has 9 classes"):
+        Engine("test_s4fusion", device="cpu", class_names=["a", "b"])
+
+
+def test_engine_arguments_follow_one_set_of_rules() -> None:
+    """Moved from the node's helpers: node, replay and CLI share these rules."""
+    from ivf_perception.engine.config import PipelineConfig, default_weights, engine_arguments
+
+    model, kw = engine_arguments(PipelineConfig.from_values({"weights": "none", "preset": "small"}))
+    assert model == "s4fusion" and "weights" not in kw and kw["preset"] == "small"
+    model, kw = engine_arguments(PipelineConfig.from_values(
+        {"weights": "/w.safetensors", "homography": [1.0, 0, 0, 0, 1, 0, 0, 0, 1]}))
+    assert model == "auto" and kw["weights"] == "/w.safetensors" and kw["preset"] is None
+    assert kw["homography"] == [1.0, 0, 0, 0, 1, 0, 0, 0, 1] and "scan_backend" not in kw  # auto: the model's own
+    _, kw = engine_arguments(PipelineConfig.from_values({"weights": "none", "backend": "ref"}))
+    assert kw["scan_backend"] == "ref"
+    assert default_weights(None, None) == default_weights("s4fusion", None) == "default"
+    assert default_weights("cmfs", None) == default_weights(None, "small") == "none"
+
+
+def test_from_config_builds_the_configured_engine() -> None:
+    from ivf_perception.engine.config import PipelineConfig
+
+    config = PipelineConfig.from_values({"variant": "test_s4fusion", "weights": "none", "device": "cpu",
+                                         "agc_low_pct": 3.0, "agc_high_pct": 97.0,
+                                         "homography": [1, 0, 1, 0, 1, 0, 0, 0, 1], "palette": [0x102030] * 9})
+    eng = Engine.from_config(config)
+    assert eng.preset == "test" and str(eng.device) == "cpu"
+    assert (eng.agc.low_pct, eng.agc.high_pct) == (3.0, 97.0) and eng.homography[0, 2] == 1.0
+    assert eng.palette == [0x102030] * 9

@@ -13,7 +13,8 @@ from ivf_perception.io import (
     ImageDecodeError,
     ImageEncodeError,
     UnsupportedEncodingError,
-    agc_percentile,
+    decode_rgb,
+    decode_thermal,
     encoding_info,
     get_typestore,
     header_stamp_ns,
@@ -22,7 +23,6 @@ from ivf_perception.io import (
     numpy_to_image,
     read_image_messages,
     to_rgb,
-    to_thermal,
     write_image_bag,
 )
 
@@ -287,28 +287,34 @@ class TestConversions:
         assert out.shape == gray.shape + (3,) and out.dtype == np.uint8
         for c in range(3):
             np.testing.assert_array_equal(out[:, :, c], gray)
-        raw = sample("mono16")
-        expected = np.rint(agc_percentile(raw) * 255).astype(np.uint8)
-        np.testing.assert_array_equal(to_rgb(raw, "16UC1")[:, :, 1], expected)
+        with pytest.raises(ImageDecodeError, match="raw 16-bit counts, which have no fixed RGB form"):
+            to_rgb(sample("mono16"), "16UC1")  # gain control is the engine's (test/engine)
 
-    def test_to_thermal(self):
-        gray = np.array([[0, 51, 255]], np.uint8)
-        np.testing.assert_allclose(to_thermal(gray, "mono8"), [[0.0, 0.2, 1.0]], atol=1e-7)
-        np.testing.assert_allclose(to_thermal(gray, "8UC1"), [[0.0, 0.2, 1.0]], atol=1e-7)
-        raw = sample("mono16", 20, 20)
-        out = to_thermal(raw, "mono16")
-        assert out.dtype == np.float32 and out.shape == raw.shape
-        np.testing.assert_array_equal(out, agc_percentile(raw, 1.0, 99.0))
+    def test_decode_rgb_reorders_and_keeps_16_bit_raw(self):
+        rgb = sample("rgb8", seed=6)
+        for encoding, image in (("rgb8", rgb), ("bgr8", rgb[:, :, ::-1]),
+                                ("rgba8", np.dstack([rgb, np.full(rgb.shape[:2], 9, np.uint8)]))):
+            np.testing.assert_array_equal(decode_rgb(numpy_to_image(np.ascontiguousarray(image), encoding)), rgb)
+        gray = sample("mono8", seed=7)
+        np.testing.assert_array_equal(decode_rgb(numpy_to_image(gray, "mono8")), np.dstack([gray] * 3))
+        raw = sample("mono16", seed=8)
+        out = decode_rgb(numpy_to_image(raw, "mono16"))
+        assert out.dtype == np.uint16 and out.shape == raw.shape
+        np.testing.assert_array_equal(out, raw)
 
-    def test_to_thermal_false_colour_luminance(self):
-        rgb = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]], np.uint8)
-        expected = [[0.299, 0.587, 0.114, 1.0]]
-        np.testing.assert_allclose(to_thermal(rgb, "rgb8"), expected, atol=1e-6)
-        np.testing.assert_allclose(to_thermal(rgb[:, :, ::-1].copy(), "bgr8"), expected, atol=1e-6)
+    def test_decode_thermal_leaves_counts_raw(self):
+        for encoding in ("mono8", "8UC1", "mono16", "16UC1"):
+            raw = sample(encoding, seed=9)
+            out = decode_thermal(numpy_to_image(raw, encoding))
+            assert out.dtype == raw.dtype and out.shape == raw.shape[:2]
+            np.testing.assert_array_equal(out, raw.reshape(out.shape))
+        colour = sample("rgb8", seed=10)
+        bgr = np.ascontiguousarray(colour[:, :, ::-1])
+        np.testing.assert_array_equal(decode_thermal(numpy_to_image(bgr, "bgr8")), colour)
 
     def test_conversion_validates(self):
         with pytest.raises(ImageDecodeError, match="needs dtype uint16"):
-            to_thermal(np.zeros((2, 2), np.uint8), "mono16")
+            to_rgb(np.zeros((2, 2), np.uint8), "mono16")
 
 
 class TestSerialization:

@@ -11,6 +11,7 @@ import pytest
 
 from ivf_perception.cli import eval_fusion
 from ivf_perception.metrics import FUSION_METRIC_NAMES, fusion_metrics, to_gray_u8
+from ivf_perception.metrics.prepare import prepare_for_metrics
 
 
 def _img(seed, shape):
@@ -94,12 +95,12 @@ def test_sixteen_bit_thermal_and_alpha(tmp_path):
     cv2.imwrite(str(fused / "x.tif"), _img(2, (20, 20)))
     result = eval_fusion.evaluate_folders(ir, vi, fused)
     assert list(result.per_image) == ["x"] and not result.errors
-    prepared = eval_fusion.prepare_for_metrics(cv2.imread(str(ir / "x.png"), cv2.IMREAD_UNCHANGED), "ir")
+    prepared = prepare_for_metrics(cv2.imread(str(ir / "x.png"), cv2.IMREAD_UNCHANGED), "ir")
     assert prepared.min() == 0 and prepared.max() == 255  # percentile gain control, not /65535
     # alpha dropped: the same as the RGB image alone
     rgb = cv2.cvtColor(rgba[:, :, :3], cv2.COLOR_BGR2RGB)
     rgba_rgb = np.dstack([rgb, np.full((20, 20), 7, np.uint8)])
-    np.testing.assert_array_equal(eval_fusion.prepare_for_metrics(rgba_rgb), to_gray_u8(rgb))
+    np.testing.assert_array_equal(prepare_for_metrics(rgba_rgb), to_gray_u8(rgb))
 
 
 def test_duplicate_stem_is_reported(folders):

@@ -18,7 +18,7 @@ from rclpy.lifecycle import TransitionCallbackReturn
 from rclpy.parameter import Parameter
 
 from ivf_perception.engine import Engine
-from ivf_perception.io import AGCConfig, image_to_numpy, make_header, numpy_to_image, to_thermal
+from ivf_perception.io import AGCConfig, image_to_numpy, make_header, numpy_to_image
 from ivf_perception.nodes.fusion_node import FusionNode, main
 from ivf_perception.nodes.health import ERROR, OK, assess_health
 from ivf_perception.sync import Pair
@@ -103,7 +103,7 @@ def test_safe_parameters_apply_at_runtime_and_others_wait_for_configure(make_nod
                                    Parameter("agc_low_pct", value=5.0), Parameter("overlay_enabled", value=False)])
     assert all(r.successful for r in results)
     assert node._runtime.overlay_alpha == 0.9 and not node._runtime.overlay_enabled
-    assert node._runtime.agc.low_pct == 5.0 and node._pairer.slop_s == pytest.approx(0.2)
+    assert node._engine.agc.low_pct == 5.0 and node._pairer.slop_s == pytest.approx(0.2)
     assert node._engine.palette == [0x112233] * 9
     refused = node.set_parameters([Parameter("qos_depth", value=3)])[0]
     assert not refused.successful and "deactivate first" in refused.reason
@@ -137,7 +137,8 @@ def test_every_thermal_encoding_at_another_resolution_is_registered_into_the_rgb
 
     agc = AGCConfig(2.0, 98.0)
     reference = Engine("auto", weights=test_weights, device="cpu", homography=homography, agc=agc)
-    expected = reference.infer(rgb, to_thermal(thermal, encoding, agc))
+    as_recorded = thermal[:, :, ::-1] if encoding == "bgr8" else thermal  # the engine takes RGB order
+    expected = reference.infer(rgb, np.ascontiguousarray(as_recorded))
     got = image_to_numpy(published[0])
     assert got.shape == (64, 80) and published[0].header.frame_id == "cam"
     np.testing.assert_array_equal(got, expected.labels)

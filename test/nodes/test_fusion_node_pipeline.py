@@ -15,7 +15,7 @@ import numpy as np
 from sensor_msgs.msg import Image
 
 from ivf_perception.engine import Engine
-from ivf_perception.io import header_stamp_ns, image_to_numpy, read_image_messages, to_rgb, to_thermal
+from ivf_perception.io import decode_rgb, decode_thermal, header_stamp_ns, image_to_numpy, read_image_messages
 from ivf_perception.io.stats_msg import rclpy_fusion_stats_type
 from ivf_perception.scenes import SceneConfig, write_scene_bag
 from rosgraph_helpers import REPO, params, wait_until
@@ -68,8 +68,7 @@ def test_played_sequence_is_fused_with_rgb_stamps_and_matches_offline_engine(gra
         assert rgb_stamps.index(rgb_ns) == sorted(st for t, st in inputs if t == THERMAL_TOPIC).index(th_ns)
         assert abs(th_ns - rgb_ns) <= SLOP_S * 1e9 and s.pair_skew_ms <= SLOP_S * 1e3
         assert s.header.frame_id == rgb_msg.header.frame_id == "camera_rgb_optical_frame"
-        expected = engine.infer(to_rgb(image_to_numpy(rgb_msg), rgb_msg.encoding),
-                                to_thermal(image_to_numpy(th_msg), th_msg.encoding))
+        expected = engine.infer(decode_rgb(rgb_msg), decode_thermal(th_msg))
         got = by_stamp[rgb_ns]
         assert got.encoding == "mono8" and got.header.frame_id == rgb_msg.header.frame_id
         np.testing.assert_array_equal(image_to_numpy(got), expected.labels)
@@ -77,9 +76,9 @@ def test_played_sequence_is_fused_with_rgb_stamps_and_matches_offline_engine(gra
     for m in fused.messages:
         assert m.encoding == "rgb8" and _stamp(m) in rgb_stamps
     last_fused = next(m for m in fused.messages if _stamp(m) == rgb_stamps[-1])
-    last = engine.infer(to_rgb(image_to_numpy(inputs[(RGB_TOPIC, rgb_stamps[-1])]), "rgb8"),
-                        to_thermal(image_to_numpy(inputs[(THERMAL_TOPIC, final.thermal_stamp.sec * 10**9
-                                                          + final.thermal_stamp.nanosec)]), "mono8"))
+    last = engine.infer(decode_rgb(inputs[(RGB_TOPIC, rgb_stamps[-1])]),
+                        decode_thermal(inputs[(THERMAL_TOPIC, final.thermal_stamp.sec * 10**9
+                                               + final.thermal_stamp.nanosec)]))
     np.testing.assert_array_equal(image_to_numpy(last_fused), last.fused)
     # the overlay is computed because this process subscribes to it
     assert overlay.messages, "no overlay although subscribed"

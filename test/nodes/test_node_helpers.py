@@ -14,18 +14,19 @@ from rclpy.qos import ReliabilityPolicy
 
 from ivf_perception.nodes.dds import PROFILE_ENV, apply_large_images_profile, large_images_profile
 from ivf_perception.nodes.health import ERROR, OK, WARN, HealthSnapshot, RateMeter, StreamHealth, assess_health
+from ivf_perception.engine.config import PIPELINE_SPECS, ParameterValueError
 from ivf_perception.nodes.parameters import (
+    NODE_PARAMETERS,
     PARAMETERS,
     SAFE_PARAMETERS,
     SPECS,
-    ParameterValueError,
     build_qos,
     check_parameter_change,
     config_from_values,
     descriptor,
-    engine_arguments,
     validate_parameter,
 )
+from ivf_perception.replay.params import NODE_ONLY_PARAMETERS
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULTS = {s.name: s.default for s in PARAMETERS}
@@ -34,8 +35,14 @@ DEFAULTS = {s.name: s.default for s in PARAMETERS}
 class TestParameters:
     def test_defaults_validate_and_build_a_config(self) -> None:
         cfg = config_from_values({})
-        assert cfg.variant == "auto" and cfg.weights == "default" and cfg.qos_reliability == "best_effort"
-        assert cfg.palette is None and cfg.homography is None and cfg.agc.low_pct == 1.0
+        assert cfg.pipeline.variant == "auto" and cfg.pipeline.weights == "default"
+        assert cfg.qos_reliability == "best_effort"
+        assert cfg.pipeline.palette is None and cfg.pipeline.homography is None and cfg.pipeline.agc.low_pct == 1.0
+
+    def test_the_node_declares_the_pipeline_table_plus_its_own(self) -> None:
+        assert set(SPECS) == set(PIPELINE_SPECS) | {s.name for s in NODE_PARAMETERS}
+        assert not set(PIPELINE_SPECS) & {s.name for s in NODE_PARAMETERS}
+        assert set(NODE_ONLY_PARAMETERS) == {s.name for s in NODE_PARAMETERS}, "replay's list of the node's own"
 
     def test_safe_set_is_the_documented_one(self) -> None:
         assert SAFE_PARAMETERS == {"palette", "overlay_alpha", "overlay_enabled", "slop_s", "agc_low_pct", "agc_high_pct"}
@@ -80,13 +87,6 @@ class TestParameters:
             check_parameter_change({"agc_low_pct": 99.5}, current, active=True)
         check_parameter_change({"agc_low_pct": 99.5, "agc_high_pct": 99.9}, current, active=True)
         check_parameter_change({"use_sim_time": True}, current, active=True)  # rclpy's own
-
-    def test_engine_arguments_follow_the_cli_rules(self) -> None:
-        model, kw = engine_arguments(config_from_values({"weights": "none", "preset": "small"}))
-        assert model == "s4fusion" and "weights" not in kw and kw["preset"] == "small"
-        model, kw = engine_arguments(config_from_values({"weights": "/w.safetensors", "homography": [1.0, 0, 0, 0, 1, 0, 0, 0, 1]}))
-        assert model == "auto" and kw["weights"] == "/w.safetensors" and kw["preset"] is None
-        assert kw["homography"] == [1.0, 0, 0, 0, 1, 0, 0, 0, 1] and kw["scan_backend"] == "auto"
 
     def test_qos(self) -> None:
         qos = build_qos("best_effort", 5)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ivf_perception.engine import Engine
+from ivf_perception.engine.config import PipelineConfig
 from ivf_perception.io.bag import BagMessage
 from ivf_perception.replay.params import load_node_params
 from ivf_perception.replay.topics import MissingTopicError, UnsupportedTopicError, select_topics
@@ -92,7 +93,8 @@ def test_node_params_apply_to_the_engine(tmp_path):
     f.write_text("/**:\n  ros__parameters:\n    homography: [1.0, 0.0, 2.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]\n"
                  "    agc_low_pct: 2.0\n    agc_high_pct: 98.0\n    time_jump_threshold_s: 0.5\n")
     params = load_node_params(f)
-    engine = params.apply_to_engine(Engine("test_s4fusion", device="cpu"))
+    engine = Engine.from_config(PipelineConfig.from_values(
+        {**params.applied, "variant": "test_s4fusion", "weights": "none", "device": "cpu"}))
     assert engine.homography[0, 2] == 2.0 and (engine.agc.low_pct, engine.agc.high_pct) == (2.0, 98.0)
     assert params.time_jump_ns == 500_000_000
     np.testing.assert_array_equal(engine.homography[2], [0.0, 0.0, 1.0])

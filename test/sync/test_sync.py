@@ -104,3 +104,46 @@ def test_reset_after_time_jumps_back() -> None:
     p.add("rgb", 10 * MS, "new")
     assert p.stats.out_of_order["rgb"] == 0
     assert p.add("thermal", 12 * MS, "t").rgb == "new"
+
+
+def test_a_jump_back_past_the_threshold_resets_and_is_reported() -> None:
+    p = ApproximateTimePairer(slop_s=0.01, time_jump_s=1.0)
+    p.add("rgb", 5_000 * MS, "old")
+    assert p.add("thermal", 3_500 * MS, "t0") is None  # thermal's own history is empty: no jump
+    assert p.stats.resets == 0 and p.take_time_jumps() == []
+    p.add("rgb", 3_900 * MS, "back")  # 1.1 s behind rgb's newest: reset before it is queued
+    jumps = p.take_time_jumps()
+    assert [(j.stream, j.newest_ns, j.stamp_ns) for j in jumps] == [("rgb", 5_000 * MS, 3_900 * MS)]
+    assert jumps[0].back_s == pytest.approx(1.1) and p.stats.resets == 1
+    assert p.stats.unmatched == {"rgb": 1, "thermal": 1}, "everything queued before the jump is unmatched"
+    assert p.pending() == {"rgb": 1, "thermal": 0} and p.stats.out_of_order["rgb"] == 0
+    assert p.add("thermal", 3_905 * MS, "t1").rgb == "back"
+    assert p.take_time_jumps() == [], "jumps are handed out once"
+
+
+def test_a_step_back_within_the_threshold_only_counts_out_of_order() -> None:
+    p = ApproximateTimePairer(slop_s=0.01, time_jump_s=1.0)
+    p.add("rgb", 2_000 * MS, "a")
+    p.add("rgb", 1_000 * MS, "b")  # exactly the threshold back: not a jump
+    assert p.stats.resets == 0 and p.stats.out_of_order["rgb"] == 1
+
+
+def test_the_newest_stamp_not_the_last_one_is_the_reference() -> None:
+    """A late message does not lower the newest stamp, so the next jump is measured from the peak."""
+    p = ApproximateTimePairer(slop_s=0.01, time_jump_s=1.0)
+    for stamp in (3_000, 2_500, 2_400):  # steps back of 0.5 and 0.6 s from the newest (3.0 s)
+        p.add("rgb", stamp * MS, stamp)
+    assert p.stats.resets == 0 and p.stats.out_of_order["rgb"] == 2
+    p.add("rgb", 1_900 * MS, "far")  # 0.5 s behind the last stamp but 1.1 s behind the newest
+    assert p.stats.resets == 1
+    p.add("rgb", 1_950 * MS, "after")  # history restarted at 1.9 s: in order
+    assert p.stats.out_of_order["rgb"] == 2
+
+
+def test_without_a_threshold_the_pairer_never_resets_itself() -> None:
+    p = ApproximateTimePairer(slop_s=0.01)
+    p.add("rgb", 100_000 * MS, "a")
+    p.add("rgb", 1 * MS, "b")
+    assert p.stats.resets == 0 and p.stats.out_of_order["rgb"] == 1
+    with pytest.raises(ValueError, match="time_jump_s"):
+        ApproximateTimePairer(time_jump_s=-1.0)

@@ -1,0 +1,307 @@
+"""Pipeline settings shared by the live node, bag replay and the CLI: one table, one config.
+
+Why here: the node, replay and the commands must build the same Engine and pair frames the same
+way from the same values, so the settings that shape results (engine choice, precision, thermal
+AGC, registration, class table, overlay, pairing) are declared once, validated once
+(:meth:`PipelineConfig.from_values`) and turned into an Engine by one set of rules
+(:func:`engine_arguments`, used by :meth:`Engine.from_config`). The node adds its ROS-only
+parameters (QoS, diagnostics, lifecycle) in ``nodes/parameters.py`` and declares every entry of
+:data:`PIPELINE_PARAMETERS` as a ROS parameter; replay validates the node's params YAML with the
+same table. Nothing here imports rclpy or torch.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ivf_perception.io.classes import palette_to_array
+from ivf_perception.io.errors import AGCError, HomographyError
+from ivf_perception.io.registration import validate_homography
+from ivf_perception.io.thermal import AGCConfig
+from ivf_perception.models.registry import describe_presets
+
+__all__ = [
+    "ParamSpec",
+    "ParameterValueError",
+    "PIPELINE_PARAMETERS",
+    "PIPELINE_SPECS",
+    "PRECISION_NAMES",
+    "BACKENDS",
+    "PipelineConfig",
+    "validate_value",
+    "check_range",
+    "check_agc",
+    "default_weights",
+    "engine_arguments",
+]
+
+PRECISION_NAMES = ("fp32", "fp16", "bf16")
+BACKENDS = ("auto", "chunked", "ref", "cuda")
+_DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class ParameterValueError(ValueError):
+    """A parameter value (or a combination of values) is not acceptable; the text says why."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One setting (a ROS parameter of the node, a key of its params YAML).
+
+    Attributes:
+        name: parameter name.
+        kind: ``bool``, ``integer``, ``double``, ``string``, ``integer_array``,
+            ``double_array`` or ``string_array``.
+        default: default value; ``None`` declares a typed parameter without a value (an
+            optional list: "not set" means "take it from the weights" or "no homography").
+        description: shown by ``ros2 param describe``.
+        safe: may change while the node is active.
+        min_value, max_value: inclusive range of numbers (and of integer array entries).
+        choices: allowed strings.
+        read_only: only settable at startup (``--params-file`` / ``-p``).
+        check: extra check of a value that passed the kind checks (lists as lists); raises
+            :class:`ParameterValueError`.
+    """
+
+    name: str
+    kind: str
+    default: Any
+    description: str
+    safe: bool = False
+    min_value: float | None = None
+    max_value: float | None = None
+    choices: tuple[str, ...] | None = None
+    read_only: bool = False
+    check: Callable[[Any], None] | None = None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_range(spec: ParamSpec, value: float) -> None:
+    """Raise unless ``value`` lies in the spec's inclusive range."""
+    if (spec.min_value is not None and value < spec.min_value) or (
+            spec.max_value is not None and value > spec.max_value):
+        raise ParameterValueError(
+            f"{spec.name} must be in [{spec.min_value}, {spec.max_value}], got {value}")
+
+
+def validate_value(spec: ParamSpec, value: Any) -> Any:
+    """Check one value against its spec; return it normalised (lists as lists).
+
+    ``None`` (not set) is accepted for the optional list parameters.
+
+    Raises:
+        ParameterValueError: a value of the wrong type, range or form.
+    """
+    name, kind = spec.name, spec.kind
+    if value is None:
+        if spec.default is None:
+            return None
+        raise ParameterValueError(f"{name} must be set ({spec.description})")
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ParameterValueError(f"{name} must be true or false, got {value!r}")
+        return value
+    if kind in ("integer", "double"):
+        if not _is_number(value) or (kind == "integer" and not isinstance(value, int)):
+            raise ParameterValueError(f"{name} must be a finite {kind}, got {value!r}")
+        check_range(spec, value)
+        return value
+    if kind == "string":
+        if not isinstance(value, str):
+            raise ParameterValueError(f"{name} must be a string, got {value!r}")
+        if spec.choices is not None and value not in spec.choices:
+            raise ParameterValueError(f"{name} must be one of {', '.join(spec.choices)}, got '{value}'")
+    else:
+        value = list(value)
+    if spec.check is not None:
+        spec.check(value)
+    return value
+
+
+def _check_device(value: str) -> None:
+    if not _DEVICE_RE.match(value):
+        raise ParameterValueError(f"device must be auto, cpu, cuda or cuda:N, got '{value}'")
+
+
+def _not_empty(name: str, description: str) -> Callable[[str], None]:
+    def check(value: str) -> None:
+        if not value.strip():
+            raise ParameterValueError(f"{name} must not be empty ({description})")
+    return check
+
+
+def _check_palette(values: list[Any]) -> None:
+    try:
+        palette_to_array(values)
+    except ValueError as exc:
+        raise ParameterValueError(f"palette: {exc}") from None
+    if not values:
+        raise ParameterValueError("palette must hold one 0xRRGGBB colour per class, got an empty list")
+
+
+def _check_class_names(values: list[Any]) -> None:
+    if not values or not all(isinstance(v, str) and v.strip() for v in values):
+        raise ParameterValueError(f"class_names must be a non-empty list of non-empty names, got {values!r}")
+
+
+def _check_homography(values: list[Any]) -> None:
+    try:
+        validate_homography(values)
+    except HomographyError as exc:
+        raise ParameterValueError(f"homography: {exc}") from None
+
+
+def check_agc(low: Any, high: Any) -> None:
+    """Raise unless the two AGC percentiles form a valid window (they are checked as a pair)."""
+    try:
+        AGCConfig(low, high)
+    except AGCError as exc:
+        raise ParameterValueError(str(exc)) from None
+
+
+_VARIANT_TEXT = ("model family from the registry (s4fusion, ...); 'auto' = the weights' variant "
+                 "(s4fusion when weights is 'none')")
+_WEIGHTS_TEXT = ("engine weights: a .safetensors file (with its .json sidecar), 'default' = bundled, "
+                 "'none' = random initialisation (benchmarks, tests)")
+
+PIPELINE_PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("variant", "string", "auto", _VARIANT_TEXT, check=_not_empty("variant", _VARIANT_TEXT)),
+    ParamSpec("weights", "string", "default", _WEIGHTS_TEXT, check=_not_empty("weights", _WEIGHTS_TEXT)),
+    ParamSpec("preset", "string", "",
+              f"size preset ({describe_presets()}); empty = the weights' (or the variant's default)"),
+    ParamSpec("device", "string", "auto", "auto (CUDA when available), cpu, cuda or cuda:N",
+              check=_check_device),
+    ParamSpec("precision", "string", "fp32", "fp32, bf16 (autocast) or fp16 (CUDA only)",
+              choices=PRECISION_NAMES),
+    ParamSpec("backend", "string", "auto",
+              "selective-scan backend: auto (CUDA kernel when usable), chunked, ref or cuda",
+              choices=BACKENDS),
+    ParamSpec("slop_s", "double", 0.05,
+              "largest accepted |thermal stamp - RGB stamp| of a pair, seconds",
+              safe=True, min_value=0.0, max_value=1.0),
+    ParamSpec("queue_size", "integer", 10,
+              "messages per stream kept while waiting for a partner", min_value=1, max_value=100),
+    ParamSpec("palette", "integer_array", None,
+              "class colours as 0xRRGGBB integers, index = class id; not set = the weights' palette",
+              safe=True, check=_check_palette),
+    ParamSpec("class_names", "string_array", None,
+              "class names, index = class id; not set = the weights' classes", check=_check_class_names),
+    ParamSpec("agc_low_pct", "double", 1.0,
+              "16-bit thermal: counts at or below this percentile map to black",
+              safe=True, min_value=0.0, max_value=100.0),
+    ParamSpec("agc_high_pct", "double", 99.0,
+              "16-bit thermal: counts at or above this percentile map to white",
+              safe=True, min_value=0.0, max_value=100.0),
+    ParamSpec("homography", "double_array", None,
+              "3x3 row-major homography mapping thermal pixels to RGB pixels (9 numbers); not set "
+              "= thermal is only resized to the RGB size", check=_check_homography),
+    ParamSpec("overlay_alpha", "double", 0.5, "opacity of the class colours in the overlay",
+              safe=True, min_value=0.0, max_value=1.0),
+    ParamSpec("time_jump_threshold_s", "double", 1.0,
+              "a stamp this much older than its stream's newest resets the pairing queues "
+              "(bag loop, clock reset)", min_value=0.0, max_value=86400.0),
+)
+PIPELINE_SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PIPELINE_PARAMETERS}
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Validated pipeline settings; build with :meth:`from_values`.
+
+    Attributes:
+        variant: registry name, or ``auto`` (the weights' variant; s4fusion without weights).
+        weights: a ``.safetensors`` file, ``default`` (bundled) or ``none`` (random init).
+        preset: size preset, or None for the weights' (or the variant's default).
+        device, precision: as :class:`~ivf_perception.engine.Engine` takes them.
+        backend: selective-scan backend; ``auto`` keeps the model's own choice.
+        agc: percentile AGC of 16-bit images (thermal, and 16-bit gray RGB).
+        homography: 9 row-major numbers mapping thermal pixels to RGB pixels, or None.
+        class_names, palette: class table overriding the weights', or None.
+        overlay_alpha: opacity of the class colours in overlays.
+        slop_s, queue_size, time_jump_threshold_s: the pairer's settings
+            (:class:`~ivf_perception.sync.ApproximateTimePairer`).
+    """
+
+    variant: str
+    weights: str
+    preset: str | None
+    device: str
+    precision: str
+    backend: str
+    agc: AGCConfig
+    homography: tuple[float, ...] | None
+    class_names: tuple[str, ...] | None
+    palette: tuple[int, ...] | None
+    overlay_alpha: float
+    slop_s: float
+    queue_size: int
+    time_jump_threshold_s: float
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> PipelineConfig:
+        """Validate the pipeline entries of ``values`` (missing ones take their defaults).
+
+        Keys that are not pipeline settings are ignored, so a node's full parameter set or a
+        params YAML can be passed as it is.
+
+        Raises:
+            ParameterValueError: the first invalid value, with the reason.
+        """
+        v = {spec.name: validate_value(spec, values.get(spec.name, spec.default)) for spec in PIPELINE_PARAMETERS}
+        check_agc(v["agc_low_pct"], v["agc_high_pct"])
+
+        def opt_tuple(key: str) -> tuple[Any, ...] | None:
+            return None if v[key] is None else tuple(v[key])
+
+        return cls(
+            variant=v["variant"], weights=v["weights"], preset=v["preset"] or None, device=v["device"],
+            precision=v["precision"], backend=v["backend"],
+            agc=AGCConfig(float(v["agc_low_pct"]), float(v["agc_high_pct"])),
+            homography=None if v["homography"] is None else tuple(float(x) for x in v["homography"]),
+            class_names=opt_tuple("class_names"), palette=opt_tuple("palette"),
+            overlay_alpha=float(v["overlay_alpha"]), slop_s=float(v["slop_s"]), queue_size=int(v["queue_size"]),
+            time_jump_threshold_s=float(v["time_jump_threshold_s"]),
+        )
+
+
+def default_weights(variant: str | None, preset: str | None) -> str:
+    """The weights a command uses when none are named: the bundled ones only where they fit.
+
+    The bundled weights are an S4Fusion at its bundled preset, so a command asked for another
+    variant or an explicit preset without weights builds that model at random initialisation
+    (``none``) instead of failing on a mismatch. The node has no such rule: its ``weights``
+    parameter always has a value (``default``).
+    """
+    return "default" if variant in (None, "auto", "s4fusion") and not preset else "none"
+
+
+def engine_arguments(config: PipelineConfig) -> tuple[str, dict[str, Any]]:
+    """The ``Engine(model, **kwargs)`` call for a config (the one set of rules).
+
+    ``weights: none`` builds the variant at random initialisation (``auto`` = s4fusion);
+    otherwise the weights file decides variant and preset unless they are given, and a given
+    one that does not match the file fails with the engine's ``WeightsError``. A ``backend``
+    other than ``auto`` is passed to the model as ``scan_backend``.
+    """
+    kwargs: dict[str, Any] = {
+        "device": config.device,
+        "precision": config.precision,
+        "agc": config.agc,
+        "homography": None if config.homography is None else list(config.homography),
+        "class_names": None if config.class_names is None else list(config.class_names),
+        "palette": None if config.palette is None else list(config.palette),
+        "preset": config.preset,
+    }
+    if config.backend != "auto":
+        kwargs["scan_backend"] = config.backend
+    if config.weights.lower() == "none":
+        return ("s4fusion" if config.variant == "auto" else config.variant), kwargs
+    kwargs["weights"] = config.weights
+    return config.variant, kwargs
