@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ivf-perception demo --out demo_output
 
 test: $(STAMP)
-	$(PY) -m pytest test $(PYTEST_ARGS)
+	$(PY) -m pytest test training/test $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/ivf-perception bench
