@@ -16,6 +16,7 @@ Under ``torchrun`` rank 0 alone writes here (the trainer decides who calls these
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -27,7 +28,8 @@ import torch
 import yaml
 
 from ivf_training.checkpoint import save_model_file
-from ivf_training.config import ConfigError, TrainConfig, config_from_dict, dump_config
+from ivf_training.config import ConfigError, LossConfig, TrainConfig, config_from_dict, dump_config
+from ivf_training.config.schema import tagged_classes
 
 __all__ = ["RunDir", "read_run_config"]
 
@@ -43,7 +45,25 @@ def read_run_config(run_dir: Path) -> TrainConfig:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if isinstance(data, dict) and isinstance(data.get("loss"), dict):
+        data["loss"] = _loss_settings_of_its_kind(data["loss"])
     return config_from_dict(data)
+
+
+def _loss_settings_of_its_kind(loss: dict[str, Any]) -> dict[str, Any]:
+    """The ``loss:`` keys that belong to the section's ``kind``.
+
+    A run directory written while the loss settings were one flat section holds every kind's
+    keys (the trainer then read only its kind's): dropping the others lets such a run resume
+    and export exactly as it would have. A key no kind knows still fails.
+    """
+    kinds = tagged_classes(LossConfig) or {}
+    own = kinds.get(loss.get("kind", next(iter(kinds), "")))
+    if own is None:
+        return loss
+    names = {f.name for f in dataclasses.fields(own)}
+    others = {f.name for cls in kinds.values() for f in dataclasses.fields(cls)} - names
+    return {k: v for k, v in loss.items() if k not in others}
 
 
 @dataclass(frozen=True)
