@@ -29,8 +29,11 @@ $(STAMP): $(REQS)
 demo: $(STAMP)
 	$(VENV)/bin/ivf-perception demo --out demo_output
 
+# Both test trees: the robot package's test/ and the training package's training/test/
+# (PYTEST_PATHS=test/io runs a part).
+PYTEST_PATHS ?= test training/test
 test: $(STAMP)
-	$(PY) -m pytest test $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_PATHS) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(VENV)/bin/ivf-perception bench

@@ -12,6 +12,7 @@ setup(
         "ivf_perception",
         "torch>=2.4",
         "torchvision",
+        "timm",  # schedulers and the weight average (ivf_training.schedules, ivf_training.ema)
         "numpy",
         "safetensors",
         "opencv-python-headless",

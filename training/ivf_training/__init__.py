@@ -25,7 +25,7 @@ _EXPORTS = {
     "Trainer": "ivf_training.trainer",
     "start_run": "ivf_training.trainer",
     "resume_run": "ivf_training.trainer",
-    "export_engine_weights": "ivf_training.trainer",
+    "export_engine_weights": "ivf_training.export",
 }
 
 

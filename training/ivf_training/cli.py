@@ -124,7 +124,7 @@ def _export(args: argparse.Namespace) -> int:
     from ivf_perception.engine.weights import save_weights
 
     from ivf_training.onnx_export import export_onnx
-    from ivf_training.trainer import load_run_weights
+    from ivf_training.export import load_run_weights
 
     run = load_run_weights(args.run_dir, checkpoint=args.checkpoint)
     if args.onnx:  # refuse a model that cannot be exported before writing anything
@@ -177,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ivf_training.distributed import init_distributed, shutdown_distributed
     from ivf_training.losses import PerceptionWeightsError
     from ivf_training.onnx_export import OnnxExportError
-    from ivf_training.trainer import read_run_config, resume_run, start_run
+    from ivf_training.run_dir import read_run_config
+    from ivf_training.trainer import resume_run, start_run
 
     user_errors = (ConfigError, CheckpointError, WeightsError, PerceptionWeightsError, IVFIOError,
                    UnknownModelError, FileNotFoundError, OnnxExportError, EngineError)

@@ -1,32 +1,35 @@
-"""Exponential moving average (EMA) of a model's weights.
+"""Exponential moving average (EMA) of a model's weights, on timm's ``ModelEmaV3``.
 
 Why: the weights after the last optimiser step carry the noise of the last few batches; their
 running average over roughly ``1 / (1 − decay)`` steps usually validates better and is what a
 run with ``ema_decay`` set validates, keeps as ``ckpt/best`` and exports. The raw weights go on
 training (and are what ``ckpt/last`` resumes).
 
-After ``n`` updates the averaged weights are ``E ← d·E + (1 − d)·W`` with
-``d = min(decay, (1 + n) / (10 + n))``: the warm-up keeps the randomly initialised starting
-point from dominating the average of a short run (with decay 0.9999 the first weights would
-otherwise weigh e^−1 after 10 000 steps).
+timm's :class:`~timm.utils.ModelEmaV3` does the averaging (``E ← d·E + (1 − d)·W`` over the
+floating-point state, parameters and buffers such as BatchNorm statistics, with one foreach
+lerp; integer buffers such as ``num_batches_tracked`` are copied). Where ours differs on purpose:
+
+* the warm-up of the decay: after ``n`` updates ``d = min(decay, (1 + n) / (10 + n))`` (the
+  rule our runs have always used, and the one their checkpoints' update counts assume), instead
+  of timm's ``1 − (1 + n/γ)^−p``; it keeps the randomly initialised start from dominating the
+  average of a short run (with decay 0.9999 it would otherwise weigh e^−1 after 10 000 steps);
+* the copy takes no gradients, and the update count is ours to keep, so a checkpoint stores
+  ``{"decay", "updates", "weights"}`` (:meth:`ModelEMA.checkpoint_state`), readable with
+  ``weights_only=True``, rather than a module state dict.
 """
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Mapping
 
-import torch
+from timm.utils import ModelEmaV3
 from torch import nn
 
 __all__ = ["ModelEMA"]
 
 
-class ModelEMA:
+class ModelEMA(ModelEmaV3):
     """An averaged copy of ``model`` (same device and dtype), in eval mode and without gradients.
-
-    Floating-point tensors of the state dict (parameters and buffers such as BatchNorm running
-    statistics) are averaged; integer buffers (``num_batches_tracked``) are copied.
 
     Args:
         model: the trained model; copied once at construction.
@@ -39,35 +42,31 @@ class ModelEMA:
     def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), e.g. 0.999, got {decay}")
-        self.decay = float(decay)
+        super().__init__(model, decay=float(decay))
+        self.module.requires_grad_(False)
         self.updates = 0
-        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def get_decay(self, step: int | None = None) -> float:
+        """The decay applied after ``step`` updates (default: the next :meth:`update`'s)."""
+        n = self.updates if step is None else step
+        return min(self.decay, (1.0 + n) / (10.0 + n))
 
     def current_decay(self) -> float:
         """The decay the next :meth:`update` applies (warm-up, see the module docstring)."""
-        return min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
+        return self.get_decay()
 
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, step: int | None = None) -> None:
         """Move the average towards ``model``'s current weights (call after each optimiser step)."""
-        d = self.current_decay()
-        averaged, copied = [], []
-        source = model.state_dict()
-        for name, ema_value in self.module.state_dict().items():
-            (averaged if ema_value.is_floating_point() else copied).append((ema_value, source[name].detach()))
-        if averaged:
-            torch._foreach_lerp_([e for e, _ in averaged], [v for _, v in averaged], 1.0 - d)
-        for ema_value, value in copied:
-            ema_value.copy_(value)
+        super().update(model, self.updates if step is None else step)
         self.updates += 1
 
-    def state_dict(self) -> dict[str, Any]:
+    def checkpoint_state(self) -> dict[str, Any]:
         """Decay, update count and the averaged tensors (``weights_only``-loadable)."""
         return {"decay": self.decay, "updates": self.updates,
                 "weights": {k: v.detach().clone() for k, v in self.module.state_dict().items()}}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Inverse of :meth:`state_dict` (strict: the tensors must fit the model)."""
+    def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        """Inverse of :meth:`checkpoint_state` (strict: the tensors must fit the model)."""
         self.decay = float(state["decay"])
         self.updates = int(state["updates"])
         self.module.load_state_dict(state["weights"])

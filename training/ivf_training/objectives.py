@@ -5,7 +5,13 @@ logging, validation metrics, checkpoints), while recipes differ in how a batch b
 S4Fusion and CMFS run one forward pass and compare its output with the inputs and labels;
 MAFS stage I hides patches of both images and trains a reconstruction path instead; MAFS stage
 II adds a frozen teacher that segments the fused image. Each of these is one small class here,
-selected by ``loss.kind`` (:func:`build_objective`), instead of special cases in the trainer.
+selected by ``loss.kind`` (:func:`objective_class`), instead of special cases in the trainer.
+
+What differs between kinds is asked of the objective through hooks: which loss module the
+settings describe (:meth:`Objective.build_loss`), what the model must offer and what stays
+frozen (:meth:`Objective.prepare`), which module is the training path
+(:meth:`Objective.training_module`), what happens at an epoch's end, which loss state a
+checkpoint carries, whether validation scores outputs, and whether a run can be exported.
 
 An objective receives the model and the loss module on every call rather than keeping them:
 the trainer stays their owner (device, train/eval mode, replacement in tests), and the
@@ -18,7 +24,7 @@ import abc
 import logging
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ClassVar, Generic, Mapping, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -27,18 +33,32 @@ from torch import nn
 from ivf_perception.engine import Engine
 from ivf_perception.models.base import FusionSegOutput
 
-from ivf_training.config import ConfigError, LossConfig
-from ivf_training.mafs_losses import random_patch_mask
+from ivf_training.cmfs_losses import CMFSLoss
+from ivf_training.config import (
+    CMFSLossConfig,
+    ConfigError,
+    LossConfig,
+    LossSettings,
+    MAFSStage1LossConfig,
+    MAFSStage2LossConfig,
+    S4FusionLossConfig,
+)
+from ivf_training.losses import FusionSegLoss, PerceptionLoss
+from ivf_training.mafs_losses import MAFSStage1Loss, MAFSStage2Loss, random_patch_mask
 
 __all__ = [
     "Objective",
     "SupervisedObjective",
+    "S4FusionObjective",
+    "CMFSObjective",
     "MaskedReconstructionObjective",
     "ReconstructionPath",
     "DistilledFusionSegObjective",
     "pad_to_multiple",
     "forward_full_size",
     "load_teacher",
+    "OBJECTIVES",
+    "objective_class",
     "build_objective",
 ]
 
@@ -48,6 +68,9 @@ Autocast = Callable[[], AbstractContextManager[Any]]
 """A factory of the trainer's autocast context (mixed precision is the trainer's decision)."""
 
 Terms = dict[str, torch.Tensor]
+
+SettingsT = TypeVar("SettingsT", bound=LossSettings)
+"""The loss settings class of one ``loss.kind`` (:mod:`ivf_training.config.losses`)."""
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -85,16 +108,33 @@ def _detached(terms: Mapping[str, torch.Tensor]) -> Terms:
     return {k: v.detach() for k, v in terms.items()}
 
 
-class Objective(abc.ABC):
+class Objective(abc.ABC, Generic[SettingsT]):
     """Forward pass(es) and loss of one batch, for training and for validation.
 
     Attributes:
+        kind: the ``loss.kind`` this objective serves.
         scores_outputs: validation computes mIoU and the fusion metrics from the returned
             output; False where the objective has no fused image or segmentation (MAFS stage I),
             so only ``loss/<term>`` is reported.
+        export_refusal: why a run of this kind cannot be exported as engine weights (its fused
+            and segmentation outputs were never trained), or None when it can.
     """
 
-    scores_outputs: bool = True
+    kind: ClassVar[str]
+    scores_outputs: ClassVar[bool] = True
+    export_refusal: ClassVar[str | None] = None
+
+    @classmethod
+    def from_config(cls, lc: SettingsT, num_classes: int) -> "Objective[SettingsT]":
+        """The objective of the settings ``lc`` (of this class's kind) for a model segmenting
+        ``num_classes`` classes; files it needs (a teacher) are loaded here, before any run
+        directory is written."""
+        return cls()
+
+    @classmethod
+    @abc.abstractmethod
+    def build_loss(cls, lc: SettingsT) -> nn.Module:
+        """The loss module the settings ``lc`` describe (the trainer owns it: device, mode)."""
 
     def prepare(self, model: nn.Module) -> None:
         """Check that ``model`` suits the objective and freeze what it does not train; called
@@ -146,11 +186,11 @@ class Objective(abc.ABC):
         """Inverse of :meth:`state_dict`."""
 
 
-class SupervisedObjective(Objective):
+class SupervisedObjective(Objective[SettingsT]):
     """One forward pass, ``loss_fn(output, rgb, thermal, labels) -> (total, terms)``.
 
-    The objective of ``loss.kind`` ``s4fusion`` and ``cmfs``: the model fuses and segments the
-    batch, the loss compares the output with the inputs and the labels. The loss runs in float32
+    The base of ``loss.kind`` ``s4fusion`` and ``cmfs``: the model fuses and segments the batch,
+    the loss compares the output with the inputs and the labels. The loss runs in float32
     outside autocast.
     """
 
@@ -166,6 +206,31 @@ class SupervisedObjective(Objective):
         out = forward_full_size(model, rgb, thermal, autocast, multiple)
         _, terms = loss_fn(out, rgb, thermal, labels)
         return out, terms
+
+
+class S4FusionObjective(SupervisedObjective[S4FusionLossConfig]):
+    """``loss.kind: s4fusion``: :class:`~ivf_training.losses.FusionSegLoss`, with the
+    perception term when a ResNet-50 weight file is configured."""
+
+    kind = "s4fusion"
+
+    @classmethod
+    def build_loss(cls, lc: S4FusionLossConfig) -> nn.Module:
+        perception = PerceptionLoss(lc.resnet50_weights) if lc.perception > 0 or lc.perception_texture > 0 else None
+        return FusionSegLoss(seg=lc.seg, fusion=lc.fusion, intensity=lc.intensity, ssim=lc.ssim,
+                             gradient=lc.gradient, color=lc.color, perception=perception,
+                             perception_weight=lc.perception, perception_texture=lc.perception_texture)
+
+
+class CMFSObjective(SupervisedObjective[CMFSLossConfig]):
+    """``loss.kind: cmfs``: :class:`~ivf_training.cmfs_losses.CMFSLoss`."""
+
+    kind = "cmfs"
+
+    @classmethod
+    def build_loss(cls, lc: CMFSLossConfig) -> nn.Module:
+        return CMFSLoss(seg=lc.seg, fusion=lc.fusion, intensity=lc.intensity, color=lc.color,
+                        gradient=lc.gradient, gamma=lc.gamma, beta=lc.beta, moe_balance=lc.moe_balance)
 
 
 def _train_only_stage(model: nn.Module, stage: str, kind: str) -> None:
@@ -208,7 +273,7 @@ class ReconstructionPath(nn.Module):
         return self.model.reconstruct(rgb, thermal)
 
 
-class MaskedReconstructionObjective(Objective):
+class MaskedReconstructionObjective(Objective[MAFSStage1LossConfig]):
     """MAFS stage I: hide patches of both images, reconstruct them, loss on the hidden pixels.
 
     Each step draws, per sample and per modality, a mask of whole ``patch``×``patch`` squares at
@@ -228,7 +293,10 @@ class MaskedReconstructionObjective(Objective):
         val_seed: base seed of the validation masks.
     """
 
+    kind = "mafs_stage1"
     scores_outputs = False
+    export_refusal = ("it is a MAFS stage-I (masked reconstruction) run: its fusion and segmentation heads are "
+                      "untrained. Start stage II from it (model.init_from) and export that run.")
     STAGE = "reconstruction"
 
     def __init__(self, patch: int = 32, ratio_range: tuple[float, float] = (0.25, 0.75), val_seed: int = 0) -> None:
@@ -236,8 +304,16 @@ class MaskedReconstructionObjective(Objective):
         self.ratio_range = ratio_range
         self.val_seed = val_seed
 
+    @classmethod
+    def from_config(cls, lc: MAFSStage1LossConfig, num_classes: int) -> "MaskedReconstructionObjective":
+        return cls(lc.mask_patch, lc.mask_ratio)
+
+    @classmethod
+    def build_loss(cls, lc: MAFSStage1LossConfig) -> nn.Module:
+        return MAFSStage1Loss(alpha_intensity=lc.rec_intensity, alpha_gradient=lc.rec_gradient)
+
     def prepare(self, model: nn.Module) -> None:
-        _train_only_stage(model, self.STAGE, "mafs_stage1")
+        _train_only_stage(model, self.STAGE, self.kind)
         if not callable(getattr(model, "reconstruct", None)):
             raise ConfigError(f"loss.kind 'mafs_stage1' needs a model with reconstruct(rgb, thermal); "
                               f"{type(model).__name__} has none")
@@ -306,7 +382,7 @@ def load_teacher(path: str | Path, num_classes: int) -> nn.Module:
     return teacher
 
 
-class DistilledFusionSegObjective(Objective):
+class DistilledFusionSegObjective(Objective[MAFSStage2LossConfig]):
     """MAFS stage II: fusion + segmentation, optionally distilled from a frozen teacher.
 
     The model fuses and segments the batch; the teacher, when given, segments the *fused* image
@@ -321,13 +397,26 @@ class DistilledFusionSegObjective(Objective):
         teacher: a frozen segmentation model (:func:`load_teacher`) or None.
     """
 
+    kind = "mafs_stage2"
     STAGE = "fusion_seg"
 
     def __init__(self, teacher: nn.Module | None = None) -> None:
         self.teacher = teacher
 
+    @classmethod
+    def from_config(cls, lc: MAFSStage2LossConfig, num_classes: int) -> "DistilledFusionSegObjective":
+        return cls(load_teacher(lc.teacher_weights, num_classes) if lc.teacher_weights else None)
+
+    @classmethod
+    def build_loss(cls, lc: MAFSStage2LossConfig) -> nn.Module:
+        return MAFSStage2Loss(fusion_intensity=lc.intensity, fusion_gradient=lc.gradient, seg_ce=lc.seg,
+                              seg_aux=lc.seg_aux, binary=lc.binary, boundary=lc.boundary, kd=lc.kd,
+                              kd_temperature=lc.kd_temperature, ohem_thresh=lc.ohem_thresh,
+                              ohem_min_kept=lc.ohem_min_kept, boundary_width=lc.boundary_width,
+                              alpha=lc.fair_alpha, dwa_temperature=lc.dwa_temperature, dwa_period=lc.dwa_period)
+
     def prepare(self, model: nn.Module) -> None:
-        _train_only_stage(model, self.STAGE, "mafs_stage2")
+        _train_only_stage(model, self.STAGE, self.kind)
         if int(getattr(model, "num_classes", 0)) == 0:
             raise ConfigError("loss.kind 'mafs_stage2' trains segmentation; set model.num_classes > 0")
 
@@ -372,12 +461,24 @@ class DistilledFusionSegObjective(Objective):
             loss_fn.dwa.load_state_dict(state["dwa"])
 
 
-def build_objective(lc: LossConfig, num_classes: int) -> Objective:
-    """The objective of ``loss.kind``; a configured teacher is loaded here (failing before any
-    run directory is written)."""
-    if lc.kind == "mafs_stage1":
-        return MaskedReconstructionObjective(lc.mask_patch, lc.mask_ratio)
-    if lc.kind == "mafs_stage2":
-        teacher = load_teacher(lc.teacher_weights, num_classes) if lc.teacher_weights else None
-        return DistilledFusionSegObjective(teacher)
-    return SupervisedObjective()
+OBJECTIVES: dict[str, type[Objective[Any]]] = {
+    cls.kind: cls
+    for cls in (S4FusionObjective, CMFSObjective, MaskedReconstructionObjective, DistilledFusionSegObjective)
+}
+"""The objective class of each ``loss.kind`` (the kinds of :data:`ivf_training.config.LossConfig`)."""
+
+
+def objective_class(kind: str) -> type[Objective[Any]]:
+    """The objective class of ``loss.kind`` ``kind``."""
+    try:
+        return OBJECTIVES[kind]
+    except KeyError:
+        raise ConfigError(f"loss.kind must be one of {', '.join(OBJECTIVES)}; got {kind!r}") from None
+
+
+def build_objective(lc: LossConfig, num_classes: int) -> tuple[Objective[Any], nn.Module]:
+    """The objective of ``lc.kind`` and the loss module it trains with; a configured teacher is
+    loaded here (failing before any run directory is written)."""
+    cls = objective_class(lc.kind)
+    loss_fn = cls.build_loss(lc)  # first, as before the objectives built losses: the same RNG draws
+    return cls.from_config(lc, num_classes), loss_fn

@@ -11,7 +11,8 @@ import pytest
 from ivf_training.cli import main
 from ivf_training.config import TrainConfig
 from ivf_training.evaluate import default_output_path, evaluate
-from ivf_training.trainer import export_engine_weights, start_run
+from ivf_training.export import export_engine_weights
+from ivf_training.trainer import start_run
 from ivf_training.validation import FUSION_EVAL_METRICS
 
 MakeConfig = Callable[..., TrainConfig]

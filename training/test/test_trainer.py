@@ -21,7 +21,13 @@ from ivf_training.checkpoint import CheckpointError
 from ivf_training.cli import build_parser, main
 from ivf_training.config import ConfigError, TrainConfig, config_to_dict
 from ivf_training.losses import FusionSegLoss
-from ivf_training.trainer import Trainer, WarmupCosine, export_engine_weights, param_groups, resume_run, start_run
+from ivf_training.config import OptimConfig
+from ivf_training.export import export_engine_weights
+from ivf_training.optim import param_groups
+from ivf_training.schedules import build_schedule
+from ivf_training.trainer import Trainer, resume_run, start_run
+
+from lr_helpers import lrs, optimizer
 
 STANDIN = "test_training_standin"  # registered by conftest.py
 MakeConfig = Callable[..., TrainConfig]
@@ -35,15 +41,17 @@ def _s4fusion_registered() -> bool:
 
 
 def test_warmup_cosine_schedule() -> None:
-    s = WarmupCosine(start=3e-4, peak=1.5e-3, end=6e-4, warmup_steps=10, total_steps=101)
-    assert s(0) == pytest.approx(3e-4)
-    assert s(5) == pytest.approx(9e-4)
-    assert s(10) == pytest.approx(1.5e-3)
-    assert s(55) == pytest.approx((1.5e-3 + 6e-4) / 2)
-    assert s(100) == pytest.approx(6e-4)
-    values = [s(i) for i in range(10, 101)]
+    o = OptimConfig(lr_start=3e-4, lr_peak=1.5e-3, lr_end=6e-4, warmup_fraction=0.1)  # 10 warm-up steps of 101
+    s = build_schedule(o, optimizer(o.lr_peak), 101)
+    assert lrs(s, [0]) == [pytest.approx(3e-4)]
+    assert lrs(s, [5]) == [pytest.approx(9e-4)]
+    assert lrs(s, [10]) == [pytest.approx(1.5e-3)]
+    assert lrs(s, [55]) == [pytest.approx((1.5e-3 + 6e-4) / 2)]
+    assert lrs(s, [100]) == [pytest.approx(6e-4)]
+    values = lrs(s, range(10, 101))
     assert all(a >= b for a, b in zip(values, values[1:]))
-    assert WarmupCosine(1.0, 2.0, 0.5, 0, 5)(0) == pytest.approx(2.0)
+    no_warmup = OptimConfig(lr_start=1.0, lr_peak=2.0, lr_end=0.5, warmup_fraction=0.0)
+    assert lrs(build_schedule(no_warmup, optimizer(2.0), 5), [0]) == [pytest.approx(2.0)]
 
 
 def test_param_groups_exclude_norms_biases_and_flagged(standin: type[torch.nn.Module]) -> None:

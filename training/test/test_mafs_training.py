@@ -29,16 +29,12 @@ from ivf_training.augment import JointAugment
 from ivf_training.config import ConfigError, TrainConfig, load_config
 from ivf_training.mafs_losses import MAFSStage1Loss, MAFSStage2Loss
 from ivf_training.objectives import DistilledFusionSegObjective, MaskedReconstructionObjective, load_teacher
-from ivf_training.trainer import (
-    Trainer,
-    WarmupExp,
-    build_optimizer,
-    build_schedule,
-    export_engine_weights,
-    param_groups,
-    resume_run,
-    start_run,
-)
+from ivf_training.export import export_engine_weights
+from ivf_training.optim import build_optimizer, param_groups
+from ivf_training.schedules import WarmupExpScheduler, build_schedule
+from ivf_training.trainer import Trainer, resume_run, start_run
+
+from lr_helpers import lrs, optimizer
 
 RECIPES = Path(__file__).resolve().parents[2] / "training" / "recipes"
 STAGE1 = ("encoder", "fuser", "recon_head")
@@ -273,21 +269,22 @@ def test_stage2_dwa_history_survives_resume(stage1_run: dict[str, Any]) -> None:
 
 
 def test_exponential_schedule_values() -> None:
-    s = WarmupExp(start=1e-4, peak=1e-3, warmup_steps=10, steps_per_epoch=20, gamma=0.9)
-    assert s(0) == pytest.approx(1e-4) and s(5) == pytest.approx(5.5e-4)
-    assert s(10) == pytest.approx(1e-3)
-    assert s(30) == pytest.approx(1e-3 * 0.9)
-    assert s(50) == pytest.approx(1e-3 * 0.81)
-    assert s(20) == pytest.approx(1e-3 * 0.9 ** 0.5)
-    assert all(s(i) > s(i + 1) for i in range(10, 200))
+    s = WarmupExpScheduler(optimizer(1e-3), warmup_t=10, warmup_lr_init=1e-4, steps_per_epoch=20, gamma=0.9)
+    assert lrs(s, [0, 5]) == [pytest.approx(1e-4), pytest.approx(5.5e-4)]
+    assert lrs(s, [10]) == [pytest.approx(1e-3)]
+    assert lrs(s, [30]) == [pytest.approx(1e-3 * 0.9)]
+    assert lrs(s, [50]) == [pytest.approx(1e-3 * 0.81)]
+    assert lrs(s, [20]) == [pytest.approx(1e-3 * 0.9 ** 0.5)]
+    values = lrs(s, range(10, 201))
+    assert all(a > b for a, b in zip(values, values[1:]))
 
 
 def test_sgd_with_exponential_decay_from_the_config(tmp_path: Path) -> None:
     cfg = _stage1(tmp_path, "sgd", "optim.name=sgd", "optim.schedule=exp", "optim.lr_peak=1e-3",
                   "optim.warmup_fraction=0", "optim.gamma_decay=0.5", "optim.weight_decay=5e-4", "max_steps=3")
     assert cfg.optim.momentum == 0.9
-    sched = build_schedule(cfg.optim, 3, steps_per_epoch=4)
-    assert isinstance(sched, WarmupExp) and [sched(i) for i in range(3)] == pytest.approx(
+    sched = build_schedule(cfg.optim, optimizer(cfg.optim.lr_peak), 3, steps_per_epoch=4)
+    assert isinstance(sched, WarmupExpScheduler) and lrs(sched, range(3)) == pytest.approx(
         [1e-3, 1e-3 * 0.5 ** 0.25, 1e-3 * 0.5 ** 0.5])
     trainer = start_run(cfg)
     opt = trainer.optimizer
@@ -299,7 +296,7 @@ def test_sgd_with_exponential_decay_from_the_config(tmp_path: Path) -> None:
     assert [rec["lr"] for rec in _log(trainer.run_dir, "train")] == pytest.approx(
         [1e-3, 1e-3 * 0.5 ** 0.25, 1e-3 * 0.5 ** 0.5])
     with pytest.raises(ConfigError, match="steps_per_epoch"):
-        build_schedule(cfg.optim, 3)
+        build_schedule(cfg.optim, optimizer(cfg.optim.lr_peak), 3)
 
 
 def test_adamw_stays_the_default() -> None:

@@ -12,7 +12,8 @@ from ivf_perception.io.errors import DatasetError
 
 from ivf_training.config import ConfigError, TrainConfig
 from ivf_training.datasets import DATASET_KINDS, MSRSDataset, build_dataset, describe_dataset
-from ivf_training.trainer import build_datasets, start_run
+from ivf_training.build import build_datasets
+from ivf_training.trainer import start_run
 
 from layout_builders import write_scene
 

@@ -1,4 +1,9 @@
-"""Fixtures of the training tests: a registered stand-in model and small configurations.
+"""Fixtures of the training tests: real-data location, seeds, a registered stand-in model and small
+configurations.
+
+The training package's tests live beside it (``training/test``), apart from the robot package's
+``test/`` tree, which never imports ``ivf_training``; the few fixtures both trees need (the
+shared data folder, seeding) are therefore written in each tree's conftest.
 
 The stand-in (``test_training_standin``) is NOT a fusion network from a paper: it is a tiny
 convolutional U-Net that honours the FusionSegModel contract (fused RGB in [0, 1], logits,
@@ -11,10 +16,12 @@ trained by its own test in ``test_trainer.py`` when it is registered.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,6 +32,26 @@ from ivf_perception.models import FusionSegModel, FusionSegOutput, register_mode
 from ivf_training.config import TrainConfig, load_config
 
 STANDIN = "test_training_standin"
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+os.environ.setdefault("AMENT_PREFIX_PATH", str(REPO_ROOT / ".venv"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """../shared/data, or skip with the reason (a user's fresh clone has no shared/ beside it)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (it sits beside the repository in CI)")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+    np.random.seed(0)
 
 
 class StandInFusionSeg(FusionSegModel):

@@ -2,7 +2,7 @@
 
 ``torchrun`` starts fresh interpreters that never import ``conftest.py``, where the stand-in
 model (``test_training_standin``) is registered; this script imports it first, then runs the
-real command line: ``torchrun ... test/training/ddp_entry.py run RECIPE.yaml``.
+real command line: ``torchrun ... training/test/ddp_entry.py run RECIPE.yaml``.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ from ivf_perception.engine.weights import load_weights
 
 from ivf_training.config import ConfigError, TrainConfig
 from ivf_training.ema import ModelEMA
-from ivf_training.trainer import export_engine_weights, resume_run, start_run
+from ivf_training.export import export_engine_weights
+from ivf_training.trainer import resume_run, start_run
 
 MakeConfig = Callable[..., TrainConfig]
 
@@ -41,7 +42,7 @@ def test_update_rule_with_warmup() -> None:
     assert not any(p.requires_grad for p in ema.module.parameters()) and not ema.module.training
 
     restored = ModelEMA(_model(), decay=0.9)
-    restored.load_state_dict(ema.state_dict())
+    restored.load_checkpoint_state(ema.checkpoint_state())
     assert restored.updates == 21 and restored.decay == 0.5
     torch.testing.assert_close(restored.module[0].weight, ema.module[0].weight)
 
@@ -75,3 +76,26 @@ def test_validation_best_export_and_resume_use_the_average(make_config: MakeConf
     for key, value in resumed.ema.module.state_dict().items():
         assert torch.equal(value, averaged[key]), key
     assert resumed.last_val == full.last_val  # validated with the same averaged weights
+
+
+def test_timm_based_average_equals_the_previous_update_rule() -> None:
+    """``ModelEMA`` (on timm's ``ModelEmaV3``) gives, bit for bit, what the previous implementation
+    computed: ``E.lerp_(W, 1 − d)`` per floating-point tensor with ``d = min(decay, (1+n)/(10+n))``,
+    integer buffers copied."""
+    model = _model()
+    ema = ModelEMA(model, decay=0.7)
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    for n in range(15):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+            model(torch.randn(4, 2))  # BatchNorm running statistics move too
+        d = min(0.7, (1.0 + n) / (10.0 + n))
+        for key, value in model.state_dict().items():
+            if value.is_floating_point():
+                reference[key].lerp_(value, 1.0 - d)
+            else:
+                reference[key].copy_(value)
+        ema.update(model)
+    for key, value in ema.module.state_dict().items():
+        assert torch.equal(value, reference[key]), key

@@ -8,6 +8,7 @@ from typing import Callable
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from timm.scheduler import PolyLRScheduler
 
 from ivf_perception.engine import Engine
 from ivf_perception.models.base import FusionSegOutput
@@ -15,7 +16,13 @@ from ivf_perception.models.base import FusionSegOutput
 from ivf_training.cmfs_losses import DATASET_GAMMA_BETA, CMFSLoss, adjust_contrast, cmfs_fusion_terms, gamma_correct
 from ivf_training.config import ConfigError, TrainConfig, load_config
 from ivf_training.losses import sobel_magnitude
-from ivf_training.trainer import Trainer, WarmupPoly, build_loss, build_schedule, export_engine_weights, start_run
+from ivf_training.config import OptimConfig
+from ivf_training.export import export_engine_weights
+from ivf_training.objectives import CMFSObjective
+from ivf_training.schedules import build_schedule
+from ivf_training.trainer import Trainer, start_run
+
+from lr_helpers import lrs, optimizer
 
 MakeConfig = Callable[..., TrainConfig]
 RECIPES = Path(__file__).resolve().parents[2] / "training" / "recipes"
@@ -76,19 +83,21 @@ def test_paper_gamma_beta_per_dataset() -> None:
 
 
 def test_warmup_poly_schedule() -> None:
-    s = WarmupPoly(start=0.0, peak=1.0, end=0.0, warmup_steps=10, total_steps=111, power=0.9)
-    assert s(0) == 0.0 and s(5) == pytest.approx(0.5) and s(10) == pytest.approx(1.0)
-    assert s(60) == pytest.approx(0.5 ** 0.9)
-    assert s(110) == pytest.approx(0.0)
-    assert all(s(i) >= s(i + 1) for i in range(10, 110))
+    o = OptimConfig(lr_start=0.0, lr_peak=1.0, lr_end=0.0, warmup_fraction=0.091, schedule="poly", power=0.9)
+    s = build_schedule(o, optimizer(1.0), 111)  # 10 warm-up steps of 111
+    assert lrs(s, [0]) == [0.0] and lrs(s, [5]) == [pytest.approx(0.5)] and lrs(s, [10]) == [pytest.approx(1.0)]
+    assert lrs(s, [60]) == [pytest.approx(0.5 ** 0.9)]
+    assert lrs(s, [110]) == [pytest.approx(0.0)]
+    values = lrs(s, range(10, 111))
+    assert all(a >= b for a, b in zip(values, values[1:]))
 
 
 def test_config_selects_loss_and_schedule(make_config: MakeConfig) -> None:
     cfg = make_config("loss.kind=cmfs", "loss.gamma=0.8", "loss.beta=1.0", "optim.schedule=poly", "optim.power=1.0")
-    loss = build_loss(cfg.loss)
+    loss = CMFSObjective.build_loss(cfg.loss)
     assert isinstance(loss, CMFSLoss) and (loss.gamma, loss.beta) == (0.8, 1.0)
-    sched = build_schedule(cfg.optim, 100)
-    assert isinstance(sched, WarmupPoly) and sched.power == 1.0
+    sched = build_schedule(cfg.optim, optimizer(cfg.optim.lr_peak), 100)
+    assert isinstance(sched, PolyLRScheduler) and sched.power == 1.0
     with pytest.raises(ConfigError, match="loss.kind"):
         make_config("loss.kind=focal")
     with pytest.raises(ConfigError, match="optim.power must be > 0"):

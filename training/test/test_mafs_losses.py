@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ivf_perception.checks import ShapeError
+from ivf_perception.models import build_model
 from ivf_perception.models.base import FusionSegOutput
 
 from ivf_training.losses import gradient_loss, intensity_loss
@@ -581,3 +582,10 @@ class TestStage1:
             MAFSStage1Loss()(out, rgb, thermal, m_rgb)
         with pytest.raises(KeyError, match="recon_rgb"):
             MAFSStage1Loss()(FusionSegOutput(fused=rgb, logits=None), rgb, thermal, m_rgb)
+
+
+def test_aux_keys_are_those_the_stage_two_loss_reads() -> None:
+    """The MAFS model's training outputs carry every ``aux`` key the stage II loss reads (moved here
+    from test/models: the robot package's tests never import the training package)."""
+    out = build_model("test_mafs", num_classes=3).train()(torch.rand(1, 3, 64, 64), torch.rand(1, 1, 64, 64))
+    assert set(MAFS_STAGE2_AUX_KEYS) <= set(out.aux)

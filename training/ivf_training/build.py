@@ -1,0 +1,216 @@
+"""What a run is built from, read off its configuration: seed, device, precision, classes,
+the model's starting weights and text features, and the datasets.
+
+These are the steps :meth:`ivf_training.trainer.Trainer.from_config` takes before the loop
+starts; each fails with a :class:`~ivf_training.config.ConfigError` that names the setting to
+change, before anything is written to the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+from torch.utils.data import ConcatDataset, Dataset
+
+from ivf_perception.engine.weights import WEIGHTS_FORMAT, load_weights, sidecar_path
+from ivf_perception.io.classes import CLASS_TABLES, MFNET_CLASSES
+from ivf_perception.models.cmfs.text_features import TextFeaturesError, text_features_for
+
+from ivf_training.config import ConfigError, ModelConfig, TrainConfig
+from ivf_training.datasets import RealPairsDataset, build_dataset, build_mix, default_split
+
+__all__ = [
+    "TextGuided",
+    "seed_everything",
+    "resolve_classes",
+    "resolve_device",
+    "resolve_amp",
+    "check_crop",
+    "set_text_features",
+    "load_initial_weights",
+    "build_datasets",
+]
+
+_log = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class TextGuided(Protocol):
+    """A model guided by CLIP text features of its class prompts (CMFS).
+
+    A property of the model, not of the objective: any ``loss.kind`` may train a text-guided
+    model, and it needs its features whichever loss it learns from.
+    """
+
+    has_text_features: bool
+
+    def set_text_features(self, features: torch.Tensor) -> None: ...
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _voc_palette(n: int) -> list[int]:
+    """The PASCAL VOC colour map (bit-interleaved class ids), distinct for any n ≤ 256."""
+    out = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        out.append(r << 16 | g << 8 | b)
+    return out
+
+
+def resolve_classes(num_classes: int, names: Sequence[str], palette: Sequence[int],
+                    dataset_kind: str | None = None) -> tuple[list[str], list[int]]:
+    """Class names and palette: given ones, else the benchmark's table (``dataset_kind`` one of
+    :data:`CLASS_TABLES`) when its size fits, else MFNet's for 9 classes, else generic ones."""
+    table = CLASS_TABLES.get(dataset_kind or "")
+    if table is None or len(table) != num_classes:
+        table = CLASS_TABLES["mfnet"] if num_classes == len(MFNET_CLASSES) else None
+    if not names:
+        names = list(table.classes) if table else [f"class_{i}" for i in range(num_classes)]
+    if not palette:
+        palette = list(table.palette) if table else _voc_palette(num_classes)
+    return list(names), list(palette)
+
+
+def resolve_device(name: str) -> torch.device:
+    """The training device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device '{name}' is not a valid torch device (use auto, cpu, cuda or cuda:N)") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device '{name}' requested but CUDA is not available; use device=auto or cpu")
+    return device
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for full precision (always on the CPU)."""
+    if amp == "off":
+        return None
+    if device.type != "cuda":
+        if amp != "auto":
+            _log.info("amp=%s ignored: mixed precision is only used on CUDA (training on %s)", amp, device)
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("amp=bf16 requested but this GPU does not support bfloat16; use amp=fp16 or auto")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def check_crop(model: nn.Module, variant: str, crop: int, crop_width: int | None) -> None:
+    """The training crop must be a multiple of the model's ``input_multiple`` (crops are not padded)."""
+    multiple = int(getattr(model, "input_multiple", 1))
+    for name, size in (("crop", crop), ("crop_width", crop_width)):
+        if size is not None and size % multiple:
+            lower, upper = size - size % multiple, size + multiple - size % multiple
+            raise ConfigError(
+                f"{name} {size} is not divisible by {variant}'s input_multiple {multiple}; "
+                f"use {name}={max(lower, multiple)} or {name}={upper}"
+            )
+
+
+def set_text_features(model: nn.Module, m: ModelConfig, class_names: Sequence[str], cache_dir: Path) -> None:
+    """Give a text-guided model (CMFS) the CLIP features of its class prompts (all classes but 0).
+
+    Weights loaded with ``model.init_from`` already carry features; a configured source replaces
+    them. Without either, the error lists what to provide.
+    """
+    if not isinstance(model, TextGuided):
+        if m.text_features or m.clip_weights:
+            raise ConfigError(f"{m.variant} is not text-guided; remove model.text_features / model.clip_weights")
+        return
+    if not (m.text_features or m.clip_weights) and model.has_text_features:
+        return
+    try:
+        features = text_features_for(list(class_names[1:]), features_file=m.text_features,
+                                     clip_weights=m.clip_weights, cache_dir=cache_dir)
+    except TextFeaturesError as exc:
+        raise ConfigError(str(exc)) from None
+    model.set_text_features(features)
+
+
+def _is_engine_weights(path: Path) -> bool:
+    """Engine weights have a sidecar with the engine format; a run's ``best.json`` is not one."""
+    side = sidecar_path(path)
+    try:
+        return side.is_file() and json.loads(side.read_text()).get("format") == WEIGHTS_FORMAT
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+
+
+def load_initial_weights(model: torch.nn.Module, path: Path) -> None:
+    """Start from trained weights (fine-tuning, stage hand-over) instead of a random init.
+
+    Accepts engine weights (with a JSON sidecar, read through the engine's loader so pickles
+    are refused the same way) or a run's checkpoint ``.safetensors``. The tensors must fit the
+    model exactly: a silent partial load would make the recipe lie about what it trained.
+    """
+    if not path.is_file():
+        raise ConfigError(f"model.init_from: {path} does not exist")
+    if _is_engine_weights(path):
+        state, _ = load_weights(path)
+    else:
+        try:
+            state = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ConfigError(f"model.init_from: {path} is not a readable .safetensors file ({exc})") from exc
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(f"model.init_from: {path} does not fit the configured model: {exc}") from exc
+    _log.info("initialised the model from %s", path)
+
+
+def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
+    """The training mix and the validation set described by ``cfg.data``.
+
+    ``train_folders`` and ``val_folders`` are read as ``cfg.data.kind`` through
+    :func:`~ivf_training.datasets.build_dataset`, which lists missing or unmatched files and checks
+    every label file against the class table now, before the first step, not hours into a run.
+    """
+    d, g = cfg.data, cfg.data.generated
+    k = cfg.model.num_classes or None
+    train_split = d.train_split or default_split(d.kind, "train")
+    val_split = d.val_split or default_split(d.kind, "val")
+    parts: list[tuple[Dataset, int]] = []
+    if g.train_count:
+        parts.append((build_dataset("generated", count=g.train_count, config=g.scene, start=g.train_start), 1))
+    for root in d.train_folders:
+        dataset = build_dataset(d.kind, root, train_split, num_classes=k, short_side=d.real_short_side, **d.loader_options)
+        parts.append((dataset, d.real_repeat))
+    if d.train_real:
+        parts.append((RealPairsDataset(d.train_real, short_side=d.real_short_side), d.real_repeat))
+    train = build_mix(parts)
+    val_parts: list[Dataset] = []
+    if g.val_count:
+        val_parts.append(build_dataset("generated", count=g.val_count, config=g.scene, start=g.val_start))
+    for root in d.val_folders:
+        val_parts.append(build_dataset(d.kind, root, val_split, num_classes=k, short_side=d.real_short_side,
+                                       max_pairs=d.val_max_pairs, **d.loader_options))
+    if d.val_real:
+        val_parts.append(RealPairsDataset(d.val_real, short_side=d.real_short_side, max_pairs=d.val_max_pairs))
+    val = None if not val_parts else val_parts[0] if len(val_parts) == 1 else ConcatDataset(val_parts)
+    return train, val

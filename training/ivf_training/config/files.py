@@ -1,0 +1,151 @@
+"""Configuration files and command-line overrides: YAML → :class:`TrainConfig` → YAML.
+
+Relative data paths are resolved against the current working directory when the configuration
+is loaded (run ``ivf-train`` from the project root) and stored absolute in the run directory, so
+``ivf-train resume`` works from anywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import typing
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+from ivf_training.config.schema import (
+    ConfigError,
+    build_section,
+    config_to_dict,
+    section_hints,
+    unknown_key_message,
+)
+from ivf_training.config.train import TrainConfig
+
+__all__ = [
+    "config_from_dict",
+    "parse_overrides",
+    "apply_overrides",
+    "load_config",
+    "absolutize_paths",
+    "dump_config",
+]
+
+
+def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
+    """Build and validate a :class:`TrainConfig` from plain data; unknown keys are errors."""
+    cfg = build_section(TrainConfig, data, "")
+    cfg.validate()
+    return cfg
+
+
+def parse_overrides(items: Sequence[str]) -> list[tuple[list[str], Any]]:
+    """Parse ``key.sub=value`` strings; values are YAML scalars/lists (``[0.5, 2.0]``, ``null``)."""
+    parsed = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override '{item}' is not of the form key.sub=value (e.g. optim.lr_peak=1e-3)")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': value is not valid YAML ({exc})") from exc
+        parsed.append((key.split("."), value))
+    return parsed
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with dotted overrides applied; unknown keys are errors.
+
+    Keys are checked against the dataclass schema, so ``optim.lrr=1`` fails naming ``optim.lrr``
+    and listing the valid keys of ``optim``. Below free-form mappings (``model.overrides``,
+    ``data.generated.scene``) any key is accepted. Under ``loss`` a key of any kind passes here
+    (a later override may set ``loss.kind``); building the section checks it against the kind.
+    """
+    out = copy.deepcopy(data)
+    for path, value in parse_overrides(overrides):
+        node: dict[str, Any] = out
+        hints: dict[str, Any] | None = section_hints(TrainConfig)
+        for depth, part in enumerate(path):
+            last = depth == len(path) - 1
+            if hints is not None:
+                if part not in hints:
+                    prefix = "".join(p + "." for p in path[:depth])
+                    raise ConfigError(unknown_key_message(".".join(path[: depth + 1]), prefix, list(hints)))
+                tp = hints[part]
+                hints = section_hints(tp)
+                if not last and hints is None and typing.get_origin(tp) is not dict:
+                    raise ConfigError(f"'{'.'.join(path[: depth + 1])}' is a value, not a section")
+            if last:
+                node[part] = value
+            else:
+                child = node.get(part)
+                if child is None:
+                    child = node[part] = {}
+                if not isinstance(child, dict):
+                    raise ConfigError(f"'{'.'.join(path[: depth + 1])}' is not a mapping in the configuration")
+                node = child
+    return out
+
+
+_PATH_LIST_FIELDS = ("train_folders", "train_real", "val_folders", "val_real")
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Load a YAML file (or defaults when ``path`` is None), apply overrides, validate.
+
+    Relative data paths and the loss's weight files are made absolute against the current
+    working directory; a ``name`` left empty becomes ``<file stem>-<timestamp>`` in the trainer.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"configuration file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    try:
+        cfg = config_from_dict(apply_overrides(data, overrides))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path is not None else str(exc)) from None
+    return absolutize_paths(cfg)
+
+
+def absolutize_paths(cfg: TrainConfig) -> TrainConfig:
+    """Make data paths, the loss's weight files (ResNet-50, teacher) and ``out_dir`` absolute (against the cwd)."""
+    for name in _PATH_LIST_FIELDS:
+        setattr(cfg.data, name, [_absolute(p) for p in getattr(cfg.data, name)])
+    for name in cfg.loss.path_fields:
+        if getattr(cfg.loss, name):
+            setattr(cfg.loss, name, _absolute(getattr(cfg.loss, name)))
+    if cfg.model.init_from:
+        cfg.model.init_from = _absolute(cfg.model.init_from)
+    if cfg.model.text_features:
+        cfg.model.text_features = _absolute(cfg.model.text_features)
+    if cfg.model.clip_weights and cfg.model.clip_weights != "random":
+        cfg.model.clip_weights = _absolute(cfg.model.clip_weights)
+    cfg.out_dir = _absolute(cfg.out_dir)
+    return cfg
+
+
+def _absolute(path: str) -> str:
+    """Absolute and lexically normalised (``a/../b`` → ``b``), symlinks kept as written."""
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def dump_config(cfg: TrainConfig, path: str | os.PathLike[str]) -> None:
+    """Write the resolved configuration as YAML (atomically: temp file + rename)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    tmp.replace(path)

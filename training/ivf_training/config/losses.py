@@ -1,0 +1,211 @@
+"""Loss settings, one small dataclass per ``loss.kind``.
+
+Why one class per kind instead of one flat section: each objective reads a handful of weights,
+and a flat union of all of them (about 30 fields) let a CMFS recipe carry S4Fusion's SSIM
+weight or a teacher file that nothing reads. Here the ``kind`` key of the ``loss:`` section
+picks the class (:func:`ivf_training.config.schema.tagged_classes`), a key that belongs to
+another kind is an error naming that kind, and the written ``config.yaml`` holds only what the
+run used. The YAML layout is unchanged: ``loss: {kind: cmfs, gamma: 0.8, ...}``.
+
+The definitions of the terms live with the losses: :mod:`ivf_training.losses` (s4fusion),
+:mod:`ivf_training.cmfs_losses` and :mod:`ivf_training.mafs_losses`; the objective of each kind
+(what a batch means, which loss module it builds) in :mod:`ivf_training.objectives`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from ivf_training.config.schema import ConfigError
+
+__all__ = [
+    "LossSettings",
+    "S4FusionLossConfig",
+    "CMFSLossConfig",
+    "MAFSStage1LossConfig",
+    "MAFSStage2LossConfig",
+    "LossConfig",
+]
+
+
+class LossSettings:
+    """What every kind's settings offer the run configuration (the base of the dataclasses)."""
+
+    path_fields: ClassVar[tuple[str, ...]] = ()
+    """Weight-file settings, made absolute against the working directory when loading."""
+
+    def check_run(self, *, best_metric: str, num_classes: int) -> None:
+        """Checks against the rest of the run configuration (the kind's own ranges are checked
+        when the section is built)."""
+
+
+def _non_negative(section: object, names: tuple[str, ...]) -> None:
+    for name in names:
+        if getattr(section, name) < 0:
+            raise ConfigError(f"loss.{name} must be >= 0, got {getattr(section, name)}")
+
+
+@dataclass
+class S4FusionLossConfig(LossSettings):
+    """``kind: s4fusion``: cross-entropy plus the fusion terms (``FusionSegLoss``).
+
+    Attributes:
+        seg: cross-entropy weight (ignore index 255).
+        fusion: multiplier of the whole fusion group (intensity + ssim + gradient + color).
+        intensity: L1(Y_F, max(Y_vi, IR)).
+        ssim: 1 − mean(SSIM(Y_F, Y_vi), SSIM(Y_F, IR)).
+        gradient: L1(|∇Y_F|, max(|∇Y_vi|, |∇IR|)) with a normalised Sobel operator.
+        color: L1 between the fused and the visible CbCr (our addition: the model outputs RGB).
+        perception: weight of the perception-enhanced loss (ResNet-50 entropy); used only when
+            ``resnet50_weights`` is set.
+        perception_texture: weight of the Sobel texture term that keeps the entropy term in check.
+        resnet50_weights: local torchvision ResNet-50 weight file (.safetensors, or a .pth state
+            dict loaded with ``weights_only=True``); ``None`` skips the perception loss.
+    """
+
+    kind: Literal["s4fusion"] = "s4fusion"
+    seg: float = 1.0
+    fusion: float = 1.0
+    intensity: float = 1.0
+    ssim: float = 1.0
+    gradient: float = 15.0
+    color: float = 1.0
+    perception: float = 0.1
+    perception_texture: float = 1.0
+    resnet50_weights: str | None = None
+
+    path_fields: ClassVar[tuple[str, ...]] = ("resnet50_weights",)
+
+
+@dataclass
+class CMFSLossConfig(LossSettings):
+    """``kind: cmfs`` (``CMFSLoss``): ``seg·CE + fusion·(intensity·L_int + color·L_color +
+    gradient·L_grad) + moe_balance·L_bal``, with the visible image gamma-corrected by ``gamma``
+    and the thermal contrast scaled by ``beta``.
+
+    Attributes:
+        seg, fusion, intensity, color, gradient: term weights (paper: 1, 0.1, 0.5, 1, 0.2).
+        gamma: CMFS's visible gamma (0.5 MFNet/PST900, 0.8 FMB).
+        beta: CMFS's thermal contrast factor (1.7 MFNet, 1.0 FMB, 1.8 PST900).
+        moe_balance: weight of CMFS's mixture-of-experts load-balancing term.
+    """
+
+    kind: Literal["cmfs"] = "cmfs"
+    seg: float = 1.0
+    fusion: float = 1.0
+    intensity: float = 1.0
+    color: float = 1.0
+    gradient: float = 15.0
+    gamma: float = 0.5
+    beta: float = 1.7
+    moe_balance: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.gamma <= 0 or self.beta < 0:
+            raise ConfigError(f"loss.gamma must be > 0 and loss.beta >= 0, got {self.gamma} and {self.beta}")
+
+
+@dataclass
+class MAFSStage1LossConfig(LossSettings):
+    """``kind: mafs_stage1``: masked reconstruction (``MAFSStage1Loss``).
+
+    ``rec_intensity·L1 + rec_gradient·L1(∇)`` on the hidden pixels of both images, with
+    ``mask_patch``-sized squares hidden at a ratio drawn from ``mask_ratio`` per sample and
+    modality. Validation reports only ``loss/<term>`` (use ``best_metric: loss/total``,
+    ``best_mode: min``).
+
+    Attributes:
+        mask_patch: side of a hidden square in pixels (paper: 32).
+        mask_ratio: range of the hidden fraction of patches, ``0 <= lo <= hi <= 1``, ``hi > 0``.
+        rec_intensity, rec_gradient: α1, α2 of the stage I loss (paper: 5, 5).
+    """
+
+    kind: Literal["mafs_stage1"] = "mafs_stage1"
+    mask_patch: int = 32
+    mask_ratio: tuple[float, float] = (0.25, 0.75)
+    rec_intensity: float = 5.0
+    rec_gradient: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.mask_patch < 1:
+            raise ConfigError(f"loss.mask_patch must be >= 1 pixel, got {self.mask_patch}")
+        lo, hi = self.mask_ratio
+        if not (0.0 <= lo <= hi <= 1.0 and hi > 0.0):
+            raise ConfigError(
+                f"loss.mask_ratio must satisfy 0 <= min <= max <= 1 and max > 0, got {list(self.mask_ratio)}"
+            )
+        _non_negative(self, ("rec_intensity", "rec_gradient"))
+
+    def check_run(self, *, best_metric: str, num_classes: int) -> None:
+        if not best_metric.startswith("loss/"):
+            raise ConfigError(
+                f"best_metric '{best_metric}': MAFS stage I validation reports only the reconstruction loss; "
+                "set best_metric: loss/total and best_mode: min"
+            )
+
+
+@dataclass
+class MAFSStage2LossConfig(LossSettings):
+    """``kind: mafs_stage2``: fusion + segmentation (``MAFSStage2Loss``).
+
+    Fusion task ``intensity·L_int + gradient·L_grad`` (paper: 5 and 8), segmentation task
+    ``seg·OHEM + seg_aux·aux + binary·BCE + boundary·L_bd + kd·KD``; both through the α-fair
+    utility (``fair_alpha``) and weighted by DWA (``dwa_temperature``, ``dwa_period``).
+
+    Attributes:
+        intensity, gradient: fusion task weights.
+        seg: OHEM cross-entropy weight.
+        seg_aux: weight of the deep supervision of the transformer-decoder stages.
+        binary, boundary: weights of the binary (foreground) and boundary heads.
+        kd: weight of the distillation term (used only with ``teacher_weights``).
+        kd_temperature: distillation temperature T (paper: 4).
+        ohem_thresh: OHEM probability threshold; ``ohem_min_kept``: least pixels kept
+            (``None``: 1/16 of the batch's pixels).
+        boundary_width: half-width in pixels of the boundary target band.
+        fair_alpha: α of the α-fair utility (paper: 0.8).
+        dwa_temperature: DWA temperature (paper: 500).
+        dwa_period: ``step`` or ``epoch`` (the paper's): what one DWA period is.
+        teacher_weights: engine weights (``.safetensors`` + sidecar) of any segmentation model
+            the registry builds, with the student's class count; it segments the fused image
+            (frozen) for the KD term. ``None``: no distillation.
+    """
+
+    kind: Literal["mafs_stage2"] = "mafs_stage2"
+    intensity: float = 1.0
+    gradient: float = 15.0
+    seg: float = 1.0
+    seg_aux: float = 0.4
+    binary: float = 1.0
+    boundary: float = 1.0
+    kd: float = 1.0
+    kd_temperature: float = 4.0
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int | None = None
+    boundary_width: int = 1
+    fair_alpha: float = 0.8
+    dwa_temperature: float = 500.0
+    dwa_period: Literal["step", "epoch"] = "step"
+    teacher_weights: str | None = None
+
+    path_fields: ClassVar[tuple[str, ...]] = ("teacher_weights",)
+
+    def __post_init__(self) -> None:
+        _non_negative(self, ("seg", "intensity", "gradient", "seg_aux", "binary", "boundary", "kd", "fair_alpha"))
+        for name in ("kd_temperature", "dwa_temperature"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"loss.{name} must be > 0, got {getattr(self, name)}")
+        if not 0.0 < self.ohem_thresh <= 1.0:
+            raise ConfigError(f"loss.ohem_thresh is a probability in (0, 1], got {self.ohem_thresh}")
+        if self.ohem_min_kept is not None and self.ohem_min_kept < 0:
+            raise ConfigError(f"loss.ohem_min_kept must be >= 0 or null, got {self.ohem_min_kept}")
+        if self.boundary_width < 1:
+            raise ConfigError(f"loss.boundary_width must be >= 1 pixel, got {self.boundary_width}")
+
+    def check_run(self, *, best_metric: str, num_classes: int) -> None:
+        if num_classes == 0:
+            raise ConfigError("loss.kind mafs_stage2 trains segmentation: model.num_classes must be > 0")
+
+
+LossConfig = S4FusionLossConfig | CMFSLossConfig | MAFSStage1LossConfig | MAFSStage2LossConfig
+"""The ``loss:`` section: the member whose ``kind`` the section names (default ``s4fusion``)."""

@@ -1,0 +1,73 @@
+"""``loss.kind``: one settings class and one objective per kind, chosen by the kind alone."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+
+from ivf_perception.models import build_model
+
+from ivf_training.build import TextGuided
+from ivf_training.cmfs_losses import CMFSLoss
+from ivf_training.config import (
+    CMFSLossConfig,
+    ConfigError,
+    LossConfig,
+    MAFSStage1LossConfig,
+    MAFSStage2LossConfig,
+    S4FusionLossConfig,
+    TrainConfig,
+)
+from ivf_training.config.schema import tagged_classes
+from ivf_training.losses import FusionSegLoss
+from ivf_training.mafs_losses import MAFSStage1Loss, MAFSStage2Loss
+from ivf_training.objectives import (
+    OBJECTIVES,
+    CMFSObjective,
+    DistilledFusionSegObjective,
+    MaskedReconstructionObjective,
+    S4FusionObjective,
+    build_objective,
+    objective_class,
+)
+
+MakeConfig = Callable[..., TrainConfig]
+
+EXPECTED = {
+    "s4fusion": (S4FusionLossConfig, S4FusionObjective, FusionSegLoss),
+    "cmfs": (CMFSLossConfig, CMFSObjective, CMFSLoss),
+    "mafs_stage1": (MAFSStage1LossConfig, MaskedReconstructionObjective, MAFSStage1Loss),
+    "mafs_stage2": (MAFSStage2LossConfig, DistilledFusionSegObjective, MAFSStage2Loss),
+}
+
+
+def test_every_settings_class_has_its_objective() -> None:
+    assert tagged_classes(LossConfig) == {k: v[0] for k, v in EXPECTED.items()}
+    assert OBJECTIVES == {k: v[1] for k, v in EXPECTED.items()}
+
+
+@pytest.mark.parametrize("kind", list(EXPECTED))
+def test_the_objective_builds_the_kinds_loss(kind: str) -> None:
+    settings_cls, objective_cls, loss_cls = EXPECTED[kind]
+    settings = settings_cls(perception=0.0, perception_texture=0.0) if kind == "s4fusion" else settings_cls()
+    objective, loss = build_objective(settings, num_classes=9)
+    assert type(objective) is objective_cls and isinstance(loss, loss_cls)
+    assert (objective_cls.export_refusal is not None) == (kind == "mafs_stage1")
+    assert objective_cls.scores_outputs == (kind != "mafs_stage1")
+
+
+def test_settings_of_another_kind_are_refused(make_config: MakeConfig) -> None:
+    with pytest.raises(ConfigError, match=r"loss.gamma is a setting of loss.kind cmfs only \(got loss.kind s4fusion\)"):
+        make_config("loss.gamma=0.8")
+    with pytest.raises(ConfigError, match="loss.ssim is a setting of loss.kind s4fusion only"):
+        make_config("loss.kind=mafs_stage2", "loss.ssim=1.0")
+    with pytest.raises(ConfigError, match="loss.kind must be one of s4fusion, cmfs, mafs_stage1, mafs_stage2"):
+        objective_class("focal")
+    cfg = make_config("loss.gamma=0.8", "loss.kind=cmfs")  # the kind may come after its settings
+    assert cfg.loss == CMFSLossConfig(gamma=0.8)
+
+
+def test_text_guidance_is_a_model_capability() -> None:
+    assert isinstance(build_model("test_cmfs", preset="test"), TextGuided)
+    assert not isinstance(build_model("test_mafs"), TextGuided)
