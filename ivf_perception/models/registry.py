@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 from torch import nn
 
+from ivf_perception.errors import IvfPerceptionError
+
 __all__ = [
     "register_model",
     "list_models",
@@ -41,7 +43,7 @@ _MODEL_ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 _DEPRECATED: dict[str, str] = {}
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(IvfPerceptionError, KeyError):
     """The requested model name is not registered."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable

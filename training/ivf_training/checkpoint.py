@@ -32,6 +32,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ivf_perception.errors import IvfPerceptionError
+
 __all__ = [
     "STATE_FORMAT",
     "CheckpointError",
@@ -46,7 +48,7 @@ __all__ = [
 STATE_FORMAT = "ivf_training.state/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(IvfPerceptionError, ValueError):
     """A checkpoint is missing, corrupt, or its two files do not belong together."""
 
 

@@ -27,6 +27,8 @@ from typing import Any, Literal, Mapping, Sequence
 
 import yaml
 
+from ivf_perception.errors import IvfPerceptionError
+
 __all__ = [
     "ConfigError",
     "ModelConfig",
@@ -45,7 +47,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(IvfPerceptionError, ValueError):
     """The configuration file or an override is invalid (unknown key, wrong type or value)."""
 
 

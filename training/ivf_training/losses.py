@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ivf_perception.checks import check_shape
+from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.models.base import FusionSegOutput
 from ivf_perception.models.layers.color import rgb_to_ycbcr
 from ivf_perception.models.layers.sobel import sobel_magnitude as _layer_sobel_magnitude
@@ -68,7 +69,7 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class PerceptionWeightsError(ValueError):
+class PerceptionWeightsError(IvfPerceptionError, ValueError):
     """The ResNet-50 weight file for the perception loss is missing, corrupt or mismatched."""
 
 

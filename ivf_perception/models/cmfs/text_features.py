@@ -27,6 +27,8 @@ from typing import Sequence
 
 import torch
 
+from ivf_perception.errors import IvfPerceptionError
+
 __all__ = [
     "CLIP_MODEL",
     "PROMPT_TEMPLATE",
@@ -54,7 +56,7 @@ RANDOM_TOWER = "random"
 """Value of ``clip_weights`` that selects a seeded, randomly initialised text tower."""
 
 
-class TextFeaturesError(ValueError):
+class TextFeaturesError(IvfPerceptionError, ValueError):
     """Text features cannot be obtained or do not fit the class list."""
 
 

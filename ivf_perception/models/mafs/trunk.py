@@ -26,6 +26,8 @@ from safetensors.torch import load_file
 from timm.models import ResNet
 from torch import nn
 
+from ivf_perception.errors import IvfPerceptionError
+
 __all__ = [
     "IGNORED_IMAGENET_KEYS",
     "ResNetTrunk",
@@ -50,7 +52,7 @@ _HOW_TO_GET = (
 )
 
 
-class TrunkWeightsError(ValueError):
+class TrunkWeightsError(IvfPerceptionError, ValueError):
     """A trunk weight file is missing, corrupt, refused (unsafe pickle) or does not fit the trunk."""
 
 
