@@ -155,3 +155,11 @@ def test_errors_are_package_errors_and_value_errors() -> None:
     assert issubclass(TensorFileError, IvfPerceptionError) and issubclass(TensorFileError, ValueError)
     assert issubclass(TensorFileNotFoundError, TensorFileError)
     assert issubclass(TensorFileNotFoundError, FileNotFoundError)
+
+
+@pytest.mark.parametrize("data", [b"truncated", b"\x80\x02}q\x00(X", b""])
+def test_short_garbage_torch_file(tmp_path: Path, data: bytes) -> None:
+    path = tmp_path / "state.pt"
+    path.write_bytes(data)
+    with pytest.raises(TensorFileError, match="state.pt: corrupt"):
+        read_torch_file(path)

@@ -35,14 +35,13 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 import yaml
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import tqdm
 
 from ivf_perception.engine.weights import WEIGHTS_FORMAT, WeightsInfo, load_weights, save_weights, sidecar_path
 from ivf_perception.io.classes import CLASS_TABLES, MFNET_CLASSES
+from ivf_perception.io.tensor_files import TensorFileError, read_safetensors
 from ivf_perception.models import FusionSegOutput, build_model
 from ivf_perception.models.registry import without_pretrained_files
 from ivf_perception.models.cmfs.text_features import TextFeaturesError, text_features_for
@@ -385,9 +384,9 @@ def load_initial_weights(model: torch.nn.Module, path: Path) -> None:
         state, _ = load_weights(path)
     else:
         try:
-            state = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ConfigError(f"model.init_from: {path} is not a readable .safetensors file ({exc})") from exc
+            state = read_safetensors(path, what="model.init_from file")
+        except TensorFileError as exc:
+            raise ConfigError(str(exc)) from exc
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -967,9 +966,9 @@ def load_run_weights(source: str | Path, *, checkpoint: str | None = None) -> Ru
         metrics = {"step": state["step"], **state["last_val"]}
     else:
         try:
-            model_state = load_file(str(model_file), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{model_file} is corrupt ({exc})") from exc
+            model_state = read_safetensors(model_file, what="checkpoint model file")
+        except TensorFileError as exc:
+            raise CheckpointError(str(exc)) from exc
         best_json = model_file.with_suffix(".json")
         best = json.loads(best_json.read_text()) if best_json.is_file() else {}
         metrics = {"step": best.get("step"), **best.get("metrics", {})}
