@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ivf_perception.errors import IvfPerceptionError
-from ivf_perception.io.tensor_files import TensorFileError, read_safetensors
+from ivf_perception.io.tensor_files import TensorFileError, TensorFileNotFoundError, read_safetensors
 from ivf_perception.models import build_model
 from ivf_perception.models.registry import without_pretrained_files
 
@@ -142,6 +142,8 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsInfo
         )
     try:
         state = read_safetensors(path, what="engine weights")
+    except TensorFileNotFoundError as exc:
+        raise WeightsError(f"{path}: weights file not found") from exc
     except TensorFileError as exc:
         raise WeightsError(str(exc)) from exc
     return state, read_sidecar(path)
