@@ -112,7 +112,7 @@ def read_torch_file(path: str | os.PathLike[str], *, what: str = "PyTorch file")
                 "and unpickling it could run code; convert it to .safetensors on a trusted machine "
                 "(safetensors.torch.save_file(state_dict, path))")) from exc
         raise _fail(what, path, f"corrupt, truncated or not a PyTorch file ({reason})") from exc
-    except Exception as exc:  # the zip reader and the unpickler fail on garbage with any type (IndexError, EOFError, ...)
+    except Exception as exc:  # on garbage, the zip reader and unpickler raise any type (IndexError, EOFError, ...)
         reason = str(exc).splitlines()[0].split(". ")[0] if str(exc) else type(exc).__name__
         raise _fail(what, path, f"corrupt or truncated PyTorch file ({reason})") from exc
 

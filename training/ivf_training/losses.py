@@ -277,7 +277,8 @@ def _load_resnet50(path: Path) -> nn.Module:
     except TensorFileNotFoundError as exc:
         raise PerceptionWeightsError(f"ResNet-50 weights not found: {path}; {hint}") from exc
     except TensorFileError as exc:
-        raise PerceptionWeightsError(f"ResNet-50 weights are corrupt or not a plain state dict ({exc}); {hint}") from exc
+        raise PerceptionWeightsError(
+            f"ResNet-50 weights are corrupt or not a plain state dict ({exc}); {hint}") from exc
     from torchvision.models import resnet50  # imported only when the loss is enabled
 
     net = resnet50(weights=None)

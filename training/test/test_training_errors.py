@@ -6,8 +6,9 @@ import importlib
 import inspect
 import pkgutil
 
-import ivf_training
 from ivf_perception.errors import IvfPerceptionError
+
+import ivf_training
 
 
 def test_every_public_training_error_derives_from_the_base() -> None:
