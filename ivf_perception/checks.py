@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import torch
 
+from ivf_perception.errors import IvfPerceptionError
+
 __all__ = ["ShapeError", "check_shape", "set_checks_enabled", "checks_enabled"]
 
 _ENABLED = True
 
 
-class ShapeError(ValueError):
+class ShapeError(IvfPerceptionError, ValueError):
     """A tensor's shape does not match the documented layout."""
 
 

@@ -14,14 +14,12 @@ from typing import Any, Callable
 
 import torch
 
-from ivf_perception.engine import Engine, EngineError, InputError, WeightsError
+from ivf_perception.engine import Engine
 from ivf_perception.engine.config import PRECISION_NAMES, PipelineConfig, default_weights
-from ivf_perception.models.registry import UnknownModelError, describe_presets
+from ivf_perception.errors import IvfPerceptionError
+from ivf_perception.models.registry import describe_presets
 
-__all__ = ["add_engine_arguments", "engine_options", "engine_from_args", "parse_size", "user_errors", "USER_ERRORS",
-           "setup_logging"]
-
-USER_ERRORS = (EngineError, InputError, WeightsError, UnknownModelError, FileNotFoundError, ValueError)
+__all__ = ["add_engine_arguments", "engine_options", "engine_from_args", "parse_size", "user_errors", "setup_logging"]
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,12 +72,18 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def user_errors(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
-    """Decorator: turn expected user errors into one clear line and exit code 2, not a traceback."""
+    """Decorator: turn a known problem into one line on stderr and exit code 2, not a traceback.
+
+    Known problems are the package's errors (:class:`~ivf_perception.errors.IvfPerceptionError`:
+    missing or corrupt files, bad images, unknown models, refused weights), and the builtin
+    ``ValueError`` / ``FileNotFoundError`` that argument checks and file opens raise for a value
+    the user typed. Anything else is a bug and keeps its traceback.
+    """
     def wrap(fn: Callable[..., int]) -> Callable[..., int]:
         def inner(*a, **kw) -> int:
             try:
                 return fn(*a, **kw)
-            except USER_ERRORS as exc:
+            except (IvfPerceptionError, ValueError, FileNotFoundError) as exc:
                 print(f"{prog}: error: {exc}", file=sys.stderr)
                 return 2
         inner.__name__ = fn.__name__

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.io.classes import palette_to_array
 from ivf_perception.io.errors import AGCError, HomographyError
 from ivf_perception.io.registration import validate_homography
@@ -44,7 +45,7 @@ BACKENDS = ("auto", "chunked", "ref", "cuda")
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-class ParameterValueError(ValueError):
+class ParameterValueError(IvfPerceptionError, ValueError):
     """A parameter value (or a combination of values) is not acceptable; the text says why."""
 
 

@@ -22,12 +22,12 @@ from ivf_perception.engine.config import PRECISION_NAMES, PipelineConfig, engine
 from ivf_perception.engine.postprocess import logits_to_labels, make_overlay, to_uint8_rgb
 from ivf_perception.engine.preprocess import prepare_batch
 from ivf_perception.engine.timing import StageTimer
-from ivf_perception.engine.weights import WeightsError, WeightsInfo, load_weights
+from ivf_perception.engine.weights import WeightsError, WeightsInfo, build_model_from_weights
+from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.io.classes import MFNET_CLASSES, MFNET_PALETTE, palette_to_array
 from ivf_perception.io.registration import validate_homography
 from ivf_perception.io.thermal import AGCConfig
 from ivf_perception.models import FusionSegModel, build_model
-from ivf_perception.models.registry import without_pretrained_files
 
 __all__ = ["Engine", "EngineResult", "EngineError", "PRECISIONS", "DEFAULT_WEIGHTS", "resolve_device"]
 
@@ -41,7 +41,7 @@ _MISSING_DEFAULT = (f"bundled weights {DEFAULT_WEIGHTS} are missing; reinstall t
                     "run `make train-default` to train them")
 
 
-class EngineError(ValueError):
+class EngineError(IvfPerceptionError, ValueError):
     """The engine cannot be built as requested (device, precision, weights/model mismatch)."""
 
 
@@ -150,27 +150,10 @@ class Engine:
         path = DEFAULT_WEIGHTS if str(weights) == "default" else Path(weights)
         if str(weights) == "default" and not path.is_file():
             raise WeightsError(_MISSING_DEFAULT)
-        state, info = load_weights(path)
-        self.info = info
-        requested = getattr(model, "variant", None) if isinstance(model, nn.Module) else model
-        if requested and requested != info.variant and not (isinstance(model, str) and model == "auto"):
-            raise WeightsError(
-                f"{path} holds weights of variant '{info.variant}' but variant '{requested}' was requested; "
-                f"use --variant {info.variant} or weights trained for {requested}"
-            )
-        if num_classes is not None and num_classes != info.num_classes:
-            raise WeightsError(
-                f"{path} was trained for {info.num_classes} classes but num_classes={num_classes} was requested"
-            )
-        if preset is not None and preset != info.preset:
-            raise WeightsError(f"{path} holds preset '{info.preset}' weights but preset '{preset}' was requested")
-        net = model if isinstance(model, nn.Module) else build_model(
-            info.variant, preset=info.preset, num_classes=info.num_classes,
-            **{**without_pretrained_files(info.model_args), **overrides})
-        try:
-            net.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise WeightsError(f"{path} does not fit {info.variant}/{info.preset}: {exc}") from exc
+        built = model if isinstance(model, nn.Module) else None
+        variant = None if built is not None or model == "auto" else str(model)
+        net, self.info = build_model_from_weights(path, variant=variant, preset=preset, num_classes=num_classes,
+                                                  model=built, **overrides)
         return net
 
     @classmethod

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.io.registration import resize_to, warp_thermal
 from ivf_perception.io.thermal import AGCConfig
 
@@ -28,7 +29,7 @@ __all__ = ["InputError", "PreparedBatch", "align_thermal", "prepare_rgb", "prepa
 _log = logging.getLogger(__name__)
 
 
-class InputError(ValueError):
+class InputError(IvfPerceptionError, ValueError):
     """An input image cannot be interpreted (wrong dtype, channels, range or size)."""
 
 

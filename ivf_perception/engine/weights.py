@@ -4,6 +4,10 @@ Why this format: safetensors cannot execute code on load (a pickled ``.pt`` can)
 sidecar keeps everything needed to rebuild and interpret the model next to the tensors:
 variant, preset, constructor arguments, class names, palette, input size, the training recipe,
 the data it saw and its validation metrics. Pickled checkpoints are refused by name.
+
+:func:`build_model_from_weights` is the one way to turn such a file back into a model: the
+Engine, the training teacher and the tools that need a bare ``nn.Module`` all call it, so the
+sidecar is interpreted and the tensors are checked in one place.
 """
 
 from __future__ import annotations
@@ -14,13 +18,19 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+from torch import nn
+
+from ivf_perception.errors import IvfPerceptionError
+from ivf_perception.io.tensor_files import TensorFileError, TensorFileNotFoundError, read_safetensors
+from ivf_perception.models import build_model
+from ivf_perception.models.registry import without_pretrained_files
 
 __all__ = [
     "WEIGHTS_FORMAT",
     "WeightsError",
     "WeightsInfo",
+    "build_model_from_weights",
     "save_weights",
     "load_weights",
     "read_sidecar",
@@ -31,7 +41,7 @@ WEIGHTS_FORMAT = "ivf_perception.weights/1"
 _PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar"}
 
 
-class WeightsError(ValueError):
+class WeightsError(IvfPerceptionError, ValueError):
     """A weight file is missing, corrupt, pickled, or does not fit the requested model."""
 
 
@@ -130,11 +140,60 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsInfo
             f"{path}: pickled checkpoints ({path.suffix}) are refused because unpickling can run "
             "arbitrary code; convert it to .safetensors with `ivf-train export`."
         )
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found")
-    info = read_sidecar(path)
     try:
-        state = load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise WeightsError(f"{path}: corrupt or truncated safetensors file ({exc})") from exc
-    return state, info
+        state = read_safetensors(path, what="engine weights")
+    except TensorFileNotFoundError as exc:
+        raise WeightsError(f"{path}: weights file not found") from exc
+    except TensorFileError as exc:
+        raise WeightsError(str(exc)) from exc
+    return state, read_sidecar(path)
+
+
+def build_model_from_weights(path: str | Path, *, variant: str | None = None, preset: str | None = None,
+                             num_classes: int | None = None, model: nn.Module | None = None,
+                             device: str | torch.device = "cpu", **overrides: Any
+                             ) -> tuple[nn.Module, WeightsInfo]:
+    """The registered model that engine weights hold, with its tensors loaded strictly.
+
+    The variant, preset, class count and constructor arguments come from the sidecar; the
+    ImageNet files a model was first initialised from are not needed (the tensors replace them).
+
+    Args:
+        path: engine weights (``.safetensors`` with its ``.json`` sidecar).
+        variant, preset, num_classes: what the caller expects; None accepts the sidecar's. A
+            sidecar that says otherwise is an error naming both.
+        model: an already built model to load into instead of building one (its ``variant``
+            attribute must match the sidecar's).
+        device: where the returned model lives (the caller owns the choice).
+        **overrides: constructor arguments over the sidecar's that do not change the tensors
+            (e.g. ``scan_backend``).
+
+    Returns:
+        The model in eval mode and the sidecar.
+
+    Raises:
+        WeightsError: the file or sidecar is missing, corrupt or pickled, disagrees with the
+            expectations, or its tensors do not fit the model.
+    """
+    path = Path(path)
+    state, info = load_weights(path)
+    requested = getattr(model, "variant", None) if model is not None else variant
+    if requested and requested != info.variant:
+        raise WeightsError(
+            f"{path} holds weights of variant '{info.variant}' but variant '{requested}' was requested; "
+            f"use --variant {info.variant} or weights trained for {requested}"
+        )
+    if num_classes is not None and num_classes != info.num_classes:
+        raise WeightsError(
+            f"{path} was trained for {info.num_classes} classes but num_classes={num_classes} was requested"
+        )
+    if preset is not None and preset != info.preset:
+        raise WeightsError(f"{path} holds preset '{info.preset}' weights but preset '{preset}' was requested")
+    net = model if model is not None else build_model(
+        info.variant, preset=info.preset, num_classes=info.num_classes,
+        **{**without_pretrained_files(info.model_args), **overrides})
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise WeightsError(f"{path} does not fit {info.variant}/{info.preset}: {exc}") from exc
+    return net.to(device).eval(), info

@@ -8,6 +8,8 @@ as usual.
 
 from __future__ import annotations
 
+from ivf_perception.errors import IvfPerceptionError
+
 __all__ = [
     "IVFIOError",
     "UnsupportedEncodingError",
@@ -25,7 +27,7 @@ __all__ = [
 ]
 
 
-class IVFIOError(ValueError):
+class IVFIOError(IvfPerceptionError, ValueError):
     """Base class of all errors raised by ``ivf_perception.io``."""
 
 

@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterable, TypeVar, overload
 
 from torch import nn
 
+from ivf_perception.errors import IvfPerceptionError
+
 __all__ = [
     "register_model",
     "list_models",
@@ -49,7 +51,7 @@ _MODEL_PRESETS: dict[str, tuple[str, ...]] = {}
 _DEPRECATED: dict[str, str] = {}
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(IvfPerceptionError, KeyError):
     """The requested model name is not registered."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable

@@ -54,11 +54,11 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, Image
 
-from ivf_perception.engine import Engine, EngineError, EngineResult, InputError, WeightsError
+from ivf_perception.engine import Engine, EngineResult
 from ivf_perception.engine.config import ParameterValueError
-from ivf_perception.io import AGCConfig, IVFIOError, decode_rgb, decode_thermal, header_stamp_ns, numpy_to_image
+from ivf_perception.errors import IvfPerceptionError
+from ivf_perception.io import AGCConfig, decode_rgb, decode_thermal, header_stamp_ns, numpy_to_image
 from ivf_perception.io.stats_msg import FusionStatsValues, rclpy_fusion_stats_type
-from ivf_perception.models.registry import UnknownModelError
 from ivf_perception.nodes.health import HealthSnapshot, RateMeter, StreamHealth, assess_health, to_diagnostic_array
 from ivf_perception.nodes.parameters import (
     PARAMETERS,
@@ -73,11 +73,9 @@ from ivf_perception.sync import STREAMS, ApproximateTimePairer, LatestSlot, Pair
 
 __all__ = ["FusionNode", "main"]
 
-# Errors a bad frame or a failing engine raises; the frame is skipped and reported.
-FRAME_ERRORS = (IVFIOError, InputError, EngineError, ValueError, TypeError, RuntimeError)
-# Errors building the engine at configure; the transition fails with the reason.
-CONFIGURE_ERRORS = (WeightsError, EngineError, UnknownModelError, InputError, IVFIOError, OSError,
-                    ValueError, RuntimeError)
+# Errors building the engine at configure: the package's own (weights, model names, inputs),
+# files, model-constructor argument checks and device failures; the transition fails with the reason.
+CONFIGURE_ERRORS = (IvfPerceptionError, OSError, ValueError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -343,11 +341,12 @@ class FusionNode(LifecycleNode):
         try:
             result = self._infer(pair)
             self._publish(pair, result, started)
-        except FRAME_ERRORS as exc:
+        except IvfPerceptionError as exc:  # a frame or setting the package refuses (encoding, size, ...)
             self._frame_failed(pair, f"{type(exc).__name__}: {exc}")
-            if isinstance(exc, RuntimeError):  # e.g. CUDA out of memory: give the cache back
-                self._free_device_cache()
-        except Exception as exc:  # the worker must survive anything a frame can trigger
+        except RuntimeError as exc:  # the device failed, e.g. CUDA out of memory: give the cache back
+            self._frame_failed(pair, f"{type(exc).__name__}: {exc}")
+            self._free_device_cache()
+        except Exception as exc:  # last resort, a bug: the worker must survive anything a frame can trigger
             self._frame_failed(pair, f"unexpected {type(exc).__name__}: {exc}")
             self.get_logger().error(traceback.format_exc(), throttle_duration_sec=5.0)
 

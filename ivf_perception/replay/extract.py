@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from ivf_perception.engine.preprocess import prepare_rgb
 from ivf_perception.io.errors import ImageDecodeError
+from ivf_perception.io.extract_layout import EXTRACT_INDEX_FORMAT
 from ivf_perception.io.image_files import write_png
 
 from .decode import decode_pair
@@ -43,10 +44,9 @@ from .pairing import FramePair, FrameStream
 from .params import NodeParams
 from .report import write_json
 
-__all__ = ["ExtractOptions", "ExtractResult", "extract_dataset", "INDEX_FORMAT"]
+__all__ = ["ExtractOptions", "ExtractResult", "extract_dataset"]
 
 _log = logging.getLogger(__name__)
-INDEX_FORMAT = "ivf_perception.extract/1"
 _OWNED = ("vi", "ir", "labels", "index.json")
 _INDEX_EVERY = 25
 
@@ -111,7 +111,7 @@ def _previous_frames(options: ExtractOptions, source: dict[str, Any]) -> dict[st
         raise OutputExistsError(f"{index} cannot be read ({exc}); pass --overwrite to start over") from exc
     before = {k: previous.get("source", {}).get(k) for k in ("topics", "pairing")}
     now = {k: source[k] for k in ("topics", "pairing")}
-    if previous.get("format") != INDEX_FORMAT or before != now:
+    if previous.get("format") != EXTRACT_INDEX_FORMAT or before != now:
         raise OutputExistsError(
             f"{options.out} holds an extraction with other topics or pairing ({before}); this run uses {now}. "
             "Pass --overwrite to start over, or choose another --out")
@@ -160,7 +160,7 @@ def extract_dataset(options: ExtractOptions) -> ExtractResult:
 
         def save_index() -> None:
             write_json(options.out / "index.json", {
-                "format": INDEX_FORMAT, "source": source, "complete": status == "complete",
+                "format": EXTRACT_INDEX_FORMAT, "source": source, "complete": status == "complete",
                 "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "frames": sorted(frames.values(), key=lambda f: f["rgb_stamp_ns"]), "skipped": skipped,
                 "pairing": stream.log.as_dict(), "read": {**reader.report.as_dict(), "lines": reader.report.lines()}})

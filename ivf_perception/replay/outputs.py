@@ -11,10 +11,12 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from ivf_perception.errors import IvfPerceptionError
+
 __all__ = ["OutputExistsError", "prepare_output_dir"]
 
 
-class OutputExistsError(ValueError):
+class OutputExistsError(IvfPerceptionError, ValueError):
     """The output folder exists and holds files (pass --overwrite to replace this tool's outputs)."""
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from ivf_perception.engine import Engine, WeightsError, WeightsInfo, save_weights
-from ivf_perception.engine.weights import load_weights, sidecar_path
+from ivf_perception.engine.weights import build_model_from_weights, load_weights, sidecar_path
 from ivf_perception.models import build_model
 
 
@@ -81,3 +80,48 @@ def test_state_of_another_shape_is_reported(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(WeightsError, match="not found"):
         Engine("auto", weights=tmp_path / "none.safetensors", device="cpu")
+
+
+def test_build_model_from_weights_without_an_engine(weights: Path) -> None:
+    model, info = build_model_from_weights(weights)
+    assert info.variant == "test_s4fusion" and info.classes[0] == "c0"
+    assert model.preset == "test" and model.num_classes == 9 and not model.training
+    state, _ = load_weights(weights)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, state[k])
+    engine = Engine("auto", weights=weights, device="cpu")
+    rgb = torch.rand(1, 3, 32, 32)
+    thermal = torch.rand(1, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(rgb, thermal).fused, engine.model(rgb, thermal).fused)
+
+
+def test_build_model_from_weights_checks_expectations(weights: Path) -> None:
+    with pytest.raises(WeightsError, match="variant 'test_s4fusion' but variant 's4fusion' was requested"):
+        build_model_from_weights(weights, variant="s4fusion")
+    with pytest.raises(WeightsError, match="holds preset 'test' weights but preset 'small' was requested"):
+        build_model_from_weights(weights, preset="small")
+    with pytest.raises(WeightsError, match="trained for 9 classes but num_classes=3"):
+        build_model_from_weights(weights, num_classes=3)
+
+
+def test_build_model_from_weights_loads_into_a_given_model(tmp_path: Path) -> None:
+    source = build_model("test_s4fusion", num_classes=9)
+    info = WeightsInfo(variant=source.variant, preset="test", num_classes=9, model_args=source.config()["model_args"])
+    path = save_weights(source.state_dict(), tmp_path / "family.safetensors", info)
+    target = build_model("test_s4fusion", num_classes=9)
+    model, _ = build_model_from_weights(path, model=target)
+    assert model is target
+    for k, v in source.state_dict().items():
+        torch.testing.assert_close(target.state_dict()[k], v)
+    with pytest.raises(WeightsError, match="but variant 'cmfs' was requested"):
+        build_model_from_weights(path, model=build_model("test_cmfs"))
+
+
+def test_build_model_from_weights_refuses_pickles_and_missing_files(tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    torch.save({"a": torch.zeros(1)}, path)
+    with pytest.raises(WeightsError, match="pickled checkpoints"):
+        build_model_from_weights(path)
+    with pytest.raises(WeightsError, match="not found"):
+        build_model_from_weights(tmp_path / "none.safetensors")

@@ -16,13 +16,12 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
 from ivf_perception.engine.weights import WEIGHTS_FORMAT, load_weights, sidecar_path
 from ivf_perception.io.classes import CLASS_TABLES, MFNET_CLASSES
+from ivf_perception.io.tensor_files import TensorFileError, read_safetensors
 from ivf_perception.models.cmfs.text_features import TextFeaturesError, text_features_for
 
 from ivf_training.config import ConfigError, ModelConfig, TrainConfig
@@ -174,9 +173,9 @@ def load_initial_weights(model: torch.nn.Module, path: Path) -> None:
         state, _ = load_weights(path)
     else:
         try:
-            state = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ConfigError(f"model.init_from: {path} is not a readable .safetensors file ({exc})") from exc
+            state = read_safetensors(path, what="model.init_from file")
+        except TensorFileError as exc:
+            raise ConfigError(str(exc)) from exc
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

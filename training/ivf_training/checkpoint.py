@@ -29,8 +29,10 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from ivf_perception.errors import IvfPerceptionError
+from ivf_perception.io.tensor_files import TensorFileError, read_safetensors, read_torch_file
 
 __all__ = [
     "STATE_FORMAT",
@@ -46,7 +48,7 @@ __all__ = [
 STATE_FORMAT = "ivf_training.state/1"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(IvfPerceptionError, ValueError):
     """A checkpoint is missing, corrupt, or its two files do not belong together."""
 
 
@@ -129,9 +131,9 @@ def _read_pair(ckpt_dir: Path, tag: str) -> tuple[dict[str, torch.Tensor], dict[
         if not p.is_file():
             raise CheckpointError(f"{p} is missing")
     try:
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip, unpickler and I/O errors share no base class
-        raise CheckpointError(f"{state_path} is corrupt or not a training state ({type(exc).__name__}: {exc})") from exc
+        state = read_torch_file(state_path, what="training state")
+    except TensorFileError as exc:
+        raise CheckpointError(f"{state_path} is corrupt or not a training state ({exc})") from exc
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{state_path} is not an {STATE_FORMAT} training state")
     if _sha256(model_path) != state.get("model_sha256"):
@@ -140,8 +142,8 @@ def _read_pair(ckpt_dir: Path, tag: str) -> tuple[dict[str, torch.Tensor], dict[
             "corrupt or from another checkpoint)"
         )
     try:
-        model_state = load_file(str(model_path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
+        model_state = read_safetensors(model_path, what="checkpoint model file")
+    except TensorFileError as exc:
         raise CheckpointError(f"{model_path} is corrupt ({exc})") from exc
     return model_state, state
 

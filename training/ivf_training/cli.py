@@ -167,21 +167,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     say = print if main_rank else (lambda *a, **k: None)
     # Imported here so `ivf-train --help` stays fast and import errors surface as messages.
-    from ivf_perception.engine.engine import EngineError
-    from ivf_perception.engine.weights import WeightsError
-    from ivf_perception.io.errors import IVFIOError
-    from ivf_perception.models.registry import UnknownModelError
+    from ivf_perception.errors import IvfPerceptionError
 
-    from ivf_training.checkpoint import CheckpointError
-    from ivf_training.config import ConfigError, load_config
+    from ivf_training.config import load_config
     from ivf_training.distributed import init_distributed, shutdown_distributed
-    from ivf_training.losses import PerceptionWeightsError
-    from ivf_training.onnx_export import OnnxExportError
     from ivf_training.run_dir import read_run_config
     from ivf_training.trainer import resume_run, start_run
 
-    user_errors = (ConfigError, CheckpointError, WeightsError, PerceptionWeightsError, IVFIOError,
-                   UnknownModelError, FileNotFoundError, OnnxExportError, EngineError)
+    # the package's errors (configuration, checkpoints, weights, data, export) and missing files
+    user_errors = (IvfPerceptionError, FileNotFoundError)
     trainer = None
     try:
         if args.command == "export":

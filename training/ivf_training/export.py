@@ -11,11 +11,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from ivf_perception.engine.weights import WeightsInfo, save_weights
+from ivf_perception.io.tensor_files import TensorFileError, read_safetensors
 from ivf_perception.models import build_model
 from ivf_perception.models.registry import without_pretrained_files
 
@@ -76,9 +75,9 @@ def load_run_weights(source: str | Path, *, checkpoint: str | None = None) -> Ru
         metrics = {"step": state["step"], **state["last_val"]}
     else:
         try:
-            model_state = load_file(str(model_file), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{model_file} is corrupt ({exc})") from exc
+            model_state = read_safetensors(model_file, what="checkpoint model file")
+        except TensorFileError as exc:
+            raise CheckpointError(str(exc)) from exc
         best_json = model_file.with_suffix(".json")
         best = json.loads(best_json.read_text()) if best_json.is_file() else {}
         metrics = {"step": best.get("step"), **best.get("metrics", {})}

@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ivf_perception.checks import check_shape
+from ivf_perception.errors import IvfPerceptionError
+from ivf_perception.io.tensor_files import TensorFileError, TensorFileNotFoundError, read_tensor_file
 from ivf_perception.models.base import FusionSegOutput
 from ivf_perception.models.layers.color import rgb_to_ycbcr
 from ivf_perception.models.layers.sobel import sobel_magnitude as _layer_sobel_magnitude
@@ -68,7 +70,7 @@ _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class PerceptionWeightsError(ValueError):
+class PerceptionWeightsError(IvfPerceptionError, ValueError):
     """The ResNet-50 weight file for the perception loss is missing, corrupt or mismatched."""
 
 
@@ -270,24 +272,13 @@ def _load_resnet50(path: Path) -> nn.Module:
         "and set loss.resnet50_weights to its path, or set it to null to train without the "
         "perception loss"
     )
-    if not path.is_file():
-        raise PerceptionWeightsError(f"ResNet-50 weights not found: {path}; {hint}")
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # safetensors, zip and unpickler errors have no common base class
+        state = read_tensor_file(path, what="ResNet-50 weights")
+    except TensorFileNotFoundError as exc:
+        raise PerceptionWeightsError(f"ResNet-50 weights not found: {path}; {hint}") from exc
+    except TensorFileError as exc:
         raise PerceptionWeightsError(
-            f"ResNet-50 weights {path} are corrupt or not a plain state dict ({type(exc).__name__}: {exc}); {hint}"
-        ) from exc
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise PerceptionWeightsError(f"ResNet-50 weights {path}: expected a state dict, got {type(state).__name__}")
+            f"ResNet-50 weights are corrupt or not a plain state dict ({exc}); {hint}") from exc
     from torchvision.models import resnet50  # imported only when the loss is enabled
 
     net = resnet50(weights=None)

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ivf_perception.engine import Engine
+from ivf_perception.engine.weights import build_model_from_weights
+from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.models.base import FusionSegOutput
 
 from ivf_training.cmfs_losses import CMFSLoss
@@ -369,8 +370,8 @@ def load_teacher(path: str | Path, num_classes: int) -> nn.Module:
             "sidecar) of a trained segmentation model, e.g. from `ivf-train export RUN_DIR --out FILE.safetensors`"
         )
     try:
-        teacher = Engine("auto", weights=path, device="cpu").model
-    except ValueError as exc:  # WeightsError, EngineError, trunk-weight and registry errors
+        teacher, _ = build_model_from_weights(path)
+    except (IvfPerceptionError, ValueError) as exc:  # weights, registry and model-constructor errors
         raise ConfigError(f"loss.teacher_weights: {path} cannot be used as a teacher: {exc}") from exc
     teacher_classes = int(getattr(teacher, "num_classes", 0))
     if teacher_classes != num_classes:

@@ -32,10 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ivf_perception.errors import IvfPerceptionError
+
 __all__ = ["OnnxExportError", "OnnxCheck", "export_onnx"]
 
 
-class OnnxExportError(ValueError):
+class OnnxExportError(IvfPerceptionError, ValueError):
     """The model cannot be exported to ONNX, or the exported graph disagrees with PyTorch."""
 
 

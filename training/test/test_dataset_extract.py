@@ -12,7 +12,7 @@ import torch
 
 from ivf_perception.io.errors import DatasetError, DatasetNotFoundError
 from ivf_perception.io.image_files import write_png
-from ivf_perception.replay.extract import INDEX_FORMAT
+from ivf_perception.io.extract_layout import EXTRACT_INDEX_FORMAT
 
 from ivf_training.augment import IGNORE_INDEX
 from ivf_training.datasets import ExtractedDataset, build_dataset
@@ -38,7 +38,7 @@ def extracted(tmp_path: Path) -> Path:
                     labels=root / "labels" / f"{NAMES[i]}.png" if i < 3 else None)
     (root / "ir" / f"{NAMES[4]}.png").unlink()
     index = {
-        "format": INDEX_FORMAT,
+        "format": EXTRACT_INDEX_FORMAT,
         "source": {"bag": "/bags/drive1", "storage": "mcap",
                    "topics": {"rgb": "/rgb/image", "thermal": "/thermal/image", "label": "/labels"},
                    "pairing": {"slop_s": 0.02, "queue_size": 10}},

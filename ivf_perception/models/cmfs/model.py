@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from ivf_perception.io.tensor_files import TensorFileNotFoundError, read_tensor_file
 from ivf_perception.models.base import FusionSegModel, FusionSegOutput
 from ivf_perception.models.cmfs.backbone import CheckpointReport, VMambaBranch, map_vmamba_checkpoint
 from ivf_perception.models.cmfs.fsc import FrequencySpatialCollaboration
@@ -267,30 +268,22 @@ class CMFS(FusionSegModel):
     def load_encoder_checkpoint(self, path: str | os.PathLike[str]) -> CheckpointReport:
         """Initialise both encoder branches from an ImageNet VMamba-T checkpoint file.
 
-        The file is read without unpickling code (safetensors, or ``torch.load`` with
-        ``weights_only=True``); keys are mapped by name (see :func:`map_vmamba_checkpoint`).
+        The file is read without unpickling code (:func:`~ivf_perception.io.tensor_files.read_tensor_file`);
+        keys are mapped by name (see :func:`map_vmamba_checkpoint`).
 
         Raises:
-            FileNotFoundError: the file does not exist.
-            ValueError: the file cannot be read as a state dict, or nothing in it fits.
+            TensorFileNotFoundError: the file does not exist (a ``FileNotFoundError``).
+            TensorFileError: the file cannot be read as a state dict (a ``ValueError``).
+            ValueError: nothing in the file fits the encoders.
         """
         path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
+        try:
+            state = read_tensor_file(path, what="VMamba checkpoint")
+        except TensorFileNotFoundError as exc:
+            raise TensorFileNotFoundError(
                 f"VMamba-T checkpoint not found: {path}. Download vssm1_tiny_0230s_ckpt_epoch_264.pth from the "
                 "VMamba releases (github.com/MzeroMiko/VMamba) on a machine with internet access, or train from scratch."
-            )
-        try:
-            if path.suffix == ".safetensors":
-                from safetensors.torch import load_file
-
-                state = load_file(str(path))
-            else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # user-supplied file: name it and the reason
-            raise ValueError(f"cannot read VMamba checkpoint {path}: {exc}") from exc
-        if not isinstance(state, dict):
-            raise ValueError(f"VMamba checkpoint {path} holds a {type(state).__name__}, not a state dict")
+            ) from exc
         mapped, report = map_vmamba_checkpoint(state, {"encoder_rgb": self.encoder_rgb,
                                                        "encoder_thermal": self.encoder_thermal})
         if not mapped:

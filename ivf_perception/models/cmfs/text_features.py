@@ -27,6 +27,9 @@ from typing import Sequence
 
 import torch
 
+from ivf_perception.errors import IvfPerceptionError
+from ivf_perception.io.tensor_files import TensorFileError, read_safetensors_with_metadata, read_tensor_file
+
 __all__ = [
     "CLIP_MODEL",
     "PROMPT_TEMPLATE",
@@ -54,7 +57,7 @@ RANDOM_TOWER = "random"
 """Value of ``clip_weights`` that selects a seeded, randomly initialised text tower."""
 
 
-class TextFeaturesError(ValueError):
+class TextFeaturesError(IvfPerceptionError, ValueError):
     """Text features cannot be obtained or do not fit the class list."""
 
 
@@ -78,23 +81,13 @@ def _import_open_clip():  # noqa: ANN202  (module object)
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A CLIP state dict without unpickling arbitrary objects."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # the file is user input: report any failure to parse it
+        return read_tensor_file(path, what="CLIP weights")
+    except TensorFileError as exc:
         raise TextFeaturesError(
-            f"cannot read CLIP weights {path}: {exc}. Expected an open_clip state dict "
-            "(.safetensors, or a .bin/.pt loadable with torch.load(weights_only=True)); OpenAI's "
-            "TorchScript archives are not supported."
+            f"{exc}. Expected an open_clip state dict (.safetensors, or a .bin/.pt loadable with "
+            "torch.load(weights_only=True)); OpenAI's TorchScript archives are not supported."
         ) from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise TextFeaturesError(f"CLIP weights {path} hold a {type(state).__name__}, not a state dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 @torch.no_grad()
@@ -155,17 +148,15 @@ def save_text_features(path: str | os.PathLike[str], features: torch.Tensor, cla
 
 def load_text_features(path: str | os.PathLike[str], class_names: Sequence[str] | None = None) -> torch.Tensor:
     """Read a feature file; with ``class_names``, check it was made for exactly those prompts."""
-    from safetensors import safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise TextFeaturesError(f"CLIP text feature file not found: {path}")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            features = f.get_tensor("text_features")
-    except Exception as exc:  # corrupt or foreign file: say which and why
-        raise TextFeaturesError(f"cannot read CLIP text features from {path}: {exc}") from exc
+        tensors, meta = read_safetensors_with_metadata(path, what="CLIP text features")
+    except TensorFileError as exc:
+        raise TextFeaturesError(str(exc)) from exc
+    features = tensors.get("text_features")
+    if features is None:
+        raise TextFeaturesError(f"cannot read CLIP text features {path}: it has no 'text_features' tensor "
+                                f"(found {sorted(tensors)[:5]})")
     if features.ndim != 2 or features.shape[1] != TEXT_DIM:
         raise TextFeaturesError(f"{path}: expected text features of shape (classes, {TEXT_DIM}), got {tuple(features.shape)}")
     if class_names is not None:

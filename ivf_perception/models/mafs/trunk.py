@@ -6,25 +6,24 @@ feature extraction (SFE), and minus the classifier. Everything that remains keep
 torchvision's, which is the same) parameter names, so an ImageNet checkpoint of either library
 maps onto it key by key: ``bn1.*`` and ``layer1.*`` … ``layer4.*``.
 
-Weight files are read without running code: ``.safetensors`` directly, anything else with
-``torch.load(weights_only=True)``, which refuses pickles that hold more than tensors and
-containers (DESIGN §3: never unpickle untrusted files).
+Weight files are read without running code, by the package's one tensor-file reader
+(:mod:`ivf_perception.io.tensor_files`: safetensors, or ``torch.load(weights_only=True)``,
+which refuses pickles that hold more than tensors and containers; DESIGN §3).
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
 
 import timm
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from timm.models import ResNet
 from torch import nn
+
+from ivf_perception.errors import IvfPerceptionError
+from ivf_perception.io.tensor_files import TensorFileError, TensorFileNotFoundError, read_tensor_file
 
 __all__ = [
     "IGNORED_IMAGENET_KEYS",
@@ -42,7 +41,6 @@ IGNORED_IMAGENET_KEYS = ("conv1.", "fc.")
 convolution (replaced by SFE) and the classifier. They are reported as ``ignored``, not as
 ``unexpected``."""
 
-_NESTED_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 _HOW_TO_GET = (
     "download the ImageNet weights of the trunk (e.g. timm's `{name}` model.safetensors from its "
     "Hugging Face page, or torchvision's {name} .pth) on a connected machine, copy the file here and "
@@ -50,7 +48,7 @@ _HOW_TO_GET = (
 )
 
 
-class TrunkWeightsError(ValueError):
+class TrunkWeightsError(IvfPerceptionError, ValueError):
     """A trunk weight file is missing, corrupt, refused (unsafe pickle) or does not fit the trunk."""
 
 
@@ -128,8 +126,9 @@ def read_state_dict(path: str | Path, trunk_name: str = "resnet152") -> dict[str
     """Tensors of a checkpoint file, without running code from it.
 
     Accepts ``.safetensors`` and PyTorch files that ``torch.load(weights_only=True)`` reads
-    (timm/torchvision ImageNet checkpoints), with the state dict at the top level or under
-    ``state_dict``/``model``; a ``module.`` prefix (DataParallel) is removed.
+    (timm/torchvision ImageNet checkpoints), with the state dict at the top level or nested as
+    training scripts save it; a ``module.`` prefix (DataParallel) is removed
+    (:func:`~ivf_perception.io.tensor_files.read_tensor_file`).
 
     Args:
         path: the checkpoint.
@@ -139,37 +138,12 @@ def read_state_dict(path: str | Path, trunk_name: str = "resnet152") -> dict[str
         TrunkWeightsError: the file is missing, corrupt, refused as an unsafe pickle, or holds
             no tensors.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise TrunkWeightsError(f"trunk weights file {path} not found; {_HOW_TO_GET.format(name=trunk_name)}")
-    if path.suffix == ".safetensors":
-        try:
-            obj: Any = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise TrunkWeightsError(f"{path}: corrupt or truncated safetensors file ({exc})") from exc
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            if "Weights only load failed" in str(exc):
-                raise TrunkWeightsError(
-                    f"{path}: refused, the pickle holds objects other than tensors and would run code "
-                    "when loaded; convert it to .safetensors on a trusted machine "
-                    f"(safetensors.torch.save_file(state_dict, ...)) ({exc})"
-                ) from exc
-            raise TrunkWeightsError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
-        except (RuntimeError, EOFError, OSError, ValueError) as exc:
-            raise TrunkWeightsError(f"{path}: corrupt or truncated PyTorch checkpoint ({exc})") from exc
-    for key in _NESTED_KEYS:
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping):
-        raise TrunkWeightsError(f"{path}: expected a state dict (name -> tensor), got {type(obj).__name__}")
-    state = {str(k).removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not state:
-        raise TrunkWeightsError(f"{path}: the file holds no tensors")
-    return state
+    try:
+        return read_tensor_file(path, what="trunk weights file")
+    except TensorFileNotFoundError as exc:
+        raise TrunkWeightsError(f"trunk weights file {path} not found; {_HOW_TO_GET.format(name=trunk_name)}") from exc
+    except TensorFileError as exc:
+        raise TrunkWeightsError(str(exc)) from exc
 
 
 def load_trunk_weights(trunk: ResNetTrunk, path: str | Path) -> TrunkWeightsReport:

@@ -18,6 +18,8 @@ import types
 import typing
 from typing import Any, Literal, Mapping, Sequence
 
+from ivf_perception.errors import IvfPerceptionError
+
 __all__ = [
     "ConfigError",
     "config_to_dict",
@@ -28,7 +30,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(IvfPerceptionError, ValueError):
     """The configuration file or an override is invalid (unknown key, wrong type or value)."""
 
 

@@ -1,6 +1,6 @@
 """The folders written by ``ivf-perception extract``: recorded drives as training data.
 
-Layout (:mod:`ivf_perception.replay.extract`)::
+Layout (:mod:`ivf_perception.io.extract_layout`, written by :mod:`ivf_perception.replay.extract`)::
 
     ROOT/vi/NAME.png       RGB, 8-bit
     ROOT/ir/NAME.png       thermal as recorded: 8-bit gray, 16-bit raw counts or RGB false colour
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ivf_perception.io.errors import DatasetError, DatasetNotFoundError
+from ivf_perception.io.extract_layout import EXTRACT_INDEX_FORMAT
 
 from .common import PairDataset
 from .listing import Listing, SampleFiles, check_root, index_images
@@ -31,9 +32,6 @@ __all__ = ["ExtractedDataset"]
 
 def _read_index(root: Path) -> dict[str, Any]:
     """The parsed ``index.json`` of an extraction, after checking its format."""
-    # imported here: ivf_perception.replay pulls in the engine, which training data never needs
-    from ivf_perception.replay.extract import INDEX_FORMAT
-
     path = root / "index.json"
     if not path.is_file():
         raise DatasetNotFoundError(
@@ -44,10 +42,10 @@ def _read_index(root: Path) -> dict[str, Any]:
         index = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DatasetError(f"{path} cannot be read ({exc}); run `ivf-perception extract` again") from exc
-    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
+    if not isinstance(index, dict) or index.get("format") != EXTRACT_INDEX_FORMAT:
         found = index.get("format") if isinstance(index, dict) else type(index).__name__
         raise DatasetError(
-            f"{path} has format {found!r}; expected {INDEX_FORMAT!r} (written by ivf-perception extract)"
+            f"{path} has format {found!r}; expected {EXTRACT_INDEX_FORMAT!r} (written by ivf-perception extract)"
         )
     return index
 
