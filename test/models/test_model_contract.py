@@ -19,10 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ivf_perception.models import FusionSegOutput, build_model, list_models
+from ivf_perception.models import FusionSegOutput, build_model
+
+from base_tester import package_models
 
 NUM_CLASSES = 5
-TEST_MODELS = list_models("test_*")
+TEST_MODELS = package_models("test_*")
 
 # Parameters one forward pass leaves without gradient by design: CMFS routes each sample to one
 # expert of its mixture (top-1; test_cmfs_mmfe forces every expert), MAFS's stage I
@@ -42,7 +44,7 @@ PREPARE: dict[str, Callable[[Any], None]] = {
 
 
 def test_the_sweep_covers_every_family() -> None:
-    families = {n for n in list_models() if not n.startswith("test_")}
+    families = {n for n in package_models() if not n.startswith("test_")}
     assert {n.removeprefix("test_") for n in TEST_MODELS} == families
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from ivf_perception.models import UnknownModelError, build_model, list_models, list_presets, register_model, registry
 
+from base_tester import package_models
+
 
 def test_lists_registered_families() -> None:
     assert "s4fusion" in list_models()
@@ -47,7 +49,7 @@ def test_overwriting_warns_and_registered_defaults_are_not_mutated() -> None:
 
 
 def test_every_listed_preset_builds_and_no_other() -> None:
-    for name in list_models():
+    for name in package_models():
         for preset in list_presets(name):
             assert build_model(name, preset=preset, device="meta").preset == preset
     with pytest.raises(ValueError, match="Unknown CMFS preset 'tiny'"):
@@ -73,7 +75,7 @@ def test_presets_are_declared_at_registration() -> None:
 def test_readme_variant_table_and_help_name_each_familys_presets() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     table = dict(re.findall(r"^\| `(\w+)` \| (.*?) \| ", readme, flags=re.MULTILINE))
-    for name in list_models():
+    for name in package_models():
         assert name in table, f"README variant table has no row for {name}"
         listed = tuple(re.findall(r"`(\w+)`", table[name]))
         expected = (registry.TEST_PRESET,) if name.startswith("test_") else list_presets(name, include_test=False)
