@@ -53,7 +53,7 @@ from ivf_perception.models.layers import (
     FFTAmplitudeFilter,
     get_norm_layer,
 )
-from ivf_perception.models.layers.factories import NormFactory
+from ivf_perception.models.layers.factories import NormFactory, factory_kwargs
 from ivf_perception.models.ops import dwt2, idwt2, pack_subbands, unpack_subbands
 
 __all__ = ["FrequencySpatialCollaboration"]
@@ -94,7 +94,7 @@ class FrequencySpatialCollaboration(nn.Module):
         super().__init__()
         if isinstance(dwt_levels, bool) or not isinstance(dwt_levels, int) or dwt_levels < 1:
             raise ValueError(f"dwt_levels must be a positive int, got {dwt_levels!r}")
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         norm = get_norm_layer(norm_layer)
         ssm = {"d_state": d_state, "ssm_ratio": ssm_ratio, "scan_backend": scan_backend, **dd}
         self.dim = dim

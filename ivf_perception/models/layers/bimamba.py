@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ivf_perception.checks import check_shape
+from ivf_perception.models.layers.factories import factory_kwargs
 from ivf_perception.models.layers.ss2d import check_scan_backend
 from ivf_perception.models.layers.ssm_params import (
     add_direction_params,
@@ -67,7 +68,7 @@ class BidirectionalMamba(nn.Module):
         check_scan_backend(scan_backend)
         if d_conv < 1:
             raise ValueError(f"d_conv must be >= 1, got {d_conv}")
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.d_model = d_model
         self.d_state = d_state
         self.d_inner = int(expand * d_model)

@@ -36,6 +36,7 @@ from torch import nn
 
 from ivf_perception.checks import check_shape
 from ivf_perception.models.layers.cross_scan import NUM_DIRECTIONS, cross_merge, cross_scan
+from ivf_perception.models.layers.factories import factory_kwargs
 from ivf_perception.models.layers.ss2d import check_scan_backend, depthwise_conv
 from ivf_perception.models.layers.ssm_params import (
     add_direction_params,
@@ -90,7 +91,7 @@ class CrossSS2D(nn.Module):
     ) -> None:
         super().__init__()
         check_scan_backend(scan_backend)
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.d_model = d_model
         self.d_state = d_state
         self.d_inner = int(ssm_ratio * d_model)

@@ -24,6 +24,7 @@ from torch import nn
 
 from ivf_perception.checks import check_shape
 from ivf_perception.models.layers.cross_scan import NUM_DIRECTIONS, cross_merge, cross_scan
+from ivf_perception.models.layers.factories import factory_kwargs
 from ivf_perception.models.layers.ssm_params import (
     add_direction_params,
     dt_rank_for,
@@ -107,7 +108,7 @@ class SS2D(nn.Module):
             raise ValueError(f"Unknown scan_order {scan_order!r}; supported scan orders: {list(SCAN_ORDERS)}")
         if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1:
             raise ValueError(f"window_size must be a positive int, got {window_size!r}")
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.d_model = d_model
         self.d_state = d_state
         self.d_inner = int(ssm_ratio * d_model)

@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from ivf_perception.models.layers.factories import factory_kwargs
+
 __all__ = [
     "dt_rank_for",
     "init_dt_bias",
@@ -107,7 +109,7 @@ def add_direction_params(module: nn.Module, directions: int, d_inner: int, dt_ra
     runs all its directions as one grouped selective scan and VMamba checkpoints map by name.
     ``with_x_proj=False`` leaves the input projection to mixers that project differently.
     """
-    dd = {"device": device, "dtype": dtype}
+    dd = factory_kwargs(device, dtype)
     if with_x_proj:
         module.x_proj_weight = nn.Parameter(torch.empty(directions, dt_rank + 2 * d_state, d_inner, **dd))
     module.dt_projs_weight = nn.Parameter(torch.empty(directions, d_inner, dt_rank, **dd))
