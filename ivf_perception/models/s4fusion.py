@@ -196,8 +196,10 @@ class DecoderStage(nn.Module):
         ))
 
     def forward(self, x: torch.Tensor | None, skip: torch.Tensor) -> torch.Tensor:
-        x = skip if x is None else self.upsample(x) + skip
-        return self.blocks(x)
+        if x is None:
+            return self.blocks(skip)
+        assert self.upsample is not None, "only a stage built with upsample_from takes a coarser input"
+        return self.blocks(self.upsample(x) + skip)
 
 
 # --------------------------------------------------------------------------- heads
@@ -224,13 +226,15 @@ class FoldFusionHead(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
+    def _fold(self, cols: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        return F.fold(cols, output_size=out_size, kernel_size=self.kernel, stride=self.stride, padding=self.padding)
+
     def forward(self, tokens: torch.Tensor, y_vi: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = tokens.shape
         out_size = (h * self.stride, w * self.stride)
         cols = self.proj(tokens).reshape(b, h * w, -1).transpose(1, 2)
-        fold = dict(output_size=out_size, kernel_size=self.kernel, stride=self.stride, padding=self.padding)
-        summed = F.fold(cols, **fold)
-        count = F.fold(torch.ones_like(cols[:1]), **fold)
+        summed = self._fold(cols, out_size)
+        count = self._fold(torch.ones_like(cols[:1]), out_size)
         correction = summed / count
         base = (0.5 * (y_vi + ir)).clamp(1e-3, 1 - 1e-3)
         return torch.sigmoid(torch.logit(base) + correction)

@@ -161,7 +161,7 @@ def map_vmamba_checkpoint(state_dict: Mapping[str, torch.Tensor], branches: Mapp
         the checkpoint) / unexpected (in the checkpoint, unused) / shape-mismatched keys.
     """
     if "model" in state_dict and isinstance(state_dict["model"], Mapping):
-        state_dict = state_dict["model"]  # type: ignore[assignment]
+        state_dict = state_dict["model"]
     report = CheckpointReport()
     mapped: dict[str, torch.Tensor] = {}
     used: set[str] = set()

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ivf_perception.checks import check_shape
-from ivf_perception.models.layers.factories import DeviceLike, factory_kwargs
+from ivf_perception.models.layers.factories import DeviceLike, FactoryKwargs, factory_kwargs
 from ivf_perception.models.layers.feature_maps import check_feature_dims, check_feature_maps, resize_to
 from ivf_perception.models.layers.sobel import Sobel
 
@@ -76,7 +76,7 @@ class GradientResidualDenseBlock(nn.Module):
         return F.leaky_relu(self.conv_down(dense) + self.conv_up(self.sobel(x)), 0.1)
 
 
-def _point_conv(in_dim: int, out_dim: int, dd: dict) -> nn.Sequential:
+def _point_conv(in_dim: int, out_dim: int, dd: FactoryKwargs) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_dim, out_dim, 1, **dd), nn.BatchNorm2d(out_dim, **dd), nn.ReLU())
 
 

@@ -40,7 +40,7 @@ from torch import nn
 from ivf_perception.checks import check_shape
 from ivf_perception.models.layers.bimamba import BidirectionalMamba
 from ivf_perception.models.layers.channel_shuffle import channel_shuffle
-from ivf_perception.models.layers.factories import factory_kwargs
+from ivf_perception.models.layers.factories import FactoryKwargs, factory_kwargs
 
 __all__ = ["MIA", "MMFI", "RegionTextGate", "channel_shuffle"]
 
@@ -90,7 +90,7 @@ class RegionTextGate(nn.Module):
         return torch.sigmoid(self.conv2(F.relu(self.conv1(self.similarity(guide, text)))))
 
 
-def _squeeze_mlp(in_features: int, out_features: int, reduction: int, dd: dict) -> nn.Sequential:
+def _squeeze_mlp(in_features: int, out_features: int, reduction: int, dd: FactoryKwargs) -> nn.Sequential:
     hidden = max(in_features // reduction, 1)
     return nn.Sequential(nn.Linear(in_features, hidden, **dd), nn.ReLU(inplace=True),
                          nn.Linear(hidden, out_features, **dd))

@@ -22,6 +22,7 @@ from ivf_perception.checks import check_shape
 from ivf_perception.models.layers.factories import factory_kwargs
 from ivf_perception.models.layers.ss2d import check_scan_backend
 from ivf_perception.models.layers.ssm_params import (
+    DirectionalScan,
     add_direction_params,
     dt_rank_for,
     project_scan_params,
@@ -34,7 +35,7 @@ __all__ = ["BidirectionalMamba"]
 _DIRECTIONS = 2  # forward and reversed
 
 
-class BidirectionalMamba(nn.Module):
+class BidirectionalMamba(DirectionalScan):
     """Mamba mixer run forwards and backwards over the sequence, outputs averaged.
 
     Args:

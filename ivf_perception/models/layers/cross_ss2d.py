@@ -39,6 +39,7 @@ from ivf_perception.models.layers.cross_scan import NUM_DIRECTIONS, cross_merge,
 from ivf_perception.models.layers.factories import factory_kwargs
 from ivf_perception.models.layers.ss2d import check_scan_backend, depthwise_conv
 from ivf_perception.models.layers.ssm_params import (
+    DirectionalScan,
     add_direction_params,
     dt_rank_for,
     init_proj_weight,
@@ -59,7 +60,7 @@ def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack([a, b], dim=-1).flatten(-2)
 
 
-class CrossSS2D(nn.Module):
+class CrossSS2D(DirectionalScan):
     """S4Fusion's Cross SS2D: a shared-state selective scan over interleaved modalities.
 
     Args:

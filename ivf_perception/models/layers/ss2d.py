@@ -26,6 +26,7 @@ from ivf_perception.checks import check_shape
 from ivf_perception.models.layers.cross_scan import NUM_DIRECTIONS, cross_merge, cross_scan
 from ivf_perception.models.layers.factories import factory_kwargs
 from ivf_perception.models.layers.ssm_params import (
+    DirectionalScan,
     add_direction_params,
     dt_rank_for,
     project_scan_params,
@@ -61,7 +62,7 @@ def check_scan_backend(scan_backend: str) -> None:
         raise ValueError(f"Unknown scan_backend {scan_backend!r}; supported backends: {list(SCAN_BACKENDS)}")
 
 
-class SS2D(nn.Module):
+class SS2D(DirectionalScan):
     """VMamba's 2-D selective-scan mixer on channels-last input.
 
     Args:

@@ -28,6 +28,7 @@ __all__ = [
     "init_a_log",
     "no_weight_decay",
     "project_scan_params",
+    "DirectionalScan",
     "add_direction_params",
     "reset_direction_params",
 ]
@@ -98,7 +99,21 @@ def project_scan_params(
     return torch.einsum("bkrl,kdr->bkdl", dts, dt_projs_weight), b, c
 
 
-def add_direction_params(module: nn.Module, directions: int, d_inner: int, dt_rank: int, d_state: int,
+class DirectionalScan(nn.Module):
+    """Base of the multi-direction mixers: declares what :func:`add_direction_params` registers.
+
+    The parameters are created by that function, not in a class body, so without these
+    declarations a type checker only sees ``nn.Module.__getattr__`` (``Tensor | Module``).
+    """
+
+    x_proj_weight: nn.Parameter
+    dt_projs_weight: nn.Parameter
+    dt_projs_bias: nn.Parameter
+    A_logs: nn.Parameter
+    Ds: nn.Parameter
+
+
+def add_direction_params(module: DirectionalScan, directions: int, d_inner: int, dt_rank: int, d_state: int,
                          with_x_proj: bool = True, device: torch.device | str | None = None,
                          dtype: torch.dtype | None = None) -> None:
     """Register the stacked per-direction scan parameters on ``module`` under VMamba's names.
@@ -118,7 +133,7 @@ def add_direction_params(module: nn.Module, directions: int, d_inner: int, dt_ra
     module.Ds = no_weight_decay(nn.Parameter(torch.empty(directions * d_inner, **dd)))
 
 
-def reset_direction_params(module: nn.Module, dt_rank: int) -> None:
+def reset_direction_params(module: DirectionalScan, dt_rank: int) -> None:
     """Mamba's initialisation of the parameters of :func:`add_direction_params`."""
     init_proj_weight(module.x_proj_weight)
     init_dt_weight(module.dt_projs_weight, dt_rank)

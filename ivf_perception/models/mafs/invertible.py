@@ -21,6 +21,8 @@ and :meth:`InvertibleFusionDecoder.inverse` inverts it.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -185,7 +187,7 @@ class InvertibleFusionDecoder(nn.Module):
         """Exact inverse of the block chain: the feature whose last flow output is ``z``."""
         check_shape(z, "B C H W", name="z", C=self.channels)
         for block in reversed(self.blocks):
-            z = block.inverse(z)
+            z = cast(InvertibleBlock, block).inverse(z)  # nn.ModuleList is not generic: items type as Module
         return z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
