@@ -65,7 +65,8 @@ class RegionTextGate(nn.Module):
                  hidden: int = 32, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if regions < 1 or min(region_pool) < 1 or num_prompts < 1:
-            raise ValueError(f"regions ({regions}), region_pool ({region_pool}) and num_prompts ({num_prompts}) must be >= 1")
+            raise ValueError(f"regions ({regions}), region_pool ({region_pool}) and num_prompts ({num_prompts}) "
+                             "must be >= 1")
         dd = factory_kwargs(device, dtype)
         self.regions = regions
         self.region_pool = (int(region_pool[0]), int(region_pool[1]))
