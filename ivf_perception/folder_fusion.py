@@ -78,9 +78,11 @@ def fuse_folders(engine: Engine, ir_dir: str | Path, vi_dir: str | Path, out_dir
                 results = []
             for (stem, *_), res in zip(loaded, results):
                 write_png(out / "fused" / f"{stem}.png", res.fused)
+                overlay = res.overlay(overlay_alpha)  # None exactly when the model does not segment
                 if res.labels is not None:
                     write_png(out / "labels" / f"{stem}.png", res.labels)
-                    write_png(out / "overlay" / f"{stem}.png", res.overlay(overlay_alpha))
+                if overlay is not None:
+                    write_png(out / "overlay" / f"{stem}.png", overlay)
                 summary.written.append(stem)
                 summary.latency_ms.append(sum(res.timings_ms.values()) / len(results))
         done += len(chunk)

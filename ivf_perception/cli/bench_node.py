@@ -89,76 +89,77 @@ def run_node_benchmark(args: argparse.Namespace) -> dict[str, Any]:
 
     h, w = args.size
     scenes = [generate_scene(i, SceneConfig(height=h, width=w, seed=7)) for i in range(8)]
-    log = tempfile.TemporaryFile(mode="w+")
-    node_proc = _node_process(args, env, log)
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain)
-    node = rclpy.create_node("ivf_bench_camera", context=context)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    received: dict[int, int] = {}  # rgb stamp -> receive time (ns)
-    stats: dict[int, Any] = {}
-    lock = threading.Lock()
+    # The node writes its log here; read back for error messages once it has stopped.
+    with tempfile.TemporaryFile(mode="w+") as log:
+        node_proc = _node_process(args, env, log)
+        context = rclpy.Context()
+        rclpy.init(context=context, domain_id=domain)
+        node = rclpy.create_node("ivf_bench_camera", context=context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        spinner = threading.Thread(target=executor.spin, daemon=True)
+        received: dict[int, int] = {}  # rgb stamp -> receive time (ns)
+        stats: dict[int, Any] = {}
+        lock = threading.Lock()
 
-    def on_fused(msg: Image) -> None:
-        now = time.time_ns()
-        with lock:
-            received[msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec] = now
+        def on_fused(msg: Image) -> None:
+            now = time.time_ns()
+            with lock:
+                received[msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec] = now
 
-    def on_stats(msg: Any) -> None:
-        with lock:
-            stats[msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec] = msg
+        def on_stats(msg: Any) -> None:
+            with lock:
+                stats[msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec] = msg
 
-    reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-    fused_sub = node.create_subscription(Image, "fused/image", on_fused, reliable)
-    stats_sub = node.create_subscription(rclpy_fusion_stats_type(), "fusion/stats", on_stats, reliable)
-    pubs = {s: node.create_publisher(Image, f"{s}/image", qos_profile_sensor_data) for s in ("rgb", "thermal")}
-    spinner.start()
-    try:
-        deadline = time.monotonic() + 300
-        while not (all(p.get_subscription_count() for p in pubs.values())
-                   and fused_sub.get_publisher_count() and stats_sub.get_publisher_count()):
-            if node_proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                raise RuntimeError(f"the fusion node did not come up:\n{log.read()}")
-            time.sleep(0.1)
-
-        period = 1.0 / args.fps
-        sent: list[int] = []
-
-        def publish_for(seconds: float, record: bool) -> None:
-            start, i = time.monotonic(), 0
-            while True:
-                target = start + i * period
-                if target - start >= seconds:
-                    return
-                time.sleep(max(0.0, target - time.monotonic()))
-                scene = scenes[i % len(scenes)]
-                stamp = node.get_clock().now().nanoseconds
-                pubs["rgb"].publish(numpy_to_image(scene.rgb, "rgb8", header=make_header(stamp, "camera_rgb")))
-                pubs["thermal"].publish(numpy_to_image(scene.thermal, "mono8", header=make_header(stamp, "camera_thermal")))
-                if record:
-                    sent.append(stamp)
-                i += 1
-
-        publish_for(args.warmup_seconds, record=False)
-        t0 = time.monotonic()
-        publish_for(args.seconds, record=True)
-        measured_s = time.monotonic() - t0
-        time.sleep(2.0)  # let the last outputs arrive
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        context.try_shutdown()
-        node_proc.send_signal(signal.SIGINT)
+        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+        fused_sub = node.create_subscription(Image, "fused/image", on_fused, reliable)
+        stats_sub = node.create_subscription(rclpy_fusion_stats_type(), "fusion/stats", on_stats, reliable)
+        pubs = {s: node.create_publisher(Image, f"{s}/image", qos_profile_sensor_data) for s in ("rgb", "thermal")}
+        spinner.start()
         try:
-            node_proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            node_proc.kill()
-        log.seek(0)
-        node_log = log.read()
-        log.close()
+            deadline = time.monotonic() + 300
+            while not (all(p.get_subscription_count() for p in pubs.values())
+                       and fused_sub.get_publisher_count() and stats_sub.get_publisher_count()):
+                if node_proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise RuntimeError(f"the fusion node did not come up:\n{log.read()}")
+                time.sleep(0.1)
+
+            period = 1.0 / args.fps
+            sent: list[int] = []
+
+            def publish_for(seconds: float, record: bool) -> None:
+                start, i = time.monotonic(), 0
+                while True:
+                    target = start + i * period
+                    if target - start >= seconds:
+                        return
+                    time.sleep(max(0.0, target - time.monotonic()))
+                    scene = scenes[i % len(scenes)]
+                    stamp = node.get_clock().now().nanoseconds
+                    pubs["rgb"].publish(numpy_to_image(scene.rgb, "rgb8", header=make_header(stamp, "camera_rgb")))
+                    thermal_header = make_header(stamp, "camera_thermal")
+                    pubs["thermal"].publish(numpy_to_image(scene.thermal, "mono8", header=thermal_header))
+                    if record:
+                        sent.append(stamp)
+                    i += 1
+
+            publish_for(args.warmup_seconds, record=False)
+            t0 = time.monotonic()
+            publish_for(args.seconds, record=True)
+            measured_s = time.monotonic() - t0
+            time.sleep(2.0)  # let the last outputs arrive
+        finally:
+            executor.shutdown()
+            node.destroy_node()
+            context.try_shutdown()
+            node_proc.send_signal(signal.SIGINT)
+            try:
+                node_proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                node_proc.kill()
+            log.seek(0)
+            node_log = log.read()
 
     with lock:
         window = [s for s in sent if s in received and s in stats]
@@ -212,15 +213,17 @@ def format_table(r: dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}; DDS profile: "
         f"{Path(c['dds_profile']).name if c['dds_profile'] else 'Fast DDS defaults'}",
         "",
-        "| model | device | input | end-to-end ms (median / p90) | engine ms | node overhead ms | stamp->published in node ms "
-        "| output rate Hz | paired / fused / dropped stale / unmatched |",
+        "| model | device | input | end-to-end ms (median / p90) | engine ms | node overhead ms "
+        "| stamp->published in node ms | output rate Hz | paired / fused / dropped stale / unmatched |",
         "|---|---|---|---|---|---|---|---|---|",
-        f"| {c['variant']} {c['preset']} ({c['weights']}) | {c['device']} {c['precision']} | {c['size']} @ {c['fps']:g} Hz "
+        f"| {c['variant']} {c['preset']} ({c['weights']}) | {c['device']} {c['precision']} "
+        f"| {c['size']} @ {c['fps']:g} Hz "
         f"| {_fmt(r['end_to_end_ms']['median'])} / {_fmt(r['end_to_end_ms']['p90'])} "
         f"| {_fmt(r['engine_ms']['median'])} / {_fmt(r['engine_ms']['p90'])} "
         f"| {_fmt(r['overhead_ms']['median'])} / {_fmt(r['overhead_ms']['p90'])} "
         f"| {_fmt(r['in_node_ms']['median'])} / {_fmt(r['in_node_ms']['p90'])} "
-        f"| {r['output_rate_hz']:.2f} | {k['paired']} / {k['processed']} / {k['dropped_stale']} / {k['unmatched_rgb']} |",
+        f"| {r['output_rate_hz']:.2f} "
+        f"| {k['paired']} / {k['processed']} / {k['dropped_stale']} / {k['unmatched_rgb']} |",
     ]
     return "\n".join(lines)
 

@@ -122,13 +122,14 @@ class Engine:
         self.info: WeightsInfo | None = None
 
         if weights is not None:
-            self.model = self._load(model, weights, preset, num_classes, model_overrides)
+            net = self._load(model, weights, preset, num_classes, model_overrides)
         elif isinstance(model, nn.Module):
-            self.model = model
+            net = model
         else:
-            self.model = build_model(model, preset=preset, num_classes=num_classes, **model_overrides)
-        if not isinstance(self.model, FusionSegModel):
-            raise EngineError(f"{type(self.model).__name__} is not a FusionSegModel")
+            net = build_model(model, preset=preset, num_classes=num_classes, **model_overrides)
+        if not isinstance(net, FusionSegModel):
+            raise EngineError(f"{type(net).__name__} is not a FusionSegModel")
+        self.model: FusionSegModel = net
         self.model.to(self.device).eval()
 
         n = self.num_classes

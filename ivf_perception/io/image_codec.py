@@ -325,7 +325,8 @@ def numpy_to_image(
     if dataclasses.is_dataclass(cls):
         # rosbags: a dataclass whose data field is a numpy uint8 array
         header = _coerce_header(header, _field_class(cls, "header"), cls)
-        return cls(header=header, data=payload.copy(), **fields)
+        # is_dataclass narrows cls to typeshed's field-less DataclassInstance; rosbags classes take their fields
+        return cls(header=header, data=payload.copy(), **fields)  # type: ignore[call-arg]
     msg = cls()
     msg.header = _coerce_header(header, type(getattr(msg, "header", None)), cls)
     for key, value in fields.items():
@@ -333,7 +334,7 @@ def numpy_to_image(
     # an array.array('B') is rclpy's fast path (no per-element validation of a Sequence);
     # frombytes on the numpy buffer makes the single copy
     data = _array.array("B")
-    data.frombytes(memoryview(payload))
+    data.frombytes(memoryview(payload))  # type: ignore[arg-type]  # numpy stubs: ndarray is a Buffer on 3.12+ only
     msg.data = data
     return msg
 

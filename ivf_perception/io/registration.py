@@ -129,9 +129,9 @@ def warp_thermal(
     mat = validate_homography(homography)
     height, width = thermal.shape[:2] if out_size is None else _check_size(out_size)
     flag = _interpolation_flag(interpolation)
-    if (height, width) == thermal.shape[:2] and mat[2, 2] != 0.0:
-        if np.allclose(mat / mat[2, 2], np.eye(3), rtol=0.0, atol=1e-12):
-            return thermal
+    if ((height, width) == thermal.shape[:2] and mat[2, 2] != 0.0
+            and np.allclose(mat / mat[2, 2], np.eye(3), rtol=0.0, atol=1e-12)):
+        return thermal
     warped = cv2.warpPerspective(
         thermal,
         mat,

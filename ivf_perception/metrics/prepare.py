@@ -44,7 +44,7 @@ def prepare_for_metrics(image: np.ndarray, role: str = "vi") -> np.ndarray:
             x = agc_percentile(x.reshape(x.shape[:2]))
         else:
             x = np.rint(x.astype(np.float64) / 257.0).astype(np.uint8)
-    elif np.issubdtype(x.dtype, np.floating) and role == "ir" and gray:
-        if np.isfinite(x).all() and (x.min() < 0.0 or x.max() > 1.0):
-            x = agc_percentile(x.reshape(x.shape[:2]))
+    elif (np.issubdtype(x.dtype, np.floating) and role == "ir" and gray
+          and np.isfinite(x).all() and (x.min() < 0.0 or x.max() > 1.0)):
+        x = agc_percentile(x.reshape(x.shape[:2]))
     return to_gray_u8(x)

@@ -43,6 +43,7 @@ from torch import nn
 from ivf_perception.models.base import FusionSegModel, FusionSegOutput
 from ivf_perception.models.layers import CrossSS2D, DropPath, VSSBlock, get_norm_layer
 from ivf_perception.models.layers.color import rgb_to_ycbcr, ycbcr_to_rgb
+from ivf_perception.models.layers.factories import DeviceLike, factory_kwargs
 from ivf_perception.models.layers.segformer_head import SegFormerHead
 from ivf_perception.models.registry import register_model
 
@@ -60,9 +61,9 @@ class OverlapPatchEmbed(nn.Module):
     """
 
     def __init__(self, in_chans: int, dim: int, patch_size: int = 4, overlap: int = 2,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size + overlap, stride=patch_size,
                               padding=overlap // 2, **dd)
         self.norm = nn.LayerNorm(dim, **dd)
@@ -79,9 +80,9 @@ class PatchMerging(nn.Module):
     """
 
     def __init__(self, dim: int, norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.norm = norm_layer(4 * dim, **dd)
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False, **dd)
 
@@ -98,9 +99,9 @@ class PatchExpand(nn.Module):
     """
 
     def __init__(self, dim: int, norm_layer: Callable[..., nn.Module] = nn.LayerNorm,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.expand = nn.Linear(dim, 2 * dim, bias=False, **dd)
         self.norm = norm_layer(dim // 2, **dd)
 
@@ -120,9 +121,9 @@ class CMSABlock(nn.Module):
 
     def __init__(self, dim: int, d_state: int, ssm_ratio: float, drop_path: float,
                  norm_layer: Callable[..., nn.Module], scan_backend: str,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.norm_ir = norm_layer(dim, **dd)
         self.norm_vi = norm_layer(dim, **dd)
         self.cross = CrossSS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, scan_backend=scan_backend, **dd)
@@ -142,7 +143,7 @@ class CMSA(nn.Module):
 
     def __init__(self, dim: int, num_blocks: int, d_state: int, ssm_ratio: float, drop_path: float,
                  norm_layer: Callable[..., nn.Module], scan_backend: str,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
             CMSABlock(dim, d_state, ssm_ratio, drop_path, norm_layer, scan_backend, device=device, dtype=dtype)
@@ -163,9 +164,9 @@ class EncoderStage(nn.Module):
 
     def __init__(self, dim: int, depth: int, d_state: int, ssm_ratio: float, drop_paths: list[float],
                  norm_layer: Callable[..., nn.Module], downsample: bool, scan_backend: str,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.blocks = nn.Sequential(*(
             VSSBlock(dim, d_state=d_state, ssm_ratio=ssm_ratio, drop_path=drop_paths[i],
                      norm_layer=norm_layer, scan_backend=scan_backend, **dd)
@@ -184,9 +185,9 @@ class DecoderStage(nn.Module):
 
     def __init__(self, dim: int, depth: int, d_state: int, ssm_ratio: float, drop_paths: list[float],
                  norm_layer: Callable[..., nn.Module], upsample_from: int | None, scan_backend: str,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.upsample = PatchExpand(upsample_from, norm_layer, **dd) if upsample_from else None
         self.blocks = nn.Sequential(*(
             VSSBlock(dim, d_state=d_state, ssm_ratio=ssm_ratio, drop_path=drop_paths[i],
@@ -195,8 +196,10 @@ class DecoderStage(nn.Module):
         ))
 
     def forward(self, x: torch.Tensor | None, skip: torch.Tensor) -> torch.Tensor:
-        x = skip if x is None else self.upsample(x) + skip
-        return self.blocks(x)
+        if x is None:
+            return self.blocks(skip)
+        assert self.upsample is not None, "only a stage built with upsample_from takes a coarser input"
+        return self.blocks(self.upsample(x) + skip)
 
 
 # --------------------------------------------------------------------------- heads
@@ -214,7 +217,7 @@ class FoldFusionHead(nn.Module):
     """
 
     def __init__(self, dim: int, patch_size: int = 4, overlap: int = 2,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.kernel = patch_size + overlap
         self.stride = patch_size
@@ -223,13 +226,15 @@ class FoldFusionHead(nn.Module):
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
+    def _fold(self, cols: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        return F.fold(cols, output_size=out_size, kernel_size=self.kernel, stride=self.stride, padding=self.padding)
+
     def forward(self, tokens: torch.Tensor, y_vi: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = tokens.shape
         out_size = (h * self.stride, w * self.stride)
         cols = self.proj(tokens).reshape(b, h * w, -1).transpose(1, 2)
-        fold = dict(output_size=out_size, kernel_size=self.kernel, stride=self.stride, padding=self.padding)
-        summed = F.fold(cols, **fold)
-        count = F.fold(torch.ones_like(cols[:1]), **fold)
+        summed = self._fold(cols, out_size)
+        count = self._fold(torch.ones_like(cols[:1]), out_size)
         correction = summed / count
         base = (0.5 * (y_vi + ir)).clamp(1e-3, 1 - 1e-3)
         return torch.sigmoid(torch.logit(base) + correction)
@@ -282,7 +287,7 @@ class S4Fusion(FusionSegModel):
         norm_layer: str | Callable[..., nn.Module] = "layernorm",
         scan_backend: str = "auto",
         preset: str = "custom",
-        device: torch.device | None = None,
+        device: DeviceLike = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
@@ -292,7 +297,7 @@ class S4Fusion(FusionSegModel):
             raise ValueError(f"dims must double per scale (patch merging 4C -> 2C), got {tuple(dims)}")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         norm = get_norm_layer(norm_layer)
         self.num_classes = int(num_classes)
         self.preset = preset

@@ -194,11 +194,13 @@ def descriptor(spec: ParamSpec) -> Any:
         text += f" (one of: {', '.join(spec.choices)})"
     desc = ParameterDescriptor(name=spec.name, type=getattr(ParameterType, _RCL_TYPES[spec.kind]),
                                description=text, read_only=spec.read_only)
-    if spec.kind == "double" and spec.min_value is not None:
-        desc.floating_point_range = [FloatingPointRange(from_value=float(spec.min_value),
-                                                        to_value=float(spec.max_value), step=0.0)]
-    elif spec.kind == "integer" and spec.min_value is not None:
-        desc.integer_range = [IntegerRange(from_value=int(spec.min_value), to_value=int(spec.max_value), step=1)]
-    elif spec.min_value is not None:
-        desc.additional_constraints = f"each entry in [{spec.min_value:g}, {spec.max_value:g}]"
+    lo, hi = spec.min_value, spec.max_value
+    if lo is None or hi is None:  # every ranged spec sets both ends (ROS ranges are closed)
+        return desc
+    if spec.kind == "double":
+        desc.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+    elif spec.kind == "integer":
+        desc.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+    else:
+        desc.additional_constraints = f"each entry in [{lo:g}, {hi:g}]"
     return desc

@@ -19,7 +19,7 @@ from ivf_perception.engine import Engine
 from ivf_perception.metrics import FUSION_METRIC_NAMES
 
 from .outputs import prepare_output_dir
-from .render import Heading, Table, Text, to_html, to_markdown
+from .render import Block, Heading, Table, Text, to_html, to_markdown
 from .report import write_json
 from .runner import ReplayOptions, ReplayResult, run_replay
 
@@ -59,7 +59,8 @@ def _metric_paths(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, tuple
             rows.append((f"mIoU {split}", ("segmentation", split, "mIoU"), True))
     if "all" in (a.get("segmentation") or {}) or "all" in (b.get("segmentation") or {}):
         rows.append(("pixel accuracy all", ("segmentation", "all", "pixel_accuracy"), True))
-        names = list(((a.get("segmentation") or b.get("segmentation"))["all"]["per_class_iou"]))
+        segmentation = a.get("segmentation") or b["segmentation"]  # one of them holds "all"
+        names = list(segmentation["all"]["per_class_iou"])
         rows += [(f"IoU {n}", ("segmentation", "all", "per_class_iou", n), True) for n in names]
     for split in ("all", "day", "night"):
         if split in (a.get("fusion") or {}) or split in (b.get("fusion") or {}):
@@ -77,7 +78,7 @@ def comparison_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]
     for name, path, higher in _metric_paths(a, b):
         va, vb = _get(a, *path), _get(b, *path)
         diff = None if va is None or vb is None else vb - va
-        rel = None if diff is None or va == 0 else diff / abs(va)
+        rel = None if diff is None or va is None or va == 0 else diff / abs(va)
         better = None if diff is None else "=" if abs(diff) <= 1e-12 else ("B" if (diff > 0) == higher else "A")
         out.append({"metric": name, "a": va, "b": vb, "diff": diff, "rel": rel, "better": better,
                     "higher_is_better": higher})
@@ -121,7 +122,7 @@ def run_compare(options: ReplayOptions, engine_a: EngineBuilder, engine_b: Engin
     frames_a = [f["name"] for f in ra.summary["per_frame"]]
     frames_b = [f["name"] for f in rb.summary["per_frame"]]
     same = frames_a == frames_b
-    blocks = [
+    blocks: list[Block] = [
         Text(f"Bag {options.bag}: A and B replayed the same {len(frames_a)} frame(s)." if same else
              f"Bag {options.bag}: A processed {len(frames_a)} and B {len(frames_b)} frame(s); the frame sets differ "
              "(skipped or interrupted frames), so the metrics are not over identical frames."),

@@ -143,11 +143,11 @@ def select_topics(reader: BagReader, rgb: str | None = None, thermal: str | None
                 rgb, how["rgb"] = remaining[0], "the only other image topic"
             else:
                 thermal, how["thermal"] = remaining[0], "the only other image topic"
-    for role, topic in (("rgb", rgb), ("thermal", thermal)):
-        if topic is None:
-            raise MissingTopicError(
-                f"cannot tell which topic is the {role} camera in bag {reader.path}; pass --{role}-topic. "
-                f"The bag has: {reader.describe_topics()}")
+    if rgb is None or thermal is None:
+        role = "rgb" if rgb is None else "thermal"
+        raise MissingTopicError(
+            f"cannot tell which topic is the {role} camera in bag {reader.path}; pass --{role}-topic. "
+            f"The bag has: {reader.describe_topics()}")
     if label is None and detect_label:
         label = _unique([t for t in labels if t not in (rgb, thermal)], "label", reader, "name")
         how["label"] = "name" if label else "none found"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -30,12 +30,16 @@ from ivf_perception.io.stats_msg import FUSION_STATS_MSGTYPE, FusionStatsValues,
 
 from .pairing import FramePair
 
+if TYPE_CHECKING:
+    from rosbags.interfaces import Connection
+    from rosbags.rosbag2 import Writer
+
 __all__ = ["OutputBag", "OUTPUT_TOPICS", "DEFAULT_NAMESPACE"]
 
 DEFAULT_NAMESPACE = "/ivf_perception"
 OUTPUT_TOPICS = {"fused": "fused/image", "labels": "segmentation/labels", "overlay": "segmentation/overlay",
                  "stats": "fusion/stats"}
-_BAG_VERSION = 9
+_BAG_VERSION: Final = 9
 
 
 class OutputBag:
@@ -58,7 +62,7 @@ class OutputBag:
         self._image_cls = self.typestore.types[IMAGE_MSGTYPE]
         ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
         self.topics = {key: f"{ns}/{name}" for key, name in OUTPUT_TOPICS.items()}
-        self._writer = Writer(self.path, version=_BAG_VERSION, storage_plugin=StoragePlugin.MCAP)
+        self._writer: Writer | None = Writer(self.path, version=_BAG_VERSION, storage_plugin=StoragePlugin.MCAP)
         try:
             self._writer.open()
             types = {key: IMAGE_MSGTYPE for key in ("fused", "labels", "overlay")}
@@ -76,11 +80,16 @@ class OutputBag:
         """Copy an input message unchanged (if its topic is one of ``copy_topics``)."""
         conn = self._copies.get(record.topic)
         if conn is not None:
-            self._writer.write(conn, record.log_time_ns, record.raw)
+            self._write(conn, record.log_time_ns, record.raw)
+
+    def _write(self, conn: Connection, log_ns: int, raw: bytes | memoryview) -> None:
+        if self._writer is None:
+            raise BagError(f"output bag {self.path} is already closed")
+        self._writer.write(conn, log_ns, raw)
 
     def _image(self, key: str, array: np.ndarray, encoding: str, header: Any, log_ns: int) -> None:
         msg = numpy_to_image(array, encoding, header=header, msg_type=self._image_cls)
-        self._writer.write(self._conns[key], log_ns, self.typestore.serialize_cdr(msg, IMAGE_MSGTYPE))
+        self._write(self._conns[key], log_ns, self.typestore.serialize_cdr(msg, IMAGE_MSGTYPE))
 
     def write_frame(self, pair: FramePair, fused: np.ndarray, labels: np.ndarray | None,
                     overlay: np.ndarray | None, stats: FusionStatsValues) -> None:
@@ -93,7 +102,7 @@ class OutputBag:
         if overlay is not None:
             self._image("overlay", overlay, "rgb8", header, log_ns)
         msg = stats.to_rosbags(self.typestore)
-        self._writer.write(self._conns["stats"], log_ns, self.typestore.serialize_cdr(msg, FUSION_STATS_MSGTYPE))
+        self._write(self._conns["stats"], log_ns, self.typestore.serialize_cdr(msg, FUSION_STATS_MSGTYPE))
         self.frames_written += 1
 
     def close(self) -> None:

@@ -355,7 +355,7 @@ class TestSerialization:
             assert header_stamp_ns(msg) == stamp
         # the same raw bytes through rclpy's deserializer
         with Reader(bag) as reader:
-            for conn, stamp, raw in reader.messages():
+            for conn, _, raw in reader.messages():
                 via_rclpy = image_to_numpy(rclpy_serialization.deserialize_message(raw, Image))
                 np.testing.assert_array_equal(via_rclpy, seen[conn.topic])
         for enc, arr in arrays.items():

@@ -139,7 +139,8 @@ class TestReadThermal:
         np.testing.assert_array_equal(rgb, rgbt[:, :, :3])
         np.testing.assert_allclose(thermal, rgbt[:, :, 3] / 255.0, atol=1e-6)
         assert thermal.dtype == np.float32
-        with pytest.raises(ImageFileError, match=r"not an MFNet 4-channel RGBT PNG: expected \(H, W, 4\) uint8, got \(6, 8, 3\)"):
+        with pytest.raises(ImageFileError,
+                           match=r"not an MFNet 4-channel RGBT PNG: expected \(H, W, 4\) uint8, got \(6, 8, 3\)"):
             read_mfnet_4ch(write_png(tmp_path / "m3.png", rgbt[:, :, :3]))
 
 

@@ -1,4 +1,4 @@
-"""Shared layers: cross scan/merge, SS2D, VSS block, Cross SS2D, DropPath, norm factory."""
+"""Shared layers: cross scan/merge, SS2D, VSS block, Cross SS2D, DropPath, norm and device/dtype factories."""
 
 from __future__ import annotations
 
@@ -16,9 +16,12 @@ from ivf_perception.models.layers import (
     cross_merge,
     cross_scan,
     drop_path,
+    factory_kwargs,
     get_norm_layer,
     interleave,
 )
+from ivf_perception.models.layers.bimamba import BidirectionalMamba
+from ivf_perception.models.layers.ssm_params import DirectionalScan
 
 
 def assert_all_params_get_grads(module: nn.Module) -> None:
@@ -223,3 +226,24 @@ class TestGetNormLayer:
             get_norm_layer("bn")
         with pytest.raises(TypeError, match="norm_layer must be a name, a callable or None, got int"):
             get_norm_layer(3)  # type: ignore[arg-type]
+
+
+class TestFactoryKwargs:
+    def test_places_layers(self) -> None:
+        dd = factory_kwargs("meta", torch.float64)
+        assert dd == {"device": "meta", "dtype": torch.float64}
+        layer = nn.Linear(2, 3, **dd)
+        assert layer.weight.device.type == "meta" and layer.weight.dtype == torch.float64
+        assert factory_kwargs() == {"device": None, "dtype": None}
+
+    @pytest.mark.parametrize("build", [
+        lambda dd: SS2D(8, **dd),
+        lambda dd: CrossSS2D(8, **dd),
+        lambda dd: BidirectionalMamba(8, **dd),
+    ], ids=["ss2d", "cross_ss2d", "bimamba"])
+    def test_directional_scan_params_follow_device_and_dtype(self, build) -> None:
+        mixer = build(factory_kwargs("cpu", torch.float64))
+        assert isinstance(mixer, DirectionalScan)
+        for name in ("x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", "Ds"):
+            param = getattr(mixer, name)
+            assert isinstance(param, nn.Parameter) and param.dtype == torch.float64, name

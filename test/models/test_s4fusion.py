@@ -55,7 +55,8 @@ def test_paper_preset_matches_the_published_configuration() -> None:
 
 
 def test_presets_shrink() -> None:
-    counts = [sum(p.numel() for p in build_model("s4fusion", preset=p).parameters()) for p in ("paper", "small", "tiny")]
+    counts = [sum(p.numel() for p in build_model("s4fusion", preset=p).parameters())
+              for p in ("paper", "small", "tiny")]
     assert counts[0] > counts[1] > counts[2]
 
 

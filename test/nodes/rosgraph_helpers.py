@@ -8,6 +8,7 @@ subscribers and, where a test needs exact control of the input, the publishers.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import signal
@@ -51,7 +52,7 @@ class RosProcess:
     def __init__(self, args: Sequence[str], env: dict[str, str], log_path: Path) -> None:
         self.args = list(args)
         self.log_path = log_path
-        self._log = open(log_path, "w")
+        self._log = open(log_path, "w")  # noqa: SIM115 - open for the subprocess's life, closed in stop()
         self.proc = subprocess.Popen(self.args, env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
 
     def alive(self) -> bool:
@@ -161,15 +162,14 @@ class RosGraph:
     def _spin(self) -> None:
         from rclpy.executors import ExternalShutdownException
 
-        try:
+        with contextlib.suppress(ExternalShutdownException):
             self.executor.spin()
-        except ExternalShutdownException:
-            pass
 
     def subscribe(self, msg_type: type, topic: str, *, reliable: bool = True, depth: int = 200) -> Collector:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-        qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+        reliability = ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT
+        qos = QoSProfile(depth=depth, reliability=reliability)
         collector = Collector(topic)
         collector.subscription = self.node.create_subscription(msg_type, topic, collector.add, qos)
         return collector
@@ -177,7 +177,8 @@ class RosGraph:
     def publisher(self, msg_type: type, topic: str, depth: int = 50) -> Any:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
-        return self.node.create_publisher(msg_type, topic, QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE))
+        qos = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
+        return self.node.create_publisher(msg_type, topic, qos)
 
     def call(self, srv_type: type, name: str, request: Any, timeout: float = 30.0) -> Any:
         """Call a service of a node in another process and return the response."""

@@ -29,7 +29,8 @@ def _stamp(msg) -> int:
     return header_stamp_ns(msg)
 
 
-def test_played_sequence_is_fused_with_rgb_stamps_and_matches_offline_engine(graph, spawn, test_weights, tmp_path: Path) -> None:
+def test_played_sequence_is_fused_with_rgb_stamps_and_matches_offline_engine(
+        graph, spawn, test_weights, tmp_path: Path) -> None:
     bag = write_scene_bag(tmp_path / "seq", FRAMES, SceneConfig(height=64, width=80, seed=3), fps=30.0,
                           label_topic=None, jitter_ns=3_000_000)
     FusionStats = rclpy_fusion_stats_type()
@@ -39,7 +40,8 @@ def test_played_sequence_is_fused_with_rgb_stamps_and_matches_offline_engine(gra
     stats = graph.subscribe(FusionStats, "/fusion/stats")
 
     # started the documented way: the CLI with the shipped parameter file, overrides after --ros-args
-    spawn([sys.executable, "-m", "ivf_perception.cli.main", "node", "--params-file", str(REPO / "config" / "fusion_node.yaml"),
+    spawn([sys.executable, "-m", "ivf_perception.cli.main", "node",
+           "--params-file", str(REPO / "config" / "fusion_node.yaml"),
            "--ros-args", *params(weights=str(test_weights), device="cpu", warmup_size=[64, 80], slop_s=SLOP_S,
                                  qos_reliability="reliable", qos_depth=50),
            "-r", f"rgb/image:={RGB_TOPIC}", "-r", f"thermal/image:={THERMAL_TOPIC}"], "node")

@@ -45,7 +45,8 @@ class TestParameters:
         assert set(NODE_ONLY_PARAMETERS) == {s.name for s in NODE_PARAMETERS}, "replay's list of the node's own"
 
     def test_safe_set_is_the_documented_one(self) -> None:
-        assert SAFE_PARAMETERS == {"palette", "overlay_alpha", "overlay_enabled", "slop_s", "agc_low_pct", "agc_high_pct"}
+        assert SAFE_PARAMETERS == {"palette", "overlay_alpha", "overlay_enabled", "slop_s",
+                                   "agc_low_pct", "agc_high_pct"}
 
     @pytest.mark.parametrize(("name", "value", "message"), [
         ("overlay_alpha", 1.5, "overlay_alpha must be in [0.0, 1.0], got 1.5"),
@@ -78,7 +79,8 @@ class TestParameters:
     def test_runtime_changes(self) -> None:
         current = DEFAULTS
         check_parameter_change({"overlay_alpha": 0.2, "slop_s": 0.1}, current, active=True)
-        with pytest.raises(ParameterValueError, match="variant cannot change while the node is active; deactivate first"):
+        with pytest.raises(ParameterValueError,
+                           match="variant cannot change while the node is active; deactivate first"):
             check_parameter_change({"variant": "s4fusion"}, current, active=True)
         check_parameter_change({"variant": "s4fusion"}, current, active=False)
         with pytest.raises(ParameterValueError, match="read-only"):
@@ -105,7 +107,8 @@ class TestParameters:
 
 class TestHealth:
     def _snap(self, **kw) -> HealthSnapshot:
-        streams = {"rgb": StreamHealth("/rgb/image", 30, 30.0, 0.03), "thermal": StreamHealth("/thermal/image", 30, 30.0, 0.03)}
+        streams = {"rgb": StreamHealth("/rgb/image", 30, 30.0, 0.03),
+                   "thermal": StreamHealth("/thermal/image", 30, 30.0, 0.03)}
         values = dict(state="active", device="cpu", variant="s4fusion", streams=streams,
                       qos_reliability="best_effort", stream_timeout_s=2.0, output_rate_hz=12.5,
                       latency_ms=40.0, processing_ms=30.0, counters={"paired": 30})

@@ -37,7 +37,8 @@ def test_player_publishes_the_recorded_messages_unchanged_and_loops(graph, spawn
         assert stamps[wraps[0]:wraps[0] + 5] == expected, "a full pass replays the recorded stamps in order"
         for m in got[wraps[0]:wraps[0] + 5]:
             original = recorded[topic][expected.index(header_stamp_ns(m))]
-            assert m.encoding == original.encoding and m.step == original.step and m.header.frame_id == original.header.frame_id
+            assert m.encoding == original.encoding and m.step == original.step
+            assert m.header.frame_id == original.header.frame_id
             np.testing.assert_array_equal(np.frombuffer(bytes(m.data), np.uint8), original.data)
     assert thermal.messages[0].encoding == "mono16"
 

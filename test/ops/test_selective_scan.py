@@ -79,7 +79,7 @@ def assert_same_scan(got: tuple, expected: tuple, tol: float) -> None:
     torch.testing.assert_close(l1, l0, atol=tol, rtol=tol)
     for name in g0:
         t = tol * GRAD_TOL_FACTOR.get(name, 1.0)
-        torch.testing.assert_close(g1[name], g0[name], atol=t, rtol=t, msg=lambda m: f"grad of {name}: {m}")
+        torch.testing.assert_close(g1[name], g0[name], atol=t, rtol=t, msg=lambda m, name=name: f"grad of {name}: {m}")
 
 
 class TestSelectiveScanRef:

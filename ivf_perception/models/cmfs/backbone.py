@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ivf_perception.models.layers import VSSBlock
+from ivf_perception.models.layers.factories import factory_kwargs
 
 __all__ = ["Permute", "VMambaBranch", "VMambaStage", "CheckpointReport", "map_vmamba_checkpoint"]
 
@@ -39,7 +40,7 @@ class Permute(nn.Module):
 
 def _stem(in_chans: int, dim: int, device: torch.device | str | None, dtype: torch.dtype | None) -> nn.Sequential:
     """VMamba's ``patch_embed_v2``: (B, C_in, H, W) -> (B, H/4, W/4, dim), channels-last."""
-    dd = {"device": device, "dtype": dtype}
+    dd = factory_kwargs(device, dtype)
     return nn.Sequential(
         nn.Conv2d(in_chans, dim // 2, 3, stride=2, padding=1, **dd),
         Permute(0, 2, 3, 1),
@@ -54,7 +55,7 @@ def _stem(in_chans: int, dim: int, device: torch.device | str | None, dtype: tor
 
 def _downsample(dim: int, out_dim: int, device: torch.device | str | None, dtype: torch.dtype | None) -> nn.Sequential:
     """VMamba's ``downsample_v3``: (B, H, W, C) -> (B, H/2, W/2, out_dim), channels-last."""
-    dd = {"device": device, "dtype": dtype}
+    dd = factory_kwargs(device, dtype)
     return nn.Sequential(
         Permute(0, 3, 1, 2),
         nn.Conv2d(dim, out_dim, 3, stride=2, padding=1, **dd),
@@ -74,7 +75,7 @@ class VMambaStage(nn.Module):
                  ssm_ratio: float, mlp_ratio: float, scan_backend: str,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.blocks = nn.Sequential(*(
             VSSBlock(dim, d_state=d_state, ssm_ratio=ssm_ratio, mlp_ratio=mlp_ratio, drop_path=drop_paths[i],
                      scan_backend=scan_backend, ssm_kwargs={"conv_bias": False, "gated": False}, **dd)
@@ -107,7 +108,7 @@ class VMambaBranch(nn.Module):
                  d_state: int, ssm_ratio: float, mlp_ratio: float, scan_backend: str,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         self.patch_embed = _stem(in_chans, dims[0], **dd)
         self.layers = nn.ModuleList(
@@ -160,7 +161,7 @@ def map_vmamba_checkpoint(state_dict: Mapping[str, torch.Tensor], branches: Mapp
         the checkpoint) / unexpected (in the checkpoint, unused) / shape-mismatched keys.
     """
     if "model" in state_dict and isinstance(state_dict["model"], Mapping):
-        state_dict = state_dict["model"]  # type: ignore[assignment]
+        state_dict = state_dict["model"]
     report = CheckpointReport()
     mapped: dict[str, torch.Tensor] = {}
     used: set[str] = set()

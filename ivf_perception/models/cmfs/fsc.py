@@ -53,7 +53,7 @@ from ivf_perception.models.layers import (
     FFTAmplitudeFilter,
     get_norm_layer,
 )
-from ivf_perception.models.layers.factories import NormFactory
+from ivf_perception.models.layers.factories import NormFactory, factory_kwargs
 from ivf_perception.models.ops import dwt2, idwt2, pack_subbands, unpack_subbands
 
 __all__ = ["FrequencySpatialCollaboration"]
@@ -94,20 +94,20 @@ class FrequencySpatialCollaboration(nn.Module):
         super().__init__()
         if isinstance(dwt_levels, bool) or not isinstance(dwt_levels, int) or dwt_levels < 1:
             raise ValueError(f"dwt_levels must be a positive int, got {dwt_levels!r}")
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         norm = get_norm_layer(norm_layer)
-        ssm = {"d_state": d_state, "ssm_ratio": ssm_ratio, "scan_backend": scan_backend, **dd}
         self.dim = dim
         self.dwt_levels = dwt_levels
         self.drop_path = DropPath(drop_path)
 
         self.wavelet_proj = nn.Sequential(nn.Conv2d(dim, dim, 1, **dd), nn.GELU())
         self.wavelet_norm = norm(dim, **dd)
-        self.wavelet_ssm = SS2D(dim, scan_order="window", window_size=window_size, **ssm)
+        self.wavelet_ssm = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, scan_order="window", window_size=window_size,
+                                scan_backend=scan_backend, **dd)
         self.wavelet_skip = nn.Parameter(torch.ones(dim, **dd))
 
         self.spatial_norm = norm(dim, **dd)
-        self.spatial_ssm = SS2D(dim, **ssm)
+        self.spatial_ssm = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, scan_backend=scan_backend, **dd)
         self.spatial_skip = nn.Parameter(torch.ones(dim, **dd))
         self.cab_norm = norm(dim, **dd)
         self.cab = ChannelAttentionBlock(dim, compress_ratio=3, squeeze_factor=12, **dd)

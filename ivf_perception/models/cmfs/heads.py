@@ -32,12 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ivf_perception.checks import check_shape
+from ivf_perception.models.layers.factories import DeviceLike, FactoryKwargs, factory_kwargs
 from ivf_perception.models.layers.feature_maps import check_feature_dims, check_feature_maps, resize_to
 from ivf_perception.models.layers.sobel import Sobel
 
 __all__ = ["GradientResidualDenseBlock", "SobelFusionHead"]
-
-_Device = torch.device | str | None
 
 
 class GradientResidualDenseBlock(nn.Module):
@@ -58,10 +57,10 @@ class GradientResidualDenseBlock(nn.Module):
         x: (B, C, H, W)  ->  (B, out_channels, H, W)
     """
 
-    def __init__(self, channels: int, out_channels: int | None = None, device: _Device = None,
+    def __init__(self, channels: int, out_channels: int | None = None, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         out_channels = out_channels or channels
         self.channels = channels
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, **dd)
@@ -77,7 +76,7 @@ class GradientResidualDenseBlock(nn.Module):
         return F.leaky_relu(self.conv_down(dense) + self.conv_up(self.sobel(x)), 0.1)
 
 
-def _point_conv(in_dim: int, out_dim: int, dd: dict) -> nn.Sequential:
+def _point_conv(in_dim: int, out_dim: int, dd: FactoryKwargs) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(in_dim, out_dim, 1, **dd), nn.BatchNorm2d(out_dim, **dd), nn.ReLU())
 
 
@@ -96,10 +95,10 @@ class SobelFusionHead(nn.Module):
         rgb: (B, 3, H, W); thermal: (B, 1, H, W)  ->  fused: (B, 3, H, W) in [0, 1]
     """
 
-    def __init__(self, in_dims: Sequence[int], embed_dim: int = 16, device: _Device = None,
+    def __init__(self, in_dims: Sequence[int], embed_dim: int = 16, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.in_dims = check_feature_dims(in_dims)
         self.embed_dim = embed_dim
         self.rgb_proj = nn.ModuleList(_point_conv(c, embed_dim, dd) for c in self.in_dims)

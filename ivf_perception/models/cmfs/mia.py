@@ -40,6 +40,7 @@ from torch import nn
 from ivf_perception.checks import check_shape
 from ivf_perception.models.layers.bimamba import BidirectionalMamba
 from ivf_perception.models.layers.channel_shuffle import channel_shuffle
+from ivf_perception.models.layers.factories import FactoryKwargs, factory_kwargs
 
 __all__ = ["MIA", "MMFI", "RegionTextGate", "channel_shuffle"]
 
@@ -64,8 +65,9 @@ class RegionTextGate(nn.Module):
                  hidden: int = 32, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if regions < 1 or min(region_pool) < 1 or num_prompts < 1:
-            raise ValueError(f"regions ({regions}), region_pool ({region_pool}) and num_prompts ({num_prompts}) must be >= 1")
-        dd = {"device": device, "dtype": dtype}
+            raise ValueError(f"regions ({regions}), region_pool ({region_pool}) and num_prompts ({num_prompts}) "
+                             "must be >= 1")
+        dd = factory_kwargs(device, dtype)
         self.regions = regions
         self.region_pool = (int(region_pool[0]), int(region_pool[1]))
         self.num_prompts = num_prompts
@@ -89,7 +91,7 @@ class RegionTextGate(nn.Module):
         return torch.sigmoid(self.conv2(F.relu(self.conv1(self.similarity(guide, text)))))
 
 
-def _squeeze_mlp(in_features: int, out_features: int, reduction: int, dd: dict) -> nn.Sequential:
+def _squeeze_mlp(in_features: int, out_features: int, reduction: int, dd: FactoryKwargs) -> nn.Sequential:
     hidden = max(in_features // reduction, 1)
     return nn.Sequential(nn.Linear(in_features, hidden, **dd), nn.ReLU(inplace=True),
                          nn.Linear(hidden, out_features, **dd))
@@ -117,7 +119,7 @@ class MMFI(nn.Module):
                  reduction: int = 4, use_text_gate: bool = True,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.dim = dim
         self.regions = regions
         self.channel_mlp = nn.ModuleList(_squeeze_mlp(2 * dim, dim, reduction, dd) for _ in range(2))
@@ -193,7 +195,7 @@ class MIA(nn.Module):
                  use_bimamba: bool = True, use_text_gate: bool = True, scan_backend: str = "auto",
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.dim = dim
         self.guide: nn.Module | None = None
         if use_text_gate:

@@ -51,6 +51,7 @@ from torch import nn
 
 from ivf_perception.checks import check_shape
 from ivf_perception.models.layers.channel_shuffle import channel_shuffle
+from ivf_perception.models.layers.factories import DeviceLike, factory_kwargs
 from ivf_perception.models.layers.ss2d import check_scan_backend
 from ivf_perception.models.layers.ssm_params import (
     dt_rank_for,
@@ -74,8 +75,6 @@ __all__ = [
     "channel_shuffle",
     "load_balancing_loss",
 ]
-
-_Device = torch.device | str | None
 
 
 def load_balancing_loss(probs: torch.Tensor, expert_index: torch.Tensor) -> torch.Tensor:
@@ -117,7 +116,7 @@ class LayerNorm2d(nn.LayerNorm):
         x: (B, C, H, W)  ->  (B, C, H, W)
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-6, device: _Device = None,
+    def __init__(self, num_channels: int, eps: float = 1e-6, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__(num_channels, eps=eps, device=device, dtype=dtype)
 
@@ -142,10 +141,10 @@ class ChannelEmbed(nn.Module):
         x: (B, in_channels, H, W)  ->  (B, out_channels, H, W)
     """
 
-    def __init__(self, in_channels: int, out_channels: int, reduction: int = 1, device: _Device = None,
+    def __init__(self, in_channels: int, out_channels: int, reduction: int = 1, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         hidden = out_channels // reduction
         if hidden < 1:
             raise ValueError(f"out_channels // reduction must be >= 1, got {out_channels} // {reduction}")
@@ -182,10 +181,10 @@ class GatedFFN(nn.Module):
         x: (B, C, H, W)  ->  (B, C, H, W)
     """
 
-    def __init__(self, dim: int, mlp_ratio: int = 2, kernel_size: int = 3, device: _Device = None,
+    def __init__(self, dim: int, mlp_ratio: int = 2, kernel_size: int = 3, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         hidden = dim * mlp_ratio
         if hidden % 2 or kernel_size % 2 == 0:
             raise ValueError(f"GatedFFN needs an even hidden width and an odd kernel, got dim·mlp_ratio={hidden}, "
@@ -222,10 +221,10 @@ class SequenceMamba(nn.Module):
     """
 
     def __init__(self, dim: int, d_state: int = 64, d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto",
-                 scan_backend: str = "auto", device: _Device = None, dtype: torch.dtype | None = None) -> None:
+                 scan_backend: str = "auto", device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         check_scan_backend(scan_backend)
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.dim = dim
         self.d_state = d_state
         self.d_inner = expand * dim
@@ -282,9 +281,9 @@ class LowRankExpert(nn.Module):
         x, context: (B, C, H, W)  ->  (B, C, H, W)
     """
 
-    def __init__(self, dim: int, rank: int, device: _Device = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, dim: int, rank: int, device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.rank = rank
         self.down_x = nn.Conv2d(dim, rank, 1, **dd)
         self.down_ctx = nn.Conv2d(dim, rank, 1, **dd)
@@ -315,10 +314,10 @@ class LowRankMoE(nn.Module):
         x, context: (B, C, H, W)  ->  y: (B, C, H, W), balance_loss: scalar
     """
 
-    def __init__(self, dim: int, ranks: Sequence[int] = (2, 4, 8), top_k: int = 1, device: _Device = None,
+    def __init__(self, dim: int, ranks: Sequence[int] = (2, 4, 8), top_k: int = 1, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         ranks = tuple(ranks)
         if not ranks or any(not isinstance(r, int) or r < 1 for r in ranks):
             raise ValueError(f"ranks must be a non-empty sequence of positive ints, got {ranks!r}")
@@ -358,9 +357,9 @@ class _Calibration(nn.Module):
     """The experts' context: a coarse view (strided depth-wise pooling, ``recursive`` times, the
     same conv each time), refined, upsampled to the actual size and added back to the input."""
 
-    def __init__(self, dim: int, recursive: int, device: _Device, dtype: torch.dtype | None) -> None:
+    def __init__(self, dim: int, recursive: int, device: DeviceLike, dtype: torch.dtype | None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.recursive = recursive
         self.agg_conv = nn.Sequential(nn.Conv2d(dim, dim, 4, stride=4, padding=2, groups=dim, **dd), nn.GELU())
         self.conv = nn.Sequential(
@@ -411,11 +410,11 @@ class ResMoEBlock(nn.Module):
         recursive: int = 2,
         mamba_d_state: int | None = 64,
         scan_backend: str = "auto",
-        device: _Device = None,
+        device: DeviceLike = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.dim = dim
         self.use_shuffle = use_shuffle
         self.norm = LayerNorm2d(dim, **dd)
@@ -471,12 +470,12 @@ class StripConv(nn.Module):
         x: (B, C, H, W)  ->  (B, C, H, W)
     """
 
-    def __init__(self, dim: int, kernel_size: int = 11, device: _Device = None,
+    def __init__(self, dim: int, kernel_size: int = 11, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd int so the strips keep H and W, got {kernel_size}")
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.dim = dim
         self.kernel_size = kernel_size
         pad = kernel_size // 2
@@ -528,13 +527,13 @@ class MultiModalFeatureEnhancement(nn.Module):
         strip_kernel: int = 11,
         mamba_d_state: int | None = 64,
         scan_backend: str = "auto",
-        device: _Device = None,
+        device: DeviceLike = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.dim = dim
         self.embed = ChannelEmbed(2 * dim, dim, **dd)
         self.moe_blocks = nn.ModuleList(

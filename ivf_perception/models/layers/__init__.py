@@ -18,7 +18,7 @@ from ivf_perception.models.layers.cross_scan import (
 )
 from ivf_perception.models.layers.cross_ss2d import CrossSS2D, interleave
 from ivf_perception.models.layers.drop_path import DropPath, drop_path
-from ivf_perception.models.layers.factories import get_norm_layer
+from ivf_perception.models.layers.factories import DeviceLike, FactoryKwargs, factory_kwargs, get_norm_layer
 from ivf_perception.models.layers.feature_maps import (
     check_feature_dims,
     check_feature_maps,
@@ -59,6 +59,9 @@ __all__ = [
     "cross_merge",
     "cross_scan",
     "drop_path",
+    "DeviceLike",
+    "FactoryKwargs",
+    "factory_kwargs",
     "get_norm_layer",
     "interleave",
     "rgb_to_gray",

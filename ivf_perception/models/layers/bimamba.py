@@ -19,8 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ivf_perception.checks import check_shape
+from ivf_perception.models.layers.factories import factory_kwargs
 from ivf_perception.models.layers.ss2d import check_scan_backend
 from ivf_perception.models.layers.ssm_params import (
+    DirectionalScan,
     add_direction_params,
     dt_rank_for,
     project_scan_params,
@@ -33,7 +35,7 @@ __all__ = ["BidirectionalMamba"]
 _DIRECTIONS = 2  # forward and reversed
 
 
-class BidirectionalMamba(nn.Module):
+class BidirectionalMamba(DirectionalScan):
     """Mamba mixer run forwards and backwards over the sequence, outputs averaged.
 
     Args:
@@ -67,7 +69,7 @@ class BidirectionalMamba(nn.Module):
         check_scan_backend(scan_backend)
         if d_conv < 1:
             raise ValueError(f"d_conv must be >= 1, got {d_conv}")
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.d_model = d_model
         self.d_state = d_state
         self.d_inner = int(expand * d_model)

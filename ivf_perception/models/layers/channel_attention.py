@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ivf_perception.checks import check_shape
+from ivf_perception.models.layers.factories import factory_kwargs
 
 __all__ = ["ChannelAttention", "ChannelAttentionBlock"]
 
@@ -50,7 +51,7 @@ class ChannelAttention(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         hidden = _reduced(channels, squeeze_factor, "squeeze_factor")
         self.channels = channels
         self.attention = nn.Sequential(
@@ -89,7 +90,7 @@ class ChannelAttentionBlock(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         hidden = _reduced(channels, compress_ratio, "compress_ratio")
         self.channels = channels
         self.body = nn.Sequential(

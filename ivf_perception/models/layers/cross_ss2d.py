@@ -36,8 +36,10 @@ from torch import nn
 
 from ivf_perception.checks import check_shape
 from ivf_perception.models.layers.cross_scan import NUM_DIRECTIONS, cross_merge, cross_scan
+from ivf_perception.models.layers.factories import factory_kwargs
 from ivf_perception.models.layers.ss2d import check_scan_backend, depthwise_conv
 from ivf_perception.models.layers.ssm_params import (
+    DirectionalScan,
     add_direction_params,
     dt_rank_for,
     init_proj_weight,
@@ -58,7 +60,7 @@ def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack([a, b], dim=-1).flatten(-2)
 
 
-class CrossSS2D(nn.Module):
+class CrossSS2D(DirectionalScan):
     """S4Fusion's Cross SS2D: a shared-state selective scan over interleaved modalities.
 
     Args:
@@ -90,7 +92,7 @@ class CrossSS2D(nn.Module):
     ) -> None:
         super().__init__()
         check_scan_backend(scan_backend)
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.d_model = d_model
         self.d_state = d_state
         self.d_inner = int(ssm_ratio * d_model)

@@ -1,4 +1,5 @@
-"""Resolve layer choices given as a name or a callable (timm's ``get_norm_layer`` habit).
+"""Resolve layer choices given as a name or a callable (timm's ``get_norm_layer`` habit), and the typed
+``device``/``dtype`` keywords every constructor passes down to its layers.
 
 Constructors accept ``norm_layer="layernorm"`` as well as a class or ``functools.partial``, so
 presets stay plain data and callers can still pass their own layer.
@@ -6,13 +7,34 @@ presets stay plain data and callers can still pass their own layer.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, TypedDict
 
+import torch
 from torch import nn
 
-__all__ = ["NormFactory", "get_norm_layer"]
+__all__ = ["DeviceLike", "FactoryKwargs", "NormFactory", "factory_kwargs", "get_norm_layer"]
 
 NormFactory = Callable[..., nn.Module]
+
+DeviceLike = torch.device | str | None
+"""What every constructor's ``device=`` accepts: a device, its name, or ``None`` for the default."""
+
+
+class FactoryKwargs(TypedDict):
+    """The ``device``/``dtype`` pair splatted into every layer a model builds (timm's ``dd``).
+
+    A plain ``{"device": ..., "dtype": ...}`` dict is typed ``dict[str, object]``, which no layer
+    signature accepts; this TypedDict keeps each key's own type through ``**``.
+    """
+
+    device: DeviceLike
+    dtype: torch.dtype | None
+
+
+def factory_kwargs(device: DeviceLike = None, dtype: torch.dtype | None = None) -> FactoryKwargs:
+    """The keywords to pass as ``**dd`` when a constructor creates its layers on ``device`` in ``dtype``."""
+    return {"device": device, "dtype": dtype}
+
 
 _NORM_LAYERS: dict[str, NormFactory] = {
     "layernorm": nn.LayerNorm,

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ivf_perception.checks import check_shape
+from ivf_perception.models.layers.factories import factory_kwargs
 
 __all__ = ["FFT_NORMS", "FFTAmplitudeFilter", "fft_amplitude_filter"]
 
@@ -93,7 +94,7 @@ class FFTAmplitudeFilter(nn.Module):
     ) -> None:
         super().__init__()
         _check_norm(norm)
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.norm = norm
         self.amplitude = nn.Sequential(
             nn.Conv2d(channels, channels, 1, **dd),

@@ -7,6 +7,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ivf_perception.models.layers.factories import factory_kwargs
+
 __all__ = ["Mlp"]
 
 
@@ -37,7 +39,7 @@ class Mlp(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         hidden_features = hidden_features or in_features
         out_features = out_features or in_features
         self.fc1 = nn.Linear(in_features, hidden_features, **dd)

@@ -14,18 +14,16 @@ existed used SegFormer's own names and concatenated the stages coarsest first; t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ivf_perception.models.layers.factories import DeviceLike, factory_kwargs
 from ivf_perception.models.layers.feature_maps import check_feature_dims, check_feature_maps, resize_to
 from ivf_perception.models.layers.ss2d import SS2D
 
 __all__ = ["SegFormerHead", "remap_legacy_segformer_keys"]
-
-_Device = torch.device | str | None
 
 
 class SegFormerHead(nn.Module):
@@ -63,11 +61,11 @@ class SegFormerHead(nn.Module):
         fuse_bias: bool = False,
         ss2d_d_state: int | None = None,
         scan_backend: str = "auto",
-        device: _Device = None,
+        device: DeviceLike = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        dd: dict[str, Any] = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.in_dims = check_feature_dims(in_dims)
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")

@@ -24,7 +24,9 @@ from torch import nn
 
 from ivf_perception.checks import check_shape
 from ivf_perception.models.layers.cross_scan import NUM_DIRECTIONS, cross_merge, cross_scan
+from ivf_perception.models.layers.factories import factory_kwargs
 from ivf_perception.models.layers.ssm_params import (
+    DirectionalScan,
     add_direction_params,
     dt_rank_for,
     project_scan_params,
@@ -60,7 +62,7 @@ def check_scan_backend(scan_backend: str) -> None:
         raise ValueError(f"Unknown scan_backend {scan_backend!r}; supported backends: {list(SCAN_BACKENDS)}")
 
 
-class SS2D(nn.Module):
+class SS2D(DirectionalScan):
     """VMamba's 2-D selective-scan mixer on channels-last input.
 
     Args:
@@ -107,7 +109,7 @@ class SS2D(nn.Module):
             raise ValueError(f"Unknown scan_order {scan_order!r}; supported scan orders: {list(SCAN_ORDERS)}")
         if isinstance(window_size, bool) or not isinstance(window_size, int) or window_size < 1:
             raise ValueError(f"window_size must be a positive int, got {window_size!r}")
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.d_model = d_model
         self.d_state = d_state
         self.d_inner = int(ssm_ratio * d_model)

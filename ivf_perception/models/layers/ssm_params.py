@@ -18,6 +18,8 @@ import math
 import torch
 from torch import nn
 
+from ivf_perception.models.layers.factories import factory_kwargs
+
 __all__ = [
     "dt_rank_for",
     "init_dt_bias",
@@ -26,6 +28,7 @@ __all__ = [
     "init_a_log",
     "no_weight_decay",
     "project_scan_params",
+    "DirectionalScan",
     "add_direction_params",
     "reset_direction_params",
 ]
@@ -96,7 +99,21 @@ def project_scan_params(
     return torch.einsum("bkrl,kdr->bkdl", dts, dt_projs_weight), b, c
 
 
-def add_direction_params(module: nn.Module, directions: int, d_inner: int, dt_rank: int, d_state: int,
+class DirectionalScan(nn.Module):
+    """Base of the multi-direction mixers: declares what :func:`add_direction_params` registers.
+
+    The parameters are created by that function, not in a class body, so without these
+    declarations a type checker only sees ``nn.Module.__getattr__`` (``Tensor | Module``).
+    """
+
+    x_proj_weight: nn.Parameter
+    dt_projs_weight: nn.Parameter
+    dt_projs_bias: nn.Parameter
+    A_logs: nn.Parameter
+    Ds: nn.Parameter
+
+
+def add_direction_params(module: DirectionalScan, directions: int, d_inner: int, dt_rank: int, d_state: int,
                          with_x_proj: bool = True, device: torch.device | str | None = None,
                          dtype: torch.dtype | None = None) -> None:
     """Register the stacked per-direction scan parameters on ``module`` under VMamba's names.
@@ -107,7 +124,7 @@ def add_direction_params(module: nn.Module, directions: int, d_inner: int, dt_ra
     runs all its directions as one grouped selective scan and VMamba checkpoints map by name.
     ``with_x_proj=False`` leaves the input projection to mixers that project differently.
     """
-    dd = {"device": device, "dtype": dtype}
+    dd = factory_kwargs(device, dtype)
     if with_x_proj:
         module.x_proj_weight = nn.Parameter(torch.empty(directions, dt_rank + 2 * d_state, d_inner, **dd))
     module.dt_projs_weight = nn.Parameter(torch.empty(directions, d_inner, dt_rank, **dd))
@@ -116,7 +133,7 @@ def add_direction_params(module: nn.Module, directions: int, d_inner: int, dt_ra
     module.Ds = no_weight_decay(nn.Parameter(torch.empty(directions * d_inner, **dd)))
 
 
-def reset_direction_params(module: nn.Module, dt_rank: int) -> None:
+def reset_direction_params(module: DirectionalScan, dt_rank: int) -> None:
     """Mamba's initialisation of the parameters of :func:`add_direction_params`."""
     init_proj_weight(module.x_proj_weight)
     init_dt_weight(module.dt_projs_weight, dt_rank)

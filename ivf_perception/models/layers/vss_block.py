@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ivf_perception.models.layers.drop_path import DropPath
-from ivf_perception.models.layers.factories import NormFactory, get_norm_layer
+from ivf_perception.models.layers.factories import NormFactory, factory_kwargs, get_norm_layer
 from ivf_perception.models.layers.mlp import Mlp
 from ivf_perception.models.layers.ss2d import SS2D
 
@@ -54,7 +54,7 @@ class VSSBlock(nn.Module):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         norm = get_norm_layer(norm_layer)
         self.norm = norm(dim, **dd)
         self.op = SS2D(dim, d_state=d_state, ssm_ratio=ssm_ratio, scan_backend=scan_backend, **(ssm_kwargs or {}), **dd)

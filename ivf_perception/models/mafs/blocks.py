@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from ivf_perception.models.layers.factories import DeviceLike, factory_kwargs
+
 __all__ = ["ConvBNAct", "FReLU", "DenseConvBlock"]
 
 
@@ -36,9 +38,9 @@ class ConvBNAct(nn.Module):
 
     def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 3, stride: int = 1, dilation: int = 1,
                  groups: int = 1, act_layer: Callable[[], nn.Module] | None = nn.ReLU,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, padding=dilation * (kernel_size // 2),
                               dilation=dilation, groups=groups, bias=False, **dd)
         self.bn = nn.BatchNorm2d(out_chs, **dd)
@@ -58,9 +60,9 @@ class FReLU(nn.Module):
         x: (B, C, H, W)  ->  (B, C, H, W)
     """
 
-    def __init__(self, channels: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, channels: int, device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.funnel = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False, **dd)
         self.bn = nn.BatchNorm2d(channels, **dd)
 
@@ -84,7 +86,7 @@ class DenseConvBlock(nn.Module):
         x: (B, C, H, W)  ->  (B, C, H, W)
     """
 
-    def __init__(self, channels: int, num_layers: int, device: torch.device | None = None,
+    def __init__(self, channels: int, num_layers: int, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if num_layers < 1:

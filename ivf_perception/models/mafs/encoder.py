@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ivf_perception.models.layers.channel_attention import ChannelAttention
+from ivf_perception.models.layers.factories import DeviceLike, factory_kwargs
 from ivf_perception.models.mafs.blocks import ConvBNAct, DenseConvBlock, FReLU
 from ivf_perception.models.mafs.trunk import ResNetTrunk
 
@@ -58,10 +59,10 @@ class SFE(nn.Module):
         x: (B, in_chans, H, W)  ->  ((B, out_chs/2, H, W), (B, out_chs, ⌈H/2⌉, ⌈W/2⌉))
     """
 
-    def __init__(self, in_chans: int, out_chs: int, device: torch.device | None = None,
+    def __init__(self, in_chans: int, out_chs: int, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         half = out_chs // 2
         self.full = nn.Sequential(
             ConvBNAct(in_chans, half, 7, act_layer=None, **dd), FReLU(half, **dd),
@@ -103,9 +104,9 @@ class DEM(nn.Module):
     """
 
     def __init__(self, channels: int, mlp_ratio: float = 2.0, gate_reduction: int = 16, kernel_size: int = 7,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         hidden = max(1, int(round(channels * mlp_ratio)))
         gate_hidden = max(1, 2 * channels // gate_reduction)
         self.channels = channels
@@ -150,9 +151,9 @@ class DualResNetEncoder(nn.Module):
     """
 
     def __init__(self, rgb_trunk: str, thermal_trunk: str, dem_mlp_ratio: float = 2.0,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.trunk_rgb = ResNetTrunk(rgb_trunk, **dd)
         self.trunk_thermal = ResNetTrunk(thermal_trunk, **dd)
         rgb_widths = [self.trunk_rgb.stem_chs, *self.trunk_rgb.stage_chs]
@@ -206,10 +207,10 @@ class AFM(nn.Module):
         rgb, thermal: (B, in_chs, H, W)  ->  (B, out_chs, H, W)
     """
 
-    def __init__(self, in_chs: int, out_chs: int, reduction: int = 4, device: torch.device | None = None,
+    def __init__(self, in_chs: int, out_chs: int, reduction: int = 4, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         hidden = max(1, out_chs // reduction)
         self.out_chs = out_chs
         self.embed_rgb = nn.Sequential(ConvBNAct(in_chs, out_chs, **dd), ConvBNAct(out_chs, out_chs, **dd))
@@ -244,7 +245,7 @@ class ChannelSelfAttention(nn.Module):
         x: (B, C, H, W)  ->  (B, C, H, W)
     """
 
-    def __init__(self, device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.gamma = nn.Parameter(torch.zeros((), device=device, dtype=dtype))
 
@@ -274,10 +275,10 @@ class CAM(nn.Module):
         rgb, thermal: (B, in_chs, H, W)  ->  (B, out_chs, H, W)
     """
 
-    def __init__(self, in_chs: int, out_chs: int, device: torch.device | None = None,
+    def __init__(self, in_chs: int, out_chs: int, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.embed = ConvBNAct(in_chs, out_chs, 3, act_layer=partial(nn.LeakyReLU, 0.1), **dd)
         self.spatial = nn.Conv2d(1, 1, 3, padding=1, bias=False, **dd)
         self.channel = ChannelSelfAttention(**dd)
@@ -305,10 +306,10 @@ class PHF(nn.Module):
         shallow: (B, shallow_chs, H, W), deep: (B, deep_chs, h, w)  ->  (B, shallow_chs, H, W)
     """
 
-    def __init__(self, shallow_chs: int, deep_chs: int, hidden: int, device: torch.device | None = None,
+    def __init__(self, shallow_chs: int, deep_chs: int, hidden: int, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.norm = nn.InstanceNorm2d(shallow_chs, affine=False)
         self.shared = nn.Sequential(nn.Conv2d(deep_chs, hidden, 3, padding=1, **dd), nn.ReLU())
         self.gamma = nn.Sequential(nn.Conv2d(hidden, shallow_chs, 3, padding=1, **dd), nn.Sigmoid())
@@ -356,9 +357,9 @@ class MAFSFuser(nn.Module):
     """
 
     def __init__(self, level_chs: list[int], shallow_dim: int, deep_dim: int, refine_layers: int,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         if len(level_chs) != 6:
             raise ValueError(f"expected the channels of 6 encoder levels, got {level_chs}")
         self.afm = nn.ModuleList(AFM(c, shallow_dim, **dd) for c in level_chs[:2])

@@ -21,11 +21,14 @@ and :meth:`InvertibleFusionDecoder.inverse` inverts it.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ivf_perception.checks import check_shape
+from ivf_perception.models.layers.factories import DeviceLike, factory_kwargs
 
 __all__ = ["InvertibleConv1x1", "CouplingSubnet", "InvertibleBlock", "InvertibleFusionDecoder"]
 
@@ -45,9 +48,12 @@ class InvertibleConv1x1(nn.Module):
         x: (B, C, H, W)  ->  (B, C, H, W), for ``forward`` and ``inverse``.
     """
 
-    def __init__(self, channels: int, device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+    perm: torch.Tensor
+    sign_s: torch.Tensor
+
+    def __init__(self, channels: int, device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype or torch.get_default_dtype()}
+        dd = factory_kwargs(device, dtype or torch.get_default_dtype())
         # Factorise in float64 on the CPU (LU is unavailable for low-precision/meta tensors), then move.
         rotation = torch.linalg.qr(torch.randn(channels, channels, dtype=torch.float64))[0]
         perm, lower, upper = torch.linalg.lu(rotation)
@@ -82,17 +88,17 @@ class CouplingSubnet(nn.Sequential):
         x: (B, in_chs, H, W)  ->  (B, out_chs, H, W)
     """
 
-    def __init__(self, in_chs: int, out_chs: int, hidden: int, device: torch.device | None = None,
+    def __init__(self, in_chs: int, out_chs: int, hidden: int, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
-        dd = {"device": device, "dtype": dtype}
-        super().__init__(
-            nn.Conv2d(in_chs, hidden, 3, padding=1, **dd), nn.LeakyReLU(0.2),
-            nn.Conv2d(hidden, hidden, 3, padding=1, **dd), nn.LeakyReLU(0.2),
-            nn.Conv2d(hidden, out_chs, 3, padding=1, **dd),
-        )
+        dd = factory_kwargs(device, dtype)
+        first = nn.Conv2d(in_chs, hidden, 3, padding=1, **dd)
+        middle = nn.Conv2d(hidden, hidden, 3, padding=1, **dd)
+        last = nn.Conv2d(hidden, out_chs, 3, padding=1, **dd)
+        super().__init__(first, nn.LeakyReLU(0.2), middle, nn.LeakyReLU(0.2), last)
         with torch.no_grad():
-            self[-1].weight.mul_(0.1)
-            self[-1].bias.zero_()
+            last.weight.mul_(0.1)
+            assert last.bias is not None  # built with bias=True; narrows the stubs' Optional
+            last.bias.zero_()
 
 
 class InvertibleBlock(nn.Module):
@@ -110,11 +116,11 @@ class InvertibleBlock(nn.Module):
     """
 
     def __init__(self, channels: int, split: int, hidden: int, clamp: float = 0.8,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if not 0 < split < channels:
             raise ValueError(f"split must be in (0, {channels}), got {split}")
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.splits = (split, channels - split)
         self.clamp = clamp
         self.mix = InvertibleConv1x1(channels, **dd)
@@ -155,11 +161,11 @@ class InvertibleFusionDecoder(nn.Module):
     """
 
     def __init__(self, channels: int, num_blocks: int = 5, hidden: int | None = None, clamp: float = 0.8,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.channels = channels
         hidden = hidden or max(1, channels // 2)
         self.blocks = nn.ModuleList(
@@ -181,7 +187,7 @@ class InvertibleFusionDecoder(nn.Module):
         """Exact inverse of the block chain: the feature whose last flow output is ``z``."""
         check_shape(z, "B C H W", name="z", C=self.channels)
         for block in reversed(self.blocks):
-            z = block.inverse(z)
+            z = cast(InvertibleBlock, block).inverse(z)  # nn.ModuleList is not generic: items type as Module
         return z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

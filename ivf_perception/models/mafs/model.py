@@ -12,6 +12,7 @@ import torch
 
 from ivf_perception.models.base import FusionSegModel, FusionSegOutput
 from ivf_perception.models.layers.color import rgb_to_ycbcr, ycbcr_to_rgb
+from ivf_perception.models.layers.factories import DeviceLike, factory_kwargs
 from ivf_perception.models.mafs.encoder import DualResNetEncoder, FusedFeatures, MAFSFuser
 from ivf_perception.models.mafs.invertible import InvertibleFusionDecoder
 from ivf_perception.models.mafs.reconstruction import MaskedReconstructionDecoder
@@ -82,7 +83,7 @@ class MAFS(FusionSegModel):
         ffn_ratio: float = 1.0,
         aspp_rates: tuple[int, ...] = (6, 12, 18),
         preset: str = "custom",
-        device: torch.device | None = None,
+        device: DeviceLike = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
@@ -90,7 +91,7 @@ class MAFS(FusionSegModel):
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
         if shallow_dim < 2 or shallow_dim % 2:
             raise ValueError(f"shallow_dim must be even (the invertible blocks split it in halves), got {shallow_dim}")
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.num_classes = int(num_classes)
         self.preset = preset
         self._args = dict(rgb_trunk=rgb_trunk, thermal_trunk=thermal_trunk, shallow_dim=shallow_dim,

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ivf_perception.models.layers.factories import DeviceLike, factory_kwargs
 from ivf_perception.models.mafs.blocks import ConvBNAct
 from ivf_perception.models.mafs.encoder import PHF
 
@@ -38,10 +39,10 @@ class MaskedReconstructionDecoder(nn.Module):
         (rgb (B, 3, H, W), thermal (B, 1, H, W)), both in [0, 1]
     """
 
-    def __init__(self, shallow_dim: int, deep_dim: int, num_deep: int = 4, device: torch.device | None = None,
+    def __init__(self, shallow_dim: int, deep_dim: int, num_deep: int = 4, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.context = ConvBNAct(deep_dim * num_deep, shallow_dim, 1, **dd)
         self.modulate = PHF(shallow_dim, shallow_dim, hidden=shallow_dim, **dd)
         self.refine = ConvBNAct(shallow_dim, shallow_dim, 3, **dd)

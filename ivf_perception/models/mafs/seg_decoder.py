@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import nn
 
+from ivf_perception.models.layers.factories import DeviceLike, factory_kwargs
 from ivf_perception.models.mafs.blocks import ConvBNAct
 
 __all__ = [
@@ -71,10 +72,10 @@ class FPNPixelDecoder(nn.Module):
         feats: [(B, in_chs[i], H_i, W_i)], finest first  ->  [(B, dim, H_i, W_i)], finest first
     """
 
-    def __init__(self, in_chs: list[int], dim: int, device: torch.device | None = None,
+    def __init__(self, in_chs: list[int], dim: int, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.lateral = nn.ModuleList(ConvBNAct(c, dim, 1, act_layer=None, **dd) for c in in_chs[:-1])
         self.output = nn.ModuleList(
             [*(ConvBNAct(dim, dim, 3, **dd) for _ in in_chs[:-1]), ConvBNAct(in_chs[-1], dim, 3, **dd)]
@@ -102,10 +103,10 @@ class ASPP(nn.Module):
         x: (B, dim, H, W)  ->  (B, dim, H, W)
     """
 
-    def __init__(self, dim: int, rates: tuple[int, ...] = (6, 12, 18), device: torch.device | None = None,
+    def __init__(self, dim: int, rates: tuple[int, ...] = (6, 12, 18), device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.branches = nn.ModuleList(
             [ConvBNAct(dim, dim, 1, **dd), *(ConvBNAct(dim, dim, 3, dilation=r, **dd) for r in rates)]
         )
@@ -137,12 +138,12 @@ class TransposedAttention(nn.Module):
         x: (B, C, H, W)  ->  (B, C, H, W)
     """
 
-    def __init__(self, dim: int, num_heads: int, device: torch.device | None = None,
+    def __init__(self, dim: int, num_heads: int, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.num_heads = num_heads
         self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1, **dd))
         self.qkv = nn.Conv2d(dim, 3 * dim, 1, bias=False, **dd)
@@ -165,10 +166,10 @@ class LeFF(nn.Module):
         x: (B, C, H, W)  ->  (B, C, H, W)
     """
 
-    def __init__(self, dim: int, hidden: int, device: torch.device | None = None,
+    def __init__(self, dim: int, hidden: int, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.net = nn.Sequential(
             nn.Conv2d(dim, hidden, 1, **dd), nn.GELU(),
             nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, **dd), nn.GELU(),
@@ -186,10 +187,10 @@ class TransformerBlock(nn.Module):
         x: (B, C, H, W)  ->  (B, C, H, W)
     """
 
-    def __init__(self, dim: int, num_heads: int, ffn_ratio: float, device: torch.device | None = None,
+    def __init__(self, dim: int, num_heads: int, ffn_ratio: float, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.norm1 = LayerNorm2d(dim, **dd)
         self.attn = TransposedAttention(dim, num_heads, **dd)
         self.norm2 = LayerNorm2d(dim, **dd)
@@ -221,9 +222,9 @@ class InvertedPyramidDecoder(nn.Module):
     """
 
     def __init__(self, dim: int, num_stages: int = 3, num_heads: int = 2, ffn_ratio: float = 1.0,
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.embed = nn.ModuleList(
             nn.Sequential(ConvBNAct(dim, dim, 3, **dd), ConvBNAct(dim, dim, 3, **dd)) for _ in range(num_stages - 1)
         )
@@ -255,9 +256,9 @@ class DilatedAggregation(nn.Module):
     """
 
     def __init__(self, in_chs: int, out_chs: int, dilations: tuple[int, ...] = (1, 2, 4, 8),
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.branches = nn.ModuleList(ConvBNAct(in_chs, out_chs, 3, dilation=d, **dd) for d in dilations)
         self.project = ConvBNAct(out_chs * len(dilations), out_chs, 1, **dd)
 
@@ -281,10 +282,10 @@ class MultiLabelSegHead(nn.Module):
         feat: (B, C, h, w)  ->  (semantic (B, K, h, w), binary (B, 1, h, w), boundary (B, 1, h, w) or None)
     """
 
-    def __init__(self, dim: int, num_classes: int, device: torch.device | None = None,
+    def __init__(self, dim: int, num_classes: int, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         narrow = max(1, dim // 4)
         self.binary = nn.Sequential(ConvBNAct(dim, narrow, 1, **dd), nn.Conv2d(narrow, 1, 3, padding=1, **dd))
         self.semantic_feat = ConvBNAct(dim, dim, 1, **dd)
@@ -329,9 +330,9 @@ class SegmentationDecoder(nn.Module):
 
     def __init__(self, deep_dim: int, shallow_dim: int, num_classes: int, num_heads: int = 2,
                  ffn_ratio: float = 1.0, aspp_rates: tuple[int, ...] = (6, 12, 18),
-                 device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.pixel_decoder = FPNPixelDecoder([deep_dim] * 4, deep_dim, **dd)
         self.aspp = ASPP(deep_dim, tuple(aspp_rates), **dd)
         self.transformer = InvertedPyramidDecoder(deep_dim, 3, num_heads, ffn_ratio, **dd)

@@ -27,12 +27,12 @@ state is returned in that compute dtype, as mamba-ssm does.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Literal, NamedTuple, cast, overload
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import BackwardCFunction, FunctionCtx, once_differentiable
 
 from ivf_perception.checks import ShapeError, check_shape, checks_enabled
 from ivf_perception.models.ops._backend import get_cuda_scan, has_cuda_scan
@@ -278,7 +278,7 @@ class _ChunkedScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: FunctionCtx, dl: torch.Tensor, x: torch.Tensor, Bc: torch.Tensor, Cc: torch.Tensor, A: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         y, last, starts = _chunked_forward(dl, x, Bc, Cc, A)
@@ -287,10 +287,11 @@ class _ChunkedScan(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(  # type: ignore[override]
-        ctx: FunctionCtx, gy: torch.Tensor, glast: torch.Tensor
+    def backward(
+        ctx: BackwardCFunction, gy: torch.Tensor, glast: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        dl, x, Bc, Cc, A, starts = ctx.saved_tensors
+        # torch's stub types ``saved_tensors`` as a 1-tuple; it holds what forward saved.
+        dl, x, Bc, Cc, A, starts = cast("tuple[torch.Tensor, ...]", ctx.saved_tensors)
         n_steps, nc = dl.shape[0], dl.shape[-1]
         gy = gy.unsqueeze(4)  # (T, B, G, K, 1, c)
 
@@ -465,6 +466,30 @@ def _selective_scan_cuda(
 def _check_backend(backend: str) -> None:
     if backend not in SCAN_BACKENDS:
         raise ValueError(f"Unknown selective-scan backend {backend!r}; supported backends: {list(SCAN_BACKENDS)}")
+
+
+@overload
+def selective_scan(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None = ..., z: torch.Tensor | None = ..., delta_bias: torch.Tensor | None = ...,
+    delta_softplus: bool = ..., return_last_state: Literal[False] = ..., backend: str = ..., chunk_size: int = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def selective_scan(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None = ..., z: torch.Tensor | None = ..., delta_bias: torch.Tensor | None = ...,
+    delta_softplus: bool = ..., *, return_last_state: Literal[True], backend: str = ..., chunk_size: int = ...,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def selective_scan(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    D: torch.Tensor | None = ..., z: torch.Tensor | None = ..., delta_bias: torch.Tensor | None = ...,
+    delta_softplus: bool = ..., return_last_state: bool = ..., backend: str = ..., chunk_size: int = ...,
+) -> ScanResult: ...
 
 
 def selective_scan(
