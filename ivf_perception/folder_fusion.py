@@ -7,18 +7,18 @@ pairs without a counterpart and unreadable images are skipped and listed in the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
 from ivf_perception.baselines import baseline_fuse
 from ivf_perception.engine import Engine, InputError
 from ivf_perception.engine.preprocess import align_thermal
-from ivf_perception.io.thermal import AGCConfig
 from ivf_perception.io.errors import IVFIOError
 from ivf_perception.io.image_files import find_pairs, read_rgb, read_thermal, write_png
+from ivf_perception.io.thermal import AGCConfig
 
 __all__ = ["FolderFusionSummary", "fuse_folders", "fuse_folders_baseline", "OUTPUT_DIRS"]
 

@@ -11,8 +11,9 @@ import argparse
 import inspect
 import json
 import platform
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 

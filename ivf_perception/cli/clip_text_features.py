@@ -11,7 +11,7 @@ Class 0 (unlabelled/background) has no prompt: the list is the dataset's classes
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from ivf_perception.cli._common import setup_logging, user_errors
 from ivf_perception.io.classes import CLASS_TABLES, class_table

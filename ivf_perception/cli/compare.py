@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ivf_perception.cli._common import engine_from_args, setup_logging, user_errors
 from ivf_perception.cli.replay import add_bag_arguments, node_params_from_args, weights_label

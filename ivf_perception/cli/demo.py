@@ -15,8 +15,9 @@ import argparse
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ivf_perception import __version__
 from ivf_perception.baselines import BASELINES
@@ -25,8 +26,8 @@ from ivf_perception.cli.eval_fusion import evaluate_folders
 from ivf_perception.engine import Engine
 from ivf_perception.folder_fusion import fuse_folders, fuse_folders_baseline
 from ivf_perception.io.image_files import read_image
-from ivf_perception.scenes import SceneConfig, write_scene_bag, write_scene_folder
 from ivf_perception.metrics import ConfusionAccumulator
+from ivf_perception.scenes import SceneConfig, write_scene_bag, write_scene_folder
 
 __all__ = ["build_parser", "main", "DEMO_SEED"]
 
@@ -80,7 +81,7 @@ def _evaluate(engine: Engine, sample: Path, out: Path, is_night: dict[str, bool]
 
 
 def _report(metrics: dict[str, Any], engine: Engine, args: argparse.Namespace, seconds: float) -> str:
-    lines = [f"# ivf_perception demo report", "",
+    lines = ["# ivf_perception demo report", "",
              f"- ivf_perception {__version__}; engine {engine.variant}/{engine.preset} on {engine.device} "
              f"({engine.precision}), {engine.describe()['parameters'] / 1e6:.2f} M parameters",
              f"- sample: {args.frames} generated scenes {args.size[0]}x{args.size[1]} (seed {DEMO_SEED}, "

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from tqdm import tqdm
 
-from ivf_perception.cli._common import add_engine_arguments, engine_from_args, setup_logging, user_errors
 from ivf_perception.baselines import BASELINES
+from ivf_perception.cli._common import add_engine_arguments, engine_from_args, setup_logging, user_errors
 from ivf_perception.folder_fusion import FolderFusionSummary, fuse_folders, fuse_folders_baseline
 
 __all__ = ["build_parser", "main"]

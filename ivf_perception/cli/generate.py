@@ -8,7 +8,7 @@ The same ``--seed`` and ``--start`` always produce the same scenes.
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 from ivf_perception.cli._common import parse_size, user_errors
 from ivf_perception.scenes import SceneConfig, write_scene_bag, write_scene_folder

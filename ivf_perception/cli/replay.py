@@ -27,8 +27,8 @@ import argparse
 import json
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from ivf_perception.cli._common import add_engine_arguments, engine_from_args, parse_size, setup_logging, user_errors
 from ivf_perception.engine import DEFAULT_WEIGHTS, Engine

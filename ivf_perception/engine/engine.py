@@ -10,9 +10,10 @@ package picks a device.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -158,13 +159,13 @@ class Engine:
         return net
 
     @classmethod
-    def from_config(cls, config: PipelineConfig) -> "Engine":
+    def from_config(cls, config: PipelineConfig) -> Engine:
         """The engine a node, replay or a command asks for (:func:`~.config.engine_arguments`)."""
         model, kwargs = engine_arguments(config)
         return cls(model, **kwargs)
 
     @classmethod
-    def default(cls, **kwargs: Any) -> "Engine":
+    def default(cls, **kwargs: Any) -> Engine:
         """The bundled S4Fusion weights (trained on generated scenes + real unlabelled pairs)."""
         if not DEFAULT_WEIGHTS.is_file():
             raise WeightsError(_MISSING_DEFAULT)

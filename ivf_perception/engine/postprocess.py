@@ -5,7 +5,7 @@ Pure numpy/torch functions so the node, replay and the CLI produce identical ima
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import cv2
 import numpy as np

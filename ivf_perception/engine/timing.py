@@ -7,8 +7,8 @@ device synchronisation; the timer does that for CUDA devices and nothing on the 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 

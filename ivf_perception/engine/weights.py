@@ -13,9 +13,10 @@ sidecar is interpreted and the tensors are checked in one place.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -77,7 +78,7 @@ class WeightsInfo:
         return {"format": WEIGHTS_FORMAT, **self.__dict__}
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, Any], source: Path) -> "WeightsInfo":
+    def from_json(cls, obj: Mapping[str, Any], source: Path) -> WeightsInfo:
         if obj.get("format") != WEIGHTS_FORMAT:
             raise WeightsError(
                 f"{source}: sidecar format is {obj.get('format')!r}, expected {WEIGHTS_FORMAT!r}"

@@ -260,7 +260,7 @@ class BagReader:
     def close(self) -> None:
         self._close_normal()
 
-    def __enter__(self) -> "BagReader":
+    def __enter__(self) -> BagReader:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -84,9 +84,7 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         )
     if image.ndim == 3:
         channels = image.shape[2]
-        if channels == 1:
-            image = image[:, :, 0]
-        elif channels == 2:  # gray + alpha
+        if channels == 1 or channels == 2:
             image = image[:, :, 0]
         elif channels == 3:
             image = image[:, :, ::-1]

@@ -149,7 +149,7 @@ class FusionStatsValues:
     def from_frame(cls, *, rgb_stamp_ns: int, thermal_stamp_ns: int, frame_id: str,
                    engine_info: dict[str, Any], class_names: Sequence[str], labels: np.ndarray | None,
                    timings_ms: dict[str, float], pairing: Any, end_to_end_ms: float,
-                   processed: int, failed: int, resets: int) -> "FusionStatsValues":
+                   processed: int, failed: int, resets: int) -> FusionStatsValues:
         """Assemble the values of one processed pair.
 
         Args:

@@ -115,7 +115,7 @@ def agc_percentile(raw: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0
     return out
 
 
-def _kth_interpolated(flat: "torch.Tensor", pct: float) -> "torch.Tensor":
+def _kth_interpolated(flat: torch.Tensor, pct: float) -> torch.Tensor:
     """Per-row percentile of a ``(B, N)`` float tensor, numpy ``"linear"`` method.
 
     ``torch.quantile`` would do, but it refuses inputs above 16M elements (a batch of 8
@@ -137,8 +137,8 @@ def _kth_interpolated(flat: "torch.Tensor", pct: float) -> "torch.Tensor":
 
 
 def agc_percentile_torch(
-    raw: "torch.Tensor", low_pct: float = 1.0, high_pct: float = 99.0
-) -> "torch.Tensor":
+    raw: torch.Tensor, low_pct: float = 1.0, high_pct: float = 99.0
+) -> torch.Tensor:
     """Batched percentile AGC on any device; per-image percentiles, same result as numpy.
 
     Args:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import copy
 import fnmatch
 import warnings
-from typing import Any, Callable, Iterable, TypeVar, overload
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, overload
 
 from torch import nn
 

@@ -15,8 +15,8 @@ Modules, one job each: ``params`` (node parameters), ``inputs`` (opening a bag),
 from .bench import bench_replay
 from .compare import run_compare
 from .extract import ExtractOptions, ExtractResult, extract_dataset
-from .params import NodeParams, load_node_params
 from .inputs import EmptyBagError
+from .params import NodeParams, load_node_params
 from .runner import ReplayOptions, ReplayResult, run_replay
 from .topics import MissingTopicError, TopicSelection, UnsupportedTopicError, select_topics
 

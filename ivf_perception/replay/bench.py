@@ -16,8 +16,9 @@ overhead ratio (read + decode + write) / (engine time inside replay).
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ivf_perception.engine import Engine
 from ivf_perception.scenes import SceneConfig, write_scene_bag

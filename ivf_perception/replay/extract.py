@@ -25,7 +25,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +161,7 @@ def extract_dataset(options: ExtractOptions) -> ExtractResult:
         def save_index() -> None:
             write_json(options.out / "index.json", {
                 "format": EXTRACT_INDEX_FORMAT, "source": source, "complete": status == "complete",
-                "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "updated": datetime.now(UTC).isoformat(timespec="seconds"),
                 "frames": sorted(frames.values(), key=lambda f: f["rgb_stamp_ns"]), "skipped": skipped,
                 "pairing": stream.log.as_dict(), "read": {**reader.report.as_dict(), "lines": reader.report.lines()}})
 

@@ -7,8 +7,8 @@ package.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from html import escape
-from typing import Sequence
 
 import numpy as np
 

@@ -9,9 +9,10 @@ HTML has inline CSS and embeds images as base64 PNG, so it can be mailed or arch
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np

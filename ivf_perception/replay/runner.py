@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -249,7 +249,7 @@ def run_replay(options: ReplayOptions, engine: Engine) -> ReplayResult:
         OutputExistsError: ``options.out`` holds files and ``overwrite`` is off.
         DatasetError: the ``--labels`` folder is unusable.
     """
-    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    started = datetime.now(UTC).isoformat(timespec="seconds")
     reader, topics = open_bag_inputs(options.bag, options.distro, options.rgb_topic, options.thermal_topic,
                                      options.label_topic, detect_label=options.labels_dir is None)
     try:
@@ -289,7 +289,7 @@ def _summary(options: ReplayOptions, state: _Replay, stream: FrameStream, writer
     return {
         "status": status,
         "started": started,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "bag": {"path": str(options.bag), "topics": dict(reader.topics), "message_counts": dict(reader.counts),
                 "read": {**reader.report.as_dict(), "lines": reader.report.lines()}},
         "configuration": {

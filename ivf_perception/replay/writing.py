@@ -111,7 +111,7 @@ class OutputBag:
             writer, self._writer = self._writer, None
             writer.close()
 
-    def __enter__(self) -> "OutputBag":
+    def __enter__(self) -> OutputBag:
         return self
 
     def __exit__(self, *exc: object) -> None:

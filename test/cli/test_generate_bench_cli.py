@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ivf_perception.cli import bench, generate
+from ivf_perception.cli import generate
 from ivf_perception.cli.main import main as cli_main
 from ivf_perception.io.bag import list_topics
 

@@ -16,8 +16,8 @@ from ivf_perception.engine import DEFAULT_WEIGHTS, Engine
 from ivf_perception.engine.preprocess import prepare_thermal
 from ivf_perception.engine.weights import read_sidecar
 from ivf_perception.io.image_files import find_pairs, read_image, read_rgb
-from ivf_perception.scenes import SceneConfig, generate_scene
 from ivf_perception.metrics import ConfusionAccumulator, fusion_metrics
+from ivf_perception.scenes import SceneConfig, generate_scene
 
 HELD_OUT_SEED = 4242  # no training recipe uses this seed
 

@@ -34,7 +34,7 @@ def check_pair(rgb: np.ndarray, thermal: np.ndarray, name: str) -> None:
     assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.dtype == np.uint8, (name, rgb.shape, rgb.dtype)
     assert thermal.ndim == 2 and thermal.dtype == np.float32, (name, thermal.shape, thermal.dtype)
     assert thermal.shape == rgb.shape[:2], (name, thermal.shape, rgb.shape)
-    assert 0.0 <= float(thermal.min()) and float(thermal.max()) <= 1.0, name
+    assert float(thermal.min()) >= 0.0 and float(thermal.max()) <= 1.0, name
     assert thermal.std() > 0.01 and rgb.std() > 1.0, f"{name} looks blank"
 
 

@@ -11,8 +11,8 @@ from ivf_perception.io.stats_msg import (
     FusionStatsValues,
     fusion_stats_definition,
     fusion_stats_definition_path,
-    register_fusion_stats,
     rclpy_fusion_stats_type,
+    register_fusion_stats,
 )
 from ivf_perception.sync import Pair, PairingStats
 

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import timm
 import torch
+from base_tester import ModelTester
 from safetensors.torch import save_file
 
 from ivf_perception.engine import Engine
 from ivf_perception.models import build_model
 from ivf_perception.models.mafs import MAFS, PRESET_ARGS, TrunkWeightsError, checkpoint_filter_fn
-
-from base_tester import ModelTester
 
 
 def _inputs(b: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,7 +76,7 @@ def test_aux_outputs_in_training(size: tuple[int, int], batch: int) -> None:
     assert set(out.aux) == {"fused_y", "binary_logits", "boundary_logits", "aux_logits"}
     for key in ("fused_y", "binary_logits", "boundary_logits"):
         assert out.aux[key].shape == (batch, 1, h, w)
-    assert 0 <= out.aux["fused_y"].min() and out.aux["fused_y"].max() <= 1
+    assert out.aux["fused_y"].min() >= 0 and out.aux["fused_y"].max() <= 1
     assert [s.shape for s in out.aux["aux_logits"]] == [(batch, 4, h, w)] * 3
 
 
@@ -98,7 +97,7 @@ def test_reconstruction_path_shapes_and_gradients() -> None:
     model = _perturbed()
     rgb_rec, thermal_rec = model.reconstruct(*_inputs(2, 64, 96))
     assert rgb_rec.shape == (2, 3, 64, 96) and thermal_rec.shape == (2, 1, 64, 96)
-    assert 0 <= rgb_rec.min() and rgb_rec.max() <= 1 and 0 <= thermal_rec.min() and thermal_rec.max() <= 1
+    assert rgb_rec.min() >= 0 and rgb_rec.max() <= 1 and thermal_rec.min() >= 0 and thermal_rec.max() <= 1
     (rgb_rec.square().mean() + thermal_rec.square().mean()).backward()
     trained = _with_grad(model)
     expected = _stage_params(model, "reconstruction")

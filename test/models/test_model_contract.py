@@ -12,16 +12,16 @@ family's own test file; what every model promises is checked here and nowhere el
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+from base_tester import package_models
 from torch import nn
 
 from ivf_perception.models import FusionSegOutput, build_model
-
-from base_tester import package_models
 
 NUM_CLASSES = 5
 TEST_MODELS = package_models("test_*")

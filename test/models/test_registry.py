@@ -6,10 +6,9 @@ import re
 from pathlib import Path
 
 import pytest
+from base_tester import package_models
 
 from ivf_perception.models import UnknownModelError, build_model, list_models, list_presets, register_model, registry
-
-from base_tester import package_models
 
 
 def test_lists_registered_families() -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from base_tester import ModelTester
 
 from ivf_perception.models import build_model
 from ivf_perception.models.layers.color import rgb_to_gray
 from ivf_perception.models.s4fusion import PRESET_ARGS, S4Fusion, checkpoint_filter_fn
-
-from base_tester import ModelTester
 
 
 class TestS4Fusion(ModelTester):

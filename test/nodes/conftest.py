@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from rosgraph_helpers import DDS_PROFILE, RosProcess, RosGraph, next_domain_id, ros_env
+from rosgraph_helpers import DDS_PROFILE, RosGraph, RosProcess, next_domain_id, ros_env
 
 # The in-process participant reads these when rclpy creates it.
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"

@@ -12,10 +12,10 @@ import time
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
+from rosgraph_helpers import diag_values, diagnostic_status, image_msg, node_command, params, wait_until
 from sensor_msgs.msg import Image
 
 from ivf_perception.io.stats_msg import rclpy_fusion_stats_type
-from rosgraph_helpers import diag_values, diagnostic_status, image_msg, node_command, params, wait_until
 
 OK, WARN, ERROR = b"\x00", b"\x01", b"\x02"
 BASE_NS = 1_700_000_000 * 10**9

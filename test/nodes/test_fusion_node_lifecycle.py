@@ -17,10 +17,10 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from rcl_interfaces.msg import Parameter as ParameterMsg
 from rcl_interfaces.srv import SetParameters
 from rclpy.parameter import Parameter
+from rosgraph_helpers import diagnostic_status, image_msg, node_command, params, wait_until
 from sensor_msgs.msg import Image
 
 from ivf_perception.io import colorize_labels, image_to_numpy
-from rosgraph_helpers import diagnostic_status, image_msg, node_command, params, wait_until
 
 NODE = "/fusion_node"
 BASE_NS = 1_700_000_000 * 10**9

@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from rosgraph_helpers import REPO, params, wait_until
 from sensor_msgs.msg import Image
 
 from ivf_perception.engine import Engine
 from ivf_perception.io import decode_rgb, decode_thermal, header_stamp_ns, image_to_numpy, read_image_messages
 from ivf_perception.io.stats_msg import rclpy_fusion_stats_type
 from ivf_perception.scenes import SceneConfig, write_scene_bag
-from rosgraph_helpers import REPO, params, wait_until
 
 FRAMES = 30
 SLOP_S = 0.02

@@ -13,10 +13,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from rosgraph_helpers import image_msg, node_command, params, wait_until
 from sensor_msgs.msg import Image
 
 from ivf_perception.io.stats_msg import rclpy_fusion_stats_type
-from rosgraph_helpers import image_msg, node_command, params, wait_until
 
 SLOW_NODE = Path(__file__).with_name("slow_engine_node.py")
 FRAMES = 60

@@ -12,9 +12,9 @@ import pytest
 import yaml
 from rclpy.qos import ReliabilityPolicy
 
+from ivf_perception.engine.config import PIPELINE_SPECS, ParameterValueError
 from ivf_perception.nodes.dds import PROFILE_ENV, apply_large_images_profile, large_images_profile
 from ivf_perception.nodes.health import ERROR, OK, WARN, HealthSnapshot, RateMeter, StreamHealth, assess_health
-from ivf_perception.engine.config import PIPELINE_SPECS, ParameterValueError
 from ivf_perception.nodes.parameters import (
     NODE_PARAMETERS,
     PARAMETERS,
@@ -45,8 +45,8 @@ class TestParameters:
         assert set(NODE_ONLY_PARAMETERS) == {s.name for s in NODE_PARAMETERS}, "replay's list of the node's own"
 
     def test_safe_set_is_the_documented_one(self) -> None:
-        assert SAFE_PARAMETERS == {"palette", "overlay_alpha", "overlay_enabled", "slop_s",
-                                   "agc_low_pct", "agc_high_pct"}
+        assert {"palette", "overlay_alpha", "overlay_enabled", "slop_s",
+                                   "agc_low_pct", "agc_high_pct"} == SAFE_PARAMETERS
 
     @pytest.mark.parametrize(("name", "value", "message"), [
         ("overlay_alpha", 1.5, "overlay_alpha must be in [0.0, 1.0], got 1.5"),

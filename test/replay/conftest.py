@@ -11,11 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from replay_helpers import CONFIG, FRAMES
 
 from ivf_perception.engine import Engine
-from ivf_perception.scenes import write_scene_bag
 from ivf_perception.replay.runner import ReplayOptions
-from replay_helpers import CONFIG, FRAMES
+from ivf_perception.scenes import write_scene_bag
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+from replay_helpers import FRAMES
+
 from ivf_perception.cli.compare import main as compare_main
 from ivf_perception.replay.compare import comparison_rows
-from replay_helpers import FRAMES
 
 
 def test_compare_two_engines_on_the_same_bag(mcap_bag, tmp_path, capsys):

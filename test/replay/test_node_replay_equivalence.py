@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from replay_helpers import write_bag
 
 from ivf_perception.cli.replay import main as replay_main
 from ivf_perception.engine import WeightsInfo, save_weights
@@ -26,7 +27,6 @@ from ivf_perception.io import header_stamp_ns, image_to_numpy, make_header, nump
 from ivf_perception.io.classes import MFNET_CLASSES, MFNET_PALETTE
 from ivf_perception.models import build_model
 from ivf_perception.sync import PairingStats
-from replay_helpers import write_bag
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-rclpy wheels) is not installed")
 from rclpy.lifecycle import TransitionCallbackReturn  # noqa: E402  (after the skip)

@@ -7,16 +7,16 @@ import os
 from pathlib import Path
 
 import pytest
+from replay_helpers import CONFIG, FRAMES, MICRO, write_bag
 
 from ivf_perception.cli.replay import main as replay_main
 from ivf_perception.io.bag import write_image_bag
 from ivf_perception.io.bag_reader import BagReader
-from ivf_perception.scenes import generate_scene
 from ivf_perception.replay.inputs import EmptyBagError
 from ivf_perception.replay.outputs import OutputExistsError
 from ivf_perception.replay.runner import run_replay
 from ivf_perception.replay.topics import MissingTopicError, UnsupportedTopicError
-from replay_helpers import CONFIG, FRAMES, MICRO, write_bag
+from ivf_perception.scenes import generate_scene
 
 MS = 1_000_000
 T0 = 1_700_000_000 * 1_000_000_000

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from replay_helpers import FRAMES, MICRO
+
 from ivf_perception.cli.replay import main as replay_main
 from ivf_perception.engine import Engine
 from ivf_perception.io.bag_reader import BagReader
 from ivf_perception.replay.runner import run_replay
-from replay_helpers import FRAMES, MICRO
 
 
 class InterruptingEngine:

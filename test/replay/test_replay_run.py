@@ -8,16 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from replay_helpers import CONFIG, FRAMES, MICRO
 
 from ivf_perception.cli.replay import main as replay_main
 from ivf_perception.io.bag_reader import BagReader
 from ivf_perception.io.image_codec import header_stamp_ns, image_to_numpy
 from ivf_perception.io.stats_msg import FUSION_STATS_MSGTYPE
-from ivf_perception.scenes import write_scene_folder
 from ivf_perception.metrics import FUSION_METRIC_NAMES
 from ivf_perception.replay.runner import run_replay
-
-from replay_helpers import CONFIG, FRAMES, MICRO
+from ivf_perception.scenes import write_scene_folder
 
 SECTIONS = ("Headline", "Fusion metrics", "Segmentation", "Latency and throughput", "Pairing", "Input problems",
             "Best and worst frames", "Configuration", "Software")

@@ -35,7 +35,7 @@ BAGS = {"mono8": "545f85fb42598b77d37ed596b3f708a06a54eca0eacb6e5a9d655f70dbe54f
         "mono16": "662e44d59b4144a0cf920faa671fde0c600f58f0f389a278954abf0ec90d50c5"}
 
 
-def _update(digest: "hashlib._Hash", array: np.ndarray) -> None:
+def _update(digest: hashlib._Hash, array: np.ndarray) -> None:
     digest.update(array.tobytes())
     digest.update(repr((array.shape, array.dtype.str)).encode())
 

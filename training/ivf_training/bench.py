@@ -29,7 +29,6 @@ import torch
 import yaml
 
 from ivf_perception.models import list_models
-
 from ivf_training.config import TrainConfig, absolutize_paths, apply_overrides, config_from_dict
 from ivf_training.trainer import Trainer
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -23,7 +24,6 @@ from ivf_perception.engine.weights import WEIGHTS_FORMAT, load_weights, sidecar_
 from ivf_perception.io.classes import CLASS_TABLES, MFNET_CLASSES
 from ivf_perception.io.tensor_files import TensorFileError, read_safetensors
 from ivf_perception.models.cmfs.text_features import TextFeaturesError, text_features_for
-
 from ivf_training.config import ConfigError, ModelConfig, TrainConfig
 from ivf_training.datasets import RealPairsDataset, build_dataset, build_mix, default_split
 

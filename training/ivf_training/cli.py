@@ -21,8 +21,9 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 __all__ = ["build_parser", "main"]
 
@@ -122,9 +123,8 @@ def _options(items: Sequence[str]) -> dict[str, Any]:
 
 def _export(args: argparse.Namespace) -> int:
     from ivf_perception.engine.weights import save_weights
-
-    from ivf_training.onnx_export import export_onnx
     from ivf_training.export import load_run_weights
+    from ivf_training.onnx_export import export_onnx
 
     run = load_run_weights(args.run_dir, checkpoint=args.checkpoint)
     if args.onnx:  # refuse a model that cannot be exported before writing anything
@@ -168,7 +168,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     say = print if main_rank else (lambda *a, **k: None)
     # Imported here so `ivf-train --help` stays fast and import errors surface as messages.
     from ivf_perception.errors import IvfPerceptionError
-
     from ivf_training.config import load_config
     from ivf_training.distributed import init_distributed, shutdown_distributed
     from ivf_training.run_dir import read_run_config

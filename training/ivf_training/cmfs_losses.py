@@ -30,7 +30,6 @@ from torch import nn
 from ivf_perception.checks import check_shape
 from ivf_perception.models.base import FusionSegOutput
 from ivf_perception.models.layers.color import rgb_to_gray, rgb_to_ycbcr
-
 from ivf_training.losses import segmentation_loss, sobel_magnitude
 
 __all__ = ["DATASET_GAMMA_BETA", "CMFSLoss", "adjust_contrast", "cmfs_fusion_terms", "gamma_correct"]

@@ -86,7 +86,7 @@ class DistContext:
         return self.rank == 0
 
     @classmethod
-    def current(cls) -> "DistContext":
+    def current(cls) -> DistContext:
         """The context of the initialised process group, or a single process without one."""
         if not (dist.is_available() and dist.is_initialized()):
             return cls()

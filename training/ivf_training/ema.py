@@ -20,7 +20,8 @@ lerp; integer buffers such as ``num_batches_tracked`` are copied). Where ours di
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from timm.utils import ModelEmaV3
 from torch import nn

@@ -27,7 +27,6 @@ from torch import nn
 
 from ivf_perception.engine import Engine
 from ivf_perception.engine.weights import WeightsInfo
-
 from ivf_training.datasets import build_dataset, default_split, describe_dataset
 from ivf_training.export import load_run_weights
 from ivf_training.validation import FUSION_EVAL_METRICS, SEG_VAL_METRICS, forward_full_size, validate_model

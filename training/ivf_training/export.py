@@ -17,7 +17,6 @@ from ivf_perception.engine.weights import WeightsInfo, save_weights
 from ivf_perception.io.tensor_files import TensorFileError, read_safetensors
 from ivf_perception.models import build_model
 from ivf_perception.models.registry import without_pretrained_files
-
 from ivf_training.build import resolve_classes
 from ivf_training.checkpoint import CheckpointError, load_checkpoint
 from ivf_training.config import config_to_dict

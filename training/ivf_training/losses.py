@@ -47,7 +47,6 @@ from ivf_perception.io.tensor_files import TensorFileError, TensorFileNotFoundEr
 from ivf_perception.models.base import FusionSegOutput
 from ivf_perception.models.layers.color import rgb_to_ycbcr
 from ivf_perception.models.layers.sobel import sobel_magnitude as _layer_sobel_magnitude
-
 from ivf_training.augment import IGNORE_INDEX
 
 __all__ = [
@@ -245,7 +244,7 @@ class PerceptionLoss(nn.Module):
         """Whether weights were loaded and the loss contributes."""
         return self.net is not None
 
-    def train(self, mode: bool = True) -> "PerceptionLoss":
+    def train(self, mode: bool = True) -> PerceptionLoss:
         """Keep the frozen ResNet in eval mode (batch-norm statistics must not move)."""
         super().train(mode)
         if self.net is not None:

@@ -63,7 +63,6 @@ from torch import nn
 from ivf_perception.checks import ShapeError, check_shape
 from ivf_perception.models.base import FusionSegOutput
 from ivf_perception.models.layers.color import rgb_to_gray
-
 from ivf_training.augment import IGNORE_INDEX
 from ivf_training.losses import gradient_loss, intensity_loss, sobel_magnitude
 

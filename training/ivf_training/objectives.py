@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Generic, Mapping, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,6 @@ from torch import nn
 from ivf_perception.engine.weights import build_model_from_weights
 from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.models.base import FusionSegOutput
-
 from ivf_training.cmfs_losses import CMFSLoss
 from ivf_training.config import (
     CMFSLossConfig,
@@ -126,7 +126,7 @@ class Objective(abc.ABC, Generic[SettingsT]):
     export_refusal: ClassVar[str | None] = None
 
     @classmethod
-    def from_config(cls, lc: SettingsT, num_classes: int) -> "Objective[SettingsT]":
+    def from_config(cls, lc: SettingsT, num_classes: int) -> Objective[SettingsT]:
         """The objective of the settings ``lc`` (of this class's kind) for a model segmenting
         ``num_classes`` classes; files it needs (a teacher) are loaded here, before any run
         directory is written."""
@@ -141,7 +141,7 @@ class Objective(abc.ABC, Generic[SettingsT]):
         """Check that ``model`` suits the objective and freeze what it does not train; called
         once, before the optimiser collects the trainable parameters."""
 
-    def to(self, device: torch.device) -> "Objective":
+    def to(self, device: torch.device) -> Objective:
         """Move the objective's own modules (a teacher) to ``device``."""
         return self
 
@@ -306,7 +306,7 @@ class MaskedReconstructionObjective(Objective[MAFSStage1LossConfig]):
         self.val_seed = val_seed
 
     @classmethod
-    def from_config(cls, lc: MAFSStage1LossConfig, num_classes: int) -> "MaskedReconstructionObjective":
+    def from_config(cls, lc: MAFSStage1LossConfig, num_classes: int) -> MaskedReconstructionObjective:
         return cls(lc.mask_patch, lc.mask_ratio)
 
     @classmethod
@@ -405,7 +405,7 @@ class DistilledFusionSegObjective(Objective[MAFSStage2LossConfig]):
         self.teacher = teacher
 
     @classmethod
-    def from_config(cls, lc: MAFSStage2LossConfig, num_classes: int) -> "DistilledFusionSegObjective":
+    def from_config(cls, lc: MAFSStage2LossConfig, num_classes: int) -> DistilledFusionSegObjective:
         return cls(load_teacher(lc.teacher_weights, num_classes) if lc.teacher_weights else None)
 
     @classmethod
@@ -421,7 +421,7 @@ class DistilledFusionSegObjective(Objective[MAFSStage2LossConfig]):
         if int(getattr(model, "num_classes", 0)) == 0:
             raise ConfigError("loss.kind 'mafs_stage2' trains segmentation; set model.num_classes > 0")
 
-    def to(self, device: torch.device) -> "DistilledFusionSegObjective":
+    def to(self, device: torch.device) -> DistilledFusionSegObjective:
         if self.teacher is not None:
             self.teacher.to(device)
         return self

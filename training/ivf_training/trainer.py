@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from timm.scheduler.scheduler import Scheduler
@@ -30,7 +31,6 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ivf_perception.models import FusionSegOutput, build_model
-
 from ivf_training.augment import JointAugment
 from ivf_training.build import (
     build_datasets,
@@ -187,7 +187,7 @@ class Trainer:
     # ---- construction from a configuration ---------------------------------------------------
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig, run_dir: Path) -> "Trainer":
+    def from_config(cls, cfg: TrainConfig, run_dir: Path) -> Trainer:
         """Seed, build the model, datasets and loss from ``cfg`` and unpack it into a Trainer."""
         seed_everything(cfg.seed)
         m = cfg.model

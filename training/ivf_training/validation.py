@@ -19,7 +19,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from ivf_perception.models import FusionSegOutput
 from ivf_perception.metrics import (
     ConfusionAccumulator,
     average_gradient,
@@ -36,7 +35,7 @@ from ivf_perception.metrics import (
     to_gray_u8,
     vif,
 )
-
+from ivf_perception.models import FusionSegOutput
 from ivf_training.augment import IGNORE_INDEX
 from ivf_training.distributed import DistContext, gather_objects, shard_dataset
 from ivf_training.objectives import forward_full_size

@@ -17,9 +17,9 @@ trained by its own test in ``test_trainer.py`` when it is registered.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ivf_perception.models import FusionSegModel, FusionSegOutput, register_model
-
 from ivf_training.config import TrainConfig, load_config
 
 STANDIN = "test_training_standin"

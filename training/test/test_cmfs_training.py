@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from lr_helpers import lrs, optimizer
 from timm.scheduler import PolyLRScheduler
 
 from ivf_perception.engine import Engine
 from ivf_perception.models.base import FusionSegOutput
-
 from ivf_training.cmfs_losses import DATASET_GAMMA_BETA, CMFSLoss, adjust_contrast, cmfs_fusion_terms, gamma_correct
-from ivf_training.config import ConfigError, TrainConfig, load_config
-from ivf_training.losses import sobel_magnitude
-from ivf_training.config import OptimConfig
+from ivf_training.config import ConfigError, OptimConfig, TrainConfig, load_config
 from ivf_training.export import export_engine_weights
+from ivf_training.losses import sobel_magnitude
 from ivf_training.objectives import CMFSObjective
 from ivf_training.schedules import build_schedule
 from ivf_training.trainer import Trainer, start_run
-
-from lr_helpers import lrs, optimizer
 
 MakeConfig = Callable[..., TrainConfig]
 RECIPES = Path(__file__).resolve().parents[2] / "training" / "recipes"

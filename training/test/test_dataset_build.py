@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
+from layout_builders import write_scene
 
 from ivf_perception.io.errors import DatasetError
-
+from ivf_training.build import build_datasets
 from ivf_training.config import ConfigError, TrainConfig
 from ivf_training.datasets import DATASET_KINDS, MSRSDataset, build_dataset, describe_dataset
-from ivf_training.build import build_datasets
 from ivf_training.trainer import start_run
-
-from layout_builders import write_scene
 
 MakeConfig = Callable[..., TrainConfig]
 

@@ -9,15 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from layout_builders import H, W, assert_augmentation_keeps_alignment, assert_loaded, write_scene
 
 from ivf_perception.io.errors import DatasetError, DatasetNotFoundError
-from ivf_perception.io.image_files import write_png
 from ivf_perception.io.extract_layout import EXTRACT_INDEX_FORMAT
-
+from ivf_perception.io.image_files import write_png
 from ivf_training.augment import IGNORE_INDEX
 from ivf_training.datasets import ExtractedDataset, build_dataset
-
-from layout_builders import H, W, assert_augmentation_keeps_alignment, assert_loaded, write_scene
 
 STAMPS = [1_700_000_000_000_000_000 + i * 100_000_000 for i in range(6)]
 NAMES = [f"{s:019d}" for s in STAMPS]

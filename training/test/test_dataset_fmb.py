@@ -6,14 +6,12 @@ import logging
 from pathlib import Path
 
 import pytest
+from layout_builders import assert_augmentation_keeps_alignment, assert_loaded, block_labels, write_scene
 
 from ivf_perception.io.classes import FMB_CLASSES, FMB_PALETTE
 from ivf_perception.io.errors import DatasetError
 from ivf_perception.io.image_files import write_png
-
 from ivf_training.datasets import FMBDataset, build_dataset, default_split
-
-from layout_builders import assert_augmentation_keeps_alignment, assert_loaded, block_labels, write_scene
 
 SHIFTS = {"00011": 0, "00152": 8, "01230": 9}
 

@@ -7,14 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from layout_builders import H, W, assert_augmentation_keeps_alignment, assert_loaded, block_labels, write_scene
 
 from ivf_perception.io.errors import DatasetError, DatasetNotFoundError
 from ivf_perception.io.image_files import write_png
-
 from ivf_training.augment import IGNORE_INDEX
 from ivf_training.datasets import FolderPairDataset, build_dataset, default_split
-
-from layout_builders import H, W, assert_augmentation_keeps_alignment, assert_loaded, block_labels, write_scene
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from ivf_perception.io.errors import DatasetError
-
 from ivf_training.datasets import GeneratedScenesDataset, build_dataset, describe_dataset
 
 

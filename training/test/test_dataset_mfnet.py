@@ -7,13 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from ivf_perception.io.classes import MFNET_CLASSES
-from ivf_perception.io.errors import DatasetError, DatasetNotFoundError, ImageFileError
-from ivf_perception.io.image_files import write_png
-
-from ivf_training.datasets import MFNetDataset, build_dataset, default_split
-
 from layout_builders import (
     assert_augmentation_keeps_alignment,
     assert_loaded,
@@ -21,6 +14,11 @@ from layout_builders import (
     scene,
     write_scene,
 )
+
+from ivf_perception.io.classes import MFNET_CLASSES
+from ivf_perception.io.errors import DatasetError, DatasetNotFoundError, ImageFileError
+from ivf_perception.io.image_files import write_png
+from ivf_training.datasets import MFNetDataset, build_dataset, default_split
 
 SPLITS = {"train": ["00001D", "00002N", "00003D"], "val": ["00004N"], "test": ["00005D"]}
 SHIFTS = {name: i for i, name in enumerate(n for names in SPLITS.values() for n in names)}

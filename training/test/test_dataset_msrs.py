@@ -7,14 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from layout_builders import assert_augmentation_keeps_alignment, assert_loaded, block_labels, write_scene
 
 from ivf_perception.io.classes import MFNET_CLASSES
 from ivf_perception.io.errors import DatasetError, DatasetNotFoundError
 from ivf_perception.io.image_files import write_png
-
 from ivf_training.datasets import MSRSDataset, build_dataset, default_split
-
-from layout_builders import assert_augmentation_keeps_alignment, assert_loaded, block_labels, write_scene
 
 SPLITS = {"train": ["00001D", "00003N", "00005N"], "test": ["00004N", "00055D"]}
 

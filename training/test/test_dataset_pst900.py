@@ -7,14 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from layout_builders import H, W, assert_augmentation_keeps_alignment, assert_loaded, block_labels, write_scene
 
 from ivf_perception.io.classes import PST900_CLASSES, PST900_PALETTE
 from ivf_perception.io.errors import DatasetError
 from ivf_perception.io.image_files import write_png
-
 from ivf_training.datasets import PST900Dataset, build_dataset, default_split
-
-from layout_builders import H, W, assert_augmentation_keeps_alignment, assert_loaded, block_labels, write_scene
 
 NAMES = {"train": ["31_bag1a_rect_rgb_frame0000000007", "31_bag1a_rect_rgb_frame0000000019"],
          "test": ["32_bag2b_rect_rgb_frame0000000101"]}

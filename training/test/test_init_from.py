@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 
 from ivf_perception.engine.weights import WeightsInfo, save_weights
 from ivf_perception.models import build_model
-from ivf_training.config import ConfigError, load_config
 from ivf_training.build import load_initial_weights
+from ivf_training.config import ConfigError, load_config
 
 
 def test_engine_weights_and_checkpoints_initialise_the_model(tmp_path: Path) -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import pytest
 
 from ivf_perception.models import build_model
-
 from ivf_training.build import TextGuided
 from ivf_training.cmfs_losses import CMFSLoss
 from ivf_training.config import (
@@ -44,7 +43,7 @@ EXPECTED = {
 
 def test_every_settings_class_has_its_objective() -> None:
     assert tagged_classes(LossConfig) == {k: v[0] for k, v in EXPECTED.items()}
-    assert OBJECTIVES == {k: v[1] for k, v in EXPECTED.items()}
+    assert {k: v[1] for k, v in EXPECTED.items()} == OBJECTIVES
 
 
 @pytest.mark.parametrize("kind", list(EXPECTED))

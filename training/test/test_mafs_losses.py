@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from ivf_perception.checks import ShapeError
 from ivf_perception.models import build_model
 from ivf_perception.models.base import FusionSegOutput
-
 from ivf_training.losses import gradient_loss, intensity_loss
 from ivf_training.mafs_losses import (
     MAFS_STAGE2_AUX_KEYS,

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
+from lr_helpers import lrs, optimizer
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -24,17 +25,14 @@ from torch.nn.parallel import DistributedDataParallel
 from ivf_perception.engine import Engine
 from ivf_perception.models import build_model
 from ivf_perception.models.base import FusionSegOutput
-
 from ivf_training.augment import JointAugment
 from ivf_training.config import ConfigError, TrainConfig, load_config
+from ivf_training.export import export_engine_weights
 from ivf_training.mafs_losses import MAFSStage1Loss, MAFSStage2Loss
 from ivf_training.objectives import DistilledFusionSegObjective, MaskedReconstructionObjective, load_teacher
-from ivf_training.export import export_engine_weights
 from ivf_training.optim import build_optimizer, param_groups
 from ivf_training.schedules import WarmupExpScheduler, build_schedule
 from ivf_training.trainer import Trainer, resume_run, start_run
-
-from lr_helpers import lrs, optimizer
 
 RECIPES = Path(__file__).resolve().parents[2] / "training" / "recipes"
 STAGE1 = ("encoder", "fuser", "recon_head")

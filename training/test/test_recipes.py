@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from ivf_perception.models import is_model, list_models
-
 from ivf_training.config import load_config
 
 RECIPES = Path(__file__).resolve().parents[2] / "training" / "recipes"

@@ -7,8 +7,8 @@ ignored pixels, and every loss term a mean over equally many values per micro-ba
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch

@@ -11,7 +11,6 @@ import torch
 
 from ivf_perception.io.errors import DatasetError, DatasetNotFoundError
 from ivf_perception.io.image_files import write_png
-
 from ivf_training.augment import IGNORE_INDEX, JointAugment
 from ivf_training.datasets import (
     AugmentedDataset,
@@ -22,6 +21,7 @@ from ivf_training.datasets import (
     build_mix,
     describe_dataset,
 )
+
 
 def _rgb(h: int, w: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
@@ -109,7 +109,7 @@ def test_generated_scenes_are_deterministic() -> None:
     assert a["name"] == "scene_0000011"
     assert a["rgb"].shape == (3, 64, 80) and a["thermal"].shape == (1, 64, 80) and a["labels"].shape == (64, 80)
     assert all(torch.equal(a[k], b[k]) for k in ("rgb", "thermal", "labels"))
-    assert 0 <= float(a["thermal"].min()) and float(a["thermal"].max()) <= 1
+    assert float(a["thermal"].min()) >= 0 and float(a["thermal"].max()) <= 1
     assert int(a["labels"].max()) < 9
     with pytest.raises(IndexError):
         ds[3]

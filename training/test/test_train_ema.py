@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ivf_perception.engine.weights import load_weights
-
 from ivf_training.config import ConfigError, TrainConfig
 from ivf_training.ema import ModelEMA
 from ivf_training.export import export_engine_weights

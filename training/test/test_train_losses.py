@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from ivf_perception.models.base import FusionSegOutput
-
 from ivf_training.losses import (
     FusionSegLoss,
     PerceptionLoss,

@@ -4,15 +4,14 @@ are refused with a message before anything is written."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 
 from ivf_perception.engine import Engine
 from ivf_perception.models import build_model
-
 from ivf_training.cli import main
 from ivf_training.config import TrainConfig
 from ivf_training.onnx_export import OnnxExportError, export_onnx

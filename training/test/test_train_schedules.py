@@ -8,12 +8,11 @@ formulas order the same floating-point operations differently, hence ``rel=1e-12
 from __future__ import annotations
 
 import pytest
+from lr_helpers import lrs, optimizer
 from timm.scheduler import CosineLRScheduler, PolyLRScheduler
 
 from ivf_training.config import OptimConfig
 from ivf_training.schedules import WarmupExpScheduler, build_schedule
-
-from lr_helpers import lrs, optimizer
 
 STEPS = (0, 3, 7, 8, 40, 99, 150, 199)
 PREVIOUS = {

@@ -4,30 +4,27 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
 import yaml
+from lr_helpers import lrs, optimizer
 from safetensors.torch import load_file
 
 from ivf_perception.engine.weights import load_weights
 from ivf_perception.io.classes import MFNET_CLASSES, MFNET_PALETTE
 from ivf_perception.metrics import ConfusionAccumulator, segmentation_scores
 from ivf_perception.models import list_models
-
 from ivf_training.checkpoint import CheckpointError
 from ivf_training.cli import build_parser, main
-from ivf_training.config import ConfigError, TrainConfig, config_to_dict
-from ivf_training.losses import FusionSegLoss
-from ivf_training.config import OptimConfig
+from ivf_training.config import ConfigError, OptimConfig, TrainConfig, config_to_dict
 from ivf_training.export import export_engine_weights
+from ivf_training.losses import FusionSegLoss
 from ivf_training.optim import param_groups
 from ivf_training.schedules import build_schedule
 from ivf_training.trainer import Trainer, resume_run, start_run
-
-from lr_helpers import lrs, optimizer
 
 STANDIN = "test_training_standin"  # registered by conftest.py
 MakeConfig = Callable[..., TrainConfig]

@@ -6,9 +6,8 @@ import importlib
 import inspect
 import pkgutil
 
-from ivf_perception.errors import IvfPerceptionError
-
 import ivf_training
+from ivf_perception.errors import IvfPerceptionError
 
 
 def test_every_public_training_error_derives_from_the_base() -> None:

@@ -10,7 +10,7 @@ branch and a GELU variant of the attention at FSC's output.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -7,7 +7,8 @@ presets stay plain data and callers can still pass their own layer.
 
 from __future__ import annotations
 
-from typing import Callable, TypedDict
+from collections.abc import Callable
+from typing import TypedDict
 
 import torch
 from torch import nn

@@ -15,7 +15,7 @@ bin, so no epsilon is needed (CMFS's public code adds 1e-8 at three places for t
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

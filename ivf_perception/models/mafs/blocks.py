@@ -7,7 +7,7 @@ shallow extractor) in one place keeps the state-dict names of every module alike
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

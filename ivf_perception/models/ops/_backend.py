@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -32,7 +32,7 @@ def _disabled_by_env() -> bool:
     return os.environ.get(DISABLE_ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _import_cuda_scan() -> tuple[Callable[..., object] | None, str]:
     """Import mamba-ssm's selective scan once; returns (function or None, reason if None)."""
     try:

@@ -10,7 +10,8 @@ Mamba layer's (softplus(Δ) mostly in 0.005..0.05, S4D-real A = -(1..N)).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, cast
+from collections.abc import Callable
+from typing import Any, cast
 
 import torch
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 import copy
 import os
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 

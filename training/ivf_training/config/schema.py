@@ -16,7 +16,8 @@ import copy
 import dataclasses
 import types
 import typing
-from typing import Any, Literal, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from ivf_perception.errors import IvfPerceptionError
 

@@ -31,7 +31,6 @@ from torch.utils.data import Dataset
 from ivf_perception.io.classes import ClassTable
 from ivf_perception.io.errors import DatasetError, IVFIOError
 from ivf_perception.io.image_files import read_image, read_rgb, read_thermal
-
 from ivf_training.augment import IGNORE_INDEX
 
 from .listing import Listing, SampleFiles, report_listing

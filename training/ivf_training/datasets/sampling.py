@@ -13,7 +13,6 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from ivf_perception.io.errors import DatasetError
-
 from ivf_training.augment import JointAugment
 
 from .common import Sample
