@@ -40,7 +40,8 @@ def generate_launch_description() -> LaunchDescription:
                               description="RGB sensor_msgs/CameraInfo (optional)"),
         DeclareLaunchArgument("thermal_info_topic", default_value="/camera/thermal/camera_info",
                               description="thermal sensor_msgs/CameraInfo (optional)"),
-        DeclareLaunchArgument("use_rviz", default_value="false", description="start RViz with rviz/ivf_perception.rviz"),
+        DeclareLaunchArgument("use_rviz", default_value="false",
+                              description="start RViz with rviz/ivf_perception.rviz"),
         DeclareLaunchArgument("dds_profile",
                               default_value=EnvironmentVariable(
                                   "FASTDDS_DEFAULT_PROFILES_FILE",

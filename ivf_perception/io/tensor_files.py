@@ -163,7 +163,8 @@ def read_safetensors_with_metadata(path: str | os.PathLike[str], *, what: str = 
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = dict(handle.metadata() or {})
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            # a safe_open handle is no dict: keys() is its API for listing tensors
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as exc:
         raise _fail(what, path, f"corrupt or truncated safetensors file ({exc})") from exc
     return tensors, metadata

@@ -172,7 +172,8 @@ class FusionNode(LifecycleNode):
             "overlay": self.create_lifecycle_publisher(Image, "segmentation/overlay", out_qos),
         }
         if self._stats_type is not None:
-            self._publishers_by_name["stats"] = self.create_lifecycle_publisher(self._stats_type, "fusion/stats", out_qos)
+            self._publishers_by_name["stats"] = self.create_lifecycle_publisher(
+                self._stats_type, "fusion/stats", out_qos)
         if abs(self._diagnostics_timer.timer_period_ns - config.diagnostics_period_s * 1e9) > 1:
             self.destroy_timer(self._diagnostics_timer)
             self._diagnostics_timer = self.create_timer(config.diagnostics_period_s, self._publish_diagnostics)
@@ -185,12 +186,12 @@ class FusionNode(LifecycleNode):
 
     @_transition
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        config = self._config  # set: the state machine only activates a configured node
+        config, qos = self._config, self._image_qos
+        assert config is not None and qos is not None, "the lifecycle only activates a configured node"
         pipeline = config.pipeline
         self._reset_counters()
         self._pairer = ApproximateTimePairer(pipeline.slop_s, pipeline.queue_size, pipeline.time_jump_threshold_s)
         self._slot = LatestSlot(self._pairer.stats)
-        qos = self._image_qos
         self._subscriptions_list = [
             self.create_subscription(Image, f"{s}/image", functools.partial(self._on_image, s), qos)
             for s in STREAMS
@@ -315,13 +316,15 @@ class FusionNode(LifecycleNode):
         self._meters[stream].tick(now)
         self._last_rx[stream] = now
         self._image_size[stream] = (msg.width, msg.height)
-        pair = self._pairer.add(stream, header_stamp_ns(msg), msg)
-        for jump in self._pairer.take_time_jumps():
+        pairer, slot = self._pairer, self._slot
+        assert pairer is not None and slot is not None, "subscriptions exist only while active"
+        pair = pairer.add(stream, header_stamp_ns(msg), msg)
+        for jump in pairer.take_time_jumps():
             self.get_logger().warning(
                 f"{jump.stream} stamps jumped back by {jump.back_s:.3f} s (bag loop or clock "
                 "reset): pairing queues reset")
         if pair is not None:
-            self._slot.put(pair)
+            slot.put(pair)
 
     def _on_camera_info(self, stream: str, msg: CameraInfo) -> None:
         self._camera_info_size[stream] = (msg.width, msg.height)
@@ -330,6 +333,7 @@ class FusionNode(LifecycleNode):
 
     def _work(self) -> None:
         slot = self._slot
+        assert slot is not None, "the worker runs only while active"
         while not self._stop.is_set():
             pair = slot.get(timeout=0.2)
             if pair is not None:
@@ -351,25 +355,30 @@ class FusionNode(LifecycleNode):
             self.get_logger().error(traceback.format_exc(), throttle_duration_sec=5.0)
 
     def _infer(self, pair: Pair[Image]) -> EngineResult:
-        return self._engine.infer(decode_rgb(pair.rgb), decode_thermal(pair.thermal))
+        engine = self._engine
+        assert engine is not None, "frames are processed only while active"
+        return engine.infer(decode_rgb(pair.rgb), decode_thermal(pair.thermal))
 
     def _publish(self, pair: Pair[Image], result: EngineResult, started: float) -> None:
-        pubs, runtime, header = self._publishers_by_name, self._runtime, pair.rgb.header
+        pubs, runtime, engine, pairer = self._publishers_by_name, self._runtime, self._engine, self._pairer
+        assert runtime is not None and engine is not None and pairer is not None, "publishing only while active"
+        header = pair.rgb.header
         pubs["fused"].publish(numpy_to_image(result.fused, "rgb8", header=header))
         if result.labels is not None:
             pubs["labels"].publish(numpy_to_image(result.labels, "mono8", header=header))
-            if runtime.overlay_enabled and pubs["overlay"].get_subscription_count() > 0:
-                pubs["overlay"].publish(numpy_to_image(result.overlay(runtime.overlay_alpha), "rgb8", header=header))
+            overlay = (result.overlay(runtime.overlay_alpha)
+                       if runtime.overlay_enabled and pubs["overlay"].get_subscription_count() > 0 else None)
+            if overlay is not None:
+                pubs["overlay"].publish(numpy_to_image(overlay, "rgb8", header=header))
         self._processed += 1
         end_to_end_ms = (self.get_clock().now().nanoseconds - pair.rgb_stamp_ns) / 1e6
         if "stats" in pubs:
-            engine = self._engine
             values = FusionStatsValues.from_frame(
                 rgb_stamp_ns=pair.rgb_stamp_ns, thermal_stamp_ns=pair.thermal_stamp_ns,
                 frame_id=header.frame_id, engine_info=self._engine_info, class_names=engine.class_names,
-                labels=result.labels, timings_ms=result.timings_ms, pairing=self._pairer.stats,
+                labels=result.labels, timings_ms=result.timings_ms, pairing=pairer.stats,
                 end_to_end_ms=end_to_end_ms, processed=self._processed, failed=self._failed,
-                resets=self._pairer.stats.resets)
+                resets=pairer.stats.resets)
             pubs["stats"].publish(values.to_rclpy())
         self._meters["output"].tick()
         self._latency_ms.append(end_to_end_ms)
@@ -391,7 +400,7 @@ class FusionNode(LifecycleNode):
         state = "active" if self._active else ("inactive" if engine is not None else "unconfigured")
         streams: dict[str, StreamHealth] = {}
         pairing = self._pairer.stats if self._pairer is not None else None
-        if self._active:
+        if self._active and pairing is not None:
             topics = {s: sub.topic_name for s, sub in zip(STREAMS, self._subscriptions_list)}
             for s in STREAMS:
                 last = self._last_rx[s]

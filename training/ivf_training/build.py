@@ -198,7 +198,8 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
     if g.train_count:
         parts.append((build_dataset("generated", count=g.train_count, config=g.scene, start=g.train_start), 1))
     for root in d.train_folders:
-        dataset = build_dataset(d.kind, root, train_split, num_classes=k, short_side=d.real_short_side, **d.loader_options)
+        dataset = build_dataset(d.kind, root, train_split, num_classes=k, short_side=d.real_short_side,
+                                **d.loader_options)
         parts.append((dataset, d.real_repeat))
     if d.train_real:
         parts.append((RealPairsDataset(d.train_real, short_side=d.real_short_side), d.real_repeat))

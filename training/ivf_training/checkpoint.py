@@ -193,7 +193,8 @@ def capture_rng() -> dict[str, Any]:
 
 def restore_rng(state: Mapping[str, Any]) -> None:
     """Inverse of :func:`capture_rng`."""
-    random.setstate((state["python_version"], tuple(int(v) for v in state["python_keys"].tolist()), state["python_gauss"]))
+    random.setstate((state["python_version"], tuple(int(v) for v in state["python_keys"].tolist()),
+                     state["python_gauss"]))
     np.random.set_state((
         state["numpy_name"],
         state["numpy_keys"].numpy().astype(np.uint32),

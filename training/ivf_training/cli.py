@@ -210,8 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutdown_distributed()
     best = result["best_value"]
-    best_text = f"best {result['best_metric']} {best:.4f} at step {result['best_step']}" if best is not None else "no validation"
-    say(f"finished at step {result['step']}: {best_text}; export with: ivf-train export {trainer.run_dir} --out FILE.safetensors")
+    best_text = (f"best {result['best_metric']} {best:.4f} at step {result['best_step']}" if best is not None
+                 else "no validation")
+    say(f"finished at step {result['step']}: {best_text}; "
+        f"export with: ivf-train export {trainer.run_dir} --out FILE.safetensors")
     return 0
 
 

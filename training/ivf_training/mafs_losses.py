@@ -283,10 +283,7 @@ def ohem_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, thresh: fl
     losses = pixel.flatten()[labels.flatten() != IGNORE_INDEX]
     k = min(labels.numel() // 16 if min_kept is None else min_kept, losses.numel())
     hard = losses > -math.log(thresh)
-    if int(hard.sum()) >= k:
-        kept = losses[hard]
-    else:
-        kept = losses.topk(k).values
+    kept = losses[hard] if int(hard.sum()) >= k else losses.topk(k).values
     return kept.sum() / max(kept.numel(), 1)
 
 

@@ -67,7 +67,8 @@ def build_schedule(o: OptimConfig, optimizer: Optimizer, max_steps: int,
     decay_steps = max(1, max_steps - 1 - warmup)
     if o.schedule == "exp":
         if not steps_per_epoch or steps_per_epoch < 1:
-            raise ConfigError(f"optim.schedule exp decays per epoch and needs steps_per_epoch >= 1, got {steps_per_epoch}")
+            raise ConfigError(f"optim.schedule exp decays per epoch and needs steps_per_epoch >= 1, "
+                              f"got {steps_per_epoch}")
         return WarmupExpScheduler(optimizer, warmup_t=warmup, warmup_lr_init=o.lr_start,
                                   steps_per_epoch=steps_per_epoch, gamma=o.gamma_decay)
     common = dict(t_initial=decay_steps, lr_min=o.lr_end, warmup_t=warmup, warmup_lr_init=o.lr_start,

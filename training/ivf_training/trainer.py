@@ -70,8 +70,8 @@ __all__ = ["Trainer", "start_run", "resume_run"]
 ScheduleFactory = Callable[[torch.optim.Optimizer], Scheduler]
 """Builds the learning-rate schedule over the trainer's optimiser (:func:`~ivf_training.schedules.build_schedule`)."""
 
-_LOSS_TERMS = ("total", "seg_ce", "fus_intensity", "fus_ssim", "fus_gradient", "fus_color", "per_entropy", "per_texture",
-               "moe_balance",
+_LOSS_TERMS = ("total", "seg_ce", "fus_intensity", "fus_ssim", "fus_gradient", "fus_color", "per_entropy",
+               "per_texture", "moe_balance",
                # MAFS stage I (masked reconstruction) and stage II (fusion + segmentation, DWA weights)
                "rec_rgb", "rec_rgb_intensity", "rec_rgb_gradient", "rec_thermal", "rec_thermal_intensity",
                "rec_thermal_gradient", "fusion", "segmentation", "seg_ohem", "seg_aux", "seg_binary", "seg_boundary",
@@ -151,7 +151,8 @@ class Trainer:
         self.class_names = list(class_names)
         known = self.validation_metric_names()
         if best_metric not in known:
-            raise ConfigError(f"best_metric '{best_metric}' is not a validation metric; choose one of {', '.join(known)}")
+            raise ConfigError(f"best_metric '{best_metric}' is not a validation metric; "
+                              f"choose one of {', '.join(known)}")
         self.best_metric = best_metric
         self.best_mode = best_mode
         self.sampler = ResumableBatchSampler(len(self.train_set), batch_size, seed)
@@ -301,7 +302,8 @@ class Trainer:
 
     def _autocast(self) -> torch.autocast:
         """The mixed-precision context of model forward passes (disabled at full precision)."""
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
 
     def _train_step(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """One optimiser step on this rank's share of the global batch, in ``accum_steps``
@@ -382,7 +384,8 @@ class Trainer:
                         bar.set_postfix(loss=f"{means['total']:.4f}")
                         sums, count, t_log = {}, 0, now
                     finished = self.step >= end
-                    if (self.val_every and self.step % self.val_every == 0) or (finished and self.step == self.max_steps):
+                    if ((self.val_every and self.step % self.val_every == 0)
+                            or (finished and self.step == self.max_steps)):
                         self.validate_and_track()
                     if (self.ckpt_every and self.step % self.ckpt_every == 0) or finished:
                         self.save_checkpoint()

@@ -94,7 +94,7 @@ one full-size image through the model (and the loss). The trainer's step is its 
 @torch.no_grad()
 def validate_model(step: ValidationStep, dataset: Dataset, *, modules: Sequence[nn.Module], device: torch.device,
                    num_classes: int, class_names: Sequence[str], fusion_metrics: Sequence[str] = FUSION_VAL_METRICS,
-                   num_workers: int = 0, dist: DistContext = DistContext(),
+                   num_workers: int = 0, dist: DistContext | None = None,
                    progress: bool = False) -> dict[str, float | None]:
     """Metrics on ``dataset`` at full size (batch 1), one image at a time through ``step``.
 
@@ -110,7 +110,8 @@ def validate_model(step: ValidationStep, dataset: Dataset, *, modules: Sequence[
         class_names: ``K`` names, the keys of ``IoU/<name>``.
         fusion_metrics: names from :data:`FUSION_FNS` to compute on every image.
         num_workers: DataLoader workers.
-        dist: the data-parallel context; every rank must call this function.
+        dist: the data-parallel context (None: a single process, ``DistContext()``); every
+            rank must call this function.
         progress: show a progress bar (rank 0 only).
 
     Returns:
@@ -118,6 +119,8 @@ def validate_model(step: ValidationStep, dataset: Dataset, *, modules: Sequence[
         set; ``None`` where undefined), the means of ``fusion/<metric>`` over the images with an
         output, and ``loss/<term>`` means over the images the term was computed on.
     """
+    if dist is None:
+        dist = DistContext()
     unknown = sorted(set(fusion_metrics) - set(FUSION_FNS))
     if unknown:
         raise ValueError(f"unknown fusion metric(s) {unknown}; choose from {', '.join(FUSION_FNS)}")

@@ -45,7 +45,8 @@ def test_fusion_terms_on_hand_made_images() -> None:
     assert float(terms["fus_intensity"]) == pytest.approx(0.0, abs=1e-7)
     assert float(terms["fus_gradient"]) == pytest.approx(
         float((sobel_magnitude(target) - torch.maximum(sobel_magnitude(rgb.sqrt()),
-                                                       sobel_magnitude(thermal.expand_as(rgb)))).abs().mean()), abs=1e-7)
+                                                       sobel_magnitude(thermal.expand_as(rgb)))).abs().mean()),
+        abs=1e-7)
     # gray fused vs gray visible: no colour difference; a red fused image has one
     assert float(terms["fus_color"]) == pytest.approx(0.0, abs=1e-6)
     red = torch.zeros(1, 3, 6, 6)
@@ -68,7 +69,8 @@ def test_cmfs_loss_weights_and_terms() -> None:
     expected = (terms["seg_ce"] + 0.1 * (0.5 * terms["fus_intensity"] + 1.0 * terms["fus_color"]
                                         + 0.2 * terms["fus_gradient"]) + 0.01 * terms["moe_balance"])
     torch.testing.assert_close(total, expected)
-    assert float(terms["seg_ce"]) == pytest.approx(float(torch.nn.functional.cross_entropy(logits.detach(), labels)), rel=1e-5)
+    assert float(terms["seg_ce"]) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits.detach(), labels)), rel=1e-5)
     total.backward()
     assert fused.grad is not None and logits.grad is not None and float(balance.grad) == pytest.approx(0.01)
     with pytest.raises(ValueError, match="gamma > 0"):

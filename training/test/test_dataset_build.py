@@ -31,7 +31,8 @@ def msrs(tmp_path: Path) -> Path:
 
 def test_kinds_and_bad_requests(msrs: Path) -> None:
     assert list(DATASET_KINDS) == ["folder", "extract", "mfnet", "msrs", "pst900", "fmb", "generated"]
-    with pytest.raises(DatasetError, match="unknown dataset kind 'kaist'; supported kinds: folder, extract, mfnet, msrs"):
+    with pytest.raises(DatasetError,
+                       match="unknown dataset kind 'kaist'; supported kinds: folder, extract, mfnet, msrs"):
         build_dataset("kaist", msrs)
     with pytest.raises(DatasetError, match="dataset kind 'msrs' needs a root folder"):
         build_dataset("msrs")

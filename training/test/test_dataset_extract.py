@@ -61,7 +61,8 @@ def test_frames_of_the_index_in_stamp_order(extracted: Path, caplog: pytest.LogC
     assert f"1 frames listed in index.json have missing files (skipped): {NAMES[4]}" in text
     assert "1 frames were undecodable at extraction (not on disk; reasons in index.json): 1699999999900000000" in text
     assert f"1 frames have no label message (trained as unlabelled, labels 255): {NAMES[3]}" in text
-    assert f"1 images in vi/ are not listed in index.json (ignored; run extract again to index them): {NAMES[5]}" in text
+    assert (f"1 images in vi/ are not listed in index.json (ignored; run extract again to index them): "
+            f"{NAMES[5]}") in text
     assert "the extraction did not finish (complete: false)" in text
     desc = ds.describe()
     assert desc["kind"] == "extract" and desc["source_bag"] == "/bags/drive1" and desc["complete"] is False
@@ -74,7 +75,8 @@ def test_raw_sixteen_bit_thermal_frames(extracted: Path) -> None:
     raw[H // 2 :] = 7400
     write_png(extracted / "ir" / f"{NAMES[3]}.png", raw)
     thermal = ExtractedDataset(extracted)[3]["thermal"][0]
-    assert torch.equal(thermal[: H // 2], torch.zeros(H // 2, W)) and torch.equal(thermal[H // 2 :], torch.ones(H // 2, W))
+    assert (torch.equal(thermal[: H // 2], torch.zeros(H // 2, W))
+            and torch.equal(thermal[H // 2 :], torch.ones(H // 2, W)))
 
 
 def test_not_an_extraction(extracted: Path) -> None:

@@ -22,7 +22,8 @@ def fmb(tmp_path: Path) -> Path:
     for name, shift in SHIFTS.items():
         for split in ("train", "test"):
             write_scene(15, shift, rgb=root / split / "Visible" / f"{name}.png",
-                        thermal=root / split / "Infrared" / f"{name}.png", labels=root / split / "Label" / f"{name}.png")
+                        thermal=root / split / "Infrared" / f"{name}.png",
+                        labels=root / split / "Label" / f"{name}.png")
     return root
 
 
@@ -44,7 +45,8 @@ def test_id_15_is_out_of_range(fmb: Path) -> None:
     bad = block_labels(15, 8)
     bad[0, 20:22] = 15
     write_png(fmb / "test" / "Label" / "00152.png", bad)
-    with pytest.raises(DatasetError, match=r"00152.png: class ids \[15\] are out of range for 15 classes \(FMB: 0 unlabelled .. 14 pole"):
+    with pytest.raises(DatasetError, match=r"00152.png: class ids \[15\] are out of range for 15 classes "
+                                           r"\(FMB: 0 unlabelled .. 14 pole"):
         build_dataset("fmb", fmb, "test")
     with pytest.raises(DatasetError, match=r"00152.png: class ids \[15\]"):
         FMBDataset(fmb, "test")[1]  # also when reading a single sample

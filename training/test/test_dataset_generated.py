@@ -22,5 +22,6 @@ def test_generated_scenes_by_kind() -> None:
 def test_generated_scene_options_are_checked() -> None:
     with pytest.raises(DatasetError, match="generated scenes have no root or split"):
         build_dataset("generated", "some/folder", count=2)
-    with pytest.raises(DatasetError, match="unknown option\\(s\\) height for dataset kind 'generated'; accepted: count, config, start"):
+    with pytest.raises(DatasetError, match="unknown option\\(s\\) height for dataset kind 'generated'; "
+                                           "accepted: count, config, start"):
         build_dataset("generated", count=2, height=48)

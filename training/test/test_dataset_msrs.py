@@ -66,11 +66,13 @@ def test_unmatched_files_are_listed_with_counts(msrs: Path, caplog: pytest.LogCa
 
 
 def test_missing_folders_and_splits(msrs: Path) -> None:
-    with pytest.raises(DatasetNotFoundError, match=r"MSRS split folder .*val does not exist; .* holds the folders: test, train"):
+    with pytest.raises(DatasetNotFoundError,
+                       match=r"MSRS split folder .*val does not exist; .* holds the folders: test, train"):
         MSRSDataset(msrs, "val")
     for f in (msrs / "test" / "Segmentation_labels").iterdir():
         f.unlink()
-    with pytest.raises(DatasetError, match=r"no usable samples \(2 pairs have no label file \(skipped\): 00004N, 00055D\)"):
+    with pytest.raises(DatasetError,
+                       match=r"no usable samples \(2 pairs have no label file \(skipped\): 00004N, 00055D\)"):
         MSRSDataset(msrs, "test")
     (msrs / "test" / "Segmentation_labels").rmdir()
     with pytest.raises(DatasetNotFoundError, match="label folder .*Segmentation_labels does not exist"):
@@ -78,7 +80,8 @@ def test_missing_folders_and_splits(msrs: Path) -> None:
 
 
 def test_colour_or_out_of_range_labels_are_errors(msrs: Path) -> None:
-    write_png(msrs / "train" / "Segmentation_labels" / "00003N.png", np.dstack([block_labels(9)] * 2 + [block_labels(9, 1)]))
+    write_png(msrs / "train" / "Segmentation_labels" / "00003N.png",
+              np.dstack([block_labels(9)] * 2 + [block_labels(9, 1)]))
     bad = block_labels(9)
     bad[10, 10] = 40
     write_png(msrs / "train" / "Segmentation_labels" / "00005N.png", bad)

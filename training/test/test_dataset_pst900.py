@@ -70,7 +70,8 @@ def test_bad_options_and_ids(pst900: Path) -> None:
     write_png(pst900 / "train" / "labels" / f"{name}.png", bad)
     with pytest.raises(DatasetError) as exc:
         build_dataset("pst900", pst900, "train")
-    assert f"{name}.png: class ids [5] are out of range for 5 classes (PST900: 0 background .. 4 survivor" in str(exc.value)
+    assert (f"{name}.png: class ids [5] are out of range for 5 classes (PST900: 0 background .. 4 survivor"
+            in str(exc.value))
 
 
 def test_augmentation_keeps_rgb_thermal_labels_aligned(pst900: Path) -> None:

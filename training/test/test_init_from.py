@@ -42,6 +42,7 @@ def test_mismatch_and_missing_are_config_errors(tmp_path: Path) -> None:
 
 def test_recipe_path_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    cfg = load_config(None, ["model.init_from=runs/a/ckpt/best.safetensors", "max_steps=1", "data.generated.train_count=4",
-                              "data.generated.val_count=2", "data.generated.val_start=100"])
+    cfg = load_config(None, ["model.init_from=runs/a/ckpt/best.safetensors", "max_steps=1",
+                             "data.generated.train_count=4", "data.generated.val_count=2",
+                             "data.generated.val_start=100"])
     assert cfg.model.init_from == str(tmp_path / "runs/a/ckpt/best.safetensors")

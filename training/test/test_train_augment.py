@@ -37,7 +37,8 @@ def test_alignment_without_rescaling() -> None:
     aug = JointAugment(32, scale_range=(1.0, 1.0), hflip=True)
     for seed in range(6):
         out = aug(_block_sample(), torch.Generator().manual_seed(seed))
-        assert out["rgb"].shape == (3, 32, 32) and out["thermal"].shape == (1, 32, 32) and out["labels"].shape == (32, 32)
+        assert (out["rgb"].shape == (3, 32, 32) and out["thermal"].shape == (1, 32, 32)
+                and out["labels"].shape == (32, 32))
         assert torch.equal(_decode(out["rgb"][0]), out["labels"])
         assert torch.equal(_decode((out["thermal"][0] - 0.25) * 2), out["labels"])
 

@@ -136,7 +136,8 @@ class TestFusionSegLoss:
 
     def test_fusion_only_output_skips_segmentation(self) -> None:
         rgb, ir = _pair(size=16)
-        _, terms = FusionSegLoss()(FusionSegOutput(fused=rgb, logits=None), rgb, ir, torch.zeros(2, 16, 16, dtype=torch.long))
+        _, terms = FusionSegLoss()(FusionSegOutput(fused=rgb, logits=None), rgb, ir,
+                                   torch.zeros(2, 16, 16, dtype=torch.long))
         assert "seg_ce" not in terms and terms["fus_color"] == 0.0
 
 

@@ -86,7 +86,8 @@ def test_training_steps_reduce_the_loss_and_write_the_run(make_config: MakeConfi
     lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     train_lines = [rec for rec in lines if rec["kind"] == "train"]
     assert [rec["step"] for rec in train_lines] == [5, 10, 15, 20, 25]
-    assert {"total", "seg_ce", "fus_intensity", "fus_ssim", "fus_gradient", "fus_color", "lr", "grad_norm"} <= set(train_lines[0])
+    assert ({"total", "seg_ce", "fus_intensity", "fus_ssim", "fus_gradient", "fus_color", "lr", "grad_norm"}
+            <= set(train_lines[0]))
     val = [rec for rec in lines if rec["kind"] == "val"]
     assert len(val) == 1 and val[0]["step"] == 25 and "mIoU" in val[0] and "fusion/Qabf" in val[0]
     assert result["step"] == 25 and result["best_step"] == 25
@@ -233,7 +234,8 @@ def _write_recipe(make_config: MakeConfig, tmp_path: Path) -> Path:
     return path
 
 
-def test_cli_run_stop_resume_export(make_config: MakeConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_run_stop_resume_export(make_config: MakeConfig, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
     recipe = _write_recipe(make_config, tmp_path)
     assert main(["run", str(recipe), "name=cli", "--stop-at-step", "2"]) == 0
     run_dir = tmp_path / "runs" / "cli"
@@ -257,8 +259,8 @@ def test_cli_run_stop_resume_export(make_config: MakeConfig, tmp_path: Path, cap
         (["export", "{tmp}/nowhere", "--out", "{tmp}/x.safetensors"], "is not a run directory"),
     ],
 )
-def test_cli_user_errors_are_one_line(make_config: MakeConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
-                                      expected: str) -> None:
+def test_cli_user_errors_are_one_line(make_config: MakeConfig, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                      argv: list[str], expected: str) -> None:
     recipe = _write_recipe(make_config, tmp_path)
     args = [a.format(recipe=recipe, tmp=tmp_path) for a in argv]
     assert main(args) == 2

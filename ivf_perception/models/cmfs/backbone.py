@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -116,6 +117,10 @@ class VMambaBranch(nn.Module):
                         rates[sum(depths[:i]):sum(depths[:i + 1])], d_state, ssm_ratio, mlp_ratio, scan_backend, **dd)
             for i in range(len(dims))
         )
+
+    def stages(self) -> list[VMambaStage]:
+        """The stages in order, typed (a ``ModuleList`` hands out plain ``nn.Module``s)."""
+        return [cast(VMambaStage, stage) for stage in self.layers]
 
 
 @dataclass

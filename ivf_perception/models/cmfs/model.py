@@ -48,6 +48,7 @@ from ivf_perception.models.cmfs.mia import MIA
 from ivf_perception.models.cmfs.mmfe import MultiModalFeatureEnhancement
 from ivf_perception.models.cmfs.text_features import TEXT_DIM, load_text_features
 from ivf_perception.models.layers.color import rgb_to_ycbcr, ycbcr_to_rgb
+from ivf_perception.models.layers.factories import factory_kwargs
 from ivf_perception.models.layers.segformer_head import SegFormerHead, remap_legacy_segformer_keys
 from ivf_perception.models.registry import register_model
 
@@ -130,6 +131,7 @@ class CMFS(FusionSegModel):
     """
 
     variant = "cmfs"
+    text_features: torch.Tensor  # buffer (num_prompts, TEXT_DIM), registered in __init__
     _exportable = False  # rfft2/irfft2 and the DWT's padding modes are not covered by our ONNX path
 
     def __init__(
@@ -174,8 +176,11 @@ class CMFS(FusionSegModel):
         if not (len(depths) == len(regions) == len(region_pools) == stages):
             raise ValueError(f"dims, depths, regions and region_pools need one entry per stage, got "
                              f"{len(dims)}, {len(depths)}, {len(regions)}, {len(region_pools)}")
+        if any(len(pool) != 2 for pool in region_pools):
+            raise ValueError(f"each region_pools entry is an (height, width) grid, got {list(region_pools)}")
         if num_classes < 2:
-            raise ValueError(f"CMFS segments and guides its regions by class: num_classes must be >= 2, got {num_classes}")
+            raise ValueError("CMFS segments and guides its regions by class: num_classes must be >= 2, "
+                             f"got {num_classes}")
         if thermal_in_chans not in (1, 3):
             raise ValueError(f"thermal_in_chans must be 1 or 3, got {thermal_in_chans}")
         if not 0 <= fsc_stages <= stages or len(fsc_d_states) < fsc_stages:
@@ -183,7 +188,7 @@ class CMFS(FusionSegModel):
                              f"(got {list(fsc_d_states)})")
         if any(d % 2 for d in dims):
             raise ValueError(f"dims must be even (channel shuffle in groups of 2), got {list(dims)}")
-        dd = {"device": device, "dtype": dtype}
+        dd = factory_kwargs(device, dtype)
         self.num_classes = int(num_classes)
         self.preset = preset
         self.input_multiple = 4 * 2 ** (stages - 1)
@@ -202,13 +207,14 @@ class CMFS(FusionSegModel):
             use_clip_regions=use_clip_regions, use_fsc=use_fsc, use_mmfe=use_mmfe, use_fusion_head=use_fusion_head,
         )
 
-        branch = dict(dims=dims, depths=depths, drop_path_rate=drop_path_rate, d_state=d_state,
-                      ssm_ratio=ssm_ratio, mlp_ratio=mlp_ratio, scan_backend=scan_backend, **dd)
-        self.encoder_rgb = VMambaBranch(3, **branch)
-        self.encoder_thermal = VMambaBranch(thermal_in_chans, **branch)
+        self.encoder_rgb, self.encoder_thermal = (
+            VMambaBranch(in_chans, dims=dims, depths=depths, drop_path_rate=drop_path_rate, d_state=d_state,
+                         ssm_ratio=ssm_ratio, mlp_ratio=mlp_ratio, scan_backend=scan_backend, **dd)
+            for in_chans in (3, thermal_in_chans))
         self.register_buffer("text_features", torch.zeros(self.num_prompts, TEXT_DIM, **dd))
         self.mia = nn.ModuleList(
-            MIA(dims[i], regions[i] if use_clip_regions else 1, tuple(region_pools[i]), self.num_prompts, TEXT_DIM,
+            MIA(dims[i], regions[i] if use_clip_regions else 1, (region_pools[i][0], region_pools[i][1]),
+                self.num_prompts, TEXT_DIM,
                 bimamba_d_state=bimamba_d_state, bimamba_expand=bimamba_expand, use_bimamba=use_bimamba,
                 use_text_gate=use_clip_regions, scan_backend=scan_backend, **dd)
             for i in range(stages)
@@ -283,7 +289,8 @@ class CMFS(FusionSegModel):
         except TensorFileNotFoundError as exc:
             raise TensorFileNotFoundError(
                 f"VMamba-T checkpoint not found: {path}. Download vssm1_tiny_0230s_ckpt_epoch_264.pth from the "
-                "VMamba releases (github.com/MzeroMiko/VMamba) on a machine with internet access, or train from scratch."
+                "VMamba releases (github.com/MzeroMiko/VMamba) on a machine with internet access, "
+                "or train from scratch."
             ) from exc
         mapped, report = map_vmamba_checkpoint(state, {"encoder_rgb": self.encoder_rgb,
                                                        "encoder_thermal": self.encoder_thermal})
@@ -302,7 +309,7 @@ class CMFS(FusionSegModel):
         vision_th: list[torch.Tensor] = []
         semantic: list[torch.Tensor] = []
         balance = rgb.new_zeros(())
-        for i, (stage_rgb, stage_th) in enumerate(zip(self.encoder_rgb.layers, self.encoder_thermal.layers)):
+        for i, (stage_rgb, stage_th) in enumerate(zip(self.encoder_rgb.stages(), self.encoder_thermal.stages())):
             o_rgb = stage_rgb.blocks(x_rgb).permute(0, 3, 1, 2)
             o_th = stage_th.blocks(x_th).permute(0, 3, 1, 2)
             o_rgb, o_th = self.mia[i](o_rgb, o_th, self.text_features)

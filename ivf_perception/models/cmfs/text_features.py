@@ -158,7 +158,8 @@ def load_text_features(path: str | os.PathLike[str], class_names: Sequence[str] 
         raise TextFeaturesError(f"cannot read CLIP text features {path}: it has no 'text_features' tensor "
                                 f"(found {sorted(tensors)[:5]})")
     if features.ndim != 2 or features.shape[1] != TEXT_DIM:
-        raise TextFeaturesError(f"{path}: expected text features of shape (classes, {TEXT_DIM}), got {tuple(features.shape)}")
+        raise TextFeaturesError(f"{path}: expected text features of shape (classes, {TEXT_DIM}), "
+                                f"got {tuple(features.shape)}")
     if class_names is not None:
         want = prompts_for(class_names)
         have = json.loads(meta.get("prompts", "[]"))

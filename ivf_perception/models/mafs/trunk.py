@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import timm
 import torch
@@ -24,6 +25,7 @@ from torch import nn
 
 from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.io.tensor_files import TensorFileError, TensorFileNotFoundError, read_tensor_file
+from ivf_perception.models.layers.factories import DeviceLike
 
 __all__ = [
     "IGNORED_IMAGENET_KEYS",
@@ -95,7 +97,7 @@ class ResNetTrunk(nn.Module):
         stage(i): (B, C_in, H, W)  ->  (B, stage_chs[i], H / s_i, W / s_i), s = (1, 2, 2, 2)
     """
 
-    def __init__(self, name: str, device: torch.device | None = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, name: str, device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         try:
             net = timm.create_model(name, pretrained=False, num_classes=0, device=device, dtype=dtype)
@@ -108,8 +110,9 @@ class ResNetTrunk(nn.Module):
         self.name = name
         self.bn1, self.act1, self.maxpool = net.bn1, net.act1, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
-        self.stem_chs = int(net.bn1.num_features)
-        self.stage_chs = [int(info["num_chs"]) for info in net.feature_info[1:]]
+        self.stem_chs = cast(nn.BatchNorm2d, net.bn1).num_features
+        # timm types feature_info loosely; each entry is a dict with an int "num_chs"
+        self.stage_chs = [int(cast(dict[str, int], info)["num_chs"]) for info in net.feature_info[1:]]
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         """The stem's BatchNorm and activation (applied to the SFE output)."""

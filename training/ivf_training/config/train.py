@@ -116,7 +116,8 @@ class TrainConfig:
         if not 0.0 <= o.momentum < 1.0:
             raise ConfigError(f"optim.momentum must be in [0, 1), got {o.momentum}")
         if not 0.0 < o.gamma_decay <= 1.0:
-            raise ConfigError(f"optim.gamma_decay (learning-rate factor per epoch) must be in (0, 1], got {o.gamma_decay}")
+            raise ConfigError(f"optim.gamma_decay (learning-rate factor per epoch) must be in (0, 1], "
+                              f"got {o.gamma_decay}")
         self.loss.check_run(best_metric=self.best_metric, num_classes=self.model.num_classes)
         if self.model.text_features and self.model.clip_weights:
             raise ConfigError("set model.text_features or model.clip_weights, not both")
