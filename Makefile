@@ -6,7 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ivf-installed
 REQS := requirements/runtime.txt requirements/dev.txt requirements/constraints.txt setup.py training/setup.py \
-	msg/CMakeLists.txt msg/package.xml msg/FusionStats.msg msg/install_into_venv.py
+	ivf_perception_msgs/CMakeLists.txt ivf_perception_msgs/package.xml ivf_perception_msgs/msg/FusionStats.msg \
+	ivf_perception_msgs/install_into_venv.py
 export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export HF_HUB_OFFLINE := 1
@@ -16,14 +17,14 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
-# The last step builds the ROS interface package msg/ (FusionStats) with the pip ROS wheels
+# The last step builds the ROS interface package ivf_perception_msgs/ (FusionStats) with the pip ROS wheels
 # into the venv (needs cmake and g++).
 $(STAMP): $(REQS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip<26" "setuptools<80" wheel
 	$(PY) -m pip install -q -r requirements/dev.txt -c requirements/constraints.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e . -e training
-	$(PY) msg/install_into_venv.py --build-dir build/ivf_perception_msgs
+	$(PY) ivf_perception_msgs/install_into_venv.py --build-dir build/ivf_perception_msgs
 	@touch $(STAMP)
 
 demo: $(STAMP)

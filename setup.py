@@ -17,7 +17,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
         (f"share/{PACKAGE}/rviz", glob("rviz/*.rviz")),
-        (f"share/{PACKAGE}/msg", glob("msg/*.msg")),
+        (f"share/{PACKAGE}/msg", glob("ivf_perception_msgs/msg/*.msg")),
     ],
     install_requires=["setuptools"],
     zip_safe=False,

@@ -1,16 +1,16 @@
 """``ivf_perception_msgs/msg/FusionStats`` for rclpy (live node) and rosbags (bag replay) alike.
 
 Why here: the live node publishes FusionStats through the interface package built from
-``msg/FusionStats.msg`` (rclpy), while bag replay writes the same message into bags with
-``rosbags``, which knows only the types registered with its typestore. Both must use the very
+``ivf_perception_msgs/msg/FusionStats.msg`` (rclpy), while bag replay writes the same message
+into bags with ``rosbags``, which knows only the types registered with its typestore. Both must use the very
 same definition, so this module reads the one ``.msg`` file and registers its text with rosbags
 (:func:`register_fusion_stats`), and :class:`FusionStatsValues` fills either message family
 from one set of plain Python values, so the node and replay cannot drift apart.
 
-Where the definition is read from (first found): the source tree's ``msg/FusionStats.msg``
-(editable installs, CI), ``share/ivf_perception/msg/`` (installed with this package by
-``setup.py``) or ``share/ivf_perception_msgs/msg/`` (installed by the interface package) under
-``sys.prefix`` and every ``AMENT_PREFIX_PATH`` entry.
+Where the definition is read from (first found): the source tree's
+``ivf_perception_msgs/msg/FusionStats.msg`` (editable installs, CI), ``share/ivf_perception/msg/``
+(installed with this package by ``setup.py``) or ``share/ivf_perception_msgs/msg/`` (installed by
+the interface package) under ``sys.prefix`` and every ``AMENT_PREFIX_PATH`` entry.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ _MSG_FILE = "FusionStats.msg"
 
 
 def _candidate_paths() -> list[Path]:
-    paths = [Path(__file__).resolve().parents[2] / "msg" / _MSG_FILE]
+    paths = [Path(__file__).resolve().parents[2] / "ivf_perception_msgs" / "msg" / _MSG_FILE]
     prefixes = [sys.prefix] + [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
     for prefix in prefixes:
         for package in ("ivf_perception", "ivf_perception_msgs"):
@@ -100,8 +100,8 @@ def rclpy_fusion_stats_type() -> type:
         from ivf_perception_msgs.msg import FusionStats
     except ImportError as exc:
         raise ImportError(
-            f"the ROS interface package ivf_perception_msgs is not installed ({exc}); build msg/ "
-            "with `colcon build` (ROS install) or `make venv` (pip wheels)"
+            f"the ROS interface package ivf_perception_msgs is not installed ({exc}); build "
+            "ivf_perception_msgs/ with `colcon build` (ROS install) or `make venv` (pip wheels)"
         ) from exc
     return FusionStats
 
@@ -115,8 +115,8 @@ def _split_ns(stamp_ns: int) -> tuple[int, int]:
 class FusionStatsValues:
     """The content of one FusionStats message as plain Python values.
 
-    Field meanings are those of ``msg/FusionStats.msg``; ``stamp_ns``/``frame_id`` form the
-    header (copied from the RGB input) and ``thermal_stamp_ns`` the thermal stamp of the pair.
+    Field meanings are those of ``ivf_perception_msgs/msg/FusionStats.msg``; ``stamp_ns``/``frame_id``
+    form the header (copied from the RGB input) and ``thermal_stamp_ns`` the thermal stamp of the pair.
     """
 
     stamp_ns: int

@@ -25,12 +25,11 @@ def tiny_fsc(**kwargs: object) -> FrequencySpatialCollaboration:
 
 
 class TestWavelet:
-    @pytest.mark.parametrize("wave", ["haar", "db2"])
     @pytest.mark.parametrize("h, w", ODD_AND_EVEN)
-    def test_round_trip(self, h: int, w: int, wave: str) -> None:
+    def test_round_trip(self, h: int, w: int) -> None:
         x = torch.randn(2, 3, h, w)
-        yl, yh = dwt2(x, levels=2, wave=wave)
-        torch.testing.assert_close(idwt2(yl, yh, wave, size=(h, w)), x, atol=1e-5, rtol=1e-5)
+        yl, yh = dwt2(x, levels=2, wave="haar")
+        torch.testing.assert_close(idwt2(yl, yh, "haar", size=(h, w)), x, atol=1e-5, rtol=1e-5)
 
     @pytest.mark.parametrize("h, w", [(5, 7), (15, 22)])
     def test_cardinality_odd_sizes_are_padded_to_the_level_multiple(self, h: int, w: int) -> None:
@@ -46,16 +45,6 @@ class TestWavelet:
         torch.testing.assert_close(yl.flatten(), torch.tensor([11.0 / 2]))
         # pytorch_wavelets' band order (LH, HL, HH): row difference, column difference, diagonal.
         torch.testing.assert_close(yh.flatten(), torch.tensor([-5.0 / 2, -3.0 / 2, 1.0 / 2]))
-
-    def test_matches_pytorch_wavelets_on_even_sizes(self) -> None:
-        from pytorch_wavelets import DWTForward
-
-        x = torch.randn(2, 3, 8, 12)
-        yl, yh = dwt2(x, levels=2)
-        ref_l, ref_h = DWTForward(J=2, wave="haar", mode="zero")(x)
-        torch.testing.assert_close(yl, ref_l)
-        for ours, theirs in zip(yh, ref_h):
-            torch.testing.assert_close(ours, theirs)
 
     def test_pack_unpack(self) -> None:
         x = torch.randn(2, 3, 8, 12)
@@ -90,6 +79,8 @@ class TestWavelet:
     def test_exception(self) -> None:
         with pytest.raises(ValueError, match="Unknown wavelet 'haar2'"):
             dwt2(torch.zeros(1, 1, 4, 4), levels=1, wave="haar2")
+        with pytest.raises(ValueError, match="Unknown wavelet 'db2'; this op implements 'haar' only"):
+            IDWT2(wave="db2")
         with pytest.raises(ValueError, match="levels must be a positive int, got 0"):
             DWT2(levels=0)
         with pytest.raises(ShapeError, match=r"packed: expected H and W divisible by 2\*\*levels = 4"):

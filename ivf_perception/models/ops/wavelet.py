@@ -1,10 +1,14 @@
-"""Multi-level 2-D discrete wavelet transform and its inverse, for any H, W.
+"""Multi-level 2-D Haar discrete wavelet transform and its inverse, for any H, W.
 
 CMFS's wavelet branch (eq. 6) splits a feature map into a 2-level Haar pyramid, mixes the
-sub-bands with an SSM and transforms back. The filter banks are ``pytorch_wavelets``' (the
-same ``AFB2D``/``SFB2D`` autograd functions its ``DWTForward``/``DWTInverse`` run, with
-PyWavelets' filter table), called directly so that the function form needs no module and
-works in the input's dtype (float64 for ``gradcheck``) and on its device.
+sub-bands with an SSM and transforms back. Each level is one stride-2 convolution with the four
+2×2 Haar kernels (its inverse the matching transposed convolution), applied to every channel as
+its own image. Why our own op rather than ``pytorch_wavelets``: that package pulls in PyWavelets
+and ``pkg_resources`` (setuptools < 80), none of which a ROS install resolves through rosdep, and
+its custom autograd functions are opaque to exporters; plain convolutions need nothing but torch,
+export to ONNX, and run in the input's dtype (float64 for ``gradcheck``) and on its device. The
+coefficients equal ``pytorch_wavelets``' ``DWTForward(J, wave="haar", mode="zero")`` (checked
+against recorded outputs in ``test/models/test_wavelet_reference.py``).
 
 Why the padding: with sizes that are not multiples of ``2**levels`` the sub-bands of
 successive levels stop being exact halves, which breaks the pyramid layout and CMFS's public
@@ -20,11 +24,7 @@ LH/HL/HH to its right, below and diagonally), which is what CMFS's SSM scans.
 from __future__ import annotations
 
 import functools
-import warnings
-from types import ModuleType
 
-import numpy as np
-import pywt
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,39 +33,21 @@ from ivf_perception.checks import ShapeError, check_shape, checks_enabled
 
 __all__ = ["DWT2", "IDWT2", "dwt2", "idwt2", "pack_subbands", "unpack_subbands"]
 
-_DISCRETE_WAVELETS = frozenset(pywt.wavelist(kind="discrete"))
-
-
-@functools.cache
-def _lowlevel() -> ModuleType:
-    """``pytorch_wavelets.dwt.lowlevel``, imported on first use.
-
-    Why lazily: ``pytorch_wavelets/__init__`` loads its DT-CWT tables through ``pkg_resources``
-    (setuptools, deprecated and absent from fresh Python 3.12 venvs), so a module-level import
-    would make every model import depend on setuptools; only the DWT needs it. Its
-    deprecation warning is silenced here, for that import only.
-    """
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=DeprecationWarning)
-            from pytorch_wavelets.dwt import lowlevel
-    except ImportError as err:
-        raise ImportError(
-            "dwt2/idwt2 need pytorch_wavelets (pip install pytorch_wavelets==1.3.0 PyWavelets), which "
-            f"imports pkg_resources: install setuptools<81 if that is what is missing ({err})"
-        ) from err
-    return lowlevel
-
-
-def _zero_mode() -> int:
-    """Zero-padding boundary mode: exact for Haar on even sizes, which the padding ensures."""
-    return _lowlevel().mode_to_int("zero")
+WAVELETS = ("haar",)
+# The four 2×2 Haar kernels (outer products of the filters (1, 1)/√2 and (1, -1)/√2), in the
+# band order LL, LH (low along W, high along H), HL, HH; orthonormal, so the inverse is the
+# transposed convolution with the same kernels.
+_HAAR_KERNELS = (
+    ((0.5, 0.5), (0.5, 0.5)),
+    ((0.5, 0.5), (-0.5, -0.5)),
+    ((0.5, -0.5), (0.5, -0.5)),
+    ((0.5, -0.5), (-0.5, 0.5)),
+)
 
 
 def _check_wave(wave: str) -> None:
-    if wave not in _DISCRETE_WAVELETS:
-        raise ValueError(f"Unknown wavelet {wave!r}; use a discrete PyWavelets name such as 'haar' or 'db2' "
-                         f"(pywt.wavelist(kind='discrete'))")
+    if wave not in WAVELETS:
+        raise ValueError(f"Unknown wavelet {wave!r}; this op implements {', '.join(map(repr, WAVELETS))} only")
 
 
 def _check_levels(levels: int) -> None:
@@ -74,36 +56,45 @@ def _check_levels(levels: int) -> None:
 
 
 @functools.lru_cache(maxsize=32)
-def _filters(wave: str, synthesis: bool, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """(lo_col, hi_col, lo_row, hi_row) shaped for ``lowlevel.AFB2D``/``SFB2D``, cached.
+def _kernels(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The Haar kernels as a (4, 1, 2, 2) conv weight, cached per device and dtype.
 
-    Analysis filters are time-reversed because ``conv2d`` correlates; synthesis filters are
-    used as they are. Built in float64 and cast once, so float64 inputs get exact filters.
     Built outside inference mode so a cache filled during inference still serves training.
     """
-    w = pywt.Wavelet(wave)
-    lo, hi = (w.rec_lo, w.rec_hi) if synthesis else (w.dec_lo[::-1], w.dec_hi[::-1])
     with torch.inference_mode(False):
-        lo_t, hi_t = (torch.tensor(np.asarray(f, dtype=np.float64), dtype=dtype, device=device) for f in (lo, hi))
-        return lo_t.view(1, 1, -1, 1), hi_t.view(1, 1, -1, 1), lo_t.view(1, 1, 1, -1), hi_t.view(1, 1, 1, -1)
+        return torch.tensor(_HAAR_KERNELS, dtype=dtype, device=device).unsqueeze(1)
+
+
+def _analyse(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One Haar level: (B, C, 2h, 2w) -> low (B, C, h, w), bands (B, C, 3, h, w)."""
+    b, c, h, w = x.shape
+    bands = F.conv2d(x.reshape(b * c, 1, h, w), _kernels(x.device, x.dtype), stride=2)
+    bands = bands.reshape(b, c, 4, h // 2, w // 2)
+    return bands[:, :, 0], bands[:, :, 1:]
+
+
+def _synthesise(low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`_analyse`: low (B, C, h, w), bands (B, C, 3, h, w) -> (B, C, 2h, 2w)."""
+    b, c, h, w = low.shape
+    bands = torch.cat([low.unsqueeze(2), high], dim=2).reshape(b * c, 4, h, w)
+    return F.conv_transpose2d(bands, _kernels(low.device, low.dtype), stride=2).reshape(b, c, 2 * h, 2 * w)
 
 
 def dwt2(x: torch.Tensor, levels: int = 1, wave: str = "haar") -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """``levels``-level 2-D DWT of each channel, after padding H, W to multiples of ``2**levels``.
+    """``levels``-level 2-D Haar DWT of each channel, after padding H, W to multiples of ``2**levels``.
 
     Args:
         x: feature map.
         levels: number of decomposition levels J.
-        wave: a discrete PyWavelets wavelet name.
+        wave: the wavelet; only ``"haar"``.
 
     Returns:
-        ``(yl, yh)`` as ``pytorch_wavelets.DWTForward`` returns them: the low-pass of the last
+        ``(yl, yh)`` in ``pytorch_wavelets.DWTForward``'s layout: the low-pass of the last
         level and one band tensor per level, finest first, bands ordered (LH, HL, HH).
 
     Shape:
         x: (B, C, H, W)  ->  yl: (B, C, H'/2**J, W'/2**J); yh[j]: (B, C, 3, H'/2**(j+1), W'/2**(j+1)),
-        with H', W' = H, W rounded up to multiples of 2**J (Haar; longer wavelets add
-        ``filter_length - 2`` boundary coefficients per level).
+        with H', W' = H, W rounded up to multiples of 2**J.
 
     Example:
         >>> yl, yh = dwt2(torch.ones(1, 1, 5, 6), levels=2)
@@ -117,11 +108,9 @@ def dwt2(x: torch.Tensor, levels: int = 1, wave: str = "haar") -> tuple[torch.Te
     pad_h, pad_w = -x.shape[-2] % multiple, -x.shape[-1] % multiple
     if pad_h or pad_w:
         x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-    filters = _filters(wave, False, x.device, x.dtype)
-    afb2d, mode = _lowlevel().AFB2D, _zero_mode()
     yh = []
     for _ in range(levels):
-        x, high = afb2d.apply(x, *filters, mode)
+        x, high = _analyse(x)
         yh.append(high)
     return x, yh
 
@@ -132,28 +121,26 @@ def idwt2(yl: torch.Tensor, yh: list[torch.Tensor], wave: str = "haar",
 
     Args:
         yl: low-pass coefficients of the coarsest level.
-        yh: band coefficients per level, finest first (as :func:`dwt2` returns them).
-        wave: the wavelet :func:`dwt2` used.
+        yh: band coefficients per level, finest first (as :func:`dwt2` returns them), each level
+            exactly twice the size of the next.
+        wave: the wavelet :func:`dwt2` used; only ``"haar"``.
         size: (H, W) of the map given to :func:`dwt2`; None keeps the padded size.
 
     Returns:
         The reconstructed feature map.
 
     Shape:
-        yl: (B, C, h, w); yh[j]: (B, C, 3, h_j, w_j)  ->  (B, C, H, W)
+        yl: (B, C, h, w); yh[j]: (B, C, 3, h*2**(J-1-j), w*2**(J-1-j))  ->  (B, C, H, W)
     """
     check_shape(yl, "B C H W", name="yl")
     if not yh:
         raise ValueError("yh must hold the band coefficients of at least one level, got an empty list")
-    for j, high in enumerate(yh):
-        check_shape(high, "B C 3 H W", name=f"yh[{j}]", B=yl.shape[0], C=yl.shape[1])
     _check_wave(wave)
-    filters = _filters(wave, True, yl.device, yl.dtype)
-    sfb2d, mode = _lowlevel().SFB2D, _zero_mode()
     x = yl
-    for high in reversed(yh):
-        x = x[..., : high.shape[-2], : high.shape[-1]]  # drop the boundary row/col a longer filter adds
-        x = sfb2d.apply(x, high, *filters, mode)
+    for j, high in reversed(list(enumerate(yh))):
+        check_shape(high, "B C 3 H W", name=f"yh[{j}]", B=yl.shape[0], C=yl.shape[1],
+                    H=x.shape[-2], W=x.shape[-1])
+        x = _synthesise(x, high)
     if size is None:
         return x
     h, w = size
@@ -222,7 +209,7 @@ class DWT2(nn.Module):
 
     Args:
         levels: number of decomposition levels J.
-        wave: a discrete PyWavelets wavelet name.
+        wave: the wavelet; only ``"haar"``.
 
     Shape:
         x: (B, C, H, W)  ->  yl: (B, C, H'/2**J, W'/2**J); yh[j]: (B, C, 3, H'/2**(j+1), W'/2**(j+1))

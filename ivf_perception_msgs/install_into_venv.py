@@ -1,18 +1,19 @@
 """Build the ivf_perception_msgs interface package with the pip ROS wheels into a virtual env.
 
-Run by ``make venv`` (CI). With a ROS install, build msg/ with colcon instead; this script is
-only needed where ROS comes from the PyPI ``ros-*`` wheels (ENVIRONMENT.md):
+Run by ``make venv`` (CI). With a ROS install, build this package with colcon instead (README,
+"Install in a ROS 2 workspace"); this script is only needed where ROS comes from the PyPI
+``ros-*`` wheels (ENVIRONMENT.md):
 
 1. The wheels' exported CMake files (``share/*/cmake/*__rosidl_generator_pyExport.cmake``) name
    the Python and numpy include folders of the machine the wheels were built on; they are
    rewritten to this interpreter's (``sysconfig`` include, ``numpy.get_include()``), or every
    interface package that depends on them fails to compile its Python bindings.
-2. ``cmake`` configures, builds and installs msg/ with ``CMAKE_INSTALL_PREFIX`` = the venv, so the
+2. ``cmake`` configures, builds and installs this package with ``CMAKE_INSTALL_PREFIX`` = the venv, so the
    generated ``ivf_perception_msgs`` Python package lands in its site-packages and the type
    support libraries in its ``lib/``.
 3. The import is checked in a fresh interpreter.
 
-Usage: ``python msg/install_into_venv.py [--build-dir build/ivf_perception_msgs]`` with the venv's
+Usage: ``python ivf_perception_msgs/install_into_venv.py [--build-dir build/ivf_perception_msgs]`` with the venv's
 python (the install prefix is ``sys.prefix``). Needs cmake >= 3.16 and a C/C++ compiler.
 """
 
@@ -27,7 +28,7 @@ import sys
 import sysconfig
 from pathlib import Path
 
-MSG_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parent
 _INCLUDE_RE = re.compile(r'(INTERFACE_INCLUDE_DIRECTORIES\s+)"[^"]*"')
 
 
@@ -47,16 +48,16 @@ def fix_wheel_cmake_exports(prefix: Path) -> list[Path]:
 
 
 def build_and_install(prefix: Path, build_dir: Path) -> None:
-    """Configure, build and install msg/ into ``prefix`` (raises CalledProcessError on failure)."""
+    """Configure, build and install the package into ``prefix`` (raises CalledProcessError on failure)."""
     cmake = shutil.which("cmake")
     if cmake is None:
         raise SystemExit("install_into_venv: cmake not found; install it (apt-get install cmake g++) and retry")
     env = {**os.environ, "AMENT_PREFIX_PATH": str(prefix),
            "PATH": f"{prefix / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
     cache = build_dir / "CMakeCache.txt"
-    if cache.is_file() and str(MSG_DIR) not in cache.read_text():
+    if cache.is_file() and str(PACKAGE_DIR) not in cache.read_text():
         shutil.rmtree(build_dir)  # a build folder configured from another checkout
-    subprocess.run([cmake, "-S", str(MSG_DIR), "-B", str(build_dir), f"-DCMAKE_INSTALL_PREFIX={prefix}",
+    subprocess.run([cmake, "-S", str(PACKAGE_DIR), "-B", str(build_dir), f"-DCMAKE_INSTALL_PREFIX={prefix}",
                     f"-DCMAKE_PREFIX_PATH={prefix}", f"-DPython3_EXECUTABLE={sys.executable}",
                     "-DBUILD_TESTING=OFF", "-DCMAKE_BUILD_TYPE=Release"], check=True, env=env,
                    stdout=subprocess.DEVNULL)
@@ -67,7 +68,7 @@ def build_and_install(prefix: Path, build_dir: Path) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--build-dir", type=Path, default=MSG_DIR.parent / "build" / "ivf_perception_msgs")
+    parser.add_argument("--build-dir", type=Path, default=PACKAGE_DIR.parent / "build" / "ivf_perception_msgs")
     args = parser.parse_args()
     prefix = Path(sys.prefix)
     if prefix == Path(sys.base_prefix):
