@@ -13,7 +13,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export HF_HUB_OFFLINE := 1
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench venv clean train-default
+.PHONY: demo test lint bench venv clean train-default
 
 venv: $(STAMP)
 

@@ -28,6 +28,22 @@ def package_models(pattern: str = "*") -> list[str]:
     return [n for n in list_models(pattern) if model_entrypoint(n).__module__.startswith("ivf_perception.")]
 
 
+DIMS = (4, 8, 12, 16)
+"""Channels of a small four-stage encoder pyramid for head tests."""
+
+
+def feature_pyramid(b: int, h: int, w: int, dims: tuple[int, ...] = DIMS, scale: float = 1.0) -> list[torch.Tensor]:
+    """Encoder-like pyramid for an h×w image: strides 4, 8, 16, 32 with ceil rounding."""
+    return [scale * torch.randn(b, c, -(-h // 2 ** (i + 2)), -(-w // 2 ** (i + 2))) for i, c in enumerate(dims)]
+
+
+def assert_all_params_get_grads(module: torch.nn.Module) -> None:
+    """Every parameter got a finite, non-zero gradient from the last backward pass."""
+    missing = [n for n, p in module.named_parameters()
+               if p.grad is None or not torch.isfinite(p.grad).all() or float(p.grad.abs().sum()) == 0]
+    assert not missing, f"no gradient reached {missing}"
+
+
 class ModelTester:
     model_name: str = ""
     build_kwargs: dict = {}

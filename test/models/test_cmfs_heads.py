@@ -5,24 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from base_tester import DIMS, assert_all_params_get_grads, feature_pyramid
 
 from ivf_perception.checks import ShapeError
 from ivf_perception.models.cmfs.heads import GradientResidualDenseBlock, SobelFusionHead
 from ivf_perception.models.layers import Sobel
-
-DIMS = (4, 8, 12, 16)
-
-
-def _feats(b: int, h: int, w: int, dims: tuple[int, ...] = DIMS, scale: float = 1.0) -> list[torch.Tensor]:
-    """Encoder-like pyramid for an h×w image: strides 4, 8, 16, 32 with ceil rounding."""
-    return [scale * torch.randn(b, c, -(-h // 2 ** (i + 2)), -(-w // 2 ** (i + 2))) for i, c in enumerate(dims)]
-
-
-def _assert_all_params_get_grads(module: nn.Module) -> None:
-    missing = [n for n, p in module.named_parameters()
-               if p.grad is None or not torch.isfinite(p.grad).all() or float(p.grad.abs().sum()) == 0]
-    assert not missing, f"no gradient reached {missing}"
 
 
 class TestGradientResidualDenseBlock:
@@ -47,26 +34,27 @@ class TestSobelFusionHead:
         head = SobelFusionHead(DIMS, embed_dim=4).train(training)
         for h, w in [(30, 40), (61, 79), (45, 62)]:  # the coarsest stage needs 2 values for BatchNorm
             rgb, thermal = torch.rand(batch, 3, h, w), torch.rand(batch, 1, h, w)
-            fused = head(_feats(batch, h, w), _feats(batch, h, w), rgb, thermal)
+            fused = head(feature_pyramid(batch, h, w), feature_pyramid(batch, h, w), rgb, thermal)
             assert fused.shape == (batch, 3, h, w)
             assert fused.min() >= 0.0 and fused.max() <= 1.0
 
     def test_range_under_extreme_inputs(self) -> None:
         head = SobelFusionHead(DIMS, embed_dim=4).eval()
         with torch.no_grad():
-            fused = head(_feats(1, 30, 40, scale=1e4), _feats(1, 30, 40, scale=-1e4),
+            fused = head(feature_pyramid(1, 30, 40, scale=1e4), feature_pyramid(1, 30, 40, scale=-1e4),
                          torch.full((1, 3, 30, 40), 1e3), torch.full((1, 1, 30, 40), -1e3))
         assert torch.isfinite(fused).all() and fused.min() >= 0.0 and fused.max() <= 1.0
 
     def test_gradients_reach_every_parameter(self) -> None:
         head = SobelFusionHead(DIMS, embed_dim=4).train()
         rgb, thermal = torch.rand(2, 3, 30, 40), torch.rand(2, 1, 30, 40)
-        head(_feats(2, 30, 40), _feats(2, 30, 40), rgb, thermal).sub(rgb).abs().mean().backward()
-        _assert_all_params_get_grads(head)
+        head(feature_pyramid(2, 30, 40), feature_pyramid(2, 30, 40), rgb, thermal).sub(rgb).abs().mean().backward()
+        assert_all_params_get_grads(head)
 
     def test_eval_is_deterministic(self) -> None:
         head = SobelFusionHead(DIMS, embed_dim=4).eval()
-        args = (_feats(2, 15, 20), _feats(2, 15, 20), torch.rand(2, 3, 15, 20), torch.rand(2, 1, 15, 20))
+        args = (feature_pyramid(2, 15, 20), feature_pyramid(2, 15, 20),
+                torch.rand(2, 3, 15, 20), torch.rand(2, 1, 15, 20))
         with torch.no_grad():
             assert torch.equal(head(*args), head(*args))
 
@@ -78,13 +66,13 @@ class TestSobelFusionHead:
     def test_device_dtype(self) -> None:
         head = SobelFusionHead(DIMS, embed_dim=4, device="cpu", dtype=torch.float64)
         assert {p.dtype for p in head.parameters()} == {torch.float64}
-        out = head([f.double() for f in _feats(1, 30, 40)], [f.double() for f in _feats(1, 30, 40)],
+        out = head([f.double() for f in feature_pyramid(1, 30, 40)], [f.double() for f in feature_pyramid(1, 30, 40)],
                    torch.rand(1, 3, 30, 40, dtype=torch.float64), torch.rand(1, 1, 30, 40, dtype=torch.float64))
         assert out.dtype == torch.float64
 
     def test_exception(self) -> None:
         head = SobelFusionHead(DIMS, embed_dim=4)
-        feats = _feats(2, 30, 40)
+        feats = feature_pyramid(2, 30, 40)
         rgb, thermal = torch.rand(2, 3, 30, 40), torch.rand(2, 1, 30, 40)
         with pytest.raises(ShapeError, match=r"thermal: expected 1=1"):
             head(feats, feats, rgb, rgb)

@@ -5,25 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from base_tester import DIMS, assert_all_params_get_grads, feature_pyramid
 
 from ivf_perception.checks import ShapeError
 from ivf_perception.models import build_model
 from ivf_perception.models.cmfs.model import checkpoint_filter_fn as cmfs_checkpoint_filter_fn
 from ivf_perception.models.layers import SegFormerHead
-
-DIMS = (4, 8, 12, 16)
-
-
-def _feats(b: int, h: int, w: int, dims: tuple[int, ...] = DIMS, scale: float = 1.0) -> list[torch.Tensor]:
-    """Encoder-like pyramid for an h×w image: strides 4, 8, 16, 32 with ceil rounding."""
-    return [scale * torch.randn(b, c, -(-h // 2 ** (i + 2)), -(-w // 2 ** (i + 2))) for i, c in enumerate(dims)]
-
-
-def _assert_all_params_get_grads(module: nn.Module) -> None:
-    missing = [n for n, p in module.named_parameters()
-               if p.grad is None or not torch.isfinite(p.grad).all() or float(p.grad.abs().sum()) == 0]
-    assert not missing, f"no gradient reached {missing}"
 
 
 class TestSegFormerHead:
@@ -32,30 +19,30 @@ class TestSegFormerHead:
     def test_shapes(self, batch: int, training: bool) -> None:
         head = SegFormerHead(DIMS, num_classes=5, embed_dim=8, ss2d_d_state=4).train(training)
         for h, w in [(60, 80), (15, 20), (30, 40), (61, 79)]:
-            logits = head(_feats(batch, h, w), (h, w))
+            logits = head(feature_pyramid(batch, h, w), (h, w))
             assert logits.shape == (batch, 5, h, w)
             assert torch.isfinite(logits).all()
 
     def test_plain_segformer_and_three_stages(self) -> None:
         head = SegFormerHead(DIMS[:3], num_classes=2, embed_dim=8, ss2d_d_state=None)
         assert head.mixer is None
-        assert head(_feats(2, 30, 40, DIMS[:3]), (30, 40)).shape == (2, 2, 30, 40)
+        assert head(feature_pyramid(2, 30, 40, DIMS[:3]), (30, 40)).shape == (2, 2, 30, 40)
 
     def test_gradients_reach_every_parameter(self) -> None:
         head = SegFormerHead(DIMS, num_classes=3, embed_dim=8, ss2d_d_state=4).train()
         target = torch.randint(0, 3, (2, 30, 40))
-        F.cross_entropy(head(_feats(2, 30, 40), (30, 40)), target).backward()
-        _assert_all_params_get_grads(head)
+        F.cross_entropy(head(feature_pyramid(2, 30, 40), (30, 40)), target).backward()
+        assert_all_params_get_grads(head)
 
     def test_eval_is_deterministic(self) -> None:
         head = SegFormerHead(DIMS, num_classes=3, embed_dim=8, ss2d_d_state=4, dropout=0.5).eval()
-        feats = _feats(2, 15, 20)
+        feats = feature_pyramid(2, 15, 20)
         with torch.no_grad():
             assert torch.equal(head(feats, (15, 20)), head(feats, (15, 20)))
 
     def test_logits_are_upsampled_from_the_finest_stage(self) -> None:
         head = SegFormerHead(DIMS, num_classes=3, embed_dim=8, ss2d_d_state=4).eval()
-        feats = _feats(1, 32, 48)
+        feats = feature_pyramid(1, 32, 48)
         with torch.no_grad():
             coarse = head(feats, feats[0].shape[-2:])
             fine = head(feats, (32, 48))
@@ -69,7 +56,7 @@ class TestSegFormerHead:
 
     def test_exception(self) -> None:
         head = SegFormerHead(DIMS, num_classes=3, embed_dim=8, ss2d_d_state=None)
-        feats = _feats(2, 30, 40)
+        feats = feature_pyramid(2, 30, 40)
         with pytest.raises(ValueError, match=r"feats: expected 4 feature maps .* got 3"):
             head(feats[:3], (30, 40))
         with pytest.raises(ShapeError, match=r"feats\[1\]: expected C=8"):
