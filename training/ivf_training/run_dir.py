@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from ivf_training.checkpoint import save_model_file
-from ivf_training.config import ConfigError, LossConfig, TrainConfig, config_from_dict, dump_config
+from ivf_training.config import LossConfig, TrainConfig, config_from_dict, dump_config
+from ivf_training.config.files import read_yaml
 from ivf_training.config.schema import tagged_classes
 
 __all__ = ["RunDir", "read_run_config"]
@@ -39,13 +39,7 @@ _log = logging.getLogger(__name__)
 
 def read_run_config(run_dir: Path) -> TrainConfig:
     """The resolved configuration of a run directory."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    data = read_yaml(Path(run_dir) / "config.yaml", f"{run_dir} is not a run directory (no config.yaml)")
     if isinstance(data, dict) and isinstance(data.get("loss"), dict):
         data["loss"] = _loss_settings_of_its_kind(data["loss"])
     return config_from_dict(data)

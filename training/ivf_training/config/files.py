@@ -32,7 +32,22 @@ __all__ = [
     "load_config",
     "absolutize_paths",
     "dump_config",
+    "read_yaml",
 ]
+
+
+def read_yaml(path: Path, missing: str) -> Any:
+    """The YAML document in ``path``; ``missing`` is the message when the file does not exist.
+
+    One reader for recipe files and run directories, so both fail with a ``ConfigError`` that
+    names the file.
+    """
+    if not path.is_file():
+        raise ConfigError(missing)
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
 
 
 def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
@@ -104,12 +119,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"configuration file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
+        loaded = read_yaml(p, f"configuration file not found: {p}")
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
