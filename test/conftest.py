@@ -28,6 +28,23 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def test_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Engine weights of the micro test model (seeded).
+
+    Shared by the node and replay tests, so every front door under test loads the same model.
+    """
+    from ivf_perception.engine import WeightsInfo, save_weights
+    from ivf_perception.io.classes import MFNET_CLASSES, MFNET_PALETTE
+    from ivf_perception.models import build_model
+
+    torch.manual_seed(1234)
+    model = build_model("test_s4fusion", num_classes=len(MFNET_CLASSES))
+    info = WeightsInfo(variant="test_s4fusion", preset="test", num_classes=len(MFNET_CLASSES),
+                       classes=list(MFNET_CLASSES), palette=list(MFNET_PALETTE))
+    return save_weights(model.state_dict(), tmp_path_factory.mktemp("weights") / "test_s4fusion.safetensors", info)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from rosgraph_helpers import DDS_PROFILE, RosGraph, RosProcess, next_domain_id, ros_env
 
 # The in-process participant reads these when rclpy creates it.
@@ -31,20 +30,6 @@ def graph(domain_id: int) -> Iterator[RosGraph]:
     g = RosGraph(domain_id)
     yield g
     g.close()
-
-
-@pytest.fixture(scope="session")
-def test_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Engine weights of the micro test model (seeded), so node and reference load identical models."""
-    from ivf_perception.engine import WeightsInfo, save_weights
-    from ivf_perception.io.classes import MFNET_CLASSES, MFNET_PALETTE
-    from ivf_perception.models import build_model
-
-    torch.manual_seed(1234)
-    model = build_model("test_s4fusion", num_classes=len(MFNET_CLASSES))
-    info = WeightsInfo(variant="test_s4fusion", preset="test", num_classes=len(MFNET_CLASSES),
-                       classes=list(MFNET_CLASSES), palette=list(MFNET_PALETTE))
-    return save_weights(model.state_dict(), tmp_path_factory.mktemp("weights") / "test_s4fusion.safetensors", info)
 
 
 @pytest.fixture

@@ -17,15 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from replay_helpers import write_bag
 
 from ivf_perception.cli.replay import main as replay_main
-from ivf_perception.engine import WeightsInfo, save_weights
 from ivf_perception.io import header_stamp_ns, image_to_numpy, make_header, numpy_to_image, read_image_messages
-from ivf_perception.io.classes import MFNET_CLASSES, MFNET_PALETTE
-from ivf_perception.models import build_model
 from ivf_perception.sync import PairingStats
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-rclpy wheels) is not installed")
@@ -46,15 +42,6 @@ NODE_PARAMS = {
     # thermal pixels → RGB pixels: half the resolution, shifted by one RGB pixel
     "homography": [0.5, 0.0, 1.0, 0.0, 0.5, 0.0, 0.0, 0.0, 1.0],
 }
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(99)
-    model = build_model("test_s4fusion", num_classes=len(MFNET_CLASSES))
-    info = WeightsInfo(variant="test_s4fusion", preset="test", num_classes=len(MFNET_CLASSES),
-                       classes=list(MFNET_CLASSES), palette=list(MFNET_PALETTE))
-    return save_weights(model.state_dict(), tmp_path_factory.mktemp("w") / "micro.safetensors", info)
 
 
 @pytest.fixture
@@ -136,14 +123,15 @@ def _run_replay(weights: Path, bag: Path, params_file: Path, out: Path) -> tuple
 
 @pytest.mark.parametrize(("thermal_encoding", "rgb_encoding"),
                          [("mono16", "rgb8"), ("bgr8", "bgr8"), ("mono8", "rgb8")])
-def test_node_and_replay_outputs_are_byte_identical(context, weights, tmp_path, thermal_encoding, rgb_encoding) -> None:
+def test_node_and_replay_outputs_are_byte_identical(context, test_weights, tmp_path, thermal_encoding,
+                                                    rgb_encoding) -> None:
     bag = tmp_path / "loop"
     write_bag(bag, _bag_entries(thermal_encoding, rgb_encoding))
     params_file = tmp_path / "node.yaml"
     params_file.write_text(yaml.safe_dump({"fusion_node": {"ros__parameters": NODE_PARAMS}}))
 
-    node_fused, node_labels, node_stats = _run_node(context, weights, bag)
-    replay_fused, replay_labels, metrics = _run_replay(weights, bag, params_file, tmp_path / "replay")
+    node_fused, node_labels, node_stats = _run_node(context, test_weights, bag)
+    replay_fused, replay_labels, metrics = _run_replay(test_weights, bag, params_file, tmp_path / "replay")
 
     # 11 RGB frames: one lost thermal, one late thermal, and the loop resets the pairer once
     assert len(node_fused) == 9 and node_stats.resets == 1
