@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.io.registration import resize_to, warp_thermal
-from ivf_perception.io.thermal import AGCConfig
+from ivf_perception.io.thermal import BT601_LUMA, AGCConfig
 
 __all__ = ["InputError", "PreparedBatch", "align_thermal", "prepare_rgb", "prepare_thermal", "prepare_batch"]
 
@@ -33,8 +33,8 @@ class InputError(IvfPerceptionError, ValueError):
     """An input image cannot be interpreted (wrong dtype, channels, range or size)."""
 
 
-# ITU-R BT.601 luma weights over 255: false-colour thermal to [0, 1] in one product
-_BT601_OVER_255 = np.array([0.299, 0.587, 0.114], dtype=np.float32) / np.float32(255.0)
+# false-colour thermal to [0, 1] in one product
+_BT601_OVER_255 = BT601_LUMA / np.float32(255.0)
 
 
 def prepare_rgb(rgb: np.ndarray, agc: AGCConfig | None = None) -> np.ndarray:

@@ -29,7 +29,7 @@ from .errors import (
     ImageFileNotFoundError,
     ThermalColourWarning,
 )
-from .thermal import AGCConfig, agc_percentile
+from .thermal import BT601_LUMA, AGCConfig, agc_percentile
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -48,7 +48,6 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".
 # Max channel difference (8-bit levels) still treated as "gray stored in 3 channels": JPEG's
 # chroma quantisation can leave +-1..2 levels on genuinely gray images.
 _GRAY_TOLERANCE = 2
-_BT601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -147,7 +146,7 @@ def _collapse_colour(rgb: np.ndarray, path: Path) -> np.ndarray:
         ThermalColourWarning,
         stacklevel=3,
     )
-    return wide @ _BT601
+    return wide @ BT601_LUMA
 
 
 def read_thermal(

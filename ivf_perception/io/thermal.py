@@ -28,7 +28,11 @@ from .errors import AGCError
 if TYPE_CHECKING:  # torch stays an optional, lazily imported dependency of io/
     import torch
 
-__all__ = ["AGCConfig", "agc_percentile", "agc_percentile_torch"]
+__all__ = ["AGCConfig", "BT601_LUMA", "agc_percentile", "agc_percentile_torch"]
+
+BT601_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+"""ITU-R BT.601 luma weights (R, G, B): how false-colour thermal becomes one channel, for camera
+frames (engine pre-processing) and image files alike."""
 
 
 def _check_percentiles(low_pct: float, high_pct: float) -> tuple[float, float]:
