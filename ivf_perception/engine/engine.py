@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ivf_perception.engine.config import PRECISION_NAMES, PipelineConfig, engine_arguments
+from ivf_perception.engine.backends import BackendContext, InferenceBackend, create_backend
+from ivf_perception.engine.backends.base import PRECISIONS
+from ivf_perception.engine.config import PipelineConfig, engine_arguments
 from ivf_perception.engine.postprocess import logits_to_labels, make_overlay, to_uint8_rgb
 from ivf_perception.engine.preprocess import prepare_batch
 from ivf_perception.engine.timing import StageTimer
@@ -34,7 +36,6 @@ __all__ = ["Engine", "EngineResult", "EngineError", "PRECISIONS", "DEFAULT_WEIGH
 
 _log = logging.getLogger(__name__)
 
-PRECISIONS = dict(zip(PRECISION_NAMES, (torch.float32, torch.float16, torch.bfloat16)))
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "s4fusion_tiny_default.safetensors"
 
 
@@ -103,6 +104,9 @@ class Engine:
             RGB frame.
         class_names, palette: override the sidecar's (or MFNet's) class table; class_names
             must name every class of the model.
+        backend: the inference backend that runs the network (``torch``: eager PyTorch; see
+            :mod:`ivf_perception.engine.backends`); pre- and post-processing stay here.
+        backend_options: backend-specific settings (cache folder, rebuild flags).
         model_overrides: extra constructor arguments (e.g. ``scan_backend``).
     """
 
@@ -111,6 +115,7 @@ class Engine:
                  device: str | torch.device | None = "auto", precision: str = "fp32",
                  agc: AGCConfig | None = None, homography: Sequence[float] | np.ndarray | None = None,
                  class_names: Sequence[str] | None = None, palette: Sequence[int] | None = None,
+                 backend: str = "torch", backend_options: dict[str, Any] | None = None,
                  **model_overrides: Any) -> None:
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
@@ -121,6 +126,7 @@ class Engine:
         self._agc = agc or AGCConfig()
         self._homography = None if homography is None else validate_homography(homography)
         self.info: WeightsInfo | None = None
+        self.weights_path: Path | None = None
 
         if weights is not None:
             net = self._load(model, weights, preset, num_classes, model_overrides)
@@ -132,6 +138,8 @@ class Engine:
             raise EngineError(f"{type(net).__name__} is not a FusionSegModel")
         self.model: FusionSegModel = net
         self.model.to(self.device).eval()
+        self.backend: InferenceBackend = create_backend(backend, BackendContext(
+            self.model, self.device, precision, self.weights_path, dict(backend_options or {})))
 
         n = self.num_classes
         default_names = list(MFNET_CLASSES) if n == len(MFNET_CLASSES) else [f"class_{i}" for i in range(n)]
@@ -152,6 +160,7 @@ class Engine:
         path = DEFAULT_WEIGHTS if str(weights) == "default" else Path(weights)
         if str(weights) == "default" and not path.is_file():
             raise WeightsError(_MISSING_DEFAULT)
+        self.weights_path = path
         built = model if isinstance(model, nn.Module) else None
         variant = None if built is not None or model == "auto" else str(model)
         net, self.info = build_model_from_weights(path, variant=variant, preset=preset, num_classes=num_classes,
@@ -217,6 +226,7 @@ class Engine:
             "num_classes": self.num_classes,
             "device": str(self.device),
             "precision": self.precision,
+            **self.backend.describe(),
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "weights": None if self.info is None else {"recipe": self.info.recipe.get("name"),
                                                         "metrics": self.info.metrics},
@@ -239,7 +249,7 @@ class Engine:
             batch = prepare_batch(list(rgbs), list(thermals), multiple=self.model.input_multiple,
                                   device=self.device, agc=self._agc, homography=self._homography)
         with timer.stage("inference"):
-            out = self._forward(batch.rgb, batch.thermal)
+            out = self.backend.run(batch.rgb, batch.thermal)
         with timer.stage("postprocess"):
             fused = to_uint8_rgb(out.fused)
             labels = logits_to_labels(out.logits) if out.logits is not None else None
@@ -255,17 +265,6 @@ class Engine:
             r.timings_ms = dict(timer.ms)
         return results
 
-    def _forward(self, rgb: torch.Tensor, thermal: torch.Tensor) -> Any:
-        with torch.inference_mode():
-            if self.precision == "fp32":
-                return self.model(rgb, thermal)
-            with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision]):
-                out = self.model(rgb, thermal)
-            out.fused = out.fused.float()
-            if out.logits is not None:
-                out.logits = out.logits.float()
-            return out
-
     def warmup(self, height: int = 240, width: int = 320, iterations: int = 1) -> None:
         """Run dummy frames so the first real frame does not pay for allocation/autotuning."""
         rgb = np.zeros((height, width, 3), np.uint8)
@@ -274,7 +273,8 @@ class Engine:
             self.infer(rgb, th)
 
     def release(self) -> None:
-        """Free the model and cached GPU memory (lifecycle deactivate/cleanup)."""
+        """Free the backend, the model and cached GPU memory (lifecycle deactivate/cleanup)."""
+        self.backend.release()
         self.model = None  # type: ignore[assignment]
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
