@@ -220,6 +220,20 @@ class UPFusion(FusionSegModel):
         """The stored π of TCPM levels 1..4."""
         return [m.text_permutation for m in self.tcpm if isinstance(m, TCPM)]
 
+    @torch.no_grad()
+    def permutation_margins(self) -> list[float]:
+        """Per TCPM, the smallest gap between consecutive sorted text scores u.
+
+        A sensitivity check (spec §1.4): a gap near float precision means another precision or
+        CLIP build could swap two channels of π, which is why π is stored, not recomputed.
+        """
+        margins = []
+        for module in self.tcpm:
+            assert isinstance(module, TCPM)
+            u = torch.sort(module.text_scores(self.text_embedding), descending=True).values
+            margins.append(float((u[:-1] - u[1:]).min()))
+        return margins
+
     # ------------------------------------------------------------------ forward
 
     def forward_features(self, rgb: torch.Tensor, thermal: torch.Tensor) -> UPFusionFeatures:

@@ -7,8 +7,8 @@ torchvision state dict (read with ``torch.load(weights_only=True)`` or safetenso
 converted UP-Fusion weights carry the tower's tensors, so the file is needed only to start a
 training run from ImageNet features.
 
-``"test"`` is a two-stage torchvision ConvNeXt (16 channels out) for CPU tests: the same class
-and code path, not a pretrained network.
+``"test"`` is a two-stage torchvision ConvNeXt (16 channels out) for CPU tests: the same class,
+loader and code path, with no pretrained weights anywhere.
 """
 
 from __future__ import annotations
@@ -113,8 +113,6 @@ def build_semantic_backbone(name: str, weights: str | os.PathLike[str] | None = 
         raise SemanticWeightsError(
             f"Unknown semantic backbone {name!r}; expected one of {', '.join(SEMANTIC_BACKBONES)}")
     spec = SEMANTIC_BACKBONES[name]
-    if weights is not None and spec.builder == "test":
-        raise SemanticWeightsError("the 'test' semantic tower is random by design; it takes no weights file")
     with torch.device(device) if device is not None else contextlib.nullcontext():
         net = _build(spec)
     if weights is not None:
