@@ -37,18 +37,21 @@ def test_feature_shapes_at_every_level(model: UPFusion) -> None:
     shapes = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, k=k: shapes.__setitem__(k, tuple(o.shape)))
              for k, m in [*((f"enc{i}", model.encoder_vi[i]) for i in range(4)),
-                          *((f"tcpm{i}", model.tcpm[i]) for i in range(4)),
-                          *((f"dec{i}", model.decoder[i]) for i in range(3)), ("scpm", model.scpm)]]
+                          *((f"dec{i}", model.decoder[i]) for i in range(3)), ("split", model.split_conv)]]
     try:
+        with torch.no_grad():
+            feats = model.forward_features(rgb, th)
         out = model(rgb, th)
     finally:
         for h in hooks:
             h.remove()
     d = model._args["dim"]
-    assert shapes["scpm"] == (2, d, 16, 24)
+    assert shapes["split"] == (2, 2 * d, 16, 24)
+    assert feats.selections["scpm"].shape == (2, int(0.7 * d))
     for i in range(4):
         assert shapes[f"enc{i}"] == (2, d * 2 ** i, 16 // 2 ** i, 24 // 2 ** i)
-        assert shapes[f"tcpm{i}"] == shapes[f"enc{i}"]
+        sel = feats.selections[f"tcpm{i + 1}"]
+        assert sel.shape == (2, d * 2 ** i) and sel.dtype == torch.int64 and int(sel.max()) < 2 * d * 2 ** i
     assert shapes["dec0"] == (2, 2 * d, 16, 24) and shapes["dec1"] == (2, 2 * d, 8, 12)
     assert shapes["dec2"] == (2, 4 * d, 4, 6)
     assert out.fused.shape == (2, 3, 16, 24) and out.logits is not None and out.logits.shape == (2, 3, 16, 24)

@@ -69,10 +69,14 @@ class UPFusionFeatures:
         refined: (B, 2·dim, H, W) refinement output, input of the luminance conv.
         decoder: decoder features for the segmentation head, finest first: the refinement
             output, decoder level 2 (H/2) and level 3 (H/4).
+        selections: the channel indices every hard selection chose (``scpm``, ``tcpm1`` ..
+            ``tcpm4``), so backends can be compared on them before comparing images (a
+            near-tie resolved differently changes the output discontinuously, spec §1.11).
     """
 
     refined: torch.Tensor
     decoder: list[torch.Tensor]
+    selections: dict[str, torch.Tensor]
 
 
 def _stack(n: int, dim: int, heads: int, ffn: float, bias: bool, norm: str, dd: dict[str, Any]) -> nn.Sequential:
@@ -239,7 +243,9 @@ class UPFusion(FusionSegModel):
     def forward_features(self, rgb: torch.Tensor, thermal: torch.Tensor) -> UPFusionFeatures:
         e_vi = self.embed_vi(rgb_to_gray(rgb))
         e_ir = self.embed_ir(thermal)
-        f_vi, f_ir = self.split_conv(self.scpm((e_vi + e_ir) / 2)).chunk(2, dim=1)
+        e_0 = (e_vi + e_ir) / 2
+        selections = {"scpm": self.scpm.select(e_0)}
+        f_vi, f_ir = self.split_conv(self.scpm.prune(e_0, selections["scpm"])).chunk(2, dim=1)
         f_vi, f_ir = self.gam_vi(f_vi, e_vi), self.gam_ir(f_ir, e_ir)
         skips = []
         for level in range(LEVELS):
@@ -247,16 +253,20 @@ class UPFusion(FusionSegModel):
                 f_vi, f_ir = self.down[level - 1](f_vi), self.down[level - 1](f_ir)
             f_vi, f_ir = self.encoder_vi[level](f_vi), self.encoder_ir[level](f_ir)
             skips.append((f_vi, f_ir))
-        x = self.tcpm[LEVELS - 1](*skips[LEVELS - 1])
+        tcpm = [m for m in self.tcpm if isinstance(m, TCPM)]
+        for level in range(LEVELS):
+            selections[f"tcpm{level + 1}"] = tcpm[level].select(*skips[level])
+        x = tcpm[LEVELS - 1].perturb(*skips[LEVELS - 1], selections[f"tcpm{LEVELS}"])
         decoded = []
         for level in reversed(range(LEVELS - 1)):
-            x = torch.cat((self.up[level](x), self.tcpm[level](*skips[level])), dim=1)
+            fused = tcpm[level].perturb(*skips[level], selections[f"tcpm{level + 1}"])
+            x = torch.cat((self.up[level](x), fused), dim=1)
             if level:
                 x = self.reduce[level - 1](x)
             x = self.decoder[level](x)
             decoded.append(x)
         refined = self.refinement(x)
-        return UPFusionFeatures(refined=refined, decoder=[refined, decoded[1], decoded[0]])
+        return UPFusionFeatures(refined=refined, decoder=[refined, decoded[1], decoded[0]], selections=selections)
 
     def forward_head(self, features: UPFusionFeatures, rgb: torch.Tensor, thermal: torch.Tensor) -> FusionSegOutput:
         raw_y = self.output(features.refined)

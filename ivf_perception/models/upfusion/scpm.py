@@ -81,5 +81,13 @@ class SCPM(nn.Module):
                 semantic = self.backbone(self.semantic_input(x)).mean(dim=(2, 3))
             return omega_c + self.alpha * torch.sigmoid(self.semantic_fc(semantic))
 
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        """The kept channels, highest ω_F first, (B, k) int64."""
+        return top_channels(self.scores(x), self.keep)
+
+    def prune(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """``Conv1×1_{k→C}(gather(x, indices))``."""
+        return self.expand_conv(gather_channels(x, indices))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.expand_conv(gather_channels(x, top_channels(self.scores(x), self.keep)))
+        return self.prune(x, self.select(x))

@@ -146,9 +146,17 @@ class TCPM(nn.Module):
         with fp32_scores(x):
             return self.se_fc(x.float().mean(dim=(2, 3)))
 
+    def select(self, f_a: torch.Tensor, f_b: torch.Tensor) -> torch.Tensor:
+        """The channels of ``cat(f_a, f_b)`` the SE scores keep, highest first, (B, C) int64."""
+        return top_channels(self.se_scores(torch.cat((f_a, f_b), dim=1)), self.keep)
+
     def forward(self, f_a: torch.Tensor, f_b: torch.Tensor) -> torch.Tensor:
+        return self.perturb(f_a, f_b, self.select(f_a, f_b))
+
+    def perturb(self, f_a: torch.Tensor, f_b: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """The module's output for given SE selections (:meth:`select`)."""
         x = torch.cat((f_a, f_b), dim=1)
-        y = self.expand_conv(gather_channels(x, top_channels(self.se_scores(x), self.keep)))
+        y = self.expand_conv(gather_channels(x, indices))
         q_in = self.conv_out(y.index_select(1, self.text_permutation))
         kv_in = self.conv_out(x)
         a = self.attn(self.norm1(q_in), self.norm2(kv_in))
