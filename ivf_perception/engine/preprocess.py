@@ -24,7 +24,7 @@ from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.io.registration import resize_to, warp_thermal
 from ivf_perception.io.thermal import BT601_LUMA, AGCConfig
 
-__all__ = ["InputError", "PreparedBatch", "align_thermal", "prepare_rgb", "prepare_thermal", "prepare_batch"]
+__all__ = ["InputError", "PreparedBatch", "align_thermal", "prepare_rgb", "prepare_thermal", "prepare_batch", "pad_to"]
 
 _log = logging.getLogger(__name__)
 
@@ -154,13 +154,25 @@ def prepare_batch(rgbs: list[np.ndarray], thermals: list[np.ndarray], *, multipl
     hp = -(-max(s[0] for s in sizes) // multiple) * multiple
     wp = -(-max(s[1] for s in sizes) // multiple) * multiple
     rgb_t, th_t = [], []
-    for r, t, (h, w) in zip(rgb_u8, th, sizes):
-        rt = torch.from_numpy(r).to(device).permute(2, 0, 1).float().div_(255.0)
-        tt = torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)).to(device)[None]
-        pad = (0, wp - w, 0, hp - h)
-        if pad[1] or pad[3]:
-            rt = F.pad(rt[None], pad, mode="replicate")[0]
-            tt = F.pad(tt[None], pad, mode="replicate")[0]
-        rgb_t.append(rt)
-        th_t.append(tt)
+    for r, t in zip(rgb_u8, th):
+        rgb_t.append(pad_to(torch.from_numpy(r).to(device).permute(2, 0, 1).float().div_(255.0), (hp, wp)))
+        th_t.append(pad_to(torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32)).to(device)[None], (hp, wp)))
     return PreparedBatch(torch.stack(rgb_t), torch.stack(th_t), [tuple(s) for s in sizes], rgb_u8)
+
+
+def pad_to(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pad (C, H, W) or (B, C, H, W) images at the bottom and right to ``size`` by edge replication.
+
+    The one padding rule of the Engine: to the model's multiple here, and on to a fixed-size
+    backend's input in :meth:`Engine.infer_batch`. Replicating an already replicated edge gives
+    the same pixels as one padding to the final size, so the two steps equal one. Content is
+    never resized; outputs are cropped back to each item's size.
+    """
+    h, w = images.shape[-2:]
+    if h > size[0] or w > size[1]:
+        raise ValueError(f"cannot pad {h}x{w} images to the smaller size {size[0]}x{size[1]}")
+    if (h, w) == tuple(size):
+        return images
+    batched = images if images.dim() == 4 else images[None]
+    padded = F.pad(batched, (0, size[1] - w, 0, size[0] - h), mode="replicate")
+    return padded if images.dim() == 4 else padded[0]
