@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ivf_perception.engine.backends import BackendContext, InferenceBackend, create_backend
+from ivf_perception.engine.backends import BackendContext, BackendOutput, InferenceBackend, create_backend
 from ivf_perception.engine.backends.base import PRECISIONS
 from ivf_perception.engine.backends.onnx_file import is_onnx_file, onnx_weights_info
 from ivf_perception.engine.config import PipelineConfig, engine_arguments
@@ -274,9 +274,8 @@ class Engine:
         with timer.stage("preprocess"):
             batch = prepare_batch(list(rgbs), list(thermals), multiple=self.input_multiple,
                                   device=self.device, agc=self._agc, homography=self._homography)
-            rgb, thermal = self._fit_fixed_size(batch.rgb), self._fit_fixed_size(batch.thermal)
         with timer.stage("inference"):
-            out = self.backend.run(rgb, thermal)
+            out = self.infer_tensors(batch.rgb, batch.thermal)
         with timer.stage("postprocess"):
             fused = to_uint8_rgb(out.fused)
             labels = logits_to_labels(out.logits) if out.logits is not None else None
@@ -292,12 +291,26 @@ class Engine:
             r.timings_ms = dict(timer.ms)
         return results
 
-    def _fit_fixed_size(self, images: torch.Tensor) -> torch.Tensor:
-        """Pad a batch to the backend's fixed input size (outputs are cropped per item anyway)."""
+    def infer_tensors(self, rgb: torch.Tensor, thermal: torch.Tensor) -> BackendOutput:
+        """The network's float outputs for a prepared batch: what backends are compared on.
+
+        Args:
+            rgb, thermal: (B, 3, H, W) and (B, 1, H, W) float in [0, 1] on :attr:`device`, H and W
+                multiples of :attr:`input_multiple` (as ``prepare_batch`` makes them).
+
+        Returns:
+            ``fused`` and ``logits`` at H×W: a fixed-size backend's input is padded to its size
+            (edge replication) and its outputs cropped back.
+        """
         size = self.backend.fixed_size
-        if size is None:
-            return images
-        h, w = images.shape[-2:]
+        h, w = rgb.shape[-2:]
+        if size is None or (h, w) == tuple(size):
+            return self.backend.run(rgb, thermal)
+        self._check_fits(h, w, size)
+        out = self.backend.run(pad_to(rgb, size), pad_to(thermal, size))
+        return BackendOutput(out.fused[..., :h, :w], None if out.logits is None else out.logits[..., :h, :w])
+
+    def _check_fits(self, h: int, w: int, size: tuple[int, int]) -> None:
         if h > size[0] or w > size[1]:
             source = self.backend.describe().get("onnx_file") or self.weights_path or "the backend"
             raise EngineError(
@@ -305,7 +318,6 @@ class Engine:
                 f"{size[0]}x{size[1]} the {self.backend.name} engine was built for ({source}); send images of "
                 f"at most {size[0]}x{size[1]}, or rebuild it at the larger size (a new process, warm-up at that "
                 "size, or a larger/dynamic ONNX file)")
-        return pad_to(images, size)
 
     def warmup(self, height: int = 240, width: int = 320, iterations: int = 1) -> None:
         """Run dummy frames so the first real frame does not pay for allocation/autotuning."""

@@ -65,10 +65,10 @@ class OnnxRuntimeBackend(InferenceBackend):
         self._context = context
         self.providers = self._choose_providers()
         if self.precision == "bf16" or (self.precision == "fp16" and self.providers[0] != "TensorrtExecutionProvider"):
-            raise BackendError(
-                f"backend onnxruntime runs the exported fp32 graph; precision {self.precision} needs "
-                + ("the TensorRT execution provider on CUDA" if self.precision == "fp16" else "a path it does not have")
-                + ": use precision fp32, or backend compile or tensorrt")
+            needs = ("needs the TensorRT execution provider on CUDA" if self.precision == "fp16"
+                     else "has no onnxruntime path here")
+            raise BackendError(f"backend onnxruntime runs the exported fp32 graph; precision {self.precision} "
+                               f"{needs}: use precision fp32, or backend compile or tensorrt")
         self._session: Any = None
         self._path: Path | None = None
         self._size: tuple[int, int] | None = None
