@@ -45,8 +45,9 @@ __all__ = [
     "selective_scan_ref",
 ]
 
-SCAN_BACKENDS = ("auto", "chunked", "ref", "cuda")
-"""Accepted ``backend`` values: ``auto`` (CUDA kernel when usable, else chunked), or one forced."""
+SCAN_BACKENDS = ("auto", "chunked", "ref", "cuda", "export")
+"""Accepted ``backend`` values: ``auto`` (CUDA kernel when usable, the ``export`` form while
+exporting, else chunked), or one forced."""
 
 ScanResult = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -509,8 +510,10 @@ def selective_scan(
     """Selective scan with the backend chosen at call time.
 
     ``auto`` uses mamba-ssm's CUDA kernel when :func:`has_cuda_scan` is true, the tensors are
-    on CUDA in a dtype it supports and no ONNX export or tracing is running; otherwise the
-    chunked PyTorch form. ``chunked``, ``ref`` and ``cuda`` force one implementation (``cuda``
+    on CUDA in a dtype it supports and no ONNX export or tracing is running; while
+    ``torch.export`` (or the dynamo ONNX exporter) traces, the ``export`` form
+    (:mod:`~ivf_perception.models.ops.scan_export`, scan operators instead of unrolled loops);
+    otherwise the chunked PyTorch form. ``chunked``, ``ref`` and ``cuda`` force one implementation (``cuda``
     raises a ``RuntimeError`` explaining how to install mamba-ssm when it is unavailable).
 
     Args:
@@ -528,7 +531,13 @@ def selective_scan(
     """
     _check_backend(backend)
     if backend == "auto":
-        backend = "cuda" if _cuda_usable(u) else "chunked"
+        backend = "cuda" if _cuda_usable(u) else "export" if torch.compiler.is_exporting() else "chunked"
+    if backend == "export":  # scan operators instead of unrolled loops: see scan_export
+        from ivf_perception.models.ops.scan_export import selective_scan_export
+
+        return selective_scan_export(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size=chunk_size
+        )
     if backend == "cuda":
         return _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if backend == "ref":
