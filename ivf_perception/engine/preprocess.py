@@ -19,12 +19,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.io.registration import resize_to, warp_thermal
 from ivf_perception.io.thermal import BT601_LUMA, AGCConfig
 
-__all__ = ["InputError", "PreparedBatch", "align_thermal", "prepare_rgb", "prepare_thermal", "prepare_batch"]
+__all__ = ["InputError", "PreparedBatch", "align_thermal", "prepare_rgb", "prepare_thermal", "prepare_batch", "pad_to"]
 
 _log = logging.getLogger(__name__)
 
@@ -180,3 +181,21 @@ def _replicate_edges(item: np.ndarray, h: int, w: int) -> None:
         item[:, :h, w:] = item[:, :h, w - 1:w]
     if h < item.shape[1]:
         item[:, h:, :] = item[:, h - 1:h, :]
+
+
+def pad_to(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pad (C, H, W) or (B, C, H, W) images at the bottom and right to ``size`` by edge replication.
+
+    The one padding rule of the Engine: to the model's multiple here, and on to a fixed-size
+    backend's input in :meth:`Engine.infer_batch`. Replicating an already replicated edge gives
+    the same pixels as one padding to the final size, so the two steps equal one. Content is
+    never resized; outputs are cropped back to each item's size.
+    """
+    h, w = images.shape[-2:]
+    if h > size[0] or w > size[1]:
+        raise ValueError(f"cannot pad {h}x{w} images to the smaller size {size[0]}x{size[1]}")
+    if (h, w) == tuple(size):
+        return images
+    batched = images if images.dim() == 4 else images[None]
+    padded = F.pad(batched, (0, size[1] - w, 0, size[0] - h), mode="replicate")
+    return padded if images.dim() == 4 else padded[0]

@@ -61,7 +61,7 @@ def _state_dict_sha256(model: nn.Module) -> str:
     for name, tensor in model.state_dict().items():
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim buffers too
     return digest.hexdigest()
 
 

@@ -20,9 +20,12 @@ Topics (relative, remappable):
 
 Lifecycle (the ROS 2 lifecycle talker's structure, yolo_ros's order of work):
     configure  reads and validates the parameters, builds the QoS, builds and warms up the
-               engine, creates the publishers. SUCCESS: inactive. FAILURE (invalid parameter,
-               missing or mismatched weights, no CUDA): back to unconfigured, reason logged and
-               shown in /diagnostics; fix the parameter and configure again.
+               engine (and its inference backend: an exported ONNX session or TensorRT engine
+               is built here, at ``warmup_size``), creates the publishers. SUCCESS: inactive.
+               FAILURE (invalid parameter, missing or mismatched weights, no CUDA, a backend
+               whose package is missing or whose build failed): back to unconfigured with
+               nothing held, reason logged and shown in /diagnostics; fix the parameter and
+               configure again.
     activate   subscribes and starts the worker. SUCCESS: active.
     deactivate unsubscribes, stops the worker, frees cached GPU memory. SUCCESS: inactive.
     cleanup    destroys the publishers and releases the model. SUCCESS: unconfigured.
@@ -163,11 +166,15 @@ class FusionNode(LifecycleNode):
             return self._configure_failed(f"invalid parameter: {exc}")
         try:
             engine = Engine.from_config(config.pipeline)
+        except CONFIGURE_ERRORS as exc:
+            return self._configure_failed(f"cannot build the engine ({type(exc).__name__}): {exc}")
+        try:  # the warm-up also builds lazily built backends (an ONNX session at the warm-up size)
             started = time.monotonic()
             engine.warmup(*config.warmup_size)
             warmup_ms = (time.monotonic() - started) * 1e3
         except CONFIGURE_ERRORS as exc:
-            return self._configure_failed(f"cannot build the engine ({type(exc).__name__}): {exc}")
+            engine.release()  # nothing half-built stays behind: configure can be retried at once
+            return self._configure_failed(f"engine warm-up failed ({type(exc).__name__}): {exc}")
 
         self._engine, self._config, self._configure_error = engine, config, ""
         self._engine_info = engine.describe()  # per-frame stats reuse it (describe() walks the model)
@@ -189,8 +196,8 @@ class FusionNode(LifecycleNode):
         info = self._engine_info
         self.get_logger().info(
             f"configured: {info['variant']}/{info['preset']} ({info['num_classes']} classes) on "
-            f"{info['device']} {info['precision']}, {resolve_threads(config.pipeline.threads)} CPU threads, "
-            f"weights '{config.pipeline.weights}', warm-up "
+            f"{info['device']} {info['precision']}, backend {info['backend']}, "
+            f"{resolve_threads(config.pipeline.threads)} CPU threads, weights '{config.pipeline.weights}', warm-up "
             f"{config.warmup_size[0]}x{config.warmup_size[1]} took {warmup_ms:.0f} ms")
         return TransitionCallbackReturn.SUCCESS
 
