@@ -1,10 +1,11 @@
 """Shared tensor operations (function first, module second) with optional compiled kernels.
 
 Everything here imports on a CPU-only machine: compiled kernels (mamba-ssm) are looked up
-lazily by :mod:`ivf_perception.models.ops._backend`.
+lazily by :mod:`ivf_perception.models.ops._backend`
+(mamba-ssm's, and our Triton scan in :mod:`.scan_triton`).
 """
 
-from ivf_perception.models.ops._backend import get_cuda_scan, has_cuda_scan
+from ivf_perception.models.ops._backend import get_cuda_scan, get_triton_scan, has_cuda_scan, has_triton_scan
 from ivf_perception.models.ops.selective_scan import (
     SCAN_BACKENDS,
     SelectiveScan,
@@ -18,7 +19,9 @@ __all__ = [
     "SCAN_BACKENDS",
     "SelectiveScan",
     "get_cuda_scan",
+    "get_triton_scan",
     "has_cuda_scan",
+    "has_triton_scan",
     "selective_scan",
     "selective_scan_chunked",
     "selective_scan_ref",

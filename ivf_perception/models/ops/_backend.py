@@ -6,6 +6,10 @@ matching torch build is missing). We therefore never import it at module level: 
 call to :func:`has_cuda_scan` tries once and caches the outcome, the way timm gates apex
 (``has_apex``) and fused attention (``use_fused_attn``). Setting the environment variable
 ``IVF_DISABLE_CUDA_SCAN=1`` turns the kernel off without uninstalling it, for A/B checks.
+
+Our own Triton kernel (:mod:`.scan_triton`) is discovered the same way: Triton comes with CUDA
+builds of torch but not with every CPU build, so :func:`has_triton_scan` imports it once, on
+first use; ``IVF_DISABLE_TRITON_SCAN=1`` turns it off.
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["DISABLE_ENV_VAR", "has_cuda_scan", "get_cuda_scan"]
+__all__ = ["DISABLE_ENV_VAR", "DISABLE_TRITON_ENV_VAR", "get_cuda_scan", "get_triton_scan", "has_cuda_scan",
+           "has_triton_scan"]
 
 DISABLE_ENV_VAR = "IVF_DISABLE_CUDA_SCAN"
 """Environment variable that, set to 1/true/yes/on, forces :func:`has_cuda_scan` to False."""
+
+DISABLE_TRITON_ENV_VAR = "IVF_DISABLE_TRITON_SCAN"
+"""Environment variable that, set to 1/true/yes/on, forces :func:`has_triton_scan` to False."""
 
 _INSTALL_HINT = (
     "install mamba-ssm built for this torch and CUDA version "
@@ -28,8 +36,8 @@ _INSTALL_HINT = (
 )
 
 
-def _disabled_by_env() -> bool:
-    return os.environ.get(DISABLE_ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+def _disabled_by_env(name: str = DISABLE_ENV_VAR) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @functools.cache
@@ -66,4 +74,38 @@ def get_cuda_scan() -> Callable[..., object]:
     fn, reason = _import_cuda_scan()
     if fn is None:
         raise RuntimeError(f"mamba-ssm's CUDA selective scan is not importable ({reason}); {_INSTALL_HINT}")
+    return fn
+
+
+@functools.cache
+def _import_triton_scan() -> tuple[Callable[..., object] | None, str]:
+    """Import our Triton kernel module once; returns (function or None, reason if None)."""
+    try:
+        from ivf_perception.models.ops.scan_triton import selective_scan_triton
+    except ImportError as err:  # triton not installed (CPU builds of torch)
+        return None, f"{type(err).__name__}: {err}"
+    return selective_scan_triton, ""
+
+
+def has_triton_scan() -> bool:
+    """Whether our Triton selective scan can be used in this process: CUDA is available,
+    ``IVF_DISABLE_TRITON_SCAN`` is not set and ``triton`` imports (tried at most once)."""
+    if _disabled_by_env(DISABLE_TRITON_ENV_VAR) or not torch.cuda.is_available():
+        return False
+    return _import_triton_scan()[0] is not None
+
+
+def get_triton_scan() -> Callable[..., object]:
+    """:func:`~ivf_perception.models.ops.scan_triton.selective_scan_triton`, or a ``RuntimeError``
+    that says why it cannot be used. Needs no CUDA device itself: the kernel runs on CPU tensors
+    under Triton's interpreter (``TRITON_INTERPRET=1``) and refuses them otherwise."""
+    if _disabled_by_env(DISABLE_TRITON_ENV_VAR):
+        raise RuntimeError(
+            f"the Triton selective scan is disabled by the environment variable {DISABLE_TRITON_ENV_VAR}; "
+            "unset it or use scan_backend='chunked'"
+        )
+    fn, reason = _import_triton_scan()
+    if fn is None:
+        raise RuntimeError(f"the Triton selective scan needs the triton package ({reason}); "
+                           "`pip install triton` (CUDA builds of torch include it), or use scan_backend='chunked'")
     return fn

@@ -13,11 +13,12 @@ The recurrence (Gu & Dao, "Mamba", 2023), per batch element ``b``, channel ``d``
 where channel ``d`` reads group ``d // (D // G)``: VMamba and S4Fusion stack their four scan
 directions along the channels and give each direction its own B/C this way.
 
-Why three implementations: mamba-ssm imports its compiled CUDA extension at import time, so a
+Why several implementations: mamba-ssm imports its compiled CUDA extension at import time, so a
 CPU machine (CI, a robot without NVIDIA GPU, ONNX export) needs a pure-PyTorch version.
 :func:`selective_scan_ref` is the literal definition (a Python loop over time) that everything
 else is tested against; :func:`selective_scan_chunked` is the fast form used by default;
-:func:`selective_scan` picks one.
+:func:`selective_scan` picks one. On CUDA without mamba-ssm, our forward-only Triton kernel
+(:mod:`.scan_triton`) serves inference; gradients always go through mamba-ssm or the chunked form.
 
 Everything is computed in at least float32 (half and bfloat16 inputs are promoted, float64
 stays float64 so that ``gradcheck`` works) and returned in ``u``'s dtype; the optional last
@@ -35,7 +36,7 @@ from torch import nn
 from torch.autograd.function import BackwardCFunction, FunctionCtx, once_differentiable
 
 from ivf_perception.checks import ShapeError, check_shape, checks_enabled
-from ivf_perception.models.ops._backend import get_cuda_scan, has_cuda_scan
+from ivf_perception.models.ops._backend import get_cuda_scan, get_triton_scan, has_cuda_scan, has_triton_scan
 
 __all__ = [
     "SCAN_BACKENDS",
@@ -45,8 +46,9 @@ __all__ = [
     "selective_scan_ref",
 ]
 
-SCAN_BACKENDS = ("auto", "chunked", "ref", "cuda")
-"""Accepted ``backend`` values: ``auto`` (CUDA kernel when usable, else chunked), or one forced."""
+SCAN_BACKENDS = ("auto", "chunked", "ref", "cuda", "triton")
+"""Accepted ``backend`` values: ``auto`` (on CUDA: mamba-ssm's kernel, else our Triton kernel for
+inference, else chunked; chunked on CPU), or one forced."""
 
 ScanResult = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -438,6 +440,18 @@ def _cuda_usable(u: torch.Tensor) -> bool:
     )
 
 
+def _triton_usable(u: torch.Tensor, operands: tuple[torch.Tensor | None, ...]) -> bool:
+    """``auto`` takes the Triton kernel for CUDA inference only: it has no backward pass."""
+    return (
+        u.is_cuda
+        and u.dtype in (torch.float16, torch.bfloat16, torch.float32)
+        and not torch.onnx.is_in_onnx_export()
+        and not torch.jit.is_tracing()
+        and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands))
+        and has_triton_scan()
+    )
+
+
 def _selective_scan_cuda(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -509,9 +523,11 @@ def selective_scan(
     """Selective scan with the backend chosen at call time.
 
     ``auto`` uses mamba-ssm's CUDA kernel when :func:`has_cuda_scan` is true, the tensors are
-    on CUDA in a dtype it supports and no ONNX export or tracing is running; otherwise the
-    chunked PyTorch form. ``chunked``, ``ref`` and ``cuda`` force one implementation (``cuda``
-    raises a ``RuntimeError`` explaining how to install mamba-ssm when it is unavailable).
+    on CUDA in a dtype it supports and no ONNX export or tracing is running; else, for CUDA
+    inference (no operand requiring gradients), our Triton kernel when :func:`has_triton_scan`
+    is true; otherwise the chunked PyTorch form. ``chunked``, ``ref``, ``cuda`` and ``triton``
+    force one implementation (``cuda`` and ``triton`` raise a ``RuntimeError`` saying what is
+    missing when they cannot run).
 
     Args:
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state: as in
@@ -528,9 +544,19 @@ def selective_scan(
     """
     _check_backend(backend)
     if backend == "auto":
-        backend = "cuda" if _cuda_usable(u) else "chunked"
+        if _cuda_usable(u):
+            backend = "cuda"
+        elif _triton_usable(u, (u, delta, A, B, C, D, z, delta_bias)):
+            backend = "triton"
+        else:
+            backend = "chunked"
     if backend == "cuda":
         return _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if backend == "triton":
+        _check_operands(u, delta, A, B, C, D, z, delta_bias)
+        return get_triton_scan()(  # type: ignore[return-value]
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state
+        )
     if backend == "ref":
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_chunked(
