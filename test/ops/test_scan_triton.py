@@ -55,6 +55,8 @@ cases = {
     # exp(Δ A) underflows to 0 every step (A ~ -50, Δ up to ~25, past softplus' threshold of 20)
     "strong_decay": (operands(2, 8, 4, 29, 2, 4, a_scale=50.0, delta_shift=24.8), True),
     "per_channel_groups": (operands(1, 6, 3, 11, 6, 5), True),
+    # several time tiles with a ragged tail; D = 5 leaves the second channel block 1/4 full
+    "multi_tile_ragged": (operands(1, 5, 3, 100, 1, 8), True),
     "float16_inputs": (operands(1, 8, 4, 17, 2, 6, dtype=torch.float16), True),
 }
 out = {}
@@ -86,7 +88,7 @@ def interpreted_results() -> dict[str, dict[str, float]]:
 
 
 CASES = ["odd_length_groups", "length_1", "ungrouped_bc_no_options", "only_skip_no_softplus", "strong_decay",
-         "per_channel_groups", "float16_inputs", "noncontiguous"]
+         "per_channel_groups", "multi_tile_ragged", "float16_inputs", "noncontiguous"]
 
 
 class TestTritonKernelInterpreted:

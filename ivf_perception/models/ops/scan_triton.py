@@ -7,10 +7,15 @@ triton`` (it comes with CUDA builds of torch).
 
 Algorithm (the recurrence of :func:`~ivf_perception.models.ops.selective_scan.selective_scan_ref`):
 one program per batch element and block of ``BLOCK_D`` channels holds the state
-``h`` (``BLOCK_D × N``) in registers and walks the sequence once, so the work is
-O(B·D·N·L) with no (B, D, N, L) tensor anywhere and every operand read exactly once.
-Programs are independent (batch × channel blocks run in parallel); time is sequential
-inside each, which is what the recurrence needs. Δ's bias and softplus (PyTorch's threshold
+``h`` (``BLOCK_D × N``) in registers and walks the sequence once, in tiles of ``BLOCK_T``
+steps. Per tile it loads u, Δ, z (``BLOCK_D × BLOCK_T``) and B, C (``N × BLOCK_T`` per
+channel's group) contiguously along time, composes the tile's steps ``h ↦ exp(Δ_t A) h +
+Δ_t u_t B_t`` with a log-depth ``tl.associative_scan``, applies the result to the carried
+state and reduces ``y_t = C_t · h_t``. A step-by-step loop would instead issue one dependent,
+strided load per time step (tens of thousands per image). The work is O(B·D·N·L) with no
+(B, D, N, L) tensor in memory and every operand read once; programs (batch × channel blocks)
+run in parallel. Like the chunked form it only exponentiates ``Δ A <= 0`` and multiplies
+decays, so long sequences and strong decay cannot overflow. Δ's bias and softplus (PyTorch's threshold
 of 20), the ``D`` skip and the ``silu(z)`` gate are fused in. Grouped B/C are read per
 channel from group ``d // (D // G)``. Everything is computed in float32 whatever the input
 dtype; ``y`` is stored in ``u``'s dtype and the last state in float32, as the other paths do.
@@ -33,8 +38,11 @@ import triton.language as tl
 
 __all__ = ["selective_scan_triton", "triton_interpreting"]
 
-_BLOCK_D = 32
-"""Channels per program: 32 × N_pad float32 states fit in registers for N up to 64."""
+_BLOCK_D = 4
+_BLOCK_T = 32
+"""Channels per program and time steps per tile. A tile holds BLOCK_D × N_pad × BLOCK_T float32
+values per intermediate (2048 for N <= 16), which 4 warps keep in registers; few channels per
+program also give a 480×640 image's scans (D = 4·C channels) hundreds of programs to spread."""
 
 
 def triton_interpreting() -> bool:
@@ -44,24 +52,30 @@ def triton_interpreting() -> bool:
 
 
 @triton.jit
+def _combine(a_left, b_left, a_right, b_right):
+    """Compose two affine steps h -> a h + b (left first): the scan's associative operator."""
+    return a_left * a_right, b_left * a_right + b_right
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr, delta_ptr, a_ptr, b_ptr, c_ptr, dskip_ptr, z_ptr, bias_ptr, y_ptr, last_ptr,
     dim, length, n_state, n_groups, per_group,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
     """One program: batch element ``program_id(0)``, channels ``program_id(1) * BLOCK_D + …``.
 
     Layouts (contiguous): u, delta, z, y (B, D, L); A (D, N); B, C (B, G, N, L); D, bias (D,);
-    last (B, D, N) float32.
+    last (B, D, N) float32. Time advances in tiles of ``BLOCK_T`` steps.
     """
     pid_b = tl.program_id(0)
     pid_d = tl.program_id(1)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, BLOCK_N)
+    offs_t = tl.arange(0, BLOCK_T)
     mask_d = offs_d < dim
-    mask_n = offs_n < n_state
-    mask_dn = mask_d[:, None] & mask_n[None, :]
+    mask_dn = mask_d[:, None] & (offs_n < n_state)[None, :]
 
     # Padded channels and states read A = 0, B = C = 0: their state stays 0 and is never stored.
     a = tl.load(a_ptr + offs_d[:, None] * n_state + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
@@ -75,24 +89,35 @@ def _scan_fwd_kernel(
     bc_row = ((pid_b * n_groups + group)[:, None] * n_state + offs_n[None, :]) * length
 
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    for t in range(0, length):
-        u_t = tl.load(u_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
+    for t0 in range(0, length, BLOCK_T):
+        t = t0 + offs_t
+        mask_dt = mask_d[:, None] & (t < length)[None, :]
+        ptr_dt = row[:, None] + t[None, :]
+        u = tl.load(u_ptr + ptr_dt, mask=mask_dt, other=0.0).to(tl.float32)
+        dt = tl.load(delta_ptr + ptr_dt, mask=mask_dt, other=0.0).to(tl.float32)
         if HAS_BIAS:
-            dt = dt + bias
+            dt = dt + bias[:, None]
         if SOFTPLUS:
             # torch.nn.functional.softplus with threshold 20: linear above it, no exp overflow
             dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(tl.minimum(dt, 20.0))), dt)
-        b_t = tl.load(b_ptr + bc_row + t, mask=mask_dn, other=0.0).to(tl.float32)
-        c_t = tl.load(c_ptr + bc_row + t, mask=mask_dn, other=0.0).to(tl.float32)
-        h = tl.exp(dt[:, None] * a) * h + (dt * u_t)[:, None] * b_t
-        y_t = tl.sum(h * c_t, axis=1)
+        dt = tl.where(mask_dt, dt, 0.0)  # steps past the end: decay 1, drive 0, the state carries over
+        mask_dnt = mask_dn[:, :, None] & (t < length)[None, None, :]
+        ptr_bc = bc_row[:, :, None] + t[None, None, :]
+        b_t = tl.load(b_ptr + ptr_bc, mask=mask_dnt, other=0.0).to(tl.float32)
+        c_t = tl.load(c_ptr + ptr_bc, mask=mask_dnt, other=0.0).to(tl.float32)
+        decay = tl.exp(dt[:, None, :] * a[:, :, None])  # (D, N, T)
+        drive = (dt * u)[:, None, :] * b_t
+        # The tile's steps composed in parallel (a log-depth scan), then applied to the carried state.
+        decay_acc, drive_acc = tl.associative_scan((decay, drive), axis=2, combine_fn=_combine)
+        states = decay_acc * h[:, :, None] + drive_acc
+        y = tl.sum(states * c_t, axis=1)  # (D, T)
+        h = tl.sum(tl.where((offs_t == BLOCK_T - 1)[None, None, :], states, 0.0), axis=2)
         if HAS_D:
-            y_t = y_t + d_skip * u_t
+            y = y + d_skip[:, None] * u
         if HAS_Z:
-            z_t = tl.load(z_ptr + row + t, mask=mask_d, other=0.0).to(tl.float32)
-            y_t = y_t * z_t * tl.sigmoid(z_t)
-        tl.store(y_ptr + row + t, y_t.to(y_ptr.dtype.element_ty), mask=mask_d)
+            z = tl.load(z_ptr + ptr_dt, mask=mask_dt, other=0.0).to(tl.float32)
+            y = y * z * tl.sigmoid(z)
+        tl.store(y_ptr + ptr_dt, y.to(y_ptr.dtype.element_ty), mask=mask_dt)
 
     last_offs = (pid_b * dim + offs_d)[:, None] * n_state + offs_n[None, :]
     tl.store(last_ptr + last_offs, h, mask=mask_dn)
@@ -162,6 +187,7 @@ def selective_scan_triton(
         dim, length, n_state, n_groups, dim // n_groups,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
         SOFTPLUS=bool(delta_softplus),
-        BLOCK_D=_BLOCK_D, BLOCK_N=max(triton.next_power_of_2(n_state), 2),
+        BLOCK_D=_BLOCK_D, BLOCK_N=max(triton.next_power_of_2(n_state), 2), BLOCK_T=_BLOCK_T,
+        num_warps=4,
     )
     return (y, last) if return_last_state else y
