@@ -123,16 +123,14 @@ def _options(items: Sequence[str]) -> dict[str, Any]:
 
 def _export(args: argparse.Namespace) -> int:
     from ivf_perception.engine.weights import save_weights
+    from ivf_perception.export import export_onnx, onnx_metadata
     from ivf_training.export import load_run_weights
-    from ivf_training.onnx_export import export_onnx
 
     run = load_run_weights(args.run_dir, checkpoint=args.checkpoint)
     if args.onnx:  # refuse a model that cannot be exported before writing anything
         height, width = args.onnx_size or run.info.input_size
         onnx_path = args.out.with_suffix(".onnx")
-        meta = {"variant": run.info.variant, "preset": run.info.preset, "num_classes": run.info.num_classes,
-                "classes": run.info.classes, "palette": run.info.palette,
-                "input_multiple": int(getattr(run.model, "input_multiple", 1))}
+        meta = onnx_metadata(run.model, None, run.info.classes, run.info.palette)  # weights not written yet
         check = export_onnx(run.model, onnx_path, height=height, width=width, metadata=meta)
         diffs = ", ".join(f"{k} {v:.2g}" for k, v in check.max_abs_diff.items())
         print(f"wrote {onnx_path} ({height}x{width}; onnxruntime vs PyTorch max |diff|: {diffs})")

@@ -46,9 +46,9 @@ __all__ = [
     "selective_scan_ref",
 ]
 
-SCAN_BACKENDS = ("auto", "chunked", "ref", "cuda", "triton")
+SCAN_BACKENDS = ("auto", "chunked", "ref", "cuda", "triton", "export")
 """Accepted ``backend`` values: ``auto`` (on CUDA: mamba-ssm's kernel, else our Triton kernel for
-inference, else chunked; chunked on CPU), or one forced."""
+inference, else chunked; the ``export`` form while exporting; chunked on CPU), or one forced."""
 
 ScanResult = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -523,11 +523,13 @@ def selective_scan(
     """Selective scan with the backend chosen at call time.
 
     ``auto`` uses mamba-ssm's CUDA kernel when :func:`has_cuda_scan` is true, the tensors are
-    on CUDA in a dtype it supports and no ONNX export or tracing is running; else, for CUDA
-    inference (no operand requiring gradients), our Triton kernel when :func:`has_triton_scan`
-    is true; otherwise the chunked PyTorch form. ``chunked``, ``ref``, ``cuda`` and ``triton``
-    force one implementation (``cuda`` and ``triton`` raise a ``RuntimeError`` saying what is
-    missing when they cannot run).
+    on CUDA in a dtype it supports and no ONNX export or tracing is running; while
+    ``torch.export`` (or the dynamo ONNX exporter) traces, the ``export`` form
+    (:mod:`~ivf_perception.models.ops.scan_export`, scan operators instead of unrolled loops);
+    else, for CUDA inference (no operand requiring gradients), our Triton kernel when
+    :func:`has_triton_scan` is true; otherwise the chunked PyTorch form. ``chunked``, ``ref``,
+    ``cuda``, ``triton`` and ``export`` force one implementation (``cuda`` and ``triton`` raise
+    a ``RuntimeError`` saying what is missing when they cannot run).
 
     Args:
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state: as in
@@ -546,10 +548,18 @@ def selective_scan(
     if backend == "auto":
         if _cuda_usable(u):
             backend = "cuda"
+        elif torch.compiler.is_exporting():
+            backend = "export"
         elif _triton_usable(u, (u, delta, A, B, C, D, z, delta_bias)):
             backend = "triton"
         else:
             backend = "chunked"
+    if backend == "export":  # scan operators instead of unrolled loops: see scan_export
+        from ivf_perception.models.ops.scan_export import selective_scan_export
+
+        return selective_scan_export(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size=chunk_size
+        )
     if backend == "cuda":
         return _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if backend == "triton":
