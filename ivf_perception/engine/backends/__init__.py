@@ -15,6 +15,7 @@ __all__ = ["BACKEND_MODULES", "BackendContext", "BackendError", "BackendOutput",
 
 BACKEND_MODULES: dict[str, tuple[str, str]] = {
     "torch": ("ivf_perception.engine.backends.torch_eager", "TorchBackend"),
+    "tensorrt": ("ivf_perception.engine.backends.tensorrt_backend", "TensorRTBackend"),
 }
 """Backend name → (module, class), imported lazily by :func:`create_backend`."""
 
