@@ -155,6 +155,10 @@ class _RealTensorRT:
 
     def build(self, onnx_path: Path, precision: str, shapes: Shapes,
               progress: BuildProgress) -> bytes:
+        with torch.cuda.device(self.device):  # TensorRT builds for the current CUDA device
+            return self._build(onnx_path, precision, shapes, progress)
+
+    def _build(self, onnx_path: Path, precision: str, shapes: Shapes, progress: BuildProgress) -> bytes:
         trt = self.trt
         builder, network = self._parse(onnx_path)
         config = builder.create_builder_config()
@@ -178,11 +182,13 @@ class _RealTensorRT:
         return bytes(serialized)
 
     def deserialize(self, data: bytes) -> Any | None:
-        return self.runtime.deserialize_cuda_engine(data)
+        with torch.cuda.device(self.device):
+            return self.runtime.deserialize_cuda_engine(data)
 
     def create_execution(self, engine: Any, shapes: Shapes) -> tuple[Any, list[TensorSpec]]:
         trt = self.trt
-        execution = engine.create_execution_context()
+        with torch.cuda.device(self.device):
+            execution = engine.create_execution_context()
         for name, shape in shapes:
             if -1 in tuple(engine.get_tensor_shape(name)):
                 execution.set_input_shape(name, shape)
