@@ -17,9 +17,10 @@ from typing import Any
 
 import torch
 
-from ivf_perception.cli._common import parse_size, setup_logging, user_errors
+from ivf_perception.cli._common import add_threads_argument, parse_size, setup_logging, user_errors
 from ivf_perception.engine import Engine
 from ivf_perception.engine.profiling import count_gmacs, count_parameters, measure_latency
+from ivf_perception.engine.threads import AUTO, apply_threads
 from ivf_perception.models import build_model, describe_presets, list_models, list_presets
 from ivf_perception.models.ops import has_cuda_scan
 from ivf_perception.models.ops.bench import bench_selective_scan
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scan-length", type=int, default=19200, help="L of the selective-scan comparison")
     p.add_argument("--skip-scan", action="store_true")
     p.add_argument("--json", help="write all results to this file")
+    add_threads_argument(p)
     return p
 
 
@@ -60,6 +62,7 @@ def _configs(device_arg: str, has_scan: bool = True) -> list[dict[str, Any]]:
 
 
 def run_benchmarks(args: argparse.Namespace) -> dict[str, Any]:
+    apply_threads(args.threads or AUTO)
     torch.manual_seed(0)
     variants = args.variants or [v for v in list_models() if not v.startswith("test_")]
     rows = []

@@ -208,6 +208,10 @@ PIPELINE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("time_jump_threshold_s", "double", 1.0,
               "a stamp this much older than its stream's newest resets the pairing queues "
               "(bag loop, clock reset)", min_value=0.0, max_value=86400.0),
+    ParamSpec("threads", "integer", 0,
+              "CPU threads of torch and OpenCV in this process; 0 = auto: usable physical cores "
+              "minus one, at least 1, at most 4, so the robot's other processes keep a core",
+              min_value=0, max_value=256),
 )
 PIPELINE_SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PIPELINE_PARAMETERS}
 
@@ -228,6 +232,7 @@ class PipelineConfig:
         overlay_alpha: opacity of the class colours in overlays.
         slop_s, queue_size, time_jump_threshold_s: the pairer's settings
             (:class:`~ivf_perception.sync.ApproximateTimePairer`).
+        threads: CPU threads, 0 = auto (:mod:`ivf_perception.engine.threads`).
     """
 
     variant: str
@@ -244,6 +249,7 @@ class PipelineConfig:
     slop_s: float
     queue_size: int
     time_jump_threshold_s: float
+    threads: int = 0
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> PipelineConfig:
@@ -268,7 +274,7 @@ class PipelineConfig:
             homography=None if v["homography"] is None else tuple(float(x) for x in v["homography"]),
             class_names=opt_tuple("class_names"), palette=opt_tuple("palette"),
             overlay_alpha=float(v["overlay_alpha"]), slop_s=float(v["slop_s"]), queue_size=int(v["queue_size"]),
-            time_jump_threshold_s=float(v["time_jump_threshold_s"]),
+            time_jump_threshold_s=float(v["time_jump_threshold_s"]), threads=int(v["threads"]),
         )
 
 

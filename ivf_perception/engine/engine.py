@@ -24,6 +24,7 @@ from ivf_perception.engine.backends.base import PRECISIONS
 from ivf_perception.engine.config import PipelineConfig, engine_arguments
 from ivf_perception.engine.postprocess import logits_to_labels, make_overlay, to_uint8_rgb
 from ivf_perception.engine.preprocess import prepare_batch
+from ivf_perception.engine.threads import apply_threads
 from ivf_perception.engine.timing import StageTimer
 from ivf_perception.engine.weights import WeightsError, WeightsInfo, build_model_from_weights
 from ivf_perception.errors import IvfPerceptionError
@@ -169,7 +170,13 @@ class Engine:
 
     @classmethod
     def from_config(cls, config: PipelineConfig) -> Engine:
-        """The engine a node, replay or a command asks for (:func:`~.config.engine_arguments`)."""
+        """The engine a node, replay or a command asks for (:func:`~.config.engine_arguments`).
+
+        Also sets the process's CPU thread pools from ``config.threads`` (0 = auto,
+        :func:`~ivf_perception.engine.threads.apply_threads`): every front door builds its
+        engine here, so none of them can forget the non-oversubscribing default.
+        """
+        apply_threads(config.threads)
         model, kwargs = engine_arguments(config)
         return cls(model, **kwargs)
 
