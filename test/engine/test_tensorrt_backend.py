@@ -169,11 +169,16 @@ class TestKeyAndCache:
         assert len(runtime.builds) == 1 and runtime.deserialized == 1
         assert b.engine.data == engine_files(tmp_path / "cache")[0].read_bytes()
 
-    def test_dynamic_onnx_gets_the_requested_profile(self, tmp_path: Path) -> None:
+    def test_dynamic_onnx_is_built_for_the_first_batch_size(self, tmp_path: Path) -> None:
         path = write_onnx(tmp_path / "dyn.onnx", height="height", width="width")
         assert onnx_input_shapes(path, (48, 64)) == (("rgb", (1, 3, 48, 64)), ("thermal", (1, 1, 48, 64)))
-        b = backend(path, tmp_path / "cache", FakeTensorRT(), input_size=(48, 64))
+        assert onnx_input_shapes(path, None) == (("rgb", (1, 3, -1, -1)), ("thermal", (1, 1, -1, -1)))
+        runtime = FakeTensorRT()
+        b = backend(path, tmp_path / "cache", runtime)
+        assert runtime.builds == [] and b.fixed_size is None and b.describe()["engine"] is None
+        b._prepare((48, 64))  # what run() does first (run itself needs CUDA tensors)
         assert b.fixed_size == (48, 64)
+        assert runtime.builds[0][2] == (("rgb", (1, 3, 48, 64)), ("thermal", (1, 1, 48, 64)))
 
 
 class TestDamagedCache:
@@ -288,7 +293,7 @@ class TestBuildProgressAndErrors:
             path.write_bytes(b"\x00\x01 definitely not protobuf")
         else:
             write_onnx(path, metadata=False)
-        with pytest.raises(BackendError, match=rf"no ONNX file to build from: {path}"):
+        with pytest.raises(BackendError, match=rf"cannot build from {path}: {path}"):
             backend(path, tmp_path / "cache", FakeTensorRT())
 
     def test_unknown_precision(self, onnx_file: Path, tmp_path: Path) -> None:
@@ -305,17 +310,18 @@ class TestBuildProgressAndErrors:
 class TestFromEngineWeights:
     """The real ONNX export (minutes on 2 CPU cores even for the micro model), then the fake build."""
 
-    def test_exports_the_model_once_and_builds_from_that_file(self, tmp_path: Path, test_weights: Path) -> None:
+    def test_exports_the_model_at_the_first_batch_size_once(self, tmp_path: Path, test_weights: Path) -> None:
         from ivf_perception.engine.weights import build_model_from_weights
 
         model = build_model_from_weights(test_weights)[0].eval()
         context = BackendContext(model=model, device=torch.device("cpu"), precision="fp32", weights_path=test_weights,
-                                 options={"cache_dir": str(tmp_path), "input_size": (32, 32)})
+                                 options={"cache_dir": str(tmp_path)})
         runtime = FakeTensorRT()
         b = TensorRTBackend(context, runtime=runtime)
-        assert b.onnx_path.parent == tmp_path / "onnx" and b.onnx_path.suffix == ".onnx"
-        assert b.fixed_size == (32, 32) and len(runtime.builds) == 1
-        assert runtime.builds[0][0] == b.onnx_path
+        assert b.onnx_path is None and runtime.builds == []  # nothing exported before a batch
+        b._prepare((32, 32))  # what run() does first (run itself needs CUDA tensors)
+        assert b.onnx_path is not None and b.onnx_path.parent == tmp_path / "onnx" and b.onnx_path.suffix == ".onnx"
+        assert b.fixed_size == (32, 32) and len(runtime.builds) == 1 and runtime.builds[0][0] == b.onnx_path
         again = FakeTensorRT()
-        TensorRTBackend(context, runtime=again)
+        TensorRTBackend(context, runtime=again)._prepare((32, 32))
         assert again.builds == [] and len(list((tmp_path / "onnx").glob("*.onnx"))) == 1

@@ -3,9 +3,10 @@
 How it gets its engine:
 
 1. The ONNX file: the weights themselves when they are an ``.onnx`` export, else the cached
-   fixed-size export of the model (:func:`ivf_perception.export.cache.cached_onnx`) at
-   ``options["input_size"]`` (default 480×640). The engine's profile is that file's input
-   shapes, so :attr:`fixed_size` is its H×W and the Engine pads or resizes to it.
+   fixed-size export of the model (:func:`ivf_perception.export.cache.cached_onnx`) at the
+   first batch's padded size, as the onnxruntime backend does. The engine's profile is that
+   file's input shapes (a dynamic file's H×W set to the first batch's), so :attr:`fixed_size`
+   is its H×W and the Engine pads smaller images to it.
 2. The key (:class:`~.trt_cache.EngineKey`): TensorRT version, GPU, compute capability,
    precision, shapes, ONNX SHA-256. A cached engine with the same key is deserialized; a
    missing, foreign or damaged one, or ``options["force_rebuild"]``, means a build.
@@ -25,6 +26,7 @@ current stream (``execute_async_v3``), so no copies and no synchronisation are a
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -45,11 +47,8 @@ from ivf_perception.engine.backends.base import (
 )
 from ivf_perception.engine.backends.trt_cache import EngineCache, EngineKey, Shapes
 
-__all__ = ["DEFAULT_INPUT_SIZE", "BuildProgress", "TensorRTBackend", "TensorRTRuntime", "TensorSpec",
+__all__ = ["BuildProgress", "TensorRTBackend", "TensorRTRuntime", "TensorSpec",
            "load_tensorrt", "onnx_input_shapes"]
-
-DEFAULT_INPUT_SIZE = (480, 640)
-"""(H, W) of the ONNX export when the weights are not an ONNX file and no ``input_size`` is given."""
 
 _INSTALL = ("`pip install tensorrt` (it needs an NVIDIA GPU with a CUDA driver; "
             "on a machine without one use backend onnxruntime)")
@@ -222,25 +221,25 @@ def _progress_monitor(trt: Any, progress: BuildProgress) -> Any:
     return _Monitor()
 
 
-def onnx_input_shapes(onnx_path: Path, size: tuple[int, int]) -> Shapes:
+def onnx_input_shapes(onnx_path: Path, size: tuple[int, int] | None) -> Shapes:
     """The ONNX graph's input shapes, the engine profile: a dynamic batch becomes 1 and dynamic
-    H, W (the last two dimensions) become ``size``. Read with ``onnx`` without the weights."""
+    H, W (the last two dimensions) become ``size`` (stay -1 when it is None). Read with ``onnx``
+    without the weights."""
     import onnx
 
     proto = onnx.load(str(onnx_path), load_external_data=False)
     initializers = {t.name for t in proto.graph.initializer}
     filled = []
-    for value in proto.graph.input:
-        if value.name in initializers:  # old exporters list weights as inputs too
+    for graph_input in proto.graph.input:
+        if graph_input.name in initializers:  # old exporters list weights as inputs too
             continue
-        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in value.type.tensor_type.shape.dim]
-        name = value.name
+        dims = [d.dim_value if d.HasField("dim_value") else -1 for d in graph_input.type.tensor_type.shape.dim]
         if dims and dims[0] < 0:
             dims[0] = 1
-        for axis, value in ((-2, size[0]), (-1, size[1])):
-            if len(dims) >= 2 and dims[axis] < 0:
-                dims[axis] = value
-        filled.append((name, tuple(dims)))
+        if size is not None and len(dims) >= 2:
+            dims[-2] = size[0] if dims[-2] < 0 else dims[-2]
+            dims[-1] = size[1] if dims[-1] < 0 else dims[-1]
+        filled.append((graph_input.name, tuple(dims)))
     return tuple(filled)
 
 
@@ -257,46 +256,42 @@ def load_tensorrt(device: torch.device) -> TensorRTRuntime:
     return _RealTensorRT(trt, device)
 
 
-def _input_size(options: dict[str, Any]) -> tuple[int, int]:
-    raw = options.get("input_size", DEFAULT_INPUT_SIZE)
-    try:
-        height, width = (int(v) for v in raw)
-    except (TypeError, ValueError) as exc:
-        raise BackendError(f"backend option input_size must be (height, width), got {raw!r}") from exc
-    if height < 1 or width < 1:
-        raise BackendError(f"backend option input_size must be positive, got {raw!r}")
-    return height, width
-
-
-def _onnx_file(context: BackendContext, size: tuple[int, int], cache_dir: Path | None) -> Path:
-    """The ONNX file to build from: the weights if they are one, else the cached export."""
+def _export(context: BackendContext, size: tuple[int, int], cache_dir: Path) -> Path:
+    """The cached fixed-size ONNX export of the context's model at ``size``."""
     from ivf_perception.export.cache import cached_onnx
-    from ivf_perception.export.onnx import OnnxExportError, read_onnx_metadata
+    from ivf_perception.export.onnx import OnnxExportError
 
-    weights = context.weights_path
+    if context.model is None:
+        raise BackendError("backend 'tensorrt' needs a PyTorch model or .onnx weights")
+    model = context.model
+    if next(model.parameters()).device.type != "cpu":
+        model = copy.deepcopy(model).cpu()  # the exporter traces on the CPU; the Engine keeps its own copy
     try:
-        if weights is not None and Path(weights).suffix.lower() == ".onnx":
-            read_onnx_metadata(weights)  # an ivf_perception export, readable: else a clear error now
-            return Path(weights)
-        if context.model is None:
-            raise BackendError("backend 'tensorrt' needs a model or an .onnx weights file")
-        model = context.model
-        device = next(model.parameters(), torch.empty(0)).device
-        model.to("cpu")  # the export traces on the CPU; the model goes back to the Engine's device after
-        try:
-            return cached_onnx(model, weights, height=size[0], width=size[1], cache_dir=cache_dir)
-        finally:
-            model.to(device)
+        return cached_onnx(model, context.weights_path, height=size[0], width=size[1], cache_dir=cache_dir)
     except OnnxExportError as exc:
-        raise BackendError(f"backend 'tensorrt' has no ONNX file to build from: {exc}") from exc
+        raise BackendError(f"backend 'tensorrt' cannot export {getattr(model, 'variant', type(model).__name__)} "
+                           f"to ONNX: {exc}") from exc
+
+
+def _read_shapes(onnx_path: Path, size: tuple[int, int] | None) -> Shapes:
+    try:
+        return onnx_input_shapes(onnx_path, size)
+    except ImportError as exc:
+        raise BackendError(f"backend 'tensorrt' reads {onnx_path} with the onnx package ({exc}); "
+                           "`pip install onnx`") from exc
 
 
 class TensorRTBackend(InferenceBackend):
     """A TensorRT engine built from the ONNX export (see the module docstring).
 
+    When the engine is made: at construction for fixed-size ``.onnx`` weights; otherwise at the
+    first batch, for its padded size (the node's warm-up at configure does this), exactly as
+    the onnxruntime backend fixes its export. Later batches must have that size (the Engine pads
+    smaller images to :attr:`fixed_size`).
+
     Options (``BackendContext.options``): ``cache_dir`` (default: the package cache folder),
-    ``force_rebuild`` (ignore a cached engine), ``input_size`` ((H, W) of the export when the
-    weights are not ONNX), ``progress_interval_s`` (seconds between build progress lines).
+    ``force_rebuild`` (ignore a cached engine), ``progress_interval_s`` (seconds between build
+    progress lines, default 5).
 
     Args:
         context: as every backend gets it.
@@ -313,39 +308,60 @@ class TensorRTBackend(InferenceBackend):
         if context.precision not in PRECISIONS:
             raise BackendError(f"unknown precision {context.precision!r}; use one of {', '.join(PRECISIONS)}")
         self.runtime = runtime if runtime is not None else load_tensorrt(context.device)
+        self.context = context
         self.device = context.device
         self.precision = context.precision
         options = context.options
         from ivf_perception.export.cache import default_cache_dir
+
+        self.cache_dir = Path(options["cache_dir"]) if options.get("cache_dir") else default_cache_dir()
+        self.cache = EngineCache(self.cache_dir / "tensorrt")
+        self.force_rebuild = bool(options.get("force_rebuild", False))
+        self.progress_interval_s = float(options.get("progress_interval_s", 5.0))
+        self.onnx_path: Path | None = None
+        self.engine: Any = None
+        self.execution: Any = None
+        self._size: tuple[int, int] | None = None
+        weights = context.weights_path
+        if weights is not None and Path(weights).suffix.lower() == ".onnx":
+            from ivf_perception.export.onnx import OnnxExportError, read_onnx_metadata
+
+            try:
+                read_onnx_metadata(weights)  # one of our exports, readable: else a clear error now
+            except OnnxExportError as exc:
+                raise BackendError(f"backend 'tensorrt' cannot build from {weights}: {exc}") from exc
+            self.onnx_path = Path(weights)
+            shapes = _read_shapes(self.onnx_path, None)
+            if not any(-1 in shape for _, shape in shapes):
+                rgb = dict(shapes).get("rgb", shapes[0][1])
+                self._prepare((int(rgb[-2]), int(rgb[-1])))
+
+    def _prepare(self, size: tuple[int, int]) -> None:
+        """Make the engine for inputs of ``size``: the ONNX file, the key, a cached or new engine,
+        an execution context."""
         from ivf_perception.export.onnx import file_sha256
 
-        cache_dir = Path(options["cache_dir"]) if options.get("cache_dir") else default_cache_dir()
-        self.onnx_path = _onnx_file(context, _input_size(options), cache_dir)
-        try:
-            shapes = onnx_input_shapes(self.onnx_path, _input_size(options))
-        except ImportError as exc:
-            raise BackendError(f"backend 'tensorrt' reads {self.onnx_path} with the onnx package ({exc}); "
-                               "`pip install onnx`") from exc
+        onnx_path = self.onnx_path if self.onnx_path is not None else _export(self.context, size, self.cache_dir)
+        shapes = _read_shapes(onnx_path, size)
         gpu, capability = self.runtime.target_gpu()
-        self.key = EngineKey(self.runtime.version, gpu, capability, self.precision, shapes, file_sha256(self.onnx_path))
-        self.cache = EngineCache(cache_dir / "tensorrt")
-        self.engine_path = self.cache.engine_path(self.key, self.onnx_path.stem)
-        self.engine = self._load_or_build(bool(options.get("force_rebuild", False)),
-                                          float(options.get("progress_interval_s", 5.0)))
-        self.execution, self.specs = self.runtime.create_execution(self.engine, self.key.input_shapes)
-        self.inputs = [s for s in self.specs if s.is_input]
-        self.outputs = [s for s in self.specs if not s.is_input]
-        names = {s.name for s in self.specs}
+        self.onnx_path = onnx_path
+        self.key = EngineKey(self.runtime.version, gpu, capability, self.precision, shapes, file_sha256(onnx_path))
+        self.engine_path = self.cache.engine_path(self.key, onnx_path.stem)
+        self.engine = self._load_or_build(onnx_path)
+        self.execution, specs = self.runtime.create_execution(self.engine, self.key.input_shapes)
+        self.inputs = [s for s in specs if s.is_input]
+        self.outputs = [s for s in specs if not s.is_input]
+        names = {s.name for s in specs}
         if not {"rgb", "thermal", "fused"} <= names:
-            raise BackendError(f"the engine built from {self.onnx_path} has tensors {sorted(names)}; "
+            raise BackendError(f"the engine built from {onnx_path} has tensors {sorted(names)}; "
                                "expected inputs rgb, thermal and output fused (an ivf_perception ONNX export)")
         rgb_shape = next(s for s in self.inputs if s.name == "rgb").shape
         self._size = (int(rgb_shape[-2]), int(rgb_shape[-1]))
 
-    def _load_or_build(self, force_rebuild: bool, interval_s: float) -> Any:
-        stem = self.onnx_path.stem
-        if force_rebuild:
-            _log.info("force_rebuild: ignoring any cached TensorRT engine for %s", self.onnx_path)
+    def _load_or_build(self, onnx_path: Path) -> Any:
+        stem = onnx_path.stem
+        if self.force_rebuild:
+            _log.info("force_rebuild: ignoring any cached TensorRT engine for %s", onnx_path)
         else:
             data = self.cache.load(self.key, stem)
             if data is not None:
@@ -354,18 +370,18 @@ class TensorRTBackend(InferenceBackend):
                     return engine
                 _log.warning("cached TensorRT engine %s does not deserialize with TensorRT %s; rebuilding it",
                              self.engine_path, self.key.tensorrt)
-        progress = BuildProgress(f"{self.onnx_path.name} ({self.precision}, {self.key.gpu})", interval_s)
+        progress = BuildProgress(f"{onnx_path.name} ({self.precision}, {self.key.gpu})", self.progress_interval_s)
         with progress.running():
             try:
-                data = self.runtime.build(self.onnx_path, self.precision, self.key.input_shapes, progress)
+                data = self.runtime.build(onnx_path, self.precision, self.key.input_shapes, progress)
             except BackendError:
                 raise
             except Exception as exc:  # TensorRT raises assorted types; the message names the file
-                raise BackendError(f"TensorRT could not build an engine from {self.onnx_path} "
+                raise BackendError(f"TensorRT could not build an engine from {onnx_path} "
                                    f"({self.precision}): {type(exc).__name__}: {exc}") from exc
         engine = self._deserialize(data)
         if engine is None:
-            raise BackendError(f"TensorRT built an engine from {self.onnx_path} but cannot load it back")
+            raise BackendError(f"TensorRT built an engine from {onnx_path} but cannot load it back")
         self.cache.store(self.key, stem, data)
         return engine
 
@@ -381,6 +397,9 @@ class TensorRTBackend(InferenceBackend):
         return self._size
 
     def run(self, rgb: torch.Tensor, thermal: torch.Tensor) -> BackendOutput:
+        if self.engine is None:  # size open until now: make the engine for this batch's size
+            self._prepare((int(rgb.shape[-2]), int(rgb.shape[-1])))
+        assert self._size is not None  # set by _prepare
         height, width = self._size
         if tuple(rgb.shape[-2:]) != (height, width):
             raise BackendError(f"the TensorRT engine from {self.onnx_path} takes {height}x{width} inputs, "
@@ -416,8 +435,10 @@ class TensorRTBackend(InferenceBackend):
         return BackendOutput(results["fused"].float(), None if logits is None else logits.float())
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "precision": self.precision, "onnx": str(self.onnx_path),
-                "engine": str(self.engine_path), "tensorrt": self.key.tensorrt, "gpu": self.key.gpu}
+        built = self.engine is not None
+        return {**super().describe(), "precision": self.precision, "tensorrt": self.runtime.version,
+                "onnx": None if self.onnx_path is None else str(self.onnx_path),
+                "engine": str(self.engine_path) if built else None, "gpu": self.key.gpu if built else None}
 
     def release(self) -> None:
         """Drop the execution context and engine (their GPU memory) before the runtime."""
