@@ -325,3 +325,35 @@ class TestFromEngineWeights:
         again = FakeTensorRT()
         TensorRTBackend(context, runtime=again)._prepare((32, 32))
         assert again.builds == [] and len(list((tmp_path / "onnx").glob("*.onnx"))) == 1
+
+
+def _has_tensorrt() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or not _has_tensorrt(), reason="needs a CUDA device and TensorRT")
+class TestRealTensorRT:
+    """The real TensorRT build, cache and inference (``make gpu-check`` runs this on a GPU)."""
+
+    @pytest.mark.parametrize("precision, tol", [("fp32", 1e-3), ("fp16", 3e-2)])
+    def test_matches_torch_and_reloads_from_cache(self, tmp_path: Path, test_weights: Path, precision: str,
+                                                  tol: float) -> None:
+        from ivf_perception.engine.weights import build_model_from_weights
+
+        model = build_model_from_weights(test_weights)[0].eval().cuda()
+        rgb, thermal = torch.rand(2, 3, 64, 96, device="cuda"), torch.rand(2, 1, 64, 96, device="cuda")
+        with torch.inference_mode():
+            ref = model(rgb, thermal)
+        context = BackendContext(model, torch.device("cuda"), precision, test_weights, {"cache_dir": str(tmp_path)})
+        out = create_backend("tensorrt", context).run(rgb, thermal)  # batch 2 through a batch-1 engine
+        torch.testing.assert_close(out.fused, ref.fused, atol=tol, rtol=tol)
+        assert out.logits is not None and ref.logits is not None
+        assert (out.logits.argmax(1) == ref.logits.argmax(1)).float().mean() >= 0.99
+        assert len(engine_files(tmp_path)) == 1
+        again = create_backend("tensorrt", context)
+        torch.testing.assert_close(again.run(rgb, thermal).fused, out.fused, atol=0, rtol=0)
