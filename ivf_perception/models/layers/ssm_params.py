@@ -28,6 +28,7 @@ __all__ = [
     "init_a_log",
     "no_weight_decay",
     "project_scan_params",
+    "project_image_scan_params",
     "DirectionalScan",
     "add_direction_params",
     "reset_direction_params",
@@ -97,6 +98,26 @@ def project_scan_params(
     x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, x_proj_weight)
     dts, b, c = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=2)
     return torch.einsum("bkrl,kdr->bkdl", dts, dt_projs_weight), b, c
+
+
+def project_image_scan_params(
+    x: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor, dt_rank: int, d_state: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`project_scan_params` of every direction from the tokens in image order.
+
+    The projections are per token, so projecting the image-order tokens gives each
+    direction's Δ/B/C at image positions, without reading the tokens in the four orders;
+    the fused cross scan indexes them in each direction's order.
+
+    Shape:
+        x: (B, M, D, L); x_proj_weight: (M, K, R + 2N, D) (or (K, R + 2N, D) for M = 1);
+        dt_projs_weight: (K, D, R)  ->  delta: (B, M, K, D, L); B, C: (B, M, K, N, L) (views)
+    """
+    bsz, mods, dim, length = x.shape
+    weight = x_proj_weight.reshape(mods, -1, dim)  # (M, K·(R + 2N), D)
+    x_dbl = torch.matmul(weight, x).view(bsz, mods, dt_projs_weight.shape[0], -1, length)
+    dts, b, c = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=3)
+    return torch.matmul(dt_projs_weight, dts), b, c
 
 
 class DirectionalScan(nn.Module):
