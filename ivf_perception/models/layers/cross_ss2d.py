@@ -43,7 +43,7 @@ from ivf_perception.models.layers.ssm_params import (
     add_direction_params,
     dt_rank_for,
     init_proj_weight,
-    project_image_scan_params,
+    project_image_tokens,
     project_scan_params,
     reset_direction_params,
 )
@@ -168,11 +168,12 @@ class CrossSS2D(DirectionalScan):
             x, y, mark: (B, d_inner, H, W)  ->  two (B, H, W, d_inner)
         """
         b, _, h, w = x.shape
-        tokens = torch.stack([x, y], dim=1).view(b, 2, self.d_inner, h * w)
+        tokens = torch.stack([x.permute(0, 2, 3, 1), y.permute(0, 2, 3, 1)], dim=1).view(b, 2, h * w, self.d_inner)
         weight = torch.stack([self.x_proj_weight, self.y_proj_weight])  # (2, K, R + 2N, d_inner)
-        delta, bs, cs = project_image_scan_params(tokens, weight, self.dt_projs_weight, self.dt_rank, self.d_state)
-        u = tokens + mark.reshape(b, 1, self.d_inner, h * w)
-        out = cross_selective_scan(u, delta, A, bs, cs, self.Ds, self.dt_projs_bias.flatten(), True, h, w)
+        x_dbl = project_image_tokens(tokens, weight)  # from the unmarked tokens
+        u = tokens + mark.permute(0, 2, 3, 1).reshape(b, 1, h * w, self.d_inner)
+        out = cross_selective_scan(u.transpose(2, 3), x_dbl, self.dt_projs_weight, A, self.Ds,
+                                   self.dt_projs_bias.flatten(), True, h, w)
         return out[:, 0].view(b, h, w, self.d_inner), out[:, 1].view(b, h, w, self.d_inner)
 
     def _gate_and_project(self, tokens: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

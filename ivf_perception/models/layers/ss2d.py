@@ -29,7 +29,7 @@ from ivf_perception.models.layers.ssm_params import (
     DirectionalScan,
     add_direction_params,
     dt_rank_for,
-    project_image_scan_params,
+    project_image_tokens,
     project_scan_params,
     reset_direction_params,
 )
@@ -179,10 +179,10 @@ class SS2D(DirectionalScan):
             x: (B, d_inner, H, W)  ->  (B, H, W, d_inner)
         """
         b, _, h, w = x.shape
-        tokens = x.reshape(b, 1, self.d_inner, h * w)
-        delta, bs, cs = project_image_scan_params(
-            tokens, self.x_proj_weight, self.dt_projs_weight, self.dt_rank, self.d_state)
-        y = cross_selective_scan(tokens, delta, A, bs, cs, self.Ds, self.dt_projs_bias.flatten(), True, h, w)
+        tokens = x.permute(0, 2, 3, 1).reshape(b, 1, h * w, self.d_inner)  # a view when x is channels last
+        x_dbl = project_image_tokens(tokens, self.x_proj_weight)
+        y = cross_selective_scan(tokens.transpose(2, 3), x_dbl, self.dt_projs_weight, A, self.Ds,
+                                 self.dt_projs_bias.flatten(), True, h, w)
         return y.view(b, h, w, self.d_inner)
 
     def extra_repr(self) -> str:

@@ -29,10 +29,9 @@ DIRECTIONS = 4
 
 def cross_selective_scan(
     u: torch.Tensor,
-    delta: torch.Tensor,
+    x_dbl: torch.Tensor,
+    dt_projs_weight: torch.Tensor,
     A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
     D: torch.Tensor | None,
     delta_bias: torch.Tensor | None,
     delta_softplus: bool,
@@ -43,14 +42,17 @@ def cross_selective_scan(
 
     Equal (to float rounding) to scanning ``cross_scan``'s sequences, modalities interleaved
     per position, with a grouped selective scan (group k = direction k, channel ``k·C + c`` of
-    A, D and Δ bias) and merging the outputs with ``cross_merge`` per modality.
+    A, D and Δ bias; Δ = ``dt_projs_weight[k] @ x_dbl[:, :, k, :R]``, B and C the next N rows
+    each) and merging the outputs with ``cross_merge`` per modality. Δ's up-projection runs
+    inside the kernel, so the (B, M, 4, C, L) Δ tensor is never stored.
 
     Args:
-        u: SSM input per modality, in image order (shared by the four directions).
-        delta: Δ per modality and direction, before ``delta_bias``/softplus, image order.
-        A: state matrix of the K·C scan channels (direction-major).
-        B: input projection per modality and direction, image order.
-        C: output projection, same layout as ``B``.
+        u: SSM input per modality, in image order (shared by the four directions); any strides
+            (channels-contiguous is fastest).
+        x_dbl: per modality and direction, each token's projection ``[Δ low-rank part; B; C]``
+            in image order (:func:`~ivf_perception.models.layers.ssm_params.project_image_tokens`).
+        dt_projs_weight: Δ's up-projection per direction.
+        A: state matrix of the 4·C scan channels (direction-major).
         D: skip weight per scan channel.
         delta_bias: added to Δ before the softplus.
         delta_softplus: apply softplus to Δ (+ bias).
@@ -61,8 +63,8 @@ def cross_selective_scan(
         Outputs summed over the four directions, channels last.
 
     Shape:
-        u: (B, M, C, H·W); delta: (B, M, 4, C, H·W); A: (4C, N); B, C: (B, M, 4, N, H·W);
-        D, delta_bias: (4C,)  ->  (B, M, H·W, C)
+        u: (B, M, C, H·W); x_dbl: (B, M, 4, R + 2N, H·W); dt_projs_weight: (4, C, R);
+        A: (4C, N); D, delta_bias: (4C,)  ->  (B, M, H·W, C)
 
     Raises:
         RuntimeError: when the fused CPU kernel is not available.
@@ -72,12 +74,12 @@ def cross_selective_scan(
                            "use cross_scan + selective_scan + cross_merge instead")
     check_shape(u, "B M C L", name="u")
     bsz, mods, chans, length = u.shape
-    check_shape(delta, "B M K C L", name="delta", B=bsz, M=mods, K=DIRECTIONS, C=chans, L=length)
+    check_shape(dt_projs_weight, "K C R", name="dt_projs_weight", K=DIRECTIONS, C=chans)
     check_shape(A, "D N", name="A", D=DIRECTIONS * chans)
-    check_shape(B, "B M K N L", name="B", B=bsz, M=mods, K=DIRECTIONS, N=A.shape[1], L=length)
-    check_shape(C, "B M K N L", name="C", B=bsz, M=mods, K=DIRECTIONS, N=A.shape[1], L=length)
+    rows = dt_projs_weight.shape[2] + 2 * A.shape[1]
+    check_shape(x_dbl, "B M K R L", name="x_dbl", B=bsz, M=mods, K=DIRECTIONS, R=rows, L=length)
     per_direction = torch.ops.ivf_perception.cross_scan_fwd(
-        u, delta, A.contiguous(), B, C,
+        u, x_dbl, dt_projs_weight.contiguous(), A.contiguous(),
         None if D is None else D.contiguous(),
         None if delta_bias is None else delta_bias.contiguous(),
         delta_softplus, height, width,

@@ -4,12 +4,13 @@
 // Why this layout: the eight channels of a block share B_t and C_t (grouped B/C), so a time step
 // is, per state n, one vector exp(Δ·A_n), one FMA into h_n and one FMA into y with B_t[n], C_t[n]
 // broadcast; no horizontal sums. Inputs are read through strides in blocks of kSteps time steps
-// (a small gather into a [step][lane] buffer), so any layout works without a copy, and the same
-// core reads VMamba's four cross-scan orders (and S4Fusion's interleaved modalities) straight
-// from image-order tensors (mode kCross) instead of materialising the permuted sequences.
+// (a small gather into per-step vectors), so any layout works without a copy, and the same core
+// reads VMamba's four cross-scan orders (and S4Fusion's interleaved modalities) straight from
+// image-order tensors (Order::kCross) instead of materialising the permuted sequences; there it
+// also applies Δ's low-rank up-projection itself, so the largest intermediate is never stored.
 //
-// Math helpers are written as plain scalar code in fixed-width loops so that the compiler
-// vectorises them for whatever ISA the function is cloned for (no intrinsics, no -ffast-math).
+// Math helpers use GCC/Clang vector extensions (no intrinsics, no -ffast-math); scan_task is
+// cloned for AVX-512 / AVX2 machines and a baseline, picked at load time.
 
 #include <Python.h>
 
@@ -21,12 +22,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 namespace {
 
 constexpr int kLanes = 8;      // channels per task (one AVX2 vector of float)
 constexpr int kSteps = 64;     // time steps per gathered block
 constexpr int kMaxState = 64;  // largest supported N (the Python side falls back above it)
+constexpr int kMaxRank = 64;   // largest rank of Δ's projection in the cross scan
 
 #if defined(IVF_CLONES)
 #elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
@@ -105,7 +108,7 @@ struct OutView {
   int64_t sb = 0, sg = 0, sc = 0, sm = 0, sp = 0;
 };
 
-// B or C: element (b, g, state n, modality m, position p).
+// B, C or Δ's low-rank part: element (b, g, row n, modality m, position p).
 struct StateView {
   const float* data = nullptr;
   int64_t sb = 0, sg = 0, sn = 0, sm = 0, sp = 0;
@@ -120,6 +123,10 @@ struct Problem {
   Order order = Order::kPlain;
   TokenView u, delta, z;                // z.data may be null
   StateView B, C;
+  // Δ from its low-rank part instead of `delta` (when dt_proj is set): Δ_c = Σ_r W[g, c, r]·dts_r.
+  StateView dts;
+  const float* dt_proj = nullptr;       // (groups, per_group, rank), contiguous
+  int64_t rank = 0;
   const float* A = nullptr;             // (groups·per_group, n_state), contiguous
   const float* D = nullptr;             // (groups·per_group) or null
   const float* delta_bias = nullptr;    // (groups·per_group) or null
@@ -128,66 +135,114 @@ struct Problem {
   float* last_state = nullptr;          // (batch, groups·per_group, n_state) or null
 };
 
-// Image position of step t of cross-scan direction g: row-major, column-major, both reversed.
-inline int64_t cross_position(int64_t g, int64_t t, int64_t h, int64_t w, int64_t length) {
-  if (g >= 2) t = length - 1 - t;
-  return (g & 1) ? (t % h) * w + t / h : t;
+// Walks the image positions of one scan order step by step (no divisions in the loop): plain
+// order, or cross-scan direction g (row-major, column-major, both reversed), each position
+// repeated for the M interleaved modalities.
+class PositionWalker {
+ public:
+  PositionWalker(const Problem& pb, int64_t g)
+      : h_(pb.height), w_(pb.width), mods_(pb.modalities), reverse_(pb.order == Order::kCross && g >= 2),
+        columns_(pb.order == Order::kCross && (g & 1)) {
+    if (reverse_) {  // start at the last position of the order
+      row_ = h_ - 1;
+      col_ = w_ - 1;
+    }
+  }
+  int64_t position() const { return row_ * w_ + col_; }
+  int64_t modality() const { return mod_; }
+  void next() {
+    if (++mod_ < mods_) return;
+    mod_ = 0;
+    if (columns_) {
+      step(row_, col_, h_);
+    } else {
+      step(col_, row_, w_);
+    }
+  }
+
+ private:
+  // Advance the fast index (wrapping at `extent`) and carry into the slow one.
+  void step(int64_t& fast, int64_t& slow, int64_t extent) {
+    if (!reverse_) {
+      if (++fast == extent) fast = 0, ++slow;
+    } else if (fast-- == 0) {
+      fast = extent - 1, --slow;
+    }
+  }
+  int64_t h_, w_, mods_;
+  bool reverse_, columns_;
+  int64_t row_ = 0, col_ = 0, mod_ = 0;
+};
+
+// Eight lanes from `p` at stride `stride` (a vector load when they are contiguous).
+IVF_INLINE vf load_lanes(const float* p, int64_t stride, int lanes) {
+  vf v = {};
+  if (stride == 1 && lanes == kLanes) {
+    std::memcpy(&v, p, sizeof v);
+  } else {
+    for (int c = 0; c < lanes; ++c) v[c] = p[c * stride];
+  }
+  return v;
+}
+
+IVF_INLINE void load_rows(float* out, const float* p, int64_t stride, int count) {
+  if (stride == 1) {
+    std::memcpy(out, p, count * sizeof(float));
+  } else {
+    for (int n = 0; n < count; ++n) out[n] = p[n * stride];
+  }
 }
 
 IVF_CLONES
 void scan_task(const Problem& pb, int64_t b, int64_t g, int64_t c0) {
   const int lanes = static_cast<int>(std::min<int64_t>(kLanes, pb.per_group - c0));
-  const int n_state = static_cast<int>(pb.n_state);
+  const int n_state = static_cast<int>(pb.n_state), rank = static_cast<int>(pb.rank);
   const int64_t steps = pb.modalities * pb.length;
 
   // Per-lane parameters; unused lanes get A = 0, Δ = 0 so their state stays 0.
-  vf a[kMaxState] = {}, h[kMaxState] = {}, bias = {}, dskip = {}, valid = {};
+  vf a[kMaxState] = {}, h[kMaxState] = {}, wdt[kMaxRank] = {}, bias = {}, dskip = {}, valid = {};
   for (int c = 0; c < lanes; ++c) {
     const int64_t ch = g * pb.per_group + c0 + c;
     for (int n = 0; n < n_state; ++n) a[n][c] = pb.A[ch * pb.n_state + n] * kLog2e;  // exp(Δa) = 2^(Δ·a·log2e)
+    for (int r = 0; r < rank; ++r) wdt[r][c] = pb.dt_proj[ch * rank + r];
     if (pb.delta_bias) bias[c] = pb.delta_bias[ch];
     if (pb.D) dskip[c] = pb.D[ch];
     valid[c] = 1.0f;
   }
 
   const float* u_base = pb.u.data + b * pb.u.sb + g * pb.u.sg + c0 * pb.u.sc;
-  const float* dt_base = pb.delta.data + b * pb.delta.sb + g * pb.delta.sg + c0 * pb.delta.sc;
+  const float* dt_base = pb.dt_proj ? nullptr : pb.delta.data + b * pb.delta.sb + g * pb.delta.sg + c0 * pb.delta.sc;
+  const float* dts_base = pb.dt_proj ? pb.dts.data + b * pb.dts.sb + g * pb.dts.sg : nullptr;
   const float* z_base = pb.z.data ? pb.z.data + b * pb.z.sb + g * pb.z.sg + c0 * pb.z.sc : nullptr;
   const float* b_base = pb.B.data + b * pb.B.sb + g * pb.B.sg;
   const float* c_base = pb.C.data + b * pb.C.sb + g * pb.C.sg;
   float* y_base = pb.y.data + b * pb.y.sb + g * pb.y.sg + c0 * pb.y.sc;
 
-  vf uu[kSteps], dt[kSteps], du[kSteps], yy[kSteps];
-  float bb[kSteps][kMaxState], cc[kSteps][kMaxState];
+  vf uu[kSteps], du[kSteps], dt[kSteps], yy[kSteps];
+  float bb[kSteps][kMaxState], cc[kSteps][kMaxState], lowrank[kMaxRank];
   int64_t pos[kSteps], mod[kSteps];
+  PositionWalker walker(pb, g);
 
   for (int64_t s0 = 0; s0 < steps; s0 += kSteps) {
     const int len = static_cast<int>(std::min<int64_t>(kSteps, steps - s0));
-    for (int s = 0; s < len; ++s) {
-      const int64_t step = s0 + s, t = step / pb.modalities;
-      mod[s] = step - t * pb.modalities;
-      pos[s] = pb.order == Order::kCross ? cross_position(g, t, pb.height, pb.width, pb.length) : t;
-    }
-    // Gather this block: tokens as one vector per step, B/C as [step][n].
-    for (int s = 0; s < len; ++s) {
-      const float* us = u_base + mod[s] * pb.u.sm + pos[s] * pb.u.sp;
-      const float* ds = dt_base + mod[s] * pb.delta.sm + pos[s] * pb.delta.sp;
-      vf uv = {}, dv = {};
-      for (int c = 0; c < lanes; ++c) {
-        uv[c] = us[c * pb.u.sc];
-        dv[c] = ds[c * pb.delta.sc];
+    // Gather this block: tokens as one vector per step, B/C as [step][n]; Δ transform.
+    for (int s = 0; s < len; ++s, walker.next()) {
+      const int64_t m = mod[s] = walker.modality(), p = pos[s] = walker.position();
+      vf dv;
+      if (pb.dt_proj) {
+        load_rows(lowrank, dts_base + m * pb.dts.sm + p * pb.dts.sp, pb.dts.sn, rank);
+        dv = vf{};
+        for (int r = 0; r < rank; ++r) dv += wdt[r] * lowrank[r];
+      } else {
+        dv = load_lanes(dt_base + m * pb.delta.sm + p * pb.delta.sp, pb.delta.sc, lanes);
       }
       dv += bias;
       if (pb.softplus) dv = softplus_approx(dv);
       dt[s] = dv * valid;
-      uu[s] = uv;
-      du[s] = dt[s] * uv;
-      const float* bs = b_base + mod[s] * pb.B.sm + pos[s] * pb.B.sp;
-      const float* cs = c_base + mod[s] * pb.C.sm + pos[s] * pb.C.sp;
-      for (int n = 0; n < n_state; ++n) {
-        bb[s][n] = bs[n * pb.B.sn];
-        cc[s][n] = cs[n * pb.C.sn];
-      }
+      uu[s] = load_lanes(u_base + m * pb.u.sm + p * pb.u.sp, pb.u.sc, lanes);
+      du[s] = dt[s] * uu[s];
+      load_rows(bb[s], b_base + m * pb.B.sm + p * pb.B.sp, pb.B.sn, n_state);
+      load_rows(cc[s], c_base + m * pb.C.sm + p * pb.C.sp, pb.C.sn, n_state);
     }
     // The recurrence: sequential in time, independent over lanes and states.
     for (int s = 0; s < len; ++s) {
@@ -200,16 +255,16 @@ void scan_task(const Problem& pb, int64_t b, int64_t g, int64_t c0) {
       yy[s] = acc;
     }
     if (z_base) {
-      for (int s = 0; s < len; ++s) {
-        const float* zs = z_base + mod[s] * pb.z.sm + pos[s] * pb.z.sp;
-        vf zv = {};
-        for (int c = 0; c < lanes; ++c) zv[c] = zs[c * pb.z.sc];
-        yy[s] *= silu_approx(zv);
-      }
+      for (int s = 0; s < len; ++s)
+        yy[s] *= silu_approx(load_lanes(z_base + mod[s] * pb.z.sm + pos[s] * pb.z.sp, pb.z.sc, lanes));
     }
     for (int s = 0; s < len; ++s) {
       float* out = y_base + mod[s] * pb.y.sm + pos[s] * pb.y.sp;
-      for (int c = 0; c < lanes; ++c) out[c * pb.y.sc] = yy[s][c];
+      if (pb.y.sc == 1 && lanes == kLanes) {
+        std::memcpy(out, &yy[s], sizeof(vf));
+      } else {
+        for (int c = 0; c < lanes; ++c) out[c * pb.y.sc] = yy[s][c];
+      }
     }
   }
   if (pb.last_state) {
@@ -272,6 +327,7 @@ std::tuple<at::Tensor, at::Tensor> selective_scan_fwd(
   pb.per_group = dim / pb.groups;
   pb.n_state = A.size(1);
   pb.length = length;
+  pb.width = length;  // plain order: one row of L positions
   auto tokens = [&](const at::Tensor& t) {
     return TokenView{t.data_ptr<float>(), t.stride(0), pb.per_group * t.stride(1), t.stride(1), 0, t.stride(2)};
   };
@@ -301,28 +357,31 @@ std::tuple<at::Tensor, at::Tensor> selective_scan_fwd(
 
 // The four cross-scan directions over M interleaved modalities, read from image order.
 // u: (B, M, C, L) tokens in row-major image order (shared by the four directions);
-// delta: (B, M, 4, C, L) per direction, before bias; B, C: (B, M, 4, N, L); A: (4C, N);
+// x_dbl: (B, M, 4, R + 2N, L) each direction's token projection [Δ low-rank part; B; C];
+// dt_proj: (4, C, R), Δ's up-projection (applied here, so Δ is never stored); A: (4C, N);
 // D, delta_bias: (4C,); L = height·width. Direction k scans the positions in its order,
 // modalities interleaved per position (m = 0, 1, ... at each position). Returns the output
 // of every direction put back in image order, channels last: (B, 4, M, L, C).
-at::Tensor cross_scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
-                          const at::Tensor& C, const std::optional<at::Tensor>& D,
+at::Tensor cross_scan_fwd(const at::Tensor& u, const at::Tensor& x_dbl, const at::Tensor& dt_proj,
+                          const at::Tensor& A, const std::optional<at::Tensor>& D,
                           const std::optional<at::Tensor>& delta_bias, bool delta_softplus, int64_t height,
                           int64_t width) {
-  for (auto [t, name] : {std::pair{&u, "u"}, {&delta, "delta"}, {&B, "B"}, {&C, "C"}}) check_float(*t, name);
+  for (auto [t, name] : {std::pair{&u, "u"}, {&x_dbl, "x_dbl"}, {&dt_proj, "dt_proj"}}) check_float(*t, name);
   TORCH_CHECK(u.dim() == 4, "u: expected (B, M, C, L), got ", u.sizes());
   const int64_t batch = u.size(0), mods = u.size(1), chans = u.size(2), length = u.size(3);
   TORCH_CHECK(height >= 1 && width >= 1 && height * width == length, "height*width must equal L = ", length,
               ", got ", height, "x", width);
-  TORCH_CHECK(delta.dim() == 5 && delta.size(0) == batch && delta.size(1) == mods && delta.size(2) == 4 &&
-                  delta.size(3) == chans && delta.size(4) == length,
-              "delta: expected (", batch, ", ", mods, ", 4, ", chans, ", ", length, "), got ", delta.sizes());
   check_state_matrix(A, 4 * chans);
   const int64_t n_state = A.size(1);
-  TORCH_CHECK(B.dim() == 5 && B.sizes() == C.sizes() && B.size(0) == batch && B.size(1) == mods &&
-                  B.size(2) == 4 && B.size(3) == n_state && B.size(4) == length,
-              "B, C: expected (", batch, ", ", mods, ", 4, ", n_state, ", ", length, "), got ", B.sizes(), " and ",
-              C.sizes());
+  TORCH_CHECK(dt_proj.dim() == 3 && dt_proj.size(0) == 4 && dt_proj.size(1) == chans && dt_proj.is_contiguous() &&
+                  dt_proj.size(2) >= 1 && dt_proj.size(2) <= kMaxRank,
+              "dt_proj: expected a contiguous (4, ", chans, ", R) tensor with R <= ", kMaxRank, ", got ",
+              dt_proj.sizes());
+  const int64_t rank = dt_proj.size(2);
+  TORCH_CHECK(x_dbl.dim() == 5 && x_dbl.size(0) == batch && x_dbl.size(1) == mods && x_dbl.size(2) == 4 &&
+                  x_dbl.size(3) == rank + 2 * n_state && x_dbl.size(4) == length,
+              "x_dbl: expected (", batch, ", ", mods, ", 4, ", rank + 2 * n_state, ", ", length, "), got ",
+              x_dbl.sizes());
   Problem pb;
   pb.batch = batch;
   pb.groups = 4;
@@ -334,13 +393,15 @@ at::Tensor cross_scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at
   pb.width = width;
   pb.order = Order::kCross;
   pb.u = TokenView{u.data_ptr<float>(), u.stride(0), 0, u.stride(2), u.stride(1), u.stride(3)};
-  pb.delta = TokenView{delta.data_ptr<float>(), delta.stride(0), delta.stride(2), delta.stride(3), delta.stride(1),
-                       delta.stride(4)};
-  auto states = [](const at::Tensor& t) {
-    return StateView{t.data_ptr<float>(), t.stride(0), t.stride(2), t.stride(3), t.stride(1), t.stride(4)};
+  auto rows = [&](int64_t first) {
+    return StateView{x_dbl.data_ptr<float>() + first * x_dbl.stride(3), x_dbl.stride(0), x_dbl.stride(2),
+                     x_dbl.stride(3), x_dbl.stride(1), x_dbl.stride(4)};
   };
-  pb.B = states(B);
-  pb.C = states(C);
+  pb.dts = rows(0);
+  pb.B = rows(rank);
+  pb.C = rows(rank + n_state);
+  pb.dt_proj = dt_proj.data_ptr<float>();
+  pb.rank = rank;
   pb.A = A.data_ptr<float>();
   pb.D = param_ptr(D, 4 * chans, "D");
   pb.delta_bias = param_ptr(delta_bias, 4 * chans, "delta_bias");
@@ -356,7 +417,7 @@ at::Tensor cross_scan_fwd(const at::Tensor& u, const at::Tensor& delta, const at
 TORCH_LIBRARY(ivf_perception, m) {
   m.def("selective_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, "
         "Tensor? delta_bias, bool delta_softplus) -> (Tensor, Tensor)");
-  m.def("cross_scan_fwd(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? delta_bias, "
+  m.def("cross_scan_fwd(Tensor u, Tensor x_dbl, Tensor dt_proj, Tensor A, Tensor? D, Tensor? delta_bias, "
         "bool delta_softplus, int height, int width) -> Tensor");
 }
 
