@@ -1,8 +1,11 @@
 """``ivf-perception bench``: cost of every variant and preset, and the selective scan's speed.
 
-Prints Markdown tables (paste into the README) and optionally writes JSON. CPU fp32 always;
-on a CUDA machine also fp32/bf16 with our chunked scan and, when mamba-ssm is installed, with
-its CUDA kernel. Randomly initialised models: cost does not depend on the weights.
+Prints Markdown tables (paste into the README) and optionally writes JSON. CPU fp32 always,
+with the fused CPU scan kernel (where it is built) and with the chunked scan; on a CUDA
+machine also fp32/bf16 with our chunked scan and, when mamba-ssm is installed, with its CUDA
+kernel. Randomly initialised models: cost does not depend on the weights. The bundled
+weights' engine is also timed with the fused kernels against the chunked scan, interleaved
+in one run, with the share of equal labels.
 """
 
 from __future__ import annotations
@@ -19,10 +22,10 @@ import torch
 
 from ivf_perception.cli._common import add_threads_argument, parse_size, setup_logging, user_errors
 from ivf_perception.engine import Engine
-from ivf_perception.engine.profiling import count_gmacs, count_parameters, measure_latency
+from ivf_perception.engine.profiling import compare_engines, count_gmacs, count_parameters, measure_latency
 from ivf_perception.engine.threads import AUTO, apply_threads
 from ivf_perception.models import build_model, describe_presets, list_models, list_presets
-from ivf_perception.models.ops import has_cuda_scan
+from ivf_perception.models.ops import has_cpu_scan, has_cuda_scan
 from ivf_perception.models.ops.bench import bench_selective_scan
 
 __all__ = ["build_parser", "main", "run_benchmarks"]
@@ -42,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto: CPU, plus CUDA when available")
     p.add_argument("--scan-length", type=int, default=19200, help="L of the selective-scan comparison")
     p.add_argument("--skip-scan", action="store_true")
+    p.add_argument("--bundled-size", type=parse_size, default=(240, 320),
+                   help="HxW of the bundled weights' fused-kernel vs chunked-scan comparison (default 240x320)")
+    p.add_argument("--skip-bundled", action="store_true", help="skip that comparison")
     p.add_argument("--json", help="write all results to this file")
     add_threads_argument(p)
     return p
@@ -52,7 +58,8 @@ def _configs(device_arg: str, has_scan: bool = True) -> list[dict[str, Any]]:
     row per device and precision (scan "-")."""
     configs = []
     if device_arg in ("auto", "cpu"):
-        configs.append({"device": "cpu", "precision": "fp32", "scan": "chunked" if has_scan else "-"})
+        scans = (["cpu"] if has_cpu_scan() else []) + ["chunked"] if has_scan else ["-"]
+        configs += [{"device": "cpu", "precision": "fp32", "scan": s} for s in scans]
     if device_arg.startswith("cuda") or (device_arg == "auto" and torch.cuda.is_available()):
         dev = "cuda" if device_arg == "auto" else device_arg
         scans = (["chunked"] + (["cuda"] if has_cuda_scan() else [])) if has_scan else ["-"]
@@ -103,12 +110,18 @@ def run_benchmarks(args: argparse.Namespace) -> dict[str, Any]:
     }
     if not args.skip_scan:
         result["selective_scan"] = bench_selective_scan(L=args.scan_length)
+    if not args.skip_bundled and args.device in ("auto", "cpu") and has_cpu_scan():
+        h, w = args.bundled_size
+        fused, chunked = Engine.default(device="cpu"), Engine.default(device="cpu", scan_backend="chunked")
+        result["bundled"] = {"size": f"{h}x{w}", "preset": fused.preset,
+                             **compare_engines(fused, chunked, h, w, repeats=max(args.repeats, 5))}
     return result
 
 
 def _row_line(r: dict[str, Any]) -> str:
     mem = f"{r['peak_mem_mib']:.0f}" if r["peak_mem_mib"] is not None else "-"
-    where = f"{r['device']} {r['precision']} ({r['scan']} scan)" if r["latency_ms"] is not None else "not timed"
+    scan = "fused CPU" if r["scan"] == "cpu" else r["scan"]
+    where = f"{r['device']} {r['precision']} ({scan} scan)" if r["latency_ms"] is not None else "not timed"
     latency = f"{r['latency_ms']:.1f} | {r['fps']:.2f}" if r["latency_ms"] is not None else "- | -"
     return (f"| {r['variant']} | {r['preset']} | {where} | {r['size']} | "
             f"{r['params_M']:.2f} | {r['gmacs_480x640']:.2f} | {latency} | {mem} |")
@@ -123,11 +136,23 @@ def format_tables(result: dict[str, Any]) -> str:
     lines += [_row_line(r) for r in result["models"]]
     scan = result.get("selective_scan")
     if scan:
-        lines += ["", "| selective scan | L | D | N | sequential ms | chunked ms | speed-up | max abs error |",
-                  "|---|---|---|---|---|---|---|---|",
+        fused = scan.get("fused_s") is not None
+        lines += ["", "| selective scan | L | D | N | sequential ms | chunked ms | fused kernel ms "
+                  "| chunked vs sequential | fused vs chunked | max abs error chunked / fused |",
+                  "|---|---|---|---|---|---|---|---|---|---|",
                   f"| fp32 {scan.get('device', 'cpu')} | {scan['L']} | {scan['D']} | {scan['N']} | "
-                  f"{scan['ref_s'] * 1e3:.1f} | {scan['chunked_s'] * 1e3:.1f} | {scan['speedup']:.1f}x | "
-                  f"{scan['max_abs_err']:.2e} |"]
+                  f"{scan['ref_s'] * 1e3:.1f} | {scan['chunked_s'] * 1e3:.1f} | "
+                  f"{scan['fused_s'] * 1e3 if fused else float('nan'):.1f} | {scan['speedup']:.1f}x | "
+                  f"{scan['fused_speedup'] if fused else float('nan'):.1f}x | {scan['max_abs_err']:.2e} / "
+                  f"{scan['fused_max_abs_err'] if fused else float('nan'):.2e} |"]
+    bundled = result.get("bundled")
+    if bundled:
+        lines += ["", "| bundled weights (CPU fp32) | size | fused kernels ms | chunked scan ms | speed-up "
+                  "| FPS | labels equal | fused image max abs diff |",
+                  "|---|---|---|---|---|---|---|---|",
+                  f"| s4fusion/{bundled['preset']} | {bundled['size']} | {bundled['new_ms']:.1f} | "
+                  f"{bundled['old_ms']:.1f} | {bundled['speedup']:.2f}x | {bundled['new_fps']:.1f} | "
+                  f"{100 * bundled['labels_equal']:.3f} % | {bundled['fused_max_abs_diff']:.0f} |"]
     return "\n".join(lines)
 
 
