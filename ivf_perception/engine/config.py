@@ -43,7 +43,8 @@ __all__ = [
 ]
 
 PRECISION_NAMES = ("fp32", "fp16", "bf16")
-SCAN_BACKENDS = ("auto", "chunked", "ref", "cuda")
+SCAN_BACKENDS = ("auto", "chunked", "ref", "cuda", "cpu", "triton")
+"""User-selectable scans (``models.ops.SCAN_BACKENDS`` less the internal ``export`` form; no torch import here)."""
 INFERENCE_BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
 """Names of ``engine.backends.BACKEND_MODULES`` (spelled out: this module does not import torch)."""
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -186,8 +187,8 @@ PIPELINE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("precision", "string", "fp32", "fp32, bf16 (autocast) or fp16 (CUDA only)",
               choices=PRECISION_NAMES),
     ParamSpec("scan_backend", "string", "auto",
-              "selective-scan implementation of the SSM families: auto (CUDA kernel when usable), "
-              "chunked, ref or cuda", choices=SCAN_BACKENDS),
+              "selective-scan implementation of the SSM families: auto (mamba-ssm or Triton on CUDA, the "
+              "fused CPU kernel on the CPU, when usable), chunked, ref, cuda, cpu or triton", choices=SCAN_BACKENDS),
     ParamSpec("backend", "string", "torch",
               "inference backend: torch (eager), compile (torch.compile; CUDA graphs on GPU), "
               "onnxruntime or tensorrt (both export and cache an ONNX file of the weights; a .onnx "
