@@ -190,7 +190,7 @@ def test_diagnostics_report_the_median_cost_of_each_stage(make_node) -> None:
     for stamp in (1_000, 2_000, 3_000):
         node._process(_pair(stamp))
     values = dict(assess_health(node._snapshot()).values)
-    for stage in ("decode", "preprocess", "inference", "postprocess", "publish images", "node work"):
+    for stage in ("decode", "preprocess", "inference", "postprocess", "publish images", "node work", "node work CPU"):
         assert float(values[f"median {stage} (ms)"]) >= 0.0
     assert "median overlay (ms)" not in values, "no overlay subscriber: the overlay is never drawn"
 
