@@ -269,16 +269,22 @@ class Engine:
 
     # ------------------------------------------------------------------ inference
 
-    def infer(self, rgb: np.ndarray, thermal: np.ndarray) -> EngineResult:
+    def infer(self, rgb: np.ndarray, thermal: np.ndarray, *, labels: bool = True) -> EngineResult:
         """Fuse and segment one pair, images as decoded (see ``engine.preprocess``).
 
         RGB: H×W×3 uint8 (or gray H×W, uint16 raw counts through the AGC); thermal: H×W uint8,
-        uint16 raw counts, float in [0, 1], or H×W×3 false colour.
+        uint16 raw counts, float in [0, 1], or H×W×3 false colour. ``labels=False`` skips the
+        class-id image (the argmax is the largest post-processing cost; the node skips it while
+        nothing consumes labels): the result's ``labels`` is then None.
         """
-        return self.infer_batch([rgb], [thermal])[0]
+        return self.infer_batch([rgb], [thermal], labels=labels)[0]
 
-    def infer_batch(self, rgbs: Sequence[np.ndarray], thermals: Sequence[np.ndarray]) -> list[EngineResult]:
-        """Fuse and segment a batch of pairs; images may differ in size (padded together)."""
+    def infer_batch(self, rgbs: Sequence[np.ndarray], thermals: Sequence[np.ndarray], *,
+                    labels: bool = True) -> list[EngineResult]:
+        """Fuse and segment a batch of pairs; images may differ in size (padded together).
+
+        ``labels=False``: fused images only (see :meth:`infer`).
+        """
         timer = StageTimer(self.device)
         with timer.stage("preprocess"):
             batch = prepare_batch(list(rgbs), list(thermals), multiple=self.input_multiple,
@@ -287,14 +293,14 @@ class Engine:
             out = self.infer_tensors(batch.rgb, batch.thermal)
         with timer.stage("postprocess"):
             fused = to_uint8_rgb(out.fused)
-            labels = logits_to_labels(out.logits) if out.logits is not None else None
+            ids = logits_to_labels(out.logits) if out.logits is not None and labels else None
             results = []
             for i, (h, w) in enumerate(batch.sizes):
                 results.append(EngineResult(
                     fused=np.ascontiguousarray(fused[i, :h, :w]),
-                    labels=None if labels is None else np.ascontiguousarray(labels[i, :h, :w]),
+                    labels=None if ids is None else np.ascontiguousarray(ids[i, :h, :w]),
                     rgb=batch.rgb_u8[i],
-                    _palette=self.palette if labels is not None else None,
+                    _palette=self.palette if ids is not None else None,
                 ))
         for r in results:
             r.timings_ms, r.cpu_ms = dict(timer.ms), dict(timer.cpu_ms)

@@ -391,7 +391,13 @@ class FusionNode(LifecycleNode):
         # writes to the arrays (the engine reads them; the overlay reads the RGB one).
         rgb, thermal = decode_rgb(pair.rgb, copy=False), decode_thermal(pair.thermal, copy=False)
         stages["decode"] = (time.perf_counter() - started) * 1e3
-        result = engine.infer(rgb, thermal)
+        # class ids feed the labels, the overlay and the stats' pixel counts; without a consumer
+        # the argmax (the largest post-processing cost) is skipped
+        pubs, runtime = self._publishers_by_name, self._runtime
+        wanted: list[str] = [n for n in ("labels", "stats") if n in pubs]
+        if runtime is not None and runtime.overlay_enabled:
+            wanted.append("overlay")
+        result = engine.infer(rgb, thermal, labels=any(pubs[n].get_subscription_count() > 0 for n in wanted))
         stages.update(result.timings_ms)
         return result
 

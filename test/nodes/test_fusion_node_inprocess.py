@@ -57,7 +57,7 @@ def _subscribe(node: FusionNode, output: str, topic: str) -> None:
     from sensor_msgs.msg import Image
 
     listener = rclpy.create_node(f"listener_{output}", context=node.context)
-    listener.create_subscription(Image, topic, lambda msg: None, 10)
+    listener.create_subscription(node._stats_type if output == "stats" else Image, topic, lambda msg: None, 10)
     node._listeners = [*getattr(node, "_listeners", []), listener]  # kept alive with the node
     deadline = time.monotonic() + 10.0
     while node._publishers_by_name[output].get_subscription_count() == 0:
@@ -184,6 +184,30 @@ def test_outputs_nobody_subscribes_to_are_not_encoded_or_published(make_node) ->
     assert spies["fused"][0].header.frame_id == "cam" and spies["overlay"][0].encoding == "rgb8"
 
 
+def test_class_ids_are_computed_only_while_labels_overlay_or_stats_are_subscribed(make_node) -> None:
+    node = make_node()
+    assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
+    asked: list[bool] = []
+    real_infer = node._engine.infer
+    node._engine.infer = lambda rgb, th, labels=True: (asked.append(labels), real_infer(rgb, th, labels=labels))[1]
+    _subscribe(node, "fused", "fused/image")
+    fused = _spy(node, "fused")
+    node._process(_pair(1_000))
+    assert asked == [False] and len(fused) == 1 and node._failed == 0  # fused alone: no argmax
+    _subscribe(node, "stats", "fusion/stats")
+    stats = _spy(node, "stats")
+    node._process(_pair(2_000))
+    assert asked == [False, True] and sum(stats[0].class_pixel_counts) == 64 * 80
+
+
+def test_engine_can_skip_the_class_ids(test_weights) -> None:
+    engine = Engine("auto", weights=test_weights, device="cpu")
+    rgb, th = np.zeros((64, 80, 3), np.uint8), np.zeros((64, 80), np.uint8)
+    full, fused_only = engine.infer(rgb, th), engine.infer(rgb, th, labels=False)
+    assert fused_only.labels is None and fused_only.overlay() is None and full.labels is not None
+    np.testing.assert_array_equal(fused_only.fused, full.fused)
+
+
 def test_diagnostics_report_the_median_cost_of_each_stage(make_node) -> None:
     node = make_node()
     assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
@@ -201,7 +225,7 @@ def test_decoded_inputs_view_the_message_buffers(make_node) -> None:
     assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
     seen: list = []
     real_infer = node._engine.infer
-    node._engine.infer = lambda rgb, th: (seen.append((rgb, th)), real_infer(rgb, th))[1]
+    node._engine.infer = lambda rgb, th, **kw: (seen.append((rgb, th)), real_infer(rgb, th, **kw))[1]
     pair = _pair(1_000)
     node._process(pair)
     rgb, th = seen[0]
