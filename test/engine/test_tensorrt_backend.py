@@ -319,11 +319,11 @@ class TestFromEngineWeights:
         runtime = FakeTensorRT()
         b = TensorRTBackend(context, runtime=runtime)
         assert b.onnx_path is None and runtime.builds == []  # nothing exported before a batch
-        b._prepare((32, 32))  # what run() does first (run itself needs CUDA tensors)
+        b._prepare((64, 96))  # what run() does first (run itself needs CUDA tensors)
         assert b.onnx_path is not None and b.onnx_path.parent == tmp_path / "onnx" and b.onnx_path.suffix == ".onnx"
-        assert b.fixed_size == (32, 32) and len(runtime.builds) == 1 and runtime.builds[0][0] == b.onnx_path
+        assert b.fixed_size == (64, 96) and len(runtime.builds) == 1 and runtime.builds[0][0] == b.onnx_path
         again = FakeTensorRT()
-        TensorRTBackend(context, runtime=again)._prepare((32, 32))
+        TensorRTBackend(context, runtime=again)._prepare((64, 96))
         assert again.builds == [] and len(list((tmp_path / "onnx").glob("*.onnx"))) == 1
 
 
