@@ -30,12 +30,12 @@ def cpu_scan_extension() -> dict:
     class OptionalBuildExtension(BuildExtension):
         """A failed compile is reported and skipped, never an install error."""
 
-        def build_extension(self, ext):  # noqa: ANN001 - setuptools' signature
+        def run(self):
             try:
-                super().build_extension(ext)
-            except Exception as err:  # compiler missing or failing: fall back at run time
-                print(f"ivf_perception: could not build {ext.name} ({err}); the chunked scan will be used",
-                      file=sys.stderr)
+                super().run()
+            except Exception as err:  # compiler missing, unusable or failing: fall back at run time
+                print(f"ivf_perception: could not build the fused CPU scan ({type(err).__name__}: {err}); "
+                      "the chunked PyTorch scan will be used", file=sys.stderr)
 
     ext = CppExtension(
         f"{PACKAGE}.models.ops._cpu_scan",

@@ -58,12 +58,14 @@ class EngineResult:
         labels: H×W uint8 class ids, or None for fusion-only models.
         rgb: the validated H×W×3 uint8 input, kept for overlays.
         timings_ms: per-stage latency of the call that produced this result (shared by a batch).
+        cpu_ms: the same stages' CPU time on the calling thread (see ``engine.timing``).
     """
 
     fused: np.ndarray
     labels: np.ndarray | None
     rgb: np.ndarray
     timings_ms: dict[str, float] = field(default_factory=dict)
+    cpu_ms: dict[str, float] = field(default_factory=dict)
     _palette: list[int] | None = None
 
     def overlay(self, alpha: float = 0.5, on: str = "rgb") -> np.ndarray | None:
@@ -295,7 +297,7 @@ class Engine:
                     _palette=self.palette if labels is not None else None,
                 ))
         for r in results:
-            r.timings_ms = dict(timer.ms)
+            r.timings_ms, r.cpu_ms = dict(timer.ms), dict(timer.cpu_ms)
         return results
 
     def infer_tensors(self, rgb: torch.Tensor, thermal: torch.Tensor) -> BackendOutput:

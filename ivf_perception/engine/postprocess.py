@@ -36,7 +36,7 @@ def to_uint8_rgb(fused: torch.Tensor) -> np.ndarray:
     for i, item in enumerate(planes):
         interleaved = cv2.merge([np.ascontiguousarray(p) for p in item])
         np.maximum(interleaved, 0.0, out=interleaved)
-        out[i] = cv2.convertScaleAbs(interleaved, alpha=255.0).reshape(out.shape[1:])
+        cv2.convertScaleAbs(interleaved, dst=out[i], alpha=255.0)
     return out
 
 
@@ -55,19 +55,32 @@ def logits_to_labels(logits: torch.Tensor) -> np.ndarray:
     # 7 ms over a channels-last copy, and this running maximum over contiguous class planes
     # 0.9 ms (OpenCV: compare, masked copy of the class id, max). A strict ">" keeps the first
     # maximum, as argmax does; a NaN logit never wins (argmax would pick it: a broken model).
-    planes = x.numpy()
-    batch, classes, height, width = planes.shape
+    batch, classes, height, width = x.shape
     labels = np.zeros((batch, height, width), np.uint8)
     class_id = np.empty((height, width), np.uint8)
     for i in range(batch):
-        best = np.array(planes[i, 0], order="C", copy=True)
+        planes = _class_planes(x[i])
+        best = planes[0].copy()
         for k in range(1, classes):
-            plane = np.ascontiguousarray(planes[i, k])
-            higher = cv2.compare(plane, best, cv2.CMP_GT)
+            higher = cv2.compare(planes[k], best, cv2.CMP_GT)
             class_id.fill(k)
             cv2.copyTo(class_id, higher, labels[i])
-            cv2.max(best, plane, dst=best)
+            cv2.max(best, planes[k], dst=best)
     return labels
+
+
+def _class_planes(item: torch.Tensor) -> list[np.ndarray]:
+    """The K class planes of one ``(K, H, W)`` CPU tensor as contiguous ``H×W`` arrays.
+
+    Segmentation heads often leave logits channels-last in memory (S4Fusion's do); one blocked
+    OpenCV transpose of the ``(H·W, K)`` matrix de-interleaves them (0.6 ms at 480x640x9, against
+    1.4 ms for numpy's transposing copy and 2.4 ms for per-plane strided copies).
+    """
+    classes, height, width = item.shape
+    if classes > 1 and item.stride(0) == 1:
+        interleaved = np.ascontiguousarray(item.permute(1, 2, 0).numpy()).reshape(height * width, classes)
+        return list(cv2.transpose(interleaved).reshape(classes, height, width))
+    return [np.ascontiguousarray(p) for p in item.numpy()]
 
 
 def make_overlay(rgb: np.ndarray, labels: np.ndarray, palette: Sequence[int], alpha: float = 0.5) -> np.ndarray:

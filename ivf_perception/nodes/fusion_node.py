@@ -359,7 +359,7 @@ class FusionNode(LifecycleNode):
 
     def _process(self, pair: Pair[Image]) -> None:
         """Decode, infer, publish one pair; a failure skips the frame and is reported."""
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         stages: dict[str, float] = {}
         try:
             result = self._infer(pair, stages)
@@ -376,8 +376,10 @@ class FusionNode(LifecycleNode):
             self.get_logger().error(traceback.format_exc(), throttle_duration_sec=5.0)
             return
         processing_ms = (time.perf_counter() - started) * 1e3
-        # the node's own work: everything this frame cost but the network itself
+        # the node's own work: everything this frame cost but the network itself, as wall time
+        # and as this thread's CPU time (what it costs without waiting for a busy CPU)
         stages["node work"] = processing_ms - stages.get("inference", 0.0)
+        stages["node work CPU"] = (time.thread_time() - cpu_started) * 1e3 - result.cpu_ms.get("inference", 0.0)
         self._stages.record(stages)
         self._processing_ms.append(processing_ms)
 

@@ -109,14 +109,6 @@ def test_cli_threads_option_overrides_the_params_file_value() -> None:
     assert "threads" not in engine_options(args)  # the params file's value (or auto) stays
 
 
-def test_training_commands_take_threads() -> None:
-    from ivf_training.cli import build_parser
-
-    parser = build_parser()
-    assert parser.parse_args(["bench", "--threads", "2"]).threads == 2
-    assert parser.parse_args(["run", "recipe.yaml"]).threads == 0
-
-
 def _wait_policy_after(code: str, **env: str) -> list[str]:
     """Run ``code`` in a fresh interpreter; it prints what it found, one item per line."""
     clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}

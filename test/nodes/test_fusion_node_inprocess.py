@@ -190,7 +190,7 @@ def test_diagnostics_report_the_median_cost_of_each_stage(make_node) -> None:
     for stamp in (1_000, 2_000, 3_000):
         node._process(_pair(stamp))
     values = dict(assess_health(node._snapshot()).values)
-    for stage in ("decode", "preprocess", "inference", "postprocess", "publish images", "node work"):
+    for stage in ("decode", "preprocess", "inference", "postprocess", "publish images", "node work", "node work CPU"):
         assert float(values[f"median {stage} (ms)"]) >= 0.0
     assert "median overlay (ms)" not in values, "no overlay subscriber: the overlay is never drawn"
 
@@ -247,3 +247,37 @@ def test_invalid_startup_parameter_exits_2_with_the_reason(domain_id, monkeypatc
     monkeypatch.setenv("ROS_DOMAIN_ID", str(domain_id))
     assert main(["fusion_node", "--ros-args", "-p", "overlay_alpha:=2.0"]) == 2
     assert "overlay_alpha" in capsys.readouterr().err
+
+
+def test_onnxruntime_backend_configures_runs_and_a_failed_build_can_be_retried(make_node, test_weights, onnx_cache,
+                                                                               onnx_size, monkeypatch) -> None:
+    """The backend parameter on the node: a missing package (simulated: onnxruntime IS installed here, a None
+    entry in sys.modules makes its import fail) and an input larger than a fixed-size ONNX file fail configure
+    with the reason and leave nothing built; after fixing the parameter, configure succeeds."""
+    cache, onnx_path = onnx_cache
+    node = make_node(backend="onnxruntime", backend_cache_dir=str(cache), warmup_size=list(onnx_size))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert node.trigger_configure() == FAILURE
+    assert "pip install onnxruntime" in node._configure_error and node._engine is None
+    monkeypatch.delitem(sys.modules, "onnxruntime")
+    assert node.trigger_configure() == SUCCESS
+    info = node._engine.describe()
+    assert info["backend"] == "onnxruntime" and info["onnx_file"] == str(onnx_path), "the cached export is reused"
+    assert node.trigger_activate() == SUCCESS
+    published: list = []
+    node._publishers_by_name["labels"].publish = published.append
+    pair = _pair(3_000)  # 64x80 frames, padded to the 64x96 export
+    node._process(pair)
+    assert node._failed == 0 and len(published) == 1
+    expected = Engine("auto", weights=test_weights, device="cpu").infer(image_to_numpy(pair.rgb),
+                                                                       image_to_numpy(pair.thermal))
+    assert (image_to_numpy(published[0]) == expected.labels).mean() >= 0.99  # padding differs: 64x80 vs 64x96
+
+    assert node.trigger_deactivate() == SUCCESS and node.trigger_cleanup() == SUCCESS
+    assert all(r.successful for r in node.set_parameters([Parameter("weights", value=str(onnx_path)),
+                                                          Parameter("warmup_size", value=[96, 128])]))
+    assert node.trigger_configure() == FAILURE
+    assert "larger than the 64x96" in node._configure_error and onnx_path.name in node._configure_error
+    assert node._engine is None
+    assert node.set_parameters([Parameter("warmup_size", value=list(onnx_size))])[0].successful
+    assert node.trigger_configure() == SUCCESS and node._engine.model is None, ".onnx weights: no torch model"
