@@ -291,23 +291,23 @@ def step_onnxruntime_cuda(args: argparse.Namespace, budget: Budget, work: Path) 
         return {"status": "dry-run", "detail": "would export the micro model and run it with CUDAExecutionProvider"}
     import torch
 
+    from ivf_perception.engine.backends import BackendContext, create_backend
     from ivf_perception.engine.weights import build_model_from_weights
-    from ivf_perception.export.cache import cached_onnx
 
     weights = _micro_weights(work)
-    model = build_model_from_weights(weights)[0].eval()
-    size = (64, 96)
-    path = cached_onnx(model, weights, height=size[0], width=size[1], cache_dir=work / "cache")
-    session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-    rgb, thermal = _random_pair(size, "cpu")
-    fused = session.run(["fused"], {"rgb": rgb.numpy(), "thermal": thermal.numpy()})[0]
+    model: Any = build_model_from_weights(weights)[0].eval().cuda()
+    rgb, thermal = _random_pair((64, 96), "cuda")
     with torch.inference_mode():
         ref = model(rgb, thermal).fused
-    diff = float((torch.from_numpy(fused) - ref).abs().max())
-    used = session.get_providers()[0]
-    ok = used == "CUDAExecutionProvider" and diff <= 1e-4
-    return {"status": "passed" if ok else "failed", "detail": f"{used}: fused max abs diff {diff:.2e} vs PyTorch",
-            "max_abs_diff": diff}
+    backend = create_backend("onnxruntime", BackendContext(model, torch.device("cuda"), "fp32", weights,
+                                                          {"cache_dir": str(work / "cache")}))
+    fused = backend.run(rgb, thermal).fused  # exports at this batch's size, then runs
+    providers = backend.describe()["providers"]
+    backend.release()
+    diff = float((fused - ref).abs().max())
+    ok = "CUDAExecutionProvider" in providers[:2] and diff <= 1e-4
+    return {"status": "passed" if ok else "failed",
+            "detail": f"providers {providers}: fused max abs diff {diff:.2e} vs PyTorch", "max_abs_diff": diff}
 
 
 def step_tensorrt(args: argparse.Namespace, budget: Budget, work: Path) -> dict[str, Any]:
