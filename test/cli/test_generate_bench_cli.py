@@ -31,12 +31,38 @@ def test_generate_rejects_bad_size(capsys: pytest.CaptureFixture) -> None:
 def test_bench_prints_a_table_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench.json"
     rc = cli_main(["bench", "--variants", "test_s4fusion", "--presets", "test", "--sizes", "32x32",
-                   "--repeats", "1", "--device", "cpu", "--scan-length", "256", "--json", str(out)])
+                   "--repeats", "1", "--device", "cpu", "--scan-length", "256", "--json", str(out),
+                   "--precisions", "fp32,fp16"])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "| test_s4fusion | test | cpu fp32 (chunked scan) | 32x32 |" in text
+    assert "| test_s4fusion | test | CPU | 32x32 | torch | fp32 |" in text
     assert "| selective scan |" in text
+    assert "skipped test_s4fusion/test CPU 32x32 torch fp16: precision fp16 needs a CUDA device" in text
     result = json.loads(out.read_text())
     row = result["models"][0]
-    assert row["params_M"] > 0 and row["gmacs_480x640"] > 0 and row["latency_ms"] > 0
+    assert row["params_M"] > 0 and row["gmacs_480x640"] > 0 and row["latency_ms"] > 0 and row["p90_ms"] > 0
+    assert row["fused_max_abs_diff"] == 0.0 and row["label_agreement_pct"] == 100.0, "torch fp32 is the reference"
+    assert row["peak_mem_mib"] is None and row["where"] == "CPU"
     assert result["selective_scan"]["max_abs_err"] < 1e-4
+
+
+def test_bench_compares_backends_against_torch_fp32(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A randomly initialised model through onnxruntime (exported into the bench's own cache folder)."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bench.json"
+    rc = cli_main(["bench", "--variants", "test_s4fusion", "--presets", "test", "--sizes", "32x48", "--repeats", "1",
+                   "--device", "cpu", "--skip-scan", "--backends", "torch,onnxruntime", "--precisions", "fp32,bf16",
+                   "--backend-cache-dir", str(tmp_path / "cache"), "--json", str(out)])
+    assert rc == 0
+    rows = {(r["backend"], r["precision"]): r for r in json.loads(out.read_text())["models"]}
+    assert set(rows) == {("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32")}
+    assert rows[("onnxruntime", "fp32")]["fused_max_abs_diff"] <= 1e-4
+    assert rows[("onnxruntime", "fp32")]["label_agreement_pct"] >= 99.9
+    assert rows[("onnxruntime", "fp32")]["build_s"] > 0 and len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+    assert "skipped test_s4fusion/test CPU 32x48 onnxruntime bf16" in capsys.readouterr().out
+
+
+def test_bench_refuses_an_unknown_backend(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["bench", "--backends", "torch,tpu"])
+    assert "comma-separated list of torch, compile, onnxruntime" in capsys.readouterr().err
