@@ -12,8 +12,6 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
-
 from ivf_perception.engine import Engine
 from ivf_perception.engine.config import (
     INFERENCE_BACKENDS,
@@ -25,8 +23,16 @@ from ivf_perception.engine.config import (
 from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.models.registry import describe_presets
 
-__all__ = ["add_engine_arguments", "add_backend_arguments", "engine_options", "engine_from_args", "parse_size",
-           "user_errors", "setup_logging"]
+__all__ = [
+    "add_engine_arguments",
+    "add_backend_arguments",
+    "add_threads_argument",
+    "engine_options",
+    "engine_from_args",
+    "parse_size",
+    "user_errors",
+    "setup_logging",
+]
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,9 +45,15 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="fp32", choices=list(PRECISION_NAMES))
     add_backend_arguments(g)
     g.add_argument("--batch-size", type=int, default=1, help="pairs per inference call")
-    g.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: one per core); lower it when other processes "
-                        "share the CPU, oversubscription makes the scan's many small ops much slower")
+    add_threads_argument(g)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--threads N``: CPU threads of torch and OpenCV (the pipeline's ``threads`` setting)."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads of torch and OpenCV; 0 = auto (default, unless a params file "
+                             "sets it): usable physical cores minus one, 1..4, so other processes keep a "
+                             "core (oversubscribed threads make the scan's many small ops far slower)")
 
 
 def add_backend_arguments(group: argparse._ActionsContainer) -> None:
@@ -68,7 +80,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     weights = args.weights if args.weights is not None else default_weights(args.variant, args.preset)
     values = {"variant": args.variant or "auto", "weights": weights, "preset": args.preset or "",
               "device": args.device, "precision": args.precision}
-    for key in _BACKEND_OPTIONS:
+    for key in ("threads", *_BACKEND_OPTIONS):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     return values
@@ -77,13 +89,9 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 def engine_from_args(args: argparse.Namespace, pipeline: Mapping[str, Any] | None = None) -> Engine:
     """Build the engine from the options on top of ``pipeline`` values (e.g. a node params file).
 
-    The same :meth:`Engine.from_config` rules as the node's; ``--threads`` sets torch's CPU
-    threads first.
+    The same :meth:`Engine.from_config` rules as the node's, CPU threads included
+    (``--threads``, else the params file's ``threads``, else auto).
     """
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     return Engine.from_config(PipelineConfig.from_values({**(pipeline or {}), **engine_options(args)}))
 
 

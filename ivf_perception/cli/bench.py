@@ -13,6 +13,10 @@ temporary cache unless ``--backend-cache-dir`` is given.
 
     ivf-perception bench --variants s4fusion --presets small --sizes 480x640 \
         --backends torch,compile,onnxruntime --precisions fp32,bf16
+
+SSM families get one row per ``--scan-backends`` entry (e.g. ``cpu,chunked``: the fused CPU
+kernel against the chunked scan in one run). The bundled weights' engine is also timed with the
+fused kernels against the chunked scan, interleaved in one run, with the share of equal labels.
 """
 
 from __future__ import annotations
@@ -29,14 +33,16 @@ from typing import Any
 
 import torch
 
-from ivf_perception.cli._common import parse_size, setup_logging, user_errors
+from ivf_perception.cli._common import add_threads_argument, parse_size, setup_logging, user_errors
 from ivf_perception.engine import Engine
 from ivf_perception.engine.backends import BackendError
 from ivf_perception.engine.config import INFERENCE_BACKENDS, PRECISION_NAMES, SCAN_BACKENDS
 from ivf_perception.engine.postprocess import logits_to_labels
-from ivf_perception.engine.profiling import count_gmacs, count_parameters, measure_latency
+from ivf_perception.engine.profiling import compare_engines, count_gmacs, count_parameters, measure_latency
+from ivf_perception.engine.threads import AUTO, apply_threads
 from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.models import FusionSegModel, build_model, describe_presets, list_models, list_presets
+from ivf_perception.models.ops import has_cpu_scan
 from ivf_perception.models.ops.bench import bench_selective_scan
 
 __all__ = ["build_parser", "main", "run_benchmarks"]
@@ -70,15 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma-separated inference backends ({', '.join(INFERENCE_BACKENDS)}; default torch)")
     p.add_argument("--precisions", type=_names(PRECISION_NAMES), default=None,
                    help="comma-separated precisions (default: fp32 on the CPU, fp32,bf16 on CUDA)")
-    p.add_argument("--scan-backend", default="auto", choices=list(SCAN_BACKENDS),
-                   help="selective-scan implementation of the SSM families (default auto)")
+    p.add_argument("--scan-backends", type=_names(SCAN_BACKENDS), default=["auto"],
+                   help="comma-separated selective-scan implementations of the SSM families, one row each "
+                        "(default auto; e.g. cpu,chunked compares the fused CPU kernel with the chunked scan)")
     p.add_argument("--backend-cache-dir", default=None,
                    help="ONNX/TensorRT cache (default: a temporary folder, removed afterwards)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--device", default="auto", help="auto: CPU, plus CUDA when available; or cpu / cuda[:N]")
     p.add_argument("--scan-length", type=int, default=19200, help="L of the selective-scan comparison")
     p.add_argument("--skip-scan", action="store_true")
+    p.add_argument("--bundled-size", type=parse_size, default=(240, 320),
+                   help="HxW of the bundled weights' fused-kernel vs chunked-scan comparison (default 240x320)")
+    p.add_argument("--skip-bundled", action="store_true", help="skip that comparison")
     p.add_argument("--json", help="write all results to this file")
+    add_threads_argument(p)
     return p
 
 
@@ -112,7 +123,8 @@ def _accuracy(engine: Engine, inputs: tuple[torch.Tensor, torch.Tensor],
 
 def _row(variant: str, preset: str, params: float, gmacs: float, **values: Any) -> dict[str, Any]:
     base: dict[str, Any] = {"variant": variant, "preset": preset, "where": "-", "device": "-", "size": "-",
-                            "backend": "-", "precision": "-", "params_M": params / 1e6, "gmacs_480x640": gmacs,
+                            "backend": "-", "precision": "-", "scan": "-", "params_M": params / 1e6,
+                            "gmacs_480x640": gmacs,
                             "latency_ms": None, "p90_ms": None, "fps": None, "build_s": None, "stages_ms": {},
                             "fused_max_abs_diff": None, "label_agreement_pct": None, "peak_mem_mib": None}
     return {**base, **values}
@@ -123,8 +135,20 @@ def _bench_model(args: argparse.Namespace, variant: str, preset: str, device: st
     """Every size × backend × precision of one model on one device, against its torch fp32.
 
     ``scans``: the family has a selective scan (takes ``scan_backend``)."""
-    overrides = {"scan_backend": args.scan_backend} if scans and args.scan_backend != "auto" else {}
-    model = build_model(variant, preset=preset, **overrides)
+    for scan in args.scan_backends if scans else ["-"]:
+        _bench_scan(args, variant, preset, device, params, gmacs, scan, cache_dir, rows, skipped)
+
+
+def _bench_scan(args: argparse.Namespace, variant: str, preset: str, device: str, params: float, gmacs: float,
+                scan: str, cache_dir: str, rows: list[dict[str, Any]], skipped: list[str]) -> None:
+    """The rows of one model built with one selective-scan implementation (``-``: none)."""
+    overrides: dict[str, Any] = {"scan_backend": scan} if scan not in ("-", "auto") else {}
+    try:
+        model = build_model(variant, preset=preset, **overrides)
+    except (RuntimeError, ValueError) as exc:  # e.g. the fused CPU kernel is not built here
+        skipped.append(f"{variant}/{preset} {scan} scan: {exc}")
+        print(f"skipped {variant}/{preset} {scan} scan: {exc}", flush=True)
+        return
     assert isinstance(model, FusionSegModel)
     reference = Engine(model, device=device)
     precisions = args.precisions or (["fp32", "bf16"] if device.startswith("cuda") else ["fp32"])
@@ -136,7 +160,7 @@ def _bench_model(args: argparse.Namespace, variant: str, preset: str, device: st
         expected = (ref_out.fused.float().clone(), None if ref_out.logits is None else ref_out.logits.float().clone())
         for backend in args.backends:
             for precision in precisions:
-                label = f"{variant}/{preset} {where} {h}x{w} {backend} {precision}"
+                label = f"{variant}/{preset} {where} {h}x{w} {backend} {precision} {scan} scan"
                 started = time.perf_counter()
                 try:
                     engine = Engine(model, device=device, precision=precision, backend=backend,
@@ -150,7 +174,7 @@ def _bench_model(args: argparse.Namespace, variant: str, preset: str, device: st
                 stats = measure_latency(engine, h, w, repeats=args.repeats)
                 diff, agree = _accuracy(engine, inputs, expected)
                 rows.append(_row(variant, preset, params, gmacs, where=where, device=device, size=f"{h}x{w}",
-                                 backend=backend, precision=precision, latency_ms=stats.median_ms,
+                                 backend=backend, precision=precision, scan=scan, latency_ms=stats.median_ms,
                                  p90_ms=stats.p90_ms, fps=stats.fps, build_s=build_s, stages_ms=stats.stages_ms,
                                  fused_max_abs_diff=diff, label_agreement_pct=agree,
                                  peak_mem_mib=stats.peak_mem_mib if backend in _TORCH_ALLOCATED else None))
@@ -160,6 +184,7 @@ def _bench_model(args: argparse.Namespace, variant: str, preset: str, device: st
 
 
 def run_benchmarks(args: argparse.Namespace) -> dict[str, Any]:
+    apply_threads(args.threads or AUTO)
     torch.manual_seed(0)
     variants = args.variants or [v for v in list_models() if not v.startswith("test_")]
     rows: list[dict[str, Any]] = []
@@ -189,12 +214,16 @@ def run_benchmarks(args: argparse.Namespace) -> dict[str, Any]:
         "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                     "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
-        "scan_backend": args.scan_backend,
         "models": rows,
         "skipped": skipped,
     }
     if not args.skip_scan:
         result["selective_scan"] = bench_selective_scan(L=args.scan_length)
+    if not args.skip_bundled and args.device in ("auto", "cpu") and has_cpu_scan():
+        h, w = args.bundled_size
+        fused, chunked = Engine.default(device="cpu"), Engine.default(device="cpu", scan_backend="chunked")
+        result["bundled"] = {"size": f"{h}x{w}", "preset": fused.preset,
+                             **compare_engines(fused, chunked, h, w, repeats=max(args.repeats, 5))}
     return result
 
 
@@ -204,7 +233,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def _row_line(r: dict[str, Any]) -> str:
     return (f"| {r['variant']} | {r['preset']} | {r['where']} | {r['size']} | {r['backend']} | {r['precision']} | "
-            f"{r['params_M']:.2f} | {r['gmacs_480x640']:.2f} | {_fmt(r['latency_ms'], '.1f')} | "
+            f"{r['scan']} | {r['params_M']:.2f} | {r['gmacs_480x640']:.2f} | {_fmt(r['latency_ms'], '.1f')} | "
             f"{_fmt(r['p90_ms'], '.1f')} | {_fmt(r['fps'], '.2f')} | {_fmt(r['build_s'], '.1f')} | "
             f"{_fmt(r['fused_max_abs_diff'], '.1e')} | {_fmt(r['label_agreement_pct'], '.2f')} | "
             f"{_fmt(r['peak_mem_mib'], '.0f')} |")
@@ -212,20 +241,31 @@ def _row_line(r: dict[str, Any]) -> str:
 
 def format_tables(result: dict[str, Any]) -> str:
     m = result["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, GPU: {m['gpu'] or 'none'}; "
-             f"selective scan: {result.get('scan_backend', 'auto')}", "",
-             "| variant | preset | where | size | backend | precision | params (M) | GMACs @480x640 | p50 ms | p90 ms "
-             "| frames/s | build s | fused max abs diff | labels equal % | peak GPU MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"Machine: {m['cpu']}, {m['threads']} threads, torch {m['torch']}, GPU: {m['gpu'] or 'none'}", "",
+             "| variant | preset | where | size | backend | precision | scan | params (M) | GMACs @480x640 "
+             "| p50 ms | p90 ms | frames/s | build s | fused max abs diff | labels equal % | peak GPU MiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     lines += [_row_line(r) for r in result["models"]]
     lines += [f"- skipped {line}" for line in result.get("skipped", [])]
     scan = result.get("selective_scan")
     if scan:
-        lines += ["", "| selective scan | L | D | N | sequential ms | chunked ms | speed-up | max abs error |",
-                  "|---|---|---|---|---|---|---|---|",
+        fused = scan.get("fused_s") is not None
+        lines += ["", "| selective scan | L | D | N | sequential ms | chunked ms | fused kernel ms "
+                  "| chunked vs sequential | fused vs chunked | max abs error chunked / fused |",
+                  "|---|---|---|---|---|---|---|---|---|---|",
                   f"| fp32 {scan.get('device', 'cpu')} | {scan['L']} | {scan['D']} | {scan['N']} | "
-                  f"{scan['ref_s'] * 1e3:.1f} | {scan['chunked_s'] * 1e3:.1f} | {scan['speedup']:.1f}x | "
-                  f"{scan['max_abs_err']:.2e} |"]
+                  f"{scan['ref_s'] * 1e3:.1f} | {scan['chunked_s'] * 1e3:.1f} | "
+                  f"{scan['fused_s'] * 1e3 if fused else float('nan'):.1f} | {scan['speedup']:.1f}x | "
+                  f"{scan['fused_speedup'] if fused else float('nan'):.1f}x | {scan['max_abs_err']:.2e} / "
+                  f"{scan['fused_max_abs_err'] if fused else float('nan'):.2e} |"]
+    bundled = result.get("bundled")
+    if bundled:
+        lines += ["", "| bundled weights (CPU fp32) | size | fused kernels ms | chunked scan ms | speed-up "
+                  "| FPS | labels equal | fused image max abs diff |",
+                  "|---|---|---|---|---|---|---|---|",
+                  f"| s4fusion/{bundled['preset']} | {bundled['size']} | {bundled['new_ms']:.1f} | "
+                  f"{bundled['old_ms']:.1f} | {bundled['speedup']:.2f}x | {bundled['new_fps']:.1f} | "
+                  f"{100 * bundled['labels_equal']:.3f} % | {bundled['fused_max_abs_diff']:.0f} |"]
     return "\n".join(lines)
 
 

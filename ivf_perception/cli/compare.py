@@ -20,7 +20,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ivf_perception.cli._common import add_backend_arguments, engine_from_args, setup_logging, user_errors
+from ivf_perception.cli._common import (
+    add_backend_arguments,
+    add_threads_argument,
+    engine_from_args,
+    setup_logging,
+    user_errors,
+)
 from ivf_perception.cli.replay import add_bag_arguments, node_params_from_args, weights_label
 from ivf_perception.engine import Engine
 from ivf_perception.replay.compare import run_compare
@@ -46,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     g.add_argument("--batch-size", type=int, default=1, help="pairs per inference call")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: one per core)")
+    add_threads_argument(g)
     add_backend_arguments(g)
     add_bag_arguments(p)
     e = p.add_argument_group("evaluation")

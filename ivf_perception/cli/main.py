@@ -10,6 +10,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from ivf_perception.openmp import prefer_passive_waiting
+
 __all__ = ["main", "COMMANDS"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -25,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "play": ("ivf_perception.cli.play", "publish a rosbag2's image topics with their recorded timing"),
     "bench-node": ("ivf_perception.cli.bench_node", "fusion node overhead and sustained rate at 640x480, 30 Hz"),
     "clip-text-features": ("ivf_perception.cli.clip_text_features", "CLIP text features of a class list (for CMFS)"),
+    "convert-upfusion": ("ivf_perception.cli.convert_upfusion", "the released UP-Fusion Fuse.pth as engine weights"),
 }
 
 
@@ -49,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"ivf-perception: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
         return 2
+    prefer_passive_waiting()  # before a command module imports torch
     module = importlib.import_module(COMMANDS[command][0])
     return int(module.main(args[1:]) or 0)
 

@@ -43,7 +43,8 @@ __all__ = [
 ]
 
 PRECISION_NAMES = ("fp32", "fp16", "bf16")
-SCAN_BACKENDS = ("auto", "chunked", "ref", "cuda")
+SCAN_BACKENDS = ("auto", "chunked", "ref", "cuda", "cpu", "triton")
+"""User-selectable scans (``models.ops.SCAN_BACKENDS`` less the internal ``export`` form; no torch import here)."""
 INFERENCE_BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
 """Names of ``engine.backends.BACKEND_MODULES`` (spelled out: this module does not import torch)."""
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -193,8 +194,8 @@ PIPELINE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("precision", "string", "fp32", "fp32, bf16 (autocast) or fp16 (CUDA only)",
               choices=PRECISION_NAMES),
     ParamSpec("scan_backend", "string", "auto",
-              "selective-scan implementation of the SSM families: auto (CUDA kernel when usable), "
-              "chunked, ref or cuda", choices=SCAN_BACKENDS),
+              "selective-scan implementation of the SSM families: auto (mamba-ssm or Triton on CUDA, the "
+              "fused CPU kernel on the CPU, when usable), chunked, ref, cuda, cpu or triton", choices=SCAN_BACKENDS),
     ParamSpec("backend", "string", "torch",
               "inference backend: torch (eager), compile (torch.compile; CUDA graphs on GPU), "
               "onnxruntime or tensorrt (both export and cache an ONNX file of the weights; a .onnx "
@@ -228,6 +229,10 @@ PIPELINE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("time_jump_threshold_s", "double", 1.0,
               "a stamp this much older than its stream's newest resets the pairing queues "
               "(bag loop, clock reset)", min_value=0.0, max_value=86400.0),
+    ParamSpec("threads", "integer", 0,
+              "CPU threads of torch and OpenCV in this process; 0 = auto: usable physical cores "
+              "minus one, at least 1, at most 4, so the robot's other processes keep a core",
+              min_value=0, max_value=256),
 )
 PIPELINE_SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PIPELINE_PARAMETERS}
 
@@ -251,6 +256,7 @@ class PipelineConfig:
         overlay_alpha: opacity of the class colours in overlays.
         slop_s, queue_size, time_jump_threshold_s: the pairer's settings
             (:class:`~ivf_perception.sync.ApproximateTimePairer`).
+        threads: CPU threads, 0 = auto (:mod:`ivf_perception.engine.threads`).
     """
 
     variant: str
@@ -270,6 +276,7 @@ class PipelineConfig:
     slop_s: float
     queue_size: int
     time_jump_threshold_s: float
+    threads: int = 0
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> PipelineConfig:
@@ -296,7 +303,7 @@ class PipelineConfig:
             homography=None if v["homography"] is None else tuple(float(x) for x in v["homography"]),
             class_names=opt_tuple("class_names"), palette=opt_tuple("palette"),
             overlay_alpha=float(v["overlay_alpha"]), slop_s=float(v["slop_s"]), queue_size=int(v["queue_size"]),
-            time_jump_threshold_s=float(v["time_jump_threshold_s"]),
+            time_jump_threshold_s=float(v["time_jump_threshold_s"]), threads=int(v["threads"]),
         )
 
 

@@ -25,6 +25,7 @@ from ivf_perception.engine.backends.onnx_file import is_onnx_file, onnx_weights_
 from ivf_perception.engine.config import PipelineConfig, engine_arguments
 from ivf_perception.engine.postprocess import logits_to_labels, make_overlay, to_uint8_rgb
 from ivf_perception.engine.preprocess import pad_to, prepare_batch
+from ivf_perception.engine.threads import apply_threads
 from ivf_perception.engine.timing import StageTimer
 from ivf_perception.engine.weights import WeightsError, WeightsInfo, build_model_from_weights, check_expected
 from ivf_perception.errors import IvfPerceptionError
@@ -57,12 +58,14 @@ class EngineResult:
         labels: H×W uint8 class ids, or None for fusion-only models.
         rgb: the validated H×W×3 uint8 input, kept for overlays.
         timings_ms: per-stage latency of the call that produced this result (shared by a batch).
+        cpu_ms: the same stages' CPU time on the calling thread (see ``engine.timing``).
     """
 
     fused: np.ndarray
     labels: np.ndarray | None
     rgb: np.ndarray
     timings_ms: dict[str, float] = field(default_factory=dict)
+    cpu_ms: dict[str, float] = field(default_factory=dict)
     _palette: list[int] | None = None
 
     def overlay(self, alpha: float = 0.5, on: str = "rgb") -> np.ndarray | None:
@@ -195,7 +198,13 @@ class Engine:
 
     @classmethod
     def from_config(cls, config: PipelineConfig) -> Engine:
-        """The engine a node, replay or a command asks for (:func:`~.config.engine_arguments`)."""
+        """The engine a node, replay or a command asks for (:func:`~.config.engine_arguments`).
+
+        Also sets the process's CPU thread pools from ``config.threads`` (0 = auto,
+        :func:`~ivf_perception.engine.threads.apply_threads`): every front door builds its
+        engine here, so none of them can forget the non-oversubscribing default.
+        """
+        apply_threads(config.threads)
         model, kwargs = engine_arguments(config)
         return cls(model, **kwargs)
 
@@ -288,7 +297,7 @@ class Engine:
                     _palette=self.palette if labels is not None else None,
                 ))
         for r in results:
-            r.timings_ms = dict(timer.ms)
+            r.timings_ms, r.cpu_ms = dict(timer.ms), dict(timer.cpu_ms)
         return results
 
     def infer_tensors(self, rgb: torch.Tensor, thermal: torch.Tensor) -> BackendOutput:

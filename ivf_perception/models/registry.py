@@ -37,10 +37,12 @@ __all__ = [
     "without_pretrained_files",
 ]
 
-PRETRAINED_FILE_ARGS = frozenset({"encoder_weights", "trunk_weights", "thermal_trunk_weights"})
-"""Builder arguments naming ImageNet files that initialise a model before training (CMFS's
-VMamba-T, MAFS's ResNet trunks). Trained weights already contain those tensors, so rebuilding a
-trained model must not need the files: exports and the engine drop these arguments."""
+PRETRAINED_FILE_ARGS = frozenset({"encoder_weights", "trunk_weights", "thermal_trunk_weights",
+                                  "semantic_weights", "clip_weights", "text_embedding"})
+"""Builder arguments naming pretrained files that initialise a model before training (CMFS's
+VMamba-T, MAFS's ResNet trunks, UP-Fusion's ConvNeXt and CLIP prompt embedding). Trained
+weights already contain those tensors, so rebuilding a trained model must not need the files:
+exports and the engine drop these arguments."""
 
 TEST_PRESET = "test"
 """The micro preset of every family (timm's ``test_*`` habit): for CPU tests, not for use."""

@@ -219,3 +219,9 @@ def test_from_config_builds_the_configured_engine() -> None:
     assert eng.preset == "test" and str(eng.device) == "cpu"
     assert (eng.agc.low_pct, eng.agc.high_pct) == (3.0, 97.0) and eng.homography[0, 2] == 1.0
     assert eng.palette == [0x102030] * 9
+
+
+def test_results_carry_wall_and_cpu_time_per_stage(engine: Engine) -> None:
+    result = engine.infer(np.zeros((32, 48, 3), np.uint8), np.zeros((32, 48), np.uint8))
+    assert set(result.timings_ms) == set(result.cpu_ms) == {"preprocess", "inference", "postprocess"}
+    assert all(v >= 0.0 for v in result.cpu_ms.values())

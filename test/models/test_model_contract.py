@@ -29,7 +29,12 @@ TEST_MODELS = package_models("test_*")
 # Parameters one forward pass leaves without gradient by design: CMFS routes each sample to one
 # expert of its mixture (top-1; test_cmfs_mmfe forces every expert), MAFS's stage I
 # reconstruction decoder runs only in ``reconstruct`` (test_mafs_model covers that path).
-OFF_FORWARD_PATH: dict[str, tuple[str, ...]] = {"test_cmfs": (".experts.",), "test_mafs": ("recon_head.",)}
+OFF_FORWARD_PATH: dict[str, tuple[str, ...]] = {
+    "test_cmfs": (".experts.",), "test_mafs": ("recon_head.",),
+    # UP-Fusion's scorers act only through top-k indices, so (as in the released code) they never
+    # get a gradient; test_upfusion_model.py documents exactly which.
+    "test_upfusion": ("scpm.fc.", "scpm.semantic_fc.", "scpm.to_rgb.", "scpm.alpha", ".text_fc.", ".se_fc."),
+}
 
 # Share of parameter tensors whose gradient may be exactly zero for one batch: a squeeze MLP of
 # one hidden unit in the micro CMFS can sit behind an inactive ReLU (a zero, not a missing,

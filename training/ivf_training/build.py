@@ -24,6 +24,7 @@ from ivf_perception.engine.weights import WEIGHTS_FORMAT, load_weights, sidecar_
 from ivf_perception.io.classes import CLASS_TABLES, MFNET_CLASSES
 from ivf_perception.io.tensor_files import TensorFileError, read_safetensors
 from ivf_perception.models.cmfs.text_features import TextFeaturesError, text_features_for
+from ivf_perception.models.upfusion.text import load_text_embedding, prompt_embedding
 from ivf_training.config import ConfigError, ModelConfig, TrainConfig
 from ivf_training.datasets import RealPairsDataset, build_dataset, build_mix, default_split
 
@@ -53,6 +54,33 @@ class TextGuided(Protocol):
     has_text_features: bool
 
     def set_text_features(self, features: torch.Tensor) -> None: ...
+
+
+@runtime_checkable
+class PromptGuided(Protocol):
+    """A model guided by the CLIP embedding of one fixed prompt (UP-Fusion)."""
+
+    def has_text_embedding(self) -> bool: ...
+
+    def set_text_embedding(self, text: torch.Tensor) -> None: ...
+
+
+def _set_prompt_embedding(model: PromptGuided, m: ModelConfig) -> None:
+    """UP-Fusion's prompt embedding from ``model.text_features`` (a file) or ``model.clip_weights``
+    (open_clip ViT-B-32-quickgelu file, or ``random``); kept from ``init_from`` when neither is set."""
+    if not (m.text_features or m.clip_weights):
+        if model.has_text_embedding():
+            return
+        raise ConfigError(
+            f"{m.variant} needs the CLIP embedding of its fixed prompt: set model.clip_weights to an open_clip "
+            "ViT-B-32-quickgelu checkpoint of OpenAI's weights (or 'random' for tests and CPU checks: no real "
+            "CLIP guidance), or model.text_features to a file holding the embedding"
+        )
+    try:
+        text = load_text_embedding(m.text_features) if m.text_features else prompt_embedding(str(m.clip_weights))
+    except TextFeaturesError as exc:
+        raise ConfigError(str(exc)) from None
+    model.set_text_embedding(text)
 
 
 def seed_everything(seed: int) -> None:
@@ -135,8 +163,12 @@ def set_text_features(model: nn.Module, m: ModelConfig, class_names: Sequence[st
     """Give a text-guided model (CMFS) the CLIP features of its class prompts (all classes but 0).
 
     Weights loaded with ``model.init_from`` already carry features; a configured source replaces
-    them. Without either, the error lists what to provide.
+    them. Without either, the error lists what to provide. Prompt-guided models (UP-Fusion) get
+    the embedding of their one prompt instead.
     """
+    if isinstance(model, PromptGuided):
+        _set_prompt_embedding(model, m)
+        return
     if not isinstance(model, TextGuided):
         if m.text_features or m.clip_weights:
             raise ConfigError(f"{m.variant} is not text-guided; remove model.text_features / model.clip_weights")

@@ -43,15 +43,18 @@ from ivf_training.config import (
     MAFSStage1LossConfig,
     MAFSStage2LossConfig,
     S4FusionLossConfig,
+    UPFusionLossConfig,
 )
 from ivf_training.losses import FusionSegLoss, PerceptionLoss
 from ivf_training.mafs_losses import MAFSStage1Loss, MAFSStage2Loss, random_patch_mask
+from ivf_training.upfusion_losses import UPFusionLoss
 
 __all__ = [
     "Objective",
     "SupervisedObjective",
     "S4FusionObjective",
     "CMFSObjective",
+    "UPFusionObjective",
     "MaskedReconstructionObjective",
     "ReconstructionPath",
     "DistilledFusionSegObjective",
@@ -232,6 +235,17 @@ class CMFSObjective(SupervisedObjective[CMFSLossConfig]):
     def build_loss(cls, lc: CMFSLossConfig) -> nn.Module:
         return CMFSLoss(seg=lc.seg, fusion=lc.fusion, intensity=lc.intensity, color=lc.color,
                         gradient=lc.gradient, gamma=lc.gamma, beta=lc.beta, moe_balance=lc.moe_balance)
+
+
+class UPFusionObjective(SupervisedObjective[UPFusionLossConfig]):
+    """``loss.kind: upfusion``: :class:`~ivf_training.upfusion_losses.UPFusionLoss` (``paper`` or
+    ``code`` version of the released loss, plus CE for our segmentation head)."""
+
+    kind = "upfusion"
+
+    @classmethod
+    def build_loss(cls, lc: UPFusionLossConfig) -> nn.Module:
+        return UPFusionLoss(lc.variant, intensity=lc.intensity, gradient=lc.gradient, ssim=lc.ssim, seg=lc.seg)
 
 
 def _train_only_stage(model: nn.Module, stage: str, kind: str) -> None:
@@ -464,7 +478,8 @@ class DistilledFusionSegObjective(Objective[MAFSStage2LossConfig]):
 
 OBJECTIVES: dict[str, type[Objective[Any]]] = {
     cls.kind: cls
-    for cls in (S4FusionObjective, CMFSObjective, MaskedReconstructionObjective, DistilledFusionSegObjective)
+    for cls in (S4FusionObjective, CMFSObjective, UPFusionObjective, MaskedReconstructionObjective,
+                DistilledFusionSegObjective)
 }
 """The objective class of each ``loss.kind`` (the kinds of :data:`ivf_training.config.LossConfig`)."""
 

@@ -36,6 +36,7 @@ __all__ = [
     "TEXT_DIM",
     "TextFeaturesError",
     "compute_text_features",
+    "encode_prompts",
     "load_text_features",
     "prompts_for",
     "save_text_features",
@@ -91,26 +92,27 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def compute_text_features(class_names: Sequence[str], clip_weights: str | os.PathLike[str],
-                          model_name: str = CLIP_MODEL) -> torch.Tensor:
-    """Embed the prompts of ``class_names`` with open_clip's text tower.
+def encode_prompts(prompts: Sequence[str], clip_weights: str | os.PathLike[str],
+                   model_name: str = CLIP_MODEL) -> torch.Tensor:
+    """Embed ``prompts`` with an open_clip text tower (shared by CMFS's class prompts and
+    UP-Fusion's fixed prompt).
 
     Args:
-        class_names: the classes the region map should look for.
-        clip_weights: an open_clip checkpoint file of ``model_name``, or ``"random"``.
-        model_name: open_clip architecture.
+        prompts: the texts.
+        clip_weights: an open_clip checkpoint file of ``model_name``, or ``"random"`` (a tower
+            initialised with seed 0: arbitrary but reproducible features, not CLIP guidance).
+        model_name: open_clip architecture (``ViT-B-32``; ``ViT-B-32-quickgelu`` for OpenAI's
+            weights).
 
     Returns:
-        float32 features, one row per class (not normalised; the region map uses cosine
-        similarity).
+        float32 features, one row per prompt, not normalised.
 
     Shape:
-        -> (len(class_names), 512)
+        -> (len(prompts), 512)
     """
     open_clip = _import_open_clip()
-    prompts = prompts_for(class_names)
     if str(clip_weights) == RANDOM_TOWER:
-        _log.warning("CLIP text features from a RANDOM text tower (no CLIP weights): region guidance is arbitrary")
+        _log.warning("CLIP text features from a RANDOM text tower (no CLIP weights): text guidance is arbitrary")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = open_clip.create_model(model_name, pretrained=None)
@@ -119,8 +121,9 @@ def compute_text_features(class_names: Sequence[str], clip_weights: str | os.Pat
         if not path.is_file():
             raise TextFeaturesError(
                 f"CLIP weights not found: {path}. Download the open_clip {model_name} checkpoint "
-                "(e.g. laion2b_s34b_b79k's open_clip_model.safetensors) on a machine with internet "
-                "access and pass its path, or pass a precomputed feature file instead."
+                "(e.g. laion2b_s34b_b79k's open_clip_model.safetensors, or the OpenAI release's for "
+                "-quickgelu) on a machine with internet access and pass its path, or pass a "
+                "precomputed feature file instead."
             )
         model = open_clip.create_model(model_name, pretrained=None)
         result = model.load_state_dict(_read_state_dict(path), strict=False)
@@ -128,8 +131,18 @@ def compute_text_features(class_names: Sequence[str], clip_weights: str | os.Pat
         if text_keys:
             raise TextFeaturesError(f"CLIP weights {path} lack text-tower tensors, e.g. {text_keys[:5]}")
     model.eval()
-    tokens = open_clip.get_tokenizer(model_name)(prompts)
+    tokens = open_clip.get_tokenizer(model_name)(list(prompts))
     return model.encode_text(tokens).float()
+
+
+def compute_text_features(class_names: Sequence[str], clip_weights: str | os.PathLike[str],
+                          model_name: str = CLIP_MODEL) -> torch.Tensor:
+    """Embed the prompts of ``class_names`` with open_clip's text tower (:func:`encode_prompts`).
+
+    Shape:
+        -> (len(class_names), 512)
+    """
+    return encode_prompts(prompts_for(class_names), clip_weights, model_name)
 
 
 def save_text_features(path: str | os.PathLike[str], features: torch.Tensor, class_names: Sequence[str],

@@ -29,6 +29,12 @@ from ivf_perception.models.layers.fft_filter import (
     fft_amplitude_filter,
 )
 from ivf_perception.models.layers.mlp import Mlp
+from ivf_perception.models.layers.restormer import (
+    ChannelLayerNorm,
+    Downsample,
+    TransformerBlock,
+    Upsample,
+)
 from ivf_perception.models.layers.segformer_head import (
     SegFormerHead,
     remap_legacy_segformer_keys,
@@ -78,6 +84,10 @@ __all__ = [
     "fft_amplitude_filter",
     "ChannelAttention",
     "ChannelAttentionBlock",
+    "ChannelLayerNorm",
+    "Downsample",
+    "TransformerBlock",
+    "Upsample",
     "SegFormerHead",
     "check_feature_dims",
     "check_feature_maps",

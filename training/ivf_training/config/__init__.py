@@ -30,6 +30,7 @@ from ivf_training.config.losses import (
     MAFSStage1LossConfig,
     MAFSStage2LossConfig,
     S4FusionLossConfig,
+    UPFusionLossConfig,
 )
 from ivf_training.config.schema import ConfigError, config_to_dict
 from ivf_training.config.sections import DataConfig, GeneratedDataConfig, ModelConfig, OptimConfig
@@ -47,6 +48,7 @@ __all__ = [
     "CMFSLossConfig",
     "MAFSStage1LossConfig",
     "MAFSStage2LossConfig",
+    "UPFusionLossConfig",
     "TrainConfig",
     "load_config",
     "config_from_dict",

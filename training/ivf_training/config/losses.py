@@ -25,6 +25,7 @@ __all__ = [
     "CMFSLossConfig",
     "MAFSStage1LossConfig",
     "MAFSStage2LossConfig",
+    "UPFusionLossConfig",
     "LossConfig",
 ]
 
@@ -207,5 +208,30 @@ class MAFSStage2LossConfig(LossSettings):
             raise ConfigError("loss.kind mafs_stage2 trains segmentation: model.num_classes must be > 0")
 
 
-LossConfig = S4FusionLossConfig | CMFSLossConfig | MAFSStage1LossConfig | MAFSStage2LossConfig
+@dataclass
+class UPFusionLossConfig(LossSettings):
+    """``kind: upfusion`` (``UPFusionLoss``): the released code's fusion loss in one of its versions.
+
+    Attributes:
+        variant: ``paper`` (first upload: ``10·L_int + 10·L_grad``, max-intensity target) or
+            ``code`` (HEAD: adds ``10·(1 − SSIM_w)``; visible target = channel mean).
+        intensity, gradient, ssim: term weights (10 each in the release; ``ssim`` used by ``code``).
+        seg: cross-entropy weight of our segmentation head (0 for fusion-only training).
+    """
+
+    kind: Literal["upfusion"] = "upfusion"
+    variant: Literal["paper", "code"] = "paper"
+    intensity: float = 10.0
+    gradient: float = 10.0
+    ssim: float = 10.0
+    seg: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.variant not in ("paper", "code"):
+            raise ConfigError(f"loss.variant must be paper or code, got {self.variant!r}")
+        _non_negative(self, ("intensity", "gradient", "ssim", "seg"))
+
+
+LossConfig = (S4FusionLossConfig | CMFSLossConfig | MAFSStage1LossConfig | MAFSStage2LossConfig
+              | UPFusionLossConfig)
 """The ``loss:`` section: the member whose ``kind`` the section names (default ``s4fusion``)."""

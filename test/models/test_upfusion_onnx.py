@@ -1,0 +1,68 @@
+"""ONNX round trip of UP-Fusion (dynamo exporter, onnxruntime): selected channel indices first,
+then the image (spec §1.11, §5.3).
+
+The graph carries the top-k indices of SCPM and of the four TCPM SE selections as extra outputs,
+so a backend that resolves a near-tie differently is caught as an index mismatch rather than as
+an image difference of unclear origin. Uses torch.onnx directly: the package's own ONNX export
+lives in the training package (and ivf_perception.export.onnx once merged).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ivf_perception.models import build_model
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+pytestmark = pytest.mark.slow
+
+
+class WithSelections(nn.Module):
+    """fused, logits, then every selection's indices, as graph outputs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, rgb: torch.Tensor, thermal: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feats = self.model.forward_features(rgb, thermal)
+        out = self.model.forward_head(feats, rgb, thermal)
+        return (out.fused, out.logits, *feats.selections.values())
+
+
+@pytest.mark.parametrize("height, width", [(16, 24), (32, 40)])
+def test_onnx_runtime_selects_the_same_channels_and_gives_the_same_image(tmp_path: Path, height: int,
+                                                                          width: int) -> None:
+    torch.manual_seed(0)
+    model = build_model("test_upfusion", num_classes=3).eval()
+    model.set_text_embedding(torch.randn(512))
+    wrapper = WithSelections(model).eval()
+    g = torch.Generator().manual_seed(0)
+    example = (torch.rand(1, 3, height, width, generator=g), torch.rand(1, 1, height, width, generator=g))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(wrapper, example, dynamo=True, input_names=["rgb", "thermal"], verbose=False)
+    path = tmp_path / "upfusion.onnx"
+    program.save(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(1)  # a fresh input, not the traced one
+    rgb, thermal = torch.rand(1, 3, height, width, generator=g), torch.rand(1, 1, height, width, generator=g)
+    with torch.no_grad():
+        expected = wrapper(rgb, thermal)
+    got = session.run(None, {"rgb": rgb.numpy(), "thermal": thermal.numpy()})
+    names = list(model.forward_features(rgb, thermal).selections)
+    assert len(got) == 2 + len(names) == 7
+    for name, ours, theirs in zip(names, expected[2:], got[2:]):
+        np.testing.assert_array_equal(theirs, ours.numpy(), err_msg=f"{name} selected other channels")
+    fused_ref = expected[0].numpy()
+    mse = float(np.mean((got[0] - fused_ref) ** 2))
+    assert mse == 0.0 or 10 * np.log10(1.0 / mse) > 60.0  # image-level tolerance once indices agree
+    np.testing.assert_allclose(got[1], expected[1].numpy(), atol=1e-4, rtol=1e-3)
