@@ -495,8 +495,9 @@ def cpu_scan_usable(*tensors: torch.Tensor | None, state_size: int) -> bool:
     """Whether ``auto`` may take the fused CPU kernel for these operands.
 
     CPU float32 tensors, a state size the kernel holds, nothing that needs a gradient (the
-    kernel is forward-only: training takes the chunked path), no ONNX export or tracing (no
-    ONNX form), and the extension loads (:func:`~ivf_perception.models.ops._backend.has_cpu_scan`).
+    kernel is forward-only: training takes the chunked path), no ONNX export, tracing or
+    compiling (the kernel has no ONNX form, and a traced graph must hold the portable scan),
+    and the extension loads (:func:`~ivf_perception.models.ops._backend.has_cpu_scan`).
     """
     present = [t for t in tensors if t is not None]
     return (
@@ -505,6 +506,7 @@ def cpu_scan_usable(*tensors: torch.Tensor | None, state_size: int) -> bool:
         and not (torch.is_grad_enabled() and any(t.requires_grad for t in present))
         and not torch.onnx.is_in_onnx_export()
         and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()  # torch.export / dynamo ONNX / torch.compile trace
         and has_cpu_scan()
     )
 
