@@ -52,3 +52,25 @@ def test_bench_prints_a_table_and_writes_json(tmp_path: Path, capsys: pytest.Cap
         assert "| bundled weights (CPU fp32) |" in text
     else:  # the fused kernel is not built: its row is listed as skipped with the reason
         assert any("cpu scan" in line for line in result["skipped"])
+
+
+def test_bench_compares_backends_against_torch_fp32(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A randomly initialised model through onnxruntime (exported into the bench's own cache folder)."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bench.json"
+    rc = cli_main(["bench", "--variants", "test_s4fusion", "--presets", "test", "--sizes", "32x48", "--repeats", "1",
+                   "--device", "cpu", "--skip-scan", "--backends", "torch,onnxruntime", "--precisions", "fp32,bf16",
+                   "--backend-cache-dir", str(tmp_path / "cache"), "--skip-bundled", "--json", str(out)])
+    assert rc == 0
+    rows = {(r["backend"], r["precision"]): r for r in json.loads(out.read_text())["models"]}
+    assert set(rows) == {("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32")}
+    assert rows[("onnxruntime", "fp32")]["fused_max_abs_diff"] <= 1e-4
+    assert rows[("onnxruntime", "fp32")]["label_agreement_pct"] >= 99.9
+    assert rows[("onnxruntime", "fp32")]["build_s"] > 0 and len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+    assert "skipped test_s4fusion/test CPU 32x48 onnxruntime bf16" in capsys.readouterr().out
+
+
+def test_bench_refuses_an_unknown_backend(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["bench", "--backends", "torch,tpu"])
+    assert "comma-separated list of torch, compile, onnxruntime" in capsys.readouterr().err
