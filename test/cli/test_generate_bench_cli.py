@@ -32,7 +32,8 @@ def test_generate_rejects_bad_size(capsys: pytest.CaptureFixture) -> None:
 def test_bench_prints_a_table_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench.json"
     rc = cli_main(["bench", "--variants", "test_s4fusion", "--presets", "test", "--sizes", "32x32",
-                   "--repeats", "1", "--device", "cpu", "--scan-length", "256", "--bundled-size", "32x32",
+                   "--repeats", "1", "--device", "cpu", "--scan-length", "256",
+                   "--fused-vs-chunked", "s4fusion/default", "test_s4fusion/test", "--fused-size", "32x32",
                    "--json", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
@@ -45,6 +46,8 @@ def test_bench_prints_a_table_and_writes_json(tmp_path: Path, capsys: pytest.Cap
     if has_cpu_scan():  # the fused kernel's rows, where it is built
         assert "| test_s4fusion | test | cpu fp32 (fused CPU scan) | 32x32 |" in text
         assert result["selective_scan"]["fused_max_abs_err"] < 1e-4
-        bundled = result["bundled"]
-        assert bundled["size"] == "32x32" and bundled["labels_equal"] > 0.999 and bundled["new_ms"] > 0
-        assert "| bundled weights (CPU fp32) |" in text
+        bundled, micro = result["fused_vs_chunked"]
+        assert bundled["model"] == "s4fusion/tiny (bundled)" and micro["model"] == "test_s4fusion/test"
+        for row in (bundled, micro):
+            assert row["size"] == "32x32" and row["labels_equal"] > 0.999 and row["new_ms"] > 0
+        assert "| s4fusion/tiny (bundled) | 32x32 |" in text
