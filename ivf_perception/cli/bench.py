@@ -114,7 +114,8 @@ def run_benchmarks(args: argparse.Namespace) -> dict[str, Any]:
     if not args.skip_scan:
         result["selective_scan"] = bench_selective_scan(L=args.scan_length)
     if args.fused_vs_chunked and args.device in ("auto", "cpu") and has_cpu_scan():
-        result["fused_vs_chunked"] = [_fused_vs_chunked(entry, *args.fused_size, max(args.repeats, 5))
+        h, w = args.fused_size
+        result["fused_vs_chunked"] = [_fused_vs_chunked(entry, h, w, max(args.repeats, 5))
                                       for entry in args.fused_vs_chunked]
     return result
 
