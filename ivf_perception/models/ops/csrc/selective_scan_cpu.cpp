@@ -174,15 +174,22 @@ class PositionWalker {
   int64_t row_ = 0, col_ = 0, mod_ = 0;
 };
 
-// Eight lanes from `p` at stride `stride` (a vector load when they are contiguous).
-IVF_INLINE vf load_lanes(const float* p, int64_t stride, int lanes) {
-  vf v = {};
-  if (stride == 1 && lanes == kLanes) {
-    std::memcpy(&v, p, sizeof v);
-  } else {
-    for (int c = 0; c < lanes; ++c) v[c] = p[c * stride];
+// One block of steps of eight lanes into per-step vectors. Lane-contiguous data (channels last)
+// is read a vector per step; otherwise lane by lane, each lane's run of steps (contiguous in the
+// (B, D, L) layout) at a time, so that memory is read in long runs instead of eight strided ones.
+IVF_INLINE void gather_lanes(vf* out, const float* base, const TokenView& v, const int64_t* mod, const int64_t* pos,
+                             int len, int lanes) {
+  if (v.sc == 1 && lanes == kLanes) {
+    for (int s = 0; s < len; ++s) std::memcpy(&out[s], base + mod[s] * v.sm + pos[s] * v.sp, sizeof(vf));
+    return;
   }
-  return v;
+  if (lanes < kLanes) {
+    for (int s = 0; s < len; ++s) out[s] = vf{};
+  }
+  for (int c = 0; c < lanes; ++c) {
+    const float* lane = base + c * v.sc;
+    for (int s = 0; s < len; ++s) out[s][c] = lane[mod[s] * v.sm + pos[s] * v.sp];
+  }
 }
 
 IVF_INLINE void load_rows(float* out, const float* p, int64_t stride, int count) {
@@ -218,31 +225,36 @@ void scan_task(const Problem& pb, int64_t b, int64_t g, int64_t c0) {
   const float* c_base = pb.C.data + b * pb.C.sb + g * pb.C.sg;
   float* y_base = pb.y.data + b * pb.y.sb + g * pb.y.sg + c0 * pb.y.sc;
 
-  vf uu[kSteps], du[kSteps], dt[kSteps], yy[kSteps];
+  vf uu[kSteps], du[kSteps], dt[kSteps], yy[kSteps], zz[kSteps];
   float bb[kSteps][kMaxState], cc[kSteps][kMaxState], lowrank[kMaxRank];
   int64_t pos[kSteps], mod[kSteps];
   PositionWalker walker(pb, g);
 
   for (int64_t s0 = 0; s0 < steps; s0 += kSteps) {
     const int len = static_cast<int>(std::min<int64_t>(kSteps, steps - s0));
-    // Gather this block: tokens as one vector per step, B/C as [step][n]; Δ transform.
     for (int s = 0; s < len; ++s, walker.next()) {
-      const int64_t m = mod[s] = walker.modality(), p = pos[s] = walker.position();
-      vf dv;
-      if (pb.dt_proj) {
-        load_rows(lowrank, dts_base + m * pb.dts.sm + p * pb.dts.sp, pb.dts.sn, rank);
-        dv = vf{};
+      mod[s] = walker.modality();
+      pos[s] = walker.position();
+    }
+    // Gather this block: tokens as one vector per step, B/C as [step][n]; Δ transform.
+    gather_lanes(uu, u_base, pb.u, mod, pos, len, lanes);
+    if (pb.dt_proj) {
+      for (int s = 0; s < len; ++s) {
+        load_rows(lowrank, dts_base + mod[s] * pb.dts.sm + pos[s] * pb.dts.sp, pb.dts.sn, rank);
+        vf dv = {};
         for (int r = 0; r < rank; ++r) dv += wdt[r] * lowrank[r];
-      } else {
-        dv = load_lanes(dt_base + m * pb.delta.sm + p * pb.delta.sp, pb.delta.sc, lanes);
+        dt[s] = dv;
       }
-      dv += bias;
+    } else {
+      gather_lanes(dt, dt_base, pb.delta, mod, pos, len, lanes);
+    }
+    for (int s = 0; s < len; ++s) {
+      vf dv = dt[s] + bias;
       if (pb.softplus) dv = softplus_approx(dv);
       dt[s] = dv * valid;
-      uu[s] = load_lanes(u_base + m * pb.u.sm + p * pb.u.sp, pb.u.sc, lanes);
       du[s] = dt[s] * uu[s];
-      load_rows(bb[s], b_base + m * pb.B.sm + p * pb.B.sp, pb.B.sn, n_state);
-      load_rows(cc[s], c_base + m * pb.C.sm + p * pb.C.sp, pb.C.sn, n_state);
+      load_rows(bb[s], b_base + mod[s] * pb.B.sm + pos[s] * pb.B.sp, pb.B.sn, n_state);
+      load_rows(cc[s], c_base + mod[s] * pb.C.sm + pos[s] * pb.C.sp, pb.C.sn, n_state);
     }
     // The recurrence: sequential in time, independent over lanes and states.
     for (int s = 0; s < len; ++s) {
@@ -255,15 +267,15 @@ void scan_task(const Problem& pb, int64_t b, int64_t g, int64_t c0) {
       yy[s] = acc;
     }
     if (z_base) {
-      for (int s = 0; s < len; ++s)
-        yy[s] *= silu_approx(load_lanes(z_base + mod[s] * pb.z.sm + pos[s] * pb.z.sp, pb.z.sc, lanes));
+      gather_lanes(zz, z_base, pb.z, mod, pos, len, lanes);
+      for (int s = 0; s < len; ++s) yy[s] *= silu_approx(zz[s]);
     }
-    for (int s = 0; s < len; ++s) {
-      float* out = y_base + mod[s] * pb.y.sm + pos[s] * pb.y.sp;
-      if (pb.y.sc == 1 && lanes == kLanes) {
-        std::memcpy(out, &yy[s], sizeof(vf));
-      } else {
-        for (int c = 0; c < lanes; ++c) out[c * pb.y.sc] = yy[s][c];
+    if (pb.y.sc == 1 && lanes == kLanes) {
+      for (int s = 0; s < len; ++s) std::memcpy(y_base + mod[s] * pb.y.sm + pos[s] * pb.y.sp, &yy[s], sizeof(vf));
+    } else {  // lane by lane: each lane's outputs are contiguous in the (B, D, L) layout
+      for (int c = 0; c < lanes; ++c) {
+        float* out = y_base + c * pb.y.sc;
+        for (int s = 0; s < len; ++s) out[mod[s] * pb.y.sm + pos[s] * pb.y.sp] = yy[s][c];
       }
     }
   }
