@@ -4,7 +4,8 @@
 // Why this layout: the eight channels of a block share B_t and C_t (grouped B/C), so a time step
 // is, per state n, one vector exp(Δ·A_n), one FMA into h_n and one FMA into y with B_t[n], C_t[n]
 // broadcast; no horizontal sums. Inputs are read through strides in blocks of kSteps time steps
-// (a small gather into per-step vectors), so any layout works without a copy, and the same core
+// (a small gather of the tokens into per-step vectors; B and C read in place), so any layout works
+// without a copy, and the same core
 // reads VMamba's four cross-scan orders (and S4Fusion's interleaved modalities) straight from
 // image-order tensors (Order::kCross) instead of materialising the permuted sequences; there it
 // also applies Δ's low-rank up-projection itself, so the largest intermediate is never stored.
@@ -192,14 +193,6 @@ IVF_INLINE void gather_lanes(vf* out, const float* base, const TokenView& v, con
   }
 }
 
-IVF_INLINE void load_rows(float* out, const float* p, int64_t stride, int count) {
-  if (stride == 1) {
-    std::memcpy(out, p, count * sizeof(float));
-  } else {
-    for (int n = 0; n < count; ++n) out[n] = p[n * stride];
-  }
-}
-
 IVF_CLONES
 void scan_task(const Problem& pb, int64_t b, int64_t g, int64_t c0) {
   const int lanes = static_cast<int>(std::min<int64_t>(kLanes, pb.per_group - c0));
@@ -226,7 +219,6 @@ void scan_task(const Problem& pb, int64_t b, int64_t g, int64_t c0) {
   float* y_base = pb.y.data + b * pb.y.sb + g * pb.y.sg + c0 * pb.y.sc;
 
   vf uu[kSteps], du[kSteps], dt[kSteps], yy[kSteps], zz[kSteps];
-  float bb[kSteps][kMaxState], cc[kSteps][kMaxState], lowrank[kMaxRank];
   int64_t pos[kSteps], mod[kSteps];
   PositionWalker walker(pb, g);
 
@@ -240,9 +232,9 @@ void scan_task(const Problem& pb, int64_t b, int64_t g, int64_t c0) {
     gather_lanes(uu, u_base, pb.u, mod, pos, len, lanes);
     if (pb.dt_proj) {
       for (int s = 0; s < len; ++s) {
-        load_rows(lowrank, dts_base + mod[s] * pb.dts.sm + pos[s] * pb.dts.sp, pb.dts.sn, rank);
+        const float* lowrank = dts_base + mod[s] * pb.dts.sm + pos[s] * pb.dts.sp;
         vf dv = {};
-        for (int r = 0; r < rank; ++r) dv += wdt[r] * lowrank[r];
+        for (int r = 0; r < rank; ++r) dv += wdt[r] * lowrank[r * pb.dts.sn];
         dt[s] = dv;
       }
     } else {
@@ -253,16 +245,17 @@ void scan_task(const Problem& pb, int64_t b, int64_t g, int64_t c0) {
       if (pb.softplus) dv = softplus_approx(dv);
       dt[s] = dv * valid;
       du[s] = dt[s] * uu[s];
-      load_rows(bb[s], b_base + mod[s] * pb.B.sm + pos[s] * pb.B.sp, pb.B.sn, n_state);
-      load_rows(cc[s], c_base + mod[s] * pb.C.sm + pos[s] * pb.C.sp, pb.C.sn, n_state);
     }
     // The recurrence: sequential in time, independent over lanes and states.
+    // B_t and C_t are read in place (broadcast from memory), not copied.
     for (int s = 0; s < len; ++s) {
       const vf dts = dt[s], dus = du[s];
+      const float* bs = b_base + mod[s] * pb.B.sm + pos[s] * pb.B.sp;
+      const float* cs = c_base + mod[s] * pb.C.sm + pos[s] * pb.C.sp;
       vf acc = dskip * uu[s];
       for (int n = 0; n < n_state; ++n) {
-        h[n] = exp2_approx(dts * a[n]) * h[n] + dus * bb[s][n];
-        acc += h[n] * cc[s][n];
+        h[n] = exp2_approx(dts * a[n]) * h[n] + dus * bs[n * pb.B.sn];
+        acc += h[n] * cs[n * pb.C.sn];
       }
       yy[s] = acc;
     }
