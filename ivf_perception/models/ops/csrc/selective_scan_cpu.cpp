@@ -32,8 +32,9 @@ constexpr int kSteps = 64;     // time steps per gathered block
 constexpr int kMaxState = 64;  // largest supported N (the Python side falls back above it)
 constexpr int kMaxRank = 64;   // largest rank of Δ's projection in the cross scan
 
+// x86-64-v3/v4 clone targets need GCC 12; older compilers build the baseline only (correct, slower).
 #if defined(IVF_CLONES)
-#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#elif defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__)
 #define IVF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define IVF_CLONES
@@ -175,21 +176,59 @@ class PositionWalker {
   int64_t row_ = 0, col_ = 0, mod_ = 0;
 };
 
+// Two-vector shuffle: clang's builtin, or GCC's (GCC has __builtin_shufflevector only since 12).
+#if defined(__clang__)
+#define IVF_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define IVF_SHUFFLE(a, b, ...) __builtin_shuffle(a, b, vi{__VA_ARGS__})
+#endif
+
+// 8×8 transpose in registers: out[j][c] = in[c][j] (unpack pairs, then pairs of pairs, then halves).
+static_assert(kLanes == 8, "transpose8 and the shuffles assume eight lanes");
+IVF_INLINE void transpose8(const vf* in, vf* out) {
+  vf t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = IVF_SHUFFLE(in[i], in[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = IVF_SHUFFLE(in[i], in[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    for (int j = 0; j < 2; ++j) {
+      u[i + 2 * j] = IVF_SHUFFLE(t[i + j], t[i + j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[i + 2 * j + 1] = IVF_SHUFFLE(t[i + j], t[i + j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  }
+  for (int j = 0; j < 4; ++j) {
+    out[j] = IVF_SHUFFLE(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    out[j + 4] = IVF_SHUFFLE(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+
 // One block of steps of eight lanes into per-step vectors. Lane-contiguous data (channels last)
 // is read a vector per step; otherwise lane by lane, each lane's run of steps (contiguous in the
 // (B, D, L) layout) at a time, so that memory is read in long runs instead of eight strided ones.
+// With `consecutive` (the plain order: positions pos[0], pos[0] + 1, ...) and position-contiguous
+// lanes, eight steps of eight lanes are eight vector loads and one register transpose.
 IVF_INLINE void gather_lanes(vf* out, const float* base, const TokenView& v, const int64_t* mod, const int64_t* pos,
-                             int len, int lanes) {
+                             int len, int lanes, bool consecutive) {
   if (v.sc == 1 && lanes == kLanes) {
     for (int s = 0; s < len; ++s) std::memcpy(&out[s], base + mod[s] * v.sm + pos[s] * v.sp, sizeof(vf));
     return;
   }
+  int first = 0;
+  if (consecutive && v.sp == 1 && lanes == kLanes) {
+    const float* start = base + mod[0] * v.sm + pos[0];
+    for (; first + kLanes <= len; first += kLanes) {
+      vf rows[kLanes];
+      for (int c = 0; c < kLanes; ++c) std::memcpy(&rows[c], start + c * v.sc + first, sizeof(vf));
+      transpose8(rows, out + first);
+    }
+  }
   if (lanes < kLanes) {
-    for (int s = 0; s < len; ++s) out[s] = vf{};
+    for (int s = first; s < len; ++s) out[s] = vf{};
   }
   for (int c = 0; c < lanes; ++c) {
     const float* lane = base + c * v.sc;
-    for (int s = 0; s < len; ++s) out[s][c] = lane[mod[s] * v.sm + pos[s] * v.sp];
+    for (int s = first; s < len; ++s) out[s][c] = lane[mod[s] * v.sm + pos[s] * v.sp];
   }
 }
 
@@ -221,6 +260,7 @@ void scan_task(const Problem& pb, int64_t b, int64_t g, int64_t c0) {
   vf uu[kSteps], du[kSteps], dt[kSteps], yy[kSteps], zz[kSteps];
   int64_t pos[kSteps], mod[kSteps];
   PositionWalker walker(pb, g);
+  const bool consecutive = pb.order == Order::kPlain && pb.modalities == 1;
 
   for (int64_t s0 = 0; s0 < steps; s0 += kSteps) {
     const int len = static_cast<int>(std::min<int64_t>(kSteps, steps - s0));
@@ -229,7 +269,7 @@ void scan_task(const Problem& pb, int64_t b, int64_t g, int64_t c0) {
       pos[s] = walker.position();
     }
     // Gather this block: tokens as one vector per step, B/C as [step][n]; Δ transform.
-    gather_lanes(uu, u_base, pb.u, mod, pos, len, lanes);
+    gather_lanes(uu, u_base, pb.u, mod, pos, len, lanes, consecutive);
     if (pb.dt_proj) {
       for (int s = 0; s < len; ++s) {
         const float* lowrank = dts_base + mod[s] * pb.dts.sm + pos[s] * pb.dts.sp;
@@ -238,7 +278,7 @@ void scan_task(const Problem& pb, int64_t b, int64_t g, int64_t c0) {
         dt[s] = dv;
       }
     } else {
-      gather_lanes(dt, dt_base, pb.delta, mod, pos, len, lanes);
+      gather_lanes(dt, dt_base, pb.delta, mod, pos, len, lanes, consecutive);
     }
     for (int s = 0; s < len; ++s) {
       vf dv = dt[s] + bias;
@@ -260,15 +300,24 @@ void scan_task(const Problem& pb, int64_t b, int64_t g, int64_t c0) {
       yy[s] = acc;
     }
     if (z_base) {
-      gather_lanes(zz, z_base, pb.z, mod, pos, len, lanes);
+      gather_lanes(zz, z_base, pb.z, mod, pos, len, lanes, consecutive);
       for (int s = 0; s < len; ++s) yy[s] *= silu_approx(zz[s]);
     }
     if (pb.y.sc == 1 && lanes == kLanes) {
       for (int s = 0; s < len; ++s) std::memcpy(y_base + mod[s] * pb.y.sm + pos[s] * pb.y.sp, &yy[s], sizeof(vf));
     } else {  // lane by lane: each lane's outputs are contiguous in the (B, D, L) layout
+      int first = 0;
+      if (consecutive && pb.y.sp == 1 && lanes == kLanes) {  // transposed back, eight steps at a time
+        float* start = y_base + mod[0] * pb.y.sm + pos[0];
+        for (; first + kLanes <= len; first += kLanes) {
+          vf rows[kLanes];
+          transpose8(yy + first, rows);
+          for (int c = 0; c < kLanes; ++c) std::memcpy(start + c * pb.y.sc + first, &rows[c], sizeof(vf));
+        }
+      }
       for (int c = 0; c < lanes; ++c) {
         float* out = y_base + c * pb.y.sc;
-        for (int s = 0; s < len; ++s) out[mod[s] * pb.y.sm + pos[s] * pb.y.sp] = yy[s][c];
+        for (int s = first; s < len; ++s) out[mod[s] * pb.y.sm + pos[s] * pb.y.sp] = yy[s][c];
       }
     }
   }
