@@ -13,7 +13,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export HF_HUB_OFFLINE := 1
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench venv clean train-default
+.PHONY: demo test lint bench venv clean train-default gpu-check
 
 venv: $(STAMP)
 
@@ -38,6 +38,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/ivf-perception bench
+
+# On a CUDA machine, with the Python that has torch (no .venv needed, installs nothing): gpu tests,
+# Triton scan, ONNX Runtime CUDA / TensorRT when present, and the CUDA bench, within ~7 minutes.
+# Results in results/gpu_check/<time>/ (git-ignored). GPU_CHECK_ARGS=--dry-run runs on a CPU.
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 # ruff (lint + import order) over the whole tree, mypy over the library (settings in pyproject.toml).
 lint: $(STAMP)

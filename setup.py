@@ -1,10 +1,51 @@
-"""ament_python package setup: the library, the node, launch/config files and the CLI."""
+"""ament_python package setup: the library, the node, launch/config files, the CLI and the
+optional fused CPU selective-scan extension."""
 
+import os
+import sys
 from glob import glob
 
 from setuptools import find_packages, setup
 
 PACKAGE = "ivf_perception"
+CPU_SCAN_SKIP_ENV = "IVF_SKIP_CPU_SCAN_BUILD"
+
+
+def cpu_scan_extension() -> dict:
+    """``setup()`` arguments that build ``ivf_perception.models.ops._cpu_scan`` (C++, torch headers).
+
+    Optional by design: without torch at build time (a bare colcon workspace), with
+    IVF_SKIP_CPU_SCAN_BUILD=1, or when the compiler fails, the package installs without it and
+    the models use the chunked PyTorch scan (same results, slower). Build it in place with
+    ``python setup.py build_ext --inplace``.
+    """
+    if os.environ.get(CPU_SCAN_SKIP_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return {}
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        print("ivf_perception: torch is not importable at build time; skipping the fused CPU scan", file=sys.stderr)
+        return {}
+
+    class OptionalBuildExtension(BuildExtension):
+        """A failed compile is reported and skipped, never an install error."""
+
+        def run(self):
+            try:
+                super().run()
+            except Exception as err:  # compiler missing, unusable or failing: fall back at run time
+                print(f"ivf_perception: could not build the fused CPU scan ({type(err).__name__}: {err}); "
+                      "the chunked PyTorch scan will be used", file=sys.stderr)
+
+    ext = CppExtension(
+        f"{PACKAGE}.models.ops._cpu_scan",
+        [f"{PACKAGE}/models/ops/csrc/selective_scan_cpu.cpp"],
+        # fp-contract: FMAs in the polynomials; -Wno-psabi: the baseline clone passes 32-byte vectors.
+        extra_compile_args=["-O3", "-ffp-contract=fast", "-fopenmp", "-Wno-psabi"],
+        extra_link_args=["-fopenmp"],
+    )
+    return {"ext_modules": [ext], "cmdclass": {"build_ext": OptionalBuildExtension.with_options(use_ninja=False)}}
+
 
 setup(
     name=PACKAGE,
@@ -32,4 +73,5 @@ setup(
             "fusion_node = ivf_perception.nodes.fusion_node:main",
         ],
     },
+    **cpu_scan_extension(),
 )

@@ -45,6 +45,35 @@ def test_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_weights(model.state_dict(), tmp_path_factory.mktemp("weights") / "test_s4fusion.safetensors", info)
 
 
+ONNX_TEST_SIZE = (64, 96)
+"""Size of the micro model's cached ONNX export: the replay bags' frames (smaller ones are padded)."""
+
+
+@pytest.fixture(scope="session")
+def onnx_size() -> tuple[int, int]:
+    """(H, W) of the export in :func:`onnx_cache`."""
+    return ONNX_TEST_SIZE
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(test_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An ONNX cache folder holding the export of ``test_weights`` at :data:`ONNX_TEST_SIZE`, and that file.
+
+    Exported once per session (the slow part of every ONNX test); the engine, node, fuse and
+    replay tests reach it through ``backend_cache_dir`` (a cache hit: same weights, same size)
+    or use the file itself as ``.onnx`` weights.
+    """
+    for package in ("onnx", "onnxscript", "onnxruntime"):
+        pytest.importorskip(package, reason=f"{package} is not installed (requirements/ onnx extras)")
+    from ivf_perception.engine import Engine
+    from ivf_perception.export.cache import cached_onnx
+
+    cache = tmp_path_factory.mktemp("onnx_cache")
+    model = Engine("auto", weights=test_weights, device="cpu").model
+    assert model is not None
+    return cache, cached_onnx(model, test_weights, height=ONNX_TEST_SIZE[0], width=ONNX_TEST_SIZE[1], cache_dir=cache)
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

@@ -12,14 +12,27 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
-
 from ivf_perception.engine import Engine
-from ivf_perception.engine.config import PRECISION_NAMES, PipelineConfig, default_weights
+from ivf_perception.engine.config import (
+    INFERENCE_BACKENDS,
+    PRECISION_NAMES,
+    SCAN_BACKENDS,
+    PipelineConfig,
+    default_weights,
+)
 from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.models.registry import describe_presets
 
-__all__ = ["add_engine_arguments", "engine_options", "engine_from_args", "parse_size", "user_errors", "setup_logging"]
+__all__ = [
+    "add_engine_arguments",
+    "add_backend_arguments",
+    "add_threads_argument",
+    "engine_options",
+    "engine_from_args",
+    "parse_size",
+    "user_errors",
+    "setup_logging",
+]
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,29 +43,55 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", default=None, help=f"size preset when no weights are used ({describe_presets()})")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     g.add_argument("--precision", default="fp32", choices=list(PRECISION_NAMES))
+    add_backend_arguments(g)
     g.add_argument("--batch-size", type=int, default=1, help="pairs per inference call")
-    g.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: one per core); lower it when other processes "
-                        "share the CPU, oversubscription makes the scan's many small ops much slower")
+    add_threads_argument(g)
+
+
+def add_threads_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--threads N``: CPU threads of torch and OpenCV (the pipeline's ``threads`` setting)."""
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads of torch and OpenCV; 0 = auto (default, unless a params file "
+                             "sets it): usable physical cores minus one, 1..4, so other processes keep a "
+                             "core (oversubscribed threads make the scan's many small ops far slower)")
+
+
+def add_backend_arguments(group: argparse._ActionsContainer) -> None:
+    """``--backend``, its cache options and ``--scan-backend`` (unset ones keep a params file's)."""
+    group.add_argument("--backend", default=None, choices=list(INFERENCE_BACKENDS),
+                       help="inference backend (default torch): compile = torch.compile; onnxruntime/tensorrt "
+                            "export and cache an ONNX file of the weights (a .onnx --weights file runs directly)")
+    group.add_argument("--backend-cache-dir", default=None,
+                       help="folder of exported ONNX files and TensorRT engines (default: the user cache)")
+    group.add_argument("--force-rebuild", action="store_true", default=None,
+                       help="re-export / rebuild the cached ONNX file or TensorRT engine")
+    group.add_argument("--scan-backend", default=None, choices=list(SCAN_BACKENDS),
+                       help="selective-scan implementation of the SSM families (default auto)")
+
+
+_BACKEND_OPTIONS = ("backend", "backend_cache_dir", "force_rebuild", "scan_backend")
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The engine options as pipeline values (unset weights chosen by ``default_weights``)."""
+    """The engine options as pipeline values (unset weights chosen by ``default_weights``).
+
+    Backend options appear only when given, so a params file's values stay in force otherwise.
+    """
     weights = args.weights if args.weights is not None else default_weights(args.variant, args.preset)
-    return {"variant": args.variant or "auto", "weights": weights, "preset": args.preset or "",
-            "device": args.device, "precision": args.precision}
+    values = {"variant": args.variant or "auto", "weights": weights, "preset": args.preset or "",
+              "device": args.device, "precision": args.precision}
+    for key in ("threads", *_BACKEND_OPTIONS):
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+    return values
 
 
 def engine_from_args(args: argparse.Namespace, pipeline: Mapping[str, Any] | None = None) -> Engine:
     """Build the engine from the options on top of ``pipeline`` values (e.g. a node params file).
 
-    The same :meth:`Engine.from_config` rules as the node's; ``--threads`` sets torch's CPU
-    threads first.
+    The same :meth:`Engine.from_config` rules as the node's, CPU threads included
+    (``--threads``, else the params file's ``threads``, else auto).
     """
-    if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
     return Engine.from_config(PipelineConfig.from_values({**(pipeline or {}), **engine_options(args)}))
 
 

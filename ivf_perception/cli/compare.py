@@ -3,7 +3,8 @@
 Usage::
 
     ivf-perception compare BAG --out DIR --a-variant V [--a-weights W] --b-variant V [--b-weights W]
-        [--device D --precision P] [replay options: topics, --params-file, --labels, --max-frames ...]
+        [--device D --precision P --backend B | --a-backend B --b-backend B]
+        [replay options: topics, --params-file, --labels, --max-frames ...]
 
 Replays BAG with engine A into ``DIR/a`` and engine B into ``DIR/b`` (each a full replay
 output), then writes ``DIR/compare.md``, ``DIR/compare.html`` and ``DIR/compare.json``: every
@@ -19,7 +20,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ivf_perception.cli._common import engine_from_args, setup_logging, user_errors
+from ivf_perception.cli._common import (
+    add_backend_arguments,
+    add_threads_argument,
+    engine_from_args,
+    setup_logging,
+    user_errors,
+)
 from ivf_perception.cli.replay import add_bag_arguments, node_params_from_args, weights_label
 from ivf_perception.engine import Engine
 from ivf_perception.replay.compare import run_compare
@@ -40,11 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument(f"--{side}-variant", default=None, help="model family (default: from the weights; s4fusion)")
         g.add_argument(f"--{side}-weights", default=None, help="weights .safetensors, 'default' or 'none'")
         g.add_argument(f"--{side}-preset", default=None, help="size preset when no weights are used")
+        g.add_argument(f"--{side}-backend", default=None, help="inference backend of this side (default: --backend)")
     g = p.add_argument_group("both engines")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     g.add_argument("--batch-size", type=int, default=1, help="pairs per inference call")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: one per core)")
+    add_threads_argument(g)
+    add_backend_arguments(g)
     add_bag_arguments(p)
     e = p.add_argument_group("evaluation")
     e.add_argument("--labels", type=Path, default=None, help="ground-truth label folder (as for replay)")
@@ -56,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _side(args: argparse.Namespace, side: str) -> argparse.Namespace:
     return argparse.Namespace(variant=getattr(args, f"{side}_variant"), weights=getattr(args, f"{side}_weights"),
                               preset=getattr(args, f"{side}_preset"), device=args.device, precision=args.precision,
-                              threads=args.threads)
+                              threads=args.threads, backend=getattr(args, f"{side}_backend") or args.backend,
+                              backend_cache_dir=args.backend_cache_dir, force_rebuild=args.force_rebuild,
+                              scan_backend=args.scan_backend)
 
 
 @user_errors(_PROG)

@@ -10,6 +10,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from ivf_perception.openmp import prefer_passive_waiting
+
 __all__ = ["main", "COMMANDS"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -50,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"ivf-perception: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
         return 2
+    prefer_passive_waiting()  # before a command module imports torch
     module = importlib.import_module(COMMANDS[command][0])
     return int(module.main(args[1:]) or 0)
 

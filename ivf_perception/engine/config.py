@@ -31,17 +31,22 @@ __all__ = [
     "PIPELINE_PARAMETERS",
     "PIPELINE_SPECS",
     "PRECISION_NAMES",
-    "BACKENDS",
+    "SCAN_BACKENDS",
+    "INFERENCE_BACKENDS",
     "PipelineConfig",
     "validate_value",
     "check_range",
     "check_agc",
     "default_weights",
+    "backend_options",
     "engine_arguments",
 ]
 
 PRECISION_NAMES = ("fp32", "fp16", "bf16")
-BACKENDS = ("auto", "chunked", "ref", "cuda")
+SCAN_BACKENDS = ("auto", "chunked", "ref", "cuda", "cpu", "triton")
+"""User-selectable scans (``models.ops.SCAN_BACKENDS`` less the internal ``export`` form; no torch import here)."""
+INFERENCE_BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
+"""Names of ``engine.backends.BACKEND_MODULES`` (spelled out: this module does not import torch)."""
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -181,9 +186,18 @@ PIPELINE_PARAMETERS: tuple[ParamSpec, ...] = (
               check=_check_device),
     ParamSpec("precision", "string", "fp32", "fp32, bf16 (autocast) or fp16 (CUDA only)",
               choices=PRECISION_NAMES),
-    ParamSpec("backend", "string", "auto",
-              "selective-scan backend: auto (CUDA kernel when usable), chunked, ref or cuda",
-              choices=BACKENDS),
+    ParamSpec("scan_backend", "string", "auto",
+              "selective-scan implementation of the SSM families: auto (mamba-ssm or Triton on CUDA, the "
+              "fused CPU kernel on the CPU, when usable), chunked, ref, cuda, cpu or triton", choices=SCAN_BACKENDS),
+    ParamSpec("backend", "string", "torch",
+              "inference backend: torch (eager), compile (torch.compile; CUDA graphs on GPU), "
+              "onnxruntime or tensorrt (both export and cache an ONNX file of the weights; a .onnx "
+              "weights file runs without PyTorch models)", choices=INFERENCE_BACKENDS),
+    ParamSpec("backend_cache_dir", "string", "",
+              "folder of exported ONNX files and built TensorRT engines; empty = the default "
+              "cache folder (IVF_PERCEPTION_CACHE, else the user cache)"),
+    ParamSpec("force_rebuild", "bool", False,
+              "rebuild cached ONNX files / TensorRT engines at configure instead of reusing them"),
     ParamSpec("slop_s", "double", 0.05,
               "largest accepted |thermal stamp - RGB stamp| of a pair, seconds",
               safe=True, min_value=0.0, max_value=1.0),
@@ -208,6 +222,10 @@ PIPELINE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("time_jump_threshold_s", "double", 1.0,
               "a stamp this much older than its stream's newest resets the pairing queues "
               "(bag loop, clock reset)", min_value=0.0, max_value=86400.0),
+    ParamSpec("threads", "integer", 0,
+              "CPU threads of torch and OpenCV in this process; 0 = auto: usable physical cores "
+              "minus one, at least 1, at most 4, so the robot's other processes keep a core",
+              min_value=0, max_value=256),
 )
 PIPELINE_SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PIPELINE_PARAMETERS}
 
@@ -221,13 +239,17 @@ class PipelineConfig:
         weights: a ``.safetensors`` file, ``default`` (bundled) or ``none`` (random init).
         preset: size preset, or None for the weights' (or the variant's default).
         device, precision: as :class:`~ivf_perception.engine.Engine` takes them.
-        backend: selective-scan backend; ``auto`` keeps the model's own choice.
+        scan_backend: selective-scan implementation; ``auto`` keeps the model's own choice.
+        backend: inference backend (``engine.backends``) running the network.
+        backend_cache_dir: cache folder of the exporting backends, or None for the default.
+        force_rebuild: ignore cached exports and engines.
         agc: percentile AGC of 16-bit images (thermal, and 16-bit gray RGB).
         homography: 9 row-major numbers mapping thermal pixels to RGB pixels, or None.
         class_names, palette: class table overriding the weights', or None.
         overlay_alpha: opacity of the class colours in overlays.
         slop_s, queue_size, time_jump_threshold_s: the pairer's settings
             (:class:`~ivf_perception.sync.ApproximateTimePairer`).
+        threads: CPU threads, 0 = auto (:mod:`ivf_perception.engine.threads`).
     """
 
     variant: str
@@ -235,7 +257,10 @@ class PipelineConfig:
     preset: str | None
     device: str
     precision: str
+    scan_backend: str
     backend: str
+    backend_cache_dir: str | None
+    force_rebuild: bool
     agc: AGCConfig
     homography: tuple[float, ...] | None
     class_names: tuple[str, ...] | None
@@ -244,6 +269,7 @@ class PipelineConfig:
     slop_s: float
     queue_size: int
     time_jump_threshold_s: float
+    threads: int = 0
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> PipelineConfig:
@@ -263,12 +289,14 @@ class PipelineConfig:
 
         return cls(
             variant=v["variant"], weights=v["weights"], preset=v["preset"] or None, device=v["device"],
-            precision=v["precision"], backend=v["backend"],
+            precision=v["precision"], scan_backend=v["scan_backend"],
+            backend=v["backend"], backend_cache_dir=v["backend_cache_dir"] or None,
+            force_rebuild=v["force_rebuild"],
             agc=AGCConfig(float(v["agc_low_pct"]), float(v["agc_high_pct"])),
             homography=None if v["homography"] is None else tuple(float(x) for x in v["homography"]),
             class_names=opt_tuple("class_names"), palette=opt_tuple("palette"),
             overlay_alpha=float(v["overlay_alpha"]), slop_s=float(v["slop_s"]), queue_size=int(v["queue_size"]),
-            time_jump_threshold_s=float(v["time_jump_threshold_s"]),
+            time_jump_threshold_s=float(v["time_jump_threshold_s"]), threads=int(v["threads"]),
         )
 
 
@@ -283,13 +311,24 @@ def default_weights(variant: str | None, preset: str | None) -> str:
     return "default" if variant in (None, "auto", "s4fusion") and not preset else "none"
 
 
+def backend_options(config: PipelineConfig) -> dict[str, Any]:
+    """The ``backend_options`` of a config: only what was set, so backends keep their defaults."""
+    options: dict[str, Any] = {}
+    if config.backend_cache_dir:
+        options["cache_dir"] = config.backend_cache_dir
+    if config.force_rebuild:
+        options["force_rebuild"] = True
+    return options
+
+
 def engine_arguments(config: PipelineConfig) -> tuple[str, dict[str, Any]]:
     """The ``Engine(model, **kwargs)`` call for a config (the one set of rules).
 
     ``weights: none`` builds the variant at random initialisation (``auto`` = s4fusion);
     otherwise the weights file decides variant and preset unless they are given, and a given
-    one that does not match the file fails with the engine's ``WeightsError``. A ``backend``
-    other than ``auto`` is passed to the model as ``scan_backend``.
+    one that does not match the file fails with the engine's ``WeightsError``. A ``scan_backend``
+    other than ``auto`` is passed to the model; ``backend`` picks the Engine's inference backend,
+    with ``backend_cache_dir`` and ``force_rebuild`` as its options.
     """
     kwargs: dict[str, Any] = {
         "device": config.device,
@@ -299,9 +338,11 @@ def engine_arguments(config: PipelineConfig) -> tuple[str, dict[str, Any]]:
         "class_names": None if config.class_names is None else list(config.class_names),
         "palette": None if config.palette is None else list(config.palette),
         "preset": config.preset,
+        "backend": config.backend,
+        "backend_options": backend_options(config),
     }
-    if config.backend != "auto":
-        kwargs["scan_backend"] = config.backend
+    if config.scan_backend != "auto":
+        kwargs["scan_backend"] = config.scan_backend
     if config.weights.lower() == "none":
         return ("s4fusion" if config.variant == "auto" else config.variant), kwargs
     kwargs["weights"] = config.weights

@@ -19,13 +19,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ivf_perception.engine.backends import BackendContext, InferenceBackend, create_backend
+from ivf_perception.engine.backends import BackendContext, BackendOutput, InferenceBackend, create_backend
 from ivf_perception.engine.backends.base import PRECISIONS
+from ivf_perception.engine.backends.onnx_file import is_onnx_file, onnx_weights_info
 from ivf_perception.engine.config import PipelineConfig, engine_arguments
 from ivf_perception.engine.postprocess import logits_to_labels, make_overlay, to_uint8_rgb
-from ivf_perception.engine.preprocess import prepare_batch
+from ivf_perception.engine.preprocess import pad_to, prepare_batch
+from ivf_perception.engine.threads import apply_threads
 from ivf_perception.engine.timing import StageTimer
-from ivf_perception.engine.weights import WeightsError, WeightsInfo, build_model_from_weights
+from ivf_perception.engine.weights import WeightsError, WeightsInfo, build_model_from_weights, check_expected
 from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.io.classes import MFNET_CLASSES, MFNET_PALETTE, palette_to_array
 from ivf_perception.io.registration import validate_homography
@@ -56,12 +58,14 @@ class EngineResult:
         labels: H×W uint8 class ids, or None for fusion-only models.
         rgb: the validated H×W×3 uint8 input, kept for overlays.
         timings_ms: per-stage latency of the call that produced this result (shared by a batch).
+        cpu_ms: the same stages' CPU time on the calling thread (see ``engine.timing``).
     """
 
     fused: np.ndarray
     labels: np.ndarray | None
     rgb: np.ndarray
     timings_ms: dict[str, float] = field(default_factory=dict)
+    cpu_ms: dict[str, float] = field(default_factory=dict)
     _palette: list[int] | None = None
 
     def overlay(self, alpha: float = 0.5, on: str = "rgb") -> np.ndarray | None:
@@ -93,7 +97,10 @@ class Engine:
     Args:
         model: a registry name (``"s4fusion"``) or a built ``FusionSegModel``.
         weights: a ``.safetensors`` engine weights file (with its JSON sidecar), ``"default"``
-            for the bundled weights, or None for random initialisation (tests, benchmarks).
+            for the bundled weights, an ``.onnx`` file (exported by ``ivf-perception
+            export-onnx``; runs with backend ``onnxruntime`` or ``tensorrt`` and builds no
+            PyTorch model: classes, palette and variant come from its metadata), or None for
+            random initialisation (tests, benchmarks).
         preset: size preset when building by name without weights.
         num_classes: class count when building by name without weights.
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
@@ -104,9 +111,12 @@ class Engine:
             RGB frame.
         class_names, palette: override the sidecar's (or MFNet's) class table; class_names
             must name every class of the model.
-        backend: the inference backend that runs the network (``torch``: eager PyTorch; see
-            :mod:`ivf_perception.engine.backends`); pre- and post-processing stay here.
-        backend_options: backend-specific settings (cache folder, rebuild flags).
+        backend: the inference backend that runs the network (``torch``: eager PyTorch,
+            ``compile``, ``onnxruntime``, ``tensorrt``; see :mod:`ivf_perception.engine.backends`);
+            pre- and post-processing stay here. A backend with a fixed input size gets every
+            batch padded to it (never resized) and its outputs cropped back; a larger input is
+            an :class:`EngineError`.
+        backend_options: backend-specific settings (``cache_dir``, ``force_rebuild``, ...).
         model_overrides: extra constructor arguments (e.g. ``scan_backend``).
     """
 
@@ -128,16 +138,20 @@ class Engine:
         self.info: WeightsInfo | None = None
         self.weights_path: Path | None = None
 
-        if weights is not None:
-            net = self._load(model, weights, preset, num_classes, model_overrides)
-        elif isinstance(model, nn.Module):
-            net = model
+        self.model: FusionSegModel | None = None
+        if weights is not None and is_onnx_file(weights):
+            self._load_onnx(model, Path(weights), preset, num_classes, model_overrides)
         else:
-            net = build_model(model, preset=preset, num_classes=num_classes, **model_overrides)
-        if not isinstance(net, FusionSegModel):
-            raise EngineError(f"{type(net).__name__} is not a FusionSegModel")
-        self.model: FusionSegModel = net
-        self.model.to(self.device).eval()
+            net = (self._load(model, weights, preset, num_classes, model_overrides) if weights is not None
+                   else model if isinstance(model, nn.Module)
+                   else build_model(model, preset=preset, num_classes=num_classes, **model_overrides))
+            if not isinstance(net, FusionSegModel):
+                raise EngineError(f"{type(net).__name__} is not a FusionSegModel")
+            self.model = net.to(self.device).eval()
+            self._variant = getattr(net, "variant", type(net).__name__)
+            self._preset = getattr(net, "preset", "")
+            self._num_classes = int(getattr(net, "num_classes", 0))
+            self.input_multiple = int(net.input_multiple)
         self.backend: InferenceBackend = create_backend(backend, BackendContext(
             self.model, self.device, precision, self.weights_path, dict(backend_options or {})))
 
@@ -148,7 +162,8 @@ class Engine:
             default_names = self.info.classes or default_names
             default_palette = self.info.palette or default_palette
         if class_names is not None and len(class_names) != n:
-            raise EngineError(f"class_names has {len(class_names)} names but the model has {n} classes; "
+            source = "" if self.weights_path is None else f" of {self.weights_path}"
+            raise EngineError(f"class_names has {len(class_names)} names but the model has {n} classes{source}; "
                               "give one name per class or leave it unset")
         self.class_names = list(class_names) if class_names is not None else default_names
         self.set_palette(palette if palette is not None else default_palette)
@@ -167,9 +182,29 @@ class Engine:
                                                   model=built, **overrides)
         return net
 
+    def _load_onnx(self, model: str | nn.Module, path: Path, preset: str | None, num_classes: int | None,
+                   overrides: dict[str, Any]) -> None:
+        """An ONNX weights file: no PyTorch model, the description from its metadata."""
+        if isinstance(model, nn.Module) or overrides:
+            given = type(model).__name__ if isinstance(model, nn.Module) else ", ".join(overrides)
+            raise EngineError(f"{path} is an ONNX file that holds the whole network; a model or model options "
+                              f"({given}) cannot apply to it: pass a variant name (or 'auto') only")
+        info, multiple = onnx_weights_info(path)
+        check_expected(path, info, variant=None if model == "auto" else str(model), preset=preset,
+                       num_classes=num_classes)
+        self.weights_path, self.info = path, info
+        self._variant, self._preset, self._num_classes = info.variant, info.preset, info.num_classes
+        self.input_multiple = multiple
+
     @classmethod
     def from_config(cls, config: PipelineConfig) -> Engine:
-        """The engine a node, replay or a command asks for (:func:`~.config.engine_arguments`)."""
+        """The engine a node, replay or a command asks for (:func:`~.config.engine_arguments`).
+
+        Also sets the process's CPU thread pools from ``config.threads`` (0 = auto,
+        :func:`~ivf_perception.engine.threads.apply_threads`): every front door builds its
+        engine here, so none of them can forget the non-oversubscribing default.
+        """
+        apply_threads(config.threads)
         model, kwargs = engine_arguments(config)
         return cls(model, **kwargs)
 
@@ -184,15 +219,15 @@ class Engine:
 
     @property
     def num_classes(self) -> int:
-        return int(getattr(self.model, "num_classes", 0))
+        return self._num_classes
 
     @property
     def variant(self) -> str:
-        return getattr(self.model, "variant", type(self.model).__name__)
+        return self._variant
 
     @property
     def preset(self) -> str:
-        return getattr(self.model, "preset", "")
+        return self._preset
 
     @property
     def agc(self) -> AGCConfig:
@@ -227,7 +262,7 @@ class Engine:
             "device": str(self.device),
             "precision": self.precision,
             **self.backend.describe(),
-            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "parameters": None if self.model is None else sum(p.numel() for p in self.model.parameters()),
             "weights": None if self.info is None else {"recipe": self.info.recipe.get("name"),
                                                         "metrics": self.info.metrics},
         }
@@ -246,10 +281,10 @@ class Engine:
         """Fuse and segment a batch of pairs; images may differ in size (padded together)."""
         timer = StageTimer(self.device)
         with timer.stage("preprocess"):
-            batch = prepare_batch(list(rgbs), list(thermals), multiple=self.model.input_multiple,
+            batch = prepare_batch(list(rgbs), list(thermals), multiple=self.input_multiple,
                                   device=self.device, agc=self._agc, homography=self._homography)
         with timer.stage("inference"):
-            out = self.backend.run(batch.rgb, batch.thermal)
+            out = self.infer_tensors(batch.rgb, batch.thermal)
         with timer.stage("postprocess"):
             fused = to_uint8_rgb(out.fused)
             labels = logits_to_labels(out.logits) if out.logits is not None else None
@@ -262,8 +297,36 @@ class Engine:
                     _palette=self.palette if labels is not None else None,
                 ))
         for r in results:
-            r.timings_ms = dict(timer.ms)
+            r.timings_ms, r.cpu_ms = dict(timer.ms), dict(timer.cpu_ms)
         return results
+
+    def infer_tensors(self, rgb: torch.Tensor, thermal: torch.Tensor) -> BackendOutput:
+        """The network's float outputs for a prepared batch: what backends are compared on.
+
+        Args:
+            rgb, thermal: (B, 3, H, W) and (B, 1, H, W) float in [0, 1] on :attr:`device`, H and W
+                multiples of :attr:`input_multiple` (as ``prepare_batch`` makes them).
+
+        Returns:
+            ``fused`` and ``logits`` at H×W: a fixed-size backend's input is padded to its size
+            (edge replication) and its outputs cropped back.
+        """
+        size = self.backend.fixed_size
+        h, w = rgb.shape[-2:]
+        if size is None or (h, w) == tuple(size):
+            return self.backend.run(rgb, thermal)
+        self._check_fits(h, w, size)
+        out = self.backend.run(pad_to(rgb, size), pad_to(thermal, size))
+        return BackendOutput(out.fused[..., :h, :w], None if out.logits is None else out.logits[..., :h, :w])
+
+    def _check_fits(self, h: int, w: int, size: tuple[int, int]) -> None:
+        if h > size[0] or w > size[1]:
+            source = self.backend.describe().get("onnx_file") or self.weights_path or "the backend"
+            raise EngineError(
+                f"input {h}x{w} (padded to the model's multiple {self.input_multiple}) is larger than the "
+                f"{size[0]}x{size[1]} the {self.backend.name} engine was built for ({source}); send images of "
+                f"at most {size[0]}x{size[1]}, or rebuild it at the larger size (a new process, warm-up at that "
+                "size, or a larger/dynamic ONNX file)")
 
     def warmup(self, height: int = 240, width: int = 320, iterations: int = 1) -> None:
         """Run dummy frames so the first real frame does not pay for allocation/autotuning."""
@@ -275,7 +338,7 @@ class Engine:
     def release(self) -> None:
         """Free the backend, the model and cached GPU memory (lifecycle deactivate/cleanup)."""
         self.backend.release()
-        self.model = None  # type: ignore[assignment]
+        self.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ivf_perception.engine.engine import Engine
 
-__all__ = ["LatencyStats", "count_parameters", "count_gmacs", "measure_latency"]
+__all__ = ["LatencyStats", "compare_engines", "count_parameters", "count_gmacs", "measure_latency"]
 
 
 @dataclass
@@ -73,3 +73,39 @@ def measure_latency(engine: Engine, height: int, width: int, repeats: int = 5, w
     peak = torch.cuda.max_memory_allocated(engine.device) / 2**20 if cuda else None
     stage_med = {k: float(np.median([s[k] for s in stages])) for k in stages[0]}
     return LatencyStats(float(np.median(totals)), float(np.percentile(totals, 90)), stage_med, peak)
+
+
+def compare_engines(new: Engine, old: Engine, height: int, width: int, repeats: int = 5,
+                    warmup: int = 1) -> dict[str, float]:
+    """Latency of two engines on the same random pair, calls alternating, and their agreement.
+
+    For before/after comparisons (e.g. fused scan kernels against the chunked scan): the two
+    run interleaved in one process, so that a shared machine's load falls on both alike and
+    their ratio means something even when absolute times drift.
+
+    Returns:
+        ``{"new_ms", "old_ms", "speedup", "new_fps", "labels_equal", "fused_max_abs_diff"}``:
+        medians over ``repeats``, old/new, the share of pixels with the same label (1.0 when
+        the engines have no segmentation head) and the largest difference of the fused images.
+    """
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    thermal = rng.integers(0, 256, (height, width), dtype=np.uint8)
+    engines = {"new": new, "old": old}
+    results = {name: engine.infer(rgb, thermal) for name, engine in engines.items()}  # warm-up
+    for _ in range(warmup - 1):
+        results = {name: engine.infer(rgb, thermal) for name, engine in engines.items()}
+    times: dict[str, list[float]] = {"new": [], "old": []}
+    for _ in range(repeats):
+        for name, engine in engines.items():
+            start = time.perf_counter()
+            results[name] = engine.infer(rgb, thermal)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    res_new, res_old = results["new"], results["old"]
+    labels_equal = 1.0
+    if res_new.labels is not None and res_old.labels is not None:
+        labels_equal = float(np.mean(res_new.labels == res_old.labels))
+    fused_diff = float(np.abs(res_new.fused.astype(np.float64) - res_old.fused.astype(np.float64)).max())
+    new_ms, old_ms = float(np.median(times["new"])), float(np.median(times["old"]))
+    return {"new_ms": new_ms, "old_ms": old_ms, "speedup": old_ms / new_ms, "new_fps": 1000.0 / new_ms,
+            "labels_equal": labels_equal, "fused_max_abs_diff": fused_diff}

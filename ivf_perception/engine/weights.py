@@ -32,6 +32,7 @@ __all__ = [
     "WeightsError",
     "WeightsInfo",
     "build_model_from_weights",
+    "check_expected",
     "save_weights",
     "load_weights",
     "read_sidecar",
@@ -150,6 +151,27 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsInfo
     return state, read_sidecar(path)
 
 
+def check_expected(path: Path, info: WeightsInfo, *, variant: str | None = None, preset: str | None = None,
+                   num_classes: int | None = None) -> None:
+    """Raise unless a weights file (``.safetensors`` sidecar or ONNX metadata) is what the caller
+    asked for; None (or an empty variant) accepts the file's value.
+
+    Raises:
+        WeightsError: naming the file, what it holds and what was requested.
+    """
+    if variant and variant != info.variant:
+        raise WeightsError(
+            f"{path} holds weights of variant '{info.variant}' but variant '{variant}' was requested; "
+            f"use --variant {info.variant} or weights trained for {variant}"
+        )
+    if num_classes is not None and num_classes != info.num_classes:
+        raise WeightsError(
+            f"{path} was trained for {info.num_classes} classes but num_classes={num_classes} was requested"
+        )
+    if preset is not None and preset != info.preset:
+        raise WeightsError(f"{path} holds preset '{info.preset}' weights but preset '{preset}' was requested")
+
+
 def build_model_from_weights(path: str | Path, *, variant: str | None = None, preset: str | None = None,
                              num_classes: int | None = None, model: nn.Module | None = None,
                              device: str | torch.device = "cpu", **overrides: Any
@@ -178,18 +200,8 @@ def build_model_from_weights(path: str | Path, *, variant: str | None = None, pr
     """
     path = Path(path)
     state, info = load_weights(path)
-    requested = getattr(model, "variant", None) if model is not None else variant
-    if requested and requested != info.variant:
-        raise WeightsError(
-            f"{path} holds weights of variant '{info.variant}' but variant '{requested}' was requested; "
-            f"use --variant {info.variant} or weights trained for {requested}"
-        )
-    if num_classes is not None and num_classes != info.num_classes:
-        raise WeightsError(
-            f"{path} was trained for {info.num_classes} classes but num_classes={num_classes} was requested"
-        )
-    if preset is not None and preset != info.preset:
-        raise WeightsError(f"{path} holds preset '{info.preset}' weights but preset '{preset}' was requested")
+    check_expected(path, info, variant=getattr(model, "variant", None) if model is not None else variant,
+                   preset=preset, num_classes=num_classes)
     net = model if model is not None else build_model(
         info.variant, preset=info.preset, num_classes=info.num_classes,
         **{**without_pretrained_files(info.model_args), **overrides})

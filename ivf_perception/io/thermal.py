@@ -106,17 +106,58 @@ def agc_percentile(raw: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0
         raise AGCError(
             "AGC input contains NaN or infinite values; replace them (e.g. np.nan_to_num) first"
         )
-    lo, hi = np.percentile(arr, [low, high])
+    if arr.dtype in _HISTOGRAM_DTYPES:
+        lo, hi = _percentiles_by_histogram(arr, (low, high))
+    else:
+        lo, hi = np.percentile(arr, [low, high])
     # float32 arithmetic, the same formula as the torch version, so both agree to rounding.
     lo32 = np.float32(lo)
     span = np.float32(hi) - lo32
     if not span > 0:
         return np.zeros(arr.shape, np.float32)
+    scale = np.float32(1.0) / span
+    if arr.dtype in _HISTOGRAM_DTYPES and arr.size > 4 * np.iinfo(arr.dtype).max:
+        # one table entry per possible count, computed with the very same float32 operations,
+        # then one gather: bit-identical to the arithmetic below and one pass over the frame
+        table = np.arange(np.iinfo(arr.dtype).max + 1, dtype=np.float32)
+        table -= lo32
+        table *= scale
+        np.clip(table, 0.0, 1.0, out=table)
+        return np.take(table, arr)
     out = arr.astype(np.float32)
     out -= lo32
-    out *= np.float32(1.0) / span
+    out *= scale
     np.clip(out, 0.0, 1.0, out=out)
     return out
+
+
+# Camera counts: a histogram of every possible value is small, and its cumulative sum gives
+# any order statistic exactly; np.percentile instead partitions a copy of the frame
+# (480x640 mono16: 2.7 ms -> 0.4 ms on this project's 2-core machine).
+_HISTOGRAM_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+
+
+def _percentiles_by_histogram(arr: np.ndarray, percentiles: tuple[float, ...]) -> list[float]:
+    """``np.percentile(arr, percentiles)`` (``"linear"`` method) of a uint8/uint16 array.
+
+    The same virtual index ``(n - 1) * q`` and the same interpolation (numpy's ``_lerp``,
+    which switches to ``b - (b - a) * (1 - t)`` for ``t >= 0.5``) as numpy, so the results
+    are equal, not just close; the order statistics come from the cumulative histogram.
+    """
+    flat = arr.reshape(-1)
+    n = flat.size
+    cumulative = np.cumsum(np.bincount(flat, minlength=np.iinfo(arr.dtype).max + 1))
+    values = []
+    for pct in percentiles:
+        virtual = (n - 1) * (np.float64(pct) / 100)
+        k0 = n - 1 if virtual >= n - 1 else int(np.floor(virtual))
+        k1 = min(k0 + 1, n - 1)
+        # the k-th order statistic (0-based) is the first count whose cumulative total exceeds k
+        a, b = (arr.dtype.type(np.searchsorted(cumulative, k, side="right")) for k in (k0, k1))
+        t = virtual - np.floor(virtual) if virtual < n - 1 else np.float64(0.0)
+        diff = np.subtract(b, a)
+        values.append(float(b - diff * (1 - t)) if t >= 0.5 else float(a + diff * t))
+    return values
 
 
 def _kth_interpolated(flat: torch.Tensor, pct: float) -> torch.Tensor:

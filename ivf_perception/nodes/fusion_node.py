@@ -14,14 +14,18 @@ Topics (relative, remappable):
     in:  ``rgb/image``, ``thermal/image`` (sensor_msgs/Image), ``rgb/camera_info``,
          ``thermal/camera_info`` (optional, checked against the image sizes)
     out: ``fused/image`` (rgb8), ``segmentation/labels`` (mono8 class ids),
-         ``segmentation/overlay`` (rgb8, computed only while subscribed), ``fusion/stats``
-         (ivf_perception_msgs/FusionStats), all with the RGB input's header; ``/diagnostics``.
+         ``segmentation/overlay`` (rgb8), ``fusion/stats`` (ivf_perception_msgs/FusionStats),
+         all with the RGB input's header, each encoded and published only while someone
+         subscribes; ``/diagnostics`` (with the median cost of each per-frame stage).
 
 Lifecycle (the ROS 2 lifecycle talker's structure, yolo_ros's order of work):
     configure  reads and validates the parameters, builds the QoS, builds and warms up the
-               engine, creates the publishers. SUCCESS: inactive. FAILURE (invalid parameter,
-               missing or mismatched weights, no CUDA): back to unconfigured, reason logged and
-               shown in /diagnostics; fix the parameter and configure again.
+               engine (and its inference backend: an exported ONNX session or TensorRT engine
+               is built here, at ``warmup_size``), creates the publishers. SUCCESS: inactive.
+               FAILURE (invalid parameter, missing or mismatched weights, no CUDA, a backend
+               whose package is missing or whose build failed): back to unconfigured with
+               nothing held, reason logged and shown in /diagnostics; fix the parameter and
+               configure again.
     activate   subscribes and starts the worker. SUCCESS: active.
     deactivate unsubscribes, stops the worker, frees cached GPU memory. SUCCESS: inactive.
     cleanup    destroys the publishers and releases the model. SUCCESS: unconfigured.
@@ -56,10 +60,18 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from ivf_perception.engine import Engine, EngineResult
 from ivf_perception.engine.config import ParameterValueError
+from ivf_perception.engine.threads import resolve_threads
 from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.io import AGCConfig, decode_rgb, decode_thermal, header_stamp_ns, numpy_to_image
 from ivf_perception.io.stats_msg import FusionStatsValues, rclpy_fusion_stats_type
-from ivf_perception.nodes.health import HealthSnapshot, RateMeter, StreamHealth, assess_health, to_diagnostic_array
+from ivf_perception.nodes.health import (
+    HealthSnapshot,
+    RateMeter,
+    StageWindow,
+    StreamHealth,
+    assess_health,
+    to_diagnostic_array,
+)
 from ivf_perception.nodes.parameters import (
     PARAMETERS,
     SAFE_PARAMETERS,
@@ -154,11 +166,15 @@ class FusionNode(LifecycleNode):
             return self._configure_failed(f"invalid parameter: {exc}")
         try:
             engine = Engine.from_config(config.pipeline)
+        except CONFIGURE_ERRORS as exc:
+            return self._configure_failed(f"cannot build the engine ({type(exc).__name__}): {exc}")
+        try:  # the warm-up also builds lazily built backends (an ONNX session at the warm-up size)
             started = time.monotonic()
             engine.warmup(*config.warmup_size)
             warmup_ms = (time.monotonic() - started) * 1e3
         except CONFIGURE_ERRORS as exc:
-            return self._configure_failed(f"cannot build the engine ({type(exc).__name__}): {exc}")
+            engine.release()  # nothing half-built stays behind: configure can be retried at once
+            return self._configure_failed(f"engine warm-up failed ({type(exc).__name__}): {exc}")
 
         self._engine, self._config, self._configure_error = engine, config, ""
         self._engine_info = engine.describe()  # per-frame stats reuse it (describe() walks the model)
@@ -180,7 +196,8 @@ class FusionNode(LifecycleNode):
         info = self._engine_info
         self.get_logger().info(
             f"configured: {info['variant']}/{info['preset']} ({info['num_classes']} classes) on "
-            f"{info['device']} {info['precision']}, weights '{config.pipeline.weights}', warm-up "
+            f"{info['device']} {info['precision']}, backend {info['backend']}, "
+            f"{resolve_threads(config.pipeline.threads)} CPU threads, weights '{config.pipeline.weights}', warm-up "
             f"{config.warmup_size[0]}x{config.warmup_size[1]} took {warmup_ms:.0f} ms")
         return TransitionCallbackReturn.SUCCESS
 
@@ -306,6 +323,7 @@ class FusionNode(LifecycleNode):
         self._meters = {s: RateMeter() for s in (*STREAMS, "output")}
         self._latency_ms: deque[float] = deque(maxlen=30)
         self._processing_ms: deque[float] = deque(maxlen=30)
+        self._stages = StageWindow(30)
         self._activated_at = time.monotonic()
 
     # ------------------------------------------------------------------ callbacks (executor thread)
@@ -341,38 +359,63 @@ class FusionNode(LifecycleNode):
 
     def _process(self, pair: Pair[Image]) -> None:
         """Decode, infer, publish one pair; a failure skips the frame and is reported."""
-        started = time.monotonic()
+        started, cpu_started = time.perf_counter(), time.thread_time()
+        stages: dict[str, float] = {}
         try:
-            result = self._infer(pair)
-            self._publish(pair, result, started)
+            result = self._infer(pair, stages)
+            self._publish(pair, result, stages)
         except IvfPerceptionError as exc:  # a frame or setting the package refuses (encoding, size, ...)
             self._frame_failed(pair, f"{type(exc).__name__}: {exc}")
+            return
         except RuntimeError as exc:  # the device failed, e.g. CUDA out of memory: give the cache back
             self._frame_failed(pair, f"{type(exc).__name__}: {exc}")
             self._free_device_cache()
+            return
         except Exception as exc:  # last resort, a bug: the worker must survive anything a frame can trigger
             self._frame_failed(pair, f"unexpected {type(exc).__name__}: {exc}")
             self.get_logger().error(traceback.format_exc(), throttle_duration_sec=5.0)
+            return
+        processing_ms = (time.perf_counter() - started) * 1e3
+        # the node's own work: everything this frame cost but the network itself, as wall time
+        # and as this thread's CPU time (what it costs without waiting for a busy CPU)
+        stages["node work"] = processing_ms - stages.get("inference", 0.0)
+        stages["node work CPU"] = (time.thread_time() - cpu_started) * 1e3 - result.cpu_ms.get("inference", 0.0)
+        self._stages.record(stages)
+        self._processing_ms.append(processing_ms)
 
-    def _infer(self, pair: Pair[Image]) -> EngineResult:
+    def _infer(self, pair: Pair[Image], stages: dict[str, float]) -> EngineResult:
         engine = self._engine
         assert engine is not None, "frames are processed only while active"
-        return engine.infer(decode_rgb(pair.rgb), decode_thermal(pair.thermal))
+        started = time.perf_counter()
+        # Views of the messages' buffers, not copies: this worker owns the pair and nothing
+        # writes to the arrays (the engine reads them; the overlay reads the RGB one).
+        rgb, thermal = decode_rgb(pair.rgb, copy=False), decode_thermal(pair.thermal, copy=False)
+        stages["decode"] = (time.perf_counter() - started) * 1e3
+        result = engine.infer(rgb, thermal)
+        stages.update(result.timings_ms)
+        return result
 
-    def _publish(self, pair: Pair[Image], result: EngineResult, started: float) -> None:
+    def _publish(self, pair: Pair[Image], result: EngineResult, stages: dict[str, float]) -> None:
+        """Encode and publish the outputs someone subscribes to (a recorder counts); the rest cost nothing."""
         pubs, runtime, engine, pairer = self._publishers_by_name, self._runtime, self._engine, self._pairer
         assert runtime is not None and engine is not None and pairer is not None, "publishing only while active"
         header = pair.rgb.header
-        pubs["fused"].publish(numpy_to_image(result.fused, "rgb8", header=header))
-        if result.labels is not None:
+        started = time.perf_counter()
+        if pubs["fused"].get_subscription_count() > 0:
+            pubs["fused"].publish(numpy_to_image(result.fused, "rgb8", header=header))
+        if result.labels is not None and pubs["labels"].get_subscription_count() > 0:
             pubs["labels"].publish(numpy_to_image(result.labels, "mono8", header=header))
-            overlay = (result.overlay(runtime.overlay_alpha)
-                       if runtime.overlay_enabled and pubs["overlay"].get_subscription_count() > 0 else None)
+        stages["publish images"] = (time.perf_counter() - started) * 1e3
+        if runtime.overlay_enabled and pubs["overlay"].get_subscription_count() > 0:
+            started = time.perf_counter()
+            overlay = result.overlay(runtime.overlay_alpha)
             if overlay is not None:
                 pubs["overlay"].publish(numpy_to_image(overlay, "rgb8", header=header))
+            stages["overlay"] = (time.perf_counter() - started) * 1e3
         self._processed += 1
         end_to_end_ms = (self.get_clock().now().nanoseconds - pair.rgb_stamp_ns) / 1e6
-        if "stats" in pubs:
+        if "stats" in pubs and pubs["stats"].get_subscription_count() > 0:
+            started = time.perf_counter()
             values = FusionStatsValues.from_frame(
                 rgb_stamp_ns=pair.rgb_stamp_ns, thermal_stamp_ns=pair.thermal_stamp_ns,
                 frame_id=header.frame_id, engine_info=self._engine_info, class_names=engine.class_names,
@@ -380,9 +423,9 @@ class FusionNode(LifecycleNode):
                 end_to_end_ms=end_to_end_ms, processed=self._processed, failed=self._failed,
                 resets=pairer.stats.resets)
             pubs["stats"].publish(values.to_rclpy())
+            stages["stats"] = (time.perf_counter() - started) * 1e3
         self._meters["output"].tick()
         self._latency_ms.append(end_to_end_ms)
-        self._processing_ms.append((time.monotonic() - started) * 1e3)
 
     def _frame_failed(self, pair: Pair[Image], reason: str) -> None:
         self._failed += 1
@@ -427,7 +470,8 @@ class FusionNode(LifecycleNode):
             output_rate_hz=self._meters["output"].rate(now),
             latency_ms=sum(latency) / len(latency) if latency else None,
             processing_ms=sum(processing) / len(processing) if processing else None,
-            counters=counters, failed_recently=failed_recently, last_error=self._last_error,
+            stage_ms=self._stages.medians(), counters=counters, failed_recently=failed_recently,
+            last_error=self._last_error,
             last_error_age_s=None if self._last_error_time is None else now - self._last_error_time,
             configure_error=self._configure_error)
 

@@ -13,13 +13,14 @@ its images); OK otherwise. Each condition clears by itself when its cause goes a
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["OK", "WARN", "ERROR", "RateMeter", "StreamHealth", "HealthSnapshot", "HealthReport",
+__all__ = ["OK", "WARN", "ERROR", "RateMeter", "StageWindow", "StreamHealth", "HealthSnapshot", "HealthReport",
            "assess_health", "to_diagnostic_array"]
 
 OK, WARN, ERROR = 0, 1, 2
@@ -65,6 +66,35 @@ class RateMeter:
             self._times.popleft()
 
 
+class StageWindow:
+    """Per-frame durations of named stages over the last ``size`` frames, as medians.
+
+    Why medians of a short window: the operator (and ``bench-node``) wants to know what each
+    stage costs now; a mean since activation hides a regression behind hours of good frames,
+    and one slow frame (a page fault, a preempted thread) should not move the figure.
+
+    Thread-safe: the worker records, the diagnostics timer reads.
+    """
+
+    def __init__(self, size: int = 30) -> None:
+        if size < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
+        self.size = int(size)
+        self._values: dict[str, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, stages_ms: dict[str, float]) -> None:
+        """Add one frame's stage durations (stages a frame skipped simply get no sample)."""
+        with self._lock:
+            for name, ms in stages_ms.items():
+                self._values.setdefault(name, deque(maxlen=self.size)).append(float(ms))
+
+    def medians(self) -> dict[str, float]:
+        """Median milliseconds per stage, in the order stages were first seen."""
+        with self._lock:
+            return {name: statistics.median(v) for name, v in self._values.items() if v}
+
+
 @dataclass
 class StreamHealth:
     """One input stream as the diagnostics see it.
@@ -97,6 +127,7 @@ class HealthSnapshot:
     output_rate_hz: float = 0.0
     latency_ms: float | None = None
     processing_ms: float | None = None
+    stage_ms: dict[str, float] = field(default_factory=dict)
     counters: dict[str, float | int] = field(default_factory=dict)
     failed_recently: int = 0
     last_error: str = ""
@@ -156,6 +187,7 @@ def assess_health(s: HealthSnapshot) -> HealthReport:
     values += [("output rate (Hz)", _fmt(s.output_rate_hz)),
                ("latency stamp->published (ms)", _fmt(s.latency_ms)),
                ("processing (ms)", _fmt(s.processing_ms))]
+    values += [(f"median {name} (ms)", _fmt(ms, 2)) for name, ms in s.stage_ms.items()]
     values += [(key, str(val)) for key, val in s.counters.items()]
     values += [("last error", s.last_error or "none"),
                ("last error age (s)", _fmt(s.last_error_age_s))]

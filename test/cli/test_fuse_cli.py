@@ -78,3 +78,26 @@ def test_baseline_mode_writes_pixel_fusions(tmp_path: Path) -> None:
     ir_img = cv2.imread(str(ir / "a.png"), cv2.IMREAD_GRAYSCALE).astype(int)
     np.testing.assert_allclose(fused, np.maximum(ir_img, gray.astype(int)), atol=1)
     assert not (out / "labels").exists()
+
+
+def test_fuse_with_onnx_weights_and_the_onnxruntime_backend(tmp_path: Path, onnx_cache: tuple[Path, Path],
+                                                            test_weights: Path) -> None:
+    """An .onnx file as --weights: no PyTorch model is built, images of other sizes are padded to the
+    file's fixed size and cropped back; the labels match the PyTorch engine's."""
+    _, onnx_path = onnx_cache
+    ir, vi = _folders(tmp_path)
+    runs = ((tmp_path / "ort", onnx_path, "onnxruntime"), (tmp_path / "torch", test_weights, "torch"))
+    for out, weights, backend in runs:
+        rc = fuse.main(["--ir", str(ir), "--vi", str(vi), "--out", str(out), "--weights", str(weights),
+                        "--backend", backend, "--device", "cpu"])
+        assert rc == 0
+    for name, size in (("a.png", (40, 60)), ("b.png", (33, 47))):
+        ort = cv2.imread(str(tmp_path / "ort" / "labels" / name), cv2.IMREAD_UNCHANGED)
+        ref = cv2.imread(str(tmp_path / "torch" / "labels" / name), cv2.IMREAD_UNCHANGED)
+        assert ort.shape == size and (ort == ref).mean() >= 0.95  # more edge padding in the 64x96 graph
+
+
+def test_unknown_backend_is_refused_by_the_option_parser(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        fuse.main(["--ir", str(tmp_path), "--vi", str(tmp_path), "--out", str(tmp_path / "o"), "--backend", "tpu"])
+    assert "invalid choice: 'tpu'" in capsys.readouterr().err

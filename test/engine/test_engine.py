@@ -188,7 +188,7 @@ def test_agc_and_registration_are_set_at_construction(engine: Engine) -> None:
 
 def test_engine_arguments_follow_one_set_of_rules() -> None:
     """Moved from the node's helpers: node, replay and CLI share these rules."""
-    from ivf_perception.engine.config import PipelineConfig, default_weights, engine_arguments
+    from ivf_perception.engine.config import ParameterValueError, PipelineConfig, default_weights, engine_arguments
 
     model, kw = engine_arguments(PipelineConfig.from_values({"weights": "none", "preset": "small"}))
     assert model == "s4fusion" and "weights" not in kw and kw["preset"] == "small"
@@ -196,8 +196,14 @@ def test_engine_arguments_follow_one_set_of_rules() -> None:
         {"weights": "/w.safetensors", "homography": [1.0, 0, 0, 0, 1, 0, 0, 0, 1]}))
     assert model == "auto" and kw["weights"] == "/w.safetensors" and kw["preset"] is None
     assert kw["homography"] == [1.0, 0, 0, 0, 1, 0, 0, 0, 1] and "scan_backend" not in kw  # auto: the model's own
-    _, kw = engine_arguments(PipelineConfig.from_values({"weights": "none", "backend": "ref"}))
+    assert kw["backend"] == "torch" and kw["backend_options"] == {}
+    _, kw = engine_arguments(PipelineConfig.from_values({"weights": "none", "scan_backend": "ref"}))
     assert kw["scan_backend"] == "ref"
+    _, kw = engine_arguments(PipelineConfig.from_values(
+        {"weights": "none", "backend": "onnxruntime", "backend_cache_dir": "/cache", "force_rebuild": True}))
+    assert kw["backend"] == "onnxruntime" and kw["backend_options"] == {"cache_dir": "/cache", "force_rebuild": True}
+    with pytest.raises(ParameterValueError, match="backend must be one of torch, compile, onnxruntime, tensorrt"):
+        PipelineConfig.from_values({"backend": "chunked"})
     assert default_weights(None, None) == default_weights("s4fusion", None) == "default"
     assert default_weights("cmfs", None) == default_weights(None, "small") == "none"
 
@@ -212,3 +218,9 @@ def test_from_config_builds_the_configured_engine() -> None:
     assert eng.preset == "test" and str(eng.device) == "cpu"
     assert (eng.agc.low_pct, eng.agc.high_pct) == (3.0, 97.0) and eng.homography[0, 2] == 1.0
     assert eng.palette == [0x102030] * 9
+
+
+def test_results_carry_wall_and_cpu_time_per_stage(engine: Engine) -> None:
+    result = engine.infer(np.zeros((32, 48, 3), np.uint8), np.zeros((32, 48), np.uint8))
+    assert set(result.timings_ms) == set(result.cpu_ms) == {"preprocess", "inference", "postprocess"}
+    assert all(v >= 0.0 for v in result.cpu_ms.values())

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
 
-from ivf_perception.engine.postprocess import logits_to_labels, to_uint8_rgb
+from ivf_perception.engine.postprocess import logits_to_labels, make_overlay, to_uint8_rgb
+from ivf_perception.io.classes import MFNET_PALETTE, colorize_labels
 
 
 @pytest.mark.parametrize("shape", [(1, 9, 48, 64), (3, 15, 17, 23), (2, 1, 5, 7)])
@@ -35,3 +37,39 @@ def test_fused_images_round_to_the_nearest_level() -> None:
     out = to_uint8_rgb(fused)
     assert out.shape == (1, 1, 5, 3)
     np.testing.assert_array_equal(out[0, 0, :, 0], [0, 1, 1, 255, 255])
+
+
+def _reference_uint8(fused: torch.Tensor) -> np.ndarray:
+    """The torch implementation the OpenCV path replaced on the CPU."""
+    x = fused.detach().float().clamp(0.0, 1.0).mul(255.0).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 480, 640), (2, 3, 17, 23), (1, 3, 1, 1)])
+def test_fused_uint8_equals_torch_clamp_round_cast(shape: tuple[int, int, int, int]) -> None:
+    g = torch.Generator().manual_seed(1)
+    fused = torch.rand(*shape, generator=g) * 1.4 - 0.2  # out-of-range values on both sides
+    fused.view(-1)[::5] = torch.arange(0, fused.numel(), 5).remainder(256).float().add(0.5) / 255  # exact halves
+    np.testing.assert_array_equal(to_uint8_rgb(fused), _reference_uint8(fused))
+
+
+def test_fused_uint8_of_a_non_contiguous_batch() -> None:
+    fused = torch.rand(2, 3, 20, 30, generator=torch.Generator().manual_seed(2))[:, :, 2:18, 1:29]
+    np.testing.assert_array_equal(to_uint8_rgb(fused), _reference_uint8(fused))
+
+
+@pytest.mark.parametrize("classes", [2, 9, 41])
+def test_labels_equal_argmax_at_camera_size_with_ties(classes: int) -> None:
+    logits = torch.randint(-3, 3, (1, classes, 480, 640), generator=torch.Generator().manual_seed(classes)).float()
+    labels = logits_to_labels(logits)  # integer logits: ties everywhere, the first maximum must win
+    np.testing.assert_array_equal(labels, logits.argmax(dim=1).numpy())
+
+
+def test_overlay_equals_blend_with_class_zero_transparent() -> None:
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (48, 64, 3), np.uint8)
+    labels = rng.integers(0, 9, (48, 64), np.uint8)
+    blended = cv2.addWeighted(rgb, 0.7, colorize_labels(labels, MFNET_PALETTE), 0.3, 0.0)
+    expected = np.where((labels > 0)[..., None], blended, rgb)
+    np.testing.assert_array_equal(make_overlay(rgb, labels, MFNET_PALETTE, 0.3), expected)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import array
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -370,3 +371,34 @@ class TestSerialization:
                 writer.write(conns[frame.topic], frame.stamp_ns, rclpy_serialization.serialize_message(msg))
         for topic, _, msg in read_image_messages(other):
             np.testing.assert_array_equal(image_to_numpy(msg), seen[topic])
+
+
+@pytest.mark.parametrize(("encoding", "channels", "dtype"), [
+    ("rgb8", 3, np.uint8), ("bgr8", 3, np.uint8), ("rgba8", 4, np.uint8), ("bgra8", 4, np.uint8),
+    ("mono8", 1, np.uint8), ("mono16", 1, np.uint16), ("16UC1", 1, np.uint16)])
+@pytest.mark.parametrize(("height", "width", "padding"), [(5, 7, 3), (4, 6, 0), (1, 1, 1), (3, 5, 2)])
+def test_zero_copy_decode_with_row_padding_and_odd_sizes(encoding, channels, dtype, height, width, padding) -> None:
+    """copy=False views the message buffer (padding skipped by strides) and decodes the same pixels."""
+    rng = np.random.default_rng(height * 100 + width + padding)
+    img = rng.integers(0, np.iinfo(dtype).max + 1, (height, width, channels)).astype(dtype)
+    row = img.astype(np.dtype(dtype).newbyteorder("<")).reshape(height, -1).view(np.uint8)
+    buf = np.zeros((height, row.shape[1] + padding), np.uint8)
+    buf[:, :row.shape[1]] = row
+    msg = SimpleNamespace(height=height, width=width, encoding=encoding, is_bigendian=0, step=buf.shape[1],
+                          data=array.array("B", buf.tobytes()))
+    decode = decode_thermal if channels == 1 else decode_rgb
+    viewed, copied = decode(msg, copy=False), decode(msg)
+    expected = {"rgb8": img, "bgr8": img[..., ::-1], "rgba8": img[..., :3], "bgra8": img[..., 2::-1]}.get(
+        encoding, img[..., 0])
+    np.testing.assert_array_equal(viewed, expected)
+    np.testing.assert_array_equal(copied, expected)
+    assert not np.shares_memory(copied, np.frombuffer(msg.data, np.uint8))
+    if encoding in ("rgb8", "mono8", "mono16", "16UC1") and (padding == 0 or channels == 1):
+        assert np.shares_memory(viewed, np.frombuffer(msg.data, np.uint8))
+
+
+def test_zero_copy_decode_of_big_endian_mono16_converts() -> None:
+    raw = np.array([[1, 258], [4096, 65535]], np.uint16)
+    msg = SimpleNamespace(height=2, width=2, encoding="mono16", is_bigendian=1, step=4,
+                          data=raw.astype(">u2").tobytes())
+    np.testing.assert_array_equal(image_to_numpy(msg, copy=False), raw)

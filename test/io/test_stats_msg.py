@@ -63,3 +63,17 @@ def test_rosbags_registration_round_trips_and_matches_the_rclpy_package() -> Non
     fields = [line.split()[1] for line in fusion_stats_definition().splitlines()
               if line.strip() and not line.startswith("#")]
     assert list(msg_type.get_fields_and_field_types()) == fields
+
+
+@pytest.mark.parametrize("shape", [(480, 640), (3, 5), (1, 1)])
+def test_class_pixel_counts_equal_bincount(shape) -> None:
+    from ivf_perception.io.stats_msg import class_pixel_counts
+
+    rng = np.random.default_rng(shape[0])
+    labels = rng.integers(0, 9, shape, dtype=np.uint8)
+    assert class_pixel_counts(labels, 9) == np.bincount(labels.ravel(), minlength=9).tolist()
+    assert class_pixel_counts(labels, 12) == np.bincount(labels.ravel(), minlength=12).tolist()
+    labels.flat[0] = 200  # an id beyond the class table still gets its count
+    assert class_pixel_counts(labels, 9) == np.bincount(labels.ravel(), minlength=9).tolist()
+    wide = labels.astype(np.int64)
+    assert class_pixel_counts(wide, 9) == np.bincount(wide.ravel(), minlength=9).tolist()

@@ -134,3 +134,46 @@ class TestAGCPercentileTorch:
         out = agc_percentile_torch(raw.cuda())
         assert out.device.type == "cuda"
         torch.testing.assert_close(out.cpu(), agc_percentile_torch(raw), atol=1e-6, rtol=0)
+
+
+def _agc_by_np_percentile(raw: np.ndarray, low: float, high: float) -> np.ndarray:
+    """The implementation the histogram path replaced (np.percentile + float32 arithmetic)."""
+    lo, hi = np.percentile(raw, [low, high])
+    lo32 = np.float32(lo)
+    span = np.float32(hi) - lo32
+    if not span > 0:
+        return np.zeros(raw.shape, np.float32)
+    out = raw.astype(np.float32)
+    out -= lo32
+    out *= np.float32(1.0) / span
+    return np.clip(out, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_histogram_percentiles_equal_np_percentile_exactly(dtype) -> None:
+    """The uint8/uint16 fast path (a cumulative histogram) against np.percentile: equal, not close."""
+    from ivf_perception.io.thermal import _percentiles_by_histogram
+
+    rng = np.random.default_rng(7)
+    top = np.iinfo(dtype).max
+    for trial in range(300):
+        n = int(rng.integers(1, 2000))
+        raw = rng.integers(0, int(rng.integers(1, top + 1)) + 1, n).astype(dtype)
+        pcts = (float(rng.uniform(0, 100)), [0.0, 1.0, 12.5, 50.0, 99.0, 100.0][trial % 6])
+        assert _percentiles_by_histogram(raw, pcts) == list(np.percentile(raw, pcts)), (n, pcts)
+
+
+@pytest.mark.parametrize(("shape", "low", "high"), [((480, 640), 1.0, 99.0), ((37, 53), 0.0, 100.0),
+                                                    ((3, 5), 2.5, 97.5), ((1, 1), 1.0, 99.0), ((512, 640), 10.0, 60.0)])
+def test_mono16_agc_equals_the_np_percentile_implementation(shape, low, high) -> None:
+    """Same output within one grey level (the test asks for it), in fact bit-identical."""
+    rng = np.random.default_rng(3)
+    raw = rng.normal(22_000, 900, shape).clip(0, 65535).astype(np.uint16)
+    raw.flat[:: max(1, raw.size // 7)] = 65535  # hot pixels
+    got, ref = agc_percentile(raw, low, high), _agc_by_np_percentile(raw, low, high)
+    assert np.abs(np.rint(got * 255) - np.rint(ref * 255)).max() <= 1
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_constant_mono16_frame_still_maps_to_zeros() -> None:
+    assert not agc_percentile(np.full((480, 640), 1234, np.uint16)).any()

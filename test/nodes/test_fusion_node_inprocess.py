@@ -8,6 +8,7 @@ check that the model is really gone). The cross-process behaviour is in the othe
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -49,6 +50,28 @@ def make_node(context, test_weights) -> Iterator:
     for node in nodes:
         node.close()
         node.destroy_node()
+
+
+def _subscribe(node: FusionNode, output: str, topic: str) -> None:
+    """A real subscriber (another node in the same context) on one output, once it is matched."""
+    from sensor_msgs.msg import Image
+
+    listener = rclpy.create_node(f"listener_{output}", context=node.context)
+    listener.create_subscription(Image, topic, lambda msg: None, 10)
+    node._listeners = [*getattr(node, "_listeners", []), listener]  # kept alive with the node
+    deadline = time.monotonic() + 10.0
+    while node._publishers_by_name[output].get_subscription_count() == 0:
+        assert time.monotonic() < deadline, f"no match on {topic}"
+        time.sleep(0.01)
+
+
+def _spy(node: FusionNode, output: str) -> list:
+    """Record what the real publisher of ``output`` publishes."""
+    published: list = []
+    pub = node._publishers_by_name[output]
+    real_publish = pub.publish
+    pub.publish = lambda msg: (published.append(msg), real_publish(msg))
+    return published
 
 
 def _pair(stamp: int = 1_000) -> Pair:
@@ -118,9 +141,8 @@ def test_every_thermal_encoding_at_another_resolution_is_registered_into_the_rgb
     homography = [0.5, 0.0, 0.0, 0.0, 0.5, 0.0, 0.0, 0.0, 1.0]  # thermal px -> RGB px
     node = make_node(homography=homography, agc_low_pct=2.0, agc_high_pct=98.0)
     assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
-    published: list = []  # a spy on the real publisher
-    real_publish = node._publishers_by_name["labels"].publish
-    node._publishers_by_name["labels"].publish = lambda msg: (published.append(msg), real_publish(msg))
+    _subscribe(node, "labels", "segmentation/labels")
+    published = _spy(node, "labels")
 
     rng = np.random.default_rng(3)
     rgb = rng.integers(0, 256, (64, 80, 3), np.uint8)
@@ -142,6 +164,50 @@ def test_every_thermal_encoding_at_another_resolution_is_registered_into_the_rgb
     got = image_to_numpy(published[0])
     assert got.shape == (64, 80) and published[0].header.frame_id == "cam"
     np.testing.assert_array_equal(got, expected.labels)
+
+
+def test_outputs_nobody_subscribes_to_are_not_encoded_or_published(make_node) -> None:
+    node = make_node()
+    assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
+    spies = {name: _spy(node, name) for name in ("fused", "labels", "overlay", "stats")}
+    node._process(_pair(1_000))
+    assert node._processed == 1 and node._failed == 0
+    assert not any(spies.values()), "nothing is subscribed: nothing may be published"
+
+    _subscribe(node, "labels", "segmentation/labels")
+    node._process(_pair(2_000))
+    assert [len(spies[n]) for n in ("fused", "labels", "overlay", "stats")] == [0, 1, 0, 0]
+    _subscribe(node, "overlay", "segmentation/overlay")
+    _subscribe(node, "fused", "fused/image")
+    node._process(_pair(3_000))
+    assert [len(spies[n]) for n in ("fused", "labels", "overlay", "stats")] == [1, 2, 1, 0]
+    assert spies["fused"][0].header.frame_id == "cam" and spies["overlay"][0].encoding == "rgb8"
+
+
+def test_diagnostics_report_the_median_cost_of_each_stage(make_node) -> None:
+    node = make_node()
+    assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
+    for stamp in (1_000, 2_000, 3_000):
+        node._process(_pair(stamp))
+    values = dict(assess_health(node._snapshot()).values)
+    for stage in ("decode", "preprocess", "inference", "postprocess", "publish images", "node work", "node work CPU"):
+        assert float(values[f"median {stage} (ms)"]) >= 0.0
+    assert "median overlay (ms)" not in values, "no overlay subscriber: the overlay is never drawn"
+
+
+def test_decoded_inputs_view_the_message_buffers(make_node) -> None:
+    """The worker reads camera frames in place (no copy before the engine); results stay right."""
+    node = make_node()
+    assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
+    seen: list = []
+    real_infer = node._engine.infer
+    node._engine.infer = lambda rgb, th: (seen.append((rgb, th)), real_infer(rgb, th))[1]
+    pair = _pair(1_000)
+    node._process(pair)
+    rgb, th = seen[0]
+    assert np.shares_memory(rgb, np.frombuffer(pair.rgb.data, np.uint8))
+    assert np.shares_memory(th, np.frombuffer(pair.thermal.data, np.uint8))
+    np.testing.assert_array_equal(rgb, image_to_numpy(pair.rgb))
 
 
 def test_engine_error_skips_the_frame_reports_error_and_recovers(make_node) -> None:
@@ -181,3 +247,37 @@ def test_invalid_startup_parameter_exits_2_with_the_reason(domain_id, monkeypatc
     monkeypatch.setenv("ROS_DOMAIN_ID", str(domain_id))
     assert main(["fusion_node", "--ros-args", "-p", "overlay_alpha:=2.0"]) == 2
     assert "overlay_alpha" in capsys.readouterr().err
+
+
+def test_onnxruntime_backend_configures_runs_and_a_failed_build_can_be_retried(make_node, test_weights, onnx_cache,
+                                                                               onnx_size, monkeypatch) -> None:
+    """The backend parameter on the node: a missing package (simulated: onnxruntime IS installed here, a None
+    entry in sys.modules makes its import fail) and an input larger than a fixed-size ONNX file fail configure
+    with the reason and leave nothing built; after fixing the parameter, configure succeeds."""
+    cache, onnx_path = onnx_cache
+    node = make_node(backend="onnxruntime", backend_cache_dir=str(cache), warmup_size=list(onnx_size))
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert node.trigger_configure() == FAILURE
+    assert "pip install onnxruntime" in node._configure_error and node._engine is None
+    monkeypatch.delitem(sys.modules, "onnxruntime")
+    assert node.trigger_configure() == SUCCESS
+    info = node._engine.describe()
+    assert info["backend"] == "onnxruntime" and info["onnx_file"] == str(onnx_path), "the cached export is reused"
+    assert node.trigger_activate() == SUCCESS
+    published: list = []
+    node._publishers_by_name["labels"].publish = published.append
+    pair = _pair(3_000)  # 64x80 frames, padded to the 64x96 export
+    node._process(pair)
+    assert node._failed == 0 and len(published) == 1
+    expected = Engine("auto", weights=test_weights, device="cpu").infer(image_to_numpy(pair.rgb),
+                                                                       image_to_numpy(pair.thermal))
+    assert (image_to_numpy(published[0]) == expected.labels).mean() >= 0.99  # padding differs: 64x80 vs 64x96
+
+    assert node.trigger_deactivate() == SUCCESS and node.trigger_cleanup() == SUCCESS
+    assert all(r.successful for r in node.set_parameters([Parameter("weights", value=str(onnx_path)),
+                                                          Parameter("warmup_size", value=[96, 128])]))
+    assert node.trigger_configure() == FAILURE
+    assert "larger than the 64x96" in node._configure_error and onnx_path.name in node._configure_error
+    assert node._engine is None
+    assert node.set_parameters([Parameter("warmup_size", value=list(onnx_size))])[0].successful
+    assert node.trigger_configure() == SUCCESS and node._engine.model is None, ".onnx weights: no torch model"

@@ -218,3 +218,15 @@ def test_rviz_config_shows_the_three_image_outputs() -> None:
     displays = doc["Visualization Manager"]["Displays"]
     assert {d["Class"] for d in displays} == {"rviz_default_plugins/Image"}
     assert [d["Topic"]["Value"] for d in displays] == ["fused/image", "segmentation/overlay", "segmentation/labels"]
+
+
+def test_stage_window_keeps_medians_of_the_last_frames() -> None:
+    from ivf_perception.nodes.health import StageWindow
+
+    window = StageWindow(size=3)
+    for decode, publish in [(100.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0)]:
+        window.record({"decode": decode, "publish": publish})
+    window.record({"decode": 2.5})  # a frame that published nothing adds no publish sample
+    assert window.medians() == {"decode": 2.5, "publish": 3.0}
+    with pytest.raises(ValueError, match="size must be >= 1"):
+        StageWindow(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -58,19 +59,54 @@ def test_play_and_node_report_user_errors(tmp_path: Path, capsys) -> None:
     assert all(f"  {c}" in out for c in ("node", "play", "bench-node"))
 
 
+def test_bench_node_busy_processes_run_inside_the_block_and_are_reaped() -> None:
+    from ivf_perception.cli.bench_node import _busy_processes
+
+    with _busy_processes(2):
+        children = [p for p in _children() if "while True: pass" in " ".join(p)]
+        assert len(children) == 2
+    assert not [p for p in _children() if "while True: pass" in " ".join(p)]
+
+
+def _children() -> list[list[str]]:
+    """Command lines of this process's direct children (Linux /proc)."""
+    me, found = os.getpid(), []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == me:
+                found.append((stat.parent / "cmdline").read_bytes().decode().split("\0"))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def test_bench_node_refuses_unknown_outputs(capsys) -> None:
+    assert cli(["bench-node", "--outputs", "fused,depth"]) == 2
+    assert "unknown output(s) depth" in capsys.readouterr().err
+
+
 def test_fusion_node_console_script_is_registered() -> None:
     scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
     assert scripts.get("fusion_node") == "ivf_perception.nodes.fusion_node:main"
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 def test_bench_node_measures_overhead_and_rate(domain_id: int, tmp_path: Path, capsys) -> None:
+    """One short run with a busy process beside the node, one thread, labels subscribed."""
     out = tmp_path / "bench.json"
     assert cli(["bench-node", "--size", "64x80", "--seconds", "2", "--warmup-seconds", "1", "--variant",
-                "test_s4fusion", "--preset", "test", "--domain-id", str(domain_id), "--json", str(out)]) == 0
+                "test_s4fusion", "--preset", "test", "--domain-id", str(domain_id), "--json", str(out),
+                "--threads", "1", "--contention", "1", "--outputs", "labels"]) == 0
     table = capsys.readouterr().out
     assert "| node overhead ms |" in table and "test_s4fusion test (none)" in table
+    assert "threads 1, 1 busy process(es)" in table and "node work" in table
     result = json.loads(out.read_text())
+    assert result["config"]["contention"] == 1 and result["config"]["outputs"] == ["fused", "labels", "stats"]
+    stages = result["node_stages_ms"]
+    assert {"decode", "preprocess", "inference", "postprocess", "publish images", "stats", "node work"} <= set(stages)
+    assert result["end_to_end_ms"]["p90_over_p50"] >= 1.0
     assert result["frames_fused"] > 0 and result["output_rate_hz"] > 0
     c = result["counters"]
     assert c["processed"] == result["frames_fused"] - 1  # every output between the first and the last

@@ -292,8 +292,8 @@ class TestSelectiveScanDispatch:
 
     def test_exception(self) -> None:
         ops = make_operands(length=5)
-        with pytest.raises(ValueError, match=r"Unknown selective-scan backend 'triton'; supported backends: \['auto'"):
-            selective_scan(**ops, backend="triton")
+        with pytest.raises(ValueError, match=r"Unknown selective-scan backend 'fast'; supported backends: \['auto'"):
+            selective_scan(**ops, backend="fast")
 
     @pytest.mark.skipif(has_cuda_scan(), reason="mamba-ssm's kernel is available here")
     def test_cuda_backend_explains_how_to_get_it(self) -> None:

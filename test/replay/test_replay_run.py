@@ -6,6 +6,7 @@ import json
 from html.parser import HTMLParser
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from replay_helpers import CONFIG, FRAMES, MICRO
@@ -155,3 +156,20 @@ def test_replay_in_batches_gives_the_same_frames(mcap_bag, micro_engine, options
     batched = run_replay(options(mcap_bag, out=tmp_path / "batched", fusion_metrics=False, batch_size=4), micro_engine)
     assert [f["name"] for f in batched.summary["per_frame"]] == [f["name"] for f in one.summary["per_frame"]]
     assert batched.summary["segmentation"]["all"]["mIoU"] == pytest.approx(one.summary["segmentation"]["all"]["mIoU"])
+
+
+def test_cli_replay_with_the_onnxruntime_backend_matches_torch(mcap_bag, tmp_path, test_weights, onnx_cache):
+    """--backend onnxruntime with ordinary weights reuses the cached export of the bag's 64x96 frames
+    (the session fixture's file) and writes the same labels as the eager engine."""
+    cache, onnx_path = onnx_cache
+    common = [str(mcap_bag), "--weights", str(test_weights), "--device", "cpu", "--threads", "1", "--no-progress",
+              "--max-frames", "3", "--no-fusion-metrics", "--png"]
+    assert replay_main([*common, "--out", str(tmp_path / "ort"), "--backend", "onnxruntime",
+                        "--backend-cache-dir", str(cache)]) == 0
+    assert replay_main([*common, "--out", str(tmp_path / "torch")]) == 0
+    assert sorted((cache / "onnx").glob("*.onnx")) == [onnx_path], "no second export"
+    ort = sorted((tmp_path / "ort" / "png" / "labels").glob("*.png"))
+    ref = sorted((tmp_path / "torch" / "png" / "labels").glob("*.png"))
+    assert len(ort) == len(ref) == 3
+    for a, b in zip(ort, ref):
+        assert (cv2.imread(str(a), cv2.IMREAD_UNCHANGED) == cv2.imread(str(b), cv2.IMREAD_UNCHANGED)).mean() >= 0.999

@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ivf_perception.openmp import prefer_passive_waiting
+
 __all__ = ["build_parser", "main"]
 
 
@@ -92,7 +94,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=1, help="untimed steps first (allocation, autotuning)")
     bench.add_argument("--num-workers", type=int, default=0)
     bench.add_argument("--out", type=Path, default=None, help="also write the table to this Markdown file")
+    for command in (run, resume, evaluate, bench):
+        command.add_argument("--threads", type=int, default=0, metavar="N",
+                             help="CPU threads of torch and OpenCV in the main process; 0 = auto (default): "
+                                  "usable physical cores minus the data-loader workers (at least one left), "
+                                  "1..4; each worker uses one thread")
     return parser
+
+
+def _apply_threads(requested: int, num_workers: int) -> None:
+    """Size the main process's thread pools next to ``num_workers`` single-threaded workers."""
+    from ivf_perception.engine.threads import apply_threads
+
+    apply_threads(requested, reserve=max(1, num_workers))
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -123,16 +137,14 @@ def _options(items: Sequence[str]) -> dict[str, Any]:
 
 def _export(args: argparse.Namespace) -> int:
     from ivf_perception.engine.weights import save_weights
+    from ivf_perception.export import export_onnx, onnx_metadata
     from ivf_training.export import load_run_weights
-    from ivf_training.onnx_export import export_onnx
 
     run = load_run_weights(args.run_dir, checkpoint=args.checkpoint)
     if args.onnx:  # refuse a model that cannot be exported before writing anything
         height, width = args.onnx_size or run.info.input_size
         onnx_path = args.out.with_suffix(".onnx")
-        meta = {"variant": run.info.variant, "preset": run.info.preset, "num_classes": run.info.num_classes,
-                "classes": run.info.classes, "palette": run.info.palette,
-                "input_multiple": int(getattr(run.model, "input_multiple", 1))}
+        meta = onnx_metadata(run.model, None, run.info.classes, run.info.palette)  # weights not written yet
         check = export_onnx(run.model, onnx_path, height=height, width=width, metadata=meta)
         diffs = ", ".join(f"{k} {v:.2g}" for k, v in check.max_abs_diff.items())
         print(f"wrote {onnx_path} ({height}x{width}; onnxruntime vs PyTorch max |diff|: {diffs})")
@@ -162,6 +174,7 @@ def _eval(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ivf-train``; returns the process exit status."""
     args = build_parser().parse_args(argv)
+    prefer_passive_waiting()  # before torch is imported below
     main_rank = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 talks
     level = logging.DEBUG if args.verbose else logging.INFO if main_rank else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -180,19 +193,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "export":
             return _export(args)
         if args.command == "eval":
+            _apply_threads(args.threads, args.num_workers)
             return _eval(args)
         if args.command == "bench":
             from ivf_training.bench import run_bench
 
+            _apply_threads(args.threads, args.num_workers)
             print(run_bench(args))
             return 0
         if args.command == "run":
             cfg = load_config(args.config, args.overrides)
+            _apply_threads(args.threads, cfg.num_workers)
             init_distributed(cfg.device)
             trainer = start_run(cfg, config_stem=args.config.stem)
             say(f"run directory: {trainer.run_dir}")
         else:
-            init_distributed(read_run_config(args.run_dir).device)
+            run_cfg = read_run_config(args.run_dir)
+            _apply_threads(args.threads, run_cfg.num_workers)
+            init_distributed(run_cfg.device)
             trainer = resume_run(args.run_dir, args.checkpoint)
             say(f"resuming {trainer.run_dir} at step {trainer.step}")
         result = trainer.fit(stop_at_step=args.stop_at_step)

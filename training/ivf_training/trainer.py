@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ivf_perception.engine.threads import single_thread_worker
 from ivf_perception.models import FusionSegOutput, build_model
 from ivf_training.augment import JointAugment
 from ivf_training.build import (
@@ -298,7 +299,8 @@ class Trainer:
         sampler = (ShardedBatchSampler(self.sampler, self.dist.rank, self.dist.world_size)
                    if self.dist.enabled else self.sampler)
         return DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.num_workers,
-                          pin_memory=self.device.type == "cuda", generator=torch.Generator())
+                          pin_memory=self.device.type == "cuda", generator=torch.Generator(),
+                          worker_init_fn=single_thread_worker)
 
     def _autocast(self) -> torch.autocast:
         """The mixed-precision context of model forward passes (disabled at full precision)."""

@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from ivf_perception.engine.threads import single_thread_worker
 from ivf_perception.metrics import (
     ConfusionAccumulator,
     average_gradient,
@@ -134,7 +135,7 @@ def validate_model(step: ValidationStep, dataset: Dataset, *, modules: Sequence[
     loss_counts: dict[str, int] = {}
     shard = shard_dataset(dataset, dist)
     indices = shard.indices if isinstance(shard, Subset) else range(len(shard))  # type: ignore[arg-type]
-    loader = DataLoader(shard, batch_size=1, num_workers=num_workers)
+    loader = DataLoader(shard, batch_size=1, num_workers=num_workers, worker_init_fn=single_thread_worker)
     try:
         for index, batch in zip(indices, tqdm(loader, disable=not (progress and dist.is_main), unit="img",
                                               dynamic_ncols=True, leave=False)):

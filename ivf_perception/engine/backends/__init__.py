@@ -15,6 +15,9 @@ __all__ = ["BACKEND_MODULES", "BackendContext", "BackendError", "BackendOutput",
 
 BACKEND_MODULES: dict[str, tuple[str, str]] = {
     "torch": ("ivf_perception.engine.backends.torch_eager", "TorchBackend"),
+    "compile": ("ivf_perception.engine.backends.compile_backend", "CompileBackend"),
+    "onnxruntime": ("ivf_perception.engine.backends.onnxruntime_backend", "OnnxRuntimeBackend"),
+    "tensorrt": ("ivf_perception.engine.backends.tensorrt_backend", "TensorRTBackend"),
 }
 """Backend name → (module, class), imported lazily by :func:`create_backend`."""
 

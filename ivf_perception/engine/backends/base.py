@@ -46,7 +46,9 @@ class BackendContext:
 
     Attributes:
         model: the network, on ``device``, in eval mode (every backend derives from it:
-            the eager call, a compiled graph, or an exported file).
+            the eager call, a compiled graph, or an exported file), or None when the weights
+            are an ONNX file that holds the whole network (only the ONNX-running backends
+            accept that; the others call :meth:`require_model`).
         device: where inputs arrive and outputs are expected.
         precision: ``fp32``, ``fp16`` or ``bf16``.
         weights_path: the engine weights file the model came from (None: random initialisation
@@ -54,11 +56,18 @@ class BackendContext:
         options: backend-specific settings (cache folder, rebuild flags), passed through as given.
     """
 
-    model: FusionSegModel
+    model: FusionSegModel | None
     device: torch.device
     precision: str
     weights_path: Path | None = None
     options: dict[str, Any] = field(default_factory=dict)
+
+    def require_model(self, backend: str) -> FusionSegModel:
+        """The PyTorch model, or a :class:`BackendError` saying which backends run ONNX weights."""
+        if self.model is None:
+            raise BackendError(f"backend '{backend}' runs a PyTorch model, but the weights {self.weights_path} are "
+                               "an ONNX file; use backend onnxruntime or tensorrt, or the .safetensors weights")
+        return self.model
 
 
 class InferenceBackend(ABC):

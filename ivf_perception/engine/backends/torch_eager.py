@@ -6,29 +6,37 @@ against it in fp32), and the one training and evaluation use.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ivf_perception.engine.backends.base import PRECISIONS, BackendContext, BackendOutput, InferenceBackend
+from ivf_perception.models import FusionSegOutput
 
 __all__ = ["TorchBackend"]
 
 
 class TorchBackend(InferenceBackend):
     """``model(rgb, thermal)`` in inference mode; fp16/bf16 under ``torch.autocast`` (the
-    selective scan still accumulates in fp32)."""
+    selective scan still accumulates in fp32).
+
+    Subclasses that run the model another way (``compile``) replace :attr:`forward` and keep
+    the inference mode, autocast and float32 outputs of :meth:`run`.
+    """
 
     name = "torch"
 
     def __init__(self, context: BackendContext) -> None:
-        self.model = context.model
+        self.model = context.require_model(self.name)
         self.device = context.device
         self.precision = context.precision
+        self.forward: Callable[[torch.Tensor, torch.Tensor], FusionSegOutput] = self.model
 
     def run(self, rgb: torch.Tensor, thermal: torch.Tensor) -> BackendOutput:
         with torch.inference_mode():
             if self.precision == "fp32":
-                out = self.model(rgb, thermal)
+                out = self.forward(rgb, thermal)
                 return BackendOutput(out.fused, out.logits)
             with torch.autocast(self.device.type, dtype=PRECISIONS[self.precision]):
-                out = self.model(rgb, thermal)
+                out = self.forward(rgb, thermal)
             return BackendOutput(out.fused.float(), None if out.logits is None else out.logits.float())

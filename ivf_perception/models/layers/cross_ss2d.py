@@ -43,10 +43,11 @@ from ivf_perception.models.layers.ssm_params import (
     add_direction_params,
     dt_rank_for,
     init_proj_weight,
+    project_image_tokens,
     project_scan_params,
     reset_direction_params,
 )
-from ivf_perception.models.ops import selective_scan
+from ivf_perception.models.ops import cpu_scan_usable, cross_selective_scan, selective_scan
 
 __all__ = ["CrossSS2D", "interleave"]
 
@@ -124,32 +125,59 @@ class CrossSS2D(DirectionalScan):
         check_shape(x, "B H W C", name="x", C=self.d_model)
         b, h, w, _ = x.shape
         check_shape(y, "B H W C", name="y", B=b, H=h, W=w, C=self.d_model)
-        length = h * w
 
         x, z_x = self.in_proj(x).chunk(2, dim=-1)
         y, z_y = self.in_proj(y).chunk(2, dim=-1)
         x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, d_inner, H, W)
         y = self.act(self.conv2d(y.permute(0, 3, 1, 2)))
         mark = torch.einsum("bchw,dc->bdhw", torch.cat([x, y], dim=1), self.mark_proj)  # Patch Mark
+        a_log = self.A_logs.to(torch.promote_types(self.A_logs.dtype, torch.float32))
+        if self.scan_backend in ("auto", "cpu") and cpu_scan_usable(x, y, a_log, state_size=self.d_state):
+            out_x, out_y = self._fused_scan(x, y, mark, -torch.exp(a_log))
+        else:
+            out_x, out_y = self._scan(x, y, mark, -torch.exp(a_log))
+        return self._gate_and_project(out_x, z_x), self._gate_and_project(out_y, z_y)
 
+    def _scan(self, x: torch.Tensor, y: torch.Tensor, mark: torch.Tensor,
+              A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 2-7 with the scan orders and the interleaving materialised: any device,
+        autograd, ONNX.
+
+        Shape:
+            x, y, mark: (B, d_inner, H, W)  ->  two (B, H, W, d_inner)
+        """
+        b, _, h, w = x.shape
         xs, ys, marks = cross_scan(x), cross_scan(y), cross_scan(mark)  # (B, 4, d_inner, L)
         dt_x, b_x, c_x = project_scan_params(xs, self.x_proj_weight, self.dt_projs_weight, self.dt_rank, self.d_state)
         dt_y, b_y, c_y = project_scan_params(ys, self.y_proj_weight, self.dt_projs_weight, self.dt_rank, self.d_state)
-
         u = interleave(xs + marks, ys + marks).flatten(1, 2)  # (B, 4·d_inner, 2L)
-        a_log = self.A_logs.to(torch.promote_types(self.A_logs.dtype, torch.float32))
         out = selective_scan(
-            u, interleave(dt_x, dt_y).flatten(1, 2), -torch.exp(a_log), interleave(b_x, b_y), interleave(c_x, c_y),
+            u, interleave(dt_x, dt_y).flatten(1, 2), A, interleave(b_x, b_y), interleave(c_x, c_y),
             self.Ds, delta_bias=self.dt_projs_bias.flatten(), delta_softplus=True, backend=self.scan_backend,
         )
-        out = out.view(b, NUM_DIRECTIONS, self.d_inner, length, 2)  # Recovering: even = x, odd = y
-        out_x = self._gate_and_project(cross_merge(out[..., 0], h, w), z_x)
-        out_y = self._gate_and_project(cross_merge(out[..., 1], h, w), z_y)
+        out = out.view(b, NUM_DIRECTIONS, self.d_inner, h * w, 2)  # Recovering: even = x, odd = y
+        out_x, out_y = (cross_merge(out[..., m], h, w).transpose(1, 2).reshape(b, h, w, self.d_inner) for m in (0, 1))
         return out_x, out_y
 
+    def _fused_scan(self, x: torch.Tensor, y: torch.Tensor, mark: torch.Tensor,
+                    A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Steps 2-7 by the fused CPU kernel from image-order tensors: no reordered or
+        interleaved copies (modalities are the kernel's M = 2 interleaved inputs).
+
+        Shape:
+            x, y, mark: (B, d_inner, H, W)  ->  two (B, H, W, d_inner)
+        """
+        b, _, h, w = x.shape
+        tokens = torch.stack([x.permute(0, 2, 3, 1), y.permute(0, 2, 3, 1)], dim=1).view(b, 2, h * w, self.d_inner)
+        weight = torch.stack([self.x_proj_weight, self.y_proj_weight])  # (2, K, R + 2N, d_inner)
+        x_dbl = project_image_tokens(tokens, weight)  # from the unmarked tokens
+        u = tokens + mark.permute(0, 2, 3, 1).reshape(b, 1, h * w, self.d_inner)
+        out = cross_selective_scan(u.transpose(2, 3), x_dbl, self.dt_projs_weight, A, self.Ds,
+                                   self.dt_projs_bias.flatten(), True, h, w)
+        return out[:, 0].view(b, h, w, self.d_inner), out[:, 1].view(b, h, w, self.d_inner)
+
     def _gate_and_project(self, tokens: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """(B, d_inner, L) scan output -> (B, H, W, C): norm, ``silu(z)`` gate, projection."""
-        tokens = tokens.transpose(1, 2).reshape(z.shape)
+        """(B, H, W, d_inner) scan output -> (B, H, W, C): norm, ``silu(z)`` gate, projection."""
         return self.dropout(self.out_proj(self.out_norm(tokens) * F.silu(z)))
 
     def extra_repr(self) -> str:

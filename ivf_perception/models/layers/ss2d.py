@@ -29,11 +29,12 @@ from ivf_perception.models.layers.ssm_params import (
     DirectionalScan,
     add_direction_params,
     dt_rank_for,
+    project_image_tokens,
     project_scan_params,
     reset_direction_params,
 )
 from ivf_perception.models.layers.window_scan import window_merge, window_scan
-from ivf_perception.models.ops import SCAN_BACKENDS, selective_scan
+from ivf_perception.models.ops import SCAN_BACKENDS, cpu_scan_usable, cross_selective_scan, selective_scan
 
 __all__ = ["SCAN_ORDERS", "SS2D", "check_scan_backend", "depthwise_conv"]
 
@@ -137,26 +138,52 @@ class SS2D(DirectionalScan):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_shape(x, "B H W C", name="x", C=self.d_model)
-        b, h, w, _ = x.shape
         x = self.in_proj(x)
         z = None
         if self.gated:
             x, z = x.chunk(2, dim=-1)
         x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))  # (B, d_inner, H, W)
+        a_log = self.A_logs.to(torch.promote_types(self.A_logs.dtype, torch.float32))
+        if (self.scan_order == "cross" and self.scan_backend in ("auto", "cpu")
+                and cpu_scan_usable(x, a_log, state_size=self.d_state)):
+            y = self._fused_cross_scan(x, -torch.exp(a_log))
+        else:
+            y = self._scan(x, -torch.exp(a_log))
+        y = self.out_norm(y)
+        if z is not None:
+            y = y * F.silu(z)
+        return self.dropout(self.out_proj(y))
+
+    def _scan(self, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        """Scan orders materialised, grouped scan, merge: any device, autograd, ONNX.
+
+        Shape:
+            x: (B, d_inner, H, W)  ->  (B, H, W, d_inner)
+        """
+        b, _, h, w = x.shape
         window = self.scan_order == "window"
         xs = window_scan(x, self.window_size) if window else cross_scan(x)  # (B, 4, d_inner, L)
         delta, bs, cs = project_scan_params(xs, self.x_proj_weight, self.dt_projs_weight, self.dt_rank, self.d_state)
-        a_log = self.A_logs.to(torch.promote_types(self.A_logs.dtype, torch.float32))
         ys = selective_scan(
-            xs.flatten(1, 2), delta.flatten(1, 2), -torch.exp(a_log), bs, cs, self.Ds,
+            xs.flatten(1, 2), delta.flatten(1, 2), A, bs, cs, self.Ds,
             delta_bias=self.dt_projs_bias.flatten(), delta_softplus=True, backend=self.scan_backend,
         )
         ys = ys.view(b, NUM_DIRECTIONS, self.d_inner, h * w)
         y = window_merge(ys, h, w, self.window_size) if window else cross_merge(ys, h, w)
-        y = self.out_norm(y.transpose(1, 2).reshape(b, h, w, self.d_inner))
-        if z is not None:
-            y = y * F.silu(z)
-        return self.dropout(self.out_proj(y))
+        return y.transpose(1, 2).reshape(b, h, w, self.d_inner)
+
+    def _fused_cross_scan(self, x: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
+        """The same cross scan by the fused CPU kernel, reading image-order tensors (no copies).
+
+        Shape:
+            x: (B, d_inner, H, W)  ->  (B, H, W, d_inner)
+        """
+        b, _, h, w = x.shape
+        tokens = x.permute(0, 2, 3, 1).reshape(b, 1, h * w, self.d_inner)  # a view when x is channels last
+        x_dbl = project_image_tokens(tokens, self.x_proj_weight)
+        y = cross_selective_scan(tokens.transpose(2, 3), x_dbl, self.dt_projs_weight, A, self.Ds,
+                                 self.dt_projs_bias.flatten(), True, h, w)
+        return y.view(b, h, w, self.d_inner)
 
     def extra_repr(self) -> str:
         window = f", window_size={self.window_size}" if self.scan_order == "window" else ""

@@ -28,6 +28,7 @@ __all__ = [
     "init_a_log",
     "no_weight_decay",
     "project_scan_params",
+    "project_image_tokens",
     "DirectionalScan",
     "add_direction_params",
     "reset_direction_params",
@@ -97,6 +98,25 @@ def project_scan_params(
     x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, x_proj_weight)
     dts, b, c = torch.split(x_dbl, [dt_rank, d_state, d_state], dim=2)
     return torch.einsum("bkrl,kdr->bkdl", dts, dt_projs_weight), b, c
+
+
+def project_image_tokens(tokens: torch.Tensor, x_proj_weight: torch.Tensor) -> torch.Tensor:
+    """Every direction's token projection (Δ's low-rank part, B, C) from image-order tokens.
+
+    The projection is per token, so projecting the image-order tokens once gives each
+    direction's values at image positions, without reading the tokens in the four orders;
+    the fused cross scan indexes them in each direction's order. Computed channels last, so
+    that one position's ``R + 2N`` values are contiguous for the kernel.
+
+    Shape:
+        tokens: (B, M, L, D) channels last; x_proj_weight: (M, K, R + 2N, D) (or (K, R + 2N, D)
+        for M = 1)  ->  (B, M, K, R + 2N, L), a view
+    """
+    bsz, mods, length, dim = tokens.shape
+    directions, rows = x_proj_weight.shape[-3], x_proj_weight.shape[-2]
+    weight = x_proj_weight.reshape(mods, directions * rows, dim).transpose(1, 2)  # (M, D, K·(R + 2N))
+    x_dbl = torch.matmul(tokens, weight).view(bsz, mods, length, directions, rows)
+    return x_dbl.permute(0, 1, 3, 4, 2)
 
 
 class DirectionalScan(nn.Module):

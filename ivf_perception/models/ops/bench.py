@@ -1,4 +1,5 @@
-"""Speed and accuracy of the chunked selective scan against the sequential reference.
+"""Speed and accuracy of the selective scan's implementations against the sequential reference:
+the chunked PyTorch form and, where it is built, the fused CPU kernel (or the CUDA kernel).
 
 Used by ``ivf-perception bench``. The default operands are those of S4Fusion's ``small``
 preset at its first scale: four scan directions stacked as channels (D = 4·48), grouped
@@ -15,7 +16,8 @@ from typing import Any, cast
 
 import torch
 
-from ivf_perception.models.ops.selective_scan import selective_scan_chunked, selective_scan_ref
+from ivf_perception.models.ops._backend import has_cpu_scan
+from ivf_perception.models.ops.selective_scan import selective_scan, selective_scan_chunked, selective_scan_ref
 
 __all__ = ["bench_selective_scan"]
 
@@ -45,10 +47,12 @@ def bench_selective_scan(
     repeats: int = 3,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Time the reference and the chunked scan (forward, no grad) on identical float32 inputs.
+    """Time the reference, the chunked scan and the fused CPU kernel (forward, no grad) on
+    identical float32 inputs, in one run so that their ratios share the machine's load.
 
     The reference runs once (it is the slow one, about 2-3 s at the defaults on one CPU
-    core); the chunked form runs ``repeats`` times and its best time is reported.
+    core); the chunked form and the kernel run ``repeats`` times, alternating, and their
+    best times are reported. The kernel is timed only on CPU where it is built.
 
     Args:
         L: sequence length.
@@ -58,13 +62,15 @@ def bench_selective_scan(
         G: groups of B/C (D must be divisible by G).
         device: where to run.
         chunk_size: chunk length of the chunked form.
-        repeats: timed calls of the chunked form.
+        repeats: timed calls of the chunked form and of the kernel.
         seed: seed of the random operands.
 
     Returns:
         ``{"L", "D", "N", "B", "G", "chunk_size", "device", "ref_s", "chunked_s", "speedup",
-        "max_abs_err", "max_abs_ref"}``: seconds per call, the ratio ref/chunked, the largest
-        absolute difference between the two outputs and, for scale, the largest |output|.
+        "max_abs_err", "max_abs_ref", "fused_s", "fused_speedup", "fused_max_abs_err"}``: seconds
+        per call, the ratio ref/chunked, the largest absolute difference between the chunked and
+        the reference outputs and, for scale, the largest |output|; the kernel's time, its
+        speed-up over the chunked form and its error (these three None without the kernel).
     """
     dev = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
@@ -84,11 +90,25 @@ def bench_selective_scan(
         out = selective_scan_chunked(u, delta, A, Bm, Cm, Dv, z, delta_softplus=True, chunk_size=chunk_size)
         return cast(torch.Tensor, out)
 
+    def run_fused() -> torch.Tensor:
+        return selective_scan(u, delta, A, Bm, Cm, Dv, z, delta_softplus=True, backend="cpu")
+
+    fused = dev.type == "cpu" and has_cpu_scan()
     with torch.no_grad():
         ref_s, y_ref = _timed(run_ref, dev, 1)
-        chunked_s, y = _timed(run_chunked, dev, repeats)
+        chunked_s = fused_s = float("inf")
+        y_fused = y_ref
+        for _ in range(repeats):  # alternate, so that a burst of load hits both
+            t, y = _timed(run_chunked, dev, 1)
+            chunked_s = min(chunked_s, t)
+            if fused:
+                t, y_fused = _timed(run_fused, dev, 1)
+                fused_s = min(fused_s, t)
     return {
         "L": L, "D": D, "N": N, "B": B, "G": G, "chunk_size": chunk_size, "device": str(dev),
         "ref_s": ref_s, "chunked_s": chunked_s, "speedup": ref_s / chunked_s,
         "max_abs_err": float((y - y_ref).abs().max()), "max_abs_ref": float(y_ref.abs().max()),
+        "fused_s": fused_s if fused else None,
+        "fused_speedup": chunked_s / fused_s if fused else None,
+        "fused_max_abs_err": float((y_fused - y_ref).abs().max()) if fused else None,
     }

@@ -1,5 +1,5 @@
 """Selective scan (Mamba's S6 recurrence): the sequential definition, a chunked parallel form
-and a dispatcher that uses mamba-ssm's CUDA kernel when it is there.
+and a dispatcher that uses a fused kernel when one is there (mamba-ssm's on CUDA, ours on CPU).
 
 The recurrence (Gu & Dao, "Mamba", 2023), per batch element ``b``, channel ``d`` and state
 ``n``::
@@ -13,11 +13,14 @@ The recurrence (Gu & Dao, "Mamba", 2023), per batch element ``b``, channel ``d``
 where channel ``d`` reads group ``d // (D // G)``: VMamba and S4Fusion stack their four scan
 directions along the channels and give each direction its own B/C this way.
 
-Why three implementations: mamba-ssm imports its compiled CUDA extension at import time, so a
-CPU machine (CI, a robot without NVIDIA GPU, ONNX export) needs a pure-PyTorch version.
-:func:`selective_scan_ref` is the literal definition (a Python loop over time) that everything
-else is tested against; :func:`selective_scan_chunked` is the fast form used by default;
-:func:`selective_scan` picks one.
+Why several implementations: the compiled kernels are optional (mamba-ssm imports its CUDA
+extension at import time; our C++ CPU kernel exists only where it could be built; our Triton
+kernel needs triton and a GPU) and have no ONNX form, so every machine and every export needs a
+pure-PyTorch version. :func:`selective_scan_ref` is the literal definition (a Python loop over
+time) that everything else is tested against; :func:`selective_scan_chunked` is the portable
+fast form, the fallback and the training path (the fused CPU and Triton kernels are
+forward-only); :func:`selective_scan` picks one: on CUDA mamba-ssm's kernel → our Triton kernel
+(:mod:`.scan_triton`, inference) → chunked; on CPU the fused CPU kernel → chunked.
 
 Everything is computed in at least float32 (half and bfloat16 inputs are promoted, float64
 stays float64 so that ``gradcheck`` works) and returned in ``u``'s dtype; the optional last
@@ -35,18 +38,27 @@ from torch import nn
 from torch.autograd.function import BackwardCFunction, FunctionCtx, once_differentiable
 
 from ivf_perception.checks import ShapeError, check_shape, checks_enabled
-from ivf_perception.models.ops._backend import get_cuda_scan, has_cuda_scan
+from ivf_perception.models.ops._backend import (
+    get_cuda_scan,
+    get_triton_scan,
+    has_cpu_scan,
+    has_cuda_scan,
+    has_triton_scan,
+)
 
 __all__ = [
     "SCAN_BACKENDS",
     "SelectiveScan",
+    "cpu_scan_usable",
     "selective_scan",
     "selective_scan_chunked",
     "selective_scan_ref",
 ]
 
-SCAN_BACKENDS = ("auto", "chunked", "ref", "cuda")
-"""Accepted ``backend`` values: ``auto`` (CUDA kernel when usable, else chunked), or one forced."""
+SCAN_BACKENDS = ("auto", "chunked", "ref", "cuda", "cpu", "triton", "export")
+"""Accepted ``backend`` values: ``auto`` (on CUDA: mamba-ssm's kernel, else our Triton kernel for
+inference, else chunked; on CPU: the fused CPU kernel when usable, else chunked; the ``export``
+form while exporting), or one forced (``cpu`` is the fused CPU kernel)."""
 
 ScanResult = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -438,6 +450,18 @@ def _cuda_usable(u: torch.Tensor) -> bool:
     )
 
 
+def _triton_usable(u: torch.Tensor, operands: tuple[torch.Tensor | None, ...]) -> bool:
+    """``auto`` takes the Triton kernel for CUDA inference only: it has no backward pass."""
+    return (
+        u.is_cuda
+        and u.dtype in (torch.float16, torch.bfloat16, torch.float32)
+        and not torch.onnx.is_in_onnx_export()
+        and not torch.jit.is_tracing()
+        and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands))
+        and has_triton_scan()
+    )
+
+
 def _selective_scan_cuda(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -461,6 +485,67 @@ def _selective_scan_cuda(
         None if delta_bias is None else delta_bias.float(),
         delta_softplus, return_last_state,
     )
+
+
+_MAX_CPU_STATE = 64
+"""Largest state size N the fused CPU kernel holds (``kMaxState`` in csrc/selective_scan_cpu.cpp)."""
+
+
+def cpu_scan_usable(*tensors: torch.Tensor | None, state_size: int) -> bool:
+    """Whether ``auto`` may take the fused CPU kernel for these operands.
+
+    CPU float32 tensors, a state size the kernel holds, nothing that needs a gradient (the
+    kernel is forward-only: training takes the chunked path), no ONNX export, tracing or
+    compiling (the kernel has no ONNX form, and a traced graph must hold the portable scan),
+    and the extension loads (:func:`~ivf_perception.models.ops._backend.has_cpu_scan`).
+    """
+    present = [t for t in tensors if t is not None]
+    return (
+        state_size <= _MAX_CPU_STATE
+        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in present)
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in present))
+        and not torch.onnx.is_in_onnx_export()
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()  # torch.export / dynamo ONNX / torch.compile trace
+        and has_cpu_scan()
+    )
+
+
+def _selective_scan_cpu(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor | None,
+    delta_softplus: bool,
+    return_last_state: bool,
+) -> ScanResult:
+    """Our fused C++ kernel (``torch.ops.ivf_perception.selective_scan_fwd``): float32, forward only."""
+    if not has_cpu_scan():
+        raise RuntimeError(
+            "the fused CPU selective scan is not available (not built, built for another torch, or disabled "
+            "by IVF_DISABLE_CPU_SCAN); build it with `python setup.py build_ext --inplace` or use "
+            "scan_backend='chunked'"
+        )
+    _check_operands(u, delta, A, B, C, D, z, delta_bias)
+    operands = (u, delta, A, B, C, D, z, delta_bias)
+    if not all(t is None or (t.device.type == "cpu" and t.dtype == torch.float32) for t in operands):
+        raise RuntimeError("backend='cpu' needs float32 CPU tensors; convert them or use 'chunked'")
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands):
+        raise RuntimeError("backend='cpu' is forward-only; use 'chunked' (or 'auto') where gradients are needed")
+    if A.shape[1] > _MAX_CPU_STATE:
+        raise RuntimeError(f"backend='cpu' supports N <= {_MAX_CPU_STATE}, got A of shape {tuple(A.shape)}")
+    if B.dim() == 3:
+        B, C = B.unsqueeze(1), C.unsqueeze(1)
+    y, last = torch.ops.ivf_perception.selective_scan_fwd(
+        u, delta, A.contiguous(), B, C,
+        None if D is None else D.contiguous(), z,
+        None if delta_bias is None else delta_bias.contiguous(), delta_softplus,
+    )
+    return (y, last) if return_last_state else y
 
 
 def _check_backend(backend: str) -> None:
@@ -509,9 +594,15 @@ def selective_scan(
     """Selective scan with the backend chosen at call time.
 
     ``auto`` uses mamba-ssm's CUDA kernel when :func:`has_cuda_scan` is true, the tensors are
-    on CUDA in a dtype it supports and no ONNX export or tracing is running; otherwise the
-    chunked PyTorch form. ``chunked``, ``ref`` and ``cuda`` force one implementation (``cuda``
-    raises a ``RuntimeError`` explaining how to install mamba-ssm when it is unavailable).
+    on CUDA in a dtype it supports and no ONNX export or tracing is running; while
+    ``torch.export`` (or the dynamo ONNX exporter) traces, the ``export`` form
+    (:mod:`~ivf_perception.models.ops.scan_export`, scan operators instead of unrolled loops);
+    on CPU our fused kernel when :func:`cpu_scan_usable` (float32, no gradient needed, no
+    export, extension built); on CUDA, for inference (no operand requiring gradients), our
+    Triton kernel when :func:`has_triton_scan` is true; otherwise the chunked PyTorch form.
+    ``chunked``, ``ref``, ``cuda``, ``cpu``, ``triton`` and ``export`` force one implementation
+    (``cuda``, ``cpu`` and ``triton`` raise a ``RuntimeError`` saying how to get them when they
+    are unavailable or cannot run these operands).
 
     Args:
         u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state: as in
@@ -528,9 +619,31 @@ def selective_scan(
     """
     _check_backend(backend)
     if backend == "auto":
-        backend = "cuda" if _cuda_usable(u) else "chunked"
+        if _cuda_usable(u):
+            backend = "cuda"
+        elif torch.compiler.is_exporting():
+            backend = "export"
+        elif cpu_scan_usable(u, delta, A, B, C, D, z, delta_bias, state_size=A.shape[-1]):
+            backend = "cpu"
+        elif _triton_usable(u, (u, delta, A, B, C, D, z, delta_bias)):
+            backend = "triton"
+        else:
+            backend = "chunked"
+    if backend == "export":  # scan operators instead of unrolled loops: see scan_export
+        from ivf_perception.models.ops.scan_export import selective_scan_export
+
+        return selective_scan_export(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state, chunk_size=chunk_size
+        )
     if backend == "cuda":
         return _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if backend == "cpu":
+        return _selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if backend == "triton":
+        _check_operands(u, delta, A, B, C, D, z, delta_bias)
+        return get_triton_scan()(  # type: ignore[return-value]
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state
+        )
     if backend == "ref":
         return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     return selective_scan_chunked(
