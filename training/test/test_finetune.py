@@ -94,7 +94,7 @@ def test_walkthrough_bag_extract_finetune_export_replay(tmp_path: Path, monkeypa
     monkeypatch.chdir(tmp_path)
     assert perception_main(["generate", "--bag", "drive", "--count", "4", "--size", "64x64"]) == 0
     assert perception_main(["extract", "drive", "--out", "frames", "--no-progress"]) == 0
-    assert train_main(["run", str(RECIPE), "name=ft", "data.train_folders=[frames]", "data.val_folders=[frames]",
+    assert train_main(["run", str(RECIPE), "name=ft",
                        "max_steps=1", "batch_size=2", "crop=64", "progress=false", "tensorboard=false"]) == 0
     out = capsys.readouterr().out
     assert "validation at step 0 -> end: fusion/Qabf" in out
