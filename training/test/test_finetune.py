@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -105,3 +106,29 @@ def test_walkthrough_bag_extract_finetune_export_replay(tmp_path: Path, monkeypa
                             "--no-progress", "--no-fusion-metrics"]) == 0
     metrics = json.loads((tmp_path / "replayed" / "metrics.json").read_text())
     assert metrics
+
+
+def test_unlabelled_folder_run_warns_and_keeps_the_frozen_head(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """An extracted bag without a label topic looks like this: vi/ and ir/ only."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for side, channels in (("vi", 3), ("ir", 1)):
+        (tmp_path / "pairs" / side).mkdir(parents=True)
+        for i in range(2):
+            pixels = rng.integers(0, 256, (64, 64, channels), dtype=np.uint8)
+            Image.fromarray(pixels.squeeze()).save(tmp_path / "pairs" / side / f"{i}.png")
+    cfg = load_config(None, [
+        "model.variant=s4fusion", "model.preset=tiny", "model.num_classes=9", "model.init_from=default",
+        "model.freeze_seg_head=true", "data.kind=folder", f"data.train_folders=[{tmp_path / 'pairs'}]",
+        "max_steps=1", "batch_size=2", "crop=64", "val_every=0", "ckpt_every=0", "progress=false",
+        "tensorboard=false", f"out_dir={tmp_path}", "name=ft", "best_metric=loss/total", "best_mode=min",
+    ])
+    with caplog.at_level(logging.WARNING, logger="ivf_training.build"):
+        trainer = start_run(cfg)
+    assert "the training data has no labels" in caplog.text and "segmentation head is frozen" in caplog.text
+    head_before = {k: v.clone() for k, v in trainer.model.seg_head.state_dict().items()}
+    trainer.fit()
+    for name, tensor in trainer.model.seg_head.state_dict().items():
+        assert torch.equal(tensor, head_before[name]), name
