@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch import nn
 
 from ivf_perception.cli.main import main as perception_main
 from ivf_perception.engine import DEFAULT_WEIGHTS
@@ -19,9 +20,15 @@ from ivf_perception.models import build_model
 from ivf_training.build import has_labels, load_initial_weights, resolve_init_from, warn_if_unlabelled
 from ivf_training.cli import main as train_main
 from ivf_training.config import ConfigError, load_config
-from ivf_training.trainer import start_run
+from ivf_training.trainer import Trainer, start_run
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "s4fusion_finetune_bag.yaml"
+
+
+def _head(trainer: Trainer) -> nn.Module:
+    head = trainer.model.seg_head
+    assert isinstance(head, nn.Module)
+    return head
 
 
 def test_init_from_default_loads_the_bundled_weights_exactly(tmp_path: Path) -> None:
@@ -48,16 +55,16 @@ def test_freeze_seg_head_and_step0_validation(tmp_path: Path) -> None:
         "best_mode=min",
     ])
     trainer = start_run(cfg)
-    head_before = {k: v.clone() for k, v in trainer.model.seg_head.state_dict().items()}
+    head_before = {k: v.clone() for k, v in _head(trainer).state_dict().items()}
     rest_before = {k: v.clone() for k, v in trainer.model.state_dict().items() if not k.startswith("seg_head.")}
     result = trainer.fit()
-    head_after = trainer.model.seg_head.state_dict()
+    head_after = _head(trainer).state_dict()
     for name, tensor in head_before.items():  # parameters and BatchNorm statistics
         assert torch.equal(head_after[name], tensor), name
     rest_after = trainer.model.state_dict()
     changed = [k for k, v in rest_before.items() if v.is_floating_point() and not torch.equal(rest_after[k], v)]
     assert len(changed) > len(rest_before) // 2
-    assert not trainer.model.seg_head.training  # stays in eval mode although the model trains
+    assert not _head(trainer).training  # stays in eval mode although the model trains
     records = [json.loads(line) for line in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
     val_steps = [r["step"] for r in records if r["kind"] == "val"]
     assert val_steps == [0, 2]
@@ -128,7 +135,7 @@ def test_unlabelled_folder_run_warns_and_keeps_the_frozen_head(tmp_path: Path,
     with caplog.at_level(logging.WARNING, logger="ivf_training.build"):
         trainer = start_run(cfg)
     assert "the training data has no labels" in caplog.text and "segmentation head is frozen" in caplog.text
-    head_before = {k: v.clone() for k, v in trainer.model.seg_head.state_dict().items()}
+    head_before = {k: v.clone() for k, v in _head(trainer).state_dict().items()}
     trainer.fit()
-    for name, tensor in trainer.model.seg_head.state_dict().items():
+    for name, tensor in _head(trainer).state_dict().items():
         assert torch.equal(tensor, head_before[name]), name
