@@ -20,7 +20,7 @@ from ivf_perception.models import build_model
 from ivf_training.build import has_labels, load_initial_weights, resolve_init_from, warn_if_unlabelled
 from ivf_training.cli import main as train_main
 from ivf_training.config import ConfigError, load_config
-from ivf_training.trainer import Trainer, start_run
+from ivf_training.trainer import Trainer, resume_run, start_run
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "s4fusion_finetune_bag.yaml"
 
@@ -139,3 +139,19 @@ def test_unlabelled_folder_run_warns_and_keeps_the_frozen_head(tmp_path: Path,
     trainer.fit()
     for name, tensor in _head(trainer).state_dict().items():
         assert torch.equal(tensor, head_before[name]), name
+
+
+def test_resumed_fine_tune_keeps_its_step0_validation(tmp_path: Path) -> None:
+    cfg = load_config(None, [
+        "model.variant=s4fusion", "model.preset=tiny", "model.num_classes=9", "model.init_from=default",
+        "data.generated.train_count=4", "data.generated.val_count=1", "data.generated.scene={height: 64, width: 64}",
+        "max_steps=2", "batch_size=2", "crop=64", "val_every=0", "ckpt_every=1", "progress=false",
+        "tensorboard=false", f"out_dir={tmp_path}", "name=ft", "best_metric=loss/total", "best_mode=min",
+    ])
+    first = start_run(cfg).fit(stop_at_step=1)
+    assert not (tmp_path / "ft" / "summary.json").exists()  # not finished yet
+    result = resume_run(tmp_path / "ft").fit()
+    assert result["start_val"] == first["start_val"] and result["start_val"]
+    records = [json.loads(line) for line in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "val"] == [0, 2]
+    assert json.loads((tmp_path / "ft" / "summary.json").read_text())["start_val"] == first["start_val"]
