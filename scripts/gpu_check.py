@@ -397,7 +397,7 @@ def _bench_args(variant: str, preset: str, backends: list[str], precisions: list
     return bench_parser().parse_args([
         "--variants", variant, "--presets", preset, "--device", "cuda", "--sizes", f"{size[0]}x{size[1]}",
         "--backends", ",".join(backends), "--precisions", ",".join(precisions), "--repeats", str(repeats),
-        "--backend-cache-dir", cache_dir, "--skip-scan", "--skip-bundled",
+        "--backend-cache-dir", cache_dir, "--skip-scan", "--fused-vs-chunked",
     ])
 
 

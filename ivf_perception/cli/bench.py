@@ -146,10 +146,24 @@ def _bench_model(args: argparse.Namespace, variant: str, preset: str, device: st
         _bench_scan(args, variant, preset, device, params, gmacs, scan, cache_dir, rows, skipped)
 
 
+def _scan_unavailable(scan: str, device: str) -> str | None:
+    """Why a forced selective-scan kernel cannot run on ``device`` here, or None."""
+    if scan == "cpu" and (device != "cpu" or not has_cpu_scan()):
+        return "the fused CPU kernel runs on the CPU only and is not built here (README, Fused CPU kernel)"
+    if scan in ("cuda", "triton") and not device.startswith("cuda"):
+        return f"the {scan} scan needs a CUDA device"
+    return None
+
+
 def _bench_scan(args: argparse.Namespace, variant: str, preset: str, device: str, params: float, gmacs: float,
                 scan: str, cache_dir: str, rows: list[dict[str, Any]], skipped: list[str]) -> None:
     """The rows of one model built with one selective-scan implementation (``-``: none)."""
     overrides: dict[str, Any] = {"scan_backend": scan} if scan not in ("-", "auto") else {}
+    unavailable = _scan_unavailable(scan, device)
+    if unavailable:  # a forced kernel fails only at the first forward: say so up front instead
+        skipped.append(f"{variant}/{preset} {scan} scan: {unavailable}")
+        print(f"skipped {variant}/{preset} {scan} scan: {unavailable}", flush=True)
+        return
     try:
         model = build_model(variant, preset=preset, **overrides)
     except (RuntimeError, ValueError) as exc:  # e.g. the fused CPU kernel is not built here
