@@ -47,6 +47,8 @@ SCAN_BACKENDS = ("auto", "chunked", "ref", "cuda", "cpu", "triton")
 """User-selectable scans (``models.ops.SCAN_BACKENDS`` less the internal ``export`` form; no torch import here)."""
 INFERENCE_BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
 """Names of ``engine.backends.BACKEND_MODULES`` (spelled out: this module does not import torch)."""
+BUNDLED_VARIANT, BUNDLED_PRESET = "s4fusion", "tiny"
+"""What ``weights: default`` (``weights/s4fusion_tiny_default.safetensors``) holds."""
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -217,6 +219,9 @@ PIPELINE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("homography", "double_array", None,
               "3x3 row-major homography mapping thermal pixels to RGB pixels (9 numbers); not set "
               "= thermal is only resized to the RGB size", check=_check_homography),
+    ParamSpec("min_confidence", "double", 0.0,
+              "pixels whose largest class probability (softmax) is below this are published as class 0 "
+              "(unlabelled); 0 = every pixel keeps its argmax class", min_value=0.0, max_value=1.0),
     ParamSpec("overlay_alpha", "double", 0.5, "opacity of the class colours in the overlay",
               safe=True, min_value=0.0, max_value=1.0),
     ParamSpec("time_jump_threshold_s", "double", 1.0,
@@ -247,6 +252,7 @@ class PipelineConfig:
         homography: 9 row-major numbers mapping thermal pixels to RGB pixels, or None.
         class_names, palette: class table overriding the weights', or None.
         overlay_alpha: opacity of the class colours in overlays.
+        min_confidence: softmax probability below which a pixel's label becomes class 0.
         slop_s, queue_size, time_jump_threshold_s: the pairer's settings
             (:class:`~ivf_perception.sync.ApproximateTimePairer`).
         threads: CPU threads, 0 = auto (:mod:`ivf_perception.engine.threads`).
@@ -270,6 +276,7 @@ class PipelineConfig:
     queue_size: int
     time_jump_threshold_s: float
     threads: int = 0
+    min_confidence: float = 0.0
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> PipelineConfig:
@@ -297,18 +304,29 @@ class PipelineConfig:
             class_names=opt_tuple("class_names"), palette=opt_tuple("palette"),
             overlay_alpha=float(v["overlay_alpha"]), slop_s=float(v["slop_s"]), queue_size=int(v["queue_size"]),
             time_jump_threshold_s=float(v["time_jump_threshold_s"]), threads=int(v["threads"]),
+            min_confidence=float(v["min_confidence"]),
         )
 
 
 def default_weights(variant: str | None, preset: str | None) -> str:
-    """The weights a command uses when none are named: the bundled ones only where they fit.
+    """The weights a command uses when none are named: the bundled ones, where they fit.
 
-    The bundled weights are an S4Fusion at its bundled preset, so a command asked for another
-    variant or an explicit preset without weights builds that model at random initialisation
-    (``none``) instead of failing on a mismatch. The node has no such rule: its ``weights``
-    parameter always has a value (``default``).
+    The bundled weights are an S4Fusion at its bundled preset. Another variant or an explicit
+    preset without weights used to build that model at random initialisation and run it for
+    minutes as if it were trained; random weights are now opt-in (``--weights none``).
+
+    Raises:
+        ParameterValueError: no weights fit the request; the text lists the bundled weights,
+            the weights given (none) and how to opt in to random ones.
     """
-    return "default" if variant in (None, "auto", "s4fusion") and not preset else "none"
+    if variant in (None, "auto", BUNDLED_VARIANT) and preset in (None, "", BUNDLED_PRESET):
+        return "default"
+    asked = "/".join(x for x in (variant or BUNDLED_VARIANT, preset) if x)
+    raise ParameterValueError(
+        f"no weights for {asked}: the bundled weights ('default') are {BUNDLED_VARIANT}/{BUNDLED_PRESET} and no "
+        "weights file was "
+        f"given; pass --weights FILE.safetensors trained for {asked}, or --weights none to run it at random "
+        "initialisation (benchmarks and tests only: its outputs mean nothing)")
 
 
 def backend_options(config: PipelineConfig) -> dict[str, Any]:
@@ -340,6 +358,7 @@ def engine_arguments(config: PipelineConfig) -> tuple[str, dict[str, Any]]:
         "preset": config.preset,
         "backend": config.backend,
         "backend_options": backend_options(config),
+        "min_confidence": config.min_confidence,
     }
     if config.scan_backend != "auto":
         kwargs["scan_backend"] = config.scan_backend

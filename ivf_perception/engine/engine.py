@@ -117,6 +117,7 @@ class Engine:
             batch padded to it (never resized) and its outputs cropped back; a larger input is
             an :class:`EngineError`.
         backend_options: backend-specific settings (``cache_dir``, ``force_rebuild``, ...).
+        min_confidence: labels of pixels whose softmax maximum is below it become class 0.
         model_overrides: extra constructor arguments (e.g. ``scan_backend``).
     """
 
@@ -126,13 +127,16 @@ class Engine:
                  agc: AGCConfig | None = None, homography: Sequence[float] | np.ndarray | None = None,
                  class_names: Sequence[str] | None = None, palette: Sequence[int] | None = None,
                  backend: str = "torch", backend_options: dict[str, Any] | None = None,
-                 **model_overrides: Any) -> None:
+                 min_confidence: float = 0.0, **model_overrides: Any) -> None:
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
             raise EngineError(f"precision '{precision}' is not supported; use one of {', '.join(PRECISIONS)}")
         if precision == "fp16" and self.device.type != "cuda":
             raise EngineError("precision fp16 needs a CUDA device; on the CPU use fp32 or bf16")
         self.precision = precision
+        if not 0.0 <= min_confidence <= 1.0:
+            raise EngineError(f"min_confidence must be in [0, 1], got {min_confidence}")
+        self.min_confidence = float(min_confidence)
         self._agc = agc or AGCConfig()
         self._homography = None if homography is None else validate_homography(homography)
         self.info: WeightsInfo | None = None
@@ -253,6 +257,15 @@ class Engine:
                          len(palette), self.num_classes)
         self.palette = [int(c) for c in palette]
 
+    def training_domain(self) -> str:
+        """What the weights were trained on, for the log line a user reads at startup."""
+        if self.info is None:
+            return "no weights: random initialisation, outputs mean nothing"
+        domain = " + ".join(self.info.training_domain) or "unknown (the sidecar does not record it)"
+        if self.num_classes and self.info.training_domain and "labelled datasets" not in self.info.training_domain:
+            domain += "; class labels were learnt from synthetic scenes only"
+        return domain
+
     def describe(self) -> dict[str, Any]:
         """A summary for logs, diagnostics and reports."""
         return {
@@ -264,7 +277,8 @@ class Engine:
             **self.backend.describe(),
             "parameters": None if self.model is None else sum(p.numel() for p in self.model.parameters()),
             "weights": None if self.info is None else {"recipe": self.info.recipe.get("name"),
-                                                        "metrics": self.info.metrics},
+                                                        "metrics": self.info.metrics,
+                                                        "training_domain": self.info.training_domain},
         }
 
     # ------------------------------------------------------------------ inference
@@ -293,7 +307,7 @@ class Engine:
             out = self.infer_tensors(batch.rgb, batch.thermal)
         with timer.stage("postprocess"):
             fused = to_uint8_rgb(out.fused)
-            ids = logits_to_labels(out.logits) if out.logits is not None and labels else None
+            ids = logits_to_labels(out.logits, self.min_confidence) if out.logits is not None and labels else None
             results = []
             for i, (h, w) in enumerate(batch.sizes):
                 results.append(EngineResult(

@@ -37,10 +37,16 @@ __all__ = [
     "load_weights",
     "read_sidecar",
     "sidecar_path",
+    "TRAINING_DOMAINS",
+    "training_domain",
 ]
 
 WEIGHTS_FORMAT = "ivf_perception.weights/1"
 _PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar"}
+TRAINING_DOMAINS = ("generated scenes", "real unlabelled pairs", "labelled datasets")
+"""What a model's labels can be trusted on depends on what it saw: synthetic scenes only teach
+synthetic classes, unlabelled real pairs only train fusion, labelled datasets train labels on
+real images. The sidecar's ``training_domain`` lists these, in this order."""
 
 
 class WeightsError(IvfPerceptionError, ValueError):
@@ -62,6 +68,8 @@ class WeightsInfo:
         recipe: the resolved training configuration.
         data: what the model was trained and validated on.
         metrics: validation metrics.
+        training_domain: the kinds of training data (:data:`TRAINING_DOMAINS`), empty when
+            unknown (sidecars written before it was recorded).
     """
 
     variant: str
@@ -74,6 +82,7 @@ class WeightsInfo:
     recipe: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    training_domain: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": WEIGHTS_FORMAT, **self.__dict__}
@@ -89,6 +98,34 @@ class WeightsInfo:
             raise WeightsError(f"{source}: sidecar lacks required keys {missing}")
         known = {k: obj[k] for k in cls.__dataclass_fields__ if k in obj}
         return cls(**known)
+
+
+def training_domain(data: Mapping[str, Any]) -> list[str]:
+    """The :data:`TRAINING_DOMAINS` a run's ``data.json`` description (its ``train`` part) covers.
+
+    Generated scenes are ``kind: generated``; folders of pairs count as labelled only when some
+    pair has a label file; the named public datasets (MFNet, FMB, ...) are labelled.
+    """
+    found: set[str] = set()
+
+    def visit(part: Any) -> None:
+        if not isinstance(part, Mapping):
+            return
+        kind = part.get("kind")
+        if kind == "mix":
+            for sub in part.get("parts", []):
+                visit(sub)
+        elif kind == "generated":
+            found.add("generated scenes")
+        elif kind in ("real_pairs", "folder", "extract"):
+            folders = part.get("folders", [part])
+            labelled = sum(int(f.get("labelled", 0) or 0) for f in folders if isinstance(f, Mapping))
+            found.add("labelled datasets" if labelled else "real unlabelled pairs")
+        elif kind is not None:
+            found.add("labelled datasets")
+
+    visit(data.get("train", {}))
+    return [d for d in TRAINING_DOMAINS if d in found]
 
 
 def sidecar_path(weights_path: str | Path) -> Path:
@@ -162,7 +199,8 @@ def check_expected(path: Path, info: WeightsInfo, *, variant: str | None = None,
     if variant and variant != info.variant:
         raise WeightsError(
             f"{path} holds weights of variant '{info.variant}' but variant '{variant}' was requested; "
-            f"use --variant {info.variant} or weights trained for {variant}"
+            f"use --variant {info.variant}, weights trained for {variant}, or weights 'none' to run {variant} at "
+            "random initialisation (meaningless outputs)"
         )
     if num_classes is not None and num_classes != info.num_classes:
         raise WeightsError(

@@ -199,6 +199,7 @@ class FusionNode(LifecycleNode):
             f"{info['device']} {info['precision']}, backend {info['backend']}, "
             f"{resolve_threads(config.pipeline.threads)} CPU threads, weights '{config.pipeline.weights}', warm-up "
             f"{config.warmup_size[0]}x{config.warmup_size[1]} took {warmup_ms:.0f} ms")
+        self.get_logger().info(f"weights trained on: {engine.training_domain()}")
         return TransitionCallbackReturn.SUCCESS
 
     @_transition

@@ -205,7 +205,13 @@ def test_engine_arguments_follow_one_set_of_rules() -> None:
     with pytest.raises(ParameterValueError, match="backend must be one of torch, compile, onnxruntime, tensorrt"):
         PipelineConfig.from_values({"backend": "chunked"})
     assert default_weights(None, None) == default_weights("s4fusion", None) == "default"
-    assert default_weights("cmfs", None) == default_weights(None, "small") == "none"
+    assert default_weights("s4fusion", "tiny") == "default"
+    for variant, preset in (("cmfs", None), (None, "small")):
+        with pytest.raises(ParameterValueError) as err:
+            default_weights(variant, preset)
+        text = str(err.value)
+        assert "bundled weights ('default') are s4fusion/tiny" in text and "no weights file was given" in text
+        assert "--weights none" in text
 
 
 def test_from_config_builds_the_configured_engine() -> None:
@@ -224,3 +230,18 @@ def test_results_carry_wall_and_cpu_time_per_stage(engine: Engine) -> None:
     result = engine.infer(np.zeros((32, 48, 3), np.uint8), np.zeros((32, 48), np.uint8))
     assert set(result.timings_ms) == set(result.cpu_ms) == {"preprocess", "inference", "postprocess"}
     assert all(v >= 0.0 for v in result.cpu_ms.values())
+
+
+def test_min_confidence_reaches_the_engine_from_the_pipeline_values() -> None:
+    from ivf_perception.engine.config import ParameterValueError, PipelineConfig
+
+    config = PipelineConfig.from_values({"variant": "test_s4fusion", "weights": "none", "device": "cpu",
+                                         "min_confidence": 0.99})
+    engine = Engine.from_config(config)
+    assert engine.min_confidence == 0.99
+    rng = np.random.default_rng(0)
+    result = engine.infer(rng.integers(0, 256, (32, 40, 3), np.uint8), rng.integers(0, 256, (32, 40), np.uint8))
+    # a random 9-class model is never 99 % sure: everything is unlabelled
+    assert result.labels is not None and not result.labels.any()
+    with pytest.raises(ParameterValueError, match=r"min_confidence must be in \[0.0, 1.0\], got 2.0"):
+        PipelineConfig.from_values({"min_confidence": 2.0})

@@ -125,3 +125,30 @@ def test_build_model_from_weights_refuses_pickles_and_missing_files(tmp_path: Pa
         build_model_from_weights(path)
     with pytest.raises(WeightsError, match="not found"):
         build_model_from_weights(tmp_path / "none.safetensors")
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"train": {"kind": "generated", "count": 4}}, ["generated scenes"]),
+    ({"train": {"kind": "mix", "parts": [
+        {"kind": "real_pairs", "folders": [{"labelled": 0, "pairs": 3}], "pairs": 3},
+        {"kind": "generated", "count": 4}]}}, ["generated scenes", "real unlabelled pairs"]),
+    ({"train": {"kind": "folder", "labelled": 5, "pairs": 5}}, ["labelled datasets"]),
+    ({"train": {"kind": "mfnet", "samples": 10}}, ["labelled datasets"]),
+    ({}, []),
+])
+def test_training_domain_names_the_kinds_of_data(data, expected) -> None:
+    from ivf_perception.engine.weights import training_domain
+
+    assert training_domain(data) == expected
+
+
+def test_engine_says_what_the_weights_were_trained_on(tmp_path: Path) -> None:
+    model = build_model("test_s4fusion")
+    info = WeightsInfo(variant="test_s4fusion", preset="test", num_classes=9,
+                       training_domain=["generated scenes", "real unlabelled pairs"])
+    path = save_weights(model.state_dict(), tmp_path / "w.safetensors", info)
+    engine = Engine("auto", weights=path, device="cpu")
+    assert engine.training_domain() == ("generated scenes + real unlabelled pairs; "
+                                        "class labels were learnt from synthetic scenes only")
+    assert engine.describe()["weights"]["training_domain"] == ["generated scenes", "real unlabelled pairs"]
+    assert "random initialisation" in Engine("test_s4fusion", device="cpu").training_domain()

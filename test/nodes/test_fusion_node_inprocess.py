@@ -305,3 +305,18 @@ def test_onnxruntime_backend_configures_runs_and_a_failed_build_can_be_retried(m
     assert node._engine is None
     assert node.set_parameters([Parameter("warmup_size", value=list(onnx_size))])[0].successful
     assert node.trigger_configure() == SUCCESS and node._engine.model is None, ".onnx weights: no torch model"
+
+
+def test_configure_logs_what_the_weights_were_trained_on(make_node, tmp_path, capfd) -> None:
+    from ivf_perception.engine import WeightsInfo, save_weights
+    from ivf_perception.models import build_model
+
+    info = WeightsInfo(variant="test_s4fusion", preset="test", num_classes=9,
+                       training_domain=["generated scenes", "real unlabelled pairs"])
+    weights = save_weights(build_model("test_s4fusion").state_dict(), tmp_path / "w.safetensors", info)
+    node = make_node(weights=str(weights), min_confidence=0.5)
+    assert node.trigger_configure() == SUCCESS
+    assert node._engine.min_confidence == 0.5
+    err = capfd.readouterr().err
+    assert ("weights trained on: generated scenes + real unlabelled pairs; class labels were learnt from "
+            "synthetic scenes only") in err
