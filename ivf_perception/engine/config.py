@@ -229,6 +229,10 @@ PIPELINE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("min_confidence", "double", 0.0,
               "pixels whose largest class probability (softmax) is below this are published as class 0 "
               "(unlabelled); 0 = every pixel keeps its argmax class", min_value=0.0, max_value=1.0),
+    ParamSpec("max_input_pixels", "integer", 3840 * 2160,
+              "an RGB or thermal image with more pixels is refused with a per-frame error (memory grows with "
+              "the pixel count: a 2160x3840 pair took about 4 GB on the CPU); 0 = no limit",
+              min_value=0, max_value=2**31 - 1),
     ParamSpec("overlay_alpha", "double", 0.5, "opacity of the class colours in the overlay",
               safe=True, min_value=0.0, max_value=1.0),
     ParamSpec("time_jump_threshold_s", "double", 1.0,
@@ -260,6 +264,7 @@ class PipelineConfig:
         class_names, palette: class table overriding the weights', or None.
         overlay_alpha: opacity of the class colours in overlays.
         min_confidence: softmax probability below which a pixel's label becomes class 0.
+        max_input_pixels: largest accepted input image, in pixels (0 = no limit).
         slop_s, queue_size, time_jump_threshold_s: the pairer's settings
             (:class:`~ivf_perception.sync.ApproximateTimePairer`).
         threads: CPU threads, 0 = auto (:mod:`ivf_perception.engine.threads`).
@@ -284,6 +289,7 @@ class PipelineConfig:
     time_jump_threshold_s: float
     threads: int = 0
     min_confidence: float = 0.0
+    max_input_pixels: int = 3840 * 2160
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> PipelineConfig:
@@ -311,7 +317,7 @@ class PipelineConfig:
             class_names=opt_tuple("class_names"), palette=opt_tuple("palette"),
             overlay_alpha=float(v["overlay_alpha"]), slop_s=float(v["slop_s"]), queue_size=int(v["queue_size"]),
             time_jump_threshold_s=float(v["time_jump_threshold_s"]), threads=int(v["threads"]),
-            min_confidence=float(v["min_confidence"]),
+            min_confidence=float(v["min_confidence"]), max_input_pixels=int(v["max_input_pixels"]),
         )
 
 
@@ -366,6 +372,7 @@ def engine_arguments(config: PipelineConfig) -> tuple[str, dict[str, Any]]:
         "backend": config.backend,
         "backend_options": backend_options(config),
         "min_confidence": config.min_confidence,
+        "max_input_pixels": config.max_input_pixels,
     }
     if config.scan_backend != "auto":
         kwargs["scan_backend"] = config.scan_backend

@@ -118,6 +118,8 @@ class Engine:
             an :class:`EngineError`.
         backend_options: backend-specific settings (``cache_dir``, ``force_rebuild``, ...).
         min_confidence: labels of pixels whose softmax maximum is below it become class 0.
+        max_input_pixels: an input image with more pixels is refused (:class:`InputError`)
+            before any work; 0 = no limit.
         model_overrides: extra constructor arguments (e.g. ``scan_backend``).
     """
 
@@ -127,7 +129,7 @@ class Engine:
                  agc: AGCConfig | None = None, homography: Sequence[float] | np.ndarray | None = None,
                  class_names: Sequence[str] | None = None, palette: Sequence[int] | None = None,
                  backend: str = "torch", backend_options: dict[str, Any] | None = None,
-                 min_confidence: float = 0.0, **model_overrides: Any) -> None:
+                 min_confidence: float = 0.0, max_input_pixels: int = 0, **model_overrides: Any) -> None:
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
             raise EngineError(f"precision '{precision}' is not supported; use one of {', '.join(PRECISIONS)}")
@@ -137,6 +139,9 @@ class Engine:
         if not 0.0 <= min_confidence <= 1.0:
             raise EngineError(f"min_confidence must be in [0, 1], got {min_confidence}")
         self.min_confidence = float(min_confidence)
+        if max_input_pixels < 0:
+            raise EngineError(f"max_input_pixels must be 0 (no limit) or positive, got {max_input_pixels}")
+        self.max_input_pixels = int(max_input_pixels)
         self._agc = agc or AGCConfig()
         self._homography = None if homography is None else validate_homography(homography)
         self.info: WeightsInfo | None = None
@@ -302,7 +307,8 @@ class Engine:
         timer = StageTimer(self.device)
         with timer.stage("preprocess"):
             batch = prepare_batch(list(rgbs), list(thermals), multiple=self.input_multiple,
-                                  device=self.device, agc=self._agc, homography=self._homography)
+                                  device=self.device, agc=self._agc, homography=self._homography,
+                                  max_pixels=self.max_input_pixels)
         with timer.stage("inference"):
             out = self.infer_tensors(batch.rgb, batch.thermal)
         with timer.stage("postprocess"):

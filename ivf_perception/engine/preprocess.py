@@ -25,7 +25,8 @@ from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.io.registration import resize_to, warp_thermal
 from ivf_perception.io.thermal import BT601_LUMA, AGCConfig
 
-__all__ = ["InputError", "PreparedBatch", "align_thermal", "prepare_rgb", "prepare_thermal", "prepare_batch", "pad_to"]
+__all__ = ["InputError", "PreparedBatch", "align_thermal", "check_input_size", "prepare_rgb", "prepare_thermal",
+           "prepare_batch", "pad_to"]
 
 _log = logging.getLogger(__name__)
 
@@ -141,10 +142,28 @@ def align_thermal(thermal: np.ndarray, size: tuple[int, int], homography: np.nda
     return thermal
 
 
+def check_input_size(image: np.ndarray, what: str, max_pixels: int) -> None:
+    """Refuse an image of more than ``max_pixels`` pixels (0 = no limit) before any work on it.
+
+    Why: activations grow with the pixel count (a 2160×3840 pair took about 4 GB on the CPU), so
+    one oversized frame can take the robot's memory; refusing it costs nothing and the next
+    frame is served.
+    """
+    shape = np.shape(image)
+    pixels = int(shape[0]) * int(shape[1]) if len(shape) >= 2 else 0
+    if max_pixels and pixels > max_pixels:
+        raise InputError(
+            f"{what} image {shape[0]}×{shape[1]} has {pixels} pixels, more than max_input_pixels={max_pixels}; "
+            "downscale it at the camera or driver, or raise max_input_pixels if the memory allows")
+
+
 def prepare_batch(rgbs: list[np.ndarray], thermals: list[np.ndarray], *, multiple: int,
                   device: torch.device, agc: AGCConfig | None = None,
-                  homography: np.ndarray | None = None) -> PreparedBatch:
+                  homography: np.ndarray | None = None, max_pixels: int = 0) -> PreparedBatch:
     """Validate, align and pad a batch of pairs for a model with input multiple ``multiple``.
+
+    ``max_pixels`` > 0: an RGB or thermal image larger than that is an :class:`InputError`
+    (:func:`check_input_size`), checked before any conversion.
 
     The batch is assembled once, in place, on the host: each RGB plane is split out of the
     interleaved image (OpenCV) and divided by 255 straight into its slot, so the values equal
@@ -155,6 +174,9 @@ def prepare_batch(rgbs: list[np.ndarray], thermals: list[np.ndarray], *, multipl
         raise InputError(f"got {len(rgbs)} RGB images but {len(thermals)} thermal images")
     if not rgbs:
         raise InputError("empty batch")
+    for r, t in zip(rgbs, thermals):
+        check_input_size(r, "RGB", max_pixels)
+        check_input_size(t, "thermal", max_pixels)
     rgb_u8 = [prepare_rgb(r, agc) for r in rgbs]
     sizes = [r.shape[:2] for r in rgb_u8]
     th = [align_thermal(prepare_thermal(t, agc), s, homography) for t, s in zip(thermals, sizes)]

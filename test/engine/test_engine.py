@@ -246,3 +246,16 @@ def test_min_confidence_reaches_the_engine_from_the_pipeline_values() -> None:
     assert result.labels is not None and not result.labels.any()
     with pytest.raises(ParameterValueError, match=r"min_confidence must be in \[0.0, 1.0\], got 2.0"):
         PipelineConfig.from_values({"min_confidence": 2.0})
+
+
+def test_images_over_max_input_pixels_are_refused_before_any_work() -> None:
+    engine = Engine("test_s4fusion", device="cpu", max_input_pixels=40 * 50)
+    rng = np.random.default_rng(0)
+    ok = engine.infer(rng.integers(0, 256, (40, 50, 3), np.uint8), rng.integers(0, 256, (40, 50), np.uint8))
+    assert ok.fused.shape == (40, 50, 3)
+    with pytest.raises(InputError, match=r"RGB image 41×50 has 2050 pixels, more than max_input_pixels=2000"):
+        engine.infer(np.zeros((41, 50, 3), np.uint8), np.zeros((40, 50), np.uint8))
+    with pytest.raises(InputError, match=r"thermal image 60×60 has 3600 pixels, more than max_input_pixels=2000"):
+        engine.infer(np.zeros((40, 50, 3), np.uint8), np.zeros((60, 60), np.uint16))
+    assert Engine("test_s4fusion", device="cpu", max_input_pixels=0).infer(
+        np.zeros((60, 60, 3), np.uint8), np.zeros((60, 60), np.uint8)).fused.shape == (60, 60, 3)

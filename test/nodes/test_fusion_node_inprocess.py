@@ -320,3 +320,18 @@ def test_configure_logs_what_the_weights_were_trained_on(make_node, tmp_path, ca
     err = capfd.readouterr().err
     assert ("weights trained on: generated scenes + real unlabelled pairs; class labels were learnt from "
             "synthetic scenes only") in err
+
+
+def test_a_frame_over_max_input_pixels_is_skipped_and_the_node_keeps_serving(make_node) -> None:
+    node = make_node(max_input_pixels=64 * 80 - 1, warmup_size=[32, 40])
+    assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
+    node._process(_pair(1_000))  # 64x80 = 5120 pixels, one too many
+    assert node._failed == 1 and node._processed == 0 and node._worker.is_alive()
+    report = assess_health(node._snapshot())
+    assert "InputError: RGB image 64×80 has 5120 pixels, more than max_input_pixels=5119" in report.message
+    assert node.trigger_deactivate() == SUCCESS
+    node.set_parameters([Parameter("max_input_pixels", value=64 * 80)])
+    assert node.trigger_cleanup() == SUCCESS and node.trigger_configure() == SUCCESS
+    assert node.trigger_activate() == SUCCESS
+    node._process(_pair(2_000))
+    assert node._processed == 1 and node._failed == 0
