@@ -22,7 +22,7 @@ from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.io.classes import palette_to_array
 from ivf_perception.io.errors import AGCError, HomographyError
 from ivf_perception.io.registration import validate_homography
-from ivf_perception.io.thermal import AGCConfig
+from ivf_perception.io.thermal import AGC_MODES, AGCConfig
 from ivf_perception.models.registry import describe_presets
 
 __all__ = [
@@ -36,7 +36,8 @@ __all__ = [
     "PipelineConfig",
     "validate_value",
     "check_range",
-    "check_agc",
+    "agc_config",
+    "AGC_PARAMETERS",
     "default_weights",
     "backend_options",
     "engine_arguments",
@@ -173,12 +174,29 @@ def _check_homography(values: list[Any]) -> None:
         raise ParameterValueError(f"homography: {exc}") from None
 
 
-def check_agc(low: Any, high: Any) -> None:
-    """Raise unless the two AGC percentiles form a valid window (they are checked as a pair)."""
+AGC_PARAMETERS = ("agc_low_pct", "agc_high_pct", "agc_mode", "agc_fixed_low", "agc_fixed_high", "agc_smoothing")
+"""The parameters :func:`agc_config` reads (a change of any of them rebuilds the engine's AGC)."""
+
+
+def agc_config(values: Mapping[str, Any]) -> AGCConfig:
+    """The AGC settings of validated pipeline values (missing ones at their defaults).
+
+    Raises:
+        ParameterValueError: a combination the AGC refuses (percentiles out of order, an empty
+            fixed window).
+    """
+    v = {name: values.get(name, PIPELINE_SPECS[name].default) for name in AGC_PARAMETERS}
     try:
-        AGCConfig(low, high)
+        return AGCConfig(float(v["agc_low_pct"]), float(v["agc_high_pct"]), mode=v["agc_mode"],
+                         fixed_low=float(v["agc_fixed_low"]), fixed_high=float(v["agc_fixed_high"]),
+                         smoothing=float(v["agc_smoothing"]))
     except AGCError as exc:
         raise ParameterValueError(str(exc)) from None
+
+
+def _check_crop_rows(values: list[Any]) -> None:
+    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 64 for v in values):
+        raise ParameterValueError(f"thermal_crop_rows must be [top, bottom], integers in [0, 64], got {values!r}")
 
 
 _VARIANT_TEXT = ("model family from the registry (s4fusion, ...); 'auto' = the weights' variant "
@@ -223,6 +241,23 @@ PIPELINE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("agc_high_pct", "double", 99.0,
               "16-bit thermal: counts at or above this percentile map to white",
               safe=True, min_value=0.0, max_value=100.0),
+    ParamSpec("agc_mode", "string", "percentile",
+              "16-bit thermal: percentile (each frame's window, smoothed by agc_smoothing) or fixed "
+              "(counts agc_fixed_low..agc_fixed_high; Kelvin x100 on radiometric T-linear cameras)",
+              safe=True, choices=AGC_MODES),
+    ParamSpec("agc_fixed_low", "double", 0.0,
+              "fixed AGC: counts at or below this map to black (27315 = 0 degC in Kelvin x100)",
+              safe=True, min_value=-1e9, max_value=1e9),
+    ParamSpec("agc_fixed_high", "double", 65535.0,
+              "fixed AGC: counts at or above this map to white (37315 = 100 degC in Kelvin x100)",
+              safe=True, min_value=-1e9, max_value=1e9),
+    ParamSpec("agc_smoothing", "double", 0.0,
+              "percentile AGC: weight of the previous window in an exponential moving average of the bounds "
+              "(0 = per frame; 0.9 = steady over ~10 frames, no flicker); reset when the pairing resets",
+              safe=True, min_value=0.0, max_value=0.99),
+    ParamSpec("thermal_crop_rows", "integer_array", [0, 0],
+              "[top, bottom] telemetry rows cut from every thermal frame before the AGC (Boson/Lepton RAW16 "
+              "frames can carry 1-3 extra rows)", check=_check_crop_rows),
     ParamSpec("homography", "double_array", None,
               "3x3 row-major homography mapping thermal pixels to RGB pixels (9 numbers); not set "
               "= thermal is only resized to the RGB size", check=_check_homography),
@@ -259,7 +294,8 @@ class PipelineConfig:
         backend: inference backend (``engine.backends``) running the network.
         backend_cache_dir: cache folder of the exporting backends, or None for the default.
         force_rebuild: ignore cached exports and engines.
-        agc: percentile AGC of 16-bit images (thermal, and 16-bit gray RGB).
+        agc: AGC of 16-bit images (thermal, and 16-bit gray RGB): percentile (smoothed) or fixed.
+        thermal_crop_rows: telemetry rows (top, bottom) cut from thermal frames.
         homography: 9 row-major numbers mapping thermal pixels to RGB pixels, or None.
         class_names, palette: class table overriding the weights', or None.
         overlay_alpha: opacity of the class colours in overlays.
@@ -290,6 +326,7 @@ class PipelineConfig:
     threads: int = 0
     min_confidence: float = 0.0
     max_input_pixels: int = 3840 * 2160
+    thermal_crop_rows: tuple[int, int] = (0, 0)
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> PipelineConfig:
@@ -302,7 +339,7 @@ class PipelineConfig:
             ParameterValueError: the first invalid value, with the reason.
         """
         v = {spec.name: validate_value(spec, values.get(spec.name, spec.default)) for spec in PIPELINE_PARAMETERS}
-        check_agc(v["agc_low_pct"], v["agc_high_pct"])
+        agc = agc_config(v)
 
         def opt_tuple(key: str) -> tuple[Any, ...] | None:
             return None if v[key] is None else tuple(v[key])
@@ -312,7 +349,7 @@ class PipelineConfig:
             precision=v["precision"], scan_backend=v["scan_backend"],
             backend=v["backend"], backend_cache_dir=v["backend_cache_dir"] or None,
             force_rebuild=v["force_rebuild"],
-            agc=AGCConfig(float(v["agc_low_pct"]), float(v["agc_high_pct"])),
+            agc=agc, thermal_crop_rows=(int(v["thermal_crop_rows"][0]), int(v["thermal_crop_rows"][1])),
             homography=None if v["homography"] is None else tuple(float(x) for x in v["homography"]),
             class_names=opt_tuple("class_names"), palette=opt_tuple("palette"),
             overlay_alpha=float(v["overlay_alpha"]), slop_s=float(v["slop_s"]), queue_size=int(v["queue_size"]),
@@ -373,6 +410,7 @@ def engine_arguments(config: PipelineConfig) -> tuple[str, dict[str, Any]]:
         "backend_options": backend_options(config),
         "min_confidence": config.min_confidence,
         "max_input_pixels": config.max_input_pixels,
+        "thermal_crop_rows": config.thermal_crop_rows,
     }
     if config.scan_backend != "auto":
         kwargs["scan_backend"] = config.scan_backend

@@ -147,6 +147,7 @@ class _Replay:
         self.thumbs = ThumbnailKeeper(options.thumbnails)
         self.skipped: list[dict[str, Any]] = []
         self.processed = 0
+        self.agc_resets = 0  # pairing resets (bag loops, time jumps) already passed on to the AGC
         self.warmup_s: float | None = None
 
     def ground_truth(self) -> str:
@@ -195,6 +196,9 @@ class _Replay:
             start = time.perf_counter()
             self.engine.warmup(*batch[0].frame.rgb.shape[:2])
             self.warmup_s = time.perf_counter() - start
+        if stream.log.resets != self.agc_resets:  # as the node: the smoothed AGC starts again
+            self.engine.reset_agc()
+            self.agc_resets = stream.log.resets
         try:
             results = self.engine.infer_batch([p.frame.rgb for p in batch], [p.frame.thermal for p in batch])
         except ValueError as exc:  # InputError, ShapeError: this batch's images, not the replay, are at fault

@@ -335,3 +335,35 @@ def test_a_frame_over_max_input_pixels_is_skipped_and_the_node_keeps_serving(mak
     assert node.trigger_activate() == SUCCESS
     node._process(_pair(2_000))
     assert node._processed == 1 and node._failed == 0
+
+
+def _mono16_pair(stamp: int, thermal: np.ndarray) -> Pair:
+    rgb = numpy_to_image(np.full((64, 80, 3), 128, np.uint8), "rgb8", header=make_header(stamp, "cam"))
+    th = numpy_to_image(thermal, "mono16", header=make_header(stamp, "th"))
+    return Pair(stamp, stamp, rgb, th)
+
+
+def test_thermal_agc_smoothing_crop_and_fixed_range_through_the_node(make_node) -> None:
+    node = make_node(agc_smoothing=0.5, agc_low_pct=0.0, agc_high_pct=100.0, thermal_crop_rows=[1, 0])
+    assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
+    cold = np.full((65, 80), 1000, np.uint16)
+    cold[0] = 65535  # a telemetry row: cut before the AGC sees it
+    cold[1, 0] = 900
+    hot = np.full((65, 80), 3000, np.uint16)
+    hot[0], hot[1, 0] = 0, 3500
+    node._process(_mono16_pair(1_000, cold))
+    node._process(_mono16_pair(2_000, hot))
+    assert node._processed == 2 and node._failed == 0
+    thermal_agc = node._engine._agc_streams["thermal"]
+    assert thermal_agc.bounds == pytest.approx((0.5 * 900 + 0.5 * 3000, 0.5 * 1000 + 0.5 * 3500))
+    # a pairing reset (bag loop, clock jump) restarts the window from the next frame
+    node._pairer.stats.resets += 1
+    node._process(_mono16_pair(3_000, hot))
+    assert thermal_agc.bounds == pytest.approx((3000, 3500))
+    # the AGC parameters are safe at runtime; an empty fixed window is refused with the reason
+    refused = node.set_parameters([Parameter("agc_fixed_low", value=70000.0)])[0]  # above agc_fixed_high 65535
+    assert not refused.successful and "fixed_low < fixed_high" in refused.reason
+    assert all(r.successful for r in node.set_parameters([
+        Parameter("agc_mode", value="fixed"), Parameter("agc_fixed_low", value=27315.0),
+        Parameter("agc_fixed_high", value=37315.0)]))
+    assert node._engine.agc.mode == "fixed" and node._engine.agc.fixed_low == 27315.0
