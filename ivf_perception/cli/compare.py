@@ -10,7 +10,8 @@ Replays BAG with engine A into ``DIR/a`` and engine B into ``DIR/b`` (each a ful
 output), then writes ``DIR/compare.md``, ``DIR/compare.html`` and ``DIR/compare.json``: every
 metric (mIoU, per-class IoU, fusion metrics overall/day/night, latency, throughput) for A and B
 with the difference and the better side. Weights default as for ``replay``: ``default`` (the
-bundled weights) for s4fusion, random initialisation for other variants; ``none`` forces random.
+bundled weights) for s4fusion; another variant needs a weights file, or ``none`` to opt in to
+random initialisation.
 """
 
 from __future__ import annotations

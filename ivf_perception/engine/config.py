@@ -22,7 +22,7 @@ from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.io.classes import palette_to_array
 from ivf_perception.io.errors import AGCError, HomographyError
 from ivf_perception.io.registration import validate_homography
-from ivf_perception.io.thermal import AGCConfig
+from ivf_perception.io.thermal import AGC_MODES, AGCConfig
 from ivf_perception.models.registry import describe_presets
 
 __all__ = [
@@ -36,7 +36,8 @@ __all__ = [
     "PipelineConfig",
     "validate_value",
     "check_range",
-    "check_agc",
+    "agc_config",
+    "AGC_PARAMETERS",
     "default_weights",
     "backend_options",
     "engine_arguments",
@@ -47,6 +48,8 @@ SCAN_BACKENDS = ("auto", "chunked", "ref", "cuda", "cpu", "triton")
 """User-selectable scans (``models.ops.SCAN_BACKENDS`` less the internal ``export`` form; no torch import here)."""
 INFERENCE_BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
 """Names of ``engine.backends.BACKEND_MODULES`` (spelled out: this module does not import torch)."""
+BUNDLED_VARIANT, BUNDLED_PRESET = "s4fusion", "tiny"
+"""What ``weights: default`` (``weights/s4fusion_tiny_default.safetensors``) holds."""
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -171,12 +174,29 @@ def _check_homography(values: list[Any]) -> None:
         raise ParameterValueError(f"homography: {exc}") from None
 
 
-def check_agc(low: Any, high: Any) -> None:
-    """Raise unless the two AGC percentiles form a valid window (they are checked as a pair)."""
+AGC_PARAMETERS = ("agc_low_pct", "agc_high_pct", "agc_mode", "agc_fixed_low", "agc_fixed_high", "agc_smoothing")
+"""The parameters :func:`agc_config` reads (a change of any of them rebuilds the engine's AGC)."""
+
+
+def agc_config(values: Mapping[str, Any]) -> AGCConfig:
+    """The AGC settings of validated pipeline values (missing ones at their defaults).
+
+    Raises:
+        ParameterValueError: a combination the AGC refuses (percentiles out of order, an empty
+            fixed window).
+    """
+    v = {name: values.get(name, PIPELINE_SPECS[name].default) for name in AGC_PARAMETERS}
     try:
-        AGCConfig(low, high)
+        return AGCConfig(float(v["agc_low_pct"]), float(v["agc_high_pct"]), mode=v["agc_mode"],
+                         fixed_low=float(v["agc_fixed_low"]), fixed_high=float(v["agc_fixed_high"]),
+                         smoothing=float(v["agc_smoothing"]))
     except AGCError as exc:
         raise ParameterValueError(str(exc)) from None
+
+
+def _check_crop_rows(values: list[Any]) -> None:
+    if len(values) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 64 for v in values):
+        raise ParameterValueError(f"thermal_crop_rows must be [top, bottom], integers in [0, 64], got {values!r}")
 
 
 _VARIANT_TEXT = ("model family from the registry (s4fusion, ...); 'auto' = the weights' variant "
@@ -221,9 +241,33 @@ PIPELINE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("agc_high_pct", "double", 99.0,
               "16-bit thermal: counts at or above this percentile map to white",
               safe=True, min_value=0.0, max_value=100.0),
+    ParamSpec("agc_mode", "string", "percentile",
+              "16-bit thermal: percentile (each frame's window, smoothed by agc_smoothing) or fixed "
+              "(counts agc_fixed_low..agc_fixed_high; Kelvin x100 on radiometric T-linear cameras)",
+              safe=True, choices=AGC_MODES),
+    ParamSpec("agc_fixed_low", "double", 0.0,
+              "fixed AGC: counts at or below this map to black (27315 = 0 degC in Kelvin x100)",
+              safe=True, min_value=-1e9, max_value=1e9),
+    ParamSpec("agc_fixed_high", "double", 65535.0,
+              "fixed AGC: counts at or above this map to white (37315 = 100 degC in Kelvin x100)",
+              safe=True, min_value=-1e9, max_value=1e9),
+    ParamSpec("agc_smoothing", "double", 0.0,
+              "percentile AGC: weight of the previous window in an exponential moving average of the bounds "
+              "(0 = per frame; 0.9 = steady over ~10 frames, no flicker); reset when the pairing resets",
+              safe=True, min_value=0.0, max_value=0.99),
+    ParamSpec("thermal_crop_rows", "integer_array", [0, 0],
+              "[top, bottom] telemetry rows cut from every thermal frame before the AGC (Boson/Lepton RAW16 "
+              "frames can carry 1-3 extra rows)", check=_check_crop_rows),
     ParamSpec("homography", "double_array", None,
               "3x3 row-major homography mapping thermal pixels to RGB pixels (9 numbers); not set "
               "= thermal is only resized to the RGB size", check=_check_homography),
+    ParamSpec("min_confidence", "double", 0.0,
+              "pixels whose largest class probability (softmax) is below this are published as class 0 "
+              "(unlabelled); 0 = every pixel keeps its argmax class", min_value=0.0, max_value=1.0),
+    ParamSpec("max_input_pixels", "integer", 3840 * 2160,
+              "an RGB or thermal image with more pixels is refused with a per-frame error (memory grows with "
+              "the pixel count: a 2160x3840 pair took about 4 GB on the CPU); 0 = no limit",
+              min_value=0, max_value=2**31 - 1),
     ParamSpec("overlay_alpha", "double", 0.5, "opacity of the class colours in the overlay",
               safe=True, min_value=0.0, max_value=1.0),
     ParamSpec("time_jump_threshold_s", "double", 1.0,
@@ -250,10 +294,13 @@ class PipelineConfig:
         backend: inference backend (``engine.backends``) running the network.
         backend_cache_dir: cache folder of the exporting backends, or None for the default.
         force_rebuild: ignore cached exports and engines.
-        agc: percentile AGC of 16-bit images (thermal, and 16-bit gray RGB).
+        agc: AGC of 16-bit images (thermal, and 16-bit gray RGB): percentile (smoothed) or fixed.
+        thermal_crop_rows: telemetry rows (top, bottom) cut from thermal frames.
         homography: 9 row-major numbers mapping thermal pixels to RGB pixels, or None.
         class_names, palette: class table overriding the weights', or None.
         overlay_alpha: opacity of the class colours in overlays.
+        min_confidence: softmax probability below which a pixel's label becomes class 0.
+        max_input_pixels: largest accepted input image, in pixels (0 = no limit).
         slop_s, queue_size, time_jump_threshold_s: the pairer's settings
             (:class:`~ivf_perception.sync.ApproximateTimePairer`).
         threads: CPU threads, 0 = auto (:mod:`ivf_perception.engine.threads`).
@@ -277,6 +324,9 @@ class PipelineConfig:
     queue_size: int
     time_jump_threshold_s: float
     threads: int = 0
+    min_confidence: float = 0.0
+    max_input_pixels: int = 3840 * 2160
+    thermal_crop_rows: tuple[int, int] = (0, 0)
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> PipelineConfig:
@@ -289,7 +339,7 @@ class PipelineConfig:
             ParameterValueError: the first invalid value, with the reason.
         """
         v = {spec.name: validate_value(spec, values.get(spec.name, spec.default)) for spec in PIPELINE_PARAMETERS}
-        check_agc(v["agc_low_pct"], v["agc_high_pct"])
+        agc = agc_config(v)
 
         def opt_tuple(key: str) -> tuple[Any, ...] | None:
             return None if v[key] is None else tuple(v[key])
@@ -299,23 +349,34 @@ class PipelineConfig:
             precision=v["precision"], scan_backend=v["scan_backend"],
             backend=v["backend"], backend_cache_dir=v["backend_cache_dir"] or None,
             force_rebuild=v["force_rebuild"],
-            agc=AGCConfig(float(v["agc_low_pct"]), float(v["agc_high_pct"])),
+            agc=agc, thermal_crop_rows=(int(v["thermal_crop_rows"][0]), int(v["thermal_crop_rows"][1])),
             homography=None if v["homography"] is None else tuple(float(x) for x in v["homography"]),
             class_names=opt_tuple("class_names"), palette=opt_tuple("palette"),
             overlay_alpha=float(v["overlay_alpha"]), slop_s=float(v["slop_s"]), queue_size=int(v["queue_size"]),
             time_jump_threshold_s=float(v["time_jump_threshold_s"]), threads=int(v["threads"]),
+            min_confidence=float(v["min_confidence"]), max_input_pixels=int(v["max_input_pixels"]),
         )
 
 
 def default_weights(variant: str | None, preset: str | None) -> str:
-    """The weights a command uses when none are named: the bundled ones only where they fit.
+    """The weights a command uses when none are named: the bundled ones, where they fit.
 
-    The bundled weights are an S4Fusion at its bundled preset, so a command asked for another
-    variant or an explicit preset without weights builds that model at random initialisation
-    (``none``) instead of failing on a mismatch. The node has no such rule: its ``weights``
-    parameter always has a value (``default``).
+    The bundled weights are an S4Fusion at its bundled preset. Another variant or an explicit
+    preset without weights used to build that model at random initialisation and run it for
+    minutes as if it were trained; random weights are now opt-in (``--weights none``).
+
+    Raises:
+        ParameterValueError: no weights fit the request; the text lists the bundled weights,
+            the weights given (none) and how to opt in to random ones.
     """
-    return "default" if variant in (None, "auto", "s4fusion") and not preset else "none"
+    if variant in (None, "auto", BUNDLED_VARIANT) and preset in (None, "", BUNDLED_PRESET):
+        return "default"
+    asked = "/".join(x for x in (variant or BUNDLED_VARIANT, preset) if x)
+    raise ParameterValueError(
+        f"no weights for {asked}: the bundled weights ('default') are {BUNDLED_VARIANT}/{BUNDLED_PRESET} and no "
+        "weights file was "
+        f"given; pass --weights FILE.safetensors trained for {asked}, or --weights none to run it at random "
+        "initialisation (benchmarks and tests only: its outputs mean nothing)")
 
 
 def backend_options(config: PipelineConfig) -> dict[str, Any]:
@@ -347,6 +408,9 @@ def engine_arguments(config: PipelineConfig) -> tuple[str, dict[str, Any]]:
         "preset": config.preset,
         "backend": config.backend,
         "backend_options": backend_options(config),
+        "min_confidence": config.min_confidence,
+        "max_input_pixels": config.max_input_pixels,
+        "thermal_crop_rows": config.thermal_crop_rows,
     }
     if config.scan_backend != "auto":
         kwargs["scan_backend"] = config.scan_backend

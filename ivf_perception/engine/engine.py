@@ -31,7 +31,7 @@ from ivf_perception.engine.weights import WeightsError, WeightsInfo, build_model
 from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.io.classes import MFNET_CLASSES, MFNET_PALETTE, palette_to_array
 from ivf_perception.io.registration import validate_homography
-from ivf_perception.io.thermal import AGCConfig
+from ivf_perception.io.thermal import AGCConfig, AGCState
 from ivf_perception.models import FusionSegModel, build_model
 
 __all__ = ["Engine", "EngineResult", "EngineError", "PRECISIONS", "DEFAULT_WEIGHTS", "resolve_device"]
@@ -117,6 +117,10 @@ class Engine:
             batch padded to it (never resized) and its outputs cropped back; a larger input is
             an :class:`EngineError`.
         backend_options: backend-specific settings (``cache_dir``, ``force_rebuild``, ...).
+        min_confidence: labels of pixels whose softmax maximum is below it become class 0.
+        max_input_pixels: an input image with more pixels is refused (:class:`InputError`)
+            before any work; 0 = no limit.
+        thermal_crop_rows: telemetry rows (top, bottom) cut from every thermal frame.
         model_overrides: extra constructor arguments (e.g. ``scan_backend``).
     """
 
@@ -126,14 +130,24 @@ class Engine:
                  agc: AGCConfig | None = None, homography: Sequence[float] | np.ndarray | None = None,
                  class_names: Sequence[str] | None = None, palette: Sequence[int] | None = None,
                  backend: str = "torch", backend_options: dict[str, Any] | None = None,
-                 **model_overrides: Any) -> None:
+                 min_confidence: float = 0.0, max_input_pixels: int = 0,
+                 thermal_crop_rows: Sequence[int] = (0, 0), **model_overrides: Any) -> None:
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
             raise EngineError(f"precision '{precision}' is not supported; use one of {', '.join(PRECISIONS)}")
         if precision == "fp16" and self.device.type != "cuda":
             raise EngineError("precision fp16 needs a CUDA device; on the CPU use fp32 or bf16")
         self.precision = precision
-        self._agc = agc or AGCConfig()
+        if not 0.0 <= min_confidence <= 1.0:
+            raise EngineError(f"min_confidence must be in [0, 1], got {min_confidence}")
+        self.min_confidence = float(min_confidence)
+        if max_input_pixels < 0:
+            raise EngineError(f"max_input_pixels must be 0 (no limit) or positive, got {max_input_pixels}")
+        self.max_input_pixels = int(max_input_pixels)
+        if len(thermal_crop_rows) != 2 or min(thermal_crop_rows) < 0:
+            raise EngineError(f"thermal_crop_rows must be [top, bottom] >= 0, got {list(thermal_crop_rows)}")
+        self.thermal_crop_rows = (int(thermal_crop_rows[0]), int(thermal_crop_rows[1]))
+        self.set_agc(agc or AGCConfig())
         self._homography = None if homography is None else validate_homography(homography)
         self.info: WeightsInfo | None = None
         self.weights_path: Path | None = None
@@ -240,10 +254,18 @@ class Engine:
         return self._homography
 
     def set_agc(self, agc: AGCConfig) -> None:
-        """Replace the AGC window (safe at runtime: each call of :meth:`infer_batch` reads it once)."""
+        """Replace the AGC settings (safe at runtime: each call of :meth:`infer_batch` reads them
+        once); the streams' smoothed windows start again from their next frame."""
         if not isinstance(agc, AGCConfig):
             raise TypeError(f"agc must be an AGCConfig, got {type(agc).__name__}")
         self._agc = agc
+        self._agc_streams = {"rgb": AGCState(agc), "thermal": AGCState(agc)}
+
+    def reset_agc(self) -> None:
+        """Forget the smoothed AGC windows (a discontinuity: bag loop, clock jump, new camera);
+        the node and replay call it when their pairer resets."""
+        for state in self._agc_streams.values():
+            state.reset()
 
     def set_palette(self, palette: Sequence[int]) -> None:
         """Replace the class colours (safe at runtime: only post-processing uses them)."""
@@ -252,6 +274,15 @@ class Engine:
             _log.warning("palette has %d colours for %d classes; the rest are drawn black",
                          len(palette), self.num_classes)
         self.palette = [int(c) for c in palette]
+
+    def training_domain(self) -> str:
+        """What the weights were trained on, for the log line a user reads at startup."""
+        if self.info is None:
+            return "no weights: random initialisation, outputs mean nothing"
+        domain = " + ".join(self.info.training_domain) or "unknown (the sidecar does not record it)"
+        if self.num_classes and self.info.training_domain and "labelled datasets" not in self.info.training_domain:
+            domain += "; class labels were learnt from synthetic scenes only"
+        return domain
 
     def describe(self) -> dict[str, Any]:
         """A summary for logs, diagnostics and reports."""
@@ -264,7 +295,8 @@ class Engine:
             **self.backend.describe(),
             "parameters": None if self.model is None else sum(p.numel() for p in self.model.parameters()),
             "weights": None if self.info is None else {"recipe": self.info.recipe.get("name"),
-                                                        "metrics": self.info.metrics},
+                                                        "metrics": self.info.metrics,
+                                                        "training_domain": self.info.training_domain},
         }
 
     # ------------------------------------------------------------------ inference
@@ -288,12 +320,14 @@ class Engine:
         timer = StageTimer(self.device)
         with timer.stage("preprocess"):
             batch = prepare_batch(list(rgbs), list(thermals), multiple=self.input_multiple,
-                                  device=self.device, agc=self._agc, homography=self._homography)
+                                  device=self.device, agc=self._agc_streams["thermal"],
+                                  homography=self._homography, max_pixels=self.max_input_pixels,
+                                  rgb_agc=self._agc_streams["rgb"], thermal_crop=self.thermal_crop_rows)
         with timer.stage("inference"):
             out = self.infer_tensors(batch.rgb, batch.thermal)
         with timer.stage("postprocess"):
             fused = to_uint8_rgb(out.fused)
-            ids = logits_to_labels(out.logits) if out.logits is not None and labels else None
+            ids = logits_to_labels(out.logits, self.min_confidence) if out.logits is not None and labels else None
             results = []
             for i, (h, w) in enumerate(batch.sizes):
                 results.append(EngineResult(

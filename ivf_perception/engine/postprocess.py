@@ -41,18 +41,28 @@ def to_uint8_rgb(fused: torch.Tensor) -> np.ndarray:
     return out
 
 
-def logits_to_labels(logits: torch.Tensor) -> np.ndarray:
+def logits_to_labels(logits: torch.Tensor, min_confidence: float = 0.0) -> np.ndarray:
     """Class ids by argmax over K (K ≤ 256 so ids fit mono8); ties go to the lowest id.
+
+    ``min_confidence`` > 0: a pixel whose softmax maximum is below it becomes class 0
+    (unlabelled), so a robot does not act on guesses. Softmax max = 1 / Σ_k exp(l_k − max), so
+    the test is Σ_k exp(l_k − max) > 1/min_confidence, made from the running maximum the argmax
+    already has: no softmax tensor, and nothing extra at 0.
 
     Shape:
         logits: (B, K, H, W)  ->  (B, H, W) uint8
     """
     if logits.shape[1] > 256:
         raise ValueError(f"{logits.shape[1]} classes do not fit a mono8 label image (max 256)")
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
     x = logits.detach().float()
     if x.device.type != "cpu":
-        return x.argmax(dim=1).to(torch.uint8).cpu().numpy()
-    if x.shape[1] > 1 and x.stride(1) == 1 and has_cpu_labels():
+        ids = x.argmax(dim=1)
+        if min_confidence > 0.0:
+            ids = ids.masked_fill(x.softmax(dim=1).amax(dim=1) < min_confidence, 0)
+        return ids.to(torch.uint8).cpu().numpy()
+    if min_confidence == 0.0 and x.shape[1] > 1 and x.stride(1) == 1 and has_cpu_labels():
         # Channels-last logits (S4Fusion's head): the C++ extension's one pass over each pixel's K
         # values straight to uint8, same tie and NaN rules (480x640x9: 2.2 -> 1.2 ms thread CPU).
         return torch.ops.ivf_perception.labels_argmax(x).numpy()
@@ -71,7 +81,27 @@ def logits_to_labels(logits: torch.Tensor) -> np.ndarray:
             class_id.fill(k)
             cv2.copyTo(class_id, higher, labels[i])
             cv2.max(best, planes[k], dst=best)
+        if min_confidence > 0.0:
+            _unlabel_unsure(planes, best, min_confidence, labels[i])
     return labels
+
+
+def _unlabel_unsure(planes: list[np.ndarray], best: np.ndarray, min_confidence: float, labels: np.ndarray) -> None:
+    """Set ``labels`` to 0 where the softmax maximum over ``planes`` is below ``min_confidence``.
+
+    Σ_k exp(l_k − max) in place with OpenCV (one subtract, exp and add per class), then a mask
+    and of the ids (boolean indexing costs milliseconds at camera size). A NaN sum (a broken
+    model) fails the comparison and unlabels the pixel.
+    """
+    total = np.zeros_like(best)
+    term = np.empty_like(best)
+    for plane in planes:
+        cv2.subtract(plane, best, dst=term)
+        cv2.exp(term, dst=term)
+        cv2.add(total, term, dst=total)
+    # 255 where confident enough (a scalar operand: OpenCV accepts it, its type stubs omit it)
+    sure = cv2.compare(total, float(1.0 / min_confidence), cv2.CMP_LE)  # type: ignore[call-overload]
+    cv2.bitwise_and(labels, sure, dst=labels)
 
 
 def _class_planes(item: torch.Tensor) -> list[np.ndarray]:

@@ -22,10 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from ivf_perception.errors import IvfPerceptionError
+from ivf_perception.io.errors import AGCError
 from ivf_perception.io.registration import resize_to, warp_thermal
-from ivf_perception.io.thermal import BT601_LUMA, AGCConfig
+from ivf_perception.io.thermal import BT601_LUMA, AGCConfig, AGCState, crop_rows
 
-__all__ = ["InputError", "PreparedBatch", "align_thermal", "prepare_rgb", "prepare_thermal", "prepare_batch", "pad_to"]
+__all__ = ["InputError", "PreparedBatch", "align_thermal", "check_input_size", "prepare_rgb", "prepare_thermal",
+           "prepare_batch", "pad_to"]
 
 _log = logging.getLogger(__name__)
 
@@ -38,7 +40,11 @@ class InputError(IvfPerceptionError, ValueError):
 _BT601_OVER_255 = BT601_LUMA / np.float32(255.0)
 
 
-def prepare_rgb(rgb: np.ndarray, agc: AGCConfig | None = None) -> np.ndarray:
+AGC = AGCConfig | AGCState
+"""A window for 16-bit counts: a config (each frame alone) or a stream's state (smoothed)."""
+
+
+def prepare_rgb(rgb: np.ndarray, agc: AGC | None = None) -> np.ndarray:
     """Validate and normalise an RGB image to ``H×W×3`` uint8 (gray expanded, alpha dropped).
 
     16-bit gray (a mono16 camera's raw counts) goes through the percentile AGC (``agc``,
@@ -68,7 +74,7 @@ def prepare_rgb(rgb: np.ndarray, agc: AGCConfig | None = None) -> np.ndarray:
     raise InputError(f"RGB image dtype {rgb.dtype} is not supported (use uint8, uint16 or float in [0, 1])")
 
 
-def prepare_thermal(thermal: np.ndarray, agc: AGCConfig | None = None) -> np.ndarray:
+def prepare_thermal(thermal: np.ndarray, agc: AGC | None = None, crop: tuple[int, int] = (0, 0)) -> np.ndarray:
     """Normalise a thermal image to ``H×W`` float32 in [0, 1].
 
     uint8 is divided by 255; uint16 (raw counts, e.g. Boson/Lepton RAW16) goes through
@@ -76,9 +82,15 @@ def prepare_thermal(thermal: np.ndarray, agc: AGCConfig | None = None) -> np.nda
     channels collapse to one; false colour (RGB order, as the codec decodes ``rgb8``/``bgr8``)
     is converted by BT.601 luminance. That is an approximation: palettes such as ironbow or
     rainbow are not monotonic in luminance, so prefer configuring the camera for mono8/mono16.
+    ``crop`` (top, bottom) drops telemetry rows first, so they never reach the AGC.
     """
     agc = agc or AGCConfig()
     t = np.asarray(thermal)
+    if crop != (0, 0) and t.ndim >= 2:
+        try:
+            t = crop_rows(t, *crop)
+        except AGCError as exc:
+            raise InputError(str(exc)) from None
     if t.ndim == 3:
         if t.shape[2] == 1:
             t = t[..., 0]
@@ -141,10 +153,32 @@ def align_thermal(thermal: np.ndarray, size: tuple[int, int], homography: np.nda
     return thermal
 
 
+def check_input_size(image: np.ndarray, what: str, max_pixels: int) -> None:
+    """Refuse an image of more than ``max_pixels`` pixels (0 = no limit) before any work on it.
+
+    Why: activations grow with the pixel count (a 2160×3840 pair took about 4 GB on the CPU), so
+    one oversized frame can take the robot's memory; refusing it costs nothing and the next
+    frame is served.
+    """
+    shape = np.shape(image)
+    pixels = int(shape[0]) * int(shape[1]) if len(shape) >= 2 else 0
+    if max_pixels and pixels > max_pixels:
+        raise InputError(
+            f"{what} image {shape[0]}×{shape[1]} has {pixels} pixels, more than max_input_pixels={max_pixels}; "
+            "downscale it at the camera or driver, or raise max_input_pixels if the memory allows")
+
+
 def prepare_batch(rgbs: list[np.ndarray], thermals: list[np.ndarray], *, multiple: int,
-                  device: torch.device, agc: AGCConfig | None = None,
-                  homography: np.ndarray | None = None) -> PreparedBatch:
+                  device: torch.device, agc: AGC | None = None,
+                  homography: np.ndarray | None = None, max_pixels: int = 0, rgb_agc: AGC | None = None,
+                  thermal_crop: tuple[int, int] = (0, 0)) -> PreparedBatch:
     """Validate, align and pad a batch of pairs for a model with input multiple ``multiple``.
+
+    ``max_pixels`` > 0: an RGB or thermal image larger than that is an :class:`InputError`
+    (:func:`check_input_size`), checked before any conversion. ``agc`` windows 16-bit thermal,
+    ``rgb_agc`` (default: ``agc``) 16-bit gray RGB: a stream's :class:`AGCState` each, so their
+    smoothed windows stay apart, and the items of a batch go through them in order.
+    ``thermal_crop``: telemetry rows (top, bottom) removed from thermal before anything else.
 
     The batch is assembled once, in place, on the host: each RGB plane is split out of the
     interleaved image (OpenCV) and divided by 255 straight into its slot, so the values equal
@@ -155,9 +189,12 @@ def prepare_batch(rgbs: list[np.ndarray], thermals: list[np.ndarray], *, multipl
         raise InputError(f"got {len(rgbs)} RGB images but {len(thermals)} thermal images")
     if not rgbs:
         raise InputError("empty batch")
-    rgb_u8 = [prepare_rgb(r, agc) for r in rgbs]
+    for r, t in zip(rgbs, thermals):
+        check_input_size(r, "RGB", max_pixels)
+        check_input_size(t, "thermal", max_pixels)
+    rgb_u8 = [prepare_rgb(r, rgb_agc or agc) for r in rgbs]
     sizes = [r.shape[:2] for r in rgb_u8]
-    th = [align_thermal(prepare_thermal(t, agc), s, homography) for t, s in zip(thermals, sizes)]
+    th = [align_thermal(prepare_thermal(t, agc, thermal_crop), s, homography) for t, s in zip(thermals, sizes)]
     hp = -(-max(s[0] for s in sizes) // multiple) * multiple
     wp = -(-max(s[1] for s in sizes) // multiple) * multiple
     rgb_np = np.empty((len(rgb_u8), 3, hp, wp), np.float32)

@@ -13,7 +13,7 @@ sidecar is interpreted and the tensors are checked in one place.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ivf_perception.errors import IvfPerceptionError
+from ivf_perception.io.classes import palette_to_array
 from ivf_perception.io.tensor_files import TensorFileError, TensorFileNotFoundError, read_safetensors
 from ivf_perception.models import build_model
-from ivf_perception.models.registry import without_pretrained_files
+from ivf_perception.models.registry import UnknownModelError, without_pretrained_files
 
 __all__ = [
     "WEIGHTS_FORMAT",
@@ -37,10 +38,16 @@ __all__ = [
     "load_weights",
     "read_sidecar",
     "sidecar_path",
+    "TRAINING_DOMAINS",
+    "training_domain",
 ]
 
 WEIGHTS_FORMAT = "ivf_perception.weights/1"
 _PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar"}
+TRAINING_DOMAINS = ("generated scenes", "real unlabelled pairs", "labelled datasets")
+"""What a model's labels can be trusted on depends on what it saw: synthetic scenes only teach
+synthetic classes, unlabelled real pairs only train fusion, labelled datasets train labels on
+real images. The sidecar's ``training_domain`` lists these, in this order."""
 
 
 class WeightsError(IvfPerceptionError, ValueError):
@@ -62,6 +69,8 @@ class WeightsInfo:
         recipe: the resolved training configuration.
         data: what the model was trained and validated on.
         metrics: validation metrics.
+        training_domain: the kinds of training data (:data:`TRAINING_DOMAINS`), empty when
+            unknown (sidecars written before it was recorded).
     """
 
     variant: str
@@ -74,12 +83,17 @@ class WeightsInfo:
     recipe: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    training_domain: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": WEIGHTS_FORMAT, **self.__dict__}
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, Any], source: Path) -> WeightsInfo:
+    def from_json(cls, obj: Any, source: Path) -> WeightsInfo:
+        """Validate a parsed sidecar field by field; a bad one is a :class:`WeightsError` naming
+        ``source`` and the field, never a ``TypeError`` deep in the model or the palette code."""
+        if not isinstance(obj, Mapping):
+            raise WeightsError(f"{source}: sidecar must be a JSON object, got {type(obj).__name__}")
         if obj.get("format") != WEIGHTS_FORMAT:
             raise WeightsError(
                 f"{source}: sidecar format is {obj.get('format')!r}, expected {WEIGHTS_FORMAT!r}"
@@ -88,7 +102,86 @@ class WeightsInfo:
         if missing:
             raise WeightsError(f"{source}: sidecar lacks required keys {missing}")
         known = {k: obj[k] for k in cls.__dataclass_fields__ if k in obj}
+        for key, value in known.items():
+            problem = _FIELD_CHECKS[key](value)
+            if problem:
+                raise WeightsError(f"{source}: sidecar field '{key}' {problem}, got {value!r:.200}")
         return cls(**known)
+
+
+def _text(value: Any) -> str:
+    return "" if isinstance(value, str) and value.strip() else "must be a non-empty string"
+
+
+def _count(value: Any) -> str:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 256
+    return "" if ok else "must be an integer in [0, 256]"
+
+
+def _object(value: Any) -> str:
+    return "" if isinstance(value, dict) and all(isinstance(k, str) for k in value) else "must be a JSON object"
+
+
+def _names(value: Any) -> str:
+    ok = isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value)
+    return "" if ok else "must be a list of non-empty names"
+
+
+def _palette(value: Any) -> str:
+    if not isinstance(value, list):
+        return "must be a list of 0xRRGGBB integers"
+    try:
+        palette_to_array(value)
+    except ValueError as exc:
+        return f"is invalid ({exc})"
+    return ""
+
+
+def _input_size(value: Any) -> str:
+    ok = value is None or (isinstance(value, list) and len(value) == 2 and all(
+        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+    return "" if ok else "must be null or [height, width] positive integers"
+
+
+def _domain(value: Any) -> str:
+    ok = isinstance(value, list) and all(v in TRAINING_DOMAINS for v in value)
+    return "" if ok else f"must be a list of {', '.join(repr(d) for d in TRAINING_DOMAINS)}"
+
+
+_FIELD_CHECKS: dict[str, Callable[[Any], str]] = {
+    "variant": _text, "preset": _text, "num_classes": _count, "model_args": _object, "classes": _names,
+    "palette": _palette, "input_size": _input_size, "recipe": _object, "data": _object, "metrics": _object,
+    "training_domain": _domain,
+}
+"""One check per :class:`WeightsInfo` field: the problem in words, or "" when the value is fine."""
+
+
+def training_domain(data: Mapping[str, Any]) -> list[str]:
+    """The :data:`TRAINING_DOMAINS` a run's ``data.json`` description (its ``train`` part) covers.
+
+    Generated scenes are ``kind: generated``; folders of pairs count as labelled only when some
+    pair has a label file; the named public datasets (MFNet, FMB, ...) are labelled.
+    """
+    found: set[str] = set()
+
+    def visit(part: Any) -> None:
+        if not isinstance(part, Mapping):
+            return
+        kind = part.get("kind")
+        if kind == "mix":
+            for sub in part.get("parts", []):
+                visit(sub)
+        elif kind == "generated":
+            found.add("generated scenes")
+        elif kind in ("real_pairs", "folder", "extract"):
+            folders = part.get("folders", [part])
+            labelled = sum(int(f.get("labelled", 0) or 0) for f in folders if isinstance(f, Mapping))
+            found.add("labelled datasets" if labelled else "real unlabelled pairs")
+        elif kind is not None:
+            found.add("labelled datasets")
+
+    visit(data.get("train", {}))
+    return [d for d in TRAINING_DOMAINS if d in found]
 
 
 def sidecar_path(weights_path: str | Path) -> Path:
@@ -148,6 +241,11 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], WeightsInfo
         raise WeightsError(f"{path}: weights file not found") from exc
     except TensorFileError as exc:
         raise WeightsError(str(exc)) from exc
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise WeightsError(f"{path}: tensor '{name}' holds {bad} NaN or infinite values (a diverged "
+                               "training run or a damaged file); these weights would output garbage")
     return state, read_sidecar(path)
 
 
@@ -162,7 +260,8 @@ def check_expected(path: Path, info: WeightsInfo, *, variant: str | None = None,
     if variant and variant != info.variant:
         raise WeightsError(
             f"{path} holds weights of variant '{info.variant}' but variant '{variant}' was requested; "
-            f"use --variant {info.variant} or weights trained for {variant}"
+            f"use --variant {info.variant}, weights trained for {variant}, or weights 'none' to run {variant} at "
+            "random initialisation (meaningless outputs)"
         )
     if num_classes is not None and num_classes != info.num_classes:
         raise WeightsError(
@@ -170,6 +269,17 @@ def check_expected(path: Path, info: WeightsInfo, *, variant: str | None = None,
         )
     if preset is not None and preset != info.preset:
         raise WeightsError(f"{path} holds preset '{info.preset}' weights but preset '{preset}' was requested")
+
+
+def _check_dtypes(path: Path, state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
+    """Refuse tensors whose dtype differs from the model's: ``load_state_dict`` would cast them
+    silently (float64 halves the speed of nothing, but integer weights truncate everything)."""
+    for name, tensor in state.items():
+        want = expected.get(name)
+        if want is not None and tensor.dtype != want.dtype:
+            raise WeightsError(f"{path}: tensor '{name}' is {str(tensor.dtype).removeprefix('torch.')} but the "
+                               f"model expects {str(want.dtype).removeprefix('torch.')}; re-export the weights "
+                               "with `ivf-train export` (it writes the model's own dtypes)")
 
 
 def build_model_from_weights(path: str | Path, *, variant: str | None = None, preset: str | None = None,
@@ -202,9 +312,16 @@ def build_model_from_weights(path: str | Path, *, variant: str | None = None, pr
     state, info = load_weights(path)
     check_expected(path, info, variant=getattr(model, "variant", None) if model is not None else variant,
                    preset=preset, num_classes=num_classes)
-    net = model if model is not None else build_model(
-        info.variant, preset=info.preset, num_classes=info.num_classes,
-        **{**without_pretrained_files(info.model_args), **overrides})
+    try:
+        net = model if model is not None else build_model(
+            info.variant, preset=info.preset, num_classes=info.num_classes,
+            **{**without_pretrained_files(info.model_args), **overrides})
+    except UnknownModelError as exc:
+        raise WeightsError(f"{sidecar_path(path)}: sidecar field 'variant': {exc}") from exc
+    except (TypeError, ValueError) as exc:  # an argument or preset the model's constructor refuses
+        raise WeightsError(f"{sidecar_path(path)}: sidecar fields 'preset'/'model_args' do not fit "
+                           f"{info.variant}: {exc}") from exc
+    _check_dtypes(path, state, net.state_dict())
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -13,6 +13,7 @@ from ivf_perception.errors import IvfPerceptionError
 __all__ = [
     "IVFIOError",
     "UnsupportedEncodingError",
+    "ImageFieldError",
     "ImageDecodeError",
     "ImageEncodeError",
     "AGCError",
@@ -41,6 +42,15 @@ class ImageEncodeError(IVFIOError):
 
 class UnsupportedEncodingError(ImageDecodeError, ImageEncodeError):
     """The image encoding is not one this package converts (raised when decoding and encoding)."""
+
+
+class ImageFieldError(ImageDecodeError, ImageEncodeError, TypeError):
+    """A message, header or array given to the codec lacks a field or has one of the wrong type
+    (``height="480"``, ``stamp.sec=None``, a list where an array belongs).
+
+    Also a :class:`TypeError`, which such input raised before, so older callers still catch it;
+    a node catching the package's errors now skips the frame instead of logging a traceback.
+    """
 
 
 class AGCError(IVFIOError):

@@ -33,7 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import ImageDecodeError, ImageEncodeError, UnsupportedEncodingError
+from .errors import ImageDecodeError, ImageEncodeError, ImageFieldError, UnsupportedEncodingError
 
 __all__ = [
     "EncodingInfo",
@@ -158,18 +158,20 @@ def image_to_numpy(msg: Any, *, copy: bool = True) -> np.ndarray:
         uint16, channel order as in the message.
 
     Raises:
-        TypeError: ``msg`` lacks Image fields.
+        ImageFieldError: ``msg`` lacks Image fields, or one has the wrong type.
         UnsupportedEncodingError: the encoding is not in :data:`SUPPORTED_ENCODINGS`.
         ImageDecodeError: zero size, ``step`` smaller than a row, or ``data`` shorter than
             ``step * height``.
     """
     missing = [f for f in _MSG_FIELDS if not hasattr(msg, f)]
     if missing:
-        raise TypeError(
+        raise ImageFieldError(
             f"expected a sensor_msgs/Image-like message with fields {', '.join(_MSG_FIELDS)}; "
             f"{type(msg).__name__} lacks {', '.join(missing)}"
         )
-    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    height, width, step = (_integer_field(msg, name) for name in ("height", "width", "step"))
+    if not isinstance(msg.is_bigendian, (bool, int, np.integer)) or int(msg.is_bigendian) not in (0, 1):
+        raise ImageFieldError(f"Image.is_bigendian must be 0 or 1, got {msg.is_bigendian!r}")
     info = encoding_info(msg.encoding)
     if height <= 0 or width <= 0:
         raise ImageDecodeError(
@@ -205,10 +207,18 @@ def image_to_numpy(msg: Any, *, copy: bool = True) -> np.ndarray:
     return out.reshape(height, width, info.channels)
 
 
+def _integer_field(msg: Any, name: str) -> int:
+    """An integer field of a message (``height``, ``width``, ``step``), or the codec's error."""
+    value = getattr(msg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ImageFieldError(f"Image.{name} must be an integer, got {type(value).__name__} {value!r:.50}")
+    return int(value)
+
+
 def _check_array(array: np.ndarray, info: EncodingInfo, *, error: type[ValueError]) -> np.ndarray:
     """Check an array's dtype and channels against an encoding; return it as ``(H, W, C)``."""
     if not isinstance(array, np.ndarray):
-        raise TypeError(f"expected a numpy array for encoding {info.name}, got {type(array).__name__}")
+        raise ImageFieldError(f"expected a numpy array for encoding {info.name}, got {type(array).__name__}")
     if array.dtype != info.dtype:
         hint = (
             "convert with np.clip(x, 0, 255).astype(np.uint8)"
@@ -254,15 +264,15 @@ def make_header(stamp_ns: int = 0, frame_id: str = "", msg_type: type | None = N
     Returns:
         An rclpy ``std_msgs.msg.Header`` or the rosbags ``std_msgs__msg__Header`` instance.
     """
+    if isinstance(stamp_ns, bool) or not isinstance(stamp_ns, (int, np.integer)) or stamp_ns < 0:
+        raise ImageFieldError(f"stamp_ns must be an integer >= 0 (ROS time, nanoseconds), got {stamp_ns!r:.50}")
     stamp_ns = int(stamp_ns)
-    if stamp_ns < 0:
-        raise ValueError(f"stamp_ns must be >= 0 (ROS time), got {stamp_ns}")
     sec, nanosec = divmod(stamp_ns, 1_000_000_000)
     if msg_type is not None and dataclasses.is_dataclass(msg_type):
         header_cls = _field_class(msg_type, "header")
         time_cls = _field_class(header_cls, "stamp") if header_cls is not None else None
         if header_cls is None or time_cls is None:
-            raise TypeError(
+            raise ImageFieldError(
                 f"cannot find the Header/Time classes for {msg_type!r}; pass header= explicitly"
             )
         return header_cls(stamp=time_cls(sec=sec, nanosec=nanosec), frame_id=str(frame_id))
@@ -273,8 +283,19 @@ def make_header(stamp_ns: int = 0, frame_id: str = "", msg_type: type | None = N
 
 
 def stamp_to_ns(stamp: Any) -> int:
-    """Convert a ``builtin_interfaces/Time`` (rclpy or rosbags) into integer nanoseconds."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+    """Convert a ``builtin_interfaces/Time`` (rclpy or rosbags) into integer nanoseconds.
+
+    Raises:
+        ImageFieldError: ``sec``/``nanosec`` missing or not integers (nanosec in [0, 1e9)).
+    """
+    sec, nanosec = getattr(stamp, "sec", None), getattr(stamp, "nanosec", None)
+    for name, value in (("sec", sec), ("nanosec", nanosec)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ImageFieldError(f"header stamp.{name} must be an integer, got {value!r:.50}")
+    assert sec is not None and nanosec is not None  # checked above; narrows the types for mypy
+    if not 0 <= nanosec < 1_000_000_000:
+        raise ImageFieldError(f"header stamp.nanosec must be in [0, 1e9), got {nanosec}")
+    return int(sec) * 1_000_000_000 + int(nanosec)
 
 
 def header_stamp_ns(msg: Any) -> int:
@@ -361,8 +382,8 @@ def _coerce_header(header: Any, expected: type | None, cls: type) -> Any:
         return header
     try:
         stamp_ns, frame_id = stamp_to_ns(header.stamp), str(header.frame_id)
-    except AttributeError:
-        raise TypeError(
+    except (AttributeError, ImageFieldError):
+        raise ImageFieldError(
             f"header must be a std_msgs/Header (fields stamp and frame_id) for "
             f"{cls.__module__}.{cls.__name__}, got {type(header).__name__}; build one with "
             "make_header(stamp_ns, frame_id, msg_type=...)"

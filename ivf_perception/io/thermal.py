@@ -28,7 +28,12 @@ from .errors import AGCError
 if TYPE_CHECKING:  # torch stays an optional, lazily imported dependency of io/
     import torch
 
-__all__ = ["AGCConfig", "BT601_LUMA", "agc_percentile", "agc_percentile_torch"]
+__all__ = ["AGCConfig", "AGC_MODES", "AGCState", "BT601_LUMA", "agc_percentile", "agc_percentile_torch",
+           "crop_rows", "percentile_bounds", "stretch"]
+
+AGC_MODES = ("percentile", "fixed")
+"""``percentile``: each frame's (optionally smoothed) percentile window; ``fixed``: a constant
+window of counts (raw counts, or Kelvin×100 for radiometric T-linear cameras)."""
 
 BT601_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 """ITU-R BT.601 luma weights (R, G, B): how false-colour thermal becomes one channel, for camera
@@ -53,23 +58,102 @@ def _check_percentiles(low_pct: float, high_pct: float) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class AGCConfig:
-    """Parameters of the percentile AGC, validated on construction.
+    """Parameters of the thermal AGC, validated on construction.
 
     Attributes:
         low_pct: counts at or below this percentile of the frame map to 0.
         high_pct: counts at or above this percentile map to 1. ``0`` and ``100`` give a plain
             min/max stretch, which is sensitive to hot/dead pixels; 1/99 ignores them.
+        mode: ``percentile`` or ``fixed`` (:data:`AGC_MODES`).
+        fixed_low, fixed_high: the window of ``fixed`` mode, in counts. Radiometric T-linear
+            cameras (Boson, Lepton 3.5) send Kelvin×100: 27315..37315 is 0..100 °C.
+        smoothing: weight of the previous window in an exponential moving average of the
+            percentile bounds (0 = every frame its own window, as a still image gets; 0.9 = a
+            window that follows the scene over about ten frames without frame-to-frame flicker).
+            Only :class:`AGCState` (one per camera stream) uses it.
     """
 
     low_pct: float = 1.0
     high_pct: float = 99.0
+    mode: str = "percentile"
+    fixed_low: float = 0.0
+    fixed_high: float = 65535.0
+    smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         _check_percentiles(self.low_pct, self.high_pct)
+        if self.mode not in AGC_MODES:
+            raise AGCError(f"AGC mode must be one of {', '.join(AGC_MODES)}, got {self.mode!r}")
+        if not (math.isfinite(self.fixed_low) and math.isfinite(self.fixed_high) and self.fixed_low < self.fixed_high):
+            raise AGCError(f"fixed AGC window needs finite fixed_low < fixed_high, got "
+                           f"{self.fixed_low}..{self.fixed_high}")
+        if not 0.0 <= self.smoothing < 1.0:
+            raise AGCError(f"AGC smoothing must be in [0, 1), got {self.smoothing}")
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
-        """Apply :func:`agc_percentile` with this configuration."""
+        """One frame without history: its own percentile window, or the fixed one."""
+        if self.mode == "fixed":
+            return stretch(_checked_counts(raw), self.fixed_low, self.fixed_high)
         return agc_percentile(raw, self.low_pct, self.high_pct)
+
+
+class AGCState:
+    """The AGC of one camera stream: a window that moves smoothly from frame to frame.
+
+    Why: a per-frame percentile window jumps whenever a hot object enters or leaves the view,
+    and the whole image flickers in brightness; averaging the bounds over time (exponential
+    moving average, weight ``config.smoothing`` on the past) keeps the picture steady while
+    still following the scene. The history is that stream's alone, and :meth:`reset` (a bag
+    loop, a clock jump, another image size) starts it again from the next frame's own window.
+    """
+
+    def __init__(self, config: AGCConfig) -> None:
+        self.config = config
+        self._bounds: tuple[float, float] | None = None
+        self._shape: tuple[int, ...] | None = None
+
+    def reset(self) -> None:
+        """Forget the history: the next frame gets its own window."""
+        self._bounds = self._shape = None
+
+    @property
+    def bounds(self) -> tuple[float, float] | None:
+        """The current (smoothed) window in counts, None before the first frame."""
+        return self._bounds
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        """The frame in ``[0, 1]`` through the stream's window (updated by this frame)."""
+        cfg = self.config
+        if cfg.mode == "fixed":
+            return cfg.apply(raw)
+        arr = _checked_counts(raw)
+        if arr.shape != self._shape:
+            self.reset()  # another camera mode: the old window says nothing about it
+            self._shape = arr.shape
+        lo, hi = percentile_bounds(arr, cfg.low_pct, cfg.high_pct)
+        if self._bounds is not None and cfg.smoothing > 0.0:
+            a = cfg.smoothing
+            lo, hi = a * self._bounds[0] + (1 - a) * lo, a * self._bounds[1] + (1 - a) * hi
+        self._bounds = (lo, hi)
+        return stretch(arr, lo, hi)
+
+
+def crop_rows(image: np.ndarray, top: int, bottom: int) -> np.ndarray:
+    """Drop ``top`` and ``bottom`` rows (a view, no copy).
+
+    Why: Boson and Lepton RAW16 frames can carry telemetry rows (a Lepton 3 sends 2-3 extra rows
+    below or above the image, a Boson one above); their values are not temperatures and would
+    skew the AGC's percentiles and show up as a stripe in the fused image.
+
+    Raises:
+        AGCError: fewer than two image rows would remain.
+    """
+    if top < 0 or bottom < 0:
+        raise AGCError(f"thermal_crop_rows must be non-negative, got [{top}, {bottom}]")
+    if image.shape[0] - top - bottom < 2:
+        raise AGCError(f"thermal_crop_rows [{top}, {bottom}] leaves {image.shape[0] - top - bottom} of the "
+                       f"{image.shape[0]} rows of the thermal image")
+    return image[top:image.shape[0] - bottom]
 
 
 def agc_percentile(raw: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0) -> np.ndarray:
@@ -93,6 +177,13 @@ def agc_percentile(raw: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0
         [[0.0, 0.3333333432674408], [0.6666666865348877, 1.0]]
     """
     low, high = _check_percentiles(low_pct, high_pct)
+    arr = _checked_counts(raw)
+    lo, hi = percentile_bounds(arr, low, high)
+    return stretch(arr, lo, hi)
+
+
+def _checked_counts(raw: np.ndarray) -> np.ndarray:
+    """``raw`` as an array of counts: non-empty, integer or finite float."""
     arr = np.asarray(raw)
     if arr.size == 0:
         raise AGCError(f"AGC needs a non-empty image, got shape {arr.shape}")
@@ -106,11 +197,23 @@ def agc_percentile(raw: np.ndarray, low_pct: float = 1.0, high_pct: float = 99.0
         raise AGCError(
             "AGC input contains NaN or infinite values; replace them (e.g. np.nan_to_num) first"
         )
+    return arr
+
+
+def percentile_bounds(arr: np.ndarray, low_pct: float, high_pct: float) -> tuple[float, float]:
+    """The two percentiles of a frame (exact, by histogram, for uint8/uint16 counts)."""
     if arr.dtype in _HISTOGRAM_DTYPES:
-        lo, hi = _percentiles_by_histogram(arr, (low, high))
+        lo, hi = _percentiles_by_histogram(arr, (low_pct, high_pct))
     else:
-        lo, hi = np.percentile(arr, [low, high])
-    # float32 arithmetic, the same formula as the torch version, so both agree to rounding.
+        lo, hi = np.percentile(arr, [low_pct, high_pct])
+    return float(lo), float(hi)
+
+
+def stretch(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Map counts ``lo..hi`` linearly to ``[0, 1]`` (clipped); all zeros for an empty window.
+
+    float32 arithmetic, the same formula as the torch version, so both agree to rounding.
+    """
     lo32 = np.float32(lo)
     span = np.float32(hi) - lo32
     if not span > 0:

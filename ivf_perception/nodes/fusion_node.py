@@ -59,10 +59,10 @@ from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, Image
 
 from ivf_perception.engine import Engine, EngineResult
-from ivf_perception.engine.config import ParameterValueError
+from ivf_perception.engine.config import AGC_PARAMETERS, ParameterValueError, agc_config
 from ivf_perception.engine.threads import resolve_threads
 from ivf_perception.errors import IvfPerceptionError
-from ivf_perception.io import AGCConfig, decode_rgb, decode_thermal, header_stamp_ns, numpy_to_image
+from ivf_perception.io import decode_rgb, decode_thermal, header_stamp_ns, numpy_to_image
 from ivf_perception.io.stats_msg import FusionStatsValues, rclpy_fusion_stats_type
 from ivf_perception.nodes.health import (
     HealthSnapshot,
@@ -199,6 +199,7 @@ class FusionNode(LifecycleNode):
             f"{info['device']} {info['precision']}, backend {info['backend']}, "
             f"{resolve_threads(config.pipeline.threads)} CPU threads, weights '{config.pipeline.weights}', warm-up "
             f"{config.warmup_size[0]}x{config.warmup_size[1]} took {warmup_ms:.0f} ms")
+        self.get_logger().info(f"weights trained on: {engine.training_domain()}")
         return TransitionCallbackReturn.SUCCESS
 
     @_transition
@@ -312,6 +313,7 @@ class FusionNode(LifecycleNode):
             torch.cuda.empty_cache()
 
     def _reset_counters(self) -> None:
+        self._agc_resets = 0  # pairer resets already passed on to the engine's AGC
         self._processed = 0
         self._failed = 0
         self._failed_since_report = 0
@@ -394,6 +396,10 @@ class FusionNode(LifecycleNode):
         # class ids feed the labels, the overlay and the stats' pixel counts; without a consumer
         # the argmax (the largest post-processing cost) is skipped
         pubs, runtime = self._publishers_by_name, self._runtime
+        resets = self._pairer.stats.resets if self._pairer is not None else 0
+        if resets != self._agc_resets:  # a bag loop or clock jump: the smoothed AGC starts again
+            engine.reset_agc()
+            self._agc_resets = resets
         wanted: list[str] = [n for n in ("labels", "stats") if n in pubs]
         if runtime is not None and runtime.overlay_enabled:
             wanted.append("overlay")
@@ -507,8 +513,8 @@ class FusionNode(LifecycleNode):
             self._engine.set_palette(list(values["palette"]))
         if self._pairer is not None and "slop_s" in names:
             self._pairer.set_slop(values["slop_s"])
-        if self._engine is not None and names & {"agc_low_pct", "agc_high_pct"}:
-            self._engine.set_agc(AGCConfig(values["agc_low_pct"], values["agc_high_pct"]))
+        if self._engine is not None and names & set(AGC_PARAMETERS):
+            self._engine.set_agc(agc_config(values))
         if self._runtime is not None and names & {"overlay_enabled", "overlay_alpha"}:
             self._runtime = _Runtime(values["overlay_enabled"], values["overlay_alpha"])
         pending = sorted(n for n in names if n not in SAFE_PARAMETERS and n in values)

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ivf_perception.engine.config import (
+    AGC_PARAMETERS,
     PIPELINE_PARAMETERS,
     ParameterValueError,
     ParamSpec,
     PipelineConfig,
-    check_agc,
+    agc_config,
     check_range,
     validate_value,
 )
@@ -117,9 +118,8 @@ def check_parameter_change(changes: Mapping[str, Any], current: Mapping[str, Any
                 f"{name} cannot change while the node is active; deactivate first, change it, then "
                 f"cleanup and configure (safe at runtime: {', '.join(sorted(SAFE_PARAMETERS))})")
         validate_parameter(name, value)
-    if "agc_low_pct" in changes or "agc_high_pct" in changes:
-        check_agc(changes.get("agc_low_pct", current.get("agc_low_pct")),
-                  changes.get("agc_high_pct", current.get("agc_high_pct")))
+    if changes.keys() & set(AGC_PARAMETERS):  # checked as a set: percentile order, fixed window
+        agc_config({**current, **changes})
 
 
 @dataclass(frozen=True)

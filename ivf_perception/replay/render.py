@@ -9,6 +9,7 @@ HTML has inline CSS and embeds images as base64 PNG, so it can be mailed or arch
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
@@ -17,7 +18,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-__all__ = ["Heading", "Text", "Table", "Raw", "Block", "to_markdown", "to_html", "png_data_uri", "fmt"]
+__all__ = ["Heading", "Text", "Table", "Raw", "Block", "to_markdown", "to_html", "png_data_uri", "fmt", "md_escape"]
 
 
 @dataclass
@@ -72,20 +73,42 @@ def png_data_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.tobytes()).decode("ascii")
 
 
+# characters that make markup wherever they stand; "_" only at a word's edge (intraword it is
+# literal in CommonMark, and topic names are full of it); "(", "!" and "#" are harmless once "["
+# is escaped and the text is one line (a leading "#", "-", "+" or "=" is escaped separately)
+_MD_SPECIAL = re.compile(r"([\\`*\[\]<>|~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
+
+
+def md_escape(text: str) -> str:
+    """Plain text as Markdown that renders as that text: every character Markdown or inline HTML
+    gives a meaning there is backslash-escaped, ``&`` becomes ``&amp;`` and line breaks become
+    spaces; characters that are literal in their place stay readable (``frame(s)``, ``rgb_image``).
+
+    Why: reports quote strings from bags (topic and frame names, frame ids, error texts), which
+    anyone recording a bag chooses; ``<img src=x onerror=...>`` or ``[x](javascript:...)`` must
+    not become markup in a viewer, and a ``|`` must not split a table row.
+    """
+    flat = " ".join(str(text).splitlines())
+    escaped = _MD_SPECIAL.sub(r"\\\1", flat.replace("&", "&amp;"))
+    return "\\" + escaped if escaped[:1] in ("-", "=", "+", "#") else escaped  # no list, underline, heading
+
+
 def _md_cell(value: Any) -> str:
-    return fmt(value).replace("|", "\\|").replace("\n", " ")
+    return md_escape(fmt(value))
 
 
 def to_markdown(title: str, blocks: Sequence[Block]) -> str:
-    lines = [f"# {title}", ""]
+    """Every text is escaped (:func:`md_escape`); only ``Raw.markdown`` is taken as it is, so its
+    author escapes what it quotes."""
+    lines = [f"# {md_escape(title)}", ""]
     for block in blocks:
         if isinstance(block, Heading):
-            lines += ["#" * block.level + " " + block.text, ""]
+            lines += ["#" * block.level + " " + md_escape(block.text), ""]
         elif isinstance(block, Text):
-            lines += [block.text, ""]
+            lines += [md_escape(block.text), ""]
         elif isinstance(block, Table):
             if block.caption:
-                lines += [block.caption, ""]
+                lines += [md_escape(block.caption), ""]
             lines.append("| " + " | ".join(map(_md_cell, block.headers)) + " |")
             lines.append("|" + "---|" * len(block.headers))
             lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in block.rows]

@@ -21,7 +21,7 @@ from ivf_perception.metrics import FUSION_METRIC_NAMES
 
 from .metrics import PIPELINE_STAGES
 from .plots import svg_histogram, svg_series
-from .render import Block, Heading, Raw, Table, Text, fmt, png_data_uri, to_html, to_markdown
+from .render import Block, Heading, Raw, Table, Text, fmt, md_escape, png_data_uri, to_html, to_markdown
 from .thumbnails import Thumbnail
 
 __all__ = ["write_report", "report_blocks", "write_json", "HEADLINE_FUSION"]
@@ -202,8 +202,8 @@ def _thumbnails(best: list[Thumbnail], worst: list[Thumbnail]) -> list[Block]:
         return [Heading("Best and worst frames"),
                 Text("No frame could be ranked (no ground truth and no fusion metrics).")]
     score = best[0].score_name
-    md = "\n".join(["- best: " + ", ".join(f"{t.name} ({score} {t.score:.3f})" for t in best),
-                    "- worst: " + ", ".join(f"{t.name} ({score} {t.score:.3f})" for t in worst),
+    md = "\n".join(["- best: " + ", ".join(f"{md_escape(t.name)} ({score} {t.score:.3f})" for t in best),
+                    "- worst: " + ", ".join(f"{md_escape(t.name)} ({score} {t.score:.3f})" for t in worst),
                     "", "Thumbnails (RGB, thermal, fused, overlay) are in report.html."])
     html = _frames_html(f"Best {len(best)} by {score}", best) + _frames_html(f"Worst {len(worst)} by {score}", worst)
     return [Heading("Best and worst frames"),

@@ -32,6 +32,7 @@ from ivf_perception.io.stats_msg import FusionStatsValues
 
 from .decode import DecodedFrame, decode_pair
 from .inputs import estimated_pairs, open_bag_inputs
+from .interrupts import interrupts_deferred
 from .labels import LabelFolder
 from .metrics import NIGHT_LUMA_THRESHOLD, FrameResult, ReplayMetrics, latency_stats, mean_luma
 from .outputs import prepare_output_dir
@@ -146,6 +147,7 @@ class _Replay:
         self.thumbs = ThumbnailKeeper(options.thumbnails)
         self.skipped: list[dict[str, Any]] = []
         self.processed = 0
+        self.agc_resets = 0  # pairing resets (bag loops, time jumps) already passed on to the AGC
         self.warmup_s: float | None = None
 
     def ground_truth(self) -> str:
@@ -194,6 +196,9 @@ class _Replay:
             start = time.perf_counter()
             self.engine.warmup(*batch[0].frame.rgb.shape[:2])
             self.warmup_s = time.perf_counter() - start
+        if stream.log.resets != self.agc_resets:  # as the node: the smoothed AGC starts again
+            self.engine.reset_agc()
+            self.agc_resets = stream.log.resets
         try:
             results = self.engine.infer_batch([p.frame.rgb for p in batch], [p.frame.thermal for p in batch])
         except ValueError as exc:  # InputError, ShapeError: this batch's images, not the replay, are at fault
@@ -213,19 +218,21 @@ class _Replay:
                 timings_ms=timings, pairing=stream.pairer.stats,
                 end_to_end_ms=(time.perf_counter() - p.released) * 1e3, processed=self.processed + 1,
                 failed=len(self.skipped), resets=stream.log.resets)
-            writer.write_frame(p.pair, result.fused, result.labels, overlay, stats)
-            if self.o.png:
-                self.write_pngs(p.pair.name, result.fused, result.labels, overlay)
-            timings["write"] = (time.perf_counter() - start) * 1e3
-            self.processed += 1
-            brightness = mean_luma(result.rgb)
-            frame_result = FrameResult(
-                index=p.pair.index, name=p.pair.name, rgb_stamp_ns=p.pair.rgb_stamp_ns,
-                thermal_stamp_ns=p.pair.thermal_stamp_ns, skew_ms=p.pair.skew_ns / 1e6, brightness=brightness,
-                is_night=brightness < self.o.night_threshold, timings_ms=timings)
-            self.metrics.add(frame_result, result.rgb, p.frame.thermal, result.fused, result.labels, p.frame.labels)
-            self.thumbs.offer(frame_result, result.rgb, p.frame.thermal, result.fused, overlay)
-            progress.update(1)
+            # one frame's messages, its count and its metrics go in together or not at all (Ctrl-C)
+            with interrupts_deferred():
+                writer.write_frame(p.pair, result.fused, result.labels, overlay, stats)
+                if self.o.png:
+                    self.write_pngs(p.pair.name, result.fused, result.labels, overlay)
+                timings["write"] = (time.perf_counter() - start) * 1e3
+                self.processed += 1
+                brightness = mean_luma(result.rgb)
+                frame_result = FrameResult(
+                    index=p.pair.index, name=p.pair.name, rgb_stamp_ns=p.pair.rgb_stamp_ns,
+                    thermal_stamp_ns=p.pair.thermal_stamp_ns, skew_ms=p.pair.skew_ns / 1e6, brightness=brightness,
+                    is_night=brightness < self.o.night_threshold, timings_ms=timings)
+                self.metrics.add(frame_result, result.rgb, p.frame.thermal, result.fused, result.labels, p.frame.labels)
+                self.thumbs.offer(frame_result, result.rgb, p.frame.thermal, result.fused, overlay)
+                progress.update(1)
 
     def write_pngs(self, name: str, fused: np.ndarray, labels: np.ndarray | None, overlay: np.ndarray | None) -> None:
         root = self.o.out / PNG_DIR

@@ -101,3 +101,15 @@ def test_unknown_backend_is_refused_by_the_option_parser(tmp_path: Path, capsys:
     with pytest.raises(SystemExit):
         fuse.main(["--ir", str(tmp_path), "--vi", str(tmp_path), "--out", str(tmp_path / "o"), "--backend", "tpu"])
     assert "invalid choice: 'tpu'" in capsys.readouterr().err
+
+
+def test_a_variant_without_weights_is_refused_unless_opted_in(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`--variant cmfs` used to run random weights and exit 0; now it names the weights there are."""
+    ir, vi = _folders(tmp_path)
+    rc = fuse.main(["--ir", str(ir), "--vi", str(vi), "--out", str(tmp_path / "o"), "--variant", "test_s4fusion",
+                    "--device", "cpu"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "no weights for test_s4fusion" in err and "bundled weights ('default') are s4fusion/tiny" in err
+    assert "--weights none" in err and "Traceback" not in err
+    assert not (tmp_path / "o" / "fused").exists()

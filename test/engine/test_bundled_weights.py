@@ -14,7 +14,7 @@ import pytest
 from ivf_perception.baselines import baseline_fuse
 from ivf_perception.engine import DEFAULT_WEIGHTS, Engine
 from ivf_perception.engine.preprocess import prepare_thermal
-from ivf_perception.engine.weights import read_sidecar
+from ivf_perception.engine.weights import read_sidecar, training_domain
 from ivf_perception.io.image_files import find_pairs, read_image, read_rgb
 from ivf_perception.metrics import ConfusionAccumulator, fusion_metrics
 from ivf_perception.scenes import SceneConfig, generate_scene
@@ -36,6 +36,9 @@ def test_file_size_and_sidecar_provenance() -> None:
     sources = str(info.data)
     assert "llvip" in sources and "roadscene" not in sources and "tno" not in sources
     assert "mIoU" in info.metrics
+    # honest about the domain: synthetic scenes (the only labels) and real pairs without labels
+    assert info.training_domain == ["generated scenes", "real unlabelled pairs"]
+    assert training_domain(info.data) == info.training_domain
 
 
 def test_segments_held_out_generated_scenes_far_above_chance(engine: Engine) -> None:

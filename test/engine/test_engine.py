@@ -206,7 +206,13 @@ def test_engine_arguments_follow_one_set_of_rules() -> None:
                                                   "got 'chunked'; .* now the scan_backend parameter"):
         PipelineConfig.from_values({"backend": "chunked"})
     assert default_weights(None, None) == default_weights("s4fusion", None) == "default"
-    assert default_weights("cmfs", None) == default_weights(None, "small") == "none"
+    assert default_weights("s4fusion", "tiny") == "default"
+    for variant, preset in (("cmfs", None), (None, "small")):
+        with pytest.raises(ParameterValueError) as err:
+            default_weights(variant, preset)
+        text = str(err.value)
+        assert "bundled weights ('default') are s4fusion/tiny" in text and "no weights file was given" in text
+        assert "--weights none" in text
 
 
 def test_from_config_builds_the_configured_engine() -> None:
@@ -225,3 +231,65 @@ def test_results_carry_wall_and_cpu_time_per_stage(engine: Engine) -> None:
     result = engine.infer(np.zeros((32, 48, 3), np.uint8), np.zeros((32, 48), np.uint8))
     assert set(result.timings_ms) == set(result.cpu_ms) == {"preprocess", "inference", "postprocess"}
     assert all(v >= 0.0 for v in result.cpu_ms.values())
+
+
+def test_min_confidence_reaches_the_engine_from_the_pipeline_values() -> None:
+    from ivf_perception.engine.config import ParameterValueError, PipelineConfig
+
+    config = PipelineConfig.from_values({"variant": "test_s4fusion", "weights": "none", "device": "cpu",
+                                         "min_confidence": 0.99})
+    engine = Engine.from_config(config)
+    assert engine.min_confidence == 0.99
+    rng = np.random.default_rng(0)
+    result = engine.infer(rng.integers(0, 256, (32, 40, 3), np.uint8), rng.integers(0, 256, (32, 40), np.uint8))
+    # a random 9-class model is never 99 % sure: everything is unlabelled
+    assert result.labels is not None and not result.labels.any()
+    with pytest.raises(ParameterValueError, match=r"min_confidence must be in \[0.0, 1.0\], got 2.0"):
+        PipelineConfig.from_values({"min_confidence": 2.0})
+
+
+def test_images_over_max_input_pixels_are_refused_before_any_work() -> None:
+    engine = Engine("test_s4fusion", device="cpu", max_input_pixels=40 * 50)
+    rng = np.random.default_rng(0)
+    ok = engine.infer(rng.integers(0, 256, (40, 50, 3), np.uint8), rng.integers(0, 256, (40, 50), np.uint8))
+    assert ok.fused.shape == (40, 50, 3)
+    with pytest.raises(InputError, match=r"RGB image 41×50 has 2050 pixels, more than max_input_pixels=2000"):
+        engine.infer(np.zeros((41, 50, 3), np.uint8), np.zeros((40, 50), np.uint8))
+    with pytest.raises(InputError, match=r"thermal image 60×60 has 3600 pixels, more than max_input_pixels=2000"):
+        engine.infer(np.zeros((40, 50, 3), np.uint8), np.zeros((60, 60), np.uint16))
+    assert Engine("test_s4fusion", device="cpu", max_input_pixels=0).infer(
+        np.zeros((60, 60, 3), np.uint8), np.zeros((60, 60), np.uint8)).fused.shape == (60, 60, 3)
+
+
+def test_telemetry_rows_are_cut_before_the_agc() -> None:
+    """A Boson-style telemetry row (values far outside the scene) must not move the AGC window."""
+    rng = np.random.default_rng(1)
+    scene = rng.integers(20000, 21000, (40, 48)).astype(np.uint16)
+    with_telemetry = np.vstack([np.full((1, 48), 65535, np.uint16), scene, np.zeros((2, 48), np.uint16)])
+    rgb = rng.integers(0, 256, (40, 48, 3), np.uint8)
+    cropping = Engine("test_s4fusion", device="cpu", thermal_crop_rows=(1, 2))
+    plain = Engine("test_s4fusion", device="cpu")
+    plain.model.load_state_dict(cropping.model.state_dict())
+    np.testing.assert_array_equal(cropping.infer(rgb, with_telemetry).fused, plain.infer(rgb, scene).fused)
+    with pytest.raises(InputError, match=r"thermal_crop_rows \[1, 2\] leaves 1 of the 4 rows"):
+        cropping.infer(rgb, np.zeros((4, 48), np.uint16))
+
+
+def test_each_stream_keeps_its_own_smoothed_window_until_reset() -> None:
+    from ivf_perception.engine.config import PipelineConfig
+    from ivf_perception.io.thermal import percentile_bounds
+
+    engine = Engine.from_config(PipelineConfig.from_values(
+        {"variant": "test_s4fusion", "weights": "none", "device": "cpu", "agc_smoothing": 0.5,
+         "agc_low_pct": 0.0, "agc_high_pct": 100.0}))
+    rgb16 = np.tile(np.arange(32, dtype=np.uint16) * 7, (24, 1))  # a 16-bit gray RGB stream
+    cold, hot = np.full((24, 32), 1000, np.uint16), np.full((24, 32), 3000, np.uint16)
+    cold[0, 0], hot[0, 0] = 900, 3500
+    engine.infer(rgb16, cold)
+    engine.infer(rgb16, hot)
+    streams = engine._agc_streams
+    assert streams["thermal"].bounds == pytest.approx((0.5 * 900 + 0.5 * 3000, 0.5 * 1000 + 0.5 * 3500))
+    assert streams["rgb"].bounds == pytest.approx(percentile_bounds(rgb16, 0.0, 100.0))
+    engine.reset_agc()
+    engine.infer(rgb16, hot)
+    assert streams["thermal"].bounds == pytest.approx((3000, 3500))

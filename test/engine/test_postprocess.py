@@ -127,3 +127,25 @@ def test_kernel_and_fallback_labels_are_identical(seed: int, monkeypatch: pytest
     for a, b, x in zip(with_kernel, without, layouts):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, x.argmax(dim=1).numpy())
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("min_confidence", [0.2, 0.5, 0.9])
+def test_unsure_pixels_become_class_zero_as_softmax_says(min_confidence: float, channels_last: bool) -> None:
+    logits = 2.0 * torch.randn(2, 9, 31, 45, generator=torch.Generator().manual_seed(3))
+    if channels_last:
+        logits = logits.contiguous(memory_format=torch.channels_last)
+    prob, ids = logits.softmax(dim=1).max(dim=1)
+    expected = torch.where(prob < min_confidence, torch.zeros_like(ids), ids).numpy()
+    labels = logits_to_labels(logits, min_confidence)
+    unsure = (prob < min_confidence).numpy()
+    assert 0 < unsure.sum() < unsure.size, "the threshold must split the pixels for the test to mean anything"
+    # the sum of exponentials may round differently from softmax only right at the threshold
+    near = np.abs(prob.numpy() - min_confidence) < 1e-5
+    np.testing.assert_array_equal(labels[~near], expected[~near])
+    np.testing.assert_array_equal(logits_to_labels(logits, 0.0), ids.numpy())
+
+
+def test_min_confidence_outside_zero_one_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"min_confidence must be in \[0, 1\], got 1.5"):
+        logits_to_labels(torch.zeros(1, 3, 2, 2), 1.5)

@@ -125,3 +125,88 @@ def test_build_model_from_weights_refuses_pickles_and_missing_files(tmp_path: Pa
         build_model_from_weights(path)
     with pytest.raises(WeightsError, match="not found"):
         build_model_from_weights(tmp_path / "none.safetensors")
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    ({"train": {"kind": "generated", "count": 4}}, ["generated scenes"]),
+    ({"train": {"kind": "mix", "parts": [
+        {"kind": "real_pairs", "folders": [{"labelled": 0, "pairs": 3}], "pairs": 3},
+        {"kind": "generated", "count": 4}]}}, ["generated scenes", "real unlabelled pairs"]),
+    ({"train": {"kind": "folder", "labelled": 5, "pairs": 5}}, ["labelled datasets"]),
+    ({"train": {"kind": "mfnet", "samples": 10}}, ["labelled datasets"]),
+    ({}, []),
+])
+def test_training_domain_names_the_kinds_of_data(data, expected) -> None:
+    from ivf_perception.engine.weights import training_domain
+
+    assert training_domain(data) == expected
+
+
+def test_engine_says_what_the_weights_were_trained_on(tmp_path: Path) -> None:
+    model = build_model("test_s4fusion")
+    info = WeightsInfo(variant="test_s4fusion", preset="test", num_classes=9,
+                       training_domain=["generated scenes", "real unlabelled pairs"])
+    path = save_weights(model.state_dict(), tmp_path / "w.safetensors", info)
+    engine = Engine("auto", weights=path, device="cpu")
+    assert engine.training_domain() == ("generated scenes + real unlabelled pairs; "
+                                        "class labels were learnt from synthetic scenes only")
+    assert engine.describe()["weights"]["training_domain"] == ["generated scenes", "real unlabelled pairs"]
+    assert "random initialisation" in Engine("test_s4fusion", device="cpu").training_domain()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_naming_file_and_tensor(weights: Path, bad: float) -> None:
+    state, info = load_weights(weights)
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = state[name].clone()
+    state[name].view(-1)[0] = bad
+    broken = save_weights(state, weights.with_name("broken.safetensors"), info)
+    with pytest.raises(WeightsError, match=rf"broken.safetensors: tensor '{name}' holds 1 NaN or infinite values"):
+        Engine("auto", weights=broken, device="cpu")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.int32])
+def test_weights_of_another_dtype_are_refused_naming_file_and_tensor(weights: Path, dtype: torch.dtype) -> None:
+    state, info = load_weights(weights)
+    name = next(k for k, v in state.items() if v.dtype == torch.float32)
+    state[name] = state[name].to(dtype)
+    other = save_weights(state, weights.with_name("other.safetensors"), info)
+    expected = str(dtype).removeprefix("torch.")
+    with pytest.raises(WeightsError, match=rf"other.safetensors: tensor '{name}' is {expected} but the model "
+                                           "expects float32"):
+        Engine("auto", weights=other, device="cpu")
+
+
+@pytest.mark.parametrize(("edit", "field", "problem"), [
+    (lambda d: [d], None, "sidecar must be a JSON object, got list"),
+    (lambda d: None, None, "sidecar must be a JSON object, got NoneType"),
+    (lambda d: {**d, "num_classes": "9"}, "num_classes", "must be an integer in [0, 256]"),
+    (lambda d: {**d, "num_classes": True}, "num_classes", "must be an integer in [0, 256]"),
+    (lambda d: {**d, "variant": 3}, "variant", "must be a non-empty string"),
+    (lambda d: {**d, "preset": None}, "preset", "must be a non-empty string"),
+    (lambda d: {**d, "classes": "car"}, "classes", "must be a list of non-empty names"),
+    (lambda d: {**d, "model_args": [1]}, "model_args", "must be a JSON object"),
+    (lambda d: {**d, "palette": [0x1000000] * 9}, "palette", "palette entry 0 must be an integer 0xRRGGBB"),
+    (lambda d: {**d, "palette": "red"}, "palette", "must be a list of 0xRRGGBB integers"),
+    (lambda d: {**d, "input_size": [128]}, "input_size", "must be null or [height, width]"),
+    (lambda d: {**d, "training_domain": ["the internet"]}, "training_domain", "must be a list of"),
+    (lambda d: {**d, "metrics": 0.5}, "metrics", "must be a JSON object"),
+])
+def test_malformed_sidecar_is_refused_naming_file_and_field(weights: Path, edit, field, problem) -> None:
+    side = sidecar_path(weights)
+    side.write_text(json.dumps(edit(json.loads(side.read_text()))))
+    with pytest.raises(WeightsError) as err:
+        Engine("auto", weights=weights, device="cpu")
+    text = str(err.value)
+    assert text.startswith(f"{side}: ") and problem in text
+    if field is not None:
+        assert f"sidecar field '{field}'" in text
+
+
+def test_unknown_model_arguments_in_the_sidecar_are_refused_naming_the_field(weights: Path) -> None:
+    side = sidecar_path(weights)
+    doc = json.loads(side.read_text())
+    side.write_text(json.dumps({**doc, "model_args": {**doc["model_args"], "no_such_argument": 1}}))
+    with pytest.raises(WeightsError, match=r"m.json: sidecar fields 'preset'/'model_args' do not fit "
+                                           r"test_s4fusion: .*no_such_argument"):
+        Engine("auto", weights=weights, device="cpu")

@@ -267,7 +267,7 @@ class TestHeaders:
         assert header_stamp_ns(numpy_to_image(sample("mono8"), "mono8", msg_type=rb_image)) == 0
 
     def test_negative_stamp(self):
-        with pytest.raises(ValueError, match="stamp_ns must be >= 0"):
+        with pytest.raises(ValueError, match="stamp_ns must be an integer >= 0"):
             make_header(-1)
 
 
@@ -402,3 +402,51 @@ def test_zero_copy_decode_of_big_endian_mono16_converts() -> None:
     msg = SimpleNamespace(height=2, width=2, encoding="mono16", is_bigendian=1, step=4,
                           data=raw.astype(">u2").tobytes())
     np.testing.assert_array_equal(image_to_numpy(msg, copy=False), raw)
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("height", "5", r"Image.height must be an integer, got str '5'"),
+    ("width", None, r"Image.width must be an integer, got NoneType None"),
+    ("step", 7.5, r"Image.step must be an integer, got float 7.5"),
+    ("height", True, r"Image.height must be an integer, got bool True"),
+    ("is_bigendian", 2, r"Image.is_bigendian must be 0 or 1, got 2"),
+    ("is_bigendian", "no", r"Image.is_bigendian must be 0 or 1, got 'no'"),
+    ("encoding", None, r"image encoding must be a string such as 'rgb8', got NoneType"),
+    ("encoding", "bayer_rggb8", r"unsupported image encoding 'bayer_rggb8'"),
+    ("data", None, r"Image.data must be bytes"),
+    ("data", "text", r"Image.data must hold byte values 0..255"),
+])
+def test_every_bad_image_field_raises_the_codecs_error(field: str, value, message: str) -> None:
+    """Probing found TypeErrors and bare ValueErrors escaping the codec (a node logged tracebacks)."""
+    from ivf_perception.io import ImageDecodeError, IVFIOError
+
+    _, msg = raw_message("mono8", sample("mono8", 5, 7), 7)  # the plain object: rclpy would refuse the set
+    setattr(msg, field, value)
+    with pytest.raises(ImageDecodeError, match=message) as err:
+        image_to_numpy(msg)
+    assert isinstance(err.value, IVFIOError)
+
+
+@pytest.mark.parametrize(("stamp", "message"), [
+    (SimpleNamespace(sec=None, nanosec=0), r"header stamp.sec must be an integer, got None"),
+    (SimpleNamespace(sec=1, nanosec=2_000_000_000), r"header stamp.nanosec must be in \[0, 1e9\), got 2000000000"),
+    (SimpleNamespace(sec=1), r"header stamp.nanosec must be an integer, got None"),
+])
+def test_bad_header_stamps_raise_the_codecs_error(stamp, message: str) -> None:
+    from ivf_perception.io import ImageFieldError, header_stamp_ns
+
+    with pytest.raises(ImageFieldError, match=message):
+        header_stamp_ns(SimpleNamespace(header=SimpleNamespace(stamp=stamp, frame_id="cam")))
+
+
+def test_bad_encode_arguments_raise_the_codecs_error() -> None:
+    from ivf_perception.io import ImageEncodeError, ImageFieldError, make_header
+
+    for bad in (-1, 1.5, "0", True):
+        with pytest.raises(ImageFieldError, match=r"stamp_ns must be an integer >= 0"):
+            make_header(bad)
+    with pytest.raises(ImageEncodeError, match="expected a numpy array"):
+        numpy_to_image([[1, 2]], "mono8")
+    header = SimpleNamespace(stamp=SimpleNamespace(sec="x", nanosec=0), frame_id="cam")
+    with pytest.raises(ImageEncodeError, match="header must be a std_msgs/Header"):
+        numpy_to_image(np.zeros((2, 2), np.uint8), "mono8", header=header)

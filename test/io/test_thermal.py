@@ -177,3 +177,66 @@ def test_mono16_agc_equals_the_np_percentile_implementation(shape, low, high) ->
 
 def test_constant_mono16_frame_still_maps_to_zeros() -> None:
     assert not agc_percentile(np.full((480, 640), 1234, np.uint16)).any()
+
+
+def test_smoothed_window_is_the_exponential_average_of_each_frames_percentiles() -> None:
+    from ivf_perception.io.thermal import AGCState, percentile_bounds, stretch
+
+    rng = np.random.default_rng(5)
+    frames = [rng.integers(1000 + 300 * i, 3000 + 500 * i, (24, 32)).astype(np.uint16) for i in range(4)]
+    state = AGCState(AGCConfig(2.0, 98.0, smoothing=0.75))
+    expected: tuple[float, float] | None = None
+    for frame in frames:
+        lo, hi = percentile_bounds(frame, 2.0, 98.0)
+        expected = (lo, hi) if expected is None else (0.75 * expected[0] + 0.25 * lo, 0.75 * expected[1] + 0.25 * hi)
+        out = state.apply(frame)
+        assert state.bounds == pytest.approx(expected)
+        np.testing.assert_array_equal(out, stretch(frame, *expected))
+    # the last frame alone would be stretched differently: the window lags the scene on purpose
+    assert not np.array_equal(out, agc_percentile(frames[-1], 2.0, 98.0))
+    state.reset()
+    np.testing.assert_array_equal(state.apply(frames[0]), agc_percentile(frames[0], 2.0, 98.0))
+
+
+def test_without_smoothing_a_stream_equals_the_per_frame_agc_and_a_new_size_restarts() -> None:
+    from ivf_perception.io.thermal import AGCState
+
+    rng = np.random.default_rng(6)
+    state = AGCState(AGCConfig(1.0, 99.0))
+    for _ in range(3):
+        frame = rng.integers(0, 65535, (16, 20)).astype(np.uint16)
+        np.testing.assert_array_equal(state.apply(frame), agc_percentile(frame))
+    smooth = AGCState(AGCConfig(1.0, 99.0, smoothing=0.9))
+    smooth.apply(np.full((16, 20), 100, np.uint16) + np.arange(20, dtype=np.uint16))
+    other = rng.integers(5000, 6000, (8, 10)).astype(np.uint16)
+    np.testing.assert_array_equal(smooth.apply(other), agc_percentile(other))  # another camera mode
+
+
+def test_fixed_window_maps_kelvin_x100_linearly() -> None:
+    # radiometric T-linear counts: 0 degC = 27315, 50 degC = 32315, 100 degC = 37315
+    cfg = AGCConfig(mode="fixed", fixed_low=27315, fixed_high=37315)
+    counts = np.array([[27000, 27315, 32315], [37315, 40000, 29815]], np.uint16)
+    np.testing.assert_allclose(cfg.apply(counts), [[0.0, 0.0, 0.5], [1.0, 1.0, 0.25]], atol=1e-6)
+    from ivf_perception.io.thermal import AGCState
+
+    state = AGCState(AGCConfig(mode="fixed", fixed_low=27315, fixed_high=37315, smoothing=0.9))
+    np.testing.assert_array_equal(state.apply(counts), cfg.apply(counts))  # no history in fixed mode
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"mode": "auto"}, "AGC mode must be one of percentile, fixed"),
+    ({"mode": "fixed", "fixed_low": 5.0, "fixed_high": 5.0}, "needs finite fixed_low < fixed_high"),
+    ({"smoothing": 1.0}, r"AGC smoothing must be in \[0, 1\)"),
+])
+def test_bad_agc_settings_are_refused(kwargs, message) -> None:
+    with pytest.raises(AGCError, match=message):
+        AGCConfig(**kwargs)
+
+
+def test_crop_rows_drops_telemetry_and_refuses_to_crop_everything() -> None:
+    from ivf_perception.io.thermal import crop_rows
+
+    frame = np.arange(6 * 4, dtype=np.uint16).reshape(6, 4)
+    np.testing.assert_array_equal(crop_rows(frame, 1, 2), frame[1:4])
+    with pytest.raises(AGCError, match=r"thermal_crop_rows \[3, 2\] leaves 1 of the 6 rows"):
+        crop_rows(frame, 3, 2)

@@ -305,3 +305,65 @@ def test_onnxruntime_backend_configures_runs_and_a_failed_build_can_be_retried(m
     assert node._engine is None
     assert node.set_parameters([Parameter("warmup_size", value=list(onnx_size))])[0].successful
     assert node.trigger_configure() == SUCCESS and node._engine.model is None, ".onnx weights: no torch model"
+
+
+def test_configure_logs_what_the_weights_were_trained_on(make_node, tmp_path, capfd) -> None:
+    from ivf_perception.engine import WeightsInfo, save_weights
+    from ivf_perception.models import build_model
+
+    info = WeightsInfo(variant="test_s4fusion", preset="test", num_classes=9,
+                       training_domain=["generated scenes", "real unlabelled pairs"])
+    weights = save_weights(build_model("test_s4fusion").state_dict(), tmp_path / "w.safetensors", info)
+    node = make_node(weights=str(weights), min_confidence=0.5)
+    assert node.trigger_configure() == SUCCESS
+    assert node._engine.min_confidence == 0.5
+    err = capfd.readouterr().err
+    assert ("weights trained on: generated scenes + real unlabelled pairs; class labels were learnt from "
+            "synthetic scenes only") in err
+
+
+def test_a_frame_over_max_input_pixels_is_skipped_and_the_node_keeps_serving(make_node) -> None:
+    node = make_node(max_input_pixels=64 * 80 - 1, warmup_size=[32, 40])
+    assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
+    node._process(_pair(1_000))  # 64x80 = 5120 pixels, one too many
+    assert node._failed == 1 and node._processed == 0 and node._worker.is_alive()
+    report = assess_health(node._snapshot())
+    assert "InputError: RGB image 64×80 has 5120 pixels, more than max_input_pixels=5119" in report.message
+    assert node.trigger_deactivate() == SUCCESS
+    node.set_parameters([Parameter("max_input_pixels", value=64 * 80)])
+    assert node.trigger_cleanup() == SUCCESS and node.trigger_configure() == SUCCESS
+    assert node.trigger_activate() == SUCCESS
+    node._process(_pair(2_000))
+    assert node._processed == 1 and node._failed == 0
+
+
+def _mono16_pair(stamp: int, thermal: np.ndarray) -> Pair:
+    rgb = numpy_to_image(np.full((64, 80, 3), 128, np.uint8), "rgb8", header=make_header(stamp, "cam"))
+    th = numpy_to_image(thermal, "mono16", header=make_header(stamp, "th"))
+    return Pair(stamp, stamp, rgb, th)
+
+
+def test_thermal_agc_smoothing_crop_and_fixed_range_through_the_node(make_node) -> None:
+    node = make_node(agc_smoothing=0.5, agc_low_pct=0.0, agc_high_pct=100.0, thermal_crop_rows=[1, 0])
+    assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
+    cold = np.full((65, 80), 1000, np.uint16)
+    cold[0] = 65535  # a telemetry row: cut before the AGC sees it
+    cold[1, 0] = 900
+    hot = np.full((65, 80), 3000, np.uint16)
+    hot[0], hot[1, 0] = 0, 3500
+    node._process(_mono16_pair(1_000, cold))
+    node._process(_mono16_pair(2_000, hot))
+    assert node._processed == 2 and node._failed == 0
+    thermal_agc = node._engine._agc_streams["thermal"]
+    assert thermal_agc.bounds == pytest.approx((0.5 * 900 + 0.5 * 3000, 0.5 * 1000 + 0.5 * 3500))
+    # a pairing reset (bag loop, clock jump) restarts the window from the next frame
+    node._pairer.stats.resets += 1
+    node._process(_mono16_pair(3_000, hot))
+    assert thermal_agc.bounds == pytest.approx((3000, 3500))
+    # the AGC parameters are safe at runtime; an empty fixed window is refused with the reason
+    refused = node.set_parameters([Parameter("agc_fixed_low", value=70000.0)])[0]  # above agc_fixed_high 65535
+    assert not refused.successful and "fixed_low < fixed_high" in refused.reason
+    assert all(r.successful for r in node.set_parameters([
+        Parameter("agc_mode", value="fixed"), Parameter("agc_fixed_low", value=27315.0),
+        Parameter("agc_fixed_high", value=37315.0)]))
+    assert node._engine.agc.mode == "fixed" and node._engine.agc.fixed_low == 27315.0

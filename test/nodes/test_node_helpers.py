@@ -45,8 +45,8 @@ class TestParameters:
         assert set(NODE_ONLY_PARAMETERS) == {s.name for s in NODE_PARAMETERS}, "replay's list of the node's own"
 
     def test_safe_set_is_the_documented_one(self) -> None:
-        assert {"palette", "overlay_alpha", "overlay_enabled", "slop_s",
-                                   "agc_low_pct", "agc_high_pct"} == SAFE_PARAMETERS
+        assert {"palette", "overlay_alpha", "overlay_enabled", "slop_s", "agc_low_pct", "agc_high_pct",
+                "agc_mode", "agc_fixed_low", "agc_fixed_high", "agc_smoothing"} == SAFE_PARAMETERS
 
     @pytest.mark.parametrize(("name", "value", "message"), [
         ("overlay_alpha", 1.5, "overlay_alpha must be in [0.0, 1.0], got 1.5"),

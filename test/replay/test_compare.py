@@ -60,3 +60,23 @@ def test_compare_backends_of_the_same_weights(mcap_bag, tmp_path, test_weights, 
     data = json.loads((out / "compare.json").read_text())
     rows = {r["metric"]: r for r in data["rows"]}
     assert abs(rows["mIoU all"]["diff"]) < 1e-3, "the same network through two backends"
+
+
+def test_markdown_quotes_strings_from_bags_as_text() -> None:
+    """Topic, frame and error texts come from whoever recorded the bag."""
+    from ivf_perception.replay.render import Heading, Table, Text, md_escape, to_markdown
+
+    hostile = "<img src=x onerror=alert(1)> [x](javascript:alert(1)) *a* | b\n# h & `c`"
+    md = to_markdown(f"replay: {hostile}", [Heading(hostile), Text(hostile), Table(["name", "reason"],
+                                                                                  [["f|1", hostile]])])
+    import re
+
+    for line in md.splitlines():
+        text = line.strip("| ") if line.startswith("|") else line.lstrip("# ")
+        assert not re.search(r"(?<!\\)[<\[*`]", text), f"unescaped markup in {line!r}"
+    assert "\n# h" not in md and "\n\\# h" not in md, "no line break survives"
+    assert md_escape(hostile) == r"\<img src=x onerror=alert(1)\> \[x\](javascript:alert(1)) \*a\* \| b # h &amp; \`c\`"
+    assert md_escape("_rgb_image_ frame(s)") == r"\_rgb_image\_ frame(s)"
+    row = next(line for line in md.splitlines() if line.startswith("| f"))
+    assert row.count(" | ") == 1, "a | in a cell must not split the row"
+    assert md_escape("- not a list") == r"\- not a list" and md_escape("# no heading") == r"\# no heading"

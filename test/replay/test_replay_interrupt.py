@@ -58,3 +58,33 @@ def test_cli_exit_code_after_ctrl_c(mcap_bag, tmp_path, monkeypatch, capsys):
     assert replay_main([str(mcap_bag), "--out", str(out), *MICRO]) == 130
     assert "interrupted: 0 frame(s)" in capsys.readouterr().out
     assert (out / "report.html").is_file() and (out / "bag" / "metadata.yaml").is_file()
+
+
+def test_ctrl_c_while_a_frame_is_written_leaves_exactly_the_counted_frames(mcap_bag, micro_engine, options,
+                                                                         monkeypatch):
+    """A real SIGINT arrives between the fused and the labels message of frame 3: the frame is
+    finished first, so the bag and the partial report agree on every topic."""
+    import os
+    import signal
+
+    from ivf_perception.replay.writing import OutputBag
+
+    real_image = OutputBag._image
+    written: list[str] = []
+
+    def image_then_ctrl_c(self, key, *args, **kwargs):  # noqa: ANN001, ANN202 - same signature as the real one
+        real_image(self, key, *args, **kwargs)
+        written.append(key)
+        if written.count("fused") == 3 and key == "fused":
+            os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C delivers it
+
+    monkeypatch.setattr(OutputBag, "_image", image_then_ctrl_c)
+    result = run_replay(options(mcap_bag), micro_engine)
+    assert (result.status, result.frames) == ("interrupted", 3)
+    with BagReader(result.out / "bag") as reader:
+        topics = result.summary["configuration"]["output_topics"]
+        assert {k: reader.counts[topics[k]] for k in ("fused", "labels", "overlay", "stats")} == dict.fromkeys(
+            ("fused", "labels", "overlay", "stats"), 3)
+    s = json.loads((result.out / "metrics.json").read_text())
+    assert s["frames"] == 3 and len(s["per_frame"]) == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler is restored"

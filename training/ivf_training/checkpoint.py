@@ -10,8 +10,10 @@ A checkpoint is a pair of files in ``RUN_DIR/ckpt/``:
 
 Writing: both files go to ``*.tmp`` first and are flushed to disk; then the complete previous
 pair is renamed to ``prev.*`` and the new pair renamed into place. A crash at any moment leaves
-either the old ``last`` or the old pair as ``prev`` intact; loading verifies the pair and, when
-it is broken, names the previous good checkpoint. A failed write (disk full, quota, I/O error)
+either the old ``last`` or the old pair as ``prev`` intact, and a kill between the four renames
+is finished at the next resume or save (:func:`finish_interrupted_save`: the new pair is complete
+on disk before the first rename, so the renames are rolled forward); loading verifies the pair
+and, when it is broken, names the previous good checkpoint. A failed write (disk full, quota, I/O error)
 removes the partial ``*.tmp`` files, touches nothing else and raises :class:`CheckpointError`
 saying which checkpoint was kept.
 """
@@ -40,6 +42,7 @@ __all__ = [
     "checkpoint_paths",
     "save_checkpoint",
     "load_checkpoint",
+    "finish_interrupted_save",
     "save_model_file",
     "capture_rng",
     "restore_rng",
@@ -104,12 +107,16 @@ def _write_tensors(state_dict: Mapping[str, torch.Tensor], path: Path, metadata:
     return _sha256(path)
 
 
+def _tmp(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
 def save_checkpoint(ckpt_dir: Path, model_state: Mapping[str, torch.Tensor], state: dict[str, Any]) -> None:
     """Write ``last.*`` atomically, keeping the previous complete pair as ``prev.*``."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
+    finish_interrupted_save(ckpt_dir)
     model_path, state_path = checkpoint_paths(ckpt_dir, "last")
-    model_tmp = model_path.with_name(model_path.name + ".tmp")
-    state_tmp = state_path.with_name(state_path.name + ".tmp")
+    model_tmp, state_tmp = _tmp(model_path), _tmp(state_path)
     kept = (f"the previous checkpoint {model_path} is kept; once the disk has room, continue with "
             f"`ivf-train resume {ckpt_dir.parent}`" if model_path.exists() else "no checkpoint exists yet")
     with _cleanup_on_write_error([model_tmp, state_tmp], kept):
@@ -117,12 +124,51 @@ def save_checkpoint(ckpt_dir: Path, model_state: Mapping[str, torch.Tensor], sta
         full_state = {**state, "format": STATE_FORMAT, "model_sha256": digest}
         torch.save(full_state, state_tmp)
         _fsync(state_tmp)
+    _commit(ckpt_dir)
+
+
+def _commit(ckpt_dir: Path) -> None:
+    """The renames that put a complete ``last.*.tmp`` pair in place, from wherever a previous
+    run of them stopped: R1 ``last.safetensors`` → ``prev``, R2 ``last.state.pt`` → ``prev``
+    (both only when the old pair is there), R3 and R4 the new files to ``last.*``."""
+    model_path, state_path = checkpoint_paths(ckpt_dir, "last")
     prev_model, prev_state = checkpoint_paths(ckpt_dir, "prev")
-    if model_path.exists() and state_path.exists():
-        model_path.replace(prev_model)
-        state_path.replace(prev_state)
-    model_tmp.replace(model_path)
-    state_tmp.replace(state_path)
+    model_tmp, state_tmp = _tmp(model_path), _tmp(state_path)
+    if model_tmp.exists():  # R3 not done yet
+        if model_path.exists() and state_path.exists():
+            model_path.replace(prev_model)  # R1
+        if state_path.exists():  # the old state whose model R1 already moved
+            state_path.replace(prev_state)  # R2
+        model_tmp.replace(model_path)  # R3
+    state_tmp.replace(state_path)  # R4
+
+
+def finish_interrupted_save(ckpt_dir: Path) -> None:
+    """Complete or discard a :func:`save_checkpoint` that was killed (SIGKILL, power loss).
+
+    The tmp pair is written and flushed before the first rename, so a ``last.state.pt.tmp``
+    that loads and whose checksum matches the new model file (still ``.tmp``, or already renamed
+    to ``last.safetensors``) means the renames had started or were about to: they are rolled
+    forward. Anything else is a write that never finished; its partial tmp files are removed
+    and the checkpoints on disk are left as they were.
+    """
+    model_path, state_path = checkpoint_paths(ckpt_dir, "last")
+    model_tmp, state_tmp = _tmp(model_path), _tmp(state_path)
+    if not state_tmp.exists():
+        model_tmp.unlink(missing_ok=True)
+        return
+    new_model = model_tmp if model_tmp.exists() else model_path
+    try:
+        state = read_torch_file(state_tmp, what="training state")
+        complete = (isinstance(state, dict) and new_model.is_file()
+                    and state.get("model_sha256") == _sha256(new_model))
+    except TensorFileError:
+        complete = False
+    if complete:
+        _commit(ckpt_dir)
+    else:
+        for tmp in (model_tmp, state_tmp):
+            tmp.unlink(missing_ok=True)
 
 
 def _read_pair(ckpt_dir: Path, tag: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -148,13 +194,20 @@ def _read_pair(ckpt_dir: Path, tag: str) -> tuple[dict[str, torch.Tensor], dict[
     return model_state, state
 
 
-def load_checkpoint(ckpt_dir: Path, tag: str = "last") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_checkpoint(ckpt_dir: Path, tag: str = "last", *, recover: bool = False
+                    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load and verify checkpoint ``tag``; on failure point to the previous good one.
+
+    ``recover``: first finish a save killed between its renames (:func:`finish_interrupted_save`).
+    Only the run's owner may (resume): a reader such as ``export`` could otherwise take a save
+    in progress for a killed one.
 
     Raises:
         CheckpointError: the pair is missing, corrupt or inconsistent. The message says whether
             ``prev`` is intact (and at which step) and how to resume from it.
     """
+    if recover and ckpt_dir.is_dir():
+        finish_interrupted_save(ckpt_dir)
     try:
         return _read_pair(ckpt_dir, tag)
     except CheckpointError as exc:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
-from ivf_perception.engine.weights import WeightsInfo, save_weights
+from ivf_perception.engine.weights import WeightsInfo, save_weights, training_domain
 from ivf_perception.io.tensor_files import TensorFileError, read_safetensors
 from ivf_perception.models import build_model
 from ivf_perception.models.registry import without_pretrained_files
@@ -89,12 +89,13 @@ def load_run_weights(source: str | Path, *, checkpoint: str | None = None) -> Ru
         raise CheckpointError(f"{model_file} does not fit {m.variant}/{m.preset}: {exc}") from exc
     classes, palette = resolve_classes(m.num_classes, cfg.data.class_names, cfg.data.palette, cfg.data.kind)
     data_json = run_dir / "data.json"
+    data = json.loads(data_json.read_text()) if data_json.is_file() else {}
     info = WeightsInfo(
         variant=m.variant, preset=m.preset, num_classes=m.num_classes, model_args=model_args,
         classes=classes if m.num_classes else [], palette=palette if m.num_classes else [],
         input_size=[cfg.crop, cfg.crop_width or cfg.crop], recipe=config_to_dict(cfg),
-        data=json.loads(data_json.read_text()) if data_json.is_file() else {},
-        metrics={"checkpoint": model_file.name, "best_metric": cfg.best_metric, **metrics},
+        data=data, metrics={"checkpoint": model_file.name, "best_metric": cfg.best_metric, **metrics},
+        training_domain=training_domain(data),
     )
     return RunWeights(model.eval(), info, model_file)
 
@@ -109,8 +110,9 @@ def export_engine_weights(source: str | Path, out_path: str | Path, *, checkpoin
             ``best`` if it exists, else ``last``.
 
     The sidecar records the variant, preset, classes and palette, ``input_size`` (the training
-    crop), ``recipe`` (the resolved configuration), ``data`` (data.json) and ``metrics`` (see
-    :func:`load_run_weights`, which also says which weights an EMA run exports).
+    crop), ``recipe`` (the resolved configuration), ``data`` (data.json), ``training_domain``
+    (its kinds of data) and ``metrics`` (see :func:`load_run_weights`, which also says which
+    weights an EMA run exports).
 
     Raises:
         CheckpointError: besides :func:`load_run_weights`' cases, a run whose objective refuses

@@ -270,7 +270,7 @@ class Trainer:
     def load_checkpoint(self, tag: str = "last") -> None:
         """Restore model, optimiser, scaler, RNG, step and best-so-far from ``ckpt/<tag>``."""
         ckpt_dir = self.files.ckpt_dir
-        model_state, state = load_checkpoint(ckpt_dir, tag)
+        model_state, state = load_checkpoint(ckpt_dir, tag, recover=True)  # the run is ours: finish a killed save
         try:
             self.model.load_state_dict(model_state)
             self.optimizer.load_state_dict(state["optimizer"])

@@ -162,7 +162,7 @@ def test_export_round_trip(make_config: MakeConfig, tmp_path: Path) -> None:
     assert info.classes == list(MFNET_CLASSES) and info.palette == MFNET_PALETTE
     assert info.input_size == [64, 64]
     assert info.recipe["model"]["variant"] == STANDIN and info.recipe["max_steps"] == 3
-    assert info.data["train"]["kind"] == "generated"
+    assert info.data["train"]["kind"] == "generated" and info.training_domain == ["generated scenes"]
     assert info.metrics["checkpoint"] == "best.safetensors" and info.metrics["step"] == 3 and "mIoU" in info.metrics
 
     last = export_engine_weights(trainer.run_dir, tmp_path / "last.safetensors", checkpoint="last")
