@@ -92,8 +92,10 @@ def _run_node(context: rclpy.Context, weights: Path, bag: Path) -> tuple[Outputs
         node._slot.put = pairs.append  # take the pairs from the hand-over instead of the worker thread
         outputs: dict[str, Outputs] = {"fused": [], "labels": []}
         for name, out in outputs.items():
-            node._publishers_by_name[name].publish = (
-                lambda msg, out=out: out.append((header_stamp_ns(msg), image_to_numpy(msg).tobytes())))
+            publisher = node._publishers_by_name[name]
+            publisher.publish = lambda msg, out=out: out.append((header_stamp_ns(msg), image_to_numpy(msg).tobytes()))
+            # the node encodes only outputs someone subscribes to: stand in for a subscriber
+            publisher.get_subscription_count = lambda: 1
         stream = {RGB_TOPIC: "rgb", THERMAL_TOPIC: "thermal"}
         for record in read_image_messages(bag):
             msg = record.msg  # the bag's message, re-encoded as the rclpy message a camera would send
