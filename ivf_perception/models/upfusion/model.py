@@ -113,6 +113,9 @@ class UPFusion(FusionSegModel):
     """
 
     variant = "upfusion"
+    # Fixed-size ONNX only: with symbolic H×W the exported SCPM resize to 224² gives other values
+    # than PyTorch's and can flip a top-k channel selection (fused image off by 0.019 at 32×48).
+    _dynamic_onnx = False
     input_multiple = 8
     text_embedding: torch.Tensor
 
