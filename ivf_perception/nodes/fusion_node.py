@@ -85,6 +85,13 @@ from ivf_perception.sync import STREAMS, ApproximateTimePairer, LatestSlot, Pair
 
 __all__ = ["FusionNode", "main"]
 
+# Header stamps further than this from the node's clock (a bag played without /clock and
+# use_sim_time, a camera with an unsynchronised clock) give no meaningful stamp->published
+# latency; it is then measured from the RGB message's receipt instead.
+STAMP_CLOCK_TOLERANCE_S = 10.0
+# Receipt times remembered per RGB stamp (bounded: pairs older than this were dropped long ago).
+RECEIPTS_KEPT = 256
+
 # Errors building the engine at configure: the package's own (weights, model names, inputs),
 # files, model-constructor argument checks and device failures; the transition fails with the reason.
 CONFIGURE_ERRORS = (IvfPerceptionError, OSError, ValueError, RuntimeError)
@@ -322,6 +329,9 @@ class FusionNode(LifecycleNode):
         self._camera_info_size: dict[str, tuple[int, int]] = {}
         self._meters = {s: RateMeter() for s in (*STREAMS, "output")}
         self._latency_ms: deque[float] = deque(maxlen=30)
+        self._rgb_received_ns: dict[int, int] = {}  # written by the executor, read by the worker
+        self._receipts_lock = threading.Lock()
+        self._latency_basis = "header stamp"
         self._processing_ms: deque[float] = deque(maxlen=30)
         self._stages = StageWindow(30)
         self._activated_at = time.monotonic()
@@ -336,13 +346,36 @@ class FusionNode(LifecycleNode):
         self._image_size[stream] = (msg.width, msg.height)
         pairer, slot = self._pairer, self._slot
         assert pairer is not None and slot is not None, "subscriptions exist only while active"
-        pair = pairer.add(stream, header_stamp_ns(msg), msg)
+        stamp_ns = header_stamp_ns(msg)
+        if stream == "rgb":
+            self._remember_receipt(stamp_ns)
+        pair = pairer.add(stream, stamp_ns, msg)
         for jump in pairer.take_time_jumps():
             self.get_logger().warning(
                 f"{jump.stream} stamps jumped back by {jump.back_s:.3f} s (bag loop or clock "
                 "reset): pairing queues reset")
         if pair is not None:
             slot.put(pair)
+
+    def _remember_receipt(self, stamp_ns: int) -> None:
+        with self._receipts_lock:
+            received = self._rgb_received_ns
+            received[stamp_ns] = time.monotonic_ns()
+            if len(received) > RECEIPTS_KEPT:
+                del received[next(iter(received))]  # insertion order: the oldest
+
+    def _end_to_end_ms(self, rgb_stamp_ns: int) -> float:
+        """Stamp->published latency on the node's clock (sim time with use_sim_time), or
+        receipt->published when the stamp is more than STAMP_CLOCK_TOLERANCE_S from that clock."""
+        from_stamp_ms = (self.get_clock().now().nanoseconds - rgb_stamp_ns) / 1e6
+        with self._receipts_lock:
+            received = self._rgb_received_ns.pop(rgb_stamp_ns, None)
+        if abs(from_stamp_ms) <= STAMP_CLOCK_TOLERANCE_S * 1e3 or received is None:
+            self._latency_basis = "header stamp"
+            return from_stamp_ms
+        self._latency_basis = (f"receipt (stamps are {from_stamp_ms / 1e3:.0f} s from the clock; "
+                               "play the bag with /clock and set use_sim_time)")
+        return (time.monotonic_ns() - received) / 1e6
 
     def _on_camera_info(self, stream: str, msg: CameraInfo) -> None:
         self._camera_info_size[stream] = (msg.width, msg.height)
@@ -419,7 +452,7 @@ class FusionNode(LifecycleNode):
                 pubs["overlay"].publish(numpy_to_image(overlay, "rgb8", header=header))
             stages["overlay"] = (time.perf_counter() - started) * 1e3
         self._processed += 1
-        end_to_end_ms = (self.get_clock().now().nanoseconds - pair.rgb_stamp_ns) / 1e6
+        end_to_end_ms = self._end_to_end_ms(pair.rgb_stamp_ns)
         if "stats" in pubs and pubs["stats"].get_subscription_count() > 0:
             started = time.perf_counter()
             values = FusionStatsValues.from_frame(
@@ -474,7 +507,7 @@ class FusionNode(LifecycleNode):
             streams=streams, qos_reliability=config.qos_reliability if config else "",
             stream_timeout_s=config.stream_timeout_s if config else 0.0,
             output_rate_hz=self._meters["output"].rate(now),
-            latency_ms=sum(latency) / len(latency) if latency else None,
+            latency_ms=sum(latency) / len(latency) if latency else None, latency_basis=self._latency_basis,
             processing_ms=sum(processing) / len(processing) if processing else None,
             stage_ms=self._stages.medians(), counters=counters, failed_recently=failed_recently,
             last_error=self._last_error,
