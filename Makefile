@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ivf-installed
 REQS := requirements/runtime.txt requirements/dev.txt requirements/constraints.txt setup.py training/setup.py \
 	ivf_perception_msgs/CMakeLists.txt ivf_perception_msgs/package.xml ivf_perception_msgs/msg/FusionStats.msg \
-	ivf_perception_msgs/install_into_venv.py
+	ivf_perception_msgs/install_into_venv.py ivf_perception/models/ops/csrc/selective_scan_cpu.cpp
 export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export HF_HUB_OFFLINE := 1
@@ -17,8 +17,9 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
-# The last step builds the ROS interface package ivf_perception_msgs/ (FusionStats) with the pip ROS wheels
-# into the venv (needs cmake and g++).
+# `pip install -e .` also compiles the fused CPU selective scan (setup.py, in place; optional: without a
+# working g++ it prints one line and the models use the chunked scan). The last step builds the ROS
+# interface package ivf_perception_msgs/ (FusionStats) with the pip ROS wheels into the venv (needs cmake and g++).
 $(STAMP): $(REQS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip<26" "setuptools<80" wheel
@@ -59,4 +60,4 @@ train-default: $(STAMP)
 		--out ivf_perception/weights/s4fusion_tiny_default.safetensors
 
 clean:
-	rm -rf $(VENV) demo_output build install log *.egg-info
+	rm -rf $(VENV) demo_output build install log *.egg-info ivf_perception/models/ops/_cpu_scan*.so

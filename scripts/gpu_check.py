@@ -291,23 +291,23 @@ def step_onnxruntime_cuda(args: argparse.Namespace, budget: Budget, work: Path) 
         return {"status": "dry-run", "detail": "would export the micro model and run it with CUDAExecutionProvider"}
     import torch
 
+    from ivf_perception.engine.backends import BackendContext, create_backend
     from ivf_perception.engine.weights import build_model_from_weights
-    from ivf_perception.export.cache import cached_onnx
 
     weights = _micro_weights(work)
-    model = build_model_from_weights(weights)[0].eval()
-    size = (64, 96)
-    path = cached_onnx(model, weights, height=size[0], width=size[1], cache_dir=work / "cache")
-    session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
-    rgb, thermal = _random_pair(size, "cpu")
-    fused = session.run(["fused"], {"rgb": rgb.numpy(), "thermal": thermal.numpy()})[0]
+    model: Any = build_model_from_weights(weights)[0].eval().cuda()
+    rgb, thermal = _random_pair((64, 96), "cuda")
     with torch.inference_mode():
         ref = model(rgb, thermal).fused
-    diff = float((torch.from_numpy(fused) - ref).abs().max())
-    used = session.get_providers()[0]
-    ok = used == "CUDAExecutionProvider" and diff <= 1e-4
-    return {"status": "passed" if ok else "failed", "detail": f"{used}: fused max abs diff {diff:.2e} vs PyTorch",
-            "max_abs_diff": diff}
+    backend = create_backend("onnxruntime", BackendContext(model, torch.device("cuda"), "fp32", weights,
+                                                          {"cache_dir": str(work / "cache")}))
+    fused = backend.run(rgb, thermal).fused  # exports at this batch's size, then runs
+    providers = backend.describe()["providers"]
+    backend.release()
+    diff = float((fused - ref).abs().max())
+    ok = "CUDAExecutionProvider" in providers[:2] and diff <= 1e-4
+    return {"status": "passed" if ok else "failed",
+            "detail": f"providers {providers}: fused max abs diff {diff:.2e} vs PyTorch", "max_abs_diff": diff}
 
 
 def step_tensorrt(args: argparse.Namespace, budget: Budget, work: Path) -> dict[str, Any]:
@@ -357,74 +357,98 @@ def step_tensorrt(args: argparse.Namespace, budget: Budget, work: Path) -> dict[
 # --------------------------------------------------------------------------- bench
 
 
-def bench_plan(variants: list[str] | None, presets: list[str], precisions: list[str]) -> list[dict[str, str]]:
-    """Rows to measure: variant × preset × precision, presets a family lacks left out."""
+def default_backends() -> list[str]:
+    """Eager torch, plus the deployment backends this machine can run: ONNX Runtime when it has
+    the CUDA provider, TensorRT when installed. (``compile`` is left to ``--backends``: compiling
+    every paper model with CUDA graphs takes minutes of the budget.)"""
+    backends = ["torch"]
+    try:
+        import onnxruntime
+
+        if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+            backends.append("onnxruntime")
+    except ImportError:
+        pass
+    try:
+        import tensorrt  # noqa: F401
+
+        backends.append("tensorrt")
+    except ImportError:
+        pass
+    return backends
+
+
+def bench_plan(variants: list[str] | None, presets: list[str], backends: list[str],
+               precisions: list[str]) -> list[dict[str, str]]:
+    """Rows to measure: variant × preset × backend × precision, presets a family lacks left out."""
     from ivf_perception.models import list_models, list_presets
 
     names = variants or [v for v in list_models() if not v.startswith("test_")]
-    return [{"variant": v, "preset": p, "precision": prec} for v in names
-            for p in presets if p in list_presets(v, include_test=True) for prec in precisions]
+    return [{"variant": v, "preset": p, "backend": b, "precision": prec} for v in names
+            for p in presets if p in list_presets(v, include_test=True) for b in backends for prec in precisions]
+
+
+def _bench_args(variant: str, preset: str, backends: list[str], precisions: list[str], size: tuple[int, int],
+                repeats: int, cache_dir: str) -> argparse.Namespace:
+    """``ivf-perception bench`` arguments for one model on CUDA, through its own parser (so the
+    names are checked the same way)."""
+    from ivf_perception.cli.bench import build_parser as bench_parser
+
+    return bench_parser().parse_args([
+        "--variants", variant, "--presets", preset, "--device", "cuda", "--sizes", f"{size[0]}x{size[1]}",
+        "--backends", ",".join(backends), "--precisions", ",".join(precisions), "--repeats", str(repeats),
+        "--backend-cache-dir", cache_dir, "--skip-scan", "--fused-vs-chunked",
+    ])
 
 
 def bench_worker(plan: list[dict[str, str]], size: tuple[int, int], repeats: int, dry_run: bool) -> None:
-    """Child process: one JSON line per measured row (the parent enforces the time budget).
-
-    fp32 runs first for each variant/preset; its outputs on one seeded frame are the reference
-    for the lower precisions (fused max |difference| in 8-bit levels, share of equal labels).
-    """
-    import inspect
-
-    import numpy as np
-    import torch
-
-    from ivf_perception.engine import Engine
-    from ivf_perception.engine.profiling import count_parameters, measure_latency
+    """Child process: ``ivf-perception bench``'s :func:`run_benchmarks` once per variant/preset on
+    CUDA, printing one JSON line per row as each model finishes (the parent enforces the budget).
+    Accuracy is the bench's: against eager torch fp32 on the same device and input."""
+    from ivf_perception.cli.bench import run_benchmarks
+    from ivf_perception.engine.profiling import count_parameters
     from ivf_perception.models import build_model
     from ivf_perception.models.ops import has_cuda_scan, has_triton_scan
 
-    rng = np.random.default_rng(0)
-    rgb = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-    thermal = rng.integers(0, 256, size, dtype=np.uint8)
-    scan = "mamba-ssm" if has_cuda_scan() else "triton" if has_triton_scan() else "chunked"
-    reference: dict[tuple[str, str], Any] = {}
-    for row in sorted(plan, key=lambda r: (r["variant"], r["preset"], r["precision"] != "fp32")):
-        out: dict[str, Any] = dict(row, size=f"{size[0]}x{size[1]}")
-        if dry_run:
-            model = build_model(row["variant"], preset=row["preset"], device="meta")
-            out.update(status="dry-run", params_M=round(count_parameters(model) / 1e6, 2))
-            print(json.dumps(out), flush=True)
-            continue
-        try:
-            engine = Engine(row["variant"], preset=row["preset"], device="cuda", precision=row["precision"])
-            stats = measure_latency(engine, *size, repeats=repeats, warmup=2)
-            result = engine.infer(rgb, thermal)
-            has_scan = "scan_backend" in inspect.signature(type(engine.model).__init__).parameters
-            out.update(status="passed", scan=scan if has_scan else "-",
-                       params_M=round(count_parameters(engine.model) / 1e6, 2),
-                       latency_ms=round(stats.median_ms, 2), p90_ms=round(stats.p90_ms, 2),
-                       fps=round(stats.fps, 1), peak_mem_mib=None if stats.peak_mem_mib is None
-                       else round(stats.peak_mem_mib))
-            key = (row["variant"], row["preset"])
-            if row["precision"] == "fp32":
-                reference[key] = result
-            elif key in reference:
-                ref = reference[key]
-                out["fused_max_diff_levels"] = int(np.abs(result.fused.astype(int) - ref.fused.astype(int)).max())
-                if result.labels is not None and ref.labels is not None:
-                    out["labels_equal_pct"] = round(float((result.labels == ref.labels).mean() * 100), 3)
-            engine.release()
-            del engine
-        except Exception as exc:  # one row's failure (e.g. out of memory) is reported, the rest still run
-            out.update(status="failed", detail=f"{type(exc).__name__}: {str(exc)[:300]}")
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        print(json.dumps(out), flush=True)
+    auto_scan = "auto: mamba-ssm" if has_cuda_scan() else "auto: triton" if has_triton_scan() else "auto: chunked"
+
+    groups: dict[tuple[str, str], list[dict[str, str]]] = {}
+    for row in plan:
+        groups.setdefault((row["variant"], row["preset"]), []).append(row)
+    with tempfile.TemporaryDirectory(prefix="ivf-gpu-check-bench-") as cache_dir:
+        for (variant, preset), rows in groups.items():
+            backends = sorted({r["backend"] for r in rows}, key=[r["backend"] for r in rows].index)
+            precisions = sorted({r["precision"] for r in rows}, key=[r["precision"] for r in rows].index)
+            bench_args = _bench_args(variant, preset, backends, precisions, size, repeats, cache_dir)
+            if dry_run:  # everything but the CUDA run: the bench's arguments parsed, the model built on meta
+                params = count_parameters(build_model(variant, preset=preset, device="meta")) / 1e6
+                for row in rows:
+                    print(json.dumps(dict(row, size=f"{size[0]}x{size[1]}", status="dry-run",
+                                          params_M=round(params, 2), bench_device=bench_args.device)), flush=True)
+                continue
+            try:
+                result = run_benchmarks(bench_args)
+            except Exception as exc:  # one model's failure (e.g. out of memory) is reported, the rest still run
+                for row in rows:
+                    print(json.dumps(dict(row, size=f"{size[0]}x{size[1]}", status="failed",
+                                          detail=f"{type(exc).__name__}: {str(exc)[:300]}")), flush=True)
+                continue
+            for r in result["models"]:
+                print(json.dumps({**{k: r[k] for k in ("variant", "preset", "backend", "precision", "size", "scan",
+                                                       "params_M", "latency_ms", "p90_ms", "fps", "build_s",
+                                                       "fused_max_abs_diff", "label_agreement_pct",
+                                                       "peak_mem_mib")},
+                                  "scan": auto_scan if r["scan"] == "auto" else r["scan"], "status": "passed"}),
+                      flush=True)
+            for note in result["skipped"]:  # e.g. onnxruntime has no bf16 path: the bench says why
+                print(json.dumps({"variant": variant, "preset": preset, "skipped_note": note}), flush=True)
 
 
 def step_bench(args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
-    plan = bench_plan(args.variants, args.presets, args.precisions)
+    backends = args.backends or default_backends()
+    plan = bench_plan(args.variants, args.presets, backends, args.precisions)
     timeout = max(0.0, budget.left() - 5.0)  # keep a few seconds to write the results
-    rows: list[dict] = []
+    found: list[dict] = []
     code: int | None = 0
     tail = ""
     if timeout > 0:
@@ -432,17 +456,24 @@ def step_bench(args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
                "--size", f"{args.size[0]}x{args.size[1]}", "--repeats", str(args.repeats)]
         if args.dry_run:
             cmd.append("--dry-run")
-        rows, code, tail = _stream_json_lines(cmd, timeout, _child_env())
-    done = {(r["variant"], r["preset"], r["precision"]) for r in rows}
+        found, code, tail = _stream_json_lines(cmd, timeout, _child_env())
+    notes = [r for r in found if "skipped_note" in r]
+    rows = [r for r in found if "skipped_note" not in r]
+    done = {(r["variant"], r["preset"], r["backend"], r["precision"]) for r in rows}
     for row in plan:
-        if (row["variant"], row["preset"], row["precision"]) not in done:
-            reason = "time budget" if code is None or timeout <= 0 else f"bench process ended with {code}"
-            rows.append(dict(row, size=f"{args.size[0]}x{args.size[1]}", status="skipped", detail=reason))
+        if (row["variant"], row["preset"], row["backend"], row["precision"]) in done:
+            continue
+        combo = f" {row['backend']} {row['precision']} "  # how the bench's skip notes name a row
+        note = next((n["skipped_note"] for n in notes if (n["variant"], n["preset"]) == (row["variant"], row["preset"])
+                     and combo in n["skipped_note"]), None)
+        reason = note or ("time budget" if code is None or timeout <= 0 else f"bench process ended with {code}")
+        rows.append(dict(row, size=f"{args.size[0]}x{args.size[1]}", status="skipped", detail=reason))
     failed = [r for r in rows if r["status"] == "failed"]
     skipped = [r for r in rows if r["status"] == "skipped"]
     status = "failed" if failed or (code not in (0, None)) else "dry-run" if args.dry_run else "passed"
     verb = "planned (dry run: models built on the meta device)" if args.dry_run else "measured"
-    detail = f"{len(rows) - len(failed) - len(skipped)} rows {verb}, {len(skipped)} skipped, {len(failed)} failed"
+    detail = (f"{len(rows) - len(failed) - len(skipped)} rows {verb}, {len(skipped)} skipped, {len(failed)} failed; "
+              f"backends {', '.join(backends)}")
     if code not in (0, None):
         detail += f"; bench process: {tail[-300:]}"
     return {"status": status, "detail": detail, "rows": rows}
@@ -463,17 +494,21 @@ def format_markdown(report: dict[str, Any]) -> str:
               for s in report["steps"]]
     bench = next((s for s in report["steps"] if s["name"] == "bench"), None)
     if bench and bench.get("rows"):
-        lines += ["", "| variant | preset | precision | size | scan | params (M) | latency ms (p50 / p90) | frames/s "
-                  "| peak GPU MiB | fused max diff vs fp32 (8-bit levels) | labels equal to fp32 | status |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| variant | preset | backend | precision | size | scan | params (M) | latency ms (p50 / p90) "
+                  "| frames/s | build s | fused max abs diff vs torch fp32 | labels equal to torch fp32 "
+                  "| peak GPU MiB | status |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in bench["rows"]:
-            lat = f"{r['latency_ms']:.2f} / {r['p90_ms']:.2f}" if "latency_ms" in r else "-"
-            diff = "-" if r["precision"] == "fp32" else str(r.get("fused_max_diff_levels", "-"))
-            equal = f"{r['labels_equal_pct']:.3f} %" if "labels_equal_pct" in r else "-"
+            def num(key: str, spec: str, row: dict[str, Any] = r) -> str:
+                return "-" if row.get(key) is None else format(row[key], spec)
+
+            lat = f"{num('latency_ms', '.2f')} / {num('p90_ms', '.2f')}" if r.get("latency_ms") is not None else "-"
+            equal = f"{num('label_agreement_pct', '.3f')} %" if r.get("label_agreement_pct") is not None else "-"
             status = r["status"] + (f" ({r['detail']})" if r.get("detail") else "")
-            lines.append(f"| {r['variant']} | {r['preset']} | {r['precision']} | {r['size']} | {r.get('scan', '-')} "
-                         f"| {r.get('params_M', '-')} | {lat} | {r.get('fps', '-')} | {r.get('peak_mem_mib', '-')} "
-                         f"| {diff} | {equal} | {status} |")
+            lines.append(f"| {r['variant']} | {r['preset']} | {r['backend']} | {r['precision']} | {r['size']} "
+                         f"| {r.get('scan', '-')} | {num('params_M', '.2f')} | {lat} | {num('fps', '.1f')} "
+                         f"| {num('build_s', '.1f')} | {num('fused_max_abs_diff', '.1e')} | {equal} "
+                         f"| {num('peak_mem_mib', '.0f')} | {status.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -495,6 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", nargs="+", default=None, help="bench families (default: all registered)")
     p.add_argument("--presets", nargs="+", default=["paper", "small"])
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--backends", nargs="+", default=None, choices=["torch", "compile", "onnxruntime", "tensorrt"],
+                   help="bench backends (default: torch, plus onnxruntime with a CUDA provider and tensorrt "
+                        "when installed)")
     p.add_argument("--size", type=_parse_size, default=(480, 640))
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--skip", nargs="+", default=[], metavar="STEP",

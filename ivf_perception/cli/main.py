@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "node": ("ivf_perception.cli.node", "start the live ROS 2 fusion node (rclpy arguments pass through)"),
     "play": ("ivf_perception.cli.play", "publish a rosbag2's image topics with their recorded timing"),
     "bench-node": ("ivf_perception.cli.bench_node", "fusion node overhead and sustained rate at 640x480, 30 Hz"),
+    "export-onnx": ("ivf_perception.cli.export_onnx", "ONNX file of engine weights (fixed or dynamic size), checked"),
     "clip-text-features": ("ivf_perception.cli.clip_text_features", "CLIP text features of a class list (for CMFS)"),
     "convert-upfusion": ("ivf_perception.cli.convert_upfusion", "the released UP-Fusion Fuse.pth as engine weights"),
 }

@@ -143,6 +143,13 @@ def _not_empty(name: str, description: str) -> Callable[[str], None]:
     return check
 
 
+def _check_backend(value: str) -> None:
+    if value not in INFERENCE_BACKENDS:
+        hint = (f"; '{value}' is a selective-scan choice, which is now the scan_backend parameter"
+                if value in SCAN_BACKENDS else "")
+        raise ParameterValueError(f"backend must be one of {', '.join(INFERENCE_BACKENDS)}, got '{value}'{hint}")
+
+
 def _check_palette(values: list[Any]) -> None:
     try:
         palette_to_array(values)
@@ -192,7 +199,7 @@ PIPELINE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("backend", "string", "torch",
               "inference backend: torch (eager), compile (torch.compile; CUDA graphs on GPU), "
               "onnxruntime or tensorrt (both export and cache an ONNX file of the weights; a .onnx "
-              "weights file runs without PyTorch models)", choices=INFERENCE_BACKENDS),
+              "weights file runs without PyTorch models)", check=_check_backend),
     ParamSpec("backend_cache_dir", "string", "",
               "folder of exported ONNX files and built TensorRT engines; empty = the default "
               "cache folder (IVF_PERCEPTION_CACHE, else the user cache)"),

@@ -179,6 +179,9 @@ def export_onnx(model: nn.Module, path: str | Path, *, height: int | None = None
             "ONNX path does not cover); export the engine weights without --onnx and run them with the "
             "PyTorch Engine"
         )
+    if dynamic and not getattr(model, "_dynamic_onnx", True):
+        raise OnnxExportError(f"{name} cannot be exported to ONNX with a dynamic input size (its _dynamic_onnx flag "
+                              "is False); give --height and --width for a fixed-size file")
     multiple = int(getattr(model, "input_multiple", 1))
     if height is None or width is None:
         if not dynamic:
@@ -197,7 +200,10 @@ def export_onnx(model: nn.Module, path: str | Path, *, height: int | None = None
         with warnings.catch_warnings(), _quiet_loggers("onnxscript", "onnx_ir"), torch.no_grad():
             warnings.simplefilter("ignore")  # the exporter warns about every fallback it takes
             program = torch.onnx.export(wrapper, example, dynamo=True, input_names=["rgb", "thermal"],
-                                        output_names=output_names, dynamic_shapes=dynamic_shapes, verbose=False)
+                                        output_names=output_names, dynamic_shapes=dynamic_shapes, verbose=False,
+                                        optimize=False)
+            if program is not None:
+                _optimize(program)
     except torch.onnx.OnnxExporterError as exc:
         if dynamic:
             raise OnnxExportError(f"{name} cannot be exported to ONNX with a dynamic input size ({_cause(exc)}); "
@@ -207,6 +213,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, height: int | None = None
     if program is None:  # only when writing to a file object; this call returns the program
         raise OnnxExportError(f"{name}: the ONNX exporter returned no program")
     proto = program.model_proto
+    if dynamic:
+        _forget_traced_shapes(proto.graph)
     meta = {**(metadata or {}), "format": ONNX_FORMAT, "input_size": "dynamic" if dynamic else f"{height}x{width}"}
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -221,6 +229,33 @@ def export_onnx(model: nn.Module, path: str | Path, *, height: int | None = None
     finally:
         tmp.unlink(missing_ok=True)
     return OnnxCheck(path, height, width, diffs, dynamic, tuple(sizes))
+
+
+def _forget_traced_shapes(graph: Any) -> None:
+    """Drop the intermediate shapes recorded at the traced size, in ``graph`` and in loop bodies.
+
+    Why: the bodies of ``Scan`` ops (the selective scan's export form) keep the concrete shapes
+    of the trace, and ONNX Runtime plans their buffers from them, so another input size fails
+    with "Shape mismatch attempting to re-use buffer". Without them ONNX Runtime infers the
+    shapes per run; the graph inputs and outputs keep their symbolic ``height``/``width``.
+    """
+    del graph.value_info[:]
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.g.node:
+                body = attr.g
+                for value in list(body.input) + list(body.output):
+                    value.type.tensor_type.ClearField("shape")
+                _forget_traced_shapes(body)
+
+
+def _optimize(program: Any) -> None:
+    """The exporter's graph clean-up (constant folding, dead and redundant nodes), in one pass
+    and without ONNX shape inference per node: the default (two passes, with it) took 40 % of a
+    whole export and gained 5 % fewer nodes, which ONNX Runtime and TensorRT fold at load anyway."""
+    from onnxscript.optimizer import optimize_ir
+
+    optimize_ir(program.model, num_iterations=1, onnx_shape_inference=False)
 
 
 def _dynamic_shapes(multiple: int) -> dict[str, dict[int, Any]]:
@@ -249,7 +284,11 @@ def _compare(ort: Any, path: Path, wrapper: nn.Module, output_names: list[str], 
         rgb, thermal = _random_inputs(height, width, seed)
         with torch.no_grad():
             expected = wrapper(rgb, thermal)
-        got = session.run(output_names, {"rgb": rgb.numpy(), "thermal": thermal.numpy()})
+        try:
+            got = session.run(output_names, {"rgb": rgb.numpy(), "thermal": thermal.numpy()})
+        except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException types
+            raise OnnxExportError(f"onnxruntime could not run the exported graph at {height}x{width} "
+                                  f"({type(exc).__name__}: {str(exc)[:300]}); the ONNX file was not written") from exc
         for name, ref, out in zip(output_names, expected, got):
             ref_np = ref.numpy()
             if out.shape != ref_np.shape:

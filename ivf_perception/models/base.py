@@ -47,6 +47,9 @@ class FusionSegModel(nn.Module):
     input_multiple: int = 1
     requires_divisible_input_shape: bool = True
     _exportable: bool = True
+    _dynamic_onnx: bool = True
+    """Whether an ONNX export may leave H and W dynamic (``ivf_perception.export``); False
+    where the exported graph holds sizes fixed at tracing (a fixed-size file still works)."""
     _compilable: bool = True
     num_classes: int = 0
     variant: str = ""

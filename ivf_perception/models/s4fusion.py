@@ -272,6 +272,9 @@ class S4Fusion(FusionSegModel):
     """
 
     variant = "s4fusion"
+    # Fixed-size ONNX only: the selective scan's Scan-op bodies keep chunk counts of the traced
+    # size, and onnxruntime fails at another size (ivf_perception.models.ops.scan_export).
+    _dynamic_onnx = False
 
     def __init__(
         self,

@@ -32,8 +32,9 @@ def test_generate_rejects_bad_size(capsys: pytest.CaptureFixture) -> None:
 def test_bench_prints_a_table_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "bench.json"
     rc = cli_main(["bench", "--variants", "test_s4fusion", "--presets", "test", "--sizes", "32x32",
-                   "--repeats", "1", "--device", "cpu", "--scan-length", "256", "--bundled-size", "32x32",
-                   "--scan-backends", "cpu,chunked", "--json", str(out)])
+                   "--repeats", "1", "--device", "cpu", "--scan-length", "256", "--scan-backends", "cpu,chunked",
+                   "--fused-vs-chunked", "s4fusion/default", "test_s4fusion/test", "--fused-size", "32x32",
+                   "--json", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
     assert "| test_s4fusion | test | CPU | 32x32 | torch | fp32 | chunked |" in text
@@ -47,8 +48,32 @@ def test_bench_prints_a_table_and_writes_json(tmp_path: Path, capsys: pytest.Cap
         assert "| test_s4fusion | test | CPU | 32x32 | torch | fp32 | cpu |" in text
         assert result["selective_scan"]["fused_max_abs_err"] < 1e-4
         assert not result["skipped"]
-        bundled = result["bundled"]
-        assert bundled["size"] == "32x32" and bundled["labels_equal"] > 0.999 and bundled["new_ms"] > 0
-        assert "| bundled weights (CPU fp32) |" in text
+        bundled, micro = result["fused_vs_chunked"]
+        assert bundled["model"] == "s4fusion/tiny (bundled)" and micro["model"] == "test_s4fusion/test"
+        for row in (bundled, micro):
+            assert row["size"] == "32x32" and row["labels_equal"] > 0.999 and row["new_ms"] > 0
+        assert "| s4fusion/tiny (bundled) | 32x32 |" in text
     else:  # the fused kernel is not built: its row is listed as skipped with the reason
         assert any("cpu scan" in line for line in result["skipped"])
+
+
+def test_bench_compares_backends_against_torch_fp32(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A randomly initialised model through onnxruntime (exported into the bench's own cache folder)."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "bench.json"
+    rc = cli_main(["bench", "--variants", "test_s4fusion", "--presets", "test", "--sizes", "32x48", "--repeats", "1",
+                   "--device", "cpu", "--skip-scan", "--backends", "torch,onnxruntime", "--precisions", "fp32,bf16",
+                   "--backend-cache-dir", str(tmp_path / "cache"), "--fused-vs-chunked", "--json", str(out)])
+    assert rc == 0
+    rows = {(r["backend"], r["precision"]): r for r in json.loads(out.read_text())["models"]}
+    assert set(rows) == {("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32")}
+    assert rows[("onnxruntime", "fp32")]["fused_max_abs_diff"] <= 1e-4
+    assert rows[("onnxruntime", "fp32")]["label_agreement_pct"] >= 99.9
+    assert rows[("onnxruntime", "fp32")]["build_s"] > 0 and len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
+    assert "skipped test_s4fusion/test CPU 32x48 onnxruntime bf16" in capsys.readouterr().out
+
+
+def test_bench_refuses_an_unknown_backend(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        cli_main(["bench", "--backends", "torch,tpu"])
+    assert "comma-separated list of torch, compile, onnxruntime" in capsys.readouterr().err

@@ -202,7 +202,8 @@ def test_engine_arguments_follow_one_set_of_rules() -> None:
     _, kw = engine_arguments(PipelineConfig.from_values(
         {"weights": "none", "backend": "onnxruntime", "backend_cache_dir": "/cache", "force_rebuild": True}))
     assert kw["backend"] == "onnxruntime" and kw["backend_options"] == {"cache_dir": "/cache", "force_rebuild": True}
-    with pytest.raises(ParameterValueError, match="backend must be one of torch, compile, onnxruntime, tensorrt"):
+    with pytest.raises(ParameterValueError, match="backend must be one of torch, compile, onnxruntime, tensorrt, "
+                                                  "got 'chunked'; .* now the scan_backend parameter"):
         PipelineConfig.from_values({"backend": "chunked"})
     assert default_weights(None, None) == default_weights("s4fusion", None) == "default"
     assert default_weights("cmfs", None) == default_weights(None, "small") == "none"

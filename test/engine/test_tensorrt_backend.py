@@ -62,13 +62,18 @@ class FakeEngine:
 
 
 class FakeExecution:
-    """Records what the backend binds; ``execute_async_v3`` is never reached on a CPU."""
+    """Records what the backend binds and each enqueue (with the bindings at that moment)."""
 
     def __init__(self) -> None:
         self.addresses: dict[str, int] = {}
+        self.runs: list[tuple[int, dict[str, int]]] = []
 
     def set_tensor_address(self, name: str, address: int) -> None:
         self.addresses[name] = address
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        self.runs.append((stream_handle, dict(self.addresses)))
+        return True
 
 
 class FakeTensorRT:
@@ -300,6 +305,26 @@ class TestBuildProgressAndErrors:
         with pytest.raises(BackendError, match="unknown precision 'int8'"):
             backend(onnx_file, tmp_path / "cache", FakeTensorRT(), precision="int8")
 
+    def test_run_binds_torch_tensors_on_the_current_stream(self, onnx_file: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+        """The binding logic of run(): CPU tensors stand in for CUDA ones, a stub for torch's
+        current stream (the fake engine computes nothing, so only bindings and shapes are checked)."""
+        class Stream:
+            cuda_stream = 1234
+
+        monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+        context = BackendContext(model=None, device=torch.device("cpu"), precision="fp32",  # type: ignore[arg-type]
+                                 weights_path=onnx_file, options={"cache_dir": str(tmp_path)})
+        b = TensorRTBackend(context, runtime=FakeTensorRT())
+        rgb, thermal = torch.rand(2, 3, H, W), torch.rand(2, 1, H, W)
+        out = b.run(rgb, thermal)  # a batch of 2 through the export's batch-1 engine: two enqueues
+        runs = b.execution.runs
+        assert [handle for handle, _ in runs] == [1234, 1234]
+        assert runs[0][1]["rgb"] == rgb[0:1].data_ptr() and runs[1][1]["rgb"] == rgb[1:2].data_ptr()
+        assert runs[0][1]["thermal"] == thermal[0:1].data_ptr()
+        assert runs[0][1]["fused"] != runs[1][1]["fused"]  # each frame gets its own output buffer
+        assert out.fused.shape == (2, 3, H, W) and out.fused.dtype == torch.float32 and out.logits is None
+
     def test_input_of_another_size_is_refused(self, onnx_file: Path, tmp_path: Path) -> None:
         b = backend(onnx_file, tmp_path / "cache", FakeTensorRT())
         with pytest.raises(BackendError, match=rf"takes {H}x{W} inputs, got 32x32"):
@@ -319,11 +344,11 @@ class TestFromEngineWeights:
         runtime = FakeTensorRT()
         b = TensorRTBackend(context, runtime=runtime)
         assert b.onnx_path is None and runtime.builds == []  # nothing exported before a batch
-        b._prepare((32, 32))  # what run() does first (run itself needs CUDA tensors)
+        b._prepare((64, 96))  # what run() does first (run itself needs CUDA tensors)
         assert b.onnx_path is not None and b.onnx_path.parent == tmp_path / "onnx" and b.onnx_path.suffix == ".onnx"
-        assert b.fixed_size == (32, 32) and len(runtime.builds) == 1 and runtime.builds[0][0] == b.onnx_path
+        assert b.fixed_size == (64, 96) and len(runtime.builds) == 1 and runtime.builds[0][0] == b.onnx_path
         again = FakeTensorRT()
-        TensorRTBackend(context, runtime=again)._prepare((32, 32))
+        TensorRTBackend(context, runtime=again)._prepare((64, 96))
         assert again.builds == [] and len(list((tmp_path / "onnx").glob("*.onnx"))) == 1
 
 

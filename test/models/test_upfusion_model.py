@@ -213,3 +213,12 @@ def test_prompt_embedding_from_a_seeded_random_open_clip_tower() -> None:
     torch.testing.assert_close(net.text_embedding, t)
     for m in net.tcpm:
         assert torch.equal(m.text_permutation, torch.topk(m.text_scores(t), m.text_permutation.numel()).indices)
+
+
+def test_paper_gmacs_on_the_meta_device_match_the_public_code() -> None:
+    """Spec §1.9, measured with the public model file: 138 GMAC at 192², 1035 at 480×640."""
+    from ivf_perception.engine.profiling import count_gmacs
+
+    net = build_model("upfusion", preset="paper", num_classes=0, device="meta")
+    assert count_gmacs(net, 192, 192, device="meta") == pytest.approx(137.7, abs=0.5)
+    assert count_gmacs(net, 480, 640, device="meta") == pytest.approx(1035.0, abs=0.5)

@@ -288,8 +288,8 @@ def test_onnxruntime_backend_configures_runs_and_a_failed_build_can_be_retried(m
     info = node._engine.describe()
     assert info["backend"] == "onnxruntime" and info["onnx_file"] == str(onnx_path), "the cached export is reused"
     assert node.trigger_activate() == SUCCESS
-    published: list = []
-    node._publishers_by_name["labels"].publish = published.append
+    _subscribe(node, "labels", "segmentation/labels")
+    published = _spy(node, "labels")
     pair = _pair(3_000)  # 64x80 frames, padded to the 64x96 export
     node._process(pair)
     assert node._failed == 0 and len(published) == 1

@@ -30,7 +30,7 @@ def _workspace(tmp_path: Path) -> Path:
     for name in PACKAGE_FILES:
         item = REPO / name
         if item.is_dir():
-            shutil.copytree(item, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            shutil.copytree(item, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.so"))
         elif item.exists():
             shutil.copy2(item, src / name)
     (tmp_path / "src" / "ivf_perception_msgs").symlink_to(Path("ivf_perception") / "ivf_perception_msgs")
@@ -81,6 +81,8 @@ def test_colcon_build_builds_both_packages(tmp_path: Path) -> None:
     assert (install / "lib" / "ivf_perception" / "ivf-perception").is_file()
     assert (install / "share" / "ivf_perception" / "package.xml").is_file()
     assert (install / "share" / "ament_index" / "resource_index" / "packages" / "ivf_perception").is_file()
+    # setup.py compiled the fused CPU selective scan (torch and g++ are there)
+    assert list(install.glob("lib/python3*/site-packages/ivf_perception/models/ops/_cpu_scan*.so"))
     msgs = workspace / "install" / "ivf_perception_msgs"
     assert (msgs / "share" / "ament_index" / "resource_index" / "rosidl_interfaces" / "ivf_perception_msgs").is_file()
     # The generated Python bindings of the workspace build import and construct the message.

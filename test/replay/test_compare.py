@@ -46,3 +46,17 @@ def test_comparison_direction_and_missing_values():
     assert rows["pixel accuracy all"]["better"] == "=" and rows["IoU car"]["better"] is None
     assert rows["throughput engine (frames/s)"]["better"] == "A"
     assert rows["inference latency p50 (ms)"]["a"] is None
+
+
+def test_compare_backends_of_the_same_weights(mcap_bag, tmp_path, test_weights, onnx_cache):
+    """--backend for both sides, --b-backend for one: eager torch against onnxruntime (the cached export)."""
+    cache, _ = onnx_cache
+    out = tmp_path / "cmp"
+    code = compare_main([str(mcap_bag), "--out", str(out), "--a-weights", str(test_weights), "--b-weights",
+                         str(test_weights), "--backend", "torch", "--b-backend", "onnxruntime", "--backend-cache-dir",
+                         str(cache), "--device", "cpu", "--threads", "1", "--no-progress", "--max-frames", "3",
+                         "--no-fusion-metrics"])
+    assert code == 0
+    data = json.loads((out / "compare.json").read_text())
+    rows = {r["metric"]: r for r in data["rows"]}
+    assert abs(rows["mIoU all"]["diff"]) < 1e-3, "the same network through two backends"

@@ -40,7 +40,8 @@ def run_script(*args: str) -> tuple[subprocess.CompletedProcess, dict]:
 
 @pytest.mark.slow
 def test_dry_run_exercises_every_step(tmp_path: Path) -> None:
-    proc, report = run_script("--dry-run", "--out", str(tmp_path), "--variants", "s4fusion", "mafs")
+    proc, report = run_script("--dry-run", "--out", str(tmp_path), "--variants", "s4fusion", "mafs",
+                              "--backends", "torch")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     steps = {s["name"]: s for s in report["steps"]}
     assert list(steps) == ["environment", "gpu_tests", "triton_scan", "onnxruntime_cuda", "tensorrt", "bench"]
@@ -52,24 +53,27 @@ def test_dry_run_exercises_every_step(tmp_path: Path) -> None:
     assert "tests collected" in steps["gpu_tests"]["detail"]
     # the Triton kernel ran (interpreted) and matched the reference
     assert steps["triton_scan"]["status"] == "dry-run" and len(steps["triton_scan"]["cases"]) == 2
-    # every variant × paper/small × fp32/bf16 row is planned, built on the meta device
+    # every variant × paper/small × backend × fp32/bf16 row is planned: the bench's own parser took
+    # the arguments of its CUDA run, and the model was built on the meta device
     rows = steps["bench"]["rows"]
-    assert {(r["variant"], r["preset"], r["precision"]) for r in rows} == {
-        (v, p, q) for v in ("s4fusion", "mafs") for p in ("paper", "small") for q in ("fp32", "bf16")}
-    assert all(r["status"] == "dry-run" and r["params_M"] > 0 and r["size"] == "480x640" for r in rows)
+    assert {(r["variant"], r["preset"], r["backend"], r["precision"]) for r in rows} == {
+        (v, p, "torch", q) for v in ("s4fusion", "mafs") for p in ("paper", "small") for q in ("fp32", "bf16")}
+    assert all(r["status"] == "dry-run" and r["params_M"] > 0 and r["size"] == "480x640"
+               and r["bench_device"] == "cuda" for r in rows)
     markdown = (tmp_path / "gpu_check.md").read_text()
-    assert "DRY RUN, nothing ran on a GPU" in markdown and "| mafs | paper | bf16 | 480x640 |" in markdown
+    assert "DRY RUN, nothing ran on a GPU" in markdown and "| mafs | paper | torch | bf16 | 480x640 |" in markdown
 
 
 def test_spent_budget_skips_the_bench_rows_cleanly(tmp_path: Path) -> None:
     proc, report = run_script("--dry-run", "--out", str(tmp_path), "--budget-s", "0", "--variants", "s4fusion",
+                              "--backends", "torch",
                               "--skip", "gpu_tests", "triton_scan", "onnxruntime_cuda", "tensorrt")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     bench = next(s for s in report["steps"] if s["name"] == "bench")
     assert len(bench["rows"]) == 4
     assert all(r["status"] == "skipped" and r["detail"] == "time budget" for r in bench["rows"])
-    assert "| s4fusion | paper | fp32 | 480x640 | - | - | - | - | - | - | - | skipped (time budget) |" in \
-        (tmp_path / "gpu_check.md").read_text()
+    assert "| s4fusion | paper | torch | fp32 | 480x640 | - | - | - | - | - | - | - | - | skipped (time budget) |" \
+        in (tmp_path / "gpu_check.md").read_text()
 
 
 def test_a_child_past_its_time_is_stopped_and_its_rows_kept() -> None:
@@ -83,3 +87,16 @@ def test_a_child_past_its_time_is_stopped_and_its_rows_kept() -> None:
 def test_bad_size_is_refused() -> None:
     with pytest.raises(SystemExit):
         load_script().build_parser().parse_args(["--size", "480by640"])
+
+
+def test_default_backends_follow_what_is_installed() -> None:
+    """torch always; onnxruntime only with a CUDA provider; tensorrt only when it imports."""
+    backends = load_script().default_backends()
+    assert backends[0] == "torch"
+    try:
+        import onnxruntime
+
+        has_cuda_ep = "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    except ImportError:
+        has_cuda_ep = False
+    assert ("onnxruntime" in backends) == has_cuda_ep

@@ -2,9 +2,9 @@
 
 How it gets its engine:
 
-1. The ONNX file: the weights themselves when they are an ``.onnx`` export, else the cached
-   fixed-size export of the model (:func:`ivf_perception.export.cache.cached_onnx`) at the
-   first batch's padded size, as the onnxruntime backend does. The engine's profile is that
+1. The ONNX file (:func:`~.onnx_file.onnx_file`, shared with the onnxruntime backend): the
+   weights themselves when they are an ``.onnx`` export, else the cached fixed-size export of
+   the model at the first batch's padded size. The engine's profile is that
    file's input shapes (a dynamic file's H×W set to the first batch's), so :attr:`fixed_size`
    is its H×W and the Engine pads smaller images to it.
 2. The key (:class:`~.trt_cache.EngineKey`): TensorRT version, GPU, compute capability,
@@ -26,7 +26,6 @@ current stream (``execute_async_v3``), so no copies and no synchronisation are a
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
@@ -45,6 +44,7 @@ from ivf_perception.engine.backends.base import (
     BackendOutput,
     InferenceBackend,
 )
+from ivf_perception.engine.backends.onnx_file import is_onnx_file, onnx_file
 from ivf_perception.engine.backends.trt_cache import EngineCache, EngineKey, Shapes
 
 __all__ = ["BuildProgress", "TensorRTBackend", "TensorRTRuntime", "TensorSpec",
@@ -256,23 +256,6 @@ def load_tensorrt(device: torch.device) -> TensorRTRuntime:
     return _RealTensorRT(trt, device)
 
 
-def _export(context: BackendContext, size: tuple[int, int], cache_dir: Path) -> Path:
-    """The cached fixed-size ONNX export of the context's model at ``size``."""
-    from ivf_perception.export.cache import cached_onnx
-    from ivf_perception.export.onnx import OnnxExportError
-
-    if context.model is None:
-        raise BackendError("backend 'tensorrt' needs a PyTorch model or .onnx weights")
-    model = context.model
-    if next(model.parameters()).device.type != "cpu":
-        model = copy.deepcopy(model).cpu()  # the exporter traces on the CPU; the Engine keeps its own copy
-    try:
-        return cached_onnx(model, context.weights_path, height=size[0], width=size[1], cache_dir=cache_dir)
-    except OnnxExportError as exc:
-        raise BackendError(f"backend 'tensorrt' cannot export {getattr(model, 'variant', type(model).__name__)} "
-                           f"to ONNX: {exc}") from exc
-
-
 def _read_shapes(onnx_path: Path, size: tuple[int, int] | None) -> Shapes:
     try:
         return onnx_input_shapes(onnx_path, size)
@@ -290,8 +273,8 @@ class TensorRTBackend(InferenceBackend):
     smaller images to :attr:`fixed_size`).
 
     Options (``BackendContext.options``): ``cache_dir`` (default: the package cache folder),
-    ``force_rebuild`` (ignore a cached engine), ``progress_interval_s`` (seconds between build
-    progress lines, default 5).
+    ``force_rebuild`` (export the ONNX file again and ignore a cached engine),
+    ``progress_interval_s`` (seconds between build progress lines, default 5).
 
     Args:
         context: as every backend gets it.
@@ -323,7 +306,7 @@ class TensorRTBackend(InferenceBackend):
         self.execution: Any = None
         self._size: tuple[int, int] | None = None
         weights = context.weights_path
-        if weights is not None and Path(weights).suffix.lower() == ".onnx":
+        if weights is not None and is_onnx_file(weights):
             from ivf_perception.export.onnx import OnnxExportError, read_onnx_metadata
 
             try:
@@ -341,7 +324,7 @@ class TensorRTBackend(InferenceBackend):
         an execution context."""
         from ivf_perception.export.onnx import file_sha256
 
-        onnx_path = self.onnx_path if self.onnx_path is not None else _export(self.context, size, self.cache_dir)
+        onnx_path = self.onnx_path if self.onnx_path is not None else onnx_file(self.context, *size)
         shapes = _read_shapes(onnx_path, size)
         gpu, capability = self.runtime.target_gpu()
         self.onnx_path = onnx_path

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ivf_perception.checks import check_shape
+from ivf_perception.models.layers.adaptive_pool import adaptive_avg_pool2d, adaptive_max_pool2d
 from ivf_perception.models.layers.bimamba import BidirectionalMamba
 from ivf_perception.models.layers.channel_shuffle import channel_shuffle
 from ivf_perception.models.layers.factories import FactoryKwargs, factory_kwargs
@@ -81,7 +82,7 @@ class RegionTextGate(nn.Module):
         check_shape(text, "T D", name="text_features", T=self.num_prompts, D=self.proj.out_features)
         b = guide.shape[0]
         n, (ph, pw) = self.regions, self.region_pool
-        pooled = F.adaptive_avg_pool2d(guide.mean(dim=1, keepdim=True), (n * ph, n * pw))
+        pooled = adaptive_avg_pool2d(guide.mean(dim=1, keepdim=True), (n * ph, n * pw))
         per_region = pooled.view(b, n, ph, n, pw).permute(0, 1, 3, 2, 4).reshape(b, n, n, ph * pw)
         region_emb = F.normalize(self.proj(per_region), dim=-1)
         text_emb = F.normalize(text.to(region_emb.dtype), dim=-1)
@@ -135,7 +136,7 @@ class MMFI(nn.Module):
     def _channel_attention(self, x: torch.Tensor, mlp: nn.Module) -> torch.Tensor:
         """Per-region channel weights from the region's average and maximum, at pixel resolution."""
         n = self.regions
-        pooled = torch.cat((F.adaptive_avg_pool2d(x, n), F.adaptive_max_pool2d(x, n)), dim=1)
+        pooled = torch.cat((adaptive_avg_pool2d(x, n), adaptive_max_pool2d(x, n)), dim=1)
         weights = torch.sigmoid(mlp(pooled.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
         return F.interpolate(weights, size=x.shape[-2:], mode="nearest")
 

@@ -131,8 +131,10 @@ class CMFS(FusionSegModel):
     """
 
     variant = "cmfs"
+    # Fixed-size ONNX only: the selective scan's Scan-op bodies keep chunk counts of the traced
+    # size, and onnxruntime fails at another size (ivf_perception.models.ops.scan_export).
+    _dynamic_onnx = False
     text_features: torch.Tensor  # buffer (num_prompts, TEXT_DIM), registered in __init__
-    _exportable = False  # rfft2/irfft2 and the DWT's padding modes are not covered by our ONNX path
 
     def __init__(
         self,

@@ -11,6 +11,12 @@ The FFT runs in at least float32 (``rfft2`` does not take half precision on ever
 size); the learned mapping sees the amplitude in the input's dtype. Amplitude and phase come
 from ``abs``/``angle``, whose gradients PyTorch defines as zero at an exactly zero frequency
 bin, so no epsilon is needed (CMFS's public code adds 1e-8 at three places for this).
+
+While ``torch.export`` (or the dynamo ONNX exporter) traces, the same filter runs as real DFTs
+written as matrix products (:mod:`~ivf_perception.models.layers.dft`): ONNX's ``DFT`` op is not
+run by TensorRT and the exporter does not lower complex tensors everywhere, while MatMul, Cos
+and Sin are supported by every ONNX consumer, and the bases are built from the traced size, so a
+dynamic-size export works too.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch
 from torch import nn
 
 from ivf_perception.checks import check_shape
+from ivf_perception.models.layers.dft import amplitude_filter_dft
 from ivf_perception.models.layers.factories import factory_kwargs
 
 __all__ = ["FFT_NORMS", "FFTAmplitudeFilter", "fft_amplitude_filter"]
@@ -60,6 +67,8 @@ def fft_amplitude_filter(
     """
     check_shape(x, "B C H W", name="x")
     _check_norm(norm)
+    if torch.compiler.is_exporting():  # no FFT in TensorRT; one formulation for every exporter
+        return amplitude_filter_dft(x, amplitude_fn, norm)
     h, w = x.shape[-2:]
     compute_dtype = torch.promote_types(x.dtype, torch.float32)
     spectrum = torch.fft.rfft2(x.to(compute_dtype), norm=norm)

@@ -14,7 +14,8 @@ public ``local_scan`` crops H, W to multiples of the window, reads position-in-w
 window index, and merges with the plain cross-scan inverse, so its outputs land on the wrong
 pixels; :func:`window_merge` applies the true inverse permutation.)
 
-Pure index gathers with indices cached per (H, W, window, device): any device, ONNX-exportable.
+Pure index gathers with indices cached per (H, W, window, device), or computed in the graph for
+a dynamic-size export: any device, ONNX-exportable.
 """
 
 from __future__ import annotations
@@ -44,6 +45,14 @@ def _orders(H: int, W: int, window: int, device: torch.device) -> tuple[torch.Te
     """
     with torch.inference_mode(False):
         return _build_orders(H, W, window, device)
+
+
+def _orders_for(H: int, W: int, window: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """:func:`_orders`, or built in the graph when H or W is symbolic (a dynamic-size export
+    traces them as ``SymInt``, which a cache cannot hash, and the graph must compute them)."""
+    if isinstance(H, int) and isinstance(W, int):
+        return _orders(H, W, window, device)
+    return _build_orders(H, W, window, device)
 
 
 def _build_orders(H: int, W: int, window: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor,
@@ -110,7 +119,7 @@ def window_scan(x: torch.Tensor, window: int) -> torch.Tensor:
     """
     check_shape(x, "B C H W", name="x")
     _check_window(window)
-    row_order, col_order, _, _ = _orders(x.shape[2], x.shape[3], window, x.device)
+    row_order, col_order, _, _ = _orders_for(x.shape[2], x.shape[3], window, x.device)
     flat = x.flatten(2)
     forward = torch.stack([flat.index_select(-1, row_order), flat.index_select(-1, col_order)], dim=1)
     return torch.cat([forward, forward.flip(-1)], dim=1)
@@ -137,6 +146,6 @@ def window_merge(y: torch.Tensor, H: int, W: int, window: int) -> torch.Tensor:
     _check_window(window)
     if checks_enabled() and y.shape[-1] != H * W:
         raise ShapeError(f"y: expected L = H*W = {H}*{W} = {H * W} tokens, got shape {tuple(y.shape)}")
-    _, _, row_inverse, col_inverse = _orders(H, W, window, y.device)
+    _, _, row_inverse, col_inverse = _orders_for(H, W, window, y.device)
     forward = y[:, :2] + y[:, 2:].flip(-1)  # undo the reversal: (B, 2, C, L)
     return forward[:, 0].index_select(-1, row_inverse) + forward[:, 1].index_select(-1, col_inverse)

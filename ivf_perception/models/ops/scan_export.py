@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch._higher_order_ops.scan import scan
+from torch._higher_order_ops.scan import scan_op
 
 from ivf_perception.models.ops.selective_scan import (
     ScanResult,
@@ -87,29 +87,30 @@ def selective_scan_export(
     a = ops.A.reshape(groups, per_group, n_state, 1)
     zeros = x.new_zeros(bsz, groups, per_group, n_state, nc)
 
-    def advance(h: torch.Tensor, step: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        d_t, x_t, b_t = step
-        h = h * torch.exp(d_t * a) + x_t * b_t
-        return h, h.new_zeros(())  # scan wants an output per step; a scalar costs nothing
+    # The bodies take the carry, one step of each scanned tensor and then the extra inputs
+    # (``a``) as positional tensors and return [next carry, step output]: scan_op's flat form.
+    def advance(h: torch.Tensor, d_t: torch.Tensor, x_t: torch.Tensor, b_t: torch.Tensor,
+                a_: torch.Tensor) -> list[torch.Tensor]:
+        h = h * torch.exp(d_t * a_) + x_t * b_t
+        return [h, h.new_zeros(())]  # scan wants an output per step; a scalar costs nothing
 
     # 1. every chunk's end state from a zero start (all chunks at once, T steps).
-    local_end, _ = scan(advance, zeros, (dl, x, Bc))
+    local_end, _ = scan_op(advance, [zeros], [dl, x, Bc], (a,))
     # 2. true chunk-start states: chain the local end states by whole-chunk decays (c steps).
     chunk_decay = torch.exp(dl.sum(0) * a)  # (B, G, K, N, c), exp(A Σ_chunk Δ) <= 1
 
-    def carry(state: torch.Tensor, step: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        end_c, decay_c = step
-        return end_c + decay_c * state, state.clone()  # scan outputs may not alias its inputs
+    def carry(state: torch.Tensor, end_c: torch.Tensor, decay_c: torch.Tensor) -> list[torch.Tensor]:
+        return [end_c + decay_c * state, state.clone()]  # scan outputs may not alias its inputs
 
-    _, starts = scan(carry, _dense(zeros[..., 0]), (local_end.movedim(-1, 0), chunk_decay.movedim(-1, 0)))
+    _, starts = scan_op(carry, [_dense(zeros[..., 0])], [local_end.movedim(-1, 0), chunk_decay.movedim(-1, 0)], ())
+
     # 3. outputs: the recurrence again from the true starts, reducing y_t = C_t · h_t.
+    def emit(h: torch.Tensor, d_t: torch.Tensor, x_t: torch.Tensor, b_t: torch.Tensor, c_t: torch.Tensor,
+             a_: torch.Tensor) -> list[torch.Tensor]:
+        h = h * torch.exp(d_t * a_) + x_t * b_t
+        return [h, (h * c_t).sum(3)]
 
-    def emit(h: torch.Tensor, step: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        d_t, x_t, b_t, c_t = step
-        h = h * torch.exp(d_t * a) + x_t * b_t
-        return h, (h * c_t).sum(3)
-
-    last, y = scan(emit, _dense(starts.movedim(0, -1)), (dl, x, Bc, Cc))  # y: (T, B, G, K, c)
+    last, y = scan_op(emit, [_dense(starts.movedim(0, -1))], [dl, x, Bc, Cc], (a,))  # y: (T, B, G, K, c)
     y = y.permute(1, 2, 3, 4, 0).reshape(bsz, dim, nc * chunk)[..., :length]
     y = _finish(y, ops, u.dtype)
     return (y, last[..., -1].reshape(bsz, dim, n_state)) if return_last_state else y

@@ -20,10 +20,12 @@ __all__ = ["fp32_scores", "gather_channels", "top_channels"]
 def fp32_scores(x: torch.Tensor) -> Iterator[None]:
     """Switch autocast off for the enclosed scoring code (inputs must be cast to fp32 there).
 
-    Enters nothing when autocast is off, so traced/exported graphs stay free of it.
+    Enters nothing when autocast is off (or has no meaning, as on the meta device used for
+    counting), so traced/exported graphs stay free of it.
     """
-    if torch.is_autocast_enabled(x.device.type):
-        with torch.autocast(device_type=x.device.type, enabled=False):
+    device = x.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        with torch.autocast(device_type=device, enabled=False):
             yield
     else:
         yield

@@ -4,7 +4,8 @@
 // Why this layout: the eight channels of a block share B_t and C_t (grouped B/C), so a time step
 // is, per state n, one vector exp(Δ·A_n), one FMA into h_n and one FMA into y with B_t[n], C_t[n]
 // broadcast; no horizontal sums. Inputs are read through strides in blocks of kSteps time steps
-// (a small gather into per-step vectors), so any layout works without a copy, and the same core
+// (a small gather of the tokens into per-step vectors; B and C read in place), so any layout works
+// without a copy, and the same core
 // reads VMamba's four cross-scan orders (and S4Fusion's interleaved modalities) straight from
 // image-order tensors (Order::kCross) instead of materialising the permuted sequences; there it
 // also applies Δ's low-rank up-projection itself, so the largest intermediate is never stored.
@@ -31,8 +32,9 @@ constexpr int kSteps = 64;     // time steps per gathered block
 constexpr int kMaxState = 64;  // largest supported N (the Python side falls back above it)
 constexpr int kMaxRank = 64;   // largest rank of Δ's projection in the cross scan
 
+// x86-64-v3/v4 clone targets need GCC 12; older compilers build the baseline only (correct, slower).
 #if defined(IVF_CLONES)
-#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#elif defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__)
 #define IVF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define IVF_CLONES
@@ -174,22 +176,59 @@ class PositionWalker {
   int64_t row_ = 0, col_ = 0, mod_ = 0;
 };
 
-// Eight lanes from `p` at stride `stride` (a vector load when they are contiguous).
-IVF_INLINE vf load_lanes(const float* p, int64_t stride, int lanes) {
-  vf v = {};
-  if (stride == 1 && lanes == kLanes) {
-    std::memcpy(&v, p, sizeof v);
-  } else {
-    for (int c = 0; c < lanes; ++c) v[c] = p[c * stride];
+// Two-vector shuffle: clang's builtin, or GCC's (GCC has __builtin_shufflevector only since 12).
+#if defined(__clang__)
+#define IVF_SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define IVF_SHUFFLE(a, b, ...) __builtin_shuffle(a, b, vi{__VA_ARGS__})
+#endif
+
+// 8×8 transpose in registers: out[j][c] = in[c][j] (unpack pairs, then pairs of pairs, then halves).
+static_assert(kLanes == 8, "transpose8 and the shuffles assume eight lanes");
+IVF_INLINE void transpose8(const vf* in, vf* out) {
+  vf t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = IVF_SHUFFLE(in[i], in[i + 1], 0, 8, 1, 9, 4, 12, 5, 13);
+    t[i + 1] = IVF_SHUFFLE(in[i], in[i + 1], 2, 10, 3, 11, 6, 14, 7, 15);
   }
-  return v;
+  for (int i = 0; i < 8; i += 4) {
+    for (int j = 0; j < 2; ++j) {
+      u[i + 2 * j] = IVF_SHUFFLE(t[i + j], t[i + j + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[i + 2 * j + 1] = IVF_SHUFFLE(t[i + j], t[i + j + 2], 2, 3, 10, 11, 6, 7, 14, 15);
+    }
+  }
+  for (int j = 0; j < 4; ++j) {
+    out[j] = IVF_SHUFFLE(u[j], u[j + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    out[j + 4] = IVF_SHUFFLE(u[j], u[j + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
 }
 
-IVF_INLINE void load_rows(float* out, const float* p, int64_t stride, int count) {
-  if (stride == 1) {
-    std::memcpy(out, p, count * sizeof(float));
-  } else {
-    for (int n = 0; n < count; ++n) out[n] = p[n * stride];
+// One block of steps of eight lanes into per-step vectors. Lane-contiguous data (channels last)
+// is read a vector per step; otherwise lane by lane, each lane's run of steps (contiguous in the
+// (B, D, L) layout) at a time, so that memory is read in long runs instead of eight strided ones.
+// With `consecutive` (the plain order: positions pos[0], pos[0] + 1, ...) and position-contiguous
+// lanes, eight steps of eight lanes are eight vector loads and one register transpose.
+IVF_INLINE void gather_lanes(vf* out, const float* base, const TokenView& v, const int64_t* mod, const int64_t* pos,
+                             int len, int lanes, bool consecutive) {
+  if (v.sc == 1 && lanes == kLanes) {
+    for (int s = 0; s < len; ++s) std::memcpy(&out[s], base + mod[s] * v.sm + pos[s] * v.sp, sizeof(vf));
+    return;
+  }
+  int first = 0;
+  if (consecutive && v.sp == 1 && lanes == kLanes) {
+    const float* start = base + mod[0] * v.sm + pos[0];
+    for (; first + kLanes <= len; first += kLanes) {
+      vf rows[kLanes];
+      for (int c = 0; c < kLanes; ++c) std::memcpy(&rows[c], start + c * v.sc + first, sizeof(vf));
+      transpose8(rows, out + first);
+    }
+  }
+  if (lanes < kLanes) {
+    for (int s = first; s < len; ++s) out[s] = vf{};
+  }
+  for (int c = 0; c < lanes; ++c) {
+    const float* lane = base + c * v.sc;
+    for (int s = first; s < len; ++s) out[s][c] = lane[mod[s] * v.sm + pos[s] * v.sp];
   }
 }
 
@@ -218,52 +257,67 @@ void scan_task(const Problem& pb, int64_t b, int64_t g, int64_t c0) {
   const float* c_base = pb.C.data + b * pb.C.sb + g * pb.C.sg;
   float* y_base = pb.y.data + b * pb.y.sb + g * pb.y.sg + c0 * pb.y.sc;
 
-  vf uu[kSteps], du[kSteps], dt[kSteps], yy[kSteps];
-  float bb[kSteps][kMaxState], cc[kSteps][kMaxState], lowrank[kMaxRank];
+  vf uu[kSteps], du[kSteps], dt[kSteps], yy[kSteps], zz[kSteps];
   int64_t pos[kSteps], mod[kSteps];
   PositionWalker walker(pb, g);
+  const bool consecutive = pb.order == Order::kPlain && pb.modalities == 1;
 
   for (int64_t s0 = 0; s0 < steps; s0 += kSteps) {
     const int len = static_cast<int>(std::min<int64_t>(kSteps, steps - s0));
-    // Gather this block: tokens as one vector per step, B/C as [step][n]; Δ transform.
     for (int s = 0; s < len; ++s, walker.next()) {
-      const int64_t m = mod[s] = walker.modality(), p = pos[s] = walker.position();
-      vf dv;
-      if (pb.dt_proj) {
-        load_rows(lowrank, dts_base + m * pb.dts.sm + p * pb.dts.sp, pb.dts.sn, rank);
-        dv = vf{};
-        for (int r = 0; r < rank; ++r) dv += wdt[r] * lowrank[r];
-      } else {
-        dv = load_lanes(dt_base + m * pb.delta.sm + p * pb.delta.sp, pb.delta.sc, lanes);
+      mod[s] = walker.modality();
+      pos[s] = walker.position();
+    }
+    // Gather this block: tokens as one vector per step, B/C as [step][n]; Δ transform.
+    gather_lanes(uu, u_base, pb.u, mod, pos, len, lanes, consecutive);
+    if (pb.dt_proj) {
+      for (int s = 0; s < len; ++s) {
+        const float* lowrank = dts_base + mod[s] * pb.dts.sm + pos[s] * pb.dts.sp;
+        vf dv = {};
+        for (int r = 0; r < rank; ++r) dv += wdt[r] * lowrank[r * pb.dts.sn];
+        dt[s] = dv;
       }
-      dv += bias;
+    } else {
+      gather_lanes(dt, dt_base, pb.delta, mod, pos, len, lanes, consecutive);
+    }
+    for (int s = 0; s < len; ++s) {
+      vf dv = dt[s] + bias;
       if (pb.softplus) dv = softplus_approx(dv);
       dt[s] = dv * valid;
-      uu[s] = load_lanes(u_base + m * pb.u.sm + p * pb.u.sp, pb.u.sc, lanes);
       du[s] = dt[s] * uu[s];
-      load_rows(bb[s], b_base + m * pb.B.sm + p * pb.B.sp, pb.B.sn, n_state);
-      load_rows(cc[s], c_base + m * pb.C.sm + p * pb.C.sp, pb.C.sn, n_state);
     }
     // The recurrence: sequential in time, independent over lanes and states.
+    // B_t and C_t are read in place (broadcast from memory), not copied.
     for (int s = 0; s < len; ++s) {
       const vf dts = dt[s], dus = du[s];
+      const float* bs = b_base + mod[s] * pb.B.sm + pos[s] * pb.B.sp;
+      const float* cs = c_base + mod[s] * pb.C.sm + pos[s] * pb.C.sp;
       vf acc = dskip * uu[s];
       for (int n = 0; n < n_state; ++n) {
-        h[n] = exp2_approx(dts * a[n]) * h[n] + dus * bb[s][n];
-        acc += h[n] * cc[s][n];
+        h[n] = exp2_approx(dts * a[n]) * h[n] + dus * bs[n * pb.B.sn];
+        acc += h[n] * cs[n * pb.C.sn];
       }
       yy[s] = acc;
     }
     if (z_base) {
-      for (int s = 0; s < len; ++s)
-        yy[s] *= silu_approx(load_lanes(z_base + mod[s] * pb.z.sm + pos[s] * pb.z.sp, pb.z.sc, lanes));
+      gather_lanes(zz, z_base, pb.z, mod, pos, len, lanes, consecutive);
+      for (int s = 0; s < len; ++s) yy[s] *= silu_approx(zz[s]);
     }
-    for (int s = 0; s < len; ++s) {
-      float* out = y_base + mod[s] * pb.y.sm + pos[s] * pb.y.sp;
-      if (pb.y.sc == 1 && lanes == kLanes) {
-        std::memcpy(out, &yy[s], sizeof(vf));
-      } else {
-        for (int c = 0; c < lanes; ++c) out[c * pb.y.sc] = yy[s][c];
+    if (pb.y.sc == 1 && lanes == kLanes) {
+      for (int s = 0; s < len; ++s) std::memcpy(y_base + mod[s] * pb.y.sm + pos[s] * pb.y.sp, &yy[s], sizeof(vf));
+    } else {  // lane by lane: each lane's outputs are contiguous in the (B, D, L) layout
+      int first = 0;
+      if (consecutive && pb.y.sp == 1 && lanes == kLanes) {  // transposed back, eight steps at a time
+        float* start = y_base + mod[0] * pb.y.sm + pos[0];
+        for (; first + kLanes <= len; first += kLanes) {
+          vf rows[kLanes];
+          transpose8(yy + first, rows);
+          for (int c = 0; c < kLanes; ++c) std::memcpy(start + c * pb.y.sc + first, &rows[c], sizeof(vf));
+        }
+      }
+      for (int c = 0; c < lanes; ++c) {
+        float* out = y_base + c * pb.y.sc;
+        for (int s = first; s < len; ++s) out[mod[s] * pb.y.sm + pos[s] * pb.y.sp] = yy[s][c];
       }
     }
   }
