@@ -15,8 +15,10 @@ Topics (relative, remappable):
          ``thermal/camera_info`` (optional, checked against the image sizes)
     out: ``fused/image`` (rgb8), ``segmentation/labels`` (mono8 class ids),
          ``segmentation/overlay`` (rgb8), ``fusion/stats`` (ivf_perception_msgs/FusionStats),
-         all with the RGB input's header, each encoded and published only while someone
-         subscribes; ``/diagnostics`` (with the median cost of each per-frame stage).
+         ``fused/camera_info`` (the RGB camera_info, scaled to the output size), all with the
+         RGB input's header, each encoded and published only while someone subscribes;
+         ``segmentation/class_info`` (ivf_perception_msgs/ClassInfo, latched); ``/diagnostics``
+         (with the median cost of each per-frame stage).
 
 Lifecycle (the ROS 2 lifecycle talker's structure, yolo_ros's order of work):
     configure  reads and validates the parameters, builds the QoS, builds and warms up the
@@ -54,7 +56,7 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
 from sensor_msgs.msg import CameraInfo, Image
 
@@ -81,6 +83,7 @@ from ivf_perception.nodes.parameters import (
     config_from_values,
     descriptor,
 )
+from ivf_perception.nodes.self_description import class_info_message, fused_camera_info, rclpy_class_info_type
 from ivf_perception.sync import STREAMS, ApproximateTimePairer, LatestSlot, Pair
 
 __all__ = ["FusionNode", "main"]
@@ -156,6 +159,11 @@ class FusionNode(LifecycleNode):
         except ImportError as exc:
             self._stats_type = None
             self.get_logger().warning(f"fusion/stats is disabled: {exc}")
+        try:
+            self._class_info_type: type | None = rclpy_class_info_type()
+        except ImportError as exc:
+            self._class_info_type = None
+            self.get_logger().warning(f"segmentation/class_info is disabled: {exc}")
 
         period = float(self.get_parameter("diagnostics_period_s").value)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -197,6 +205,13 @@ class FusionNode(LifecycleNode):
         if self._stats_type is not None:
             self._publishers_by_name["stats"] = self.create_lifecycle_publisher(
                 self._stats_type, "fusion/stats", out_qos)
+        self._publishers_by_name["camera_info"] = self.create_lifecycle_publisher(
+            CameraInfo, "fused/camera_info", out_qos)
+        if self._class_info_type is not None:  # latched: a late subscriber still gets the table
+            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            self._publishers_by_name["class_info"] = self.create_lifecycle_publisher(
+                self._class_info_type, "segmentation/class_info", latched)
         if abs(self._diagnostics_timer.timer_period_ns - config.diagnostics_period_s * 1e9) > 1:
             self.destroy_timer(self._diagnostics_timer)
             self._diagnostics_timer = self.create_timer(config.diagnostics_period_s, self._publish_diagnostics)
@@ -224,6 +239,7 @@ class FusionNode(LifecycleNode):
             for s in STREAMS
         ]
         result = super().on_activate(state)  # enables the lifecycle publishers
+        self._publish_class_info()
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="fusion_worker", daemon=True)
         self._worker.start()
@@ -329,6 +345,7 @@ class FusionNode(LifecycleNode):
         self._camera_info_size: dict[str, tuple[int, int]] = {}
         self._meters = {s: RateMeter() for s in (*STREAMS, "output")}
         self._latency_ms: deque[float] = deque(maxlen=30)
+        self._rgb_camera_info: CameraInfo | None = None  # the latest, for fused/camera_info
         self._rgb_received_ns: dict[int, int] = {}  # written by the executor, read by the worker
         self._receipts_lock = threading.Lock()
         self._latency_basis = "header stamp"
@@ -379,6 +396,18 @@ class FusionNode(LifecycleNode):
 
     def _on_camera_info(self, stream: str, msg: CameraInfo) -> None:
         self._camera_info_size[stream] = (msg.width, msg.height)
+        if stream == "rgb":
+            self._rgb_camera_info = msg
+
+    def _publish_class_info(self) -> None:
+        """The class table, latched (at activate and when the palette changes)."""
+        pub, engine = self._publishers_by_name.get("class_info"), self._engine
+        if pub is None or engine is None or self._class_info_type is None:
+            return
+        from std_msgs.msg import Header
+
+        pub.publish(class_info_message(self._class_info_type, Header(stamp=self.get_clock().now().to_msg()),
+                                       engine.class_names, engine.palette))
 
     # ------------------------------------------------------------------ worker thread
 
@@ -444,6 +473,10 @@ class FusionNode(LifecycleNode):
             pubs["fused"].publish(numpy_to_image(result.fused, "rgb8", header=header))
         if result.labels is not None and pubs["labels"].get_subscription_count() > 0:
             pubs["labels"].publish(numpy_to_image(result.labels, "mono8", header=header))
+        info = self._rgb_camera_info
+        if info is not None and pubs["camera_info"].get_subscription_count() > 0:
+            height, width = result.fused.shape[:2]
+            pubs["camera_info"].publish(fused_camera_info(info, header, width, height))
         stages["publish images"] = (time.perf_counter() - started) * 1e3
         if runtime.overlay_enabled and pubs["overlay"].get_subscription_count() > 0:
             started = time.perf_counter()
@@ -538,6 +571,7 @@ class FusionNode(LifecycleNode):
         values = self._parameter_values()
         if self._engine is not None and "palette" in names and values["palette"] is not None:
             self._engine.set_palette(list(values["palette"]))
+            self._publish_class_info()
         if self._pairer is not None and "slop_s" in names:
             self._pairer.set_slop(values["slop_s"])
         if self._engine is not None and names & {"agc_low_pct", "agc_high_pct"}:
