@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ivf_perception.io.classes import colorize_labels
+from ivf_perception.models.ops._backend import has_cpu_labels
 
 __all__ = ["to_uint8_rgb", "logits_to_labels", "make_overlay"]
 
@@ -51,6 +52,10 @@ def logits_to_labels(logits: torch.Tensor) -> np.ndarray:
     x = logits.detach().float()
     if x.device.type != "cpu":
         return x.argmax(dim=1).to(torch.uint8).cpu().numpy()
+    if x.shape[1] > 1 and x.stride(1) == 1 and has_cpu_labels():
+        # Channels-last logits (S4Fusion's head): the C++ extension's one pass over each pixel's K
+        # values straight to uint8, same tie and NaN rules (480x640x9: 2.2 -> 1.2 ms thread CPU).
+        return torch.ops.ivf_perception.labels_argmax(x).numpy()
     # On the CPU, torch's argmax over the strided class axis took 27 ms at 480x640x9 on 2 cores,
     # 7 ms over a channels-last copy, and this running maximum over contiguous class planes
     # 0.9 ms (OpenCV: compare, masked copy of the class id, max). A strict ">" keeps the first

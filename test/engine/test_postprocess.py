@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from ivf_perception.engine import postprocess
 from ivf_perception.engine.postprocess import logits_to_labels, make_overlay, to_uint8_rgb
 from ivf_perception.io.classes import MFNET_PALETTE, colorize_labels
+from ivf_perception.models.ops._backend import has_cpu_labels
 
 
 @pytest.mark.parametrize("shape", [(1, 9, 48, 64), (3, 15, 17, 23), (2, 1, 5, 7)])
@@ -73,3 +75,55 @@ def test_overlay_equals_blend_with_class_zero_transparent() -> None:
     blended = cv2.addWeighted(rgb, 0.7, colorize_labels(labels, MFNET_PALETTE), 0.3, 0.0)
     expected = np.where((labels > 0)[..., None], blended, rgb)
     np.testing.assert_array_equal(make_overlay(rgb, labels, MFNET_PALETTE, 0.3), expected)
+
+
+# ---- the C++ extension's labels_argmax (channels-last logits) and its NumPy/OpenCV fallback
+
+_needs_kernel = pytest.mark.skipif(not has_cpu_labels(), reason="fused CPU extension not built here "
+                                   "(python setup.py build_ext --inplace)")
+
+
+def _logit_layouts(seed: int, classes: int = 9) -> list[torch.Tensor]:
+    """Integer-valued logits (ties everywhere) as NCHW, channels-last, and a cropped channels-last view."""
+    logits = torch.randint(-3, 3, (2, classes, 37, 53), generator=torch.Generator().manual_seed(seed)).float()
+    cl = logits.contiguous(memory_format=torch.channels_last)
+    return [logits, cl, cl[..., 3:30, 5:48]]
+
+
+@_needs_kernel
+@pytest.mark.parametrize("classes", [1, 2, 9, 256])
+def test_kernel_labels_equal_argmax_in_every_layout(classes: int) -> None:
+    for logits in _logit_layouts(classes, classes):
+        labels = torch.ops.ivf_perception.labels_argmax(logits)
+        assert labels.dtype == torch.uint8 and labels.shape == (logits.shape[0], *logits.shape[2:])
+        np.testing.assert_array_equal(labels.numpy(), logits.argmax(dim=1).numpy())
+
+
+@_needs_kernel
+def test_kernel_lets_no_nan_win_and_gives_class_zero_to_all_nan_pixels() -> None:
+    logits = torch.zeros(1, 3, 2, 2).contiguous(memory_format=torch.channels_last)
+    logits[0, :, 0, 0] = torch.tensor([float("nan"), 1.0, 0.5])
+    logits[0, :, 0, 1] = torch.tensor([0.0, float("nan"), -1.0])
+    logits[0, :, 1, 0] = float("nan")
+    logits[0, :, 1, 1] = torch.tensor([float("-inf"), float("-inf"), float("-inf")])
+    labels = torch.ops.ivf_perception.labels_argmax(logits)
+    assert labels[0].tolist() == [[1, 0], [0, 0]]
+
+
+@_needs_kernel
+def test_kernel_refuses_bad_logits() -> None:
+    with pytest.raises(RuntimeError, match="must be float32"):
+        torch.ops.ivf_perception.labels_argmax(torch.zeros(1, 2, 3, 3, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=r"must be \(B, K, H, W\)"):
+        torch.ops.ivf_perception.labels_argmax(torch.zeros(2, 3, 3))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kernel_and_fallback_labels_are_identical(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    layouts = _logit_layouts(seed)
+    with_kernel = [logits_to_labels(x) for x in layouts]
+    monkeypatch.setattr(postprocess, "has_cpu_labels", lambda: False)  # the NumPy/OpenCV path
+    without = [logits_to_labels(x) for x in layouts]
+    for a, b, x in zip(with_kernel, without, layouts):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, x.argmax(dim=1).numpy())

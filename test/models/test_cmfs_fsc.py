@@ -123,6 +123,29 @@ class TestFFTAmplitudeFilter:
         x = torch.randn(1, 1, 3, 4, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(lambda t: fft_amplitude_filter(t, lambda a: a.sqrt() + a), (x,))
 
+    @pytest.mark.parametrize("zero_bins", [False, True])
+    def test_inference_equals_the_polar_angle_form_and_training_keeps_it(self, zero_bins: bool) -> None:
+        """Without gradients X/|X| replaces polar(amplitude, angle(X)) (outputs within 1e-5); with
+        gradients the polar form runs, so training's gradients are the reference's exactly."""
+        x = torch.randn(2, 4, 24, 31, generator=torch.Generator().manual_seed(5))
+        if zero_bins:
+            x[0] = 1.0  # every bin but DC exactly zero
+        module = FFTAmplitudeFilter(4)
+
+        def reference(t: torch.Tensor) -> torch.Tensor:
+            spectrum = torch.fft.rfft2(t)
+            return torch.fft.irfft2(torch.polar(module.amplitude(spectrum.abs()), spectrum.angle()), s=t.shape[-2:])
+
+        with torch.inference_mode():
+            torch.testing.assert_close(module(x), reference(x), atol=1e-5, rtol=1e-5)
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out, ref = module(a), reference(b)
+        torch.testing.assert_close(out, ref, atol=0.0, rtol=0.0)
+        out.square().sum().backward()
+        ref.square().sum().backward()
+        assert a.grad is not None and b.grad is not None
+        torch.testing.assert_close(a.grad, b.grad, atol=0.0, rtol=0.0)
+
     def test_exception(self) -> None:
         with pytest.raises(ValueError, match=r"Unknown FFT norm 'unit'; supported norms"):
             FFTAmplitudeFilter(2, norm="unit")

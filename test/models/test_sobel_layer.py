@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ivf_perception.checks import ShapeError
 from ivf_perception.models.layers import SOBEL_BORDERS, Sobel, sobel_gradients, sobel_magnitude
@@ -17,6 +18,26 @@ def dtype(request: pytest.FixtureRequest) -> torch.dtype:
 def _x_ramp(h: int, w: int, dtype: torch.dtype) -> torch.Tensor:
     """I(y, x) = x: a unit slope to the right."""
     return torch.arange(w, dtype=dtype).expand(1, 1, h, w).clone()
+
+
+def _conv_reference(image: torch.Tensor, normalized: bool, border: str) -> torch.Tensor:
+    """The 3x3 cross-correlation the separable implementation replaced, written out here."""
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=image.dtype)
+    kx = kx / 8.0 if normalized else kx
+    *lead, h, w = image.shape
+    mode = {"replicate": "replicate", "reflect": "reflect", "zeros": "constant"}[border]
+    padded = F.pad(image.reshape(-1, 1, h, w), (1, 1, 1, 1), mode=mode)
+    return F.conv2d(padded, torch.stack((kx, kx.t())).unsqueeze(1)).reshape(*lead, 2, h, w)
+
+
+@pytest.mark.parametrize("border", SOBEL_BORDERS)
+@pytest.mark.parametrize("normalized", [True, False])
+def test_separable_form_equals_the_3x3_convolution(border: str, normalized: bool) -> None:
+    image = torch.randn(2, 8, 37, 45, generator=torch.Generator().manual_seed(3)) * 4.0
+    reference = _conv_reference(image, normalized, border)
+    torch.testing.assert_close(sobel_gradients(image, normalized, border), reference, atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(sobel_magnitude(image, normalized, border), reference.abs().sum(-3),
+                               atol=1e-5, rtol=1e-6)
 
 
 class TestSobel:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Sequence
+import types
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
+from ivf_perception.engine import DEFAULT_WEIGHTS
 from ivf_perception.engine.weights import WEIGHTS_FORMAT, load_weights, sidecar_path
 from ivf_perception.io.classes import CLASS_TABLES, MFNET_CLASSES
 from ivf_perception.io.tensor_files import TensorFileError, read_safetensors
@@ -37,6 +39,10 @@ __all__ = [
     "check_crop",
     "set_text_features",
     "load_initial_weights",
+    "resolve_init_from",
+    "freeze_seg_head",
+    "has_labels",
+    "warn_if_unlabelled",
     "build_datasets",
 ]
 
@@ -192,6 +198,11 @@ def _is_engine_weights(path: Path) -> bool:
         return False
 
 
+def resolve_init_from(init_from: str) -> Path:
+    """The file ``model.init_from`` names: ``default`` is the bundled weights (the node's default)."""
+    return DEFAULT_WEIGHTS if init_from == "default" else Path(init_from)
+
+
 def load_initial_weights(model: torch.nn.Module, path: Path) -> None:
     """Start from trained weights (fine-tuning, stage hand-over) instead of a random init.
 
@@ -213,6 +224,57 @@ def load_initial_weights(model: torch.nn.Module, path: Path) -> None:
     except RuntimeError as exc:
         raise ConfigError(f"model.init_from: {path} does not fit the configured model: {exc}") from exc
     _log.info("initialised the model from %s", path)
+
+
+def _stay_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:
+    """``train()`` of a frozen module: it stays in eval mode whatever the model around it does."""
+    return nn.Module.train(module, False)
+
+
+def freeze_seg_head(model: nn.Module, variant: str) -> None:
+    """Freeze the model's segmentation head (``model.freeze_seg_head``).
+
+    ``requires_grad`` off keeps its parameters out of the optimiser (no update, no weight decay);
+    pinning it in eval mode keeps its BatchNorm statistics from drifting towards data it is not
+    trained on, so its outputs for a given feature map stay exactly those of ``init_from``.
+    """
+    head = getattr(model, "seg_head", None)
+    if not isinstance(head, nn.Module):
+        raise ConfigError(f"model.freeze_seg_head: {variant} has no segmentation head here "
+                          "(model.num_classes is 0 or the variant has none); remove the setting")
+    head.requires_grad_(False)
+    head.train = types.MethodType(_stay_in_eval, head)  # type: ignore[method-assign]
+    head.eval()
+    _log.info("segmentation head frozen (%d parameters)", sum(p.numel() for p in head.parameters()))
+
+
+def has_labels(description: Mapping[str, object]) -> bool:
+    """Whether a dataset description (:func:`~ivf_training.datasets.describe_dataset`) holds any
+    labelled sample: generated scenes always do, folder kinds count theirs, real pairs never."""
+    parts = description.get("parts")
+    if isinstance(parts, list):
+        return any(has_labels(p) for p in parts if isinstance(p, Mapping))
+    if description.get("kind") == "generated":
+        return bool(description.get("count"))
+    labelled = description.get("labelled")
+    return isinstance(labelled, int) and labelled > 0
+
+
+def warn_if_unlabelled(train_description: Mapping[str, object], num_classes: int, frozen_head: bool) -> bool:
+    """Warn (and return True) when a segmentation model trains without a single label.
+
+    Only the fusion losses train then; the user should know the label maps will not improve,
+    and that without ``model.freeze_seg_head`` the head still drifts (weight decay, BatchNorm).
+    """
+    if num_classes == 0 or has_labels(train_description):
+        return False
+    advice = ("the segmentation head is frozen (model.freeze_seg_head), so the label maps stay those of "
+              "model.init_from" if frozen_head else
+              "set model.freeze_seg_head: true to keep the segmentation head exactly as it is (otherwise "
+              "weight decay and BatchNorm statistics still change it while no loss trains it)")
+    _log.warning("the training data has no labels: this run trains the fusion losses only and does not improve "
+                 "segmentation; %s", advice)
+    return True
 
 
 def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:

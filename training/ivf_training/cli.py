@@ -230,6 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     best = result["best_value"]
     best_text = (f"best {result['best_metric']} {best:.4f} at step {result['best_step']}" if best is not None
                  else "no validation")
+    start, end = result["start_val"], result["last_val"]
+    compared = [k for k in (result["best_metric"], "mIoU", "fusion/Qabf", "loss/total")
+                if isinstance(start.get(k), float) and isinstance(end.get(k), float)]
+    if compared:  # a fine-tune: did it help?
+        say("validation at step 0 -> end: " + ", ".join(
+            f"{k} {start[k]:.4f} -> {end[k]:.4f}" for k in dict.fromkeys(compared)))
     say(f"finished at step {result['step']}: {best_text}; "
         f"export with: ivf-train export {trainer.run_dir} --out FILE.safetensors")
     return 0

@@ -7,6 +7,8 @@ Layout (``RUN_DIR = out_dir/name``)::
     log.jsonl          one JSON object per line: {"kind": "train"|"val"|"resume", "step": ...}
     ckpt/last.*        latest checkpoint (see ivf_training.checkpoint), ckpt/prev.* the one before
     ckpt/best.safetensors + best.json   model with the best validation ``best_metric``
+    summary.json       written when the run reaches max_steps: best, final and step-0 validation
+                       (fine-tunes: ``val_at_start``) and the change of each metric
     ckpt/stale-*       files set aside when resuming from an older checkpoint (never deleted)
     tb/                TensorBoard events (ivf_training.tb_logging)
     eval/              reports of ``ivf-train eval`` (ivf_training.evaluate)
@@ -89,6 +91,17 @@ class RunDir:
         """One JSON line in ``log.jsonl`` (NaN refused: the log stays valid JSON)."""
         with open(self.log_path, "a") as f:
             f.write(json.dumps(record, allow_nan=False) + "\n")
+
+    def write_summary(self, result: Mapping[str, Any]) -> None:
+        """``summary.json`` at the end of a run: best, final and (fine-tunes) step-0 validation,
+        with the change of every metric validated at both ends, so a user sees whether the
+        fine-tune helped without reading the log."""
+        start, end = result.get("start_val") or {}, result.get("last_val") or {}
+        change = {k: end[k] - v for k, v in start.items()
+                  if isinstance(v, (int, float)) and isinstance(end.get(k), (int, float))}
+        tmp = self.path / "summary.json.tmp"
+        tmp.write_text(json.dumps({**result, "change": change}, indent=2, allow_nan=False) + "\n")
+        tmp.replace(self.path / "summary.json")
 
     def save_best(self, state: Mapping[str, torch.Tensor], *, step: int, best_metric: str, value: float | None,
                   metrics: Mapping[str, float | None]) -> None:

@@ -36,12 +36,15 @@ from ivf_training.augment import JointAugment
 from ivf_training.build import (
     build_datasets,
     check_crop,
+    freeze_seg_head,
     load_initial_weights,
     resolve_amp,
     resolve_classes,
     resolve_device,
+    resolve_init_from,
     seed_everything,
     set_text_features,
+    warn_if_unlabelled,
 )
 from ivf_training.checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from ivf_training.config import ConfigError, TrainConfig
@@ -116,6 +119,8 @@ class Trainer:
         palette: 0xRRGGBB per class, for the image grids.
         ddp_find_unused_parameters, sync_batchnorm: data-parallel options (used under torchrun;
             see :mod:`ivf_training.distributed`).
+        val_at_start: validate before the first step (the starting weights of a fine-tune), so
+            the summary compares the end with the start.
     """
 
     def __init__(self, *, model: nn.Module, loss_fn: nn.Module, train_set: Dataset, val_set: Dataset | None,
@@ -127,7 +132,8 @@ class Trainer:
                  class_names: Sequence[str], optimizer: str = "adamw",
                  momentum: float = 0.9, accum_steps: int = 1, ema_decay: float | None = None,
                  tensorboard: bool = True, image_every: int = 0, palette: Sequence[int] = (),
-                 ddp_find_unused_parameters: bool = False, sync_batchnorm: bool = False) -> None:
+                 ddp_find_unused_parameters: bool = False, sync_batchnorm: bool = False,
+                 val_at_start: bool = False) -> None:
         self.dist = DistContext.current()
         self.device = self.dist.place(resolve_device(device))
         self.amp_dtype = resolve_amp(amp, self.device)
@@ -166,6 +172,8 @@ class Trainer:
         self.best_step: int | None = None
         self.best_metrics: dict[str, float | None] = {}
         self.last_val: dict[str, float | None] = {}
+        self.val_at_start = val_at_start
+        self.start_val: dict[str, float | None] = {}
         self.last_ckpt_step: int | None = None
         if batch_size % (self.dist.world_size * accum_steps):
             raise ConfigError(f"batch_size {batch_size} must be divisible by ranks × accum_steps = "
@@ -195,11 +203,14 @@ class Trainer:
         m = cfg.model
         model = build_model(m.variant, preset=m.preset, num_classes=m.num_classes, **m.overrides)
         if m.init_from:
-            load_initial_weights(model, Path(m.init_from))
+            load_initial_weights(model, resolve_init_from(m.init_from))
+        if m.freeze_seg_head:
+            freeze_seg_head(model, m.variant)
         class_names, palette = resolve_classes(m.num_classes, cfg.data.class_names, cfg.data.palette, cfg.data.kind)
         set_text_features(model, m, class_names, run_dir / "cache")
         check_crop(model, m.variant, cfg.crop, cfg.crop_width)
         train_set, val_set = build_datasets(cfg)
+        warn_if_unlabelled(describe_dataset(train_set), m.num_classes, m.freeze_seg_head)
         objective, loss_fn = build_objective(cfg.loss, m.num_classes)
         # TrainConfig.validate guarantees that max_steps or epochs is set
         max_steps = cfg.max_steps or int(cfg.epochs or 0) * (len(train_set) // cfg.batch_size)  # type: ignore[arg-type]
@@ -219,6 +230,7 @@ class Trainer:
             accum_steps=cfg.accum_steps, ema_decay=cfg.ema_decay, tensorboard=cfg.tensorboard,
             image_every=cfg.image_every, palette=palette if m.num_classes else (),
             ddp_find_unused_parameters=cfg.ddp_find_unused_parameters, sync_batchnorm=cfg.sync_batchnorm,
+            val_at_start=cfg.val_at_start and bool(m.init_from),
         )
 
     def validation_metric_names(self) -> list[str]:
@@ -244,6 +256,7 @@ class Trainer:
                 "rng": rng[0],
                 "best": {"value": self.best_value, "step": self.best_step, "metrics": dict(self.best_metrics)},
                 "last_val": dict(self.last_val),
+                "start_val": dict(self.start_val),
                 "objective": self.objective.state_dict(self.loss_fn),
             }
             if self.dist.enabled:
@@ -280,6 +293,7 @@ class Trainer:
         self.best_value, self.best_step = best["value"], best["step"]
         self.best_metrics = dict(best["metrics"])
         self.last_val = dict(state["last_val"])
+        self.start_val = dict(state.get("start_val", {}))
         self.last_ckpt_step = self.step
         if self.step > self.max_steps:
             raise CheckpointError(f"checkpoint step {self.step} is beyond max_steps {self.max_steps}")
@@ -349,7 +363,8 @@ class Trainer:
                 time-boxed sessions continued by ``resume``.
 
         Returns:
-            ``{"step", "best_metric", "best_value", "best_step", "last_val"}``.
+            ``{"step", "best_metric", "best_value", "best_step", "last_val", "start_val"}``
+            (``start_val``: the step-0 validation, empty unless ``val_at_start``).
         """
         end = self.max_steps if stop_at_step is None else min(self.max_steps, stop_at_step)
         bpe = self.sampler.batches_per_epoch
@@ -360,6 +375,8 @@ class Trainer:
         bar = tqdm(total=self.max_steps, initial=self.step, disable=not self.progress, dynamic_ncols=True, unit="step")
         self.tb.open(self.step)
         try:
+            if self.step == 0 and self.val_at_start and self.val_set is not None:
+                self.start_val = self.validate_and_track()  # the starting weights, for the summary
             while self.step < end:
                 epoch = self.step // bpe
                 for batch in self._loader(epoch, self.step % bpe):
@@ -396,8 +413,11 @@ class Trainer:
         finally:
             bar.close()
             self.tb.close()
-        return {"step": self.step, "best_metric": self.best_metric, "best_value": self.best_value,
-                "best_step": self.best_step, "last_val": dict(self.last_val)}
+        result = {"step": self.step, "best_metric": self.best_metric, "best_value": self.best_value,
+                  "best_step": self.best_step, "last_val": dict(self.last_val), "start_val": dict(self.start_val)}
+        if self.dist.is_main and self.step == self.max_steps:
+            self.files.write_summary(result)
+        return result
 
     # ---- validation --------------------------------------------------------------------------
 

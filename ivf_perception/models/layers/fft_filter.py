@@ -41,6 +41,19 @@ def _check_norm(norm: str) -> None:
         raise ValueError(f"Unknown FFT norm {norm!r}; supported norms: {list(FFT_NORMS)}")
 
 
+def _unit_phase(spectrum: torch.Tensor, magnitude: torch.Tensor) -> torch.Tensor:
+    """``exp(i·angle(X))`` as ``X / |X|``, and 1 where ``X = 0`` (``angle(0) = 0``).
+
+    The same values as ``polar(1, angle(X))`` up to float rounding, without an ``atan2`` and a
+    ``cos``/``sin`` per bin (CMFS small at 240×320, one thread: ~25 ms less per frame). Used for
+    inference only: its input gradients differ from the polar form's (also in float64), so
+    training keeps ``polar``/``angle`` and the gradients it was validated with.
+    """
+    nonzero = magnitude > 0
+    unit = spectrum / torch.where(nonzero, magnitude, torch.ones_like(magnitude))
+    return torch.where(nonzero, unit, torch.ones_like(unit))
+
+
 def fft_amplitude_filter(
     x: torch.Tensor, amplitude_fn: Callable[[torch.Tensor], torch.Tensor], norm: str = "backward"
 ) -> torch.Tensor:
@@ -72,10 +85,14 @@ def fft_amplitude_filter(
     h, w = x.shape[-2:]
     compute_dtype = torch.promote_types(x.dtype, torch.float32)
     spectrum = torch.fft.rfft2(x.to(compute_dtype), norm=norm)
-    amplitude = amplitude_fn(spectrum.abs().to(x.dtype))
+    magnitude = spectrum.abs()
+    amplitude = amplitude_fn(magnitude.to(x.dtype))
     check_shape(amplitude, "B C H W", name="amplitude_fn(amplitude)", B=x.shape[0], C=x.shape[1], H=h,
                 W=spectrum.shape[-1])
-    filtered = torch.polar(amplitude.to(compute_dtype), spectrum.angle())
+    if torch.is_grad_enabled() and spectrum.requires_grad:  # training: angle's gradient, as before
+        filtered = torch.polar(amplitude.to(compute_dtype), spectrum.angle())
+    else:
+        filtered = amplitude.to(compute_dtype) * _unit_phase(spectrum, magnitude)
     return torch.fft.irfft2(filtered, s=(h, w), norm=norm).to(x.dtype)
 
 

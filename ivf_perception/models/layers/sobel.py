@@ -41,12 +41,28 @@ def _check_options(border: str) -> None:
         raise ValueError(f"Unknown border {border!r}; supported borders: {list(SOBEL_BORDERS)}")
 
 
-def _sobel_kernel(normalized: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """The (2, 1, 3, 3) kernel stack, ``Gx`` then ``Gy``, built in the image's dtype/device."""
-    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], device=device, dtype=dtype)
+def _sobel_pair(image: torch.Tensor, normalized: bool, border: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Gx`` and ``Gy`` of every channel, each (*, C, H, W), by the separable form of the kernel.
+
+    ``Gx`` is the vertical [1, 2, 1] smoothing of the horizontal central difference, ``Gy`` the
+    vertical central difference of the horizontal [1, 2, 1] smoothing: shifted views and adds
+    instead of a 3×3 convolution over single-channel images, which oneDNN runs badly (CMFS small
+    at 240×320, 8×1×258×322 input: 24 ms -> 1.4 ms on one thread). Equal to the convolution up to
+    float summation order (dividing by 8 afterwards is exact).
+    """
+    check_shape(image, "* C H W", name="image")
+    _check_options(border)
+    if not image.is_floating_point():
+        raise TypeError(f"image: expected a floating-point tensor, got {image.dtype}; convert it with .float()")
+    *lead, h, w = image.shape
+    p = F.pad(image.reshape(-1, 1, h, w), (1, 1, 1, 1), mode=_PAD_MODES[border])
+    dx = p[..., 2:] - p[..., :-2]
+    gx = dx[..., :-2, :] + 2.0 * dx[..., 1:-1, :] + dx[..., 2:, :]
+    sy = p[..., :-2] + 2.0 * p[..., 1:-1] + p[..., 2:]
+    gy = sy[..., 2:, :] - sy[..., :-2, :]
     if normalized:
-        kx = kx / 8.0
-    return torch.stack((kx, kx.t())).unsqueeze(1)
+        gx, gy = gx / 8.0, gy / 8.0
+    return gx.reshape(*lead, h, w), gy.reshape(*lead, h, w)
 
 
 def sobel_gradients(image: torch.Tensor, normalized: bool = True, border: str = "replicate") -> torch.Tensor:
@@ -72,15 +88,8 @@ def sobel_gradients(image: torch.Tensor, normalized: bool = True, border: str = 
         >>> sobel_gradients(torch.rand(2, 3, 5, 7)).shape
         torch.Size([2, 3, 2, 5, 7])
     """
-    check_shape(image, "* C H W", name="image")
-    _check_options(border)
-    if not image.is_floating_point():
-        raise TypeError(f"image: expected a floating-point tensor, got {image.dtype}; convert it with .float()")
-    *lead, h, w = image.shape
-    flat = image.reshape(-1, 1, h, w)
-    padded = F.pad(flat, (1, 1, 1, 1), mode=_PAD_MODES[border])
-    grads = F.conv2d(padded, _sobel_kernel(normalized, image.device, image.dtype))
-    return grads.reshape(*lead, 2, h, w)
+    gx, gy = _sobel_pair(image, normalized, border)
+    return torch.stack((gx, gy), dim=-3)
 
 
 def sobel_magnitude(image: torch.Tensor, normalized: bool = True, border: str = "replicate") -> torch.Tensor:
@@ -104,7 +113,8 @@ def sobel_magnitude(image: torch.Tensor, normalized: bool = True, border: str = 
         >>> sobel_magnitude(step)[0, 0, 0]
         tensor([0.0000, 0.5000, 0.5000, 0.0000])
     """
-    return sobel_gradients(image, normalized=normalized, border=border).abs().sum(-3)
+    gx, gy = _sobel_pair(image, normalized, border)
+    return gx.abs() + gy.abs()
 
 
 class Sobel(nn.Module):

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 
 __all__ = ["CPU_DISABLE_ENV_VAR", "DISABLE_ENV_VAR", "DISABLE_TRITON_ENV_VAR", "get_cuda_scan", "get_triton_scan",
-           "has_cpu_scan", "has_cuda_scan", "has_triton_scan"]
+           "has_cpu_labels", "has_cpu_scan", "has_cuda_scan", "has_triton_scan"]
 
 _log = logging.getLogger(__name__)
 
@@ -120,6 +120,15 @@ def has_cpu_scan() -> bool:
     attempted at most once per process.
     """
     return not _env_flag(CPU_DISABLE_ENV_VAR) and _load_cpu_scan()
+
+
+def has_cpu_labels() -> bool:
+    """Whether the same extension's ``labels_argmax`` (logits -> uint8 class ids) can be used.
+
+    Also False for an extension built before that operator was added, so a stale in-place build
+    keeps the NumPy/OpenCV path instead of failing; ``IVF_DISABLE_CPU_SCAN`` turns it off too.
+    """
+    return has_cpu_scan() and hasattr(torch.ops.ivf_perception, "labels_argmax")
 
 
 @functools.cache

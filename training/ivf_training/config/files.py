@@ -139,7 +139,7 @@ def absolutize_paths(cfg: TrainConfig) -> TrainConfig:
     for name in cfg.loss.path_fields:
         if getattr(cfg.loss, name):
             setattr(cfg.loss, name, _absolute(getattr(cfg.loss, name)))
-    if cfg.model.init_from:
+    if cfg.model.init_from and cfg.model.init_from != "default":
         cfg.model.init_from = _absolute(cfg.model.init_from)
     if cfg.model.text_features:
         cfg.model.text_features = _absolute(cfg.model.text_features)

@@ -27,7 +27,14 @@ class ModelConfig:
         overrides: extra constructor arguments of the variant (e.g. ``{"drop_path": 0.0}``).
         init_from: weights to start from instead of a random initialisation: engine weights
             (``.safetensors`` with sidecar) or a run's checkpoint ``.safetensors``. Used for
-            fine-tuning stages and stage hand-overs; must fit the model exactly.
+            fine-tuning stages and stage hand-overs; must fit the model exactly. ``default``
+            names the package's bundled weights (``s4fusion`` ``tiny`` with 9 MFNet classes), the
+            ones the node runs without a ``weights`` parameter: fine-tune those on your own data.
+        freeze_seg_head: keep the segmentation head as it is: its parameters get no gradient and
+            no weight decay, and its BatchNorm statistics stay fixed. Use it when the training
+            data has no labels (an extracted bag without a label topic): the fusion losses then
+            adapt the shared encoder/decoder, and without freezing, weight decay and BatchNorm
+            statistics would still drift the head that no loss is training.
         text_features: for text-guided models (CMFS): a CLIP text feature file of the class
             prompts (``ivf-perception clip-text-features`` writes one).
         clip_weights: for text-guided models: an open_clip ViT-B/32 checkpoint file to compute
@@ -40,6 +47,7 @@ class ModelConfig:
     num_classes: int = 9
     overrides: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
+    freeze_seg_head: bool = False
     text_features: str | None = None
     clip_weights: str | None = None
 

@@ -37,6 +37,8 @@ class TrainConfig:
             ``fp16`` or ``off``; always off on the CPU.
         device: ``auto`` (CUDA if available), ``cpu``, ``cuda`` or ``cuda:N``.
         val_every: validate every this many steps (0: only at the end).
+        val_at_start: when the run starts from weights (``model.init_from``), validate them at
+            step 0, before any training, so the run summary shows whether the fine-tune helped.
         ckpt_every: checkpoint every this many steps (0: only at the end).
         log_every: write a training line to ``log.jsonl`` every this many steps.
         num_workers: DataLoader worker processes.
@@ -69,6 +71,7 @@ class TrainConfig:
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     device: str = "auto"
     val_every: int = 500
+    val_at_start: bool = True
     ckpt_every: int = 250
     log_every: int = 10
     num_workers: int = 0
