@@ -58,7 +58,7 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ivf_perception.engine import Engine, EngineResult
 from ivf_perception.engine.config import ParameterValueError
@@ -231,9 +231,11 @@ class FusionNode(LifecycleNode):
         self._reset_counters()
         self._pairer = ApproximateTimePairer(pipeline.slop_s, pipeline.queue_size, pipeline.time_jump_threshold_s)
         self._slot = LatestSlot(self._pairer.stats)
+        transports = {"rgb": config.rgb_transport, "thermal": config.thermal_transport}
+        image_inputs = {s: (CompressedImage, f"{s}/image/compressed") if transports[s] == "compressed"
+                        else (Image, f"{s}/image") for s in STREAMS}
         self._subscriptions_list = [
-            self.create_subscription(Image, f"{s}/image", functools.partial(self._on_image, s), qos)
-            for s in STREAMS
+            self.create_subscription(*image_inputs[s], functools.partial(self._on_image, s), qos) for s in STREAMS
         ] + [
             self.create_subscription(CameraInfo, f"{s}/camera_info", functools.partial(self._on_camera_info, s), qos)
             for s in STREAMS
@@ -360,7 +362,8 @@ class FusionNode(LifecycleNode):
         now = time.monotonic()
         self._meters[stream].tick(now)
         self._last_rx[stream] = now
-        self._image_size[stream] = (msg.width, msg.height)
+        if isinstance(msg, Image):  # a CompressedImage's size is known only once decoded
+            self._image_size[stream] = (msg.width, msg.height)
         pairer, slot = self._pairer, self._slot
         assert pairer is not None and slot is not None, "subscriptions exist only while active"
         stamp_ns = header_stamp_ns(msg)
