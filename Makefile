@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ivf-installed
 REQS := requirements/runtime.txt requirements/dev.txt requirements/constraints.txt setup.py training/setup.py \
-	ivf_perception_msgs/CMakeLists.txt ivf_perception_msgs/package.xml ivf_perception_msgs/msg/FusionStats.msg \
+	ivf_perception_msgs/CMakeLists.txt ivf_perception_msgs/package.xml ivf_perception_msgs/msg/FusionStats.msg ivf_perception_msgs/msg/ClassInfo.msg \
 	ivf_perception_msgs/install_into_venv.py ivf_perception/models/ops/csrc/selective_scan_cpu.cpp
 export AMENT_PREFIX_PATH := $(CURDIR)/$(VENV)
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST

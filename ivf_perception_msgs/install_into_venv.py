@@ -77,7 +77,7 @@ def main() -> int:
     if fixed:
         print(f"install_into_venv: rewrote the include folders of {len(fixed)} wheel CMake export(s)")
     build_and_install(prefix, args.build_dir.resolve())
-    check = subprocess.run([sys.executable, "-c", "from ivf_perception_msgs.msg import FusionStats"],
+    check = subprocess.run([sys.executable, "-c", "from ivf_perception_msgs.msg import ClassInfo, FusionStats"],
                            capture_output=True, text=True, env={**os.environ, "AMENT_PREFIX_PATH": str(prefix)})
     if check.returncode != 0:
         raise SystemExit(f"install_into_venv: built, but the import fails:\n{check.stderr}")

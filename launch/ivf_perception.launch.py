@@ -3,7 +3,8 @@
     ros2 launch ivf_perception ivf_perception.launch.py \
         rgb_topic:=/camera/color/image_raw thermal_topic:=/boson/image_raw use_rviz:=true
 
-Arguments: variant, weights, params_file (default: the installed config/fusion_node.yaml),
+Arguments: variant, weights (each overrides the parameter file only when given),
+params_file (default: the installed config/fusion_node.yaml),
 namespace, rgb_topic, thermal_topic, rgb_info_topic, thermal_info_topic, use_rviz, and
 dds_profile (default: $FASTDDS_DEFAULT_PROFILES_FILE if set, else the bundled large-image
 profile; applied to the node and RViz; pass dds_profile:='' for Fast DDS defaults).
@@ -11,13 +12,14 @@ The node configures and activates itself (``autostart``); set ``autostart: false
 parameter file to drive it from a lifecycle manager instead.
 """
 
-from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
 from launch.conditions import IfCondition
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
-from launch import LaunchDescription
+from ivf_perception.nodes.launch_overrides import OVERRIDABLE, user_overrides
+from launch import LaunchContext, LaunchDescription
 
 PACKAGE = "ivf_perception"
 
@@ -26,10 +28,11 @@ def generate_launch_description() -> LaunchDescription:
     share = FindPackageShare(PACKAGE)
     arg = LaunchConfiguration
     arguments = [
-        DeclareLaunchArgument("variant", default_value="auto",
-                              description="model family; auto = the weights' variant"),
-        DeclareLaunchArgument("weights", default_value="default",
-                              description="engine weights .safetensors; default = bundled; none = random init"),
+        DeclareLaunchArgument("variant", default_value="",
+                              description="model family (auto = the weights' variant); unset = the params_file's"),
+        DeclareLaunchArgument("weights", default_value="",
+                              description="engine weights .safetensors (default = bundled, none = random init); "
+                                          "unset = the params_file's"),
         DeclareLaunchArgument("params_file", default_value=PathJoinSubstitution([share, "config", "fusion_node.yaml"]),
                               description="parameter YAML of the fusion node"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node (and RViz)"),
@@ -48,20 +51,25 @@ def generate_launch_description() -> LaunchDescription:
                                   default_value=PathJoinSubstitution([share, "config", "fastdds_large_images.xml"])),
                               description="Fast DDS profile for the node and RViz ('' = Fast DDS defaults)"),
     ]
-    fusion_node = LifecycleNode(
-        package=PACKAGE,
-        executable="fusion_node",
-        name="fusion_node",
-        namespace=arg("namespace"),
-        parameters=[arg("params_file"), {"variant": arg("variant"), "weights": arg("weights")}],
-        remappings=[
-            ("rgb/image", arg("rgb_topic")),
-            ("thermal/image", arg("thermal_topic")),
-            ("rgb/camera_info", arg("rgb_info_topic")),
-            ("thermal/camera_info", arg("thermal_info_topic")),
-        ],
-        output="screen",
-    )
+
+    def fusion_node(context: LaunchContext) -> list[LifecycleNode]:
+        # only the arguments the user gave override the parameter file (empty = not given)
+        overrides = user_overrides({name: arg(name).perform(context) for name in OVERRIDABLE})
+        return [LifecycleNode(
+            package=PACKAGE,
+            executable="fusion_node",
+            name="fusion_node",
+            namespace=arg("namespace"),
+            parameters=[arg("params_file"), *([overrides] if overrides else [])],
+            remappings=[
+                ("rgb/image", arg("rgb_topic")),
+                ("thermal/image", arg("thermal_topic")),
+                ("rgb/camera_info", arg("rgb_info_topic")),
+                ("thermal/camera_info", arg("thermal_info_topic")),
+            ],
+            output="screen",
+        )]
+
     rviz = Node(
         package="rviz2",
         executable="rviz2",
@@ -74,6 +82,6 @@ def generate_launch_description() -> LaunchDescription:
     return LaunchDescription([
         *arguments,
         SetEnvironmentVariable("FASTDDS_DEFAULT_PROFILES_FILE", arg("dds_profile")),
-        fusion_node,
+        OpaqueFunction(function=fusion_node),
         rviz,
     ])

@@ -3,15 +3,18 @@
 Messages keep their original header stamps and bytes; ``--rate`` scales the speed and
 ``--loop`` starts again at the end (stamps then jump back, which the fusion node detects and
 answers by resetting its pairing). Topics keep their recorded names; remap them with rclpy
-arguments, e.g. ``--ros-args -r /camera/rgb/image:=/rgb/image``. The bundled Fast DDS profile
+arguments, e.g. ``--ros-args -r /camera/rgb/image:=/rgb/image``. ``/clock`` carries the bag's
+record time (``--no-clock`` to leave it out), so the node can run with ``use_sim_time:=true``.
+Ctrl-C (or SIGTERM) stops the playback and exits 0. The bundled Fast DDS profile
 for large images is used unless FASTDDS_DEFAULT_PROFILES_FILE is set (``--no-dds-profile``).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-import time
+import threading
 from collections.abc import Sequence
 
 from ivf_perception.cli._common import user_errors
@@ -35,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sleep this long before playing (after --wait-for-subscribers), so that "
                         "subscribers also finish discovering this publisher")
     p.add_argument("--qos-depth", type=int, default=10, help="history depth of the (reliable) publishers")
+    p.add_argument("--no-clock", action="store_true",
+                   help="do not publish /clock (default: the record time of each message, for use_sim_time)")
     p.add_argument("--no-dds-profile", action="store_true",
                    help="do not apply the bundled Fast DDS large-image profile")
     return p
@@ -58,26 +63,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         apply_large_images_profile()
 
     import rclpy
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.signals import SignalHandlerOptions
 
     from ivf_perception.nodes.bag_player import BagPlayer
 
-    rclpy.init(args=["ivf_perception_play", *argv])
+    # Ctrl-C only sets this event: rclpy's own handler would shut the context down under the
+    # publishing loop (the next publish then raised RCLError with a traceback, exit 1).
+    stop = threading.Event()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    rclpy.init(args=["ivf_perception_play", *argv], signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("ivf_perception_player")
     try:
-        player = BagPlayer(node, args.bag, args.topics, rate=args.rate, loop=args.loop, qos_depth=args.qos_depth)
-        if args.wait_for_subscribers > 0 and not player.wait_for_subscribers(args.wait_for_subscribers):
+        player = BagPlayer(node, args.bag, args.topics, rate=args.rate, loop=args.loop, qos_depth=args.qos_depth,
+                           clock=not args.no_clock)
+        if args.wait_for_subscribers > 0 and not player.wait_for_subscribers(args.wait_for_subscribers, stop):
             node.get_logger().warning(f"not every topic has a subscriber after {args.wait_for_subscribers:g} s; "
                                       "playing anyway")
-        time.sleep(args.delay)
-        node.get_logger().info(f"playing {args.bag}: {', '.join(player.topics)} at {args.rate:g}x"
-                               + (", looping" if args.loop else ""))
-        summary = player.play()
-        print(f"published {summary.total} messages ({', '.join(f'{t}: {n}' for t, n in summary.published.items())}) "
-              f"in {summary.duration_s:.2f} s, {summary.loops} pass(es)")
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
+        stop.wait(args.delay)
+        if not stop.is_set():
+            node.get_logger().info(f"playing {args.bag}: {', '.join(player.topics)} at {args.rate:g}x"
+                                   + (", looping" if args.loop else "") + ("" if args.no_clock else ", /clock"))
+            summary = player.play(stop)
+            print(f"published {summary.total} messages "
+                  f"({', '.join(f'{t}: {n}' for t, n in summary.published.items())}) "
+                  f"in {summary.duration_s:.2f} s, {summary.loops} pass(es)" + (" (stopped)" if stop.is_set() else ""))
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
+

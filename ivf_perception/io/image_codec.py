@@ -48,6 +48,8 @@ __all__ = [
     "to_rgb",
     "decode_rgb",
     "decode_thermal",
+    "is_compressed",
+    "compressed_to_numpy",
 ]
 
 
@@ -434,6 +436,9 @@ def decode_rgb(msg: Any, *, copy: bool = True) -> np.ndarray:
     Raises:
         as :func:`image_to_numpy`.
     """
+    if is_compressed(msg):
+        array = compressed_to_numpy(msg)
+        return array if array.dtype != np.uint8 else to_rgb(array, "mono8" if array.ndim == 2 else _BGR[array.shape[2]])
     array = image_to_numpy(msg, copy=copy)
     info = encoding_info(msg.encoding)
     return array if info.dtype != _U8 else to_rgb(array, info.name)
@@ -453,6 +458,48 @@ def decode_thermal(msg: Any, *, copy: bool = True) -> np.ndarray:
     Raises:
         as :func:`image_to_numpy`.
     """
+    if is_compressed(msg):
+        array = compressed_to_numpy(msg)
+        return array if array.ndim == 2 else to_rgb(array, _BGR[array.shape[2]])
     array = image_to_numpy(msg, copy=copy)
     info = encoding_info(msg.encoding)
     return array if info.channels == 1 else to_rgb(array, info.name)
+
+
+# OpenCV decodes colour JPEG/PNG in its own channel order
+_BGR = {3: "bgr8", 4: "bgra8"}
+# image_transport's compressedDepth PNGs start with a 12-byte config header (format, depth range)
+_COMPRESSED_DEPTH_HEADER = 12
+
+
+def is_compressed(msg: Any) -> bool:
+    """Whether ``msg`` is a ``sensor_msgs/CompressedImage`` (it has ``format``, no ``encoding``)."""
+    return hasattr(msg, "format") and not hasattr(msg, "encoding")
+
+
+def compressed_to_numpy(msg: Any) -> np.ndarray:
+    """Decode a ``sensor_msgs/CompressedImage`` (image_transport ``compressed``: JPEG or PNG,
+    8- or 16-bit; ``compressedDepth`` PNG) with OpenCV, keeping the stored depth.
+
+    Returns:
+        ``(H, W)`` uint8/uint16 for mono data (16-bit PNG thermal stays raw counts), else
+        ``(H, W, 3|4)`` uint8 in OpenCV's BGR(A) order.
+
+    Raises:
+        ImageDecodeError: empty, corrupt or truncated data, or an unsupported pixel depth.
+    """
+    fmt = str(msg.format)
+    data = _data_as_uint8(msg.data)
+    if "compresseddepth" in fmt.lower():
+        data = data[_COMPRESSED_DEPTH_HEADER:]
+    if data.size == 0:
+        raise ImageDecodeError(f"compressed image ('{fmt}') has no data")
+    array = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if array is None or array.size == 0:
+        raise ImageDecodeError(f"compressed image ('{fmt}', {data.size} bytes) is corrupt or truncated")
+    if array.dtype not in (np.uint8, np.uint16) or (array.ndim == 3 and array.shape[2] not in _BGR):
+        raise ImageDecodeError(f"compressed image ('{fmt}') decodes to unsupported {array.dtype} "
+                               f"{array.shape}; expected 8/16-bit mono or 8-bit BGR(A)")
+    if array.ndim == 3 and array.dtype != np.uint8:
+        raise ImageDecodeError(f"compressed image ('{fmt}') is 16-bit colour; expected 16-bit mono")
+    return array

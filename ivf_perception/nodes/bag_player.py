@@ -5,6 +5,9 @@ feed the live node from a bag. Messages are read with ``rosbags`` and published 
 recorded CDR bytes (rclpy publishes serialized messages directly), so what arrives is exactly
 what was recorded: original header stamps, encodings, ``step`` padding and endianness, with
 no decode/encode cost at 30 Hz. Timing follows the bag's record times, scaled by ``rate``.
+With ``clock`` the player also publishes ``/clock`` (rosgraph_msgs/Clock) at each message's
+record time, as ``ros2 bag play --clock`` does, so nodes run with ``use_sim_time:=true`` see
+the bag's time: their latency, timers and diagnostics stamps then match the recorded stamps.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ class BagPlayer:
         loop: start again at the end (header stamps then jump back, as with ``ros2 bag play -l``).
         qos_depth: history depth of the reliable publishers (reliable matches reliable and
             best-effort subscribers alike).
+        clock: publish ``/clock`` with the record time of each message (before the message).
 
     Raises:
         BagNotFoundError, BagError: not a rosbag2, unknown topics, or no topic to publish.
@@ -70,7 +74,8 @@ class BagPlayer:
     """
 
     def __init__(self, node: Any, bag: str | Path, topics: Sequence[str] | None = None, *,
-                 rate: float = 1.0, loop: bool = False, qos_depth: int = 10) -> None:
+                 rate: float = 1.0, loop: bool = False, qos_depth: int = 10,
+                 clock: bool = True) -> None:
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
         if not rate > 0:
@@ -95,14 +100,21 @@ class BagPlayer:
         qos = QoSProfile(depth=int(qos_depth), reliability=ReliabilityPolicy.RELIABLE)
         self._node = node
         self._publishers = {t: node.create_publisher(message_class(available[t]), t, qos) for t in chosen}
+        self._clock_pub = None
+        if clock:
+            from rosgraph_msgs.msg import Clock
 
-    def wait_for_subscribers(self, timeout_s: float) -> bool:
-        """Wait until every topic has a subscriber (so the first messages are not lost)."""
+            self._clock_pub = node.create_publisher(Clock, "/clock", qos)
+
+    def wait_for_subscribers(self, timeout_s: float, stop: threading.Event | None = None) -> bool:
+        """Wait until every topic has a subscriber (so the first messages are not lost), or ``stop``."""
         deadline = time.monotonic() + timeout_s
+        stop = stop or threading.Event()
         while time.monotonic() < deadline:
             if all(p.get_subscription_count() > 0 for p in self._publishers.values()):
                 return True
-            time.sleep(0.05)
+            if stop.wait(0.05):
+                break
         return all(p.get_subscription_count() > 0 for p in self._publishers.values())
 
     def play(self, stop: threading.Event | None = None) -> PlaybackSummary:
@@ -123,6 +135,8 @@ class BagPlayer:
                     delay = loop_start + (record_ns - first_ns) / 1e9 / self.rate - time.monotonic()
                     if delay > 0 and stop.wait(delay):
                         break
+                    if self._clock_pub is not None:
+                        self._clock_pub.publish(_clock_message(record_ns))
                     self._publishers[conn.topic].publish(bytes(raw))
                     summary.published[conn.topic] += 1
             summary.loops += 1
@@ -132,3 +146,11 @@ class BagPlayer:
             pub.wait_for_all_acked(Duration(seconds=2))
         summary.duration_s = time.monotonic() - started
         return summary
+
+
+def _clock_message(ns: int) -> Any:
+    """A rosgraph_msgs/Clock at ``ns`` nanoseconds (the bag's record time)."""
+    from builtin_interfaces.msg import Time
+    from rosgraph_msgs.msg import Clock
+
+    return Clock(clock=Time(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000))

@@ -15,8 +15,10 @@ Topics (relative, remappable):
          ``thermal/camera_info`` (optional, checked against the image sizes)
     out: ``fused/image`` (rgb8), ``segmentation/labels`` (mono8 class ids),
          ``segmentation/overlay`` (rgb8), ``fusion/stats`` (ivf_perception_msgs/FusionStats),
-         all with the RGB input's header, each encoded and published only while someone
-         subscribes; ``/diagnostics`` (with the median cost of each per-frame stage).
+         ``fused/camera_info`` (the RGB camera_info, scaled to the output size), all with the
+         RGB input's header, each encoded and published only while someone subscribes;
+         ``segmentation/class_info`` (ivf_perception_msgs/ClassInfo, latched); ``/diagnostics``
+         (with the median cost of each per-frame stage).
 
 Lifecycle (the ROS 2 lifecycle talker's structure, yolo_ros's order of work):
     configure  reads and validates the parameters, builds the QoS, builds and warms up the
@@ -54,9 +56,9 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ivf_perception.engine import Engine, EngineResult
 from ivf_perception.engine.config import AGC_PARAMETERS, ParameterValueError, agc_config
@@ -81,9 +83,17 @@ from ivf_perception.nodes.parameters import (
     config_from_values,
     descriptor,
 )
+from ivf_perception.nodes.self_description import class_info_message, fused_camera_info, rclpy_class_info_type
 from ivf_perception.sync import STREAMS, ApproximateTimePairer, LatestSlot, Pair
 
 __all__ = ["FusionNode", "main"]
+
+# Header stamps further than this from the node's clock (a bag played without /clock and
+# use_sim_time, a camera with an unsynchronised clock) give no meaningful stamp->published
+# latency; it is then measured from the RGB message's receipt instead.
+STAMP_CLOCK_TOLERANCE_S = 10.0
+# Receipt times remembered per RGB stamp (bounded: pairs older than this were dropped long ago).
+RECEIPTS_KEPT = 256
 
 # Errors building the engine at configure: the package's own (weights, model names, inputs),
 # files, model-constructor argument checks and device failures; the transition fails with the reason.
@@ -149,6 +159,11 @@ class FusionNode(LifecycleNode):
         except ImportError as exc:
             self._stats_type = None
             self.get_logger().warning(f"fusion/stats is disabled: {exc}")
+        try:
+            self._class_info_type: type | None = rclpy_class_info_type()
+        except ImportError as exc:
+            self._class_info_type = None
+            self.get_logger().warning(f"segmentation/class_info is disabled: {exc}")
 
         period = float(self.get_parameter("diagnostics_period_s").value)
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -190,6 +205,13 @@ class FusionNode(LifecycleNode):
         if self._stats_type is not None:
             self._publishers_by_name["stats"] = self.create_lifecycle_publisher(
                 self._stats_type, "fusion/stats", out_qos)
+        self._publishers_by_name["camera_info"] = self.create_lifecycle_publisher(
+            CameraInfo, "fused/camera_info", out_qos)
+        if self._class_info_type is not None:  # latched: a late subscriber still gets the table
+            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
+            self._publishers_by_name["class_info"] = self.create_lifecycle_publisher(
+                self._class_info_type, "segmentation/class_info", latched)
         if abs(self._diagnostics_timer.timer_period_ns - config.diagnostics_period_s * 1e9) > 1:
             self.destroy_timer(self._diagnostics_timer)
             self._diagnostics_timer = self.create_timer(config.diagnostics_period_s, self._publish_diagnostics)
@@ -210,14 +232,17 @@ class FusionNode(LifecycleNode):
         self._reset_counters()
         self._pairer = ApproximateTimePairer(pipeline.slop_s, pipeline.queue_size, pipeline.time_jump_threshold_s)
         self._slot = LatestSlot(self._pairer.stats)
+        transports = {"rgb": config.rgb_transport, "thermal": config.thermal_transport}
+        image_inputs = {s: (CompressedImage, f"{s}/image/compressed") if transports[s] == "compressed"
+                        else (Image, f"{s}/image") for s in STREAMS}
         self._subscriptions_list = [
-            self.create_subscription(Image, f"{s}/image", functools.partial(self._on_image, s), qos)
-            for s in STREAMS
+            self.create_subscription(*image_inputs[s], functools.partial(self._on_image, s), qos) for s in STREAMS
         ] + [
             self.create_subscription(CameraInfo, f"{s}/camera_info", functools.partial(self._on_camera_info, s), qos)
             for s in STREAMS
         ]
         result = super().on_activate(state)  # enables the lifecycle publishers
+        self._publish_class_info()
         self._stop.clear()
         self._worker = threading.Thread(target=self._work, name="fusion_worker", daemon=True)
         self._worker.start()
@@ -324,6 +349,10 @@ class FusionNode(LifecycleNode):
         self._camera_info_size: dict[str, tuple[int, int]] = {}
         self._meters = {s: RateMeter() for s in (*STREAMS, "output")}
         self._latency_ms: deque[float] = deque(maxlen=30)
+        self._rgb_camera_info: CameraInfo | None = None  # the latest, for fused/camera_info
+        self._rgb_received_ns: dict[int, int] = {}  # written by the executor, read by the worker
+        self._receipts_lock = threading.Lock()
+        self._latency_basis = "header stamp"
         self._processing_ms: deque[float] = deque(maxlen=30)
         self._stages = StageWindow(30)
         self._activated_at = time.monotonic()
@@ -335,10 +364,14 @@ class FusionNode(LifecycleNode):
         now = time.monotonic()
         self._meters[stream].tick(now)
         self._last_rx[stream] = now
-        self._image_size[stream] = (msg.width, msg.height)
+        if isinstance(msg, Image):  # a CompressedImage's size is known only once decoded
+            self._image_size[stream] = (msg.width, msg.height)
         pairer, slot = self._pairer, self._slot
         assert pairer is not None and slot is not None, "subscriptions exist only while active"
-        pair = pairer.add(stream, header_stamp_ns(msg), msg)
+        stamp_ns = header_stamp_ns(msg)
+        if stream == "rgb":
+            self._remember_receipt(stamp_ns)
+        pair = pairer.add(stream, stamp_ns, msg)
         for jump in pairer.take_time_jumps():
             self.get_logger().warning(
                 f"{jump.stream} stamps jumped back by {jump.back_s:.3f} s (bag loop or clock "
@@ -346,8 +379,40 @@ class FusionNode(LifecycleNode):
         if pair is not None:
             slot.put(pair)
 
+    def _remember_receipt(self, stamp_ns: int) -> None:
+        with self._receipts_lock:
+            received = self._rgb_received_ns
+            received[stamp_ns] = time.monotonic_ns()
+            if len(received) > RECEIPTS_KEPT:
+                del received[next(iter(received))]  # insertion order: the oldest
+
+    def _end_to_end_ms(self, rgb_stamp_ns: int) -> float:
+        """Stamp->published latency on the node's clock (sim time with use_sim_time), or
+        receipt->published when the stamp is more than STAMP_CLOCK_TOLERANCE_S from that clock."""
+        from_stamp_ms = (self.get_clock().now().nanoseconds - rgb_stamp_ns) / 1e6
+        with self._receipts_lock:
+            received = self._rgb_received_ns.pop(rgb_stamp_ns, None)
+        if abs(from_stamp_ms) <= STAMP_CLOCK_TOLERANCE_S * 1e3 or received is None:
+            self._latency_basis = "header stamp"
+            return from_stamp_ms
+        self._latency_basis = (f"receipt (stamps are {from_stamp_ms / 1e3:.0f} s from the clock; "
+                               "play the bag with /clock and set use_sim_time)")
+        return (time.monotonic_ns() - received) / 1e6
+
     def _on_camera_info(self, stream: str, msg: CameraInfo) -> None:
         self._camera_info_size[stream] = (msg.width, msg.height)
+        if stream == "rgb":
+            self._rgb_camera_info = msg
+
+    def _publish_class_info(self) -> None:
+        """The class table, latched (at activate and when the palette changes)."""
+        pub, engine = self._publishers_by_name.get("class_info"), self._engine
+        if pub is None or engine is None or self._class_info_type is None:
+            return
+        from std_msgs.msg import Header
+
+        pub.publish(class_info_message(self._class_info_type, Header(stamp=self.get_clock().now().to_msg()),
+                                       engine.class_names, engine.palette))
 
     # ------------------------------------------------------------------ worker thread
 
@@ -417,6 +482,10 @@ class FusionNode(LifecycleNode):
             pubs["fused"].publish(numpy_to_image(result.fused, "rgb8", header=header))
         if result.labels is not None and pubs["labels"].get_subscription_count() > 0:
             pubs["labels"].publish(numpy_to_image(result.labels, "mono8", header=header))
+        info = self._rgb_camera_info
+        if info is not None and pubs["camera_info"].get_subscription_count() > 0:
+            height, width = result.fused.shape[:2]
+            pubs["camera_info"].publish(fused_camera_info(info, header, width, height))
         stages["publish images"] = (time.perf_counter() - started) * 1e3
         if runtime.overlay_enabled and pubs["overlay"].get_subscription_count() > 0:
             started = time.perf_counter()
@@ -425,7 +494,7 @@ class FusionNode(LifecycleNode):
                 pubs["overlay"].publish(numpy_to_image(overlay, "rgb8", header=header))
             stages["overlay"] = (time.perf_counter() - started) * 1e3
         self._processed += 1
-        end_to_end_ms = (self.get_clock().now().nanoseconds - pair.rgb_stamp_ns) / 1e6
+        end_to_end_ms = self._end_to_end_ms(pair.rgb_stamp_ns)
         if "stats" in pubs and pubs["stats"].get_subscription_count() > 0:
             started = time.perf_counter()
             values = FusionStatsValues.from_frame(
@@ -480,7 +549,7 @@ class FusionNode(LifecycleNode):
             streams=streams, qos_reliability=config.qos_reliability if config else "",
             stream_timeout_s=config.stream_timeout_s if config else 0.0,
             output_rate_hz=self._meters["output"].rate(now),
-            latency_ms=sum(latency) / len(latency) if latency else None,
+            latency_ms=sum(latency) / len(latency) if latency else None, latency_basis=self._latency_basis,
             processing_ms=sum(processing) / len(processing) if processing else None,
             stage_ms=self._stages.medians(), counters=counters, failed_recently=failed_recently,
             last_error=self._last_error,
@@ -511,6 +580,7 @@ class FusionNode(LifecycleNode):
         values = self._parameter_values()
         if self._engine is not None and "palette" in names and values["palette"] is not None:
             self._engine.set_palette(list(values["palette"]))
+            self._publish_class_info()
         if self._pairer is not None and "slop_s" in names:
             self._pairer.set_slop(values["slop_s"])
         if self._engine is not None and names & set(AGC_PARAMETERS):

@@ -126,6 +126,7 @@ class HealthSnapshot:
     stream_timeout_s: float = 2.0
     output_rate_hz: float = 0.0
     latency_ms: float | None = None
+    latency_basis: str = "header stamp"
     processing_ms: float | None = None
     stage_ms: dict[str, float] = field(default_factory=dict)
     counters: dict[str, float | int] = field(default_factory=dict)
@@ -186,6 +187,7 @@ def assess_health(s: HealthSnapshot) -> HealthReport:
                    (f"{name} received", str(st.received)), (f"{name} silent (s)", _fmt(st.silent_s))]
     values += [("output rate (Hz)", _fmt(s.output_rate_hz)),
                ("latency stamp->published (ms)", _fmt(s.latency_ms)),
+               ("latency measured from", s.latency_basis),
                ("processing (ms)", _fmt(s.processing_ms))]
     values += [(f"median {name} (ms)", _fmt(ms, 2)) for name, ms in s.stage_ms.items()]
     values += [(key, str(val)) for key, val in s.counters.items()]

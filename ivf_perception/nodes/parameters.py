@@ -45,6 +45,7 @@ __all__ = [
 ]
 
 QOS_RELIABILITIES = ("best_effort", "reliable")
+TRANSPORTS = ("raw", "compressed")
 
 
 def _check_warmup_size(values: list[Any]) -> None:
@@ -76,6 +77,12 @@ NODE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("autostart", "bool", True,
               "configure and activate at startup; false = wait for lifecycle transitions",
               read_only=True),
+    ParamSpec("rgb_transport", "string", "raw",
+              "raw = sensor_msgs/Image on rgb/image; compressed = sensor_msgs/CompressedImage (JPEG/PNG) "
+              "on rgb/image/compressed", choices=TRANSPORTS),
+    ParamSpec("thermal_transport", "string", "raw",
+              "raw = sensor_msgs/Image on thermal/image; compressed = sensor_msgs/CompressedImage "
+              "(PNG, 16-bit for raw counts) on thermal/image/compressed", choices=TRANSPORTS),
 )
 PARAMETERS: tuple[ParamSpec, ...] = PIPELINE_PARAMETERS + NODE_PARAMETERS
 SPECS: dict[str, ParamSpec] = {spec.name: spec for spec in PARAMETERS}
@@ -130,7 +137,8 @@ class FusionNodeConfig:
         pipeline: the settings shared with replay and the CLI (engine, AGC, registration,
             classes, overlay opacity, pairing).
         warmup_size, qos_reliability, qos_depth, overlay_enabled, stream_timeout_s,
-            diagnostics_period_s, autostart: the node's own parameters.
+            diagnostics_period_s, autostart, rgb_transport, thermal_transport: the node's own
+            parameters.
     """
 
     pipeline: PipelineConfig
@@ -141,6 +149,8 @@ class FusionNodeConfig:
     stream_timeout_s: float
     diagnostics_period_s: float
     autostart: bool
+    rgb_transport: str = "raw"
+    thermal_transport: str = "raw"
 
 
 def config_from_values(values: Mapping[str, Any]) -> FusionNodeConfig:
@@ -155,7 +165,7 @@ def config_from_values(values: Mapping[str, Any]) -> FusionNodeConfig:
         pipeline=pipeline, warmup_size=tuple(v["warmup_size"]), qos_reliability=v["qos_reliability"],
         qos_depth=int(v["qos_depth"]), overlay_enabled=v["overlay_enabled"],
         stream_timeout_s=float(v["stream_timeout_s"]), diagnostics_period_s=float(v["diagnostics_period_s"]),
-        autostart=v["autostart"],
+        autostart=v["autostart"], rgb_transport=v["rgb_transport"], thermal_transport=v["thermal_transport"],
     )
 
 

@@ -35,7 +35,7 @@ __all__ = ["NodeParams", "load_node_params", "NODE_ONLY_PARAMETERS"]
 _APPLIED = ("slop_s", "queue_size", "time_jump_threshold_s", "agc_low_pct", "agc_high_pct", "homography",
             "class_names", "palette", "overlay_alpha")
 NODE_ONLY_PARAMETERS = ("warmup_size", "qos_reliability", "qos_depth", "overlay_enabled", "stream_timeout_s",
-                        "diagnostics_period_s", "autostart")
+                        "diagnostics_period_s", "autostart", "rgb_transport", "thermal_transport")
 """The node's ROS-only parameters: known (not reported as unknown) but meaningless for replay.
 Named here because replay may not import the node; a node test keeps the two lists equal."""
 

@@ -87,7 +87,7 @@ def test_every_transition_builds_starts_stops_and_releases(make_node) -> None:
     assert node.trigger_configure() == SUCCESS
     engine = node._engine
     assert engine is not None and engine.model is not None
-    assert set(node._publishers_by_name) == {"fused", "labels", "overlay", "stats"}
+    assert set(node._publishers_by_name) == {"fused", "labels", "overlay", "stats", "camera_info", "class_info"}
     assert node.trigger_activate() == SUCCESS
     assert node._worker.is_alive() and len(node._subscriptions_list) == 4
     worker = node._worker
@@ -260,9 +260,9 @@ def test_without_the_interface_package_the_node_runs_without_stats(make_node, mo
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "ivf_perception_msgs", None)  # import fails as if never built
     node = make_node()
-    assert node._stats_type is None
+    assert node._stats_type is None and node._class_info_type is None
     assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
-    assert set(node._publishers_by_name) == {"fused", "labels", "overlay"}
+    assert set(node._publishers_by_name) == {"fused", "labels", "overlay", "camera_info"}
     node._process(_pair())
     assert node._processed == 1 and node._failed == 0
 

@@ -15,6 +15,7 @@ from rclpy.qos import ReliabilityPolicy
 from ivf_perception.engine.config import PIPELINE_SPECS, ParameterValueError
 from ivf_perception.nodes.dds import PROFILE_ENV, apply_large_images_profile, large_images_profile
 from ivf_perception.nodes.health import ERROR, OK, WARN, HealthSnapshot, RateMeter, StreamHealth, assess_health
+from ivf_perception.nodes.launch_overrides import OVERRIDABLE, user_overrides
 from ivf_perception.nodes.parameters import (
     NODE_PARAMETERS,
     PARAMETERS,
@@ -178,6 +179,13 @@ def test_yaml_defaults_match_the_parameter_table() -> None:
     config_from_values(values)
 
 
+def test_launch_overrides_only_the_arguments_the_user_gave() -> None:
+    assert user_overrides({"variant": "", "weights": ""}) == {}
+    assert user_overrides({"variant": "cmfs", "weights": ""}) == {"variant": "cmfs"}
+    assert user_overrides({"weights": " /w/model.safetensors "}) == {"weights": "/w/model.safetensors"}
+    assert user_overrides({"variant": "auto", "weights": "none"}) == {"variant": "auto", "weights": "none"}
+
+
 def test_launch_file_compiles_and_refers_to_existing_things() -> None:
     """Static check only: launch/launch_ros are not installable here (no ros2 launch), and a fake
     launch API would only test our own assumptions. Checked: it compiles, declares the documented
@@ -194,7 +202,8 @@ def test_launch_file_compiles_and_refers_to_existing_things() -> None:
 
     declared = {c.args[0].value for c in calls if call_name(c) == "DeclareLaunchArgument"}
     assert {"variant", "weights", "params_file", "namespace", "rgb_topic", "thermal_topic", "use_rviz"} <= declared
-    used = {c.args[0].value for c in calls if call_name(c) in ("arg", "LaunchConfiguration") and c.args}
+    used = {c.args[0].value for c in calls if call_name(c) in ("arg", "LaunchConfiguration") and c.args
+            and isinstance(c.args[0], ast.Constant)}
     assert used <= declared, f"undeclared launch arguments used: {used - declared}"
     node = next(c for c in calls if call_name(c) == "LifecycleNode")
     kw = {k.arg: k.value for k in node.keywords}
@@ -202,8 +211,11 @@ def test_launch_file_compiles_and_refers_to_existing_things() -> None:
     setup = (REPO / "setup.py").read_text()
     assert '"fusion_node = ivf_perception.nodes.fusion_node:main"' in setup
     assert "ivf_perception" in source and 'PACKAGE = "ivf_perception"' in source
-    param_dict = next(e for e in kw["parameters"].elts if isinstance(e, ast.Dict))
-    assert {k.value for k in param_dict.keys} <= set(SPECS)
+    assert set(OVERRIDABLE) <= set(SPECS) and set(OVERRIDABLE) <= declared
+    defaults = {c.args[0].value: next(k.value.value for k in c.keywords if k.arg == "default_value")
+                for c in calls if call_name(c) == "DeclareLaunchArgument" and c.args[0].value in OVERRIDABLE}
+    assert defaults == {name: "" for name in OVERRIDABLE}, "an unset argument must not override the params file"
+    assert "user_overrides(" in source
     remapped = {e.elts[0].value for e in kw["remappings"].elts}
     assert remapped == {"rgb/image", "thermal/image", "rgb/camera_info", "thermal/camera_info"}
     joined = [[a.value for a in c.args[0].elts[1:]] for c in calls

@@ -109,3 +109,14 @@ def test_unknown_command_exits_2() -> None:
     proc = subprocess.run([sys.executable, "-m", "ivf_perception.cli.main", "frobnicate"], capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and "unknown command 'frobnicate'" in proc.stderr
+
+
+def test_every_message_is_generated_and_rebuilds_the_venv() -> None:
+    """A .msg missing from CMakeLists is never generated; one missing from the Makefile's stamp
+    prerequisites leaves an existing venv with the old interface package."""
+    msgs = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "ivf_perception_msgs" / "msg").glob("*.msg"))
+    assert "ivf_perception_msgs/msg/ClassInfo.msg" in msgs
+    cmake, makefile = (REPO / "ivf_perception_msgs" / "CMakeLists.txt").read_text(), (REPO / "Makefile").read_text()
+    for msg in msgs:
+        assert f'"{msg.removeprefix("ivf_perception_msgs/")}"' in cmake, msg
+        assert msg in makefile, msg
