@@ -26,7 +26,8 @@ DEPEND_TAGS = ("depend", "build_depend", "build_export_depend", "buildtool_depen
 
 ROS_PACKAGES = frozenset({
     "ament_cmake", "builtin_interfaces", "diagnostic_msgs", "launch", "launch_ros", "lifecycle_msgs",
-    "rcl_interfaces", "rclpy", "rosgraph_msgs", "rosidl_default_generators", "rosidl_default_runtime", "sensor_msgs", "std_msgs",
+    "rcl_interfaces", "rclpy", "rosgraph_msgs", "rosidl_default_generators", "rosidl_default_runtime",
+    "sensor_msgs", "std_msgs",
 })
 SYSTEM_KEYS = frozenset({
     "python3-numpy", "python3-opencv", "python3-pytest", "python3-torch", "python3-tqdm", "python3-yaml",
