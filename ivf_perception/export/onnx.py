@@ -213,8 +213,6 @@ def export_onnx(model: nn.Module, path: str | Path, *, height: int | None = None
     if program is None:  # only when writing to a file object; this call returns the program
         raise OnnxExportError(f"{name}: the ONNX exporter returned no program")
     proto = program.model_proto
-    if dynamic:
-        _forget_traced_shapes(proto.graph)
     meta = {**(metadata or {}), "format": ONNX_FORMAT, "input_size": "dynamic" if dynamic else f"{height}x{width}"}
     for key, value in meta.items():
         entry = proto.metadata_props.add()
@@ -229,24 +227,6 @@ def export_onnx(model: nn.Module, path: str | Path, *, height: int | None = None
     finally:
         tmp.unlink(missing_ok=True)
     return OnnxCheck(path, height, width, diffs, dynamic, tuple(sizes))
-
-
-def _forget_traced_shapes(graph: Any) -> None:
-    """Drop the intermediate shapes recorded at the traced size, in ``graph`` and in loop bodies.
-
-    Why: the bodies of ``Scan`` ops (the selective scan's export form) keep the concrete shapes
-    of the trace, and ONNX Runtime plans their buffers from them, so another input size fails
-    with "Shape mismatch attempting to re-use buffer". Without them ONNX Runtime infers the
-    shapes per run; the graph inputs and outputs keep their symbolic ``height``/``width``.
-    """
-    del graph.value_info[:]
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.g.node:
-                body = attr.g
-                for value in list(body.input) + list(body.output):
-                    value.type.tensor_type.ClearField("shape")
-                _forget_traced_shapes(body)
 
 
 def _optimize(program: Any) -> None:
