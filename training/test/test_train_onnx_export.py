@@ -12,7 +12,6 @@ import torch
 
 from ivf_perception.engine import Engine
 from ivf_perception.export import OnnxExportError, export_onnx
-from ivf_perception.models import build_model
 from ivf_training.cli import main
 from ivf_training.config import TrainConfig
 from ivf_training.trainer import start_run
@@ -59,12 +58,6 @@ def test_unexportable_model_gets_a_message(run_dir: Path, tmp_path: Path, standi
     assert err.startswith("ivf-train: error: test_training_standin cannot be exported to ONNX")
     assert "without --onnx" in err
     assert "\n" not in err and not list(tmp_path.glob("w.*"))  # refused before writing anything
-
-
-def test_cmfs_is_refused_before_tracing(tmp_path: Path) -> None:
-    with pytest.raises(OnnxExportError, match=r"^cmfs cannot be exported to ONNX"):
-        export_onnx(build_model("test_cmfs", num_classes=9), tmp_path / "cmfs.onnx", height=64, width=64)
-    assert not (tmp_path / "cmfs.onnx").exists()
 
 
 def test_size_must_fit_the_input_multiple(standin: type[torch.nn.Module], tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ def test_every_public_training_error_derives_from_the_base() -> None:
                     and issubclass(cls, Exception) and not issubclass(cls, Warning)):
                 errors[f"{module.__name__}.{name}"] = cls
     names = {name.rpartition(".")[2] for name in errors}
-    assert {"CheckpointError", "ConfigError", "OnnxExportError", "PerceptionWeightsError"} <= names, names
+    assert {"CheckpointError", "ConfigError", "PerceptionWeightsError"} <= names, names
     outside = sorted(name for name, cls in errors.items() if not issubclass(cls, IvfPerceptionError))
     assert not outside, f"error classes that do not derive from IvfPerceptionError: {outside}"
     for cls in errors.values():
