@@ -65,7 +65,8 @@ def test_settings_of_another_kind_are_refused(make_config: MakeConfig) -> None:
         make_config("loss.gamma=0.8")
     with pytest.raises(ConfigError, match="loss.ssim is a setting of loss.kind s4fusion / upfusion only"):
         make_config("loss.kind=mafs_stage2", "loss.ssim=1.0")
-    with pytest.raises(ConfigError, match="loss.kind must be one of s4fusion, cmfs, upfusion, mafs_stage1, mafs_stage2"):
+    with pytest.raises(ConfigError,
+                       match="loss.kind must be one of s4fusion, cmfs, upfusion, mafs_stage1, mafs_stage2"):
         objective_class("focal")
     cfg = make_config("loss.gamma=0.8", "loss.kind=cmfs")  # the kind may come after its settings
     assert cfg.loss == CMFSLossConfig(gamma=0.8)
