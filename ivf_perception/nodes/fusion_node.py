@@ -173,6 +173,7 @@ class FusionNode(LifecycleNode):
         self._subscriptions_list: list[Any] = []
         self._overriding = overriding_options()
         self._declaring_qos = False  # our own declarations of qos_overrides.* pass the set-parameters callback
+        self._qos_rejection = ""  # why the callback refused the last of those declarations
         self._qos_override_names: list[str] = []  # declared at configure, undeclared at cleanup
         self._qos_in_use: dict[tuple[str, str], QoSProfile] = {}  # (entity, resolved topic) -> effective QoS
         self._qos_problems: dict[tuple[str, str], tuple[str, str]] = {}  # -> (policy, description)
@@ -377,12 +378,14 @@ class FusionNode(LifecycleNode):
             name = override_name(resolved, entity, policy)
             if self.has_parameter(name):
                 continue
-            self._declaring_qos = True
+            self._declaring_qos, self._qos_rejection = True, ""
             try:
                 self.declare_parameter(name, policy_value(base, policy), ParameterDescriptor(
                     description=f"QoS {policy} of the {entity} on {resolved} (REP-2003 override; startup only)"))
             except ParameterException as exc:  # rejected by _on_set_parameters, or a value of another type
-                raise QosOverrideError(f"{name}: {exc}; fix it and restart the node") from exc
+                kind = "an integer" if policy == "depth" else "a string"
+                reason = self._qos_rejection or f"{name} must be {kind}; the value given has another type"
+                raise QosOverrideError(f"{reason}; fix it and restart the node") from exc
             finally:
                 self._declaring_qos = False
             if not keep:
@@ -731,6 +734,9 @@ class FusionNode(LifecycleNode):
             for name, value in qos.items():
                 check_override(name, value)
             check_parameter_change(changes, self._parameter_values(), active=self._active)
+        except QosOverrideError as exc:
+            self._qos_rejection = str(exc)
+            return SetParametersResult(successful=False, reason=str(exc))
         except ParameterValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)
