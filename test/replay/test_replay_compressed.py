@@ -129,3 +129,22 @@ def test_compare_reads_a_compressed_bag(bags, tmp_path):
     for side in ("a", "b"):
         metrics = json.loads((out / side / "metrics.json").read_text())
         assert metrics["frames"] == FRAMES - 2 and len(metrics["skipped_frames"]) == 2
+
+
+def test_play_publishes_compressed_topics_by_default(bags) -> None:
+    """``ivf-perception play`` without ``--topics`` picks CompressedImage topics too, with their type."""
+    rclpy = pytest.importorskip("rclpy", reason="rclpy (ros-rclpy wheels) is not installed")
+    from sensor_msgs.msg import CompressedImage
+
+    from ivf_perception.nodes.bag_player import BagPlayer
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=99)
+    node = rclpy.create_node("player_probe", context=context)
+    try:
+        player = BagPlayer(node, bags["png"], clock=False)
+        assert player.topics == ["/camera/color/image_raw/compressed", "/flir_boson/image_raw/compressed"]
+        assert all(p.msg_type is CompressedImage for p in player._publishers.values())
+    finally:
+        node.destroy_node()
+        context.try_shutdown()
