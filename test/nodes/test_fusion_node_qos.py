@@ -77,6 +77,29 @@ def test_incompatibilities_are_described_from_both_sides() -> None:
     assert assess_health(HealthSnapshot(state="inactive")).level == OK
 
 
+def test_the_example_in_the_shipped_params_file_is_valid(tmp_path: Path) -> None:
+    """config/fusion_node.yaml's commented qos_overrides block, uncommented, is what rcl parses."""
+    from rclpy.parameter import parameter_dict_from_yaml_file, parameter_value_to_python
+
+    lines = (Path(__file__).resolve().parents[2] / "config" / "fusion_node.yaml").read_text().splitlines()
+    start = lines.index("    # qos_overrides:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("    # ") or (block and not line.startswith("    #   ")):
+            break
+        block.append("    " + line[6:].split("#")[0].rstrip())
+    example = tmp_path / "qos.yaml"
+    example.write_text("/**:\n  ros__parameters:\n" + "\n".join(block) + "\n")
+    parsed = parameter_dict_from_yaml_file(str(example), use_wildcard=True)
+    values = {name: parameter_value_to_python(p.value) for name, p in parsed.items()}
+    assert values == {f"{RGB_SUB}.reliability": "reliable", f"{RGB_SUB}.depth": 10,
+                      "qos_overrides./fused/image.publisher.reliability": "best_effort",
+                      "qos_overrides./fused/image.publisher.history": "keep_last",
+                      "qos_overrides./fused/image.publisher.durability": "volatile"}
+    for name, value in values.items():
+        check_override(name, value)
+
+
 # ---------------------------------------------------------------- the node in this process
 
 def test_overrides_set_the_actual_qos_of_subscriptions_and_publishers(make_node) -> None:  # noqa: F811
