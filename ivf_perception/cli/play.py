@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, default=1.0, help="speed factor (default 1.0 = recorded timing)")
     p.add_argument("--loop", action="store_true", help="play again from the start at the end, until Ctrl-C")
     p.add_argument("--topics", nargs="+", default=None,
-                   help="topics to publish (default: every sensor_msgs/msg/Image topic)")
+                   help="topics to publish (default: every sensor_msgs/msg/Image and CompressedImage topic)")
     p.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="SECONDS",
                    help="wait up to this long until every topic has a subscriber before starting")
     p.add_argument("--delay", type=float, default=0.0, metavar="SECONDS",

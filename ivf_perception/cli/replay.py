@@ -8,7 +8,7 @@ Usage::
     ivf-perception replay --bench [BAG ...] [--bench-frames N] [--bench-sizes 240x320,480x640]
 
 BAG is a rosbag2 folder (MCAP or SQLite3, any ROS 2 distribution) or a single .mcap/.db3 file.
-Image topics are detected by name and encoding unless given. Frames are paired exactly as the
+Image and CompressedImage topics are detected by name and encoding unless given. Frames are paired exactly as the
 live node pairs them (its slop and queue size from ``--params-file``), inferred, and written to
 ``DIR/bag`` (MCAP: fused rgb8, labels mono8, overlay rgb8, FusionStats; input header stamps
 kept), with ``DIR/report.html``, ``DIR/report.md`` and ``DIR/metrics.json``.

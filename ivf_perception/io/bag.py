@@ -25,6 +25,8 @@ from .image_codec import make_header, numpy_to_image
 
 __all__ = [
     "IMAGE_MSGTYPE",
+    "COMPRESSED_IMAGE_MSGTYPE",
+    "CAMERA_MSGTYPES",
     "STORAGES",
     "BagFrame",
     "BagMessage",
@@ -35,6 +37,9 @@ __all__ = [
 ]
 
 IMAGE_MSGTYPE = "sensor_msgs/msg/Image"
+COMPRESSED_IMAGE_MSGTYPE = "sensor_msgs/msg/CompressedImage"
+CAMERA_MSGTYPES: tuple[str, ...] = (IMAGE_MSGTYPE, COMPRESSED_IMAGE_MSGTYPE)
+"""Camera message types that replay, compare, extract and play read (decoded by io.image_codec)."""
 STORAGES: tuple[str, ...] = ("mcap", "sqlite3")
 _BAG_VERSION: Final = 9  # rosbag2 metadata version written by Jazzy/Kilted
 

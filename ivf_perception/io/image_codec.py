@@ -50,6 +50,8 @@ __all__ = [
     "decode_thermal",
     "is_compressed",
     "compressed_to_numpy",
+    "compressed_encoding",
+    "message_encoding",
 ]
 
 
@@ -475,6 +477,32 @@ _COMPRESSED_DEPTH_HEADER = 12
 def is_compressed(msg: Any) -> bool:
     """Whether ``msg`` is a ``sensor_msgs/CompressedImage`` (it has ``format``, no ``encoding``)."""
     return hasattr(msg, "format") and not hasattr(msg, "encoding")
+
+
+def compressed_encoding(msg: Any) -> str | None:
+    """The raw encoding an image_transport ``format`` names, canonical (``"mono16"``), or None.
+
+    Why: image_transport writes what the camera published before compressing
+    (``"mono16; png compressed mono16"``, ``"bgr8; jpeg compressed bgr8"``,
+    ``"16UC1; compressedDepth png"``), which tells thermal from RGB without decoding; older
+    publishers write only ``"jpeg"``/``"png"``, which names no encoding.
+    """
+    head = str(getattr(msg, "format", "")).split(";", 1)[0].strip()
+    info = _BY_LOWER.get(head.lower())
+    return info.name if info is not None else None
+
+
+def message_encoding(msg: Any) -> str | None:
+    """The pixel encoding of an Image or a CompressedImage (see :func:`compressed_encoding`).
+
+    Returns:
+        The canonical encoding name, or None when a CompressedImage's format names none or an
+        Image's encoding is not supported (the caller decides whether that is an error).
+    """
+    if is_compressed(msg):
+        return compressed_encoding(msg)
+    info = _BY_LOWER.get(str(getattr(msg, "encoding", "")).strip().lower())
+    return info.name if info is not None else None
 
 
 def compressed_to_numpy(msg: Any) -> np.ndarray:

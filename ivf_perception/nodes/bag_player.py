@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ivf_perception.io.bag import IMAGE_MSGTYPE, get_typestore, list_topics
+from ivf_perception.io.bag import CAMERA_MSGTYPES, get_typestore, list_topics
 from ivf_perception.io.errors import BagError
 
 __all__ = ["BagPlayer", "PlaybackSummary", "message_class"]
@@ -61,7 +61,7 @@ class BagPlayer:
         node: the node whose publishers are used (topics keep their recorded, absolute names;
             remap them with ``--ros-args -r /recorded/topic:=/new/topic``).
         bag: rosbag2 folder (MCAP or SQLite3).
-        topics: topics to publish; None = every ``sensor_msgs/msg/Image`` topic.
+        topics: topics to publish; None = every ``sensor_msgs/msg/Image`` and ``CompressedImage`` topic.
         rate: playback speed factor (2.0 = twice as fast).
         loop: start again at the end (header stamps then jump back, as with ``ros2 bag play -l``).
         qos_depth: history depth of the reliable publishers (reliable matches reliable and
@@ -86,9 +86,9 @@ class BagPlayer:
         available = list_topics(self.bag)
         listing = ", ".join(f"{t} [{m}]" for t, m in sorted(available.items())) or "none"
         if topics is None:
-            chosen = sorted(t for t, m in available.items() if m == IMAGE_MSGTYPE)
+            chosen = sorted(t for t, m in available.items() if m in CAMERA_MSGTYPES)
             if not chosen:
-                raise BagError(f"bag {self.bag} has no {IMAGE_MSGTYPE} topics; it has: {listing}")
+                raise BagError(f"bag {self.bag} has no {' or '.join(CAMERA_MSGTYPES)} topics; it has: {listing}")
         else:
             chosen = list(dict.fromkeys(topics))
             missing = [t for t in chosen if t not in available]

@@ -20,6 +20,11 @@ Topics (relative, remappable):
          ``segmentation/class_info`` (ivf_perception_msgs/ClassInfo, latched); ``/diagnostics``
          (with the median cost of each per-frame stage).
 
+QoS (:mod:`ivf_perception.nodes.qos`): image inputs follow ``qos_reliability``/``qos_depth``,
+outputs are reliable with depth ``qos_depth``; every subscription and publisher takes REP-2003
+overrides (``qos_overrides./rgb/image.subscription.reliability`` ...), and an incompatible-QoS
+peer is logged once per topic and reported in ``/diagnostics`` while it exists.
+
 Lifecycle (the ROS 2 lifecycle talker's structure, yolo_ros's order of work):
     configure  reads and validates the parameters, builds the QoS, builds and warms up the
                engine (and its inference backend: an exported ONNX session or TensorRT engine
@@ -39,6 +44,7 @@ With ``autostart`` (default true) the node configures and activates itself at st
 
 from __future__ import annotations
 
+import copy
 import functools
 import sys
 import threading
@@ -51,7 +57,8 @@ from typing import Any
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rcl_interfaces.msg import SetParametersResult
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -83,6 +90,18 @@ from ivf_perception.nodes.parameters import (
     config_from_values,
     descriptor,
 )
+from ivf_perception.nodes.qos import (
+    OVERRIDABLE,
+    OVERRIDE_PREFIX,
+    QosOverrideError,
+    check_override,
+    describe_profile,
+    incompatibility,
+    override_name,
+    overriding_options,
+    policy_name_of_event,
+    policy_value,
+)
 from ivf_perception.nodes.self_description import class_info_message, fused_camera_info, rclpy_class_info_type
 from ivf_perception.sync import STREAMS, ApproximateTimePairer, LatestSlot, Pair
 
@@ -98,6 +117,10 @@ RECEIPTS_KEPT = 256
 # Errors building the engine at configure: the package's own (weights, model names, inputs),
 # files, model-constructor argument checks and device failures; the transition fails with the reason.
 CONFIGURE_ERRORS = (IvfPerceptionError, OSError, ValueError, RuntimeError)
+# Incompatible-QoS policies that incompatibility() can re-check in the graph (a reported problem
+# of another policy stays until its entity is destroyed).
+CHECKABLE_POLICIES = ("RELIABILITY", "DURABILITY")
+DIAGNOSTICS_TOPIC = "/diagnostics"
 
 
 @dataclass(frozen=True)
@@ -148,6 +171,12 @@ class FusionNode(LifecycleNode):
         self._image_qos: QoSProfile | None = None
         self._publishers_by_name: dict[str, Any] = {}
         self._subscriptions_list: list[Any] = []
+        self._overriding = overriding_options()
+        self._declaring_qos = False  # our own declarations of qos_overrides.* pass the set-parameters callback
+        self._qos_rejection = ""  # why the callback refused the last of those declarations
+        self._qos_override_names: list[str] = []  # declared at configure, undeclared at cleanup
+        self._qos_in_use: dict[tuple[str, str], QoSProfile] = {}  # (entity, resolved topic) -> effective QoS
+        self._qos_problems: dict[tuple[str, str], tuple[str, str]] = {}  # -> (policy, description)
         self._pairer: ApproximateTimePairer[Image] | None = None
         self._slot: LatestSlot[Pair[Image]] | None = None
         self._worker: threading.Thread | None = None
@@ -165,11 +194,16 @@ class FusionNode(LifecycleNode):
             self._class_info_type = None
             self.get_logger().warning(f"segmentation/class_info is disabled: {exc}")
 
-        period = float(self.get_parameter("diagnostics_period_s").value)
-        self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diagnostics_timer = self.create_timer(period, self._publish_diagnostics)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._after_set_parameters)
+        period = float(self.get_parameter("diagnostics_period_s").value)
+        try:  # its overrides stay declared for the node's life (the publisher does too)
+            self._declare_qos_overrides("publisher", DIAGNOSTICS_TOPIC, QoSProfile(depth=10), keep=True)
+        except QosOverrideError as exc:  # main() reports it and exits 2, as for other startup parameters
+            raise ParameterException(str(exc), [DIAGNOSTICS_TOPIC]) from exc
+        self._diagnostics_pub = self._publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, QoSProfile(depth=10),
+                                                lifecycle=False)
+        self._diagnostics_timer = self.create_timer(period, self._publish_diagnostics)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -179,9 +213,21 @@ class FusionNode(LifecycleNode):
             config = config_from_values(self._parameter_values())
         except ParameterValueError as exc:
             return self._configure_failed(f"invalid parameter: {exc}")
+        image_qos = build_qos(config.qos_reliability, config.qos_depth)
+        # Outputs are reliable: reliable and best-effort subscribers (RViz, recorders) both match.
+        out_qos = QoSProfile(depth=config.qos_depth, reliability=ReliabilityPolicy.RELIABLE)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        try:  # every entity's overrides, the subscriptions' too: a bad one fails here, not at activate
+            for entity, topic, base in self._entities(config, image_qos, out_qos, latched):
+                self._declare_qos_overrides(entity, topic, base)
+        except QosOverrideError as exc:
+            self._undeclare_qos_overrides()
+            return self._configure_failed(f"invalid QoS override: {exc}")
         try:
             engine = Engine.from_config(config.pipeline)
         except CONFIGURE_ERRORS as exc:
+            self._undeclare_qos_overrides()
             return self._configure_failed(f"cannot build the engine ({type(exc).__name__}): {exc}")
         try:  # the warm-up also builds lazily built backends (an ONNX session at the warm-up size)
             started = time.monotonic()
@@ -189,29 +235,17 @@ class FusionNode(LifecycleNode):
             warmup_ms = (time.monotonic() - started) * 1e3
         except CONFIGURE_ERRORS as exc:
             engine.release()  # nothing half-built stays behind: configure can be retried at once
+            self._undeclare_qos_overrides()
             return self._configure_failed(f"engine warm-up failed ({type(exc).__name__}): {exc}")
 
         self._engine, self._config, self._configure_error = engine, config, ""
         self._engine_info = engine.describe()  # per-frame stats reuse it (describe() walks the model)
         self._runtime = _Runtime(config.overlay_enabled, config.pipeline.overlay_alpha)
-        self._image_qos = build_qos(config.qos_reliability, config.qos_depth)
-        # Outputs are reliable: reliable and best-effort subscribers (RViz, recorders) both match.
-        out_qos = QoSProfile(depth=config.qos_depth, reliability=ReliabilityPolicy.RELIABLE)
+        self._image_qos = image_qos
         self._publishers_by_name = {
-            "fused": self.create_lifecycle_publisher(Image, "fused/image", out_qos),
-            "labels": self.create_lifecycle_publisher(Image, "segmentation/labels", out_qos),
-            "overlay": self.create_lifecycle_publisher(Image, "segmentation/overlay", out_qos),
+            name: self._publisher(msg_type, topic, qos)
+            for name, msg_type, topic, qos in self._outputs(out_qos, latched)
         }
-        if self._stats_type is not None:
-            self._publishers_by_name["stats"] = self.create_lifecycle_publisher(
-                self._stats_type, "fusion/stats", out_qos)
-        self._publishers_by_name["camera_info"] = self.create_lifecycle_publisher(
-            CameraInfo, "fused/camera_info", out_qos)
-        if self._class_info_type is not None:  # latched: a late subscriber still gets the table
-            latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
-            self._publishers_by_name["class_info"] = self.create_lifecycle_publisher(
-                self._class_info_type, "segmentation/class_info", latched)
         if abs(self._diagnostics_timer.timer_period_ns - config.diagnostics_period_s * 1e9) > 1:
             self.destroy_timer(self._diagnostics_timer)
             self._diagnostics_timer = self.create_timer(config.diagnostics_period_s, self._publish_diagnostics)
@@ -236,9 +270,9 @@ class FusionNode(LifecycleNode):
         image_inputs = {s: (CompressedImage, f"{s}/image/compressed") if transports[s] == "compressed"
                         else (Image, f"{s}/image") for s in STREAMS}
         self._subscriptions_list = [
-            self.create_subscription(*image_inputs[s], functools.partial(self._on_image, s), qos) for s in STREAMS
+            self._subscription(*image_inputs[s], functools.partial(self._on_image, s), qos) for s in STREAMS
         ] + [
-            self.create_subscription(CameraInfo, f"{s}/camera_info", functools.partial(self._on_camera_info, s), qos)
+            self._subscription(CameraInfo, f"{s}/camera_info", functools.partial(self._on_camera_info, s), qos)
             for s in STREAMS
         ]
         result = super().on_activate(state)  # enables the lifecycle publishers
@@ -248,8 +282,9 @@ class FusionNode(LifecycleNode):
         self._worker.start()
         self._active = True
         self.get_logger().info(
-            "active: " + ", ".join(s.topic_name for s in self._subscriptions_list[:2])
-            + f" ({config.qos_reliability}, depth {config.qos_depth}), slop {pipeline.slop_s * 1e3:.0f} ms")
+            "active: " + ", ".join(f"{s.topic_name} ({describe_profile(s.qos_profile)})"
+                                   for s in self._subscriptions_list[:2])
+            + f", slop {pipeline.slop_s * 1e3:.0f} ms")
         return result
 
     @_transition
@@ -262,6 +297,7 @@ class FusionNode(LifecycleNode):
     @_transition
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._release()
+        self._undeclare_qos_overrides()
         self.get_logger().info("unconfigured: publishers destroyed, model released")
         return super().on_cleanup(state)
 
@@ -277,6 +313,7 @@ class FusionNode(LifecycleNode):
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
         self._release()
+        self._undeclare_qos_overrides()
         self.get_logger().error(f"error while {state.label}: everything released, back to unconfigured")
         return TransitionCallbackReturn.SUCCESS
 
@@ -307,11 +344,87 @@ class FusionNode(LifecycleNode):
         """Current values of our parameters; an unset optional list reads as None."""
         return {spec.name: self.get_parameter_or(spec.name, Parameter(spec.name)).value for spec in PARAMETERS}
 
+    def _outputs(self, out_qos: QoSProfile, latched: QoSProfile) -> list[tuple[str, type, str, QoSProfile]]:
+        """(name, type, topic, base QoS) of the lifecycle publishers (stats/class_info when importable)."""
+        outputs: list[tuple[str, type, str, QoSProfile]] = [
+            ("fused", Image, "fused/image", out_qos), ("labels", Image, "segmentation/labels", out_qos),
+            ("overlay", Image, "segmentation/overlay", out_qos)]
+        if self._stats_type is not None:
+            outputs.append(("stats", self._stats_type, "fusion/stats", out_qos))
+        outputs.append(("camera_info", CameraInfo, "fused/camera_info", out_qos))
+        if self._class_info_type is not None:  # latched: a late subscriber still gets the table
+            outputs.append(("class_info", self._class_info_type, "segmentation/class_info", latched))
+        return outputs
+
+    def _entities(self, config: FusionNodeConfig, image_qos: QoSProfile, out_qos: QoSProfile,
+                  latched: QoSProfile) -> list[tuple[str, str, QoSProfile]]:
+        """(entity kind, topic, base QoS) of everything configure and activate will create."""
+        inputs = [f"{s}/image/compressed" if getattr(config, f"{s}_transport") == "compressed" else f"{s}/image"
+                  for s in STREAMS] + [f"{s}/camera_info" for s in STREAMS]
+        return ([("publisher", topic, qos) for _, _, topic, qos in self._outputs(out_qos, latched)]
+                + [("subscription", topic, image_qos) for topic in inputs])
+
+    def _declare_qos_overrides(self, entity: str, topic: str, base: QoSProfile, *, keep: bool = False) -> None:
+        """Declare the REP-2003 override parameters of one entity (values checked by the callback).
+
+        Declared here rather than by rclpy at creation so that a bad value fails configure with
+        the parameter named, and so that cleanup can undeclare them (``keep`` = never).
+
+        Raises:
+            QosOverrideError: a value of the wrong type or one the policy does not take.
+        """
+        resolved = self.resolve_topic_name(topic)
+        for policy in OVERRIDABLE:
+            name = override_name(resolved, entity, policy)
+            if self.has_parameter(name):
+                continue
+            self._declaring_qos, self._qos_rejection = True, ""
+            try:
+                self.declare_parameter(name, policy_value(base, policy), ParameterDescriptor(
+                    description=f"QoS {policy} of the {entity} on {resolved} (REP-2003 override; startup only)"))
+            except ParameterException as exc:  # rejected by _on_set_parameters, or a value of another type
+                kind = "an integer" if policy == "depth" else "a string"
+                reason = self._qos_rejection or f"{name} must be {kind}; the value given has another type"
+                raise QosOverrideError(f"{reason}; fix it and restart the node") from exc
+            finally:
+                self._declaring_qos = False
+            if not keep:
+                self._qos_override_names.append(name)
+
+    def _undeclare_qos_overrides(self) -> None:
+        """Forget the overrides declared at configure; the next configure re-reads the startup values."""
+        for name in self._qos_override_names:
+            if self.has_parameter(name):
+                self.undeclare_parameter(name)
+        self._qos_override_names = []
+
+    def _publisher(self, msg_type: type, topic: str, qos: QoSProfile, *, lifecycle: bool = True) -> Any:
+        """A publisher with QoS overrides and an incompatible-QoS report (``qos`` is not modified)."""
+        resolved = self.resolve_topic_name(topic)
+        events = PublisherEventCallbacks(
+            incompatible_qos=functools.partial(self._on_incompatible_qos, "publisher", resolved))
+        create: Callable[..., Any] = self.create_lifecycle_publisher if lifecycle else self.create_publisher
+        pub = create(msg_type, topic, copy.copy(qos),  # rclpy writes the overrides into the profile it gets
+                     qos_overriding_options=self._overriding, event_callbacks=events)
+        self._qos_in_use[("publisher", resolved)] = pub.qos_profile
+        return pub
+
+    def _subscription(self, msg_type: type, topic: str, callback: Callable[[Any], None], qos: QoSProfile) -> Any:
+        """A subscription with QoS overrides and an incompatible-QoS report (``qos`` is not modified)."""
+        resolved = self.resolve_topic_name(topic)
+        events = SubscriptionEventCallbacks(
+            incompatible_qos=functools.partial(self._on_incompatible_qos, "subscription", resolved))
+        sub = self.create_subscription(msg_type, topic, callback, copy.copy(qos),
+                                       qos_overriding_options=self._overriding, event_callbacks=events)
+        self._qos_in_use[("subscription", resolved)] = sub.qos_profile
+        return sub
+
     def _stop_processing(self) -> None:
         self._active = False
         for sub in self._subscriptions_list:
             self.destroy_subscription(sub)
         self._subscriptions_list = []
+        self._forget_qos("subscription")
         self._stop.set()
         if self._slot is not None:
             self._slot.close()
@@ -325,6 +438,7 @@ class FusionNode(LifecycleNode):
         for pub in self._publishers_by_name.values():
             self.destroy_lifecycle_publisher(pub)
         self._publishers_by_name = {}
+        self._forget_qos("publisher", keep=self._diagnostics_pub.topic_name)
         if self._engine is not None:
             self._engine.release()
         self._engine = None
@@ -398,6 +512,48 @@ class FusionNode(LifecycleNode):
         self._latency_basis = (f"receipt (stamps are {from_stamp_ms / 1e3:.0f} s from the clock; "
                                "play the bag with /clock and set use_sim_time)")
         return (time.monotonic_ns() - received) / 1e6
+
+    def _on_incompatible_qos(self, entity: str, topic: str, event: Any) -> None:
+        """A peer's QoS cannot match one of ours: describe it, log it once, show it in /diagnostics."""
+        policy = policy_name_of_event(event)
+        peer = "publisher" if entity == "subscription" else "subscriber"
+        text = (self._incompatibility(entity, topic)
+                or f"{topic}: a {peer}'s {policy} QoS policy is incompatible with ours")
+        key = (entity, topic)
+        if key not in self._qos_problems:
+            ours = self._qos_in_use.get(key)
+            self.get_logger().warning(
+                f"QoS mismatch, no messages will flow: {text} (ours: {describe_profile(ours) if ours else '?'}); "
+                f"change the peer's QoS or override ours with "
+                f"{override_name(topic, entity, policy.lower() if policy.lower() in OVERRIDABLE else 'reliability')}")
+        self._qos_problems[key] = (policy, text)
+
+    def _incompatibility(self, entity: str, topic: str) -> str | None:
+        """What the graph shows now about one of our entities' incompatible peers (see qos.incompatibility)."""
+        ours = self._qos_in_use.get((entity, topic))
+        if ours is None:
+            return None
+        infos = (self.get_publishers_info_by_topic(topic) if entity == "subscription"
+                 else self.get_subscriptions_info_by_topic(topic))
+        me = (self.get_name(), self.get_namespace())
+        return incompatibility(topic, entity, ours, [i.qos_profile for i in infos
+                                                     if (i.node_name, i.node_namespace) != me])
+
+    def _forget_qos(self, entity: str, keep: str = "") -> None:
+        """Drop the QoS records of destroyed entities (their problems go with them)."""
+        for records in (self._qos_in_use, self._qos_problems):
+            for key in [k for k in records if k[0] == entity and k[1] != keep]:
+                del records[key]
+
+    def _current_qos_problems(self) -> list[str]:
+        """The reported QoS problems that still hold (re-checked in the graph where possible)."""
+        for key, (policy, _) in list(self._qos_problems.items()):
+            now = self._incompatibility(*key)
+            if now is not None:
+                self._qos_problems[key] = (policy, now)
+            elif policy in CHECKABLE_POLICIES:
+                del self._qos_problems[key]  # the incompatible peer is gone (or changed its QoS)
+        return [text for _, text in self._qos_problems.values()]
 
     def _on_camera_info(self, stream: str, msg: CameraInfo) -> None:
         self._camera_info_size[stream] = (msg.width, msg.height)
@@ -532,9 +688,11 @@ class FusionNode(LifecycleNode):
                 info, image = self._camera_info_size.get(s), self._image_size.get(s)
                 if info and image and info != image and info != (0, 0):
                     mismatch = f"camera_info is {info[0]}x{info[1]} but images are {image[0]}x{image[1]}"
+                qos = self._qos_in_use.get(("subscription", topics[s]))
                 streams[s] = StreamHealth(
                     topic=topics[s], received=pairing.received[s], rate_hz=self._meters[s].rate(now),
-                    silent_s=now - (last if last is not None else self._activated_at), size_mismatch=mismatch)
+                    silent_s=now - (last if last is not None else self._activated_at), size_mismatch=mismatch,
+                    qos=describe_profile(qos) if qos is not None else "")
         counters: dict[str, float | int] = {}
         if pairing is not None:
             counters = {"paired": pairing.paired, "processed": self._processed, "dropped stale": pairing.dropped_stale,
@@ -554,7 +712,7 @@ class FusionNode(LifecycleNode):
             stage_ms=self._stages.medians(), counters=counters, failed_recently=failed_recently,
             last_error=self._last_error,
             last_error_age_s=None if self._last_error_time is None else now - self._last_error_time,
-            configure_error=self._configure_error)
+            configure_error=self._configure_error, qos_problems=self._current_qos_problems())
 
     def _publish_diagnostics(self) -> None:
         report = assess_health(self._snapshot())
@@ -568,8 +726,17 @@ class FusionNode(LifecycleNode):
     def _on_set_parameters(self, params: Sequence[Parameter]) -> SetParametersResult:
         """Validate a change; safe parameters only while active (STYLE: validate in this callback)."""
         changes = {p.name: p.value for p in params}
+        qos = {name: value for name, value in changes.items() if name.startswith(OVERRIDE_PREFIX)}
         try:
+            if qos and not self._declaring_qos:
+                raise QosOverrideError(f"{', '.join(qos)}: QoS overrides are read when the node creates its "
+                                       "topics; give them at startup (--params-file or -p)")
+            for name, value in qos.items():
+                check_override(name, value)
             check_parameter_change(changes, self._parameter_values(), active=self._active)
+        except QosOverrideError as exc:
+            self._qos_rejection = str(exc)
+            return SetParametersResult(successful=False, reason=str(exc))
         except ParameterValueError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         return SetParametersResult(successful=True)

@@ -8,7 +8,8 @@ so they are a pure function of a :class:`HealthSnapshot`, tested without ROS. On
 Levels: ERROR while the engine is missing (configure failed) or a frame failed during the last
 diagnostics period (decode error, engine error, CUDA out of memory); WARN while the node is
 active and an input stream is silent for ``stream_timeout_s`` (or a camera_info disagrees with
-its images); OK otherwise. Each condition clears by itself when its cause goes away.
+its images), or in any state while a peer's QoS is incompatible with one of the node's
+subscriptions or publishers; OK otherwise. Each condition clears by itself when its cause goes away.
 """
 
 from __future__ import annotations
@@ -105,6 +106,7 @@ class StreamHealth:
         rate_hz: recent message rate.
         silent_s: seconds since the last message (or since activation when none arrived).
         size_mismatch: a camera_info whose width/height differs from the images, as text.
+        qos: the subscription's effective QoS (after overrides), e.g. ``best_effort, keep_last 5, volatile``.
     """
 
     topic: str
@@ -112,6 +114,7 @@ class StreamHealth:
     rate_hz: float
     silent_s: float
     size_mismatch: str = ""
+    qos: str = ""
 
 
 @dataclass
@@ -134,6 +137,7 @@ class HealthSnapshot:
     last_error: str = ""
     last_error_age_s: float | None = None
     configure_error: str = ""
+    qos_problems: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -165,10 +169,11 @@ def assess_health(s: HealthSnapshot) -> HealthReport:
             if st.silent_s >= s.stream_timeout_s:
                 what = "no messages yet" if st.received == 0 else f"silent for {st.silent_s:.1f} s"
                 hint = (f"; check the remapping and that the publisher's QoS matches "
-                        f"(subscription: {s.qos_reliability})") if st.received == 0 else ""
+                        f"(subscription: {st.qos or s.qos_reliability})") if st.received == 0 else ""
                 problems.append((WARN, f"{name} input {st.topic}: {what}{hint}"))
             if st.size_mismatch:
                 problems.append((WARN, f"{name} input {st.topic}: {st.size_mismatch}"))
+    problems += [(WARN, f"QoS mismatch: {text}") for text in s.qos_problems]
 
     if problems:
         level = max(p[0] for p in problems)
@@ -183,15 +188,17 @@ def assess_health(s: HealthSnapshot) -> HealthReport:
     values: list[tuple[str, str]] = [("state", s.state), ("device", s.device or "n/a"),
                                      ("variant", s.variant or "n/a")]
     for name, st in s.streams.items():
-        values += [(f"{name} topic", st.topic), (f"{name} rate (Hz)", _fmt(st.rate_hz)),
-                   (f"{name} received", str(st.received)), (f"{name} silent (s)", _fmt(st.silent_s))]
+        values += [(f"{name} topic", st.topic), (f"{name} QoS", st.qos or "n/a"),
+                   (f"{name} rate (Hz)", _fmt(st.rate_hz)), (f"{name} received", str(st.received)),
+                   (f"{name} silent (s)", _fmt(st.silent_s))]
     values += [("output rate (Hz)", _fmt(s.output_rate_hz)),
                ("latency stamp->published (ms)", _fmt(s.latency_ms)),
                ("latency measured from", s.latency_basis),
                ("processing (ms)", _fmt(s.processing_ms))]
     values += [(f"median {name} (ms)", _fmt(ms, 2)) for name, ms in s.stage_ms.items()]
     values += [(key, str(val)) for key, val in s.counters.items()]
-    values += [("last error", s.last_error or "none"),
+    values += [("QoS mismatches", "; ".join(s.qos_problems) or "none"),
+               ("last error", s.last_error or "none"),
                ("last error age (s)", _fmt(s.last_error_age_s))]
     return HealthReport(level, message, values)
 

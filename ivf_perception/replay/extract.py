@@ -35,6 +35,7 @@ from tqdm import tqdm
 from ivf_perception.engine.preprocess import prepare_rgb
 from ivf_perception.io.errors import ImageDecodeError
 from ivf_perception.io.extract_layout import EXTRACT_INDEX_FORMAT
+from ivf_perception.io.image_codec import message_encoding
 from ivf_perception.io.image_files import write_png
 
 from .decode import decode_pair
@@ -172,7 +173,7 @@ def extract_dataset(options: ExtractOptions) -> ExtractResult:
                 if options.max_frames is not None and written + kept >= options.max_frames:
                     break
                 if pair.name in frames or _files_exist(options.out, pair.name, pair.label_msg is not None):
-                    frames.setdefault(pair.name, _entry(pair, str(pair.thermal_msg.encoding)))
+                    frames.setdefault(pair.name, _entry(pair, message_encoding(pair.thermal_msg) or ""))
                     kept += 1
                 else:
                     try:

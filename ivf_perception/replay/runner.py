@@ -24,7 +24,6 @@ import numpy as np
 from tqdm import tqdm
 
 from ivf_perception.engine import Engine
-from ivf_perception.io.bag import IMAGE_MSGTYPE
 from ivf_perception.io.bag_reader import BagReader
 from ivf_perception.io.errors import DatasetError, ImageDecodeError
 from ivf_perception.io.image_files import write_png
@@ -264,7 +263,7 @@ def run_replay(options: ReplayOptions, engine: Engine) -> ReplayResult:
         owned = (OUTPUT_BAG, PNG_DIR, *REPORT_FILES)
         prepare_output_dir(options.out, owned, options.overwrite)
         inputs = [t for t in (topics.rgb, topics.thermal, topics.label) if t]
-        copy = {t: IMAGE_MSGTYPE for t in inputs} if options.copy_inputs else None
+        copy = {t: reader.topics[t] for t in inputs} if options.copy_inputs else None  # Image or CompressedImage
         writer = OutputBag(options.out / OUTPUT_BAG, options.namespace, copy_topics=copy)
         stream = FrameStream(reader, topics, options.params, on_record=writer.copy if copy else None)
         progress = tqdm(total=estimated_pairs(reader, topics, options.max_frames), unit="frame", desc="replay",

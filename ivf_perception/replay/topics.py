@@ -13,6 +13,12 @@ between equals:
 2. The encoding of the first message: 16-bit gray (``mono16``/``16UC1``) is thermal, colour
    (``rgb8``, ``bgr8``, ...) is RGB, when the names do not decide.
 
+``sensor_msgs/CompressedImage`` topics (image_transport ``compressed``/``compressedDepth``, as
+robots usually record) are cameras too: their encoding is the one their ``format`` names
+(``"mono16; png compressed mono16"``). When a bag holds a camera both raw and compressed
+(``/cam/image_raw`` and ``/cam/image_raw/compressed``), the raw topic is used: it is lossless and
+needs no decoding.
+
 Explicit ``--rgb-topic``/``--thermal-topic``/``--label-topic`` always win. Failures list the
 bag's topics with their types and message counts.
 """
@@ -22,9 +28,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ivf_perception.io.bag import IMAGE_MSGTYPE
+from ivf_perception.io.bag import CAMERA_MSGTYPES, IMAGE_MSGTYPE
 from ivf_perception.io.bag_reader import BagReader
 from ivf_perception.io.errors import BagError
+from ivf_perception.io.image_codec import message_encoding
 
 __all__ = ["TopicSelection", "select_topics", "UnsupportedTopicError", "MissingTopicError"]
 
@@ -34,6 +41,7 @@ LABEL_HINTS = ("label", "labels", "gt", "ground", "groundtruth", "annotation", "
 OUTPUT_HINTS = ("fused", "overlay", "segmentation")
 _COLOUR = ("rgb8", "bgr8", "rgba8", "bgra8", "8UC3")
 _SIXTEEN = ("mono16", "16UC1")
+_TRANSPORT_SUFFIXES = ("/compressed", "/compresseddepth")
 
 
 class MissingTopicError(BagError):
@@ -67,7 +75,7 @@ def _has_hint(topic: str, hints: tuple[str, ...]) -> bool:
 
 def _first_encoding(reader: BagReader, topic: str) -> str | None:
     for message in reader.messages([topic]):
-        return str(getattr(message.msg, "encoding", "")) or None
+        return message_encoding(message.msg)
     return None
 
 
@@ -75,12 +83,22 @@ def _check_type(reader: BagReader, topic: str, role: str) -> None:
     if topic not in reader.topics:
         raise MissingTopicError(f"{role} topic {topic} is not in bag {reader.path}; it has: {reader.describe_topics()}")
     msgtype = reader.topics[topic]
-    if msgtype != IMAGE_MSGTYPE:
-        hint = (" Decompress it first, e.g. `ros2 run image_transport republish compressed raw` while "
-                "recording, or convert the bag." if "Compressed" in msgtype else "")
+    if msgtype not in CAMERA_MSGTYPES:
         raise UnsupportedTopicError(
-            f"{role} topic {topic} carries {msgtype}, but replay reads {IMAGE_MSGTYPE} only.{hint} "
+            f"{role} topic {topic} carries {msgtype}, but replay reads {' and '.join(CAMERA_MSGTYPES)} only. "
             f"The bag has: {reader.describe_topics()}")
+
+
+def _camera_topics(reader: BagReader) -> list[str]:
+    """Image and CompressedImage topics, without the compressed twins of raw topics in the bag."""
+    raw = {t for t, m in reader.topics.items() if m == IMAGE_MSGTYPE}
+
+    def twin_of_raw(topic: str) -> bool:
+        lower = topic.lower()
+        return any(lower.endswith(s) and topic[:-len(s)] in raw for s in _TRANSPORT_SUFFIXES)
+
+    return [t for t, m in sorted(reader.topics.items())
+            if m in CAMERA_MSGTYPES and not (m != IMAGE_MSGTYPE and twin_of_raw(t))]
 
 
 def _unique(candidates: list[str], role: str, reader: BagReader, clue: str) -> str | None:
@@ -97,12 +115,12 @@ def select_topics(reader: BagReader, rgb: str | None = None, thermal: str | None
 
     Args:
         reader: the open bag.
-        rgb, thermal, label: explicit topics (checked to exist and to be Images).
+        rgb, thermal, label: explicit topics (checked to exist and to be Images or CompressedImages).
         detect_label: look for a ground-truth label topic when ``label`` is not given.
 
     Raises:
         MissingTopicError: a role cannot be filled, or several topics fit equally.
-        UnsupportedTopicError: a given topic is not a ``sensor_msgs/msg/Image`` topic, or the bag
+        UnsupportedTopicError: a given topic is not an Image or CompressedImage topic, or the bag
             has camera topics of other types only.
     """
     how: dict[str, str] = {}
@@ -110,12 +128,13 @@ def select_topics(reader: BagReader, rgb: str | None = None, thermal: str | None
         if topic is not None:
             _check_type(reader, topic, role)
             how[role] = "given"
-    images = [t for t, m in sorted(reader.topics.items()) if m == IMAGE_MSGTYPE]
+    images = _camera_topics(reader)
     if not images:
         other = [t for t, m in reader.topics.items() if "Image" in m]
         if other:
             _check_type(reader, other[0], "camera")
-        raise MissingTopicError(f"bag {reader.path} has no {IMAGE_MSGTYPE} topic; it has: {reader.describe_topics()}")
+        raise MissingTopicError(f"bag {reader.path} has no {' or '.join(CAMERA_MSGTYPES)} topic; "
+                                f"it has: {reader.describe_topics()}")
     labels = [t for t in images if _has_hint(t, LABEL_HINTS)]
     inputs = [t for t in images
               if t not in labels and not _has_hint(t, OUTPUT_HINTS) and t not in (rgb, thermal, label)]

@@ -15,7 +15,10 @@ def write_bag(path, entries, storage: str = "mcap", distro: str = "kilted"):
     ``entries``: ``(topic, record_ns, stamp_ns, payload, encoding)`` in writing order; ``payload``
     is an array (an Image with that encoding, which may be one the codec does not support) or
     ``bytes`` written as the raw message (to simulate corrupt data). Topics whose encoding is
-    ``"CompressedImage"`` get that message type.
+    ``"compressed:<format>"`` get the CompressedImage type with that image_transport format
+    (``"mono16; png compressed mono16"``): an image array is encoded by OpenCV as the format says
+    (RGB arrays given in RGB order), a 1-D uint8 array is the compressed data as is (truncate it to
+    simulate a cut-off frame).
     """
     import numpy as np
     from rosbags.rosbag2 import StoragePlugin, Writer
@@ -29,14 +32,16 @@ def write_bag(path, entries, storage: str = "mcap", distro: str = "kilted"):
     conns = {}
     with Writer(path, version=9, storage_plugin=plugin) as writer:
         for topic, record_ns, stamp_ns, payload, encoding in entries:
-            msgtype = "sensor_msgs/msg/CompressedImage" if encoding == "CompressedImage" else "sensor_msgs/msg/Image"
+            compressed = encoding.startswith("compressed:")
+            msgtype = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
             if topic not in conns:
                 conns[topic] = writer.add_connection(topic, msgtype, typestore=ts)
             if isinstance(payload, bytes):
                 raw = payload
             elif msgtype.endswith("CompressedImage"):
                 header = make_header(stamp_ns, "cam", msg_type=image_cls)
-                msg = ts.types[msgtype](header=header, format="jpeg", data=np.frombuffer(payload.tobytes(), np.uint8))
+                fmt = encoding.split(":", 1)[1]
+                msg = ts.types[msgtype](header=header, format=fmt, data=_compress(payload, fmt))
                 raw = ts.serialize_cdr(msg, msgtype)
             else:
                 header = make_header(stamp_ns, "cam", msg_type=image_cls)
@@ -48,3 +53,17 @@ def write_bag(path, entries, storage: str = "mcap", distro: str = "kilted"):
                 raw = ts.serialize_cdr(msg, msgtype)
             writer.write(conns[topic], record_ns, raw)
     return path
+
+
+def _compress(payload, fmt: str):
+    """The CompressedImage data for ``payload`` (see :func:`write_bag`)."""
+    import cv2
+    import numpy as np
+
+    if payload.ndim == 1:
+        return payload.astype(np.uint8)
+    image = payload[:, :, ::-1] if payload.ndim == 3 else payload  # OpenCV encodes BGR
+    ok, buf = cv2.imencode(".jpg" if "jpeg" in fmt else ".png", np.ascontiguousarray(image))
+    assert ok, fmt
+    header = bytes(12) if "compressedDepth" in fmt else b""  # image_transport's depth config header
+    return np.frombuffer(header + buf.tobytes(), np.uint8)

@@ -15,7 +15,6 @@ from ivf_perception.io.bag_reader import BagReader
 from ivf_perception.replay.inputs import EmptyBagError
 from ivf_perception.replay.outputs import OutputExistsError
 from ivf_perception.replay.runner import run_replay
-from ivf_perception.replay.topics import MissingTopicError, UnsupportedTopicError
 from ivf_perception.scenes import generate_scene
 
 MS = 1_000_000
@@ -77,16 +76,17 @@ def test_missing_topic_lists_the_bags_topics_and_types(mcap_bag, tmp_path, capsy
     assert "/camera/rgb/image [sensor_msgs/msg/Image] (6 msgs)" in err and "/camera/thermal/image" in err
 
 
-def test_unsupported_message_type(tmp_path, micro_engine, options):
+def test_compressed_frames_that_do_not_decode_are_skipped(tmp_path, micro_engine, options):
+    """Raw pixels sent as a JPEG (a broken publisher): every frame is a counted skip, never a crash."""
     rgb = generate_scene(0, CONFIG).rgb
     bag = write_bag(tmp_path / "compressed", [
-        ("/camera/color/image/compressed", T0, T0, rgb, "CompressedImage"),
+        ("/camera/color/image/compressed", T0, T0, rgb.reshape(-1), "compressed:jpeg"),
         ("/camera/thermal/image", T0, T0, rgb[:, :, 0], "mono8"),
     ])
-    with pytest.raises(UnsupportedTopicError, match="CompressedImage.*reads sensor_msgs/msg/Image only"):
-        run_replay(options(bag, rgb_topic="/camera/color/image/compressed"), micro_engine)
-    with pytest.raises(MissingTopicError, match="cannot tell which topic is the rgb camera"):
-        run_replay(options(bag), micro_engine)
+    result = run_replay(options(bag), micro_engine)
+    assert (result.status, result.frames, result.exit_code) == ("no pairs", 0, 1)
+    (skip,) = result.summary["skipped_frames"]
+    assert "RGB image: compressed image ('jpeg'" in skip["reason"] and "corrupt or truncated" in skip["reason"]
 
 
 def test_empty_bag(tmp_path, micro_engine, options, capsys):

@@ -15,6 +15,7 @@ from ivf_perception.replay.params import load_node_params
 from ivf_perception.replay.topics import MissingTopicError, UnsupportedTopicError, select_topics
 
 IMAGE = "sensor_msgs/msg/Image"
+COMPRESSED = "sensor_msgs/msg/CompressedImage"
 
 
 class StubReader:
@@ -27,8 +28,9 @@ class StubReader:
         self._enc = {t: e for t, (_, e) in topics.items()}
 
     def messages(self, topics):
-        for t in topics:
-            yield BagMessage(t, 0, SimpleNamespace(encoding=self._enc[t]))
+        for t in topics:  # a CompressedImage has a format, not an encoding
+            fields = {"format": self._enc[t]} if self.topics[t] == COMPRESSED else {"encoding": self._enc[t]}
+            yield BagMessage(t, 0, SimpleNamespace(**fields))
 
     def describe_topics(self) -> str:
         return ", ".join(f"{t} [{m}]" for t, m in sorted(self.topics.items()))
@@ -58,11 +60,32 @@ def test_ambiguous_or_unsupported_topics_are_explained():
     with pytest.raises(MissingTopicError, match="several topics look like the rgb camera.*--rgb-topic"):
         select_topics(reader)
     assert select_topics(reader, rgb="/left/rgb").rgb == "/left/rgb"
-    reader = StubReader({"/rgb/compressed": ("sensor_msgs/msg/CompressedImage", ""), "/thermal": (IMAGE, "mono8")})
-    with pytest.raises(UnsupportedTopicError, match="image_transport republish"):
-        select_topics(reader, rgb="/rgb/compressed")
-    with pytest.raises(MissingTopicError, match=r"pass --rgb-topic. The bag has: /rgb/compressed \[sensor_msgs/"):
-        select_topics(reader)
+    reader = StubReader({"/front/image": ("sensor_msgs/msg/Imu", ""), "/thermal": (IMAGE, "mono8")})
+    with pytest.raises(UnsupportedTopicError, match="carries sensor_msgs/msg/Imu, but replay reads "
+                       "sensor_msgs/msg/Image and sensor_msgs/msg/CompressedImage only"):
+        select_topics(reader, rgb="/front/image")
+
+
+def test_compressed_topics_are_cameras_and_raw_twins_win():
+    """image_transport topics are detected like raw ones (their format names the encoding); a
+    camera recorded both ways is read from its lossless raw topic."""
+    sel = select_topics(StubReader({"/cam0/image/compressed": (COMPRESSED, "bgr8; jpeg compressed bgr8"),
+                                    "/cam1/image/compressed": (COMPRESSED, "mono16; png compressed mono16")}))
+    assert (sel.rgb, sel.thermal) == ("/cam0/image/compressed", "/cam1/image/compressed")
+    assert sel.how["rgb"] == sel.how["thermal"] == "encoding"
+    sel = select_topics(StubReader({"/cam0/image": (COMPRESSED, "jpeg"), "/cam1/depth/compressedDepth":
+                                    (COMPRESSED, "16UC1; compressedDepth png")}))
+    assert (sel.rgb, sel.thermal) == ("/cam0/image", "/cam1/depth/compressedDepth")
+    assert sel.how["rgb"] == "the only other image topic"
+    sel = select_topics(StubReader({
+        "/camera/color/image_raw": (IMAGE, "bgr8"), "/camera/color/image_raw/compressed": (COMPRESSED, "jpeg"),
+        "/lwir/image_raw": (IMAGE, "mono16"), "/lwir/image_raw/compressedDepth": (COMPRESSED, "16UC1; compressedDepth"),
+        "/camera/color/labels/compressed": (COMPRESSED, "mono8; png compressed mono8")}))
+    assert (sel.rgb, sel.thermal, sel.label) == ("/camera/color/image_raw", "/lwir/image_raw",
+                                                 "/camera/color/labels/compressed")
+    given = StubReader({"/rgb/image_raw": (IMAGE, "rgb8"), "/rgb/image_raw/compressed": (COMPRESSED, "jpeg"),
+                        "/thermal": (IMAGE, "mono8")})
+    assert select_topics(given, rgb="/rgb/image_raw/compressed").rgb == "/rgb/image_raw/compressed"
 
 
 def test_node_params_file_layouts_and_validation(tmp_path):
