@@ -15,7 +15,7 @@ A TeSG run's samples carry, besides the sample contract of :mod:`.common`:
 
 Keys. A cache entry is found by :func:`~ivf_perception.guidance.pair_key` of the pair **as the
 dataset's reader decodes it** (:meth:`PairDataset.read_images`: RGB uint8, thermal float32 in
-[0, 1] at the file's size, before any resize); ``ivf-train tesg-guidance`` keys its entries with
+[0, 1] resized to the visible size, before any other resize); ``ivf-train tesg-guidance`` keys its entries with
 :func:`dataset_pair_key`, the same function. Every sample's entry is looked up when the dataset
 is built: a missing one is an error listing the samples, never replaced by a fallback.
 """
@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
@@ -37,7 +39,7 @@ from .folder import RealPairsDataset
 from .generated import GeneratedScenesDataset
 
 __all__ = ["GUIDANCE_NONE", "GUIDANCE_CACHE", "GUIDANCE_SCENE_OBJECTS", "GUIDANCE_BATCH_KEYS", "guidance_inputs",
-           "pair_sources",
+           "pair_sources", "registered_thermal",
            "dataset_pair_key", "CachedGuidance", "SceneObjectGuidance", "NoGuidance", "with_guidance"]
 
 GUIDANCE_NONE, GUIDANCE_CACHE, GUIDANCE_SCENE_OBJECTS = 0, 1, 2
@@ -66,10 +68,21 @@ def pair_sources(dataset: Dataset) -> list[tuple[PairDataset, int]]:
     raise DatasetError(f"guidance cache lookup needs a file-based dataset, got {type(dataset).__name__}")
 
 
+def registered_thermal(rgb: np.ndarray, thermal: np.ndarray) -> np.ndarray:
+    """The thermal image at the visible image's size, resized as :meth:`PairDataset.__getitem__`
+    does (area when shrinking, bilinear when enlarging)."""
+    h, w = rgb.shape[:2]
+    if thermal.shape[:2] == (h, w):
+        return thermal
+    shrink = thermal.shape[0] > h or thermal.shape[1] > w
+    return cv2.resize(thermal, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
 def dataset_pair_key(reader: PairDataset, index: int) -> str:
-    """The cache key of sample ``index``: :func:`pair_key` of the reader's decoded pair."""
+    """The cache key of sample ``index``: :func:`pair_key` of the reader's decoded pair, thermal
+    at the visible size (the cache stores registered pairs)."""
     rgb, thermal = reader.read_images(reader.files[index])
-    return pair_key(rgb, thermal)
+    return pair_key(rgb, registered_thermal(rgb, thermal))
 
 
 def _resized_mask(mask: torch.Tensor, height: int, width: int) -> torch.Tensor:

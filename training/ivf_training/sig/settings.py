@@ -16,10 +16,12 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ivf_perception.errors import IvfPerceptionError
+
 __all__ = ["SIGSettings", "SIGSettingsError", "load_sig_settings"]
 
 
-class SIGSettingsError(ValueError):
+class SIGSettingsError(IvfPerceptionError, ValueError):
     """A SIG settings file or value is unusable (the message names the key or the file)."""
 
 
