@@ -75,7 +75,8 @@ class GuidanceRunSummary:
         for flag, names in (("no keyword in the caption (empty mask, flagged)", self.no_keyword),
                             ("keywords found but an empty mask", self.empty_mask)):
             if names:
-                out.append(f"{len(names)} pairs with {flag}: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}")
+                more = " ..." if len(names) > 10 else ""
+                out.append(f"{len(names)} pairs with {flag}: {', '.join(names[:10])}{more}")
         return out
 
 
