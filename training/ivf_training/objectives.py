@@ -346,7 +346,8 @@ class GuidedFusionObjective(Objective[TeSGLossConfig]):
                         mask: torch.Tensor | None = None, guided: torch.Tensor | None = None,
                         text_tokens: torch.Tensor | None = None) -> tuple[FusionSegOutput | None, Terms]:
         h, w = rgb.shape[-2:]
-        padded_mask = None if mask is None else pad_to_multiple(mask, multiple)
+        # padding is background, as the engine pads guidance (Guidance.padded): no object there
+        padded_mask = None if mask is None else F.pad(mask, (0, (-w) % multiple, 0, (-h) % multiple))
         out = self.forward(model, pad_to_multiple(rgb, multiple), pad_to_multiple(thermal, multiple), autocast,
                            padded_mask, guided, text_tokens)
         out = FusionSegOutput(fused=out.fused[..., :h, :w].float(),

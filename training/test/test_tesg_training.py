@@ -308,3 +308,22 @@ def test_recipe_without_cache_folder_names_it(tmp_path: Path, monkeypatch: pytes
                                                    f"data.val_folders=[{root}]"])
     with pytest.raises(ConfigError, match="loss.guidance_cache: .*msrs_tesg_guidance.*not a guidance cache"):
         build_datasets(cfg)
+
+
+def test_validation_pads_the_mask_with_the_images() -> None:
+    torch.manual_seed(0)
+    model = build_model("test_tesg", num_classes=3).eval()  # segmenting: inputs padded to a multiple of 8
+    rgb, thermal = torch.rand(1, 3, 60, 60), torch.rand(1, 1, 60, 60)
+    mask = torch.zeros(1, 1, 60, 60)
+    mask[..., 40:60, 20:60] = 1.0  # touches the bottom/right border: the padding must stay background
+    text = torch.randn(1, 6, 16)
+    with torch.no_grad():
+        out, terms = GuidedFusionObjective().validation_step(
+            model, TeSGLoss(), rgb, thermal, None, _no_autocast, 8, 0, mask=mask,
+            guided=torch.tensor([GUIDANCE_CACHE]), text_tokens=text)
+        padded = Guidance(mask=torch.nn.functional.pad(mask, (0, 4, 0, 4)), text_tokens=text)
+        reference = model(torch.nn.functional.pad(rgb, (0, 4, 0, 4), mode="replicate"),
+                          torch.nn.functional.pad(thermal, (0, 4, 0, 4), mode="replicate"), guidance=padded)
+    assert out is not None and out.fused.shape == (1, 3, 60, 60) and out.logits.shape == (1, 3, 60, 60)
+    assert torch.allclose(out.fused, reference.fused[..., :60, :60])
+    assert torch.isfinite(terms["total"])
