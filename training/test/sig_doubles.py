@@ -2,7 +2,7 @@
 
 Test doubles, named as such: transformers and diffusers are not installed here and no BLIP or SD
 weights can be fetched, so these small torch modules implement the *call interfaces* the
-generator uses (``vae.encode(x).latent_dist.sample(generator)``, ``unet(x, t,
+generator uses (``vae.encode(x).latent_dist`` with ``mean`` and ``std``, ``unet(x, t,
 encoder_hidden_states=e).sample``, ``text_encoder(ids)[0]``, ``tokenizer(texts, padding=...,
 max_length=..., truncation=..., return_tensors="pt").input_ids``, DDIM's ``set_timesteps`` /
 ``timesteps`` / ``add_noise`` / ``scale_model_input``, BLIP's ``processor(...)`` /
@@ -55,10 +55,6 @@ class TinyTextEncoder(nn.Module):
 class _Gaussian:
     def __init__(self, mean: torch.Tensor, logvar: torch.Tensor) -> None:
         self.mean, self.std = mean, (0.5 * logvar).exp()
-
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
-        return self.mean + self.std * noise
 
 
 class TinyVAE(nn.Module):

@@ -4,14 +4,16 @@ Written as our own functions over the diffusers call interfaces, so the rule can
 a fake noise predictor and tiny random modules, and checked against
 ``StableDiffusionDiffEditPipeline.generate_mask`` where the real models exist (a GPU machine):
 
-* ``vae.encode(x).latent_dist.sample(generator)`` and ``vae.config.scaling_factor``;
+* ``vae.encode(x).latent_dist`` (its ``mean`` and ``std``) and ``vae.config.scaling_factor``;
 * ``unet(latents, t, encoder_hidden_states=emb).sample``;
 * ``scheduler.set_timesteps(n)``, ``scheduler.timesteps``, ``scheduler.add_noise(x, noise, t)``,
   ``scheduler.scale_model_input(x, t)`` (a DDIM scheduler).
 
 What ``generate_mask`` computes, and we compute the same way (spec §2.1):
 
-1. ``z0 = s_vae · VAE(2I − 1)`` (a sample of the latent distribution);
+1. ``z0^k = s_vae · (μ + σ·η^k)``, one sample of the VAE's latent distribution per noise map
+   (diffusers encodes the image repeated ``num_maps`` times and samples once; we encode once and
+   draw the same random numbers in the same order);
 2. the DDIM schedule of ``num_inference_steps`` steps; ``t*`` = its first step kept at
    ``mask_encode_strength`` (50 steps at 0.5: index 25);
 3. ``n = num_maps_per_mask`` noisy latents ``z_t^k = add_noise(z0, ε^k, t*)``;
@@ -88,12 +90,16 @@ def guidance_map(vae: Any, unet: Any, scheduler: Any, image: torch.Tensor, sourc
     for name, emb in (("source", source), ("target", target), ("uncond", uncond)):
         check_shape(emb, "1 L D", name=f"{name} text tokens", L=source.shape[1], D=source.shape[2])
     dtype = next(unet.parameters()).dtype
-    latents = vae.encode((2 * image - 1).to(dtype)).latent_dist.sample(generator=generator)
+    dist = vae.encode((2 * image - 1).to(dtype)).latent_dist
+    shape = (num_maps, *dist.mean.shape[1:])
+    # one latent sample per noise map, drawn as diffusers draws them for the image repeated
+    # num_maps times (mean + std·ε, one ε tensor), but with a single VAE pass; then the noise
+    latents = dist.mean + dist.std * torch.randn(shape, generator=generator, device=dist.mean.device,
+                                                 dtype=dist.mean.dtype)
     latents = latents * vae.config.scaling_factor
     t = encode_timestep(scheduler, num_inference_steps, strength)
-    noise = torch.randn((num_maps, *latents.shape[1:]), generator=generator, device=latents.device,
-                        dtype=latents.dtype)
-    noisy = scheduler.add_noise(latents.expand(num_maps, -1, -1, -1), noise, t)
+    noise = torch.randn(shape, generator=generator, device=latents.device, dtype=latents.dtype)
+    noisy = scheduler.add_noise(latents, noise, t)
     use_cfg = guidance_scale > 1.0
     texts = (uncond, source, target) if use_cfg else (source, target)
     model_in = scheduler.scale_model_input(torch.cat([noisy] * len(texts)), t)
