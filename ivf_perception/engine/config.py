@@ -31,6 +31,7 @@ __all__ = [
     "PIPELINE_PARAMETERS",
     "PIPELINE_SPECS",
     "PRECISION_NAMES",
+    "GUIDANCE_MODE_NAMES",
     "SCAN_BACKENDS",
     "INFERENCE_BACKENDS",
     "PipelineConfig",

@@ -200,7 +200,8 @@ class _Replay:
             self.engine.reset_agc()
             self.agc_resets = stream.log.resets
         try:
-            results = self.engine.infer_batch([p.frame.rgb for p in batch], [p.frame.thermal for p in batch])
+            results = self.engine.infer_batch([p.frame.rgb for p in batch], [p.frame.thermal for p in batch],
+                                              stamps_s=[p.pair.rgb_stamp_ns / 1e9 for p in batch])
         except ValueError as exc:  # InputError, ShapeError: this batch's images, not the replay, are at fault
             for p in batch:
                 self.skip(p.pair, f"engine refused the input: {exc}")
@@ -217,7 +218,8 @@ class _Replay:
                 engine_info=self.engine_info, class_names=self.class_names, labels=result.labels,
                 timings_ms=timings, pairing=stream.pairer.stats,
                 end_to_end_ms=(time.perf_counter() - p.released) * 1e3, processed=self.processed + 1,
-                failed=len(self.skipped), resets=stream.log.resets)
+                failed=len(self.skipped), resets=stream.log.resets,
+                guidance_source=result.guidance.source, guidance_age_s=result.guidance.age_s)
             # one frame's messages, its count and its metrics go in together or not at all (Ctrl-C)
             with interrupts_deferred():
                 writer.write_frame(p.pair, result.fused, result.labels, overlay, stats)
