@@ -38,3 +38,24 @@ def test_replay_reads_the_guidance_cache_and_reports_each_frame(mcap_bag, tmp_pa
     sources = {header_stamp_ns(s): (s.guidance_source, s.guidance_age_s) for s in stats}
     assert sources == {s: (("cache", 0.0) if s in cached else ("fallback", -1.0)) for s in stamps}
     assert 0 < len(cached) < FRAMES
+
+
+def test_compare_runs_tesg_fallback_against_cached_guidance(mcap_bag, tmp_path):
+    from ivf_perception.cli.compare import main as compare_main
+
+    with BagReader(mcap_bag) as reader:
+        rgbs = [decode_rgb(m.msg) for m in reader.messages(["/camera/rgb/image"])]
+        thermals = [decode_thermal(m.msg) for m in reader.messages(["/camera/thermal/image"])]
+    cache = GuidanceCache(tmp_path / "guidance", {"generator": "test"})
+    for rgb, thermal in zip(rgbs, thermals):
+        cache.write(rgb, thermal, mask=torch.ones(rgb.shape[:2]), text_tokens=torch.randn(6, 16))
+    out = tmp_path / "cmp"
+    code = compare_main([str(mcap_bag), "--out", str(out), "--a-variant", "test_tesg", "--a-weights", "none",
+                         "--b-variant", "test_tesg", "--b-weights", "none",
+                         "--b-guidance-mode", "cache", "--b-guidance-cache", str(tmp_path / "guidance"),
+                         "--device", "cpu", "--threads", "1", "--no-progress", "--max-frames", "3"])
+    assert code == 0
+    for name, expected in (("a", "fallback"), ("b", "cache")):
+        with BagReader(out / name / "bag") as reader:
+            topic = next(t for t in reader.topics if t.endswith("stats"))
+            assert {m.msg.guidance_source for m in reader.messages([topic])} == {expected}, name
