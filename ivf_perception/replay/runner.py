@@ -146,6 +146,7 @@ class _Replay:
                                      night_threshold=options.night_threshold, homography=engine.homography)
         self.thumbs = ThumbnailKeeper(options.thumbnails)
         self.skipped: list[dict[str, Any]] = []
+        self.guidance_frames: dict[str, int] = {}  # frames per guidance source (guided models)
         self.processed = 0
         self.agc_resets = 0  # pairing resets (bag loops, time jumps) already passed on to the AGC
         self.warmup_s: float | None = None
@@ -227,6 +228,8 @@ class _Replay:
                     self.write_pngs(p.pair.name, result.fused, result.labels, overlay)
                 timings["write"] = (time.perf_counter() - start) * 1e3
                 self.processed += 1
+                source = result.guidance.source
+                self.guidance_frames[source] = self.guidance_frames.get(source, 0) + 1
                 brightness = mean_luma(result.rgb)
                 frame_result = FrameResult(
                     index=p.pair.index, name=p.pair.name, rgb_stamp_ns=p.pair.rgb_stamp_ns,
@@ -308,5 +311,6 @@ def _summary(options: ReplayOptions, state: _Replay, stream: FrameStream, writer
         "software": software_versions(),
         "pairing": {**stream.log.as_dict(), "skew_ms": _skew_stats(stream.log.skews_ns)},
         "skipped_frames": state.skipped,
+        "guidance_frames": dict(sorted(state.guidance_frames.items())),
         **state.metrics.summary(wall_s),
     }

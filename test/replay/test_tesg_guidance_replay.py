@@ -32,6 +32,9 @@ def test_replay_reads_the_guidance_cache_and_reports_each_frame(mcap_bag, tmp_pa
                         "--guidance-cache", str(tmp_path / "guidance")]) == 0
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["frames"] == FRAMES
+    assert summary["guidance_frames"] == {"cache": len(cached), "fallback": FRAMES - len(cached)}
+    report = (out / "report.md").read_text()
+    assert f"cache: {len(cached)} frames cache, {FRAMES - len(cached)} frames fallback" in report
     with BagReader(out / "bag") as reader:
         topic = next(t for t in reader.topics if t.endswith("stats"))
         stats = [m.msg for m in reader.messages([topic])]
