@@ -184,6 +184,7 @@ class Engine:
         self.backend: InferenceBackend = create_backend(backend, BackendContext(
             self.model, self.device, precision, self.weights_path, dict(backend_options or {})))
         self.guidance = guidance or FallbackGuidanceProvider()
+        self._warming = False
         self.uses_guidance = bool(getattr(self.model, "accepts_guidance", False)) and self.backend.accepts_guidance
         if self.guidance.mode != "fallback" and not self.uses_guidance:
             self.guidance.close()
@@ -382,6 +383,12 @@ class Engine:
         fallback for the whole batch unless every pair has compatible guidance."""
         if not self.uses_guidance:
             return None, [NOT_GUIDED] * len(rgbs)
+        if self._warming:
+            tokens = getattr(self.model, "fallback_text", None)
+            if isinstance(tokens, torch.Tensor):
+                empty = Guidance(mask=torch.zeros_like(padded[:, :1]),
+                                 text_tokens=torch.zeros(len(rgbs), *tokens.shape, device=self.device))
+                return empty, [GuidanceStatus("fallback", reason="warm-up")] * len(rgbs)
         stamps = list(stamps_s) if stamps_s is not None else [0.0] * len(rgbs)
         pairs = [self.guidance.guidance_for(r, t, float(s)) for r, t, s in zip(rgbs, thermals, stamps)]
         given = [g for g, _ in pairs if g is not None]
@@ -432,11 +439,20 @@ class Engine:
                 "size, or a larger/dynamic ONNX file)")
 
     def warmup(self, height: int = 240, width: int = 320, iterations: int = 1) -> None:
-        """Run dummy frames so the first real frame does not pay for allocation/autotuning."""
+        """Run dummy frames so the first real frame does not pay for allocation/autotuning.
+
+        With a guidance provider other than ``fallback`` the dummy frames run the guided path with
+        empty guidance of the stored text's shape, without asking the provider (a cache would count
+        them as missing, an async worker would spend a generator run on a black frame).
+        """
         rgb = np.zeros((height, width, 3), np.uint8)
         th = np.zeros((height, width), np.uint8)
-        for _ in range(iterations):
-            self.infer(rgb, th)
+        self._warming = self.uses_guidance and self.guidance.mode != "fallback"
+        try:
+            for _ in range(iterations):
+                self.infer(rgb, th)
+        finally:
+            self._warming = False
 
     def release(self) -> None:
         """Free the backend, the model and cached GPU memory (lifecycle deactivate/cleanup)."""

@@ -175,3 +175,19 @@ def test_from_config_builds_the_configured_provider(tmp_path: Path) -> None:
                                          "guidance_mode": "cache", "guidance_cache": str(tmp_path)})
     engine = Engine.from_config(config)
     assert engine.guidance.mode == "cache" and engine.infer(rgb, thermal).guidance.source == "cache"
+
+
+def test_warmup_runs_the_guided_path_without_asking_the_provider(tmp_path: Path) -> None:
+    GuidanceCache(tmp_path, SETTINGS)._write_index()
+    provider = CacheGuidanceProvider(tmp_path)
+    engine = _engine(guidance=provider)
+    seen = _capture(engine)
+    engine.warmup(16, 24)
+    assert provider.missing == 0 and seen[-1]["guidance"] is not None
+    assert seen[-1]["guidance"].mask.shape == (1, 1, 16, 24) and seen[-1]["guidance"].text_tokens.shape == (1, 6, 16)
+    calls: list[float] = []
+    async_provider = AsyncGuidanceProvider(_constant_guidance(calls))
+    warmed = _engine(guidance=async_provider)
+    warmed.warmup(16, 24)
+    assert calls == [] and async_provider._thread is None
+    warmed.release()
