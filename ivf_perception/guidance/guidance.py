@@ -79,7 +79,7 @@ class Guidance:
                                 f"got shape {tuple(self.text_tokens.shape)}")
         if self.mask.device != self.text_tokens.device:
             raise GuidanceError(f"guidance mask is on {self.mask.device} but text_tokens on {self.text_tokens.device}")
-        if checks_enabled() and self.mask.numel():
+        if checks_enabled() and self.mask.numel() and not self.mask.is_meta:  # meta: cost counting
             low, high = float(self.mask.min()), float(self.mask.max())
             if not (low >= 0.0 and high <= 1.0):  # also refuses NaN
                 raise GuidanceError(f"guidance mask values must lie in [0, 1], got [{low}, {high}]")

@@ -296,3 +296,14 @@ def test_paper_parameter_count() -> None:
     """Fusion network of the reconstruction: the spec's sketch measured 0.77 M (§2.7)."""
     model = build_model("tesg", preset="paper", num_classes=0, device="meta")
     assert sum(p.numel() for p in model.parameters()) == 767_809
+
+
+def test_paper_cost_with_and_without_guidance() -> None:
+    """Fusion network at 480×640: the spec's sketch measured ≈ 377 GMAC guided (§2.7); the
+    fallback runs each encoder once and two of the four cross-attentions, about half."""
+    from ivf_perception.engine.profiling import count_gmacs
+
+    model = build_model("tesg", preset="paper", num_classes=0, device="meta")
+    guided = count_gmacs(model, 480, 640, device="meta", guided=True)
+    assert guided == pytest.approx(377.27, abs=0.01)
+    assert count_gmacs(model, 480, 640, device="meta") == pytest.approx(178.83, abs=0.01)
