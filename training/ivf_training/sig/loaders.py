@@ -8,11 +8,12 @@ downloaded elsewhere works as is), read with ``local_files_only=True``, weights 
 
 Files checked before any import, so a missing one is named with the folder it belongs in:
 
-* BLIP folder: ``config.json``, ``preprocessor_config.json``, ``model.safetensors`` (or
-  ``model.safetensors.index.json``), ``vocab.txt``, ``tokenizer_config.json``;
+* BLIP folder: ``config.json``, ``preprocessor_config.json`` (or ``processor_config.json``),
+  ``model.safetensors`` (or ``model.safetensors.index.json``), ``vocab.txt`` (or
+  ``tokenizer.json``), ``tokenizer_config.json``;
 * SD folder: ``vae/``, ``unet/`` (``config.json``, ``diffusion_pytorch_model.safetensors``),
-  ``text_encoder/`` (``config.json``, ``model.safetensors``), ``tokenizer/`` (``vocab.json``,
-  ``merges.txt``, ``tokenizer_config.json``), ``scheduler/scheduler_config.json``.
+  ``text_encoder/`` (``config.json``, ``model.safetensors``), ``tokenizer/`` (``vocab.json`` and
+  ``merges.txt``, or ``tokenizer.json``; ``tokenizer_config.json``), ``scheduler/scheduler_config.json``.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ __all__ = ["SIGModelError", "BLIP_FILES", "SD_FILES", "missing_model_files", "lo
 INSTALL_HINT = "pip install 'ivf-perception-training[tesg-sig]' (installs transformers and diffusers)"
 
 BLIP_FILES: tuple[tuple[str, ...], ...] = (
-    ("config.json",), ("preprocessor_config.json",), ("model.safetensors", "model.safetensors.index.json"),
-    ("vocab.txt",), ("tokenizer_config.json",),
+    # hub snapshots carry preprocessor_config.json + vocab.txt; transformers 5's save_pretrained
+    # writes processor_config.json + tokenizer.json
+    ("config.json",), ("preprocessor_config.json", "processor_config.json"),
+    ("model.safetensors", "model.safetensors.index.json"), ("vocab.txt", "tokenizer.json"), ("tokenizer_config.json",),
 )
 """Files of a BLIP folder; each entry lists alternatives (one of them must exist)."""
 
@@ -45,7 +48,8 @@ SD_FILES: tuple[tuple[str, ...], ...] = (
     ("unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.safetensors.index.json"),
     ("text_encoder/config.json",),
     ("text_encoder/model.safetensors", "text_encoder/model.safetensors.index.json"),
-    ("tokenizer/vocab.json",), ("tokenizer/merges.txt",), ("tokenizer/tokenizer_config.json",),
+    ("tokenizer/vocab.json", "tokenizer/tokenizer.json"), ("tokenizer/merges.txt", "tokenizer/tokenizer.json"),
+    ("tokenizer/tokenizer_config.json",),
     ("scheduler/scheduler_config.json",),
 )
 """Files of a Stable Diffusion folder (diffusers layout)."""
