@@ -142,10 +142,10 @@ class FixedCaptioner:
         return self.caption
 
 
-def tiny_components(seed: int = 0, caption: str | None = None) -> SIGComponents:
+def tiny_components(seed: int = 0, caption: str | None = None, text_dim: int = 12) -> SIGComponents:
     """Seeded tiny components; ``caption`` replaces the tiny BLIP with a fixed caption."""
     torch.manual_seed(seed)
     captioner = (FixedCaptioner(caption) if caption is not None
                  else BlipCaptioner(TinyBlip(), TinyBlipProcessor(), "a photograph of", 4))
-    return SIGComponents(captioner=captioner, tokenizer=WordTokenizer(), text_encoder=TinyTextEncoder(),
-                         vae=TinyVAE(), unet=TinyUNet(), scheduler=TinyDDIM())
+    return SIGComponents(captioner=captioner, tokenizer=WordTokenizer(), text_encoder=TinyTextEncoder(text_dim),
+                         vae=TinyVAE(), unet=TinyUNet(text_dim), scheduler=TinyDDIM())

@@ -327,3 +327,23 @@ def test_validation_pads_the_mask_with_the_images() -> None:
     assert out is not None and out.fused.shape == (1, 3, 60, 60) and out.logits.shape == (1, 3, 60, 60)
     assert torch.allclose(out.fused, reference.fused[..., :60, :60])
     assert torch.isfinite(terms["total"])
+
+
+def test_bag_guidance_is_found_by_replay(tmp_path: Path) -> None:
+    """``tesg-guidance --bag`` keys entries as replay decodes frames: a strict cache replay of the
+    same bag runs every frame guided."""
+    import json
+
+    from ivf_perception.cli.replay import main as replay_main
+    from ivf_perception.scenes import SceneConfig, write_scene_bag
+    from ivf_training.tesg_guidance import bag_pairs
+
+    bag = write_scene_bag(tmp_path / "bag", 3, SceneConfig(height=64, width=96, seed=3), storage="mcap")
+    sig = SemanticInformationGenerator(tiny_components(caption="a car", text_dim=16), SMALL)
+    summary = write_guidance(sig, GuidanceCache(tmp_path / "cache", SMALL.to_dict()), bag_pairs(bag))
+    assert summary.written == 3
+    out = tmp_path / "out"
+    assert replay_main([str(bag), "--out", str(out), "--variant", "test_tesg", "--weights", "none", "--device",
+                        "cpu", "--threads", "1", "--no-progress", "--guidance-mode", "cache",
+                        "--guidance-cache", str(tmp_path / "cache")]) == 0
+    assert json.loads((out / "metrics.json").read_text())["guidance_frames"] == {"cache": 3}
