@@ -32,7 +32,7 @@ from ivf_training.datasets.guidance import (
     CachedGuidance,
     with_guidance,
 )
-from ivf_training.objectives import GuidedFusionObjective
+from ivf_training.objectives import GuidedFusionObjective, GuidedPath
 from ivf_training.sig import SemanticInformationGenerator, SIGSettings
 from ivf_training.tesg_guidance import dataset_pairs, write_guidance
 from ivf_training.tesg_losses import TeSGLoss, tesg_color, tesg_gradient, tesg_intensity, tesg_ssim
@@ -238,8 +238,7 @@ def _batch() -> dict[str, torch.Tensor]:
 
 def test_objective_routes_each_sample_to_its_guidance() -> None:
     model, b = RecordingModel(), _batch()
-    out = GuidedFusionObjective().forward(model, b["rgb"], b["thermal"], _no_autocast, b["mask"], b["guided"],
-                                          b["text_tokens"])
+    out = GuidedPath(model)(b["rgb"], b["thermal"], b["mask"], b["guided"], b["text_tokens"])
     assert torch.equal(out.fused, b["rgb"])  # outputs back in batch order
     guided, fallback = model.calls
     assert fallback is None
@@ -252,12 +251,12 @@ def test_guidance_dropout_runs_the_whole_batch_with_the_fallback() -> None:
     model, b = RecordingModel(), _batch()
     loss = TeSGLoss()
     torch.manual_seed(0)
-    GuidedFusionObjective(guidance_dropout=1.0).train_step(model, loss, b["rgb"], b["thermal"],
+    GuidedFusionObjective(guidance_dropout=1.0).train_step(GuidedPath(model), loss, b["rgb"], b["thermal"],
                                                            torch.full((4, 64, 64), 255), _no_autocast,
                                                            mask=b["mask"], guided=b["guided"],
                                                            text_tokens=b["text_tokens"])
     assert model.calls == [None]
-    GuidedFusionObjective(guidance_dropout=0.0).train_step(model, loss, b["rgb"], b["thermal"],
+    GuidedFusionObjective(guidance_dropout=0.0).train_step(GuidedPath(model), loss, b["rgb"], b["thermal"],
                                                            torch.full((4, 64, 64), 255), _no_autocast,
                                                            mask=b["mask"], guided=b["guided"],
                                                            text_tokens=b["text_tokens"])
@@ -277,7 +276,7 @@ def test_real_tesg_trains_a_mixed_batch() -> None:
     model = build_model("test_tesg", num_classes=0)
     b = _batch()
     b["text_tokens"] = torch.randn(4, 6, 16)
-    loss, terms = GuidedFusionObjective().train_step(model, TeSGLoss(), b["rgb"], b["thermal"],
+    loss, terms = GuidedFusionObjective().train_step(GuidedPath(model), TeSGLoss(), b["rgb"], b["thermal"],
                                                      torch.full((4, 64, 64), 255), _no_autocast, mask=b["mask"],
                                                      guided=b["guided"], text_tokens=b["text_tokens"])
     loss.backward()
