@@ -346,3 +346,32 @@ def test_bag_guidance_is_found_by_replay(tmp_path: Path) -> None:
                         "cpu", "--threads", "1", "--no-progress", "--guidance-mode", "cache",
                         "--guidance-cache", str(tmp_path / "cache")]) == 0
     assert json.loads((out / "metrics.json").read_text())["guidance_frames"] == {"cache": 3}
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_train_mixed_guided_batches(tmp_path: Path) -> None:
+    """Under torchrun each step is one forward of GuidedPath through DDP, also when a rank's share
+    mixes object-mask and fallback samples or drops its guidance."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from ivf_training.config import config_to_dict
+
+    pairs = _folder(tmp_path / "pairs", 4, 64, 64)
+    cfg = load_config(RECIPES / "tesg_generated_check.yaml", [
+        "model.variant=test_tesg", "model.preset=test", "model.overrides={}", "data.generated.train_count=4",
+        "data.generated.scene={height: 64, width: 64}", f"data.train_real=[{pairs}]", "data.real_repeat=1",
+        "data.real_short_side=null", "data.val_real=[]", "max_steps=3", "batch_size=4", "crop=48",
+        "loss.guidance_dropout=0.3", "val_every=0", "ckpt_every=0", "log_every=1", "progress=false",
+        "tensorboard=false", "best_metric=loss/total", "best_mode=min", f"out_dir={tmp_path / 'runs'}", "name=ddp"])
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(config_to_dict(cfg)))
+    entry = Path(__file__).resolve().parent / "ddp_entry.py"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                           str(entry), "run", str(recipe)], cwd=RECIPES.parents[1],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "finished at step 3" in done.stdout
