@@ -55,10 +55,12 @@ def add_guidance_arguments(group: argparse._ActionsContainer) -> None:
     group.add_argument("--guidance-mode", default=None, choices=list(GUIDANCE_MODE_NAMES),
                        help="per-frame guidance of guided models (tesg): fallback (default), cache (the entries "
                             "`ivf-train tesg-guidance` wrote for these images; frames without one run the "
-                            "fallback and are counted), async (guidance_function of a params file)")
+                            "fallback and are counted), async (--guidance-function at its own rate)")
     group.add_argument("--guidance-cache", default=None, help="guidance cache folder (--guidance-mode cache)")
     group.add_argument("--guidance-max-age", dest="guidance_max_age_s", type=float, default=None,
                        help="async guidance: oldest usable guidance, seconds (default 1.0)")
+    group.add_argument("--guidance-function", default=None, metavar="MODULE:FACTORY",
+                       help="async guidance: factory() returns f(rgb, thermal) -> ivf_perception.guidance.Guidance")
 
 
 def add_threads_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -83,7 +85,7 @@ def add_backend_arguments(group: argparse._ActionsContainer) -> None:
 
 
 _BACKEND_OPTIONS = ("backend", "backend_cache_dir", "force_rebuild", "scan_backend",
-                    "guidance_mode", "guidance_cache", "guidance_max_age_s")
+                    "guidance_mode", "guidance_cache", "guidance_max_age_s", "guidance_function")
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:

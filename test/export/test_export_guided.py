@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from ivf_perception.cli.export_onnx import main
+from ivf_perception.engine import Engine, WeightsError
 from ivf_perception.engine.weights import WeightsInfo, build_model_from_weights, save_weights
 from ivf_perception.export import OnnxExportError, export_onnx, read_onnx_metadata
 from ivf_perception.guidance import Guidance
@@ -45,6 +46,8 @@ def test_guided_export_takes_mask_and_text_tokens(tmp_path: Path) -> None:
         assert np.abs(fused - expected.fused.numpy()).max() <= 1e-4
         assert np.abs(logits - expected.logits.numpy()).max() <= 1e-3
         assert np.abs(fused - fallback.fused.numpy()).max() > 1e-4  # the graph is the guided one
+    with pytest.raises(WeightsError, match="is a guided export"):
+        Engine("auto", weights=path, device="cpu", backend="onnxruntime")
 
 
 def test_guidance_export_of_an_unguided_model_is_refused(tmp_path: Path) -> None:

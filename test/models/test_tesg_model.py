@@ -175,7 +175,8 @@ def test_tivr_attention_sums_to_one_and_matches_the_reference() -> None:
         weights = tivr.attention_weights(x, tokens)
         assert weights.shape == (2, 4, 30, 9)
         torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4, 30))
-        _, _, v = tivr._qkv(x, tokens)
+        q, k, v = tivr._qkv(x, tokens)
+        torch.testing.assert_close(weights @ v, torch.nn.functional.scaled_dot_product_attention(q, k, v))
         ref = (weights @ v).transpose(-2, -1).reshape(2, 16, 5, 6)
         torch.testing.assert_close(tivr(x, tokens), x + tivr.project_out(ref), rtol=1e-5, atol=1e-5)
 

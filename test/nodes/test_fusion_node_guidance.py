@@ -116,6 +116,8 @@ def test_cache_mode_guides_cached_frames_and_reports_the_rest(make_node, tesg_we
     assert node._processed == 2 and node._failed == 0
     assert [(s.guidance_source, s.guidance_age_s) for s in stats] == [("cache", 0.0), ("fallback", -1.0)]
     assert len(published) == 2
+    if "guidance_source" in type(published[0]).get_fields_and_field_types():  # an interface package built from
+        assert [(m.guidance_source, m.guidance_age_s) for m in published] == [("cache", 0.0), ("fallback", -1.0)]
     counters = node._snapshot().counters
     assert counters["guidance cache frames"] == 1 and counters["guidance fallback frames"] == 1
     assert counters["guidance mode"] == "cache" and counters["guidance source"] == "fallback"
@@ -152,6 +154,38 @@ def test_unguided_models_report_none_and_have_no_guidance_diagnostics(make_node,
     node._process(_pair(1_000_000_000))
     assert [s.guidance_source for s in stats] == ["none"]
     assert not any(k.startswith("guidance") for k in node._snapshot().counters)
+
+
+def make_constant_guidance():
+    """A ``guidance_function`` factory (``module:factory``) for the async test: all-foreground
+    masks and fixed tokens, standing in for the generator (which needs BLIP/SD weights)."""
+    from ivf_perception.guidance import Guidance
+
+    def guidance(rgb: np.ndarray, thermal: np.ndarray) -> Guidance:
+        return Guidance(mask=torch.ones(1, 1, *rgb.shape[:2]), text_tokens=torch.ones(1, 6, 16), source="sig")
+
+    return guidance
+
+
+def test_async_mode_uses_the_worker_result_while_young(make_node, tesg_weights, monkeypatch) -> None:
+    node = make_node(weights=str(tesg_weights), guidance_mode="async", guidance_max_age_s=1.0,
+                     guidance_function="test_fusion_node_guidance:make_constant_guidance")
+    assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
+    stats = _record_stats(monkeypatch)
+    _listen_to_stats(node)
+    provider = node._engine.guidance
+    node._process(_pair(1_000_000_000))
+    assert provider.wait_idle()
+    node._process(_pair(1_500_000_000))
+    assert provider.wait_idle()
+    node._process(_pair(3_000_000_000))
+    assert [(s.guidance_source, s.guidance_age_s) for s in stats] == [("fallback", -1.0), ("async", 0.5),
+                                                                      ("fallback", -1.0)]
+    counters = node._snapshot().counters
+    assert counters["guidance async frames"] == 1 and counters["guidance fallback frames"] == 2
+    assert "1.500 s old" in counters["guidance fallback reason"]
+    assert node.trigger_deactivate() == SUCCESS and node.trigger_cleanup() == SUCCESS
+    assert not provider._thread.is_alive()      # cleanup releases the engine, which stops the worker
 
 
 @pytest.mark.parametrize(("overrides", "reason"), [
