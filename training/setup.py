@@ -23,6 +23,8 @@ setup(
         "test": ["pytest"],
         "tensorboard": ["tensorboard"],  # optional: training logs to log.jsonl without it
         "onnx": ["onnx", "onnxscript", "onnxruntime"],  # ivf-train export --onnx
+        # ivf-train tesg-guidance: TeSG's Semantic Information Generator (BLIP + Stable Diffusion)
+        "tesg-sig": ["transformers", "diffusers"],
     },
     entry_points={"console_scripts": ["ivf-train = ivf_training.cli:main"]},
 )

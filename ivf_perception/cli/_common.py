@@ -14,6 +14,7 @@ from typing import Any
 
 from ivf_perception.engine import Engine
 from ivf_perception.engine.config import (
+    GUIDANCE_MODE_NAMES,
     INFERENCE_BACKENDS,
     PRECISION_NAMES,
     SCAN_BACKENDS,
@@ -46,6 +47,20 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     add_backend_arguments(g)
     g.add_argument("--batch-size", type=int, default=1, help="pairs per inference call")
     add_threads_argument(g)
+    add_guidance_arguments(g)
+
+
+def add_guidance_arguments(group: argparse._ActionsContainer) -> None:
+    """``--guidance-mode`` / ``--guidance-cache`` / ``--guidance-max-age`` of guided models (tesg)."""
+    group.add_argument("--guidance-mode", default=None, choices=list(GUIDANCE_MODE_NAMES),
+                       help="per-frame guidance of guided models (tesg): fallback (default), cache (the entries "
+                            "`ivf-train tesg-guidance` wrote for these images; frames without one run the "
+                            "fallback and are counted), async (--guidance-function at its own rate)")
+    group.add_argument("--guidance-cache", default=None, help="guidance cache folder (--guidance-mode cache)")
+    group.add_argument("--guidance-max-age", dest="guidance_max_age_s", type=float, default=None,
+                       help="async guidance: oldest usable guidance, seconds (default 1.0)")
+    group.add_argument("--guidance-function", default=None, metavar="MODULE:FACTORY",
+                       help="async guidance: factory() returns f(rgb, thermal) -> ivf_perception.guidance.Guidance")
 
 
 def add_threads_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
@@ -69,7 +84,8 @@ def add_backend_arguments(group: argparse._ActionsContainer) -> None:
                        help="selective-scan implementation of the SSM families (default auto)")
 
 
-_BACKEND_OPTIONS = ("backend", "backend_cache_dir", "force_rebuild", "scan_backend")
+_BACKEND_OPTIONS = ("backend", "backend_cache_dir", "force_rebuild", "scan_backend",
+                    "guidance_mode", "guidance_cache", "guidance_max_age_s", "guidance_function")
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:

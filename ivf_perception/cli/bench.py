@@ -223,10 +223,16 @@ def run_benchmarks(args: argparse.Namespace) -> dict[str, Any]:
                 params = count_parameters(meta_model)
                 gmacs = count_gmacs(meta_model, 480, 640, device="meta")
                 scans = "scan_backend" in inspect.signature(type(meta_model).__init__).parameters
+                guided = bool(getattr(meta_model, "accepts_guidance", False))
+                guided_gmacs = count_gmacs(meta_model, 480, 640, device="meta", guided=True) if guided else None
+                guided_where = {"where": "fallback (no guidance)"} if guided else {}
                 del meta_model
                 if preset in args.params_only:
-                    rows.append(_row(variant, preset, params, gmacs))
+                    rows.append(_row(variant, preset, params, gmacs, **guided_where))
                     print(_row_line(rows[-1]), flush=True)
+                    if guided_gmacs is not None:  # a guided model: its cost with guidance too
+                        rows.append(_row(variant, preset, params, guided_gmacs, where="guided (mask + text)"))
+                        print(_row_line(rows[-1]), flush=True)
                     continue
                 for device in _devices(args.device):
                     torch.manual_seed(0)

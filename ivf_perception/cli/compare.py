@@ -11,7 +11,8 @@ output), then writes ``DIR/compare.md``, ``DIR/compare.html`` and ``DIR/compare.
 metric (mIoU, per-class IoU, fusion metrics overall/day/night, latency, throughput) for A and B
 with the difference and the better side. Weights default as for ``replay``: ``default`` (the
 bundled weights) for s4fusion; another variant needs a weights file, or ``none`` to opt in to
-random initialisation.
+random initialisation. ``--{a,b}-guidance-mode``/``--{a,b}-guidance-cache`` give a guided model
+(tesg) its guidance per side, e.g. the same TeSG weights with ``fallback`` against ``cache``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from ivf_perception.cli._common import (
 )
 from ivf_perception.cli.replay import add_bag_arguments, node_params_from_args, weights_label
 from ivf_perception.engine import Engine
+from ivf_perception.engine.config import GUIDANCE_MODE_NAMES
 from ivf_perception.replay.compare import run_compare
 from ivf_perception.replay.metrics import NIGHT_LUMA_THRESHOLD
 from ivf_perception.replay.runner import ReplayOptions
@@ -49,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument(f"--{side}-weights", default=None, help="weights .safetensors, 'default' or 'none'")
         g.add_argument(f"--{side}-preset", default=None, help="size preset when no weights are used")
         g.add_argument(f"--{side}-backend", default=None, help="inference backend of this side (default: --backend)")
+        g.add_argument(f"--{side}-guidance-mode", default=None, choices=list(GUIDANCE_MODE_NAMES),
+                       help="guided models (tesg): fallback (default), cache or async guidance of this side")
+        g.add_argument(f"--{side}-guidance-cache", default=None, help="guidance cache folder of this side")
     g = p.add_argument_group("both engines")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
@@ -68,7 +73,9 @@ def _side(args: argparse.Namespace, side: str) -> argparse.Namespace:
                               preset=getattr(args, f"{side}_preset"), device=args.device, precision=args.precision,
                               threads=args.threads, backend=getattr(args, f"{side}_backend") or args.backend,
                               backend_cache_dir=args.backend_cache_dir, force_rebuild=args.force_rebuild,
-                              scan_backend=args.scan_backend)
+                              scan_backend=args.scan_backend,
+                              guidance_mode=getattr(args, f"{side}_guidance_mode"),
+                              guidance_cache=getattr(args, f"{side}_guidance_cache"), guidance_max_age_s=None)
 
 
 @user_errors(_PROG)

@@ -6,6 +6,10 @@ multiple, size and the weights' SHA-256 in its metadata. ``--height/--width`` fi
 ``--dynamic`` accepts any size divisible by the model's input multiple. Written next to the
 weights unless ``--out`` says otherwise; the export is compared with PyTorch before it is kept.
 
+``--guidance`` (guided models: tesg) exports the guided network, with two more inputs ``mask``
+(1×1×H×W in [0, 1]) and ``text_tokens`` (1×L×d) and ``-guided`` in the default file name; without
+it, the fallback network is exported (the inputs of every model).
+
 The ONNX Runtime and TensorRT backends export and cache such a file by themselves; this command
 is for shipping one (to another runtime, a robot without PyTorch, or to inspect it).
 """
@@ -34,14 +38,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic", action="store_true",
                    help="any input size divisible by the model's input multiple (--height/--width then only "
                         "set the size traced and checked first)")
+    p.add_argument("--guidance", action="store_true",
+                   help="guided models (tesg): add the inputs mask and text_tokens (default: the fallback network)")
     p.add_argument("--out", type=Path, default=None,
                    help="output .onnx (default: next to the weights, NAME-HxW.onnx or NAME-dynamic.onnx)")
     return p
 
 
-def default_output(weights: Path, height: int | None, width: int | None, dynamic: bool) -> Path:
-    """``NAME-dynamic.onnx`` or ``NAME-HxW.onnx`` beside ``NAME.safetensors``."""
-    return weights.with_name(f"{weights.stem}-{'dynamic' if dynamic else f'{height}x{width}'}.onnx")
+def default_output(weights: Path, height: int | None, width: int | None, dynamic: bool,
+                   guidance: bool = False) -> Path:
+    """``NAME-dynamic.onnx`` or ``NAME-HxW.onnx`` beside ``NAME.safetensors`` (``-guided`` before
+    the suffix for a guided export)."""
+    size = "dynamic" if dynamic else f"{height}x{width}"
+    return weights.with_name(f"{weights.stem}-{size}{'-guided' if guidance else ''}.onnx")
 
 
 @user_errors("ivf-perception export-onnx")
@@ -54,10 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ValueError("give --height and --width for a fixed-size file, or --dynamic for any size")
     weights = Path(args.weights)
     model, info = build_model_from_weights(weights, variant=args.variant)
-    out = args.out or default_output(weights, args.height, args.width, args.dynamic)
+    out = args.out or default_output(weights, args.height, args.width, args.dynamic, args.guidance)
     start = time.perf_counter()
     check = export_onnx(model, out, height=args.height, width=args.width, dynamic=args.dynamic,
-                        metadata=onnx_metadata(model, weights))
+                        metadata=onnx_metadata(model, weights), guidance=args.guidance)
     seconds = time.perf_counter() - start
     sizes = ", ".join(f"{h}x{w}" for h, w in check.checked_sizes)
     diffs = ", ".join(f"{k} {v:.2g}" for k, v in check.max_abs_diff.items())

@@ -31,6 +31,7 @@ __all__ = [
     "PIPELINE_PARAMETERS",
     "PIPELINE_SPECS",
     "PRECISION_NAMES",
+    "GUIDANCE_MODE_NAMES",
     "SCAN_BACKENDS",
     "INFERENCE_BACKENDS",
     "PipelineConfig",
@@ -48,6 +49,8 @@ SCAN_BACKENDS = ("auto", "chunked", "ref", "cuda", "cpu", "triton")
 """User-selectable scans (``models.ops.SCAN_BACKENDS`` less the internal ``export`` form; no torch import here)."""
 INFERENCE_BACKENDS = ("torch", "compile", "onnxruntime", "tensorrt")
 """Names of ``engine.backends.BACKEND_MODULES`` (spelled out: this module does not import torch)."""
+GUIDANCE_MODE_NAMES = ("fallback", "cache", "async")
+"""``engine.guidance.GUIDANCE_MODES`` (spelled out: this module does not import torch)."""
 BUNDLED_VARIANT, BUNDLED_PRESET = "s4fusion", "tiny"
 """What ``weights: default`` (``weights/s4fusion_tiny_default.safetensors``) holds."""
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -273,6 +276,17 @@ PIPELINE_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("time_jump_threshold_s", "double", 1.0,
               "a stamp this much older than its stream's newest resets the pairing queues "
               "(bag loop, clock reset)", min_value=0.0, max_value=86400.0),
+    ParamSpec("guidance_mode", "string", "fallback",
+              "per-frame guidance of guided models (tesg): fallback (none; the network's fallback), cache "
+              "(entries `ivf-train tesg-guidance` wrote for these exact images; a frame without one runs the "
+              "fallback, reported in FusionStats) or async (a worker runs guidance_function at its own rate)",
+              choices=GUIDANCE_MODE_NAMES),
+    ParamSpec("guidance_cache", "string", "", "guidance cache folder (guidance_mode cache)"),
+    ParamSpec("guidance_max_age_s", "double", 1.0,
+              "guidance_mode async: a frame uses the newest guidance computed for a frame at most this many "
+              "seconds older (stamp clock), else the fallback", min_value=0.0, max_value=3600.0),
+    ParamSpec("guidance_function", "string", "",
+              "guidance_mode async: 'package.module:factory'; factory() returns f(rgb, thermal) -> Guidance"),
     ParamSpec("threads", "integer", 0,
               "CPU threads of torch and OpenCV in this process; 0 = auto: usable physical cores "
               "minus one, at least 1, at most 4, so the robot's other processes keep a core",
@@ -304,6 +318,8 @@ class PipelineConfig:
         slop_s, queue_size, time_jump_threshold_s: the pairer's settings
             (:class:`~ivf_perception.sync.ApproximateTimePairer`).
         threads: CPU threads, 0 = auto (:mod:`ivf_perception.engine.threads`).
+        guidance_mode, guidance_cache, guidance_max_age_s, guidance_function: the guidance
+            provider of guided models (:mod:`ivf_perception.engine.guidance`).
     """
 
     variant: str
@@ -327,6 +343,10 @@ class PipelineConfig:
     min_confidence: float = 0.0
     max_input_pixels: int = 3840 * 2160
     thermal_crop_rows: tuple[int, int] = (0, 0)
+    guidance_mode: str = "fallback"
+    guidance_cache: str | None = None
+    guidance_max_age_s: float = 1.0
+    guidance_function: str | None = None
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> PipelineConfig:
@@ -355,6 +375,8 @@ class PipelineConfig:
             overlay_alpha=float(v["overlay_alpha"]), slop_s=float(v["slop_s"]), queue_size=int(v["queue_size"]),
             time_jump_threshold_s=float(v["time_jump_threshold_s"]), threads=int(v["threads"]),
             min_confidence=float(v["min_confidence"]), max_input_pixels=int(v["max_input_pixels"]),
+            guidance_mode=v["guidance_mode"], guidance_cache=v["guidance_cache"] or None,
+            guidance_max_age_s=float(v["guidance_max_age_s"]), guidance_function=v["guidance_function"] or None,
         )
 
 

@@ -23,12 +23,20 @@ from ivf_perception.engine.backends import BackendContext, BackendOutput, Infere
 from ivf_perception.engine.backends.base import PRECISIONS
 from ivf_perception.engine.backends.onnx_file import is_onnx_file, onnx_weights_info
 from ivf_perception.engine.config import PipelineConfig, engine_arguments
+from ivf_perception.engine.guidance import (
+    NOT_GUIDED,
+    FallbackGuidanceProvider,
+    GuidanceProvider,
+    GuidanceStatus,
+    create_guidance_provider,
+)
 from ivf_perception.engine.postprocess import logits_to_labels, make_overlay, to_uint8_rgb
 from ivf_perception.engine.preprocess import pad_to, prepare_batch
 from ivf_perception.engine.threads import apply_threads
 from ivf_perception.engine.timing import StageTimer
 from ivf_perception.engine.weights import WeightsError, WeightsInfo, build_model_from_weights, check_expected
 from ivf_perception.errors import IvfPerceptionError
+from ivf_perception.guidance import Guidance
 from ivf_perception.io.classes import MFNET_CLASSES, MFNET_PALETTE, palette_to_array
 from ivf_perception.io.registration import validate_homography
 from ivf_perception.io.thermal import AGCConfig, AGCState
@@ -59,6 +67,7 @@ class EngineResult:
         rgb: the validated H×W×3 uint8 input, kept for overlays.
         timings_ms: per-stage latency of the call that produced this result (shared by a batch).
         cpu_ms: the same stages' CPU time on the calling thread (see ``engine.timing``).
+        guidance: how the frame was guided (source ``none`` for models that take no guidance).
     """
 
     fused: np.ndarray
@@ -66,6 +75,7 @@ class EngineResult:
     rgb: np.ndarray
     timings_ms: dict[str, float] = field(default_factory=dict)
     cpu_ms: dict[str, float] = field(default_factory=dict)
+    guidance: GuidanceStatus = NOT_GUIDED
     _palette: list[int] | None = None
 
     def overlay(self, alpha: float = 0.5, on: str = "rgb") -> np.ndarray | None:
@@ -121,6 +131,10 @@ class Engine:
         max_input_pixels: an input image with more pixels is refused (:class:`InputError`)
             before any work; 0 = no limit.
         thermal_crop_rows: telemetry rows (top, bottom) cut from every thermal frame.
+        guidance: where a guided model (TeSG) gets per-frame guidance
+            (:mod:`ivf_perception.engine.guidance`); None = the fallback provider. The engine owns
+            it (:meth:`release` closes it). A provider other than ``fallback`` needs a model that
+            accepts guidance on a backend that passes it (``torch``).
         model_overrides: extra constructor arguments (e.g. ``scan_backend``).
     """
 
@@ -131,7 +145,8 @@ class Engine:
                  class_names: Sequence[str] | None = None, palette: Sequence[int] | None = None,
                  backend: str = "torch", backend_options: dict[str, Any] | None = None,
                  min_confidence: float = 0.0, max_input_pixels: int = 0,
-                 thermal_crop_rows: Sequence[int] = (0, 0), **model_overrides: Any) -> None:
+                 thermal_crop_rows: Sequence[int] = (0, 0), guidance: GuidanceProvider | None = None,
+                 **model_overrides: Any) -> None:
         self.device = resolve_device(device)
         if precision not in PRECISIONS:
             raise EngineError(f"precision '{precision}' is not supported; use one of {', '.join(PRECISIONS)}")
@@ -168,6 +183,15 @@ class Engine:
             self.input_multiple = int(net.input_multiple)
         self.backend: InferenceBackend = create_backend(backend, BackendContext(
             self.model, self.device, precision, self.weights_path, dict(backend_options or {})))
+        self.guidance = guidance or FallbackGuidanceProvider()
+        self._warming = False
+        self.uses_guidance = bool(getattr(self.model, "accepts_guidance", False)) and self.backend.accepts_guidance
+        if self.guidance.mode != "fallback" and not self.uses_guidance:
+            self.guidance.close()
+            why = (f"{self._variant} takes no guidance" if not getattr(self.model, "accepts_guidance", False)
+                   else f"backend {self.backend.name} runs the network without guidance")
+            raise EngineError(f"guidance_mode {self.guidance.mode} needs a guided model (tesg) on the torch "
+                              f"backend, but {why}; use guidance_mode fallback")
 
         n = self.num_classes
         default_names = list(MFNET_CLASSES) if n == len(MFNET_CLASSES) else [f"class_{i}" for i in range(n)]
@@ -220,6 +244,9 @@ class Engine:
         """
         apply_threads(config.threads)
         model, kwargs = engine_arguments(config)
+        kwargs["guidance"] = create_guidance_provider(
+            config.guidance_mode, cache_dir=config.guidance_cache, max_age_s=config.guidance_max_age_s,
+            function=config.guidance_function)
         return cls(model, **kwargs)
 
     @classmethod
@@ -293,6 +320,7 @@ class Engine:
             "device": str(self.device),
             "precision": self.precision,
             **self.backend.describe(),
+            **(self.guidance.describe() if self.uses_guidance else {}),
             "parameters": None if self.model is None else sum(p.numel() for p in self.model.parameters()),
             "weights": None if self.info is None else {"recipe": self.info.recipe.get("name"),
                                                         "metrics": self.info.metrics,
@@ -301,21 +329,27 @@ class Engine:
 
     # ------------------------------------------------------------------ inference
 
-    def infer(self, rgb: np.ndarray, thermal: np.ndarray, *, labels: bool = True) -> EngineResult:
+    def infer(self, rgb: np.ndarray, thermal: np.ndarray, *, labels: bool = True,
+              stamp_s: float = 0.0) -> EngineResult:
         """Fuse and segment one pair, images as decoded (see ``engine.preprocess``).
 
         RGB: H×W×3 uint8 (or gray H×W, uint16 raw counts through the AGC); thermal: H×W uint8,
         uint16 raw counts, float in [0, 1], or H×W×3 false colour. ``labels=False`` skips the
         class-id image (the argmax is the largest post-processing cost; the node skips it while
-        nothing consumes labels): the result's ``labels`` is then None.
+        nothing consumes labels): the result's ``labels`` is then None. ``stamp_s``: the RGB header
+        stamp in seconds (the async guidance provider measures guidance age with it).
         """
-        return self.infer_batch([rgb], [thermal], labels=labels)[0]
+        return self.infer_batch([rgb], [thermal], labels=labels, stamps_s=[stamp_s])[0]
 
     def infer_batch(self, rgbs: Sequence[np.ndarray], thermals: Sequence[np.ndarray], *,
-                    labels: bool = True) -> list[EngineResult]:
+                    labels: bool = True, stamps_s: Sequence[float] | None = None) -> list[EngineResult]:
         """Fuse and segment a batch of pairs; images may differ in size (padded together).
 
-        ``labels=False``: fused images only (see :meth:`infer`).
+        ``labels=False``: fused images only (see :meth:`infer`). ``stamps_s``: RGB header stamps
+        (seconds) for the guidance provider; default 0.
+
+        Raises:
+            GuidanceProviderError: a strict guidance cache has no valid entry for a pair.
         """
         timer = StageTimer(self.device)
         with timer.stage("preprocess"):
@@ -323,8 +357,9 @@ class Engine:
                                   device=self.device, agc=self._agc_streams["thermal"],
                                   homography=self._homography, max_pixels=self.max_input_pixels,
                                   rgb_agc=self._agc_streams["rgb"], thermal_crop=self.thermal_crop_rows)
+            guidance, statuses = self._guidance(rgbs, thermals, stamps_s, batch.sizes, batch.rgb)
         with timer.stage("inference"):
-            out = self.infer_tensors(batch.rgb, batch.thermal)
+            out = self.infer_tensors(batch.rgb, batch.thermal, guidance)
         with timer.stage("postprocess"):
             fused = to_uint8_rgb(out.fused)
             ids = logits_to_labels(out.logits, self.min_confidence) if out.logits is not None and labels else None
@@ -334,23 +369,58 @@ class Engine:
                     fused=np.ascontiguousarray(fused[i, :h, :w]),
                     labels=None if ids is None else np.ascontiguousarray(ids[i, :h, :w]),
                     rgb=batch.rgb_u8[i],
+                    guidance=statuses[i],
                     _palette=self.palette if ids is not None else None,
                 ))
         for r in results:
             r.timings_ms, r.cpu_ms = dict(timer.ms), dict(timer.cpu_ms)
         return results
 
-    def infer_tensors(self, rgb: torch.Tensor, thermal: torch.Tensor) -> BackendOutput:
+    def _guidance(self, rgbs: Sequence[np.ndarray], thermals: Sequence[np.ndarray],
+                  stamps_s: Sequence[float] | None, sizes: Sequence[tuple[int, int]],
+                  padded: torch.Tensor) -> tuple[Guidance | None, list[GuidanceStatus]]:
+        """The provider's guidance for every pair, stacked and padded like the images; the
+        fallback for the whole batch unless every pair has compatible guidance."""
+        if not self.uses_guidance:
+            return None, [NOT_GUIDED] * len(rgbs)
+        if self._warming:
+            tokens = getattr(self.model, "fallback_text", None)
+            if isinstance(tokens, torch.Tensor):
+                empty = Guidance(mask=torch.zeros_like(padded[:, :1]),
+                                 text_tokens=torch.zeros(len(rgbs), *tokens.shape, device=self.device))
+                return empty, [GuidanceStatus("fallback", reason="warm-up")] * len(rgbs)
+        stamps = list(stamps_s) if stamps_s is not None else [0.0] * len(rgbs)
+        pairs = [self.guidance.guidance_for(r, t, float(s)) for r, t, s in zip(rgbs, thermals, stamps)]
+        given = [g for g, _ in pairs if g is not None]
+        statuses = [status for _, status in pairs]
+        if not given:
+            return None, statuses
+        if len(given) < len(pairs) or len({g.text_tokens.shape[1:] for g in given}) > 1:
+            reason = "the batch mixes frames with and without guidance (or texts of different lengths)"
+            return None, [GuidanceStatus("fallback", reason=reason) for _ in statuses]
+        height, width = padded.shape[-2:]
+        padded_masks = [g.padded(height - h, width - w).mask for g, (h, w) in zip(given, sizes)]
+        stacked = Guidance(mask=torch.cat(padded_masks).to(self.device),
+                           text_tokens=torch.cat([g.text_tokens for g in given]).to(self.device),
+                           source=given[0].source, age_s=max(g.age_s for g in given))
+        return stacked, statuses
+
+    def infer_tensors(self, rgb: torch.Tensor, thermal: torch.Tensor,
+                      guidance: Guidance | None = None) -> BackendOutput:
         """The network's float outputs for a prepared batch: what backends are compared on.
 
         Args:
             rgb, thermal: (B, 3, H, W) and (B, 1, H, W) float in [0, 1] on :attr:`device`, H and W
                 multiples of :attr:`input_multiple` (as ``prepare_batch`` makes them).
+            guidance: for a guided model, mask (B, 1, H, W) and text tokens, padded like the
+                images; None runs the fallback.
 
         Returns:
             ``fused`` and ``logits`` at H×W: a fixed-size backend's input is padded to its size
             (edge replication) and its outputs cropped back.
         """
+        if guidance is not None:
+            return self.backend.run_guided(rgb, thermal, guidance)
         size = self.backend.fixed_size
         h, w = rgb.shape[-2:]
         if size is None or (h, w) == tuple(size):
@@ -369,15 +439,25 @@ class Engine:
                 "size, or a larger/dynamic ONNX file)")
 
     def warmup(self, height: int = 240, width: int = 320, iterations: int = 1) -> None:
-        """Run dummy frames so the first real frame does not pay for allocation/autotuning."""
+        """Run dummy frames so the first real frame does not pay for allocation/autotuning.
+
+        With a guidance provider other than ``fallback`` the dummy frames run the guided path with
+        empty guidance of the stored text's shape, without asking the provider (a cache would count
+        them as missing, an async worker would spend a generator run on a black frame).
+        """
         rgb = np.zeros((height, width, 3), np.uint8)
         th = np.zeros((height, width), np.uint8)
-        for _ in range(iterations):
-            self.infer(rgb, th)
+        self._warming = self.uses_guidance and self.guidance.mode != "fallback"
+        try:
+            for _ in range(iterations):
+                self.infer(rgb, th)
+        finally:
+            self._warming = False
 
     def release(self) -> None:
         """Free the backend, the model and cached GPU memory (lifecycle deactivate/cleanup)."""
         self.backend.release()
+        self.guidance.close()
         self.model = None
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

@@ -37,19 +37,31 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_gmacs(model: nn.Module, height: int, width: int, device: torch.device | str = "cpu") -> float:
+def count_gmacs(model: nn.Module, height: int, width: int, device: torch.device | str = "cpu",
+                guided: bool = False) -> float:
     """Multiply-accumulates of one forward pass, in G (fvcore's "GFLOPs" convention).
 
     torch's FlopCounterMode counts convolutions, linear layers and matmuls as 2 FLOPs per MAC;
     halving gives the number most papers report. Element-wise work (activations, the
     selective-scan recurrence itself) is not counted, as in fvcore.
+
+    ``guided``: a guided model (TeSG) with guidance (a mask and as many text tokens as its
+    stored fallback text); otherwise its fallback path runs.
     """
     rgb = torch.zeros(1, 3, height, width, device=device)
     thermal = torch.zeros(1, 1, height, width, device=device)
+    kwargs = {}
+    if guided:
+        from ivf_perception.guidance import Guidance
+
+        tokens = model.fallback_text
+        assert isinstance(tokens, torch.Tensor), "a guided model stores its fallback text tokens"
+        kwargs["guidance"] = Guidance(mask=torch.ones(1, 1, height, width, device=device),
+                                      text_tokens=torch.zeros(1, *tokens.shape, device=device))
     was_training = model.training
     model.eval()
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(rgb, thermal)
+        model(rgb, thermal, **kwargs)
     model.train(was_training)
     return counter.get_total_flops() / 2e9
 

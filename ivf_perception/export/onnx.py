@@ -98,6 +98,18 @@ class _TupleOutputs(nn.Module):
         return (out.fused,) if out.logits is None else (out.fused, out.logits)
 
 
+class _GuidedTupleOutputs(_TupleOutputs):
+    """A guided model (TeSG) with its guidance as two more graph inputs, ``mask`` (B×1×H×W) and
+    ``text_tokens`` (B×L×d)."""
+
+    def forward(self, rgb: torch.Tensor, thermal: torch.Tensor,  # type: ignore[override]
+                mask: torch.Tensor, text_tokens: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        from ivf_perception.guidance import Guidance
+
+        out = self.model(rgb, thermal, guidance=Guidance(mask=mask, text_tokens=text_tokens))
+        return (out.fused,) if out.logits is None else (out.fused, out.logits)
+
+
 @contextlib.contextmanager
 def _quiet_loggers(*names: str) -> Iterator[None]:
     """Raise the given loggers to WARNING: the graph optimiser logs every pass at INFO."""
@@ -147,7 +159,7 @@ def _check_size(name: str, multiple: int, height: int, width: int) -> None:
 
 def export_onnx(model: nn.Module, path: str | Path, *, height: int | None = None, width: int | None = None,
                 dynamic: bool = False, metadata: Mapping[str, object] | None = None,
-                atol: float = 1e-4, rtol: float = 1e-3) -> OnnxCheck:
+                atol: float = 1e-4, rtol: float = 1e-3, guidance: bool = False) -> OnnxCheck:
     """Export ``model`` to ``path`` and check the file with onnxruntime.
 
     Args:
@@ -161,6 +173,10 @@ def export_onnx(model: nn.Module, path: str | Path, *, height: int | None = None
         metadata: stored as ONNX ``metadata_props`` (values JSON-encoded unless strings), e.g.
             from :func:`onnx_metadata`. ``format`` and ``input_size`` are always written.
         atol, rtol: the check passes when |ort − torch| ≤ atol + rtol·|torch| everywhere.
+        guidance: for a guided model (``accepts_guidance``, TeSG), export the guided network with
+            two more inputs, ``mask`` (1×1×H×W in [0, 1]) and ``text_tokens`` (1×L×d, L dynamic);
+            metadata ``guidance_inputs`` says so. False exports the fallback (inputs as for every
+            model).
 
     Returns:
         The check: sizes compared and the largest differences.
@@ -182,6 +198,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, height: int | None = None
     if dynamic and not getattr(model, "_dynamic_onnx", True):
         raise OnnxExportError(f"{name} cannot be exported to ONNX with a dynamic input size (its _dynamic_onnx flag "
                               "is False); give --height and --width for a fixed-size file")
+    if guidance and not getattr(model, "accepts_guidance", False):
+        raise OnnxExportError(f"{name} takes no guidance; export it without --guidance")
     multiple = int(getattr(model, "input_multiple", 1))
     if height is None or width is None:
         if not dynamic:
@@ -190,16 +208,18 @@ def export_onnx(model: nn.Module, path: str | Path, *, height: int | None = None
         height, width = 4 * multiple, 6 * multiple
     _check_size(name, multiple, height, width)
     onnx, ort = _import_onnx()
-    wrapper = _TupleOutputs(model.eval()).eval()
-    example = _random_inputs(height, width, seed=0)
+    wrapper = (_GuidedTupleOutputs if guidance else _TupleOutputs)(model.eval()).eval()
+    text_shape = _text_shape(model) if guidance else None
+    input_names = ["rgb", "thermal", "mask", "text_tokens"] if guidance else ["rgb", "thermal"]
+    example = _random_inputs(height, width, seed=0, text_shape=text_shape)
     with torch.no_grad():
         n_outputs = len(wrapper(*example))
     output_names = ["fused", "logits"][:n_outputs]
-    dynamic_shapes = _dynamic_shapes(multiple) if dynamic else None
+    dynamic_shapes = _dynamic_shapes(multiple, guidance) if dynamic else None
     try:
         with warnings.catch_warnings(), _quiet_loggers("onnxscript", "onnx_ir"), torch.no_grad():
             warnings.simplefilter("ignore")  # the exporter warns about every fallback it takes
-            program = torch.onnx.export(wrapper, example, dynamo=True, input_names=["rgb", "thermal"],
+            program = torch.onnx.export(wrapper, example, dynamo=True, input_names=input_names,
                                         output_names=output_names, dynamic_shapes=dynamic_shapes, verbose=False,
                                         optimize=False)
             if program is not None:
@@ -214,6 +234,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, height: int | None = None
         raise OnnxExportError(f"{name}: the ONNX exporter returned no program")
     proto = program.model_proto
     meta = {**(metadata or {}), "format": ONNX_FORMAT, "input_size": "dynamic" if dynamic else f"{height}x{width}"}
+    if text_shape is not None:
+        meta["guidance_inputs"] = json.dumps({"mask": "1x1xHxW", "text_tokens": f"1xLx{text_shape[1]}"})
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value if isinstance(value, str) else json.dumps(value)
@@ -222,7 +244,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, height: int | None = None
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # unique: two processes may fill one cache
     try:
         onnx.save(proto, str(tmp))
-        diffs = _compare(ort, tmp, wrapper, output_names, sizes, atol, rtol)
+        diffs = _compare(ort, tmp, wrapper, input_names, output_names, sizes, atol, rtol, text_shape)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -238,34 +260,53 @@ def _optimize(program: Any) -> None:
     optimize_ir(program.model, num_iterations=1, onnx_shape_inference=False)
 
 
-def _dynamic_shapes(multiple: int) -> dict[str, dict[int, Any]]:
-    """H and W as multiples of ``input_multiple`` (derived dims), shared by both inputs."""
+def _dynamic_shapes(multiple: int, guidance: bool = False) -> dict[str, dict[int, Any]]:
+    """H and W as multiples of ``input_multiple`` (derived dims), shared by all image inputs; the
+    number of text tokens of a guided export is dynamic too."""
     from torch.export import Dim
 
     h = Dim("height_blocks", min=1, max=8192 // multiple) * multiple if multiple > 1 else Dim("height", max=8192)
     w = Dim("width_blocks", min=1, max=8192 // multiple) * multiple if multiple > 1 else Dim("width", max=8192)
-    return {"rgb": {2: h, 3: w}, "thermal": {2: h, 3: w}}
+    shapes: dict[str, dict[int, Any]] = {"rgb": {2: h, 3: w}, "thermal": {2: h, 3: w}}
+    if guidance:
+        shapes.update({"mask": {2: h, 3: w}, "text_tokens": {1: Dim("text_len", min=2, max=1024)}})
+    return shapes
 
 
-def _random_inputs(height: int, width: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _text_shape(model: nn.Module) -> tuple[int, int]:
+    """(L, d) of a guided model's stored fallback tokens: the example text of the export."""
+    tokens = getattr(model, "fallback_text", None)
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2:
+        raise OnnxExportError(f"{_model_name(model)} has no fallback_text buffer to size its text_tokens input")
+    return int(tokens.shape[0]), int(tokens.shape[1])
+
+
+def _random_inputs(height: int, width: int, seed: int,
+                   text_shape: tuple[int, int] | None = None) -> tuple[torch.Tensor, ...]:
     generator = torch.Generator().manual_seed(seed)
-    return (torch.rand(1, 3, height, width, generator=generator),
-            torch.rand(1, 1, height, width, generator=generator))
+    images = (torch.rand(1, 3, height, width, generator=generator),
+              torch.rand(1, 1, height, width, generator=generator))
+    if text_shape is None:
+        return images
+    length = text_shape[0] + seed  # another token count at every check: the length is dynamic
+    return (*images, (torch.rand(1, 1, height, width, generator=generator) > 0.5).float(),
+            torch.randn(1, length, text_shape[1], generator=generator))
 
 
-def _compare(ort: Any, path: Path, wrapper: nn.Module, output_names: list[str], sizes: Sequence[tuple[int, int]],
-             atol: float, rtol: float) -> dict[str, float]:
+def _compare(ort: Any, path: Path, wrapper: nn.Module, input_names: list[str], output_names: list[str],
+             sizes: Sequence[tuple[int, int]], atol: float, rtol: float,
+             text_shape: tuple[int, int] | None = None) -> dict[str, float]:
     """Run the file on fresh inputs (not the traced ones) and compare every output with PyTorch."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # not one per core: the CPU may be shared
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     diffs: dict[str, float] = {}
     for seed, (height, width) in enumerate(sizes, start=1):
-        rgb, thermal = _random_inputs(height, width, seed)
+        inputs = _random_inputs(height, width, seed, text_shape)
         with torch.no_grad():
-            expected = wrapper(rgb, thermal)
+            expected = wrapper(*inputs)
         try:
-            got = session.run(output_names, {"rgb": rgb.numpy(), "thermal": thermal.numpy()})
+            got = session.run(output_names, {n: x.numpy() for n, x in zip(input_names, inputs)})
         except Exception as exc:  # onnxruntime raises its own Fail/RuntimeException types
             raise OnnxExportError(f"onnxruntime could not run the exported graph at {height}x{width} "
                                   f"({type(exc).__name__}: {str(exc)[:300]}); the ONNX file was not written") from exc

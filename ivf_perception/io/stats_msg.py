@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -124,6 +125,24 @@ def class_pixel_counts(labels: np.ndarray, num_classes: int) -> list[int]:
     return np.bincount(labels.ravel(), minlength=num_classes).tolist()
 
 
+@functools.lru_cache(maxsize=4)
+def _missing_fields(msg_type: type, names: tuple[str, ...]) -> frozenset[str]:
+    """Fields of ours that an installed (older) interface package lacks; warned about once."""
+    known = set(msg_type.get_fields_and_field_types())  # type: ignore[attr-defined]
+    missing = frozenset(n for n in names if n not in known)
+    if missing:
+        logging.getLogger(__name__).warning(
+            "the installed ivf_perception_msgs FusionStats lacks %s (built from an older FusionStats.msg); "
+            "those values are left out of the published messages until it is rebuilt (make venv, or colcon build)",
+            ", ".join(sorted(missing)))
+    return missing
+
+
+def _known_fields(msg_type: type, values: dict[str, Any]) -> dict[str, Any]:
+    missing = _missing_fields(msg_type, tuple(values))
+    return {k: v for k, v in values.items() if k not in missing} if missing else values
+
+
 def _split_ns(stamp_ns: int) -> tuple[int, int]:
     sec, nanosec = divmod(int(stamp_ns), 1_000_000_000)
     return sec, nanosec
@@ -162,12 +181,15 @@ class FusionStatsValues:
     processed: int = 0
     failed: int = 0
     resets: int = 0
+    guidance_source: str = "none"
+    guidance_age_s: float = -1.0
 
     @classmethod
     def from_frame(cls, *, rgb_stamp_ns: int, thermal_stamp_ns: int, frame_id: str,
                    engine_info: dict[str, Any], class_names: Sequence[str], labels: np.ndarray | None,
                    timings_ms: dict[str, float], pairing: Any, end_to_end_ms: float,
-                   processed: int, failed: int, resets: int) -> FusionStatsValues:
+                   processed: int, failed: int, resets: int, guidance_source: str = "none",
+                   guidance_age_s: float = -1.0) -> FusionStatsValues:
         """Assemble the values of one processed pair.
 
         Args:
@@ -176,6 +198,7 @@ class FusionStatsValues:
             labels: the ``(H, W)`` uint8 class ids, or None for fusion-only models (no counts).
             timings_ms: ``EngineResult.timings_ms``.
             pairing: a ``sync.PairingStats`` (counters since activation).
+            guidance_source, guidance_age_s: ``EngineResult.guidance``'s source and age.
         """
         counts: list[int] = []
         if labels is not None:
@@ -195,7 +218,7 @@ class FusionStatsValues:
             pair_skew_ms=abs(int(thermal_stamp_ns) - int(rgb_stamp_ns)) / 1e6,
             pair_skew_mean_ms=pairing.skew_mean_ms, pair_skew_max_ms=pairing.skew_max_ms,
             thermal_stamp_ns=int(thermal_stamp_ns), processed=int(processed), failed=int(failed),
-            resets=int(resets),
+            resets=int(resets), guidance_source=str(guidance_source), guidance_age_s=float(guidance_age_s),
         )
 
     def _plain_fields(self) -> dict[str, Any]:
@@ -210,7 +233,7 @@ class FusionStatsValues:
         msg_type = rclpy_fusion_stats_type()
         sec, nanosec = _split_ns(self.stamp_ns)
         th_sec, th_nanosec = _split_ns(self.thermal_stamp_ns)
-        msg = msg_type(**self._plain_fields())
+        msg = msg_type(**_known_fields(msg_type, self._plain_fields()))
         msg.header = Header(stamp=Time(sec=sec, nanosec=nanosec), frame_id=self.frame_id)
         msg.thermal_stamp = Time(sec=th_sec, nanosec=th_nanosec)
         return msg

@@ -5,7 +5,7 @@ Like timm's ``models/__init__.py``, the package imports every family module so t
 """
 
 # Every family, imported for its registrations (this package is their one importer).
-from ivf_perception.models import cmfs, mafs, s4fusion, upfusion  # noqa: F401
+from ivf_perception.models import cmfs, mafs, s4fusion, tesg, upfusion  # noqa: F401
 from ivf_perception.models.base import FusionSegModel, FusionSegOutput
 from ivf_perception.models.registry import (
     UnknownModelError,

@@ -51,6 +51,10 @@ class FusionSegModel(nn.Module):
     """Whether an ONNX export may leave H and W dynamic (``ivf_perception.export``); False
     where the exported graph holds sizes fixed at tracing (a fixed-size file still works)."""
     _compilable: bool = True
+    accepts_guidance: bool = False
+    """Whether ``forward`` takes per-frame guidance (``guidance=``, an
+    :class:`ivf_perception.guidance.Guidance`: TeSG's mask and text tokens). Such a model still
+    runs without it (its fallback), so callers that know nothing of guidance keep working."""
     num_classes: int = 0
     variant: str = ""
     preset: str = ""

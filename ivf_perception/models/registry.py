@@ -38,9 +38,10 @@ __all__ = [
 ]
 
 PRETRAINED_FILE_ARGS = frozenset({"encoder_weights", "trunk_weights", "thermal_trunk_weights",
-                                  "semantic_weights", "clip_weights", "text_embedding"})
+                                  "semantic_weights", "clip_weights", "text_embedding", "fallback_text"})
 """Builder arguments naming pretrained files that initialise a model before training (CMFS's
-VMamba-T, MAFS's ResNet trunks, UP-Fusion's ConvNeXt and CLIP prompt embedding). Trained
+VMamba-T, MAFS's ResNet trunks, UP-Fusion's ConvNeXt and CLIP prompt embedding, TeSG's fallback
+text tokens). Trained
 weights already contain those tensors, so rebuilding a trained model must not need the files:
 exports and the engine drop these arguments."""
 

@@ -69,6 +69,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ivf_perception.engine import Engine, EngineResult
 from ivf_perception.engine.config import AGC_PARAMETERS, ParameterValueError, agc_config
+from ivf_perception.engine.guidance import GuidanceStatus
 from ivf_perception.engine.threads import resolve_threads
 from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.io import decode_rgb, decode_thermal, header_stamp_ns, numpy_to_image
@@ -456,6 +457,8 @@ class FusionNode(LifecycleNode):
         self._processed = 0
         self._failed = 0
         self._failed_since_report = 0
+        self._guidance_counts: dict[str, int] = {}  # frames per guidance source (guided models only)
+        self._guidance_last: GuidanceStatus | None = None
         self._last_error = ""
         self._last_error_time: float | None = None
         self._last_rx: dict[str, float | None] = {s: None for s in STREAMS}
@@ -624,8 +627,13 @@ class FusionNode(LifecycleNode):
         wanted: list[str] = [n for n in ("labels", "stats") if n in pubs]
         if runtime is not None and runtime.overlay_enabled:
             wanted.append("overlay")
-        result = engine.infer(rgb, thermal, labels=any(pubs[n].get_subscription_count() > 0 for n in wanted))
+        result = engine.infer(rgb, thermal, labels=any(pubs[n].get_subscription_count() > 0 for n in wanted),
+                              stamp_s=pair.rgb_stamp_ns / 1e9)
         stages.update(result.timings_ms)
+        if engine.uses_guidance:
+            source = result.guidance.source
+            self._guidance_counts[source] = self._guidance_counts.get(source, 0) + 1
+            self._guidance_last = result.guidance
         return result
 
     def _publish(self, pair: Pair[Image], result: EngineResult, stages: dict[str, float]) -> None:
@@ -658,7 +666,8 @@ class FusionNode(LifecycleNode):
                 frame_id=header.frame_id, engine_info=self._engine_info, class_names=engine.class_names,
                 labels=result.labels, timings_ms=result.timings_ms, pairing=pairer.stats,
                 end_to_end_ms=end_to_end_ms, processed=self._processed, failed=self._failed,
-                resets=pairer.stats.resets)
+                resets=pairer.stats.resets, guidance_source=result.guidance.source,
+                guidance_age_s=result.guidance.age_s)
             pubs["stats"].publish(values.to_rclpy())
             stages["stats"] = (time.perf_counter() - started) * 1e3
         self._meters["output"].tick()
@@ -693,13 +702,15 @@ class FusionNode(LifecycleNode):
                     topic=topics[s], received=pairing.received[s], rate_hz=self._meters[s].rate(now),
                     silent_s=now - (last if last is not None else self._activated_at), size_mismatch=mismatch,
                     qos=describe_profile(qos) if qos is not None else "")
-        counters: dict[str, float | int] = {}
+        counters: dict[str, float | int | str] = {}
         if pairing is not None:
             counters = {"paired": pairing.paired, "processed": self._processed, "dropped stale": pairing.dropped_stale,
                         "failed": self._failed, "unmatched rgb": pairing.unmatched["rgb"],
                         "unmatched thermal": pairing.unmatched["thermal"], "resets": pairing.resets,
                         "pair skew mean (ms)": round(pairing.skew_mean_ms, 2),
                         "pair skew max (ms)": round(pairing.skew_max_ms, 2)}
+        if engine is not None and engine.uses_guidance:
+            counters.update(self._guidance_counters(engine))
         latency, processing = list(self._latency_ms), list(self._processing_ms)
         failed_recently, self._failed_since_report = self._failed_since_report, 0
         return HealthSnapshot(
@@ -713,6 +724,19 @@ class FusionNode(LifecycleNode):
             last_error=self._last_error,
             last_error_age_s=None if self._last_error_time is None else now - self._last_error_time,
             configure_error=self._configure_error, qos_problems=self._current_qos_problems())
+
+    def _guidance_counters(self, engine: Engine) -> dict[str, float | int | str]:
+        """Guided and fallback frames, and the last frame's guidance, for /diagnostics."""
+        counts = sorted(self._guidance_counts.items())
+        counters: dict[str, float | int | str] = {f"guidance {k} frames": v for k, v in counts}
+        counters["guidance mode"] = engine.guidance.mode
+        last = self._guidance_last
+        if last is not None:
+            counters["guidance source"] = last.source
+            counters["guidance age (s)"] = round(last.age_s, 3)
+            if last.reason:
+                counters["guidance fallback reason"] = last.reason
+        return counters
 
     def _publish_diagnostics(self) -> None:
         report = assess_health(self._snapshot())

@@ -132,7 +132,7 @@ class HealthSnapshot:
     latency_basis: str = "header stamp"
     processing_ms: float | None = None
     stage_ms: dict[str, float] = field(default_factory=dict)
-    counters: dict[str, float | int] = field(default_factory=dict)
+    counters: dict[str, float | int | str] = field(default_factory=dict)
     failed_recently: int = 0
     last_error: str = ""
     last_error_age_s: float | None = None

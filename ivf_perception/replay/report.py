@@ -226,6 +226,10 @@ def _configuration(s: dict[str, Any]) -> list[Block]:
                         f"({cfg['pairing']['source']})"],
             ["homography", cfg["pairing"]["homography"] or "none"],
             ["thermal AGC percentiles", cfg["pairing"]["agc_pct"]]]
+    guidance = {k: v for k, v in s.get("guidance_frames", {}).items() if k != "none"}
+    if guidance:  # a guided model (TeSG): which frames ran with guidance
+        mode = engine.get("guidance_mode", "fallback")
+        rows.append(["guidance", f"{mode}: " + ", ".join(f"{n} frames {k}" for k, n in guidance.items())])
     rows += [[f"option {k}", v] for k, v in cfg["options"].items()]
     rows += [[f"output topic {k}", v] for k, v in cfg["output_topics"].items()]
     versions = [[k, v] for k, v in s["software"].items()]

@@ -145,6 +145,7 @@ class _Replay:
                                      night_threshold=options.night_threshold, homography=engine.homography)
         self.thumbs = ThumbnailKeeper(options.thumbnails)
         self.skipped: list[dict[str, Any]] = []
+        self.guidance_frames: dict[str, int] = {}  # frames per guidance source (guided models)
         self.processed = 0
         self.agc_resets = 0  # pairing resets (bag loops, time jumps) already passed on to the AGC
         self.warmup_s: float | None = None
@@ -199,7 +200,8 @@ class _Replay:
             self.engine.reset_agc()
             self.agc_resets = stream.log.resets
         try:
-            results = self.engine.infer_batch([p.frame.rgb for p in batch], [p.frame.thermal for p in batch])
+            results = self.engine.infer_batch([p.frame.rgb for p in batch], [p.frame.thermal for p in batch],
+                                              stamps_s=[p.pair.rgb_stamp_ns / 1e9 for p in batch])
         except ValueError as exc:  # InputError, ShapeError: this batch's images, not the replay, are at fault
             for p in batch:
                 self.skip(p.pair, f"engine refused the input: {exc}")
@@ -216,7 +218,8 @@ class _Replay:
                 engine_info=self.engine_info, class_names=self.class_names, labels=result.labels,
                 timings_ms=timings, pairing=stream.pairer.stats,
                 end_to_end_ms=(time.perf_counter() - p.released) * 1e3, processed=self.processed + 1,
-                failed=len(self.skipped), resets=stream.log.resets)
+                failed=len(self.skipped), resets=stream.log.resets,
+                guidance_source=result.guidance.source, guidance_age_s=result.guidance.age_s)
             # one frame's messages, its count and its metrics go in together or not at all (Ctrl-C)
             with interrupts_deferred():
                 writer.write_frame(p.pair, result.fused, result.labels, overlay, stats)
@@ -224,6 +227,8 @@ class _Replay:
                     self.write_pngs(p.pair.name, result.fused, result.labels, overlay)
                 timings["write"] = (time.perf_counter() - start) * 1e3
                 self.processed += 1
+                source = result.guidance.source
+                self.guidance_frames[source] = self.guidance_frames.get(source, 0) + 1
                 brightness = mean_luma(result.rgb)
                 frame_result = FrameResult(
                     index=p.pair.index, name=p.pair.name, rgb_stamp_ns=p.pair.rgb_stamp_ns,
@@ -305,5 +310,6 @@ def _summary(options: ReplayOptions, state: _Replay, stream: FrameStream, writer
         "software": software_versions(),
         "pairing": {**stream.log.as_dict(), "skew_ms": _skew_stats(stream.log.skews_ns)},
         "skipped_frames": state.skipped,
+        "guidance_frames": dict(sorted(state.guidance_frames.items())),
         **state.metrics.summary(wall_s),
     }

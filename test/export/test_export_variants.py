@@ -49,7 +49,7 @@ def _export(weights: Path, model: torch.nn.Module, sizes: list[tuple[int, int]])
 
 
 def test_every_test_variant_is_covered() -> None:
-    assert set(VARIANTS) == {"test_s4fusion", "test_cmfs", "test_mafs", "test_upfusion"}
+    assert set(VARIANTS) == {"test_s4fusion", "test_cmfs", "test_mafs", "test_upfusion", "test_tesg"}
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

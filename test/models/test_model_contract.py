@@ -34,6 +34,9 @@ OFF_FORWARD_PATH: dict[str, tuple[str, ...]] = {
     # UP-Fusion's scorers act only through top-k indices, so (as in the released code) they never
     # get a gradient; test_upfusion_model.py documents exactly which.
     "test_upfusion": ("scpm.fc.", "scpm.semantic_fc.", "scpm.to_rgb.", "scpm.alpha", ".text_fc.", ".se_fc."),
+    # TeSG without guidance runs its fallback (whole-image wiring): the background (1 - M) cross-
+    # attentions serve only guided batches; test_tesg_model.py checks them with a mask.
+    "test_tesg": ("mgca.ca_vi_mbar.", "mgca.ca_iv_mbar."),
 }
 
 # Share of parameter tensors whose gradient may be exactly zero for one batch: a squeeze MLP of
@@ -42,9 +45,11 @@ OFF_FORWARD_PATH: dict[str, tuple[str, ...]] = {
 MAY_BE_ZERO: dict[str, float] = {"test_cmfs": 0.02}
 
 # What a trained model carries beyond its parameters: CMFS's CLIP text features (zeros until
-# set, which would zero the region map's gradients).
+# set, which would zero the region map's gradients), TeSG's fallback text tokens.
 PREPARE: dict[str, Callable[[Any], None]] = {
     "test_cmfs": lambda m: m.set_text_features(torch.randn(m.num_prompts, 512)),
+    # TeSG's fallback caption tokens (zeros until set: LayerNorm of zeros has no weight gradient).
+    "test_tesg": lambda m: m.set_fallback_text(torch.randn_like(m.fallback_text)),
 }
 
 

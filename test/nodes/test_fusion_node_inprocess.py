@@ -189,7 +189,8 @@ def test_class_ids_are_computed_only_while_labels_overlay_or_stats_are_subscribe
     assert node.trigger_configure() == SUCCESS and node.trigger_activate() == SUCCESS
     asked: list[bool] = []
     real_infer = node._engine.infer
-    node._engine.infer = lambda rgb, th, labels=True: (asked.append(labels), real_infer(rgb, th, labels=labels))[1]
+    node._engine.infer = lambda rgb, th, labels=True, **kw: (asked.append(labels),
+                                                             real_infer(rgb, th, labels=labels, **kw))[1]
     _subscribe(node, "fused", "fused/image")
     fused = _spy(node, "fused")
     node._process(_pair(1_000))

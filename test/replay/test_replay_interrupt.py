@@ -21,11 +21,11 @@ class InterruptingEngine:
         self._stop_at = stop_at
         self.calls = 0
 
-    def infer_batch(self, rgbs: Any, thermals: Any) -> Any:
+    def infer_batch(self, rgbs: Any, thermals: Any, **kwargs: Any) -> Any:
         self.calls += 1
         if self.calls == self._stop_at:
             raise KeyboardInterrupt
-        return self._engine.infer_batch(rgbs, thermals)
+        return self._engine.infer_batch(rgbs, thermals, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)

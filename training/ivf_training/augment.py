@@ -5,6 +5,10 @@ identically or the network learns from misaligned pairs. Images are resampled bi
 antialiasing when shrinking) and labels with ``nearest-exact``, whose pixel-centre convention
 matches bilinear ``align_corners=False``, so label borders stay on the image borders.
 
+A sample may also carry a guidance ``mask`` (TeSG's foreground mask M, (1, H, W) in [0, 1]): it
+is a per-pixel map like the labels and follows every geometric change with them
+(``nearest-exact``, so a binary mask stays binary; padding is background, 0).
+
 Determinism: every random number comes from the ``torch.Generator`` passed in, so a sample's
 augmentation is a function of (seed, epoch, index) alone, independent of worker count and of
 where a resumed run restarts.
@@ -22,6 +26,9 @@ __all__ = ["IGNORE_INDEX", "JointAugment", "resize_sample", "pad_to", "crop_samp
 
 IGNORE_INDEX = 255
 """Label value ignored by the loss and the metrics."""
+
+_PIXEL_MAPS = ("rgb", "thermal", "labels", "mask")
+"""The per-pixel arrays of a sample that every geometric change applies to."""
 
 Sample = dict[str, object]
 
@@ -42,11 +49,14 @@ def resize_sample(sample: Sample, height: int, width: int) -> Sample:
     if labels is not None:
         lab = labels[None, None].float()  # type: ignore[union-attr]
         out["labels"] = F.interpolate(lab, size=(height, width), mode="nearest-exact")[0, 0].long()
+    mask = sample.get("mask")
+    if mask is not None:
+        out["mask"] = F.interpolate(mask[None], size=(height, width), mode="nearest-exact")[0]  # type: ignore[index]
     return out
 
 
 def pad_to(sample: Sample, height: int, width: int) -> Sample:
-    """Pad bottom/right to at least ``height``×``width``: images with 0, labels with 255."""
+    """Pad bottom/right to at least ``height``×``width``: images and mask with 0, labels with 255."""
     rgb: torch.Tensor = sample["rgb"]  # type: ignore[assignment]
     ph, pw = max(0, height - rgb.shape[-2]), max(0, width - rgb.shape[-1])
     if not (ph or pw):
@@ -56,13 +66,15 @@ def pad_to(sample: Sample, height: int, width: int) -> Sample:
         out[key] = F.pad(sample[key], (0, pw, 0, ph), value=0.0)  # type: ignore[arg-type]
     if sample.get("labels") is not None:
         out["labels"] = F.pad(sample["labels"], (0, pw, 0, ph), value=IGNORE_INDEX)  # type: ignore[arg-type]
+    if sample.get("mask") is not None:
+        out["mask"] = F.pad(sample["mask"], (0, pw, 0, ph), value=0.0)  # type: ignore[arg-type]
     return out
 
 
 def crop_sample(sample: Sample, top: int, left: int, height: int, width: int) -> Sample:
     """Crop every array of the sample to the same window."""
     out = dict(sample)
-    for key in ("rgb", "thermal", "labels"):
+    for key in _PIXEL_MAPS:
         value = sample.get(key)
         if value is not None:
             out[key] = value[..., top : top + height, left : left + width]  # type: ignore[index]
@@ -72,7 +84,7 @@ def crop_sample(sample: Sample, top: int, left: int, height: int, width: int) ->
 def hflip_sample(sample: Sample) -> Sample:
     """Mirror every array of the sample left-right."""
     out = dict(sample)
-    for key in ("rgb", "thermal", "labels"):
+    for key in _PIXEL_MAPS:
         value = sample.get(key)
         if value is not None:
             out[key] = value.flip(-1)  # type: ignore[union-attr]
@@ -82,7 +94,7 @@ def hflip_sample(sample: Sample) -> Sample:
 def rot90_sample(sample: Sample, k: int) -> Sample:
     """Rotate every array of the sample by ``k`` quarter turns (counter-clockwise) together."""
     out = dict(sample)
-    for key in ("rgb", "thermal", "labels"):
+    for key in _PIXEL_MAPS:
         value = sample.get(key)
         if value is not None:
             out[key] = torch.rot90(value, k, dims=(-2, -1))  # type: ignore[arg-type]
@@ -147,7 +159,7 @@ class JointAugment:
             out = hflip_sample(out)
         if self.rot90:
             out = rot90_sample(out, int(torch.randint(0, 4, (), generator=generator)))
-        for key in ("rgb", "thermal", "labels"):
+        for key in _PIXEL_MAPS:
             if out.get(key) is not None:
                 out[key] = out[key].contiguous()  # type: ignore[union-attr]
         return out

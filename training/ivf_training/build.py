@@ -23,12 +23,14 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from ivf_perception.engine import DEFAULT_WEIGHTS
 from ivf_perception.engine.weights import WEIGHTS_FORMAT, load_weights, sidecar_path
+from ivf_perception.guidance import GuidanceCache, GuidanceError
 from ivf_perception.io.classes import CLASS_TABLES, MFNET_CLASSES
 from ivf_perception.io.tensor_files import TensorFileError, read_safetensors
 from ivf_perception.models.cmfs.text_features import TextFeaturesError, text_features_for
 from ivf_perception.models.upfusion.text import load_text_embedding, prompt_embedding
 from ivf_training.config import ConfigError, ModelConfig, TrainConfig
 from ivf_training.datasets import RealPairsDataset, build_dataset, build_mix, default_split
+from ivf_training.datasets.guidance import with_guidance
 
 __all__ = [
     "TextGuided",
@@ -277,6 +279,22 @@ def warn_if_unlabelled(train_description: Mapping[str, object], num_classes: int
     return True
 
 
+def tesg_cache(cfg: TrainConfig) -> GuidanceCache | None:
+    """The guidance cache of a ``loss.kind: tesg`` run (``loss.guidance_cache``), read with the
+    settings it records; None for other kinds or without a cache.
+
+    Raises:
+        ConfigError: the folder is not a guidance cache.
+    """
+    folder = getattr(cfg.loss, "guidance_cache", None)
+    if cfg.loss.kind != "tesg" or folder is None:
+        return None
+    try:
+        return GuidanceCache(folder)
+    except GuidanceError as exc:
+        raise ConfigError(f"loss.guidance_cache: {exc}") from exc
+
+
 def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
     """The training mix and the validation set described by ``cfg.data``.
 
@@ -297,6 +315,10 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
         parts.append((dataset, d.real_repeat))
     if d.train_real:
         parts.append((RealPairsDataset(d.train_real, short_side=d.real_short_side), d.real_repeat))
+    cache = tesg_cache(cfg)
+    if cfg.loss.kind == "tesg":
+        guided = with_guidance([d for d, _ in parts], cache, cfg.loss.scene_object_masks)
+        parts = [(g_part, times) for g_part, (_, times) in zip(guided, parts)]
     train = build_mix(parts)
     val_parts: list[Dataset] = []
     if g.val_count:
@@ -306,5 +328,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
                                        max_pairs=d.val_max_pairs, **d.loader_options))
     if d.val_real:
         val_parts.append(RealPairsDataset(d.val_real, short_side=d.real_short_side, max_pairs=d.val_max_pairs))
+    if cfg.loss.kind == "tesg" and val_parts:
+        val_parts = with_guidance(val_parts, cache, cfg.loss.scene_object_masks)
     val = None if not val_parts else val_parts[0] if len(val_parts) == 1 else ConcatDataset(val_parts)
     return train, val

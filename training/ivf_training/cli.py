@@ -7,6 +7,7 @@
     ivf-train eval CHECKPOINT --dataset KIND [--root DIR] [--split S] [--out FILE.json]
     ivf-train export RUN_DIR --out FILE.safetensors [--checkpoint best|last|prev] [--onnx]
     ivf-train bench [--variants ...] [--preset small]
+    ivf-train tesg-guidance (--dataset KIND --root DIR | --bag BAG) --out CACHE --blip DIR --diffusion DIR
 
     torchrun --standalone --nproc-per-node N -m ivf_training.cli run CONFIG.yaml   # data-parallel
 
@@ -94,6 +95,33 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=1, help="untimed steps first (allocation, autotuning)")
     bench.add_argument("--num-workers", type=int, default=0)
     bench.add_argument("--out", type=Path, default=None, help="also write the table to this Markdown file")
+    guidance = sub.add_parser(
+        "tesg-guidance", help="TeSG guidance cache (caption, masks, text tokens) of a dataset or a bag",
+        description="Run TeSG's Semantic Information Generator (BLIP caption, keyword removal, DiffEdit masks of "
+                    "both images, text-encoder tokens) over every pair and write a guidance cache that training "
+                    "(loss.guidance_cache) and replay read. Needs transformers and diffusers "
+                    "(pip install 'ivf-perception-training[tesg-sig]') and local BLIP and Stable Diffusion folders.")
+    source = guidance.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", metavar="KIND", help="folder, extract, mfnet, msrs, pst900 or fmb (with --root)")
+    source.add_argument("--bag", type=Path, help="a rosbag2 folder or file (the node's pairing)")
+    guidance.add_argument("--root", type=Path, default=None, help="the dataset folder")
+    guidance.add_argument("--split", default=None, help="the dataset split (default: the root itself / all)")
+    guidance.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                          help="dataset loader option (YAML value), repeatable")
+    guidance.add_argument("--rgb-topic", default=None)
+    guidance.add_argument("--thermal-topic", default=None)
+    guidance.add_argument("--distro", default="kilted", help="ROS distribution of the bag's message types")
+    guidance.add_argument("--out", type=Path, required=True, help="the cache folder (created or continued)")
+    guidance.add_argument("--blip", type=Path, required=True, help="local BLIP captioning folder")
+    guidance.add_argument("--diffusion", type=Path, required=True,
+                          help="local Stable Diffusion folder (diffusers layout: vae, unet, text_encoder, ...)")
+    guidance.add_argument("--settings", type=Path, default=None, help="SIG settings YAML (default: DiffEdit's)")
+    guidance.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="SIG setting override (YAML value), e.g. num_maps_per_mask=10; repeatable")
+    guidance.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    guidance.add_argument("--fp16", action="store_true", help="run the models in half precision (GPU)")
+    guidance.add_argument("--max-pairs", type=int, default=None, help="only the first N pairs")
+    guidance.add_argument("--overwrite", action="store_true", help="regenerate entries that exist")
     for command in (run, resume, evaluate, bench):
         command.add_argument("--threads", type=int, default=0, metavar="N",
                              help="CPU threads of torch and OpenCV in the main process; 0 = auto (default): "
@@ -171,6 +199,36 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tesg_guidance(args: argparse.Namespace) -> int:
+    import torch
+
+    from ivf_perception.guidance import GuidanceCache
+    from ivf_training.build import resolve_device
+    from ivf_training.config import ConfigError
+    from ivf_training.sig import SemanticInformationGenerator, load_sig_settings
+    from ivf_training.sig.loaders import load_sig_components
+    from ivf_training.tesg_guidance import bag_pairs, dataset_pairs, write_guidance
+
+    if args.dataset is not None and args.root is None:
+        raise ConfigError("tesg-guidance --dataset needs --root (the dataset folder)")
+    settings = load_sig_settings(args.settings, _options(args.set))
+    cache = GuidanceCache(args.out, settings.to_dict())  # refuses a folder made with other settings first
+    device = resolve_device(args.device)
+    components = load_sig_components(args.blip, args.diffusion, settings, device=device,
+                                     dtype=torch.float16 if args.fp16 else torch.float32)
+    sig = SemanticInformationGenerator(components, settings, device)
+    if args.bag is not None:
+        pairs = bag_pairs(args.bag, distro=args.distro, rgb_topic=args.rgb_topic, thermal_topic=args.thermal_topic,
+                          max_pairs=args.max_pairs)
+    else:
+        pairs = dataset_pairs(args.dataset, args.root, args.split, max_pairs=args.max_pairs, **_options(args.option))
+    summary = write_guidance(sig, cache, pairs, overwrite=args.overwrite, progress=True)
+    for line in summary.lines():
+        print(line)
+    print(f"cache: {args.out} (settings hash {cache.settings_hash[:16]}; train with loss.guidance_cache={args.out})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ivf-train``; returns the process exit status."""
     args = build_parser().parse_args(argv)
@@ -195,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "eval":
             _apply_threads(args.threads, args.num_workers)
             return _eval(args)
+        if args.command == "tesg-guidance":
+            return _tesg_guidance(args)
         if args.command == "bench":
             from ivf_training.bench import run_bench
 

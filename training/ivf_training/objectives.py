@@ -33,6 +33,7 @@ from torch import nn
 
 from ivf_perception.engine.weights import build_model_from_weights
 from ivf_perception.errors import IvfPerceptionError
+from ivf_perception.guidance import Guidance
 from ivf_perception.models.base import FusionSegOutput
 from ivf_training.cmfs_losses import CMFSLoss
 from ivf_training.config import (
@@ -43,10 +44,13 @@ from ivf_training.config import (
     MAFSStage1LossConfig,
     MAFSStage2LossConfig,
     S4FusionLossConfig,
+    TeSGLossConfig,
     UPFusionLossConfig,
 )
+from ivf_training.datasets.guidance import GUIDANCE_CACHE, GUIDANCE_NONE
 from ivf_training.losses import FusionSegLoss, PerceptionLoss
 from ivf_training.mafs_losses import MAFSStage1Loss, MAFSStage2Loss, random_patch_mask
+from ivf_training.tesg_losses import TeSGLoss
 from ivf_training.upfusion_losses import UPFusionLoss
 
 __all__ = [
@@ -55,6 +59,8 @@ __all__ = [
     "S4FusionObjective",
     "CMFSObjective",
     "UPFusionObjective",
+    "GuidedFusionObjective",
+    "GuidedPath",
     "MaskedReconstructionObjective",
     "ReconstructionPath",
     "DistilledFusionSegObjective",
@@ -246,6 +252,128 @@ class UPFusionObjective(SupervisedObjective[UPFusionLossConfig]):
     @classmethod
     def build_loss(cls, lc: UPFusionLossConfig) -> nn.Module:
         return UPFusionLoss(lc.variant, intensity=lc.intensity, gradient=lc.gradient, ssim=lc.ssim, seg=lc.seg)
+
+
+def _bare(model: nn.Module) -> nn.Module:
+    """The model inside a data-parallel wrapper (its buffers and flags), or the model itself."""
+    return getattr(model, "module", model)
+
+
+def fallback_text_tokens(model: nn.Module) -> torch.Tensor:
+    """The model's stored fallback text tokens (L, d): the text of samples that have a mask but
+    no cached text (generated scenes' object masks)."""
+    tokens = getattr(_bare(model), "fallback_text", None)
+    if not isinstance(tokens, torch.Tensor):
+        raise ConfigError(f"{type(_bare(model)).__name__} stores no fallback text tokens (fallback_text)")
+    return tokens.reshape(tokens.shape[-2:])
+
+
+class GuidedPath(nn.Module):
+    """A guided model run with per-sample guidance, as this module's ``forward``.
+
+    Each sample says where its guidance came from (``guided``, see
+    :mod:`ivf_training.datasets.guidance`): cached SIG output (mask + text tokens), generated
+    scenes' object masks (mask + the model's fallback text), or none (``guidance=None``, the
+    model's fallback). A batch mixing guided and unguided samples runs as two passes of the
+    model — guided ones with a :class:`~ivf_perception.guidance.Guidance`, the others without —
+    put back in batch order. Both passes happen inside this one ``forward``, so a data-parallel
+    wrapper of this module sees one forward per backward (two calls through the wrapper fail:
+    DDP marks each parameter ready once per forward). Holding the model as a child shares its
+    parameters.
+
+    Shape:
+        rgb (B, 3, H, W), thermal (B, 1, H, W), mask (B, 1, H, W), guided (B,) int64,
+        text_tokens (B, L, d) or None → the model's output for the batch
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def _guidance(self, mask: torch.Tensor, guided: torch.Tensor, text_tokens: torch.Tensor | None) -> Guidance:
+        fallback = fallback_text_tokens(self.model).to(mask.device, torch.float32)
+        text = fallback.expand(mask.shape[0], -1, -1)
+        if text_tokens is not None:
+            from_cache = (guided == GUIDANCE_CACHE).view(-1, 1, 1)
+            if bool(from_cache.any()):
+                text = torch.where(from_cache, text_tokens.float(), text)
+        return Guidance(mask=mask.float(), text_tokens=text.contiguous())
+
+    def forward(self, rgb: torch.Tensor, thermal: torch.Tensor, mask: torch.Tensor | None = None,
+                guided: torch.Tensor | None = None, text_tokens: torch.Tensor | None = None) -> FusionSegOutput:
+        if mask is None or guided is None or not bool((guided != GUIDANCE_NONE).any()):
+            return self.model(rgb, thermal)
+        if bool((guided != GUIDANCE_NONE).all()):
+            return self.model(rgb, thermal, guidance=self._guidance(mask, guided, text_tokens))
+        sel = guided != GUIDANCE_NONE
+        text = None if text_tokens is None else text_tokens[sel]
+        out_g = self.model(rgb[sel], thermal[sel], guidance=self._guidance(mask[sel], guided[sel], text))
+        out_u = self.model(rgb[~sel], thermal[~sel])
+        order = torch.cat([sel.nonzero()[:, 0], (~sel).nonzero()[:, 0]]).argsort()
+        logits = None if out_g.logits is None else torch.cat([out_g.logits, out_u.logits])[order]
+        return FusionSegOutput(fused=torch.cat([out_g.fused, out_u.fused])[order], logits=logits)
+
+
+class GuidedFusionObjective(Objective[TeSGLossConfig]):
+    """``loss.kind: tesg``: :class:`~ivf_training.tesg_losses.TeSGLoss` on a model run with
+    per-sample guidance through :class:`GuidedPath` (the module the trainer wraps for data
+    parallelism).
+
+    Guidance dropout (our extension): with probability ``guidance_dropout`` a whole training batch
+    runs with the fallback, drawn from the global torch RNG (checkpointed, so a resumed run draws
+    the same). Validation never drops. Under torchrun, runs with fallback samples or dropout leave
+    the mask-split blocks unused in some steps: set ``ddp_find_unused_parameters: true``.
+
+    Args:
+        guidance_dropout: probability of a fallback batch while training.
+    """
+
+    kind = "tesg"
+
+    def __init__(self, guidance_dropout: float = 0.0) -> None:
+        self.guidance_dropout = guidance_dropout
+
+    @classmethod
+    def from_config(cls, lc: TeSGLossConfig, num_classes: int) -> GuidedFusionObjective:
+        return cls(lc.guidance_dropout)
+
+    @classmethod
+    def build_loss(cls, lc: TeSGLossConfig) -> nn.Module:
+        return TeSGLoss(intensity=lc.intensity, ssim=lc.ssim, color=lc.color, gradient=lc.gradient, seg=lc.seg,
+                        ssim_window=lc.ssim_window)
+
+    def prepare(self, model: nn.Module) -> None:
+        if not getattr(model, "accepts_guidance", False):
+            raise ConfigError(f"loss.kind 'tesg' trains a guided model (tesg, test_tesg); "
+                              f"{getattr(model, 'variant', type(model).__name__)} takes no guidance")
+
+    def training_module(self, model: nn.Module) -> nn.Module:
+        return GuidedPath(model)
+
+    def train_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
+                   labels: torch.Tensor, autocast: Autocast, mask: torch.Tensor | None = None,
+                   guided: torch.Tensor | None = None,
+                   text_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, Terms]:
+        """``model``: the (possibly wrapped) :class:`GuidedPath`."""
+        drop = self.guidance_dropout > 0 and float(torch.rand(())) < self.guidance_dropout
+        with autocast():
+            output = model(rgb, thermal) if drop else model(rgb, thermal, mask, guided, text_tokens)
+        return loss_fn(output, rgb, thermal, labels)
+
+    def validation_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
+                        labels: torch.Tensor | None, autocast: Autocast, multiple: int, index: int,
+                        mask: torch.Tensor | None = None, guided: torch.Tensor | None = None,
+                        text_tokens: torch.Tensor | None = None) -> tuple[FusionSegOutput | None, Terms]:
+        h, w = rgb.shape[-2:]
+        # padding is background, as the engine pads guidance (Guidance.padded): no object there
+        padded_mask = None if mask is None else F.pad(mask, (0, (-w) % multiple, 0, (-h) % multiple))
+        with autocast():
+            out = GuidedPath(model)(pad_to_multiple(rgb, multiple), pad_to_multiple(thermal, multiple), padded_mask,
+                                    guided, text_tokens)
+        out = FusionSegOutput(fused=out.fused[..., :h, :w].float(),
+                              logits=None if out.logits is None else out.logits[..., :h, :w].float())
+        _, terms = loss_fn(out, rgb, thermal, labels)
+        return out, terms
 
 
 def _train_only_stage(model: nn.Module, stage: str, kind: str) -> None:
@@ -478,8 +606,8 @@ class DistilledFusionSegObjective(Objective[MAFSStage2LossConfig]):
 
 OBJECTIVES: dict[str, type[Objective[Any]]] = {
     cls.kind: cls
-    for cls in (S4FusionObjective, CMFSObjective, UPFusionObjective, MaskedReconstructionObjective,
-                DistilledFusionSegObjective)
+    for cls in (S4FusionObjective, CMFSObjective, UPFusionObjective, GuidedFusionObjective,
+                MaskedReconstructionObjective, DistilledFusionSegObjective)
 }
 """The objective class of each ``loss.kind`` (the kinds of :data:`ivf_training.config.LossConfig`)."""
 

@@ -49,6 +49,7 @@ from ivf_training.build import (
 from ivf_training.checkpoint import CheckpointError, capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from ivf_training.config import ConfigError, TrainConfig
 from ivf_training.datasets import AugmentedDataset, ResumableBatchSampler, describe_dataset
+from ivf_training.datasets.guidance import guidance_inputs
 from ivf_training.distributed import (
     DistContext,
     ShardedBatchSampler,
@@ -333,9 +334,10 @@ class Trainer:
             rgb = micro["rgb"].to(self.device, non_blocking=True)
             thermal = micro["thermal"].to(self.device, non_blocking=True)
             labels = micro["labels"].to(self.device, non_blocking=True)
+            guidance = guidance_inputs(micro, self.device)  # TeSG runs only; other kinds get none
             with grad_sync(self.train_model, last_micro_batch=i == len(micro_batches) - 1):
                 loss, micro_terms = self.objective.train_step(self.train_model, self.loss_fn, rgb, thermal, labels,
-                                                              self._autocast)
+                                                              self._autocast, **guidance)
                 if not torch.isfinite(loss):
                     shown = {k: round(float(v), 5) for k, v in micro_terms.items()}
                     raise FloatingPointError(
@@ -460,9 +462,9 @@ class Trainer:
         multiple = int(getattr(model, "input_multiple", 1))
 
         def step(rgb: torch.Tensor, thermal: torch.Tensor, labels: torch.Tensor | None,
-                 index: int) -> tuple[FusionSegOutput | None, Mapping[str, torch.Tensor]]:
+                 index: int, **guidance: torch.Tensor) -> tuple[FusionSegOutput | None, Mapping[str, torch.Tensor]]:
             return self.objective.validation_step(model, self.loss_fn, rgb, thermal, labels, self._autocast,
-                                                  multiple, index)
+                                                  multiple, index, **guidance)
 
         return validate_model(step, self.val_set, modules=(model, self.loss_fn), device=self.device,
                               num_classes=self.num_classes, class_names=self.class_names,

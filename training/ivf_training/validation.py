@@ -38,6 +38,7 @@ from ivf_perception.metrics import (
 )
 from ivf_perception.models import FusionSegOutput
 from ivf_training.augment import IGNORE_INDEX
+from ivf_training.datasets.guidance import guidance_inputs
 from ivf_training.distributed import DistContext, gather_objects, shard_dataset
 from ivf_training.objectives import forward_full_size
 
@@ -85,9 +86,9 @@ def _add(sums: dict[str, float], counts: dict[str, int], key: str, value: float)
     counts[key] = counts.get(key, 0) + 1
 
 
-ValidationStep = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", int],
-                          tuple["FusionSegOutput | None", Mapping[str, torch.Tensor]]]
-"""``(rgb, thermal, labels or None, index) -> (output cropped to the input size or None, loss terms)``:
+ValidationStep = Callable[..., tuple["FusionSegOutput | None", Mapping[str, torch.Tensor]]]
+"""``(rgb, thermal, labels or None, index, **guidance) -> (output cropped to the input size or None, loss terms)``
+(``guidance``: the TeSG batch keys of :func:`~ivf_training.datasets.guidance.guidance_inputs`, when the set has them):
 one full-size image through the model (and the loss). The trainer's step is its objective's
 ``validation_step``; ``ivf-train eval`` uses :func:`forward_full_size` and no loss."""
 
@@ -143,7 +144,7 @@ def validate_model(step: ValidationStep, dataset: Dataset, *, modules: Sequence[
             thermal = batch["thermal"].to(device)
             labels = batch["labels"].to(device)
             labelled = bool((labels != IGNORE_INDEX).any())
-            out, terms = step(rgb, thermal, labels if labelled else None, index)
+            out, terms = step(rgb, thermal, labels if labelled else None, index, **guidance_inputs(batch, device))
             for k, v in terms.items():
                 _add(loss_sums, loss_counts, k, float(v))
             if out is None:  # nothing to score (e.g. MAFS stage I reconstructs instead of fusing)

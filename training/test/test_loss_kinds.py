@@ -16,6 +16,7 @@ from ivf_training.config import (
     MAFSStage1LossConfig,
     MAFSStage2LossConfig,
     S4FusionLossConfig,
+    TeSGLossConfig,
     TrainConfig,
     UPFusionLossConfig,
 )
@@ -26,12 +27,14 @@ from ivf_training.objectives import (
     OBJECTIVES,
     CMFSObjective,
     DistilledFusionSegObjective,
+    GuidedFusionObjective,
     MaskedReconstructionObjective,
     S4FusionObjective,
     UPFusionObjective,
     build_objective,
     objective_class,
 )
+from ivf_training.tesg_losses import TeSGLoss
 from ivf_training.upfusion_losses import UPFusionLoss
 
 MakeConfig = Callable[..., TrainConfig]
@@ -42,6 +45,7 @@ EXPECTED = {
     "mafs_stage1": (MAFSStage1LossConfig, MaskedReconstructionObjective, MAFSStage1Loss),
     "mafs_stage2": (MAFSStage2LossConfig, DistilledFusionSegObjective, MAFSStage2Loss),
     "upfusion": (UPFusionLossConfig, UPFusionObjective, UPFusionLoss),
+    "tesg": (TeSGLossConfig, GuidedFusionObjective, TeSGLoss),
 }
 
 
@@ -63,10 +67,10 @@ def test_the_objective_builds_the_kinds_loss(kind: str) -> None:
 def test_settings_of_another_kind_are_refused(make_config: MakeConfig) -> None:
     with pytest.raises(ConfigError, match=r"loss.gamma is a setting of loss.kind cmfs only \(got loss.kind s4fusion\)"):
         make_config("loss.gamma=0.8")
-    with pytest.raises(ConfigError, match="loss.ssim is a setting of loss.kind s4fusion / upfusion only"):
+    with pytest.raises(ConfigError, match="loss.ssim is a setting of loss.kind s4fusion / upfusion / tesg only"):
         make_config("loss.kind=mafs_stage2", "loss.ssim=1.0")
     with pytest.raises(ConfigError,
-                       match="loss.kind must be one of s4fusion, cmfs, upfusion, mafs_stage1, mafs_stage2"):
+                       match="loss.kind must be one of s4fusion, cmfs, upfusion, tesg, mafs_stage1, mafs_stage2"):
         objective_class("focal")
     cfg = make_config("loss.gamma=0.8", "loss.kind=cmfs")  # the kind may come after its settings
     assert cfg.loss == CMFSLossConfig(gamma=0.8)

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 
 from ivf_perception.errors import IvfPerceptionError
+from ivf_perception.guidance import Guidance
 from ivf_perception.models import FusionSegModel
 
 __all__ = ["BackendError", "BackendOutput", "BackendContext", "InferenceBackend", "PRECISIONS"]
@@ -88,6 +89,17 @@ class InferenceBackend(ABC):
     @abstractmethod
     def run(self, rgb: torch.Tensor, thermal: torch.Tensor) -> BackendOutput:
         """Fuse and segment one padded batch."""
+
+    @property
+    def accepts_guidance(self) -> bool:
+        """Whether :meth:`run_guided` can pass per-frame guidance (TeSG's mask and text tokens)
+        to the network; backends that run an exported file run the network's fallback."""
+        return False
+
+    def run_guided(self, rgb: torch.Tensor, thermal: torch.Tensor, guidance: Guidance) -> BackendOutput:
+        """Like :meth:`run`, with guidance padded like the images (only where :attr:`accepts_guidance`)."""
+        raise BackendError(f"backend '{self.name}' runs no per-frame guidance; use backend torch "
+                           "(or guidance_mode fallback)")
 
     def describe(self) -> dict[str, Any]:
         """What logs and diagnostics should say about this backend."""

@@ -38,6 +38,10 @@ def onnx_weights_info(path: Path) -> tuple[WeightsInfo, int]:
         meta = read_onnx_metadata(path)
     except OnnxExportError as exc:
         raise WeightsError(str(exc)) from exc
+    if "guidance_inputs" in meta:
+        raise WeightsError(f"{path} is a guided export (inputs mask and text_tokens, `export-onnx --guidance`) for "
+                           "other runtimes; the engine runs a guided model's fallback export (export without "
+                           "--guidance) or its .safetensors weights with backend torch for guidance")
     info = WeightsInfo(variant=str(meta["variant"]), preset=str(meta["preset"]), num_classes=int(meta["num_classes"]),
                        classes=list(meta.get("classes") or []), palette=[int(c) for c in meta.get("palette") or []],
                        input_size=_input_size(meta.get("input_size")))

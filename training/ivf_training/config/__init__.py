@@ -30,6 +30,7 @@ from ivf_training.config.losses import (
     MAFSStage1LossConfig,
     MAFSStage2LossConfig,
     S4FusionLossConfig,
+    TeSGLossConfig,
     UPFusionLossConfig,
 )
 from ivf_training.config.schema import ConfigError, config_to_dict
@@ -49,6 +50,7 @@ __all__ = [
     "MAFSStage1LossConfig",
     "MAFSStage2LossConfig",
     "UPFusionLossConfig",
+    "TeSGLossConfig",
     "TrainConfig",
     "load_config",
     "config_from_dict",

@@ -26,6 +26,7 @@ __all__ = [
     "MAFSStage1LossConfig",
     "MAFSStage2LossConfig",
     "UPFusionLossConfig",
+    "TeSGLossConfig",
     "LossConfig",
 ]
 
@@ -232,6 +233,48 @@ class UPFusionLossConfig(LossSettings):
         _non_negative(self, ("intensity", "gradient", "ssim", "seg"))
 
 
+@dataclass
+class TeSGLossConfig(LossSettings):
+    """``kind: tesg`` (``TeSGLoss``): TeSG's four fusion terms and where each sample's guidance comes from.
+
+    The term formulas and weights are **reconstructed** (TeSG's supplementary is unavailable):
+    Text-IF's ``fusion_loss`` with its defaults, see :mod:`ivf_training.tesg_losses`.
+
+    Attributes:
+        intensity, ssim, color, gradient: term weights (Text-IF: 4, 1, 12, 10).
+        ssim_window: SSIM window side (Text-IF: 48; crops must be at least this large).
+        seg: cross-entropy weight of our segmentation head (0 for fusion-only training).
+        guidance_cache: a folder written by ``ivf-train tesg-guidance`` holding the guidance of
+            every ``data.train_folders`` / ``data.train_real`` / validation folder sample (a missing
+            entry is an error); ``None``: those samples train with the model's fallback.
+        scene_object_masks: generated scenes carry the scene generator's own object mask as M
+            (with the model's fallback text); False: they train with the fallback.
+        guidance_dropout: probability that a training batch runs with the fallback instead of
+            its guidance, so the live fallback stays in distribution (our extension; 0 in the
+            ``paper`` recipe).
+    """
+
+    kind: Literal["tesg"] = "tesg"
+    intensity: float = 4.0
+    ssim: float = 1.0
+    color: float = 12.0
+    gradient: float = 10.0
+    ssim_window: int = 48
+    seg: float = 1.0
+    guidance_cache: str | None = None
+    scene_object_masks: bool = True
+    guidance_dropout: float = 0.0
+
+    path_fields: ClassVar[tuple[str, ...]] = ("guidance_cache",)
+
+    def __post_init__(self) -> None:
+        _non_negative(self, ("intensity", "ssim", "color", "gradient", "seg"))
+        if self.ssim_window < 1:
+            raise ConfigError(f"loss.ssim_window must be >= 1, got {self.ssim_window}")
+        if not 0.0 <= self.guidance_dropout <= 1.0:
+            raise ConfigError(f"loss.guidance_dropout is a probability in [0, 1], got {self.guidance_dropout}")
+
+
 LossConfig = (S4FusionLossConfig | CMFSLossConfig | MAFSStage1LossConfig | MAFSStage2LossConfig
-              | UPFusionLossConfig)
+              | UPFusionLossConfig | TeSGLossConfig)
 """The ``loss:`` section: the member whose ``kind`` the section names (default ``s4fusion``)."""
