@@ -46,12 +46,22 @@ def resize_sample(sample: Sample, height: int, width: int) -> Sample:
 
 
 def pad_to(sample: Sample, height: int, width: int) -> Sample:
-    """Pad bottom/right to at least ``height``×``width``: images with 0, labels with 255."""
+    """Pad bottom/right to at least ``height``×``width``: images with 0, labels with 255, and
+    ``valid`` (H, W) bool (True on the real pixels; created all True when absent) with False.
+
+    Why ``valid``: labels of 255 mark the padding for the segmentation loss, but a fusion loss
+    compares images, and a black real pixel cannot be told from padding; CMFS's fusion loss
+    excludes the padding with this mask, as its public code does.
+    """
     rgb: torch.Tensor = sample["rgb"]  # type: ignore[assignment]
     ph, pw = max(0, height - rgb.shape[-2]), max(0, width - rgb.shape[-1])
-    if not (ph or pw):
-        return dict(sample)
     out = dict(sample)
+    valid = sample.get("valid")
+    if valid is None:
+        valid = torch.ones(rgb.shape[-2:], dtype=torch.bool)
+    out["valid"] = F.pad(valid, (0, pw, 0, ph), value=False) if ph or pw else valid  # type: ignore[arg-type]
+    if not (ph or pw):
+        return out
     for key in ("rgb", "thermal"):
         out[key] = F.pad(sample[key], (0, pw, 0, ph), value=0.0)  # type: ignore[arg-type]
     if sample.get("labels") is not None:
@@ -62,7 +72,7 @@ def pad_to(sample: Sample, height: int, width: int) -> Sample:
 def crop_sample(sample: Sample, top: int, left: int, height: int, width: int) -> Sample:
     """Crop every array of the sample to the same window."""
     out = dict(sample)
-    for key in ("rgb", "thermal", "labels"):
+    for key in ("rgb", "thermal", "labels", "valid"):
         value = sample.get(key)
         if value is not None:
             out[key] = value[..., top : top + height, left : left + width]  # type: ignore[index]
@@ -72,7 +82,7 @@ def crop_sample(sample: Sample, top: int, left: int, height: int, width: int) ->
 def hflip_sample(sample: Sample) -> Sample:
     """Mirror every array of the sample left-right."""
     out = dict(sample)
-    for key in ("rgb", "thermal", "labels"):
+    for key in ("rgb", "thermal", "labels", "valid"):
         value = sample.get(key)
         if value is not None:
             out[key] = value.flip(-1)  # type: ignore[union-attr]
@@ -82,7 +92,7 @@ def hflip_sample(sample: Sample) -> Sample:
 def rot90_sample(sample: Sample, k: int) -> Sample:
     """Rotate every array of the sample by ``k`` quarter turns (counter-clockwise) together."""
     out = dict(sample)
-    for key in ("rgb", "thermal", "labels"):
+    for key in ("rgb", "thermal", "labels", "valid"):
         value = sample.get(key)
         if value is not None:
             out[key] = torch.rot90(value, k, dims=(-2, -1))  # type: ignore[arg-type]
@@ -107,7 +117,8 @@ class JointAugment:
 
     Shape:
         sample["rgb"]: (3, H, W), sample["thermal"]: (1, H, W), sample["labels"]: (H, W) or absent
-        → the same keys at (crop, crop_width or crop).
+        → the same keys at (crop, crop_width or crop), plus ``valid`` (crop, crop_width or crop)
+        bool, False where the crop reaches into the padding (see :func:`pad_to`).
     """
 
     crop: int
@@ -147,7 +158,7 @@ class JointAugment:
             out = hflip_sample(out)
         if self.rot90:
             out = rot90_sample(out, int(torch.randint(0, 4, (), generator=generator)))
-        for key in ("rgb", "thermal", "labels"):
+        for key in ("rgb", "thermal", "labels", "valid"):
             if out.get(key) is not None:
                 out[key] = out[key].contiguous()  # type: ignore[union-attr]
         return out

@@ -155,11 +155,15 @@ class Objective(abc.ABC, Generic[SettingsT]):
 
     @abc.abstractmethod
     def train_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
-                   labels: torch.Tensor, autocast: Autocast) -> tuple[torch.Tensor, Terms]:
+                   labels: torch.Tensor, autocast: Autocast,
+                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, Terms]:
         """The loss to back-propagate and its detached named terms (``total`` included).
 
         Args:
             model: :meth:`training_module` of the model, possibly wrapped (DDP).
+
+            valid: (B, H, W) bool, True on real pixels and False on the crop's padding (None:
+                no padding); objectives whose loss can exclude the padding take it (CMFS).
 
         Shape:
             rgb (B, 3, H, W), thermal (B, 1, H, W), labels (B, H, W) int64 (255 = ignore)
@@ -199,7 +203,8 @@ class SupervisedObjective(Objective[SettingsT]):
     """
 
     def train_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
-                   labels: torch.Tensor, autocast: Autocast) -> tuple[torch.Tensor, Terms]:
+                   labels: torch.Tensor, autocast: Autocast,
+                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, Terms]:
         with autocast():
             output = model(rgb, thermal)
         return loss_fn(output, rgb, thermal, labels)
@@ -234,7 +239,15 @@ class CMFSObjective(SupervisedObjective[CMFSLossConfig]):
     @classmethod
     def build_loss(cls, lc: CMFSLossConfig) -> nn.Module:
         return CMFSLoss(seg=lc.seg, fusion=lc.fusion, intensity=lc.intensity, color=lc.color,
-                        gradient=lc.gradient, gamma=lc.gamma, beta=lc.beta, moe_balance=lc.moe_balance)
+                        gradient=lc.gradient, gamma=lc.gamma, beta=lc.beta, moe_balance=lc.moe_balance,
+                        gradient_form=lc.gradient_form)
+
+    def train_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
+                   labels: torch.Tensor, autocast: Autocast,
+                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, Terms]:
+        with autocast():
+            output = model(rgb, thermal)
+        return loss_fn(output, rgb, thermal, labels, valid)
 
 
 class UPFusionObjective(SupervisedObjective[UPFusionLossConfig]):
@@ -358,7 +371,8 @@ class MaskedReconstructionObjective(Objective[MAFSStage1LossConfig]):
         return loss_fn(output, rgb, thermal, mask_rgb, mask_thermal)
 
     def train_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
-                   labels: torch.Tensor, autocast: Autocast) -> tuple[torch.Tensor, Terms]:
+                   labels: torch.Tensor, autocast: Autocast,
+                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, Terms]:
         terms = self._loss(model, loss_fn, rgb, thermal, autocast, None, 1)  # model: a ReconstructionPath
         return terms["total"], _detached(terms)
 
@@ -450,7 +464,8 @@ class DistilledFusionSegObjective(Objective[MAFSStage2LossConfig]):
         return out.logits[..., :h, :w].float()
 
     def train_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
-                   labels: torch.Tensor, autocast: Autocast) -> tuple[torch.Tensor, Terms]:
+                   labels: torch.Tensor, autocast: Autocast,
+                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, Terms]:
         with autocast():
             output = model(rgb, thermal)
             teacher_logits = self._teacher_logits(output.fused, thermal)

@@ -333,9 +333,10 @@ class Trainer:
             rgb = micro["rgb"].to(self.device, non_blocking=True)
             thermal = micro["thermal"].to(self.device, non_blocking=True)
             labels = micro["labels"].to(self.device, non_blocking=True)
+            valid = micro["valid"].to(self.device, non_blocking=True) if "valid" in micro else None
             with grad_sync(self.train_model, last_micro_batch=i == len(micro_batches) - 1):
                 loss, micro_terms = self.objective.train_step(self.train_model, self.loss_fn, rgb, thermal, labels,
-                                                              self._autocast)
+                                                              self._autocast, valid)
                 if not torch.isfinite(loss):
                     shown = {k: round(float(v), 5) for k, v in micro_terms.items()}
                     raise FloatingPointError(

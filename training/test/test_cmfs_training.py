@@ -41,7 +41,7 @@ def test_fusion_terms_on_hand_made_images() -> None:
     thermal[..., 3:] = 1.0  # a vertical edge
     gamma, beta = 0.5, 1.0
     target = torch.maximum(rgb.sqrt(), thermal.expand_as(rgb))  # 0.5 left, 1.0 right
-    terms = cmfs_fusion_terms(target, rgb, thermal, gamma, beta)
+    terms = cmfs_fusion_terms(target, rgb, thermal, gamma, beta, gradient_form="magnitude")
     assert float(terms["fus_intensity"]) == pytest.approx(0.0, abs=1e-7)
     assert float(terms["fus_gradient"]) == pytest.approx(
         float((sobel_magnitude(target) - torch.maximum(sobel_magnitude(rgb.sqrt()),
@@ -64,7 +64,7 @@ def test_cmfs_loss_weights_and_terms() -> None:
     labels = torch.randint(0, 5, (2, 16, 16), generator=g)
     balance = torch.tensor(1.3, requires_grad=True)
     out = FusionSegOutput(fused=fused, logits=logits, aux={"moe_balance_loss": balance})
-    loss_fn = CMFSLoss(gamma=0.5, beta=1.7)
+    loss_fn = CMFSLoss(gamma=0.5, beta=1.7, moe_balance=0.01)
     total, terms = loss_fn(out, rgb, thermal, labels)
     expected = (terms["seg_ce"] + 0.1 * (0.5 * terms["fus_intensity"] + 1.0 * terms["fus_color"]
                                         + 0.2 * terms["fus_gradient"]) + 0.01 * terms["moe_balance"])

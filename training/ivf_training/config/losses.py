@@ -89,7 +89,11 @@ class CMFSLossConfig(LossSettings):
         seg, fusion, intensity, color, gradient: term weights (paper: 1, 0.1, 0.5, 1, 0.2).
         gamma: CMFS's visible gamma (0.5 MFNet/PST900, 0.8 FMB).
         beta: CMFS's thermal contrast factor (1.7 MFNet, 1.0 FMB, 1.8 PST900).
-        moe_balance: weight of CMFS's mixture-of-experts load-balancing term.
+        moe_balance: weight of CMFS's mixture-of-experts load-balancing term (in neither the
+            paper nor the public code: 0 in the paper recipes).
+        gradient_form: ``public`` (the public code's signed, unnormalised Sobel per axis, which
+            the paper's weight 0.2 was tuned with) or ``magnitude`` (our 1/8-normalised Sobel
+            magnitude, about 4x weaker at the same weight); see ``ivf_training.cmfs_losses``.
     """
 
     kind: Literal["cmfs"] = "cmfs"
@@ -101,6 +105,7 @@ class CMFSLossConfig(LossSettings):
     gamma: float = 0.5
     beta: float = 1.7
     moe_balance: float = 0.01
+    gradient_form: Literal["public", "magnitude"] = "public"
 
     def __post_init__(self) -> None:
         if self.gamma <= 0 or self.beta < 0:
