@@ -12,12 +12,14 @@ from lr_helpers import lrs, optimizer
 from timm.scheduler import PolyLRScheduler
 
 from ivf_perception.engine import Engine
+from ivf_perception.engine.weights import read_sidecar
 from ivf_perception.models.base import FusionSegOutput
 from ivf_training.cmfs_losses import DATASET_GAMMA_BETA, CMFSLoss, adjust_contrast, cmfs_fusion_terms, gamma_correct
 from ivf_training.config import ConfigError, OptimConfig, TrainConfig, load_config
 from ivf_training.export import export_engine_weights
 from ivf_training.losses import sobel_magnitude
 from ivf_training.objectives import CMFSObjective
+from ivf_training.run_dir import read_run_config
 from ivf_training.schedules import build_schedule
 from ivf_training.trainer import Trainer, start_run
 
@@ -126,6 +128,9 @@ def test_cmfs_trains_exports_and_runs_in_the_engine(make_config: MakeConfig, tmp
     log = (trainer.run_dir / "log.jsonl").read_text()
     assert "moe_balance" in log and "fus_color" in log
     out = export_engine_weights(trainer.run_dir, tmp_path / "cmfs.safetensors")
+    # the switches the model was built with are pinned in the run config and the sidecar
+    assert read_run_config(trainer.run_dir).model.overrides["moe_mamba_bidirectional"] is True
+    assert read_sidecar(out).model_args["moe_mamba_bidirectional"] is True
     engine = Engine("auto", weights=out, device="cpu")
     torch.testing.assert_close(engine.model.text_features, trainer.model.text_features.cpu())
     trainer.model.eval()

@@ -15,7 +15,7 @@ The definitions of the terms live with the losses: :mod:`ivf_training.losses` (s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from ivf_training.config.schema import ConfigError
 
@@ -27,6 +27,7 @@ __all__ = [
     "MAFSStage2LossConfig",
     "UPFusionLossConfig",
     "LossConfig",
+    "LEGACY_LOSS_SETTINGS",
 ]
 
 
@@ -240,3 +241,11 @@ class UPFusionLossConfig(LossSettings):
 LossConfig = (S4FusionLossConfig | CMFSLossConfig | MAFSStage1LossConfig | MAFSStage2LossConfig
               | UPFusionLossConfig)
 """The ``loss:`` section: the member whose ``kind`` the section names (default ``s4fusion``)."""
+
+
+LEGACY_LOSS_SETTINGS: dict[str, dict[str, Any]] = {
+    "cmfs": {"gradient_form": "magnitude"},
+}
+"""Per ``loss.kind``, the values of settings added for the paper fidelity work (issue 15) that
+runs written before them trained with; :func:`ivf_training.run_dir.read_run_config` fills them
+in, so resuming an old run keeps its objective."""
