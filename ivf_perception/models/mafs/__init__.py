@@ -39,11 +39,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ivf_perception.models.mafs.model import MAFS, PRESET_ARGS, _create_mafs, checkpoint_filter_fn
+from ivf_perception.models.mafs.model import LEGACY_ARGS, MAFS, PRESET_ARGS, _create_mafs, checkpoint_filter_fn
 from ivf_perception.models.mafs.trunk import TrunkWeightsError, TrunkWeightsReport
 from ivf_perception.models.registry import register_model
 
 __all__ = [
+    "LEGACY_ARGS",
     "MAFS",
     "PRESET_ARGS",
     "TrunkWeightsError",
@@ -54,13 +55,13 @@ __all__ = [
 ]
 
 
-@register_model(presets=PRESET_ARGS)
+@register_model(presets=PRESET_ARGS, legacy_args=LEGACY_ARGS)
 def mafs(preset: str = "paper", **kwargs: Any) -> MAFS:
     """MAFS (paper preset: two ResNet-152 trunks, 5 invertible blocks, 3-stage transformer decoder)."""
     return _create_mafs(preset, **kwargs)
 
 
-@register_model(presets=PRESET_ARGS)
+@register_model(presets=PRESET_ARGS, legacy_args=LEGACY_ARGS)
 def test_mafs(preset: str = "test", **kwargs: Any) -> MAFS:
     """Micro MAFS for CPU tests of every code path."""
     return _create_mafs(preset, **kwargs)
