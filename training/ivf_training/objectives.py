@@ -31,13 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ivf_perception.engine.weights import build_model_from_weights
+from ivf_perception.engine.weights import build_model_from_weights, read_sidecar
 from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.models.base import FusionSegOutput
 from ivf_training.cmfs_losses import CMFSLoss
 from ivf_training.config import (
     CMFSLossConfig,
     ConfigError,
+    FusedSegTeacherLossConfig,
     LossConfig,
     LossSettings,
     MAFSStage1LossConfig,
@@ -47,6 +48,7 @@ from ivf_training.config import (
 )
 from ivf_training.losses import FusionSegLoss, PerceptionLoss
 from ivf_training.mafs_losses import MAFSStage1Loss, MAFSStage2Loss, random_patch_mask
+from ivf_training.teacher import SegmentationOnlyLoss, teacher_input_of, teacher_inputs
 from ivf_training.upfusion_losses import UPFusionLoss
 
 __all__ = [
@@ -58,9 +60,11 @@ __all__ = [
     "MaskedReconstructionObjective",
     "ReconstructionPath",
     "DistilledFusionSegObjective",
+    "FusedInputSegObjective",
     "pad_to_multiple",
     "forward_full_size",
     "load_teacher",
+    "load_fusion_source",
     "OBJECTIVES",
     "objective_class",
     "build_objective",
@@ -415,8 +419,10 @@ class DistilledFusionSegObjective(Objective[MAFSStage2LossConfig]):
     """MAFS stage II: fusion + segmentation, optionally distilled from a frozen teacher.
 
     The model fuses and segments the batch; the teacher, when given, segments the *fused* image
-    (detached: distillation must not push the fusion towards what pleases the teacher) together
-    with the thermal image, since every registry model takes a visible/thermal pair.
+    (detached: distillation must not push the fusion towards what pleases the teacher). Every
+    registry model takes a visible/thermal pair: a teacher trained on fused images
+    (``loss.kind: fused_seg_teacher``) receives the second input it was trained with (its
+    sidecar's ``thermal_input``, :mod:`ivf_training.teacher`), any other model the thermal image.
     ``loss_fn`` is :class:`~ivf_training.mafs_losses.MAFSStage2Loss`; without a teacher its KD
     term is absent from the logs. Only ``STAGE_MODULES["fusion_seg"]`` is trained (the stage I
     reconstruction decoder stays frozen). The loss's DWA history is part of the checkpoint, and
@@ -424,17 +430,22 @@ class DistilledFusionSegObjective(Objective[MAFSStage2LossConfig]):
 
     Args:
         teacher: a frozen segmentation model (:func:`load_teacher`) or None.
+        teacher_input: the teacher's second input, see :func:`~ivf_training.teacher.teacher_inputs`.
     """
 
     kind = "mafs_stage2"
     STAGE = "fusion_seg"
 
-    def __init__(self, teacher: nn.Module | None = None) -> None:
+    def __init__(self, teacher: nn.Module | None = None, teacher_input: str = "thermal") -> None:
         self.teacher = teacher
+        self.teacher_input = teacher_input
 
     @classmethod
     def from_config(cls, lc: MAFSStage2LossConfig, num_classes: int) -> DistilledFusionSegObjective:
-        return cls(load_teacher(lc.teacher_weights, num_classes) if lc.teacher_weights else None)
+        if not lc.teacher_weights:
+            return cls(None)
+        teacher = load_teacher(lc.teacher_weights, num_classes)  # checks the file first
+        return cls(teacher, teacher_input_of(read_sidecar(lc.teacher_weights)))
 
     @classmethod
     def build_loss(cls, lc: MAFSStage2LossConfig) -> nn.Module:
@@ -442,7 +453,8 @@ class DistilledFusionSegObjective(Objective[MAFSStage2LossConfig]):
                               seg_aux=lc.seg_aux, binary=lc.binary, boundary=lc.boundary, kd=lc.kd,
                               kd_temperature=lc.kd_temperature, ohem_thresh=lc.ohem_thresh,
                               ohem_min_kept=lc.ohem_min_kept, boundary_width=lc.boundary_width,
-                              alpha=lc.fair_alpha, dwa_temperature=lc.dwa_temperature, dwa_period=lc.dwa_period)
+                              alpha=lc.fair_alpha, dwa_temperature=lc.dwa_temperature, dwa_period=lc.dwa_period,
+                              gradient_form=lc.gradient_form)
 
     def prepare(self, model: nn.Module) -> None:
         _train_only_stage(model, self.STAGE, self.kind)
@@ -459,8 +471,9 @@ class DistilledFusionSegObjective(Objective[MAFSStage2LossConfig]):
             return None
         h, w = fused.shape[-2:]
         multiple = int(getattr(self.teacher, "input_multiple", 1))
+        inputs = teacher_inputs(fused.detach(), thermal, self.teacher_input)
         with torch.no_grad():
-            out = self.teacher(pad_to_multiple(fused.detach(), multiple), pad_to_multiple(thermal, multiple))
+            out = self.teacher(*(pad_to_multiple(x, multiple) for x in inputs))
         return out.logits[..., :h, :w].float()
 
     def train_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
@@ -491,10 +504,89 @@ class DistilledFusionSegObjective(Objective[MAFSStage2LossConfig]):
             loss_fn.dwa.load_state_dict(state["dwa"])
 
 
+def load_fusion_source(path: str | Path) -> nn.Module:
+    """The frozen fusion model of ``loss.fusion_weights`` (engine weights), in eval mode on the CPU.
+
+    Raises:
+        ConfigError: the file is missing or unusable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"loss.fusion_weights: {path} does not exist; give engine weights (.safetensors with its .json "
+            "sidecar) of a trained fusion model, e.g. from `ivf-train export RUN_DIR --out FILE.safetensors`"
+        )
+    try:
+        model, _ = build_model_from_weights(path)
+    except (IvfPerceptionError, ValueError) as exc:
+        raise ConfigError(f"loss.fusion_weights: {path} cannot be used as the fusion model: {exc}") from exc
+    return model.eval().requires_grad_(False)
+
+
+class FusedInputSegObjective(Objective[FusedSegTeacherLossConfig]):
+    """``loss.kind: fused_seg_teacher``: train a segmentation network on fused images (the MAFS
+    stage II teacher, :mod:`ivf_training.teacher`).
+
+    Each batch is fused by the frozen ``fusion`` model (no gradient); the trained model segments
+    the fused image (its second input per ``thermal_input``) with cross-entropy. Validation
+    reports the trained model's mIoU and, as the fused image, the fusion model's output, which is
+    what the network saw.
+
+    Args:
+        fusion: the frozen fusion model (:func:`load_fusion_source`).
+        thermal_input: see :func:`~ivf_training.teacher.teacher_inputs`.
+    """
+
+    kind = "fused_seg_teacher"
+
+    def __init__(self, fusion: nn.Module, thermal_input: str = "fused") -> None:
+        self.fusion = fusion
+        self.thermal_input = thermal_input
+
+    @classmethod
+    def from_config(cls, lc: FusedSegTeacherLossConfig, num_classes: int) -> FusedInputSegObjective:
+        if not lc.fusion_weights:
+            raise ConfigError("loss.kind fused_seg_teacher needs loss.fusion_weights "
+                              "(engine weights of a fusion model)")
+        return cls(load_fusion_source(lc.fusion_weights), lc.thermal_input)
+
+    @classmethod
+    def build_loss(cls, lc: FusedSegTeacherLossConfig) -> nn.Module:
+        return SegmentationOnlyLoss(lc.seg)
+
+    def prepare(self, model: nn.Module) -> None:
+        if int(getattr(model, "num_classes", 0)) == 0:
+            raise ConfigError("loss.kind 'fused_seg_teacher' trains segmentation; set model.num_classes > 0")
+
+    def to(self, device: torch.device) -> FusedInputSegObjective:
+        self.fusion.to(device)
+        return self
+
+    def _fused(self, rgb: torch.Tensor, thermal: torch.Tensor, autocast: Autocast) -> torch.Tensor:
+        with torch.no_grad():
+            return forward_full_size(self.fusion, rgb, thermal, autocast).fused.clamp(0.0, 1.0)
+
+    def train_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
+                   labels: torch.Tensor, autocast: Autocast,
+                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, Terms]:
+        fused = self._fused(rgb, thermal, autocast)
+        with autocast():
+            output = model(*teacher_inputs(fused, thermal, self.thermal_input))
+        return loss_fn(output, labels)
+
+    def validation_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
+                        labels: torch.Tensor | None, autocast: Autocast, multiple: int,
+                        index: int) -> tuple[FusionSegOutput | None, Terms]:
+        fused = self._fused(rgb, thermal, autocast)
+        out = forward_full_size(model, *teacher_inputs(fused, thermal, self.thermal_input), autocast, multiple)
+        _, terms = loss_fn(out, labels)
+        return FusionSegOutput(fused=fused, logits=out.logits, aux=out.aux), terms
+
+
 OBJECTIVES: dict[str, type[Objective[Any]]] = {
     cls.kind: cls
     for cls in (S4FusionObjective, CMFSObjective, UPFusionObjective, MaskedReconstructionObjective,
-                DistilledFusionSegObjective)
+                DistilledFusionSegObjective, FusedInputSegObjective)
 }
 """The objective class of each ``loss.kind`` (the kinds of :data:`ivf_training.config.LossConfig`)."""
 
