@@ -21,6 +21,10 @@ Fixed defects of the public code: any input size whose sides are multiples of 32
 pads), any batch size in training and evaluation, the local-window scan's permutation undone,
 and no compiled extension needed to import or run (the CUDA scan is used when present).
 
+The ``paper`` preset runs the MoE blocks' Mamba bidirectionally, as the ``mamba_ssm`` package
+the public code ships does (``moe_mamba_bidirectional``; 135.16 M parameters without CLIP);
+``docs/models/cmfs.md`` compares paper, public code and ours.
+
 Ablations (the paper's Models I–V) are constructor switches; ``ablation="I"`` … ``"V"`` sets
 them: I no BiMamba, II no region partition + CLIP map, III no FSC, IV MMFE replaced by a 1×1
 conv, V no fusion head (the fused output is then the pixel average of the visible luminance and

@@ -21,6 +21,12 @@ Architecture (DESIGN §5), one module each:
 * ``recon_head``: the stage I masked-reconstruction decoder, used by :meth:`MAFS.reconstruct`
   (:mod:`.reconstruction`). Losses, masks and the two-stage recipe live in the training package.
 
+The ``paper`` preset builds the public code's forms of the DEM mixing rule and gate
+convolution, the AFM depth, the invertible decoder's half-instance-norm subnets and dense
+aggregation, and the residual ASPP (rates 1–4); our earlier forms are constructor switches
+(``dem_mix``, ``dem_conv``, ``afm_units``, ``inn_subnet``, ``inn_aggregation``, ``aspp_form``),
+used by ``small``/``tiny``. ``docs/models/mafs.md`` compares paper, public code and ours.
+
 Differences from the public code, on purpose:
 
 * Any input size runs (``input_multiple`` 32 is what the engine pads to): the public code
