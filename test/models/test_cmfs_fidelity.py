@@ -62,7 +62,7 @@ def test_sidecar_without_the_switch_loads_the_causal_model(tmp_path: Path) -> No
     with torch.no_grad():
         torch.testing.assert_close(loaded(rgb, thermal).fused, old(rgb, thermal).fused)
 
-    new = build_model("test_cmfs")
+    new = build_model("test_cmfs", moe_mamba_bidirectional=True)
     assert pinned_args("test_cmfs", new) == {"moe_mamba_bidirectional": True}
     assert with_legacy_args("cmfs", "paper", {}) == {"moe_mamba_bidirectional": False}
     assert with_legacy_args("cmfs", "paper", {"moe_mamba_bidirectional": True}) == {"moe_mamba_bidirectional": True}

@@ -121,7 +121,8 @@ def test_cmfs_trains_exports_and_runs_in_the_engine(make_config: MakeConfig, tmp
     equals the training model's and the text features travel with the weights."""
     pytest.importorskip("open_clip")
     cfg = make_config("model.variant=test_cmfs", "model.preset=test", "model.clip_weights=random", "loss.kind=cmfs",
-                      "optim.schedule=poly", "max_steps=2", "ckpt_every=2", "crop=64")
+                      "optim.schedule=poly", "max_steps=2", "ckpt_every=2", "crop=64",
+                      "model.overrides={moe_mamba_bidirectional: true}")
     trainer = start_run(cfg, "cmfs")
     trainer.fit()
     assert trainer.model.has_text_features
