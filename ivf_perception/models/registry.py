@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, overload
 
 from torch import nn
@@ -35,6 +35,8 @@ __all__ = [
     "TEST_PRESET",
     "PRETRAINED_FILE_ARGS",
     "without_pretrained_files",
+    "with_legacy_args",
+    "pinned_args",
 ]
 
 PRETRAINED_FILE_ARGS = frozenset({"encoder_weights", "trunk_weights", "thermal_trunk_weights",
@@ -53,6 +55,7 @@ _Builder = TypeVar("_Builder", bound=Callable[..., Any])
 _MODEL_ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 _MODEL_PRESETS: dict[str, tuple[str, ...]] = {}
 _DEPRECATED: dict[str, str] = {}
+_LEGACY_ARGS: dict[str, Mapping[str, Mapping[str, Any]]] = {}
 
 
 class UnknownModelError(IvfPerceptionError, KeyError):
@@ -67,21 +70,57 @@ def without_pretrained_files(args: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in args.items() if k not in PRETRAINED_FILE_ARGS}
 
 
-@overload
-def register_model(fn: _Builder, *, presets: Iterable[str] = ()) -> _Builder: ...
+def with_legacy_args(name: str, preset: str | None, args: Mapping[str, Any]) -> dict[str, Any]:
+    """Saved constructor arguments (a sidecar's ``model_args``, a run's ``model.overrides``)
+    completed with the values that weights saved before a switch existed were built with.
+
+    Why: saved arguments hold only what differed from the preset, so when a preset's default
+    changes (e.g. CMFS ``paper`` switching to the public code's bidirectional MoE Mamba), old
+    weights would otherwise be rebuilt with the new default: a load error at best, a silently
+    different network at worst. New saves pin the switches (:func:`pinned_args`), so a switch
+    missing from saved arguments means the weights predate it.
+
+    Raises:
+        UnknownModelError: ``name`` is not registered.
+    """
+    legacy = _LEGACY_ARGS.get(_resolve(name), {}).get(preset or "", {})
+    return {**copy.deepcopy(dict(legacy)), **args}
+
+
+def pinned_args(name: str, model: nn.Module) -> dict[str, Any]:
+    """The values ``model`` was built with of every switch its family declares legacy values
+    for (see :func:`with_legacy_args`), to write into saved arguments.
+
+    Raises:
+        UnknownModelError: ``name`` is not registered.
+    """
+    keys = {k for per_preset in _LEGACY_ARGS.get(_resolve(name), {}).values() for k in per_preset}
+    if not keys:
+        return {}
+    built = model.config()["model_args"]  # type: ignore[operator]
+    return {k: copy.deepcopy(built[k]) for k in sorted(keys) if k in built}
 
 
 @overload
-def register_model(fn: None = None, *, presets: Iterable[str] = ()) -> Callable[[_Builder], _Builder]: ...
+def register_model(fn: _Builder, *, presets: Iterable[str] = (),
+                   legacy_args: Mapping[str, Mapping[str, Any]] | None = None) -> _Builder: ...
 
 
-def register_model(fn: _Builder | None = None, *,
-                   presets: Iterable[str] = ()) -> _Builder | Callable[[_Builder], _Builder]:
+@overload
+def register_model(fn: None = None, *, presets: Iterable[str] = (),
+                   legacy_args: Mapping[str, Mapping[str, Any]] | None = None) -> Callable[[_Builder], _Builder]: ...
+
+
+def register_model(fn: _Builder | None = None, *, presets: Iterable[str] = (),
+                   legacy_args: Mapping[str, Mapping[str, Any]] | None = None
+                   ) -> _Builder | Callable[[_Builder], _Builder]:
     """Decorator registering a model-building function under its ``__name__``.
 
     Use it bare (``@register_model``) or with the size presets the builder accepts
     (``@register_model(presets=PRESET_ARGS)``): :func:`list_presets` reports exactly those, so
     the bench, the CLI help and the README never offer a preset a family lacks.
+    ``legacy_args`` maps a preset to the constructor arguments that weights saved before those
+    switches existed were built with (:func:`with_legacy_args`).
     """
     declared = tuple(presets)
 
@@ -91,6 +130,8 @@ def register_model(fn: _Builder | None = None, *,
             warnings.warn(f"Overwriting {name} in the model registry", stacklevel=3)
         _MODEL_ENTRYPOINTS[name] = builder
         _MODEL_PRESETS[name] = declared
+        if legacy_args:
+            _LEGACY_ARGS[name] = legacy_args
         return builder
 
     return register if fn is None else register(fn)

@@ -31,8 +31,11 @@ VARIANTS = [n for n in list_models("test_*") if model_entrypoint(n).__module__.s
 def _weights(variant: str, folder: Path) -> Path:
     torch.manual_seed(7)
     model = build_model(variant, num_classes=len(MFNET_CLASSES))
+    # the sidecar records the constructor arguments, as exports do: a sidecar without a switch
+    # added later means weights saved before it (registry.with_legacy_args)
     info = WeightsInfo(variant=variant, preset=model.preset, num_classes=len(MFNET_CLASSES),
-                       classes=list(MFNET_CLASSES), palette=list(MFNET_PALETTE))
+                       model_args=model.config()["model_args"], classes=list(MFNET_CLASSES),
+                       palette=list(MFNET_PALETTE))
     return save_weights(model.state_dict(), folder / f"{variant}.safetensors", info)
 
 

@@ -27,7 +27,7 @@ __all__ = ["IGNORE_INDEX", "JointAugment", "resize_sample", "pad_to", "crop_samp
 IGNORE_INDEX = 255
 """Label value ignored by the loss and the metrics."""
 
-_PIXEL_MAPS = ("rgb", "thermal", "labels", "mask")
+_PIXEL_MAPS = ("rgb", "thermal", "labels", "mask", "valid")
 """The per-pixel arrays of a sample that every geometric change applies to."""
 
 Sample = dict[str, object]
@@ -56,12 +56,22 @@ def resize_sample(sample: Sample, height: int, width: int) -> Sample:
 
 
 def pad_to(sample: Sample, height: int, width: int) -> Sample:
-    """Pad bottom/right to at least ``height``×``width``: images and mask with 0, labels with 255."""
+    """Pad bottom/right to at least ``height``×``width``: images and mask with 0, labels with 255, and
+    ``valid`` (H, W) bool (True on the real pixels; created all True when absent) with False.
+
+    Why ``valid``: labels of 255 mark the padding for the segmentation loss, but a fusion loss
+    compares images, and a black real pixel cannot be told from padding; CMFS's fusion loss
+    excludes the padding with this mask, as its public code does.
+    """
     rgb: torch.Tensor = sample["rgb"]  # type: ignore[assignment]
     ph, pw = max(0, height - rgb.shape[-2]), max(0, width - rgb.shape[-1])
-    if not (ph or pw):
-        return dict(sample)
     out = dict(sample)
+    valid = sample.get("valid")
+    if valid is None:
+        valid = torch.ones(rgb.shape[-2:], dtype=torch.bool)
+    out["valid"] = F.pad(valid, (0, pw, 0, ph), value=False) if ph or pw else valid  # type: ignore[arg-type]
+    if not (ph or pw):
+        return out
     for key in ("rgb", "thermal"):
         out[key] = F.pad(sample[key], (0, pw, 0, ph), value=0.0)  # type: ignore[arg-type]
     if sample.get("labels") is not None:
@@ -119,7 +129,8 @@ class JointAugment:
 
     Shape:
         sample["rgb"]: (3, H, W), sample["thermal"]: (1, H, W), sample["labels"]: (H, W) or absent
-        → the same keys at (crop, crop_width or crop).
+        → the same keys at (crop, crop_width or crop), plus ``valid`` (crop, crop_width or crop)
+        bool, False where the crop reaches into the padding (see :func:`pad_to`).
     """
 
     crop: int

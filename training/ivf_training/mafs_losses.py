@@ -63,12 +63,14 @@ from torch import nn
 from ivf_perception.checks import ShapeError, check_shape
 from ivf_perception.models.base import FusionSegOutput
 from ivf_perception.models.layers.color import rgb_to_gray
+from ivf_perception.models.layers.sobel import sobel_gradients
 from ivf_training.augment import IGNORE_INDEX
 from ivf_training.losses import gradient_loss, intensity_loss, sobel_magnitude
 
 __all__ = [
     "MAFS_STAGE1_AUX_KEYS",
     "MAFS_STAGE2_AUX_KEYS",
+    "axis_gradient_loss",
     "random_patch_mask",
     "masked_reconstruction_terms",
     "masked_reconstruction_loss",
@@ -381,6 +383,18 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 4
     return (kl * valid).sum() / valid.sum().clamp(min=1.0) * temperature**2
 
 
+def axis_gradient_loss(y_fused: torch.Tensor, y_vi: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+    """The public MAFS ``Fusionloss`` gradient term: ``Σ_a L1(|G_a Y_F|, max(|G_a Y_vi|, |G_a IR|))``
+    over the two axes ``a``, with the unnormalised Sobel kernels and zero padding.
+
+    Shape:
+        y_fused, y_vi, ir: (B, 1, H, W) → scalar
+    """
+    gf, gv, gi = (sobel_gradients(x, normalized=False, border="zeros").abs() for x in (y_fused, y_vi, ir))
+    per_axis = (gf - torch.maximum(gv, gi)).abs().mean(dim=(0, 1, 3, 4))  # (2,): x then y
+    return per_axis.sum()
+
+
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of score maps (no-op at the same size)."""
     if tuple(x.shape[-2:]) == tuple(size):
@@ -598,11 +612,13 @@ class MAFSStage2Loss(_ReportsAbsent):
                 + w_bd·[seg_boundary] + w_kd·[seg_kd]
         total = λ_fus·U_α(L_fus) + λ_seg·U_α(L_seg)
 
-    * ``fus_intensity = L1(Y_F, max(Y_vi, IR))`` and ``fus_gradient = L1(|∇Y_F|, max(|∇Y_vi|,
-      |∇IR|))`` (:func:`~ivf_training.losses.intensity_loss`,
-      :func:`~ivf_training.losses.gradient_loss`) on BT.601 luminance. Default weights 5 and 8:
-      the official ``Fusionloss`` is ``5·L_int + L_grad`` with an unnormalised Sobel on each
-      axis, about 8× our 1/8-normalised ``|Gx| + |Gy|``.
+    * ``fus_intensity = L1(Y_F, max(Y_vi, IR))`` (:func:`~ivf_training.losses.intensity_loss`)
+      on BT.601 luminance, and ``fus_gradient`` in one of two forms (``gradient_form``):
+      ``"public"`` — :func:`axis_gradient_loss`, the public ``Fusionloss``'s term (absolute
+      unnormalised Sobel per axis, zero padding, the two axes summed), used by the paper
+      recipes with the paper's weights 1 : 1; ``"magnitude"`` — our earlier
+      :func:`~ivf_training.losses.gradient_loss` (1/8-normalised ``|Gx| + |Gy|``), which with
+      weights 5 : 8 imitated the public ``5·L_int + L_grad`` (the paper states 1 : 1).
     * ``seg_ohem``: :func:`ohem_cross_entropy` of ``output.logits``; ``seg_aux``: its mean over
       ``aux['aux_logits']`` (deep supervision of the decoder stages; weight 0.4 as for PSPNet's
       auxiliary loss, our choice); ``seg_binary``: :func:`balanced_bce_loss` of
@@ -628,8 +644,10 @@ class MAFSStage2Loss(_ReportsAbsent):
         background_class: the class that is not foreground (:func:`binary_target`).
         alpha: α of :func:`alpha_fair`.
         dwa_temperature: T of DWA.
-        dwa_period: ``"step"`` — each training step is a DWA period; ``"epoch"`` — the trainer
-            calls :meth:`end_epoch` after each epoch (the paper's setting).
+        dwa_period: ``"step"`` — each training step is a DWA period (the paper's: weights
+            updated per iteration); ``"epoch"`` — the trainer calls :meth:`end_epoch` after each
+            epoch (the original DWA paper's period; our earlier recipes).
+        gradient_form: ``"public"`` or ``"magnitude"`` (above).
 
     Returns (forward):
         :class:`LossTerms` with the terms named above, ``fusion``, ``segmentation`` (task
@@ -638,14 +656,18 @@ class MAFSStage2Loss(_ReportsAbsent):
 
     TASKS: tuple[str, str] = ("fusion", "segmentation")
 
-    def __init__(self, *, fusion_intensity: float = 5.0, fusion_gradient: float = 8.0, seg_ce: float = 1.0,
+    def __init__(self, *, fusion_intensity: float = 1.0, fusion_gradient: float = 1.0, seg_ce: float = 1.0,
                  seg_aux: float = 0.4, binary: float = 1.0, boundary: float = 1.0, kd: float = 1.0,
                  kd_temperature: float = 4.0, ohem_thresh: float = 0.7, ohem_min_kept: int | None = None,
                  boundary_width: int = 1, background_class: int = 0, alpha: float = 0.8,
-                 dwa_temperature: float = 500.0, dwa_period: Literal["step", "epoch"] = "step") -> None:
+                 dwa_temperature: float = 500.0, dwa_period: Literal["step", "epoch"] = "step",
+                 gradient_form: Literal["public", "magnitude"] = "public") -> None:
         super().__init__()
         if dwa_period not in ("step", "epoch"):
             raise ValueError(f"dwa_period must be 'step' or 'epoch', got {dwa_period!r}")
+        if gradient_form not in ("public", "magnitude"):
+            raise ValueError(f"gradient_form must be 'public' or 'magnitude', got {gradient_form!r}")
+        self.gradient_form = gradient_form
         if alpha < 0:
             raise ValueError(f"alpha-fairness needs alpha >= 0, got {alpha}")
         self.fusion_weights = {"fus_intensity": fusion_intensity, "fus_gradient": fusion_gradient}
@@ -681,7 +703,8 @@ class MAFSStage2Loss(_ReportsAbsent):
 
         y_f, y_vi, ir = rgb_to_gray(fused), rgb_to_gray(rgb.float()), thermal.float()
         terms["fus_intensity"] = intensity_loss(y_f, y_vi, ir)
-        terms["fus_gradient"] = gradient_loss(y_f, y_vi, ir)
+        terms["fus_gradient"] = (axis_gradient_loss(y_f, y_vi, ir) if self.gradient_form == "public"
+                                 else gradient_loss(y_f, y_vi, ir))
         fusion = sum(wt * terms[k] for k, wt in self.fusion_weights.items())
         terms["fusion"] = fusion
 

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ivf_perception.engine.weights import build_model_from_weights
+from ivf_perception.engine.weights import build_model_from_weights, read_sidecar
 from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.guidance import Guidance
 from ivf_perception.models.base import FusionSegOutput
@@ -39,6 +39,7 @@ from ivf_training.cmfs_losses import CMFSLoss
 from ivf_training.config import (
     CMFSLossConfig,
     ConfigError,
+    FusedSegTeacherLossConfig,
     LossConfig,
     LossSettings,
     MAFSStage1LossConfig,
@@ -51,6 +52,7 @@ from ivf_training.datasets.guidance import GUIDANCE_CACHE, GUIDANCE_NONE
 from ivf_training.losses import FusionSegLoss, PerceptionLoss
 from ivf_training.mafs_losses import MAFSStage1Loss, MAFSStage2Loss, random_patch_mask
 from ivf_training.tesg_losses import TeSGLoss
+from ivf_training.teacher import SegmentationOnlyLoss, teacher_input_of, teacher_inputs
 from ivf_training.upfusion_losses import UPFusionLoss
 
 __all__ = [
@@ -64,9 +66,11 @@ __all__ = [
     "MaskedReconstructionObjective",
     "ReconstructionPath",
     "DistilledFusionSegObjective",
+    "FusedInputSegObjective",
     "pad_to_multiple",
     "forward_full_size",
     "load_teacher",
+    "load_fusion_source",
     "OBJECTIVES",
     "objective_class",
     "build_objective",
@@ -161,11 +165,15 @@ class Objective(abc.ABC, Generic[SettingsT]):
 
     @abc.abstractmethod
     def train_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
-                   labels: torch.Tensor, autocast: Autocast) -> tuple[torch.Tensor, Terms]:
+                   labels: torch.Tensor, autocast: Autocast,
+                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, Terms]:
         """The loss to back-propagate and its detached named terms (``total`` included).
 
         Args:
             model: :meth:`training_module` of the model, possibly wrapped (DDP).
+
+            valid: (B, H, W) bool, True on real pixels and False on the crop's padding (None:
+                no padding); objectives whose loss can exclude the padding take it (CMFS).
 
         Shape:
             rgb (B, 3, H, W), thermal (B, 1, H, W), labels (B, H, W) int64 (255 = ignore)
@@ -205,7 +213,8 @@ class SupervisedObjective(Objective[SettingsT]):
     """
 
     def train_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
-                   labels: torch.Tensor, autocast: Autocast) -> tuple[torch.Tensor, Terms]:
+                   labels: torch.Tensor, autocast: Autocast,
+                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, Terms]:
         with autocast():
             output = model(rgb, thermal)
         return loss_fn(output, rgb, thermal, labels)
@@ -240,7 +249,15 @@ class CMFSObjective(SupervisedObjective[CMFSLossConfig]):
     @classmethod
     def build_loss(cls, lc: CMFSLossConfig) -> nn.Module:
         return CMFSLoss(seg=lc.seg, fusion=lc.fusion, intensity=lc.intensity, color=lc.color,
-                        gradient=lc.gradient, gamma=lc.gamma, beta=lc.beta, moe_balance=lc.moe_balance)
+                        gradient=lc.gradient, gamma=lc.gamma, beta=lc.beta, moe_balance=lc.moe_balance,
+                        gradient_form=lc.gradient_form)
+
+    def train_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
+                   labels: torch.Tensor, autocast: Autocast,
+                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, Terms]:
+        with autocast():
+            output = model(rgb, thermal)
+        return loss_fn(output, rgb, thermal, labels, valid)
 
 
 class UPFusionObjective(SupervisedObjective[UPFusionLossConfig]):
@@ -351,10 +368,11 @@ class GuidedFusionObjective(Objective[TeSGLossConfig]):
         return GuidedPath(model)
 
     def train_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
-                   labels: torch.Tensor, autocast: Autocast, mask: torch.Tensor | None = None,
-                   guided: torch.Tensor | None = None,
+                   labels: torch.Tensor, autocast: Autocast, valid: torch.Tensor | None = None,
+                   mask: torch.Tensor | None = None, guided: torch.Tensor | None = None,
                    text_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, Terms]:
-        """``model``: the (possibly wrapped) :class:`GuidedPath`."""
+        """``model``: the (possibly wrapped) :class:`GuidedPath`. ``valid`` is not used: TeSG's
+        reconstructed loss has no padding mask (its crops are never padded in the recipes)."""
         drop = self.guidance_dropout > 0 and float(torch.rand(())) < self.guidance_dropout
         with autocast():
             output = model(rgb, thermal) if drop else model(rgb, thermal, mask, guided, text_tokens)
@@ -486,7 +504,8 @@ class MaskedReconstructionObjective(Objective[MAFSStage1LossConfig]):
         return loss_fn(output, rgb, thermal, mask_rgb, mask_thermal)
 
     def train_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
-                   labels: torch.Tensor, autocast: Autocast) -> tuple[torch.Tensor, Terms]:
+                   labels: torch.Tensor, autocast: Autocast,
+                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, Terms]:
         terms = self._loss(model, loss_fn, rgb, thermal, autocast, None, 1)  # model: a ReconstructionPath
         return terms["total"], _detached(terms)
 
@@ -529,8 +548,10 @@ class DistilledFusionSegObjective(Objective[MAFSStage2LossConfig]):
     """MAFS stage II: fusion + segmentation, optionally distilled from a frozen teacher.
 
     The model fuses and segments the batch; the teacher, when given, segments the *fused* image
-    (detached: distillation must not push the fusion towards what pleases the teacher) together
-    with the thermal image, since every registry model takes a visible/thermal pair.
+    (detached: distillation must not push the fusion towards what pleases the teacher). Every
+    registry model takes a visible/thermal pair: a teacher trained on fused images
+    (``loss.kind: fused_seg_teacher``) receives the second input it was trained with (its
+    sidecar's ``thermal_input``, :mod:`ivf_training.teacher`), any other model the thermal image.
     ``loss_fn`` is :class:`~ivf_training.mafs_losses.MAFSStage2Loss`; without a teacher its KD
     term is absent from the logs. Only ``STAGE_MODULES["fusion_seg"]`` is trained (the stage I
     reconstruction decoder stays frozen). The loss's DWA history is part of the checkpoint, and
@@ -538,17 +559,22 @@ class DistilledFusionSegObjective(Objective[MAFSStage2LossConfig]):
 
     Args:
         teacher: a frozen segmentation model (:func:`load_teacher`) or None.
+        teacher_input: the teacher's second input, see :func:`~ivf_training.teacher.teacher_inputs`.
     """
 
     kind = "mafs_stage2"
     STAGE = "fusion_seg"
 
-    def __init__(self, teacher: nn.Module | None = None) -> None:
+    def __init__(self, teacher: nn.Module | None = None, teacher_input: str = "thermal") -> None:
         self.teacher = teacher
+        self.teacher_input = teacher_input
 
     @classmethod
     def from_config(cls, lc: MAFSStage2LossConfig, num_classes: int) -> DistilledFusionSegObjective:
-        return cls(load_teacher(lc.teacher_weights, num_classes) if lc.teacher_weights else None)
+        if not lc.teacher_weights:
+            return cls(None)
+        teacher = load_teacher(lc.teacher_weights, num_classes)  # checks the file first
+        return cls(teacher, teacher_input_of(read_sidecar(lc.teacher_weights)))
 
     @classmethod
     def build_loss(cls, lc: MAFSStage2LossConfig) -> nn.Module:
@@ -556,7 +582,8 @@ class DistilledFusionSegObjective(Objective[MAFSStage2LossConfig]):
                               seg_aux=lc.seg_aux, binary=lc.binary, boundary=lc.boundary, kd=lc.kd,
                               kd_temperature=lc.kd_temperature, ohem_thresh=lc.ohem_thresh,
                               ohem_min_kept=lc.ohem_min_kept, boundary_width=lc.boundary_width,
-                              alpha=lc.fair_alpha, dwa_temperature=lc.dwa_temperature, dwa_period=lc.dwa_period)
+                              alpha=lc.fair_alpha, dwa_temperature=lc.dwa_temperature, dwa_period=lc.dwa_period,
+                              gradient_form=lc.gradient_form)
 
     def prepare(self, model: nn.Module) -> None:
         _train_only_stage(model, self.STAGE, self.kind)
@@ -573,12 +600,14 @@ class DistilledFusionSegObjective(Objective[MAFSStage2LossConfig]):
             return None
         h, w = fused.shape[-2:]
         multiple = int(getattr(self.teacher, "input_multiple", 1))
+        inputs = teacher_inputs(fused.detach(), thermal, self.teacher_input)
         with torch.no_grad():
-            out = self.teacher(pad_to_multiple(fused.detach(), multiple), pad_to_multiple(thermal, multiple))
+            out = self.teacher(*(pad_to_multiple(x, multiple) for x in inputs))
         return out.logits[..., :h, :w].float()
 
     def train_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
-                   labels: torch.Tensor, autocast: Autocast) -> tuple[torch.Tensor, Terms]:
+                   labels: torch.Tensor, autocast: Autocast,
+                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, Terms]:
         with autocast():
             output = model(rgb, thermal)
             teacher_logits = self._teacher_logits(output.fused, thermal)
@@ -604,10 +633,89 @@ class DistilledFusionSegObjective(Objective[MAFSStage2LossConfig]):
             loss_fn.dwa.load_state_dict(state["dwa"])
 
 
+def load_fusion_source(path: str | Path) -> nn.Module:
+    """The frozen fusion model of ``loss.fusion_weights`` (engine weights), in eval mode on the CPU.
+
+    Raises:
+        ConfigError: the file is missing or unusable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"loss.fusion_weights: {path} does not exist; give engine weights (.safetensors with its .json "
+            "sidecar) of a trained fusion model, e.g. from `ivf-train export RUN_DIR --out FILE.safetensors`"
+        )
+    try:
+        model, _ = build_model_from_weights(path)
+    except (IvfPerceptionError, ValueError) as exc:
+        raise ConfigError(f"loss.fusion_weights: {path} cannot be used as the fusion model: {exc}") from exc
+    return model.eval().requires_grad_(False)
+
+
+class FusedInputSegObjective(Objective[FusedSegTeacherLossConfig]):
+    """``loss.kind: fused_seg_teacher``: train a segmentation network on fused images (the MAFS
+    stage II teacher, :mod:`ivf_training.teacher`).
+
+    Each batch is fused by the frozen ``fusion`` model (no gradient); the trained model segments
+    the fused image (its second input per ``thermal_input``) with cross-entropy. Validation
+    reports the trained model's mIoU and, as the fused image, the fusion model's output, which is
+    what the network saw.
+
+    Args:
+        fusion: the frozen fusion model (:func:`load_fusion_source`).
+        thermal_input: see :func:`~ivf_training.teacher.teacher_inputs`.
+    """
+
+    kind = "fused_seg_teacher"
+
+    def __init__(self, fusion: nn.Module, thermal_input: str = "fused") -> None:
+        self.fusion = fusion
+        self.thermal_input = thermal_input
+
+    @classmethod
+    def from_config(cls, lc: FusedSegTeacherLossConfig, num_classes: int) -> FusedInputSegObjective:
+        if not lc.fusion_weights:
+            raise ConfigError("loss.kind fused_seg_teacher needs loss.fusion_weights "
+                              "(engine weights of a fusion model)")
+        return cls(load_fusion_source(lc.fusion_weights), lc.thermal_input)
+
+    @classmethod
+    def build_loss(cls, lc: FusedSegTeacherLossConfig) -> nn.Module:
+        return SegmentationOnlyLoss(lc.seg)
+
+    def prepare(self, model: nn.Module) -> None:
+        if int(getattr(model, "num_classes", 0)) == 0:
+            raise ConfigError("loss.kind 'fused_seg_teacher' trains segmentation; set model.num_classes > 0")
+
+    def to(self, device: torch.device) -> FusedInputSegObjective:
+        self.fusion.to(device)
+        return self
+
+    def _fused(self, rgb: torch.Tensor, thermal: torch.Tensor, autocast: Autocast) -> torch.Tensor:
+        with torch.no_grad():
+            return forward_full_size(self.fusion, rgb, thermal, autocast).fused.clamp(0.0, 1.0)
+
+    def train_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
+                   labels: torch.Tensor, autocast: Autocast,
+                   valid: torch.Tensor | None = None) -> tuple[torch.Tensor, Terms]:
+        fused = self._fused(rgb, thermal, autocast)
+        with autocast():
+            output = model(*teacher_inputs(fused, thermal, self.thermal_input))
+        return loss_fn(output, labels)
+
+    def validation_step(self, model: nn.Module, loss_fn: nn.Module, rgb: torch.Tensor, thermal: torch.Tensor,
+                        labels: torch.Tensor | None, autocast: Autocast, multiple: int,
+                        index: int) -> tuple[FusionSegOutput | None, Terms]:
+        fused = self._fused(rgb, thermal, autocast)
+        out = forward_full_size(model, *teacher_inputs(fused, thermal, self.thermal_input), autocast, multiple)
+        _, terms = loss_fn(out, labels)
+        return FusionSegOutput(fused=fused, logits=out.logits, aux=out.aux), terms
+
+
 OBJECTIVES: dict[str, type[Objective[Any]]] = {
     cls.kind: cls
     for cls in (S4FusionObjective, CMFSObjective, UPFusionObjective, GuidedFusionObjective,
-                MaskedReconstructionObjective, DistilledFusionSegObjective)
+                MaskedReconstructionObjective, DistilledFusionSegObjective, FusedInputSegObjective)
 }
 """The objective class of each ``loss.kind`` (the kinds of :data:`ivf_training.config.LossConfig`)."""
 

@@ -29,9 +29,11 @@ from typing import Any
 
 import torch
 
+from ivf_perception.models.registry import is_model, with_legacy_args
 from ivf_training.checkpoint import save_model_file
 from ivf_training.config import LossConfig, TrainConfig, config_from_dict, dump_config
 from ivf_training.config.files import read_yaml
+from ivf_training.config.losses import LEGACY_LOSS_SETTINGS
 from ivf_training.config.schema import tagged_classes
 
 __all__ = ["RunDir", "read_run_config"]
@@ -40,10 +42,17 @@ _log = logging.getLogger(__name__)
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:
-    """The resolved configuration of a run directory."""
+    """The resolved configuration of a run directory; settings added after the run was written
+    get the values it was trained with (model switches and loss settings alike), so resuming
+    or exporting an old run rebuilds what it trained."""
     data = read_yaml(Path(run_dir) / "config.yaml", f"{run_dir} is not a run directory (no config.yaml)")
     if isinstance(data, dict) and isinstance(data.get("loss"), dict):
-        data["loss"] = _loss_settings_of_its_kind(data["loss"])
+        loss = _loss_settings_of_its_kind(data["loss"])
+        data["loss"] = {**LEGACY_LOSS_SETTINGS.get(str(loss.get("kind")), {}), **loss}
+    model = data.get("model") if isinstance(data, dict) else None
+    if isinstance(model, dict) and isinstance(model.get("variant"), str) and is_model(model["variant"]):
+        # switches this run predates keep the values it was trained with (with_legacy_args)
+        model["overrides"] = with_legacy_args(model["variant"], model.get("preset"), model.get("overrides") or {})
     return config_from_dict(data)
 
 

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from ivf_perception.engine.threads import single_thread_worker
 from ivf_perception.models import FusionSegOutput, build_model
+from ivf_perception.models.registry import pinned_args
 from ivf_training.augment import JointAugment
 from ivf_training.build import (
     build_datasets,
@@ -335,9 +336,10 @@ class Trainer:
             thermal = micro["thermal"].to(self.device, non_blocking=True)
             labels = micro["labels"].to(self.device, non_blocking=True)
             guidance = guidance_inputs(micro, self.device)  # TeSG runs only; other kinds get none
+            valid = micro["valid"].to(self.device, non_blocking=True) if "valid" in micro else None
             with grad_sync(self.train_model, last_micro_batch=i == len(micro_batches) - 1):
                 loss, micro_terms = self.objective.train_step(self.train_model, self.loss_fn, rgb, thermal, labels,
-                                                              self._autocast, **guidance)
+                                                              self._autocast, valid, **guidance)
                 if not torch.isfinite(loss):
                     shown = {k: round(float(v), 5) for k, v in micro_terms.items()}
                     raise FloatingPointError(
@@ -490,6 +492,9 @@ def start_run(cfg: TrainConfig, config_stem: str = "run") -> Trainer:
             "or choose another name=..."
         )
     trainer = Trainer.from_config(cfg, run_dir)  # builds everything first: fail before writing
+    # config.yaml records the switches the model was built with, so a later change of a preset's
+    # default cannot rebuild this run differently (resume, export: ``with_legacy_args``)
+    cfg.model.overrides = {**cfg.model.overrides, **pinned_args(cfg.model.variant, trainer.model)}
     barrier(ctx)  # every rank has checked the directory before rank 0 writes into it
     if ctx.is_main:
         trainer.files.write_start(cfg, {"train": describe_dataset(trainer.train_set),

@@ -12,12 +12,14 @@ from lr_helpers import lrs, optimizer
 from timm.scheduler import PolyLRScheduler
 
 from ivf_perception.engine import Engine
+from ivf_perception.engine.weights import read_sidecar
 from ivf_perception.models.base import FusionSegOutput
 from ivf_training.cmfs_losses import DATASET_GAMMA_BETA, CMFSLoss, adjust_contrast, cmfs_fusion_terms, gamma_correct
 from ivf_training.config import ConfigError, OptimConfig, TrainConfig, load_config
 from ivf_training.export import export_engine_weights
 from ivf_training.losses import sobel_magnitude
 from ivf_training.objectives import CMFSObjective
+from ivf_training.run_dir import read_run_config
 from ivf_training.schedules import build_schedule
 from ivf_training.trainer import Trainer, start_run
 
@@ -41,7 +43,7 @@ def test_fusion_terms_on_hand_made_images() -> None:
     thermal[..., 3:] = 1.0  # a vertical edge
     gamma, beta = 0.5, 1.0
     target = torch.maximum(rgb.sqrt(), thermal.expand_as(rgb))  # 0.5 left, 1.0 right
-    terms = cmfs_fusion_terms(target, rgb, thermal, gamma, beta)
+    terms = cmfs_fusion_terms(target, rgb, thermal, gamma, beta, gradient_form="magnitude")
     assert float(terms["fus_intensity"]) == pytest.approx(0.0, abs=1e-7)
     assert float(terms["fus_gradient"]) == pytest.approx(
         float((sobel_magnitude(target) - torch.maximum(sobel_magnitude(rgb.sqrt()),
@@ -64,7 +66,7 @@ def test_cmfs_loss_weights_and_terms() -> None:
     labels = torch.randint(0, 5, (2, 16, 16), generator=g)
     balance = torch.tensor(1.3, requires_grad=True)
     out = FusionSegOutput(fused=fused, logits=logits, aux={"moe_balance_loss": balance})
-    loss_fn = CMFSLoss(gamma=0.5, beta=1.7)
+    loss_fn = CMFSLoss(gamma=0.5, beta=1.7, moe_balance=0.01)
     total, terms = loss_fn(out, rgb, thermal, labels)
     expected = (terms["seg_ce"] + 0.1 * (0.5 * terms["fus_intensity"] + 1.0 * terms["fus_color"]
                                         + 0.2 * terms["fus_gradient"]) + 0.01 * terms["moe_balance"])
@@ -119,13 +121,17 @@ def test_cmfs_trains_exports_and_runs_in_the_engine(make_config: MakeConfig, tmp
     equals the training model's and the text features travel with the weights."""
     pytest.importorskip("open_clip")
     cfg = make_config("model.variant=test_cmfs", "model.preset=test", "model.clip_weights=random", "loss.kind=cmfs",
-                      "optim.schedule=poly", "max_steps=2", "ckpt_every=2", "crop=64")
+                      "optim.schedule=poly", "max_steps=2", "ckpt_every=2", "crop=64",
+                      "model.overrides={moe_mamba_bidirectional: true}")
     trainer = start_run(cfg, "cmfs")
     trainer.fit()
     assert trainer.model.has_text_features
     log = (trainer.run_dir / "log.jsonl").read_text()
     assert "moe_balance" in log and "fus_color" in log
     out = export_engine_weights(trainer.run_dir, tmp_path / "cmfs.safetensors")
+    # the switches the model was built with are pinned in the run config and the sidecar
+    assert read_run_config(trainer.run_dir).model.overrides["moe_mamba_bidirectional"] is True
+    assert read_sidecar(out).model_args["moe_mamba_bidirectional"] is True
     engine = Engine("auto", weights=out, device="cpu")
     torch.testing.assert_close(engine.model.text_features, trainer.model.text_features.cpu())
     trainer.model.eval()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -12,6 +13,7 @@ from ivf_training.cmfs_losses import CMFSLoss
 from ivf_training.config import (
     CMFSLossConfig,
     ConfigError,
+    FusedSegTeacherLossConfig,
     LossConfig,
     MAFSStage1LossConfig,
     MAFSStage2LossConfig,
@@ -28,6 +30,7 @@ from ivf_training.objectives import (
     CMFSObjective,
     DistilledFusionSegObjective,
     GuidedFusionObjective,
+    FusedInputSegObjective,
     MaskedReconstructionObjective,
     S4FusionObjective,
     UPFusionObjective,
@@ -35,6 +38,7 @@ from ivf_training.objectives import (
     objective_class,
 )
 from ivf_training.tesg_losses import TeSGLoss
+from ivf_training.teacher import SegmentationOnlyLoss
 from ivf_training.upfusion_losses import UPFusionLoss
 
 MakeConfig = Callable[..., TrainConfig]
@@ -46,7 +50,9 @@ EXPECTED = {
     "mafs_stage2": (MAFSStage2LossConfig, DistilledFusionSegObjective, MAFSStage2Loss),
     "upfusion": (UPFusionLossConfig, UPFusionObjective, UPFusionLoss),
     "tesg": (TeSGLossConfig, GuidedFusionObjective, TeSGLoss),
+    "fused_seg_teacher": (FusedSegTeacherLossConfig, FusedInputSegObjective, SegmentationOnlyLoss),
 }
+BUNDLED = str(Path(__file__).resolve().parents[2] / "ivf_perception" / "weights" / "s4fusion_tiny_default.safetensors")
 
 
 def test_every_settings_class_has_its_objective() -> None:
@@ -57,7 +63,8 @@ def test_every_settings_class_has_its_objective() -> None:
 @pytest.mark.parametrize("kind", list(EXPECTED))
 def test_the_objective_builds_the_kinds_loss(kind: str) -> None:
     settings_cls, objective_cls, loss_cls = EXPECTED[kind]
-    settings = settings_cls(perception=0.0, perception_texture=0.0) if kind == "s4fusion" else settings_cls()
+    settings = (settings_cls(perception=0.0, perception_texture=0.0) if kind == "s4fusion"
+                else settings_cls(fusion_weights=BUNDLED) if kind == "fused_seg_teacher" else settings_cls())
     objective, loss = build_objective(settings, num_classes=9)
     assert type(objective) is objective_cls and isinstance(loss, loss_cls)
     assert (objective_cls.export_refusal is not None) == (kind == "mafs_stage1")

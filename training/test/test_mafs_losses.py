@@ -448,7 +448,7 @@ def _stage2_inputs(seed: int = 6, *, aux: bool = True) -> dict:
 class TestStage2:
     def test_total_is_dwa_weighted_alpha_fair_tasks(self) -> None:
         d = _stage2_inputs()
-        loss = MAFSStage2Loss()
+        loss = MAFSStage2Loss(fusion_intensity=5.0, fusion_gradient=8.0, gradient_form="magnitude")  # ours
         terms = loss(d["output"], d["rgb"], d["thermal"], d["labels"], d["teacher"])
         out = d["output"]
         assert set(out.aux) == set(MAFS_STAGE2_AUX_KEYS)

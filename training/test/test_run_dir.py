@@ -28,18 +28,32 @@ def test_round_trip_writes_only_the_kinds_settings(make_config: MakeConfig, tmp_
     cfg = make_config("loss.kind=cmfs", "loss.gamma=0.8")
     dump_config(cfg, tmp_path / "config.yaml")
     written = yaml.safe_load((tmp_path / "config.yaml").read_text())["loss"]
-    assert set(written) == {"kind", "seg", "fusion", "intensity", "color", "gradient", "gamma", "beta", "moe_balance"}
+    assert set(written) == {"kind", "seg", "fusion", "intensity", "color", "gradient", "gamma", "beta", "moe_balance",
+                            "gradient_form"}
     assert read_run_config(tmp_path) == cfg
 
 
 @pytest.mark.parametrize("kind", ["s4fusion", "cmfs"])
 def test_a_run_written_with_the_flat_loss_section_still_reads(make_config: MakeConfig, tmp_path: Path,
                                                               kind: str) -> None:
-    cfg = make_config(f"loss.kind={kind}", "loss.gradient=0.2")
+    # settings added later (CMFS's gradient_form) read as the values those runs trained with
+    legacy = ["loss.gradient_form=magnitude"] if kind == "cmfs" else []
+    cfg = make_config(f"loss.kind={kind}", "loss.gradient=0.2", *legacy)
     data = config_to_dict(cfg)
     data["loss"] = {**FLAT_LOSS, "kind": kind, "gradient": 0.2}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
     assert read_run_config(tmp_path) == cfg
+
+
+def test_an_old_cmfs_run_keeps_its_causal_moe_mamba(make_config: MakeConfig, tmp_path: Path) -> None:
+    """A run written before the MoE-Mamba switch (no key in model.overrides) resumes and exports
+    the causal mixer it trained; a new run's config.yaml carries the switch (start_run pins it)."""
+    data = config_to_dict(make_config("model.variant=cmfs", "model.preset=paper", "loss.kind=cmfs"))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    assert read_run_config(tmp_path).model.overrides == {"moe_mamba_bidirectional": False}
+    data["model"]["overrides"] = {"moe_mamba_bidirectional": True}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    assert read_run_config(tmp_path).model.overrides == {"moe_mamba_bidirectional": True}
 
 
 def test_an_unknown_loss_key_still_fails(make_config: MakeConfig, tmp_path: Path) -> None:

@@ -32,8 +32,16 @@ Our additions and departures, with the reasons:
   C = 96). The public evaluation path indexes experts with ``topk_experts.squeeze(0)``, which
   only works for a batch of one.
 * Inside each MoE block the public code runs a Mamba (d_state 64) over the row-major token
-  sequence of the expert input; :class:`SequenceMamba` is that mixer, built on our selective
-  scan so it runs without compiled kernels. ``mamba_d_state=None`` removes it for small presets.
+  sequence of the expert input. Its source builds ``Mamba(bimamba_type=None)``, but the
+  ``mamba_ssm`` package it ships (``utils/dis_mamba``) defaults to the bidirectional "v2" scan,
+  which is what runs (135.16 M parameters in all, against 133.62 M with a causal mixer).
+  ``mamba_bidirectional=True`` (the ``paper`` preset) is that mixer, our
+  :class:`~ivf_perception.models.layers.bimamba.BidirectionalMamba` (Vision Mamba v2: separate causal
+  conv, Δ/B/C, A and D per direction, outputs averaged; the shipped package is compiled only,
+  so whether it averages or sums the directions could not be read, and the output projection
+  absorbs the factor); ``False`` is the causal :class:`SequenceMamba` (our earlier reading,
+  kept for the small preset and for weights saved before the switch). Both run on our
+  selective scan without compiled kernels; ``mamba_d_state=None`` removes the mixer.
 * Sizes are never fixed at construction: the calibration context is pooled with strided
   convolutions and upsampled back to the actual feature size.
 
@@ -50,6 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ivf_perception.checks import check_shape
+from ivf_perception.models.layers.bimamba import BidirectionalMamba
 from ivf_perception.models.layers.channel_shuffle import channel_shuffle
 from ivf_perception.models.layers.factories import DeviceLike, factory_kwargs
 from ivf_perception.models.layers.ss2d import check_scan_backend
@@ -390,6 +399,7 @@ class ResMoEBlock(nn.Module):
             fixed permutation, kept so checkpoints map without reordering).
         recursive: how many times the context is pooled by 4.
         mamba_d_state: state size of the token mixer; ``None`` removes the mixer.
+        mamba_bidirectional: the token mixer scans both ways (the public package) or causally.
         scan_backend: selective-scan backend.
         device: parameter device.
         dtype: parameter dtype.
@@ -409,6 +419,7 @@ class ResMoEBlock(nn.Module):
         use_shuffle: bool = True,
         recursive: int = 2,
         mamba_d_state: int | None = 64,
+        mamba_bidirectional: bool = False,
         scan_backend: str = "auto",
         device: DeviceLike = None,
         dtype: torch.dtype | None = None,
@@ -426,6 +437,8 @@ class ResMoEBlock(nn.Module):
         self.token_norm = nn.LayerNorm(dim, **dd)
         self.token_mixer: nn.Module = (
             nn.Identity() if mamba_d_state is None
+            else BidirectionalMamba(dim, d_state=mamba_d_state, expand=2.0, scan_backend=scan_backend, **dd)
+            if mamba_bidirectional
             else SequenceMamba(dim, d_state=mamba_d_state, scan_backend=scan_backend, **dd)
         )
         self.calibrate = _Calibration(dim, recursive, **dd)
@@ -506,6 +519,7 @@ class MultiModalFeatureEnhancement(nn.Module):
         top_k: experts per image.
         strip_kernel: strip length of :class:`StripConv`.
         mamba_d_state: state size of the MoE blocks' token mixer; ``None`` removes it.
+        mamba_bidirectional: the token mixer scans both ways (see :class:`ResMoEBlock`).
         scan_backend: selective-scan backend.
         device: parameter device.
         dtype: parameter dtype.
@@ -526,6 +540,7 @@ class MultiModalFeatureEnhancement(nn.Module):
         top_k: int = 1,
         strip_kernel: int = 11,
         mamba_d_state: int | None = 64,
+        mamba_bidirectional: bool = False,
         scan_backend: str = "auto",
         device: DeviceLike = None,
         dtype: torch.dtype | None = None,
@@ -537,7 +552,8 @@ class MultiModalFeatureEnhancement(nn.Module):
         self.dim = dim
         self.embed = ChannelEmbed(2 * dim, dim, **dd)
         self.moe_blocks = nn.ModuleList(
-            ResMoEBlock(dim, ranks, top_k, mamba_d_state=mamba_d_state, scan_backend=scan_backend, **dd)
+            ResMoEBlock(dim, ranks, top_k, mamba_d_state=mamba_d_state, mamba_bidirectional=mamba_bidirectional,
+                        scan_backend=scan_backend, **dd)
             for _ in range(num_blocks)
         )
         self.strip_blocks = nn.ModuleList(StripConv(dim, strip_kernel, **dd) for _ in range(num_blocks))

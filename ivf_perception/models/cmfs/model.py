@@ -21,6 +21,10 @@ Fixed defects of the public code: any input size whose sides are multiples of 32
 pads), any batch size in training and evaluation, the local-window scan's permutation undone,
 and no compiled extension needed to import or run (the CUDA scan is used when present).
 
+The ``paper`` preset runs the MoE blocks' Mamba bidirectionally, as the ``mamba_ssm`` package
+the public code ships does (``moe_mamba_bidirectional``; 135.16 M parameters without CLIP);
+``docs/models/cmfs.md`` compares paper, public code and ours.
+
 Ablations (the paper's Models I–V) are constructor switches; ``ablation="I"`` … ``"V"`` sets
 them: I no BiMamba, II no region partition + CLIP map, III no FSC, IV MMFE replaced by a 1×1
 conv, V no fusion head (the fused output is then the pixel average of the visible luminance and
@@ -52,7 +56,8 @@ from ivf_perception.models.layers.factories import factory_kwargs
 from ivf_perception.models.layers.segformer_head import SegFormerHead, remap_legacy_segformer_keys
 from ivf_perception.models.registry import register_model
 
-__all__ = ["CMFS", "CMFSFeatures", "ABLATIONS", "PRESET_ARGS", "cmfs", "test_cmfs", "checkpoint_filter_fn"]
+__all__ = ["CMFS", "CMFSFeatures", "ABLATIONS", "LEGACY_ARGS", "PRESET_ARGS", "cmfs", "test_cmfs",
+           "checkpoint_filter_fn"]
 
 _log = logging.getLogger(__name__)
 
@@ -119,6 +124,9 @@ class CMFS(FusionSegModel):
         moe_blocks: MoE + strip-conv blocks per MMFE.
         moe_mamba_d_state: state size of the Mamba inside each MoE block (64 in the public
             code); ``None`` removes it.
+        moe_mamba_bidirectional: that Mamba scans both ways, as the ``mamba_ssm`` package the
+            public code ships does (``paper``: 135.16 M parameters), or causally (our earlier
+            reading of its source, 133.62 M; kept for ``small`` and for older weights).
         strip_kernel: length of MMFE's strip convolutions.
         seg_embed_dim: SegFormer decoder width (512 in the paper).
         seg_ss2d_d_state: state size of the SS2D in the SegFormer decoder (public code: 16);
@@ -159,6 +167,7 @@ class CMFS(FusionSegModel):
         moe_ranks: Sequence[int] = (2, 4, 8),
         moe_blocks: int = 2,
         moe_mamba_d_state: int | None = 64,
+        moe_mamba_bidirectional: bool = False,
         strip_kernel: int = 11,
         seg_embed_dim: int = 512,
         seg_ss2d_d_state: int | None = 16,
@@ -204,7 +213,8 @@ class CMFS(FusionSegModel):
             num_prompts=self.num_prompts, bimamba_d_state=bimamba_d_state, bimamba_expand=bimamba_expand,
             fsc_stages=fsc_stages, fsc_d_states=list(fsc_d_states), fsc_ssm_ratio=fsc_ssm_ratio,
             fsc_window=fsc_window, moe_ranks=list(moe_ranks), moe_blocks=moe_blocks,
-            moe_mamba_d_state=moe_mamba_d_state, strip_kernel=strip_kernel, seg_embed_dim=seg_embed_dim,
+            moe_mamba_d_state=moe_mamba_d_state, moe_mamba_bidirectional=moe_mamba_bidirectional,
+            strip_kernel=strip_kernel, seg_embed_dim=seg_embed_dim,
             seg_ss2d_d_state=seg_ss2d_d_state, fusion_embed_dim=fusion_embed_dim, use_bimamba=use_bimamba,
             use_clip_regions=use_clip_regions, use_fsc=use_fsc, use_mmfe=use_mmfe, use_fusion_head=use_fusion_head,
         )
@@ -234,6 +244,7 @@ class CMFS(FusionSegModel):
         self.mmfe = nn.ModuleList(
             MultiModalFeatureEnhancement(dims[i], num_blocks=moe_blocks, ranks=tuple(moe_ranks),
                                          strip_kernel=strip_kernel, mamba_d_state=moe_mamba_d_state,
+                                         mamba_bidirectional=moe_mamba_bidirectional,
                                          scan_backend=scan_backend, **dd) if use_mmfe
             else ConcatConvFusion(dims[i], **dd)
             for i in range(stages)
@@ -384,23 +395,33 @@ PRESET_ARGS: dict[str, dict[str, Any]] = {
     "paper": dict(dims=(96, 192, 384, 768), depths=(2, 2, 8, 2), d_state=1, ssm_ratio=1.0, mlp_ratio=4.0,
                   drop_path_rate=0.2, regions=(5, 5, 1, 1), region_pools=((24, 32), (12, 16), (30, 40), (15, 20)),
                   bimamba_d_state=16, bimamba_expand=2.0, fsc_d_states=(8, 16), fsc_ssm_ratio=4.0,
-                  moe_mamba_d_state=64, seg_embed_dim=512, seg_ss2d_d_state=16, fusion_embed_dim=16),
+                  moe_mamba_d_state=64, moe_mamba_bidirectional=True, seg_embed_dim=512, seg_ss2d_d_state=16,
+                  fusion_embed_dim=16),
     # CPU/embedded: a third of the widths, one block per stage (two at stage 2), lighter
     # BiMamba/FSC/MoE Mamba, no SS2D in the decoder and a half-width fusion head (its dense
     # block runs at full resolution: 43 % of the GMACs at width 16); every paper module kept.
     "small": dict(dims=(32, 64, 128, 256), depths=(1, 1, 2, 1), d_state=1, ssm_ratio=1.0, mlp_ratio=2.0,
                   drop_path_rate=0.1, regions=(5, 5, 1, 1), region_pools=((6, 8), (6, 8), (6, 8), (6, 8)),
                   bimamba_d_state=8, bimamba_expand=1.0, fsc_d_states=(4, 8), fsc_ssm_ratio=1.0,
-                  moe_mamba_d_state=8, seg_embed_dim=128, seg_ss2d_d_state=None, fusion_embed_dim=8),
-    # Micro model for tests only (timm's test_* habit).
+                  moe_mamba_d_state=8, moe_mamba_bidirectional=False, seg_embed_dim=128, seg_ss2d_d_state=None,
+                  fusion_embed_dim=8),
+    # Micro model for tests only (timm's test_* habit); causal MoE Mamba, as the ONNX export
+    # tests were timed with (tests that need the bidirectional one ask for it).
     "test": dict(dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), d_state=1, ssm_ratio=1.0, mlp_ratio=1.0,
                  drop_path_rate=0.0, regions=(5, 5, 1, 1), region_pools=((2, 2), (2, 2), (2, 2), (2, 2)),
                  bimamba_d_state=2, bimamba_expand=1.0, fsc_d_states=(2, 2), fsc_ssm_ratio=1.0,
-                 moe_mamba_d_state=2, seg_embed_dim=16, seg_ss2d_d_state=2, fusion_embed_dim=8),
+                 moe_mamba_d_state=2, moe_mamba_bidirectional=False, seg_embed_dim=16, seg_ss2d_d_state=2,
+                 fusion_embed_dim=8),
 }
 
+LEGACY_ARGS: dict[str, dict[str, Any]] = {
+    preset: {"moe_mamba_bidirectional": False} for preset in PRESET_ARGS
+}
+"""What weights saved before the MoE-Mamba switch were built with (a causal mixer in every
+preset); see :func:`~ivf_perception.models.registry.with_legacy_args`."""
 
-@register_model(presets=PRESET_ARGS)
+
+@register_model(presets=PRESET_ARGS, legacy_args=LEGACY_ARGS)
 def cmfs(preset: str = "paper", **kwargs: Any) -> CMFS:
     """CMFS (paper preset: VMamba-T branches 96–768, depths 2/2/8/2, MIA, FSC at stages 0–1, MMFE).
 
@@ -410,7 +431,7 @@ def cmfs(preset: str = "paper", **kwargs: Any) -> CMFS:
     return _create_cmfs(preset, **kwargs)
 
 
-@register_model(presets=PRESET_ARGS)
+@register_model(presets=PRESET_ARGS, legacy_args=LEGACY_ARGS)
 def test_cmfs(preset: str = "test", **kwargs: Any) -> CMFS:
     """Micro CMFS for CPU tests of every code path."""
     return _create_cmfs(preset, **kwargs)

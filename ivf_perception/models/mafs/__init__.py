@@ -21,6 +21,12 @@ Architecture (DESIGN §5), one module each:
 * ``recon_head``: the stage I masked-reconstruction decoder, used by :meth:`MAFS.reconstruct`
   (:mod:`.reconstruction`). Losses, masks and the two-stage recipe live in the training package.
 
+The ``paper`` preset builds the public code's forms of the DEM mixing rule and gate
+convolution, the AFM depth, the invertible decoder's half-instance-norm subnets and dense
+aggregation, and the residual ASPP (rates 1–4); our earlier forms are constructor switches
+(``dem_mix``, ``dem_conv``, ``afm_units``, ``inn_subnet``, ``inn_aggregation``, ``aspp_form``),
+used by ``small``/``tiny``. ``docs/models/mafs.md`` compares paper, public code and ours.
+
 Differences from the public code, on purpose:
 
 * Any input size runs (``input_multiple`` 32 is what the engine pads to): the public code
@@ -39,11 +45,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ivf_perception.models.mafs.model import MAFS, PRESET_ARGS, _create_mafs, checkpoint_filter_fn
+from ivf_perception.models.mafs.model import LEGACY_ARGS, MAFS, PRESET_ARGS, _create_mafs, checkpoint_filter_fn
 from ivf_perception.models.mafs.trunk import TrunkWeightsError, TrunkWeightsReport
 from ivf_perception.models.registry import register_model
 
 __all__ = [
+    "LEGACY_ARGS",
     "MAFS",
     "PRESET_ARGS",
     "TrunkWeightsError",
@@ -54,13 +61,13 @@ __all__ = [
 ]
 
 
-@register_model(presets=PRESET_ARGS)
+@register_model(presets=PRESET_ARGS, legacy_args=LEGACY_ARGS)
 def mafs(preset: str = "paper", **kwargs: Any) -> MAFS:
     """MAFS (paper preset: two ResNet-152 trunks, 5 invertible blocks, 3-stage transformer decoder)."""
     return _create_mafs(preset, **kwargs)
 
 
-@register_model(presets=PRESET_ARGS)
+@register_model(presets=PRESET_ARGS, legacy_args=LEGACY_ARGS)
 def test_mafs(preset: str = "test", **kwargs: Any) -> MAFS:
     """Micro MAFS for CPU tests of every code path."""
     return _create_mafs(preset, **kwargs)

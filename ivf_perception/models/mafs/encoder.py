@@ -27,6 +27,8 @@ from ivf_perception.models.mafs.blocks import ConvBNAct, DenseConvBlock, FReLU
 from ivf_perception.models.mafs.trunk import ResNetTrunk
 
 __all__ = [
+    "DEM_CONVS",
+    "DEM_MIXES",
     "AFM",
     "CAM",
     "DEM",
@@ -37,6 +39,13 @@ __all__ = [
     "FusedFeatures",
     "MAFSFuser",
 ]
+
+
+DEM_MIXES = ("public", "residual")
+"""How a :class:`DEM` hands the attention-weighted modalities to the two streams."""
+
+DEM_CONVS = ("pairs", "depthwise")
+"""Grouping of the 7×7 convolution in a :class:`DEM`'s complementary gate."""
 
 
 # --------------------------------------------------------------------------- encoder blocks
@@ -84,11 +93,21 @@ class DEM(nn.Module):
     1. A consistency gate ``c = σ(τ · ĝ_v ⊙ ĝ_t)`` per channel, from the L2-normalised global
        descriptors ``ĝ = normalize(MLP(GAP(x)))`` of both modalities (shared MLP): channels on
        which the modalities agree are routed through the gated path.
-    2. A complementary gate per channel and modality, ``σ(MLP(GMP(dwconv7×7([x_v c, x_t c]))))``,
+    2. A complementary gate per channel and modality, ``σ(MLP(GMP(conv7×7([x_v c, x_t c]))))``,
        re-weights the agreed part: ``x' = x (1 − c) + (x c) ⊙ gate``.
-    3. A spatial softmax over the two modalities (1×1 conv scores) says where each modality is
-       more informative; each stream receives the other one there:
-       ``v_out = v' + a_t t'``, ``t_out = t' + a_v v'``.
+    3. A spatial softmax ``(a_v, a_t)`` over the two modalities (1×1 conv scores) says where each
+       modality is more informative. ``mix`` decides what each stream receives:
+
+       * ``"public"`` (the public code's EAEF, the ``paper`` preset): ``v_out = a_v v' + a_t t'``,
+         ``t_out = a_t t'``: the visible stream becomes the attention-weighted fusion and the
+         thermal stream is scaled by its own weight;
+       * ``"residual"`` (ours before issue 15, a switch): ``v_out = v' + a_t t'``,
+         ``t_out = t' + a_v v'``: a symmetric exchange that never shrinks either stream (the
+         public rule multiplies the thermal stream by ``a_t < 1`` at each of the four DEMs).
+
+    ``conv`` is the 7×7 convolution of step 2: ``"pairs"`` (the public code's
+    ``Conv2d(2C, 2C, groups=C)``: each group mixes two neighbouring channels of the same
+    modality) or ``"depthwise"`` (ours before issue 15, ``groups=2C``).
 
     The temperature τ starts at C so that τ·ĝ_v·ĝ_t (each term about 1/C) is O(1).
 
@@ -96,7 +115,9 @@ class DEM(nn.Module):
         channels: channels C of both streams.
         mlp_ratio: hidden width of the descriptor MLP, as a multiple of C.
         gate_reduction: the complementary gate's MLP squeezes 2C by this factor.
-        kernel_size: depth-wise kernel of the complementary gate.
+        kernel_size: kernel of the complementary gate's convolution.
+        mix: ``"public"`` or ``"residual"`` (above).
+        conv: ``"pairs"`` or ``"depthwise"`` (above).
         device, dtype: where to create parameters.
 
     Shape:
@@ -104,16 +125,21 @@ class DEM(nn.Module):
     """
 
     def __init__(self, channels: int, mlp_ratio: float = 2.0, gate_reduction: int = 16, kernel_size: int = 7,
-                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
+                 mix: str = "residual", conv: str = "depthwise", device: DeviceLike = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        if mix not in DEM_MIXES or conv not in DEM_CONVS:
+            raise ValueError(f"DEM mix must be one of {list(DEM_MIXES)} and conv one of {list(DEM_CONVS)}, "
+                             f"got mix={mix!r}, conv={conv!r}")
         dd = factory_kwargs(device, dtype)
+        self.mix = mix
         hidden = max(1, int(round(channels * mlp_ratio)))
         gate_hidden = max(1, 2 * channels // gate_reduction)
         self.channels = channels
         self.descriptor = nn.Sequential(nn.Linear(channels, hidden, **dd), nn.GELU(), nn.Linear(hidden, channels, **dd))
         self.temperature = nn.Parameter(torch.full((), float(channels), **dd))
         self.local = nn.Conv2d(2 * channels, 2 * channels, kernel_size, padding=kernel_size // 2,
-                               groups=2 * channels, **dd)
+                               groups=channels if conv == "pairs" else 2 * channels, **dd)
         self.gate = nn.Sequential(nn.Linear(2 * channels, gate_hidden, **dd), nn.GELU(),
                                   nn.Linear(gate_hidden, 2 * channels, **dd))
         self.score_rgb = nn.Conv2d(channels, 1, 1, **dd)
@@ -129,7 +155,10 @@ class DEM(nn.Module):
         rgb = rgb * (1 - agree) + rgb_a * gate_v
         thermal = thermal * (1 - agree) + thermal_a * gate_t
         weights = torch.softmax(torch.cat((self.score_rgb(rgb), self.score_thermal(thermal)), dim=1), dim=1)
-        return rgb + weights[:, 1:] * thermal, thermal + weights[:, :1] * rgb
+        a_v, a_t = weights[:, :1], weights[:, 1:]
+        if self.mix == "public":
+            return a_v * rgb + a_t * thermal, a_t * thermal
+        return rgb + a_t * thermal, thermal + a_v * rgb
 
 
 class DualResNetEncoder(nn.Module):
@@ -140,6 +169,7 @@ class DualResNetEncoder(nn.Module):
         thermal_trunk: timm ResNet name of the thermal stream; its stem and stage widths must
             equal the visible trunk's (e.g. ResNet-18 with ResNet-34, or 50/101/152 together).
         dem_mlp_ratio: hidden width of the DEM descriptor MLP, as a multiple of the channels.
+        dem_mix, dem_conv: see :class:`DEM`.
         device, dtype: where to create parameters.
 
     Attributes:
@@ -150,8 +180,8 @@ class DualResNetEncoder(nn.Module):
         six maps at H, H/2, H/4, H/8, H/16, H/32 (each size rounded up), channels ``level_chs``.
     """
 
-    def __init__(self, rgb_trunk: str, thermal_trunk: str, dem_mlp_ratio: float = 2.0,
-                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, rgb_trunk: str, thermal_trunk: str, dem_mlp_ratio: float = 2.0, dem_mix: str = "residual",
+                 dem_conv: str = "depthwise", device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         dd = factory_kwargs(device, dtype)
         self.trunk_rgb = ResNetTrunk(rgb_trunk, **dd)
@@ -168,7 +198,7 @@ class DualResNetEncoder(nn.Module):
         self.sfe_rgb = SFE(3, stem, **dd)
         self.sfe_thermal = SFE(1, stem, **dd)
         stage_in = [stem, *self.trunk_rgb.stage_chs[:3]]
-        self.dem = nn.ModuleList(DEM(c, mlp_ratio=dem_mlp_ratio, **dd) for c in stage_in)
+        self.dem = nn.ModuleList(DEM(c, mlp_ratio=dem_mlp_ratio, mix=dem_mix, conv=dem_conv, **dd) for c in stage_in)
         self.level_chs = [stem // 2, stem, *self.trunk_rgb.stage_chs]
 
     def forward(self, rgb: torch.Tensor, thermal: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -191,7 +221,8 @@ class DualResNetEncoder(nn.Module):
 class AFM(nn.Module):
     """Adaptive fusion module for a shallow level: attention-weighted average of the modalities.
 
-    Each modality is embedded by two 3×3 conv units; the concatenation is recalibrated by
+    Each modality is embedded by ``units`` 3×3 conv units (the public SDFM: 3; ours before
+    issue 15: 2, a switch); the concatenation is recalibrated by
     squeeze-and-excitation (``s + s ⊙ SE(s)``); a weight map ``w = σ(L(a) + G(a))`` from a local
     (point-wise) and a global (pooled) attention on the squeezed concatenation ``a`` then mixes
     them, ``w ⊙ f_v + (1 − w) ⊙ f_t``, the multi-scale channel attention of attentional feature
@@ -201,20 +232,24 @@ class AFM(nn.Module):
         in_chs: channels of each modality at this level.
         out_chs: fused channels.
         reduction: bottleneck reduction of the attentions.
+        units: 3×3 conv units embedding each modality (>= 1).
         device, dtype: where to create parameters.
 
     Shape:
         rgb, thermal: (B, in_chs, H, W)  ->  (B, out_chs, H, W)
     """
 
-    def __init__(self, in_chs: int, out_chs: int, reduction: int = 4, device: DeviceLike = None,
+    def __init__(self, in_chs: int, out_chs: int, reduction: int = 4, units: int = 2, device: DeviceLike = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        if units < 1:
+            raise ValueError(f"AFM needs at least one conv unit per modality, got units={units}")
         dd = factory_kwargs(device, dtype)
         hidden = max(1, out_chs // reduction)
         self.out_chs = out_chs
-        self.embed_rgb = nn.Sequential(ConvBNAct(in_chs, out_chs, **dd), ConvBNAct(out_chs, out_chs, **dd))
-        self.embed_thermal = nn.Sequential(ConvBNAct(in_chs, out_chs, **dd), ConvBNAct(out_chs, out_chs, **dd))
+        self.embed_rgb = nn.Sequential(*(ConvBNAct(in_chs if i == 0 else out_chs, out_chs, **dd) for i in range(units)))
+        self.embed_thermal = nn.Sequential(
+            *(ConvBNAct(in_chs if i == 0 else out_chs, out_chs, **dd) for i in range(units)))
         # GELU in the pooled bottlenecks: with a handful of hidden units (narrow presets), a ReLU
         # unit that is negative for every image never recovers. No BatchNorm on pooled 1×1 maps:
         # it fails in training at batch size 1.
@@ -350,6 +385,7 @@ class MAFSFuser(nn.Module):
         shallow_dim: fused channels C_s of the shallow levels (the fusion decoder's width).
         deep_dim: fused channels C_d of the deep levels (the segmentation decoder's width).
         refine_layers: dense 3×3 layers refining the full-resolution feature.
+        afm_units: 3×3 conv units per modality in each :class:`AFM`.
         device, dtype: where to create parameters.
 
     Shape:
@@ -357,12 +393,12 @@ class MAFSFuser(nn.Module):
     """
 
     def __init__(self, level_chs: list[int], shallow_dim: int, deep_dim: int, refine_layers: int,
-                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
+                 afm_units: int = 2, device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         dd = factory_kwargs(device, dtype)
         if len(level_chs) != 6:
             raise ValueError(f"expected the channels of 6 encoder levels, got {level_chs}")
-        self.afm = nn.ModuleList(AFM(c, shallow_dim, **dd) for c in level_chs[:2])
+        self.afm = nn.ModuleList(AFM(c, shallow_dim, units=afm_units, **dd) for c in level_chs[:2])
         self.cam = nn.ModuleList(CAM(c, deep_dim, **dd) for c in level_chs[2:])
         self.phf_half = PHF(shallow_dim, deep_dim, hidden=shallow_dim, **dd)
         self.phf_full = PHF(shallow_dim, shallow_dim, hidden=shallow_dim, **dd)

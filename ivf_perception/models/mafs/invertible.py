@@ -30,7 +30,21 @@ from torch import nn
 from ivf_perception.checks import check_shape
 from ivf_perception.models.layers.factories import DeviceLike, factory_kwargs
 
-__all__ = ["InvertibleConv1x1", "CouplingSubnet", "InvertibleBlock", "InvertibleFusionDecoder"]
+__all__ = [
+    "INN_AGGREGATIONS",
+    "INN_SUBNETS",
+    "InvertibleConv1x1",
+    "CouplingSubnet",
+    "HalfInstanceNormSubnet",
+    "InvertibleBlock",
+    "InvertibleFusionDecoder",
+]
+
+INN_SUBNETS = ("hin", "plain")
+"""The coupling subnets: the public code's half-instance-norm blocks or our plain conv stack."""
+
+INN_AGGREGATIONS = ("public", "all")
+"""Which tensors the dense aggregation concatenates (see :class:`InvertibleFusionDecoder`)."""
 
 
 class InvertibleConv1x1(nn.Module):
@@ -101,6 +115,56 @@ class CouplingSubnet(nn.Sequential):
             last.bias.zero_()
 
 
+class _HalfInstanceNormUnit(nn.Module):
+    """conv3×3 → instance norm on the first half of the channels → LReLU(0.1) → conv3×3 →
+    LReLU(0.1), plus a 1×1 identity projection (HINet's half-instance-norm block).
+
+    Shape:
+        x: (B, in_chs, H, W)  ->  (B, out_chs, H, W)
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, device: DeviceLike = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        dd = factory_kwargs(device, dtype)
+        self.identity = nn.Conv2d(in_chs, out_chs, 1, **dd)
+        self.conv_1 = nn.Conv2d(in_chs, out_chs, 3, padding=1, **dd)
+        self.conv_2 = nn.Conv2d(out_chs, out_chs, 3, padding=1, **dd)
+        self.normed = out_chs // 2
+        self.norm = nn.InstanceNorm2d(self.normed, affine=True, **dd) if self.normed else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv_1(x)
+        if self.norm is not None:
+            head, tail = out.split((self.normed, out.shape[1] - self.normed), dim=1)
+            out = torch.cat((self.norm(head), tail), dim=1)
+        out = F.leaky_relu(self.conv_2(F.leaky_relu(out, 0.1)), 0.1)
+        return out + self.identity(x)
+
+
+class HalfInstanceNormSubnet(nn.Module):
+    """One of φ, ρ, η as the public code builds them (its ``DenseBlock``): two
+    half-instance-norm units (in → hidden → out), each followed by LeakyReLU(0.2).
+
+    Why instance norm: the paper's subnets are "CNNs and instance norm"; normalising half the
+    channels per image keeps the coupling's scale stable across scenes of very different
+    brightness, while the other half keeps the absolute intensity the fused image needs.
+
+    Shape:
+        x: (B, in_chs, H, W)  ->  (B, out_chs, H, W)
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, hidden: int, device: DeviceLike = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        dd = factory_kwargs(device, dtype)
+        self.unit_1 = _HalfInstanceNormUnit(in_chs, hidden, **dd)
+        self.unit_2 = _HalfInstanceNormUnit(hidden, out_chs, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.unit_2(F.leaky_relu(self.unit_1(x), 0.2)), 0.2)
+
+
 class InvertibleBlock(nn.Module):
     """Invertible 1×1 conv + affine coupling (eqs. 6–7), see the module docstring.
 
@@ -109,24 +173,28 @@ class InvertibleBlock(nn.Module):
         split: channels of the first half x1 (the rest is x2).
         hidden: width of the subnets φ, ρ, η.
         clamp: bound of the log-scale s.
+        subnet: ``"hin"`` (:class:`HalfInstanceNormSubnet`) or ``"plain"`` (:class:`CouplingSubnet`).
         device, dtype: where to create parameters.
 
     Shape:
         x: (B, C, H, W)  ->  (B, C, H, W), for ``forward`` and ``inverse``.
     """
 
-    def __init__(self, channels: int, split: int, hidden: int, clamp: float = 0.8,
+    def __init__(self, channels: int, split: int, hidden: int, clamp: float = 0.8, subnet: str = "plain",
                  device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if not 0 < split < channels:
             raise ValueError(f"split must be in (0, {channels}), got {split}")
+        if subnet not in INN_SUBNETS:
+            raise ValueError(f"Unknown coupling subnet {subnet!r}; expected one of {list(INN_SUBNETS)}")
         dd = factory_kwargs(device, dtype)
         self.splits = (split, channels - split)
         self.clamp = clamp
         self.mix = InvertibleConv1x1(channels, **dd)
-        self.phi = CouplingSubnet(self.splits[1], self.splits[0], hidden, **dd)
-        self.rho = CouplingSubnet(self.splits[0], self.splits[1], hidden, **dd)
-        self.eta = CouplingSubnet(self.splits[0], self.splits[1], hidden, **dd)
+        make = HalfInstanceNormSubnet if subnet == "hin" else CouplingSubnet
+        self.phi = make(self.splits[1], self.splits[0], hidden, **dd)
+        self.rho = make(self.splits[0], self.splits[1], hidden, **dd)
+        self.eta = make(self.splits[0], self.splits[1], hidden, **dd)
 
     def _log_scale(self, y1: torch.Tensor) -> torch.Tensor:
         return self.clamp * (2 * torch.sigmoid(self.rho(y1)) - 1)
@@ -147,11 +215,18 @@ class InvertibleBlock(nn.Module):
 class InvertibleFusionDecoder(nn.Module):
     """The fusion decoder: invertible blocks, dense aggregation, 3×3 conv + tanh → fused Y in [0, 1].
 
+    Dense aggregation (``aggregation``): ``"public"`` concatenates the decoder's input with the
+    outputs of blocks 3…N (the public ``FeatureExtract``: ``N − 1`` tensors); ``"all"`` (ours
+    before issue 15) the outputs of all N blocks. The paper's "concatenation + residual channel
+    attention" is in neither (no RCA exists in the public code, so none is invented here).
+
     Args:
         channels: width C of the fused feature (32 in the paper).
         num_blocks: invertible blocks (5 in the paper).
-        hidden: width of the coupling subnets; None uses C/2.
+        hidden: width of the coupling subnets; None uses C/2 (16 in the paper, the public ``gc``).
         clamp: bound of the coupling log-scale.
+        subnet: ``"hin"`` or ``"plain"``, see :class:`InvertibleBlock`.
+        aggregation: ``"public"`` or ``"all"`` (above).
         device, dtype: where to create parameters.
 
     Shape:
@@ -161,17 +236,22 @@ class InvertibleFusionDecoder(nn.Module):
     """
 
     def __init__(self, channels: int, num_blocks: int = 5, hidden: int | None = None, clamp: float = 0.8,
-                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
+                 subnet: str = "plain", aggregation: str = "all", device: DeviceLike = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if num_blocks < 1:
             raise ValueError(f"num_blocks must be >= 1, got {num_blocks}")
+        if aggregation not in INN_AGGREGATIONS:
+            raise ValueError(f"Unknown aggregation {aggregation!r}; expected one of {list(INN_AGGREGATIONS)}")
         dd = factory_kwargs(device, dtype)
         self.channels = channels
+        self.aggregation = aggregation
         hidden = hidden or max(1, channels // 2)
         self.blocks = nn.ModuleList(
-            InvertibleBlock(channels, channels // 2, hidden, clamp, **dd) for _ in range(num_blocks)
+            InvertibleBlock(channels, channels // 2, hidden, clamp, subnet, **dd) for _ in range(num_blocks)
         )
-        self.aggregate = nn.Conv2d(channels * num_blocks, channels, 1, **dd)
+        inputs = 1 + max(0, num_blocks - 2) if aggregation == "public" else num_blocks
+        self.aggregate = nn.Conv2d(channels * inputs, channels, 1, **dd)
         self.head = nn.Conv2d(channels, 1, 3, padding=1, **dd)
 
     def flow(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -191,5 +271,6 @@ class InvertibleFusionDecoder(nn.Module):
         return z
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dense = self.aggregate(torch.cat(self.flow(x), dim=1))
+        outs = self.flow(x)
+        dense = self.aggregate(torch.cat([x, *outs[2:]] if self.aggregation == "public" else outs, dim=1))
         return (torch.tanh(self.head(dense)) + 1) / 2

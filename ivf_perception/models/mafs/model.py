@@ -19,7 +19,7 @@ from ivf_perception.models.mafs.reconstruction import MaskedReconstructionDecode
 from ivf_perception.models.mafs.seg_decoder import SegmentationDecoder
 from ivf_perception.models.mafs.trunk import TrunkWeightsError, TrunkWeightsReport, load_trunk_weights
 
-__all__ = ["MAFS", "PRESET_ARGS", "checkpoint_filter_fn"]
+__all__ = ["MAFS", "LEGACY_ARGS", "PRESET_ARGS", "checkpoint_filter_fn"]
 
 
 class MAFS(FusionSegModel):
@@ -51,6 +51,15 @@ class MAFS(FusionSegModel):
         num_heads: attention heads of the transformer decoder.
         ffn_ratio: feed-forward width of the transformer decoder, as a multiple of ``deep_dim``.
         aspp_rates: ASPP dilation rates.
+        dem_mix, dem_conv: how each DEM hands the weighted modalities on and groups its 7×7
+            gate convolution (:class:`~ivf_perception.models.mafs.encoder.DEM`).
+        afm_units: 3×3 conv units per modality in the AFMs.
+        inn_subnet: coupling subnets of the invertible decoder, ``"hin"`` (the public code's
+            half-instance-norm blocks) or ``"plain"``.
+        inn_aggregation: ``"public"`` or ``"all"`` (which tensors the invertible decoder's
+            dense aggregation concatenates).
+        aspp_form: ``"public"`` (residual ASPP, rates 1–4) or ``"deeplab"`` (DeepLab v3 with
+            image pooling).
         preset: the preset name recorded in the weight sidecar.
         device, dtype: where to create parameters.
     """
@@ -82,6 +91,12 @@ class MAFS(FusionSegModel):
         num_heads: int = 2,
         ffn_ratio: float = 1.0,
         aspp_rates: tuple[int, ...] = (6, 12, 18),
+        dem_mix: str = "residual",
+        dem_conv: str = "depthwise",
+        afm_units: int = 2,
+        inn_subnet: str = "plain",
+        inn_aggregation: str = "all",
+        aspp_form: str = "deeplab",
         preset: str = "custom",
         device: DeviceLike = None,
         dtype: torch.dtype | None = None,
@@ -97,13 +112,16 @@ class MAFS(FusionSegModel):
         self._args = dict(rgb_trunk=rgb_trunk, thermal_trunk=thermal_trunk, shallow_dim=shallow_dim,
                           deep_dim=deep_dim, dem_mlp_ratio=dem_mlp_ratio, refine_layers=refine_layers,
                           inn_blocks=inn_blocks, num_heads=num_heads, ffn_ratio=ffn_ratio,
-                          aspp_rates=list(aspp_rates))
+                          aspp_rates=list(aspp_rates), dem_mix=dem_mix, dem_conv=dem_conv, afm_units=afm_units,
+                          inn_subnet=inn_subnet, inn_aggregation=inn_aggregation, aspp_form=aspp_form)
 
-        self.encoder = DualResNetEncoder(rgb_trunk, thermal_trunk, dem_mlp_ratio, **dd)
-        self.fuser = MAFSFuser(self.encoder.level_chs, shallow_dim, deep_dim, refine_layers, **dd)
-        self.fusion_head = InvertibleFusionDecoder(shallow_dim, inn_blocks, **dd)
+        self.encoder = DualResNetEncoder(rgb_trunk, thermal_trunk, dem_mlp_ratio, dem_mix, dem_conv, **dd)
+        self.fuser = MAFSFuser(self.encoder.level_chs, shallow_dim, deep_dim, refine_layers, afm_units, **dd)
+        self.fusion_head = InvertibleFusionDecoder(shallow_dim, inn_blocks, subnet=inn_subnet,
+                                                   aggregation=inn_aggregation, **dd)
         self.seg_head = (
-            SegmentationDecoder(deep_dim, shallow_dim, num_classes, num_heads, ffn_ratio, tuple(aspp_rates), **dd)
+            SegmentationDecoder(deep_dim, shallow_dim, num_classes, num_heads, ffn_ratio, tuple(aspp_rates),
+                                aspp_form, **dd)
             if num_classes > 0 else None
         )
         self.recon_head = MaskedReconstructionDecoder(shallow_dim, deep_dim, **dd)
@@ -196,22 +214,39 @@ def _create_mafs(preset: str, **kwargs: Any) -> MAFS:
     return MAFS(preset=preset, **{**PRESET_ARGS[preset], **kwargs})
 
 
+_PUBLIC_CODE = dict(dem_mix="public", dem_conv="pairs", afm_units=3, inn_subnet="hin", inn_aggregation="public",
+                    aspp_form="public")
+"""The public code's form of every module the fidelity audit found different (issue 15)."""
+
+_OURS = dict(dem_mix="residual", dem_conv="depthwise", afm_units=2, inn_subnet="plain", inn_aggregation="all",
+             aspp_form="deeplab")
+"""Our earlier forms, kept as switches (the reasons are in each module's docstring)."""
+
 PRESET_ARGS: dict[str, dict[str, Any]] = {
     # The published configuration: two ResNet-152 trunks, 32-channel shallow / 64-channel deep
-    # fusion, five invertible blocks, 2-head transformer decoder (DESIGN §5).
+    # fusion, five invertible blocks, 2-head transformer decoder (DESIGN §5), every module in the
+    # public code's form (docs/models/mafs.md lists each).
     "paper": dict(rgb_trunk="resnet152", thermal_trunk="resnet152", shallow_dim=32, deep_dim=64,
                   dem_mlp_ratio=2.0, refine_layers=4, inn_blocks=5, num_heads=2, ffn_ratio=1.0,
-                  aspp_rates=(6, 12, 18)),
-    # CPU/embedded: ResNet-34 for the texture-rich visible image, ResNet-18 for thermal.
+                  aspp_rates=(1, 2, 3, 4), **_PUBLIC_CODE),
+    # CPU/embedded: ResNet-34 for the texture-rich visible image, ResNet-18 for thermal; our
+    # module forms, as these presets were built and measured.
     "small": dict(rgb_trunk="resnet34", thermal_trunk="resnet18", shallow_dim=16, deep_dim=48,
                   dem_mlp_ratio=1.0, refine_layers=2, inn_blocks=3, num_heads=2, ffn_ratio=1.0,
-                  aspp_rates=(6, 12, 18)),
+                  aspp_rates=(6, 12, 18), **_OURS),
     # The fastest usable configuration: two ResNet-18s, narrow decoders.
     "tiny": dict(rgb_trunk="resnet18", thermal_trunk="resnet18", shallow_dim=16, deep_dim=32,
                  dem_mlp_ratio=0.5, refine_layers=1, inn_blocks=2, num_heads=2, ffn_ratio=1.0,
-                 aspp_rates=(6, 12, 18)),
-    # Micro model for tests only (timm's test_resnet trunks).
+                 aspp_rates=(6, 12, 18), **_OURS),
+    # Micro model for tests only (timm's test_resnet trunks), in the paper's module forms.
     "test": dict(rgb_trunk="test_resnet", thermal_trunk="test_resnet", shallow_dim=8, deep_dim=16,
-                 dem_mlp_ratio=0.5, refine_layers=1, inn_blocks=2, num_heads=2, ffn_ratio=1.0,
-                 aspp_rates=(2, 4)),
+                 dem_mlp_ratio=0.5, refine_layers=1, inn_blocks=3, num_heads=2, ffn_ratio=1.0,
+                 aspp_rates=(1, 2), **_PUBLIC_CODE),
 }
+
+LEGACY_ARGS: dict[str, dict[str, Any]] = {
+    preset: {**_OURS, "aspp_rates": rates, **({"inn_blocks": 2} if preset == "test" else {})}
+    for preset, rates in (("paper", (6, 12, 18)), ("small", (6, 12, 18)), ("tiny", (6, 12, 18)), ("test", (2, 4)))
+}
+"""What weights saved before the module switches existed were built with, per preset (see
+:func:`~ivf_perception.models.registry.with_legacy_args`)."""

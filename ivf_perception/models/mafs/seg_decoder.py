@@ -35,6 +35,8 @@ from ivf_perception.models.mafs.blocks import ConvBNAct
 
 __all__ = [
     "ASPP",
+    "ASPP_FORMS",
+    "ResidualASPP",
     "DilatedAggregation",
     "FPNPixelDecoder",
     "InvertedPyramidDecoder",
@@ -89,6 +91,44 @@ class FPNPixelDecoder(nn.Module):
             y = self.output[i](lateral + _resize(y, lateral.shape[-2:], mode="nearest"))
             outs.append(y)
         return outs[::-1]
+
+
+ASPP_FORMS = ("public", "deeplab")
+"""The ASPP of the public code (:class:`ResidualASPP`) or DeepLab v3's (:class:`ASPP`)."""
+
+
+class ResidualASPP(nn.Module):
+    """The public code's ASPP: 1×1 and dilated 3×3 convolutions (rates 1–4), concatenated,
+    squeezed by a 1×1 convolution, added to the input, then a 3×3 conv unit.
+
+    Why small rates: the decoder's maps are 8–64 px on the paper's 256 px crops (H/32 … H/4);
+    a 3×3 kernel dilated by 18 on an 8 px map reads only padding outside its centre tap, so
+    DeepLab's 6/12/18 (tuned for 33–65 px maps at output stride 16/8) degenerates there. The
+    residual keeps the level's own feature.
+
+    Args:
+        dim: input and output channels.
+        rates: dilation rates of the 3×3 branches (public: 1, 2, 3, 4).
+        device, dtype: where to create parameters.
+
+    Shape:
+        x: (B, dim, H, W)  ->  (B, dim, H, W)
+    """
+
+    def __init__(self, dim: int, rates: tuple[int, ...] = (1, 2, 3, 4), device: DeviceLike = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        dd = factory_kwargs(device, dtype)
+        self.rates = tuple(rates)
+        self.branches = nn.ModuleList(
+            [nn.Conv2d(dim, dim, 1, **dd), *(nn.Conv2d(dim, dim, 3, padding=r, dilation=r, **dd) for r in rates)]
+        )
+        self.squeeze = nn.Conv2d(dim * (len(rates) + 1), dim, 1, **dd)
+        self.refine = ConvBNAct(dim, dim, 3, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mixed = self.squeeze(torch.cat([branch(x) for branch in self.branches], dim=1))
+        return self.refine(mixed + x)
 
 
 class ASPP(nn.Module):
@@ -321,6 +361,7 @@ class SegmentationDecoder(nn.Module):
         num_heads: attention heads of the transformer stages.
         ffn_ratio: feed-forward width of the transformer stages, as a multiple of C_d.
         aspp_rates: dilation rates of the ASPP.
+        aspp_form: ``"public"`` (:class:`ResidualASPP`) or ``"deeplab"`` (:class:`ASPP`).
         device, dtype: where to create parameters.
 
     Shape:
@@ -329,12 +370,14 @@ class SegmentationDecoder(nn.Module):
     """
 
     def __init__(self, deep_dim: int, shallow_dim: int, num_classes: int, num_heads: int = 2,
-                 ffn_ratio: float = 1.0, aspp_rates: tuple[int, ...] = (6, 12, 18),
+                 ffn_ratio: float = 1.0, aspp_rates: tuple[int, ...] = (6, 12, 18), aspp_form: str = "deeplab",
                  device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        if aspp_form not in ASPP_FORMS:
+            raise ValueError(f"Unknown aspp_form {aspp_form!r}; expected one of {list(ASPP_FORMS)}")
         dd = factory_kwargs(device, dtype)
         self.pixel_decoder = FPNPixelDecoder([deep_dim] * 4, deep_dim, **dd)
-        self.aspp = ASPP(deep_dim, tuple(aspp_rates), **dd)
+        self.aspp: nn.Module = (ResidualASPP if aspp_form == "public" else ASPP)(deep_dim, tuple(aspp_rates), **dd)
         self.transformer = InvertedPyramidDecoder(deep_dim, 3, num_heads, ffn_ratio, **dd)
         self.refine = nn.Sequential(ConvBNAct(deep_dim, deep_dim, 3, **dd), ConvBNAct(deep_dim, deep_dim, 3, **dd))
         self.aggregate = DilatedAggregation(deep_dim + shallow_dim, deep_dim, **dd)

@@ -25,6 +25,7 @@ from ivf_training.config.files import (
 )
 from ivf_training.config.losses import (
     CMFSLossConfig,
+    FusedSegTeacherLossConfig,
     LossConfig,
     LossSettings,
     MAFSStage1LossConfig,
@@ -47,6 +48,7 @@ __all__ = [
     "LossSettings",
     "S4FusionLossConfig",
     "CMFSLossConfig",
+    "FusedSegTeacherLossConfig",
     "MAFSStage1LossConfig",
     "MAFSStage2LossConfig",
     "UPFusionLossConfig",

@@ -15,7 +15,7 @@ The definitions of the terms live with the losses: :mod:`ivf_training.losses` (s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from ivf_training.config.schema import ConfigError
 
@@ -27,7 +27,9 @@ __all__ = [
     "MAFSStage2LossConfig",
     "UPFusionLossConfig",
     "TeSGLossConfig",
+    "FusedSegTeacherLossConfig",
     "LossConfig",
+    "LEGACY_LOSS_SETTINGS",
 ]
 
 
@@ -90,7 +92,11 @@ class CMFSLossConfig(LossSettings):
         seg, fusion, intensity, color, gradient: term weights (paper: 1, 0.1, 0.5, 1, 0.2).
         gamma: CMFS's visible gamma (0.5 MFNet/PST900, 0.8 FMB).
         beta: CMFS's thermal contrast factor (1.7 MFNet, 1.0 FMB, 1.8 PST900).
-        moe_balance: weight of CMFS's mixture-of-experts load-balancing term.
+        moe_balance: weight of CMFS's mixture-of-experts load-balancing term (in neither the
+            paper nor the public code: 0 in the paper recipes).
+        gradient_form: ``public`` (the public code's signed, unnormalised Sobel per axis, which
+            the paper's weight 0.2 was tuned with) or ``magnitude`` (our 1/8-normalised Sobel
+            magnitude, about 4x weaker at the same weight); see ``ivf_training.cmfs_losses``.
     """
 
     kind: Literal["cmfs"] = "cmfs"
@@ -102,6 +108,7 @@ class CMFSLossConfig(LossSettings):
     gamma: float = 0.5
     beta: float = 1.7
     moe_balance: float = 0.01
+    gradient_form: Literal["public", "magnitude"] = "public"
 
     def __post_init__(self) -> None:
         if self.gamma <= 0 or self.beta < 0:
@@ -151,7 +158,8 @@ class MAFSStage1LossConfig(LossSettings):
 class MAFSStage2LossConfig(LossSettings):
     """``kind: mafs_stage2``: fusion + segmentation (``MAFSStage2Loss``).
 
-    Fusion task ``intensity·L_int + gradient·L_grad`` (paper: 5 and 8), segmentation task
+    Fusion task ``intensity·L_int + gradient·L_grad`` (paper: 1 and 1 with the public code's
+    gradient form; our earlier 5 and 8 with ``gradient_form: magnitude``), segmentation task
     ``seg·OHEM + seg_aux·aux + binary·BCE + boundary·L_bd + kd·KD``; both through the α-fair
     utility (``fair_alpha``) and weighted by DWA (``dwa_temperature``, ``dwa_period``).
 
@@ -167,7 +175,10 @@ class MAFSStage2LossConfig(LossSettings):
         boundary_width: half-width in pixels of the boundary target band.
         fair_alpha: α of the α-fair utility (paper: 0.8).
         dwa_temperature: DWA temperature (paper: 500).
-        dwa_period: ``step`` or ``epoch`` (the paper's): what one DWA period is.
+        dwa_period: ``step`` (the paper's: per iteration) or ``epoch``: what one DWA period is.
+        gradient_form: ``public`` (the public ``Fusionloss``: absolute unnormalised Sobel per
+            axis, summed) or ``magnitude`` (our 1/8-normalised Sobel magnitude); see
+            ``ivf_training.mafs_losses.MAFSStage2Loss``.
         teacher_weights: engine weights (``.safetensors`` + sidecar) of any segmentation model
             the registry builds, with the student's class count; it segments the fused image
             (frozen) for the KD term. ``None``: no distillation.
@@ -189,6 +200,7 @@ class MAFSStage2LossConfig(LossSettings):
     dwa_temperature: float = 500.0
     dwa_period: Literal["step", "epoch"] = "step"
     teacher_weights: str | None = None
+    gradient_form: Literal["public", "magnitude"] = "public"
 
     path_fields: ClassVar[tuple[str, ...]] = ("teacher_weights",)
 
@@ -277,4 +289,52 @@ class TeSGLossConfig(LossSettings):
 
 LossConfig = (S4FusionLossConfig | CMFSLossConfig | MAFSStage1LossConfig | MAFSStage2LossConfig
               | UPFusionLossConfig | TeSGLossConfig)
+class FusedSegTeacherLossConfig(LossSettings):
+    """``kind: fused_seg_teacher``: train a segmentation network on *fused* images, the teacher
+    that MAFS stage II distils from (the paper's SegNeXt "trained on fused images").
+
+    A frozen fusion model (``fusion_weights``) fuses every pair; the trained model segments the
+    fused image with cross-entropy (ignore 255). ``ivf_training.teacher`` has the details.
+
+    Attributes:
+        seg: cross-entropy weight.
+        fusion_weights: engine weights (``.safetensors`` + sidecar) of the fusion model that
+            makes the fused images (required).
+        thermal_input: what the network receives as its second (thermal) input: ``fused`` (the
+            fused image's luminance, so it sees the fused image only, as the paper's teacher)
+            or ``thermal`` (the thermal image). Stage II feeds the teacher the same way (read
+            from the exported teacher's sidecar).
+    """
+
+    kind: Literal["fused_seg_teacher"] = "fused_seg_teacher"
+    seg: float = 1.0
+    fusion_weights: str | None = None
+    thermal_input: Literal["fused", "thermal"] = "fused"
+
+    path_fields: ClassVar[tuple[str, ...]] = ("fusion_weights",)
+
+    def __post_init__(self) -> None:
+        _non_negative(self, ("seg",))
+        if self.thermal_input not in ("fused", "thermal"):
+            raise ConfigError(f"loss.thermal_input must be fused or thermal, got {self.thermal_input!r}")
+
+    def check_run(self, *, best_metric: str, num_classes: int) -> None:
+        if num_classes == 0:
+            raise ConfigError("loss.kind fused_seg_teacher trains segmentation: model.num_classes must be > 0")
+        if not self.fusion_weights:
+            raise ConfigError("loss.kind fused_seg_teacher needs loss.fusion_weights: engine weights of the "
+                              "fusion model whose fused images the teacher learns to segment")
+
+
+LossConfig = (S4FusionLossConfig | CMFSLossConfig | MAFSStage1LossConfig | MAFSStage2LossConfig
+              | UPFusionLossConfig | FusedSegTeacherLossConfig)
 """The ``loss:`` section: the member whose ``kind`` the section names (default ``s4fusion``)."""
+
+
+LEGACY_LOSS_SETTINGS: dict[str, dict[str, Any]] = {
+    "cmfs": {"gradient_form": "magnitude"},
+    "mafs_stage2": {"gradient_form": "magnitude"},
+}
+"""Per ``loss.kind``, the values of settings added for the paper fidelity work (issue 15) that
+runs written before them trained with; :func:`ivf_training.run_dir.read_run_config` fills them
+in, so resuming an old run keeps its objective."""
