@@ -26,7 +26,7 @@ from ivf_perception.errors import IvfPerceptionError
 from ivf_perception.io.classes import palette_to_array
 from ivf_perception.io.tensor_files import TensorFileError, TensorFileNotFoundError, read_safetensors
 from ivf_perception.models import build_model
-from ivf_perception.models.registry import UnknownModelError, without_pretrained_files
+from ivf_perception.models.registry import UnknownModelError, sidecar_legacy_args, without_pretrained_files
 
 __all__ = [
     "WEIGHTS_FORMAT",
@@ -290,6 +290,8 @@ def build_model_from_weights(path: str | Path, *, variant: str | None = None, pr
 
     The variant, preset, class count and constructor arguments come from the sidecar; the
     ImageNet files a model was first initialised from are not needed (the tensors replace them).
+    Architecture switches a family added later and that the sidecar does not name take the
+    values older files were trained with (:func:`~ivf_perception.models.registry.sidecar_legacy_args`).
 
     Args:
         path: engine weights (``.safetensors`` with its ``.json`` sidecar).
@@ -315,7 +317,7 @@ def build_model_from_weights(path: str | Path, *, variant: str | None = None, pr
     try:
         net = model if model is not None else build_model(
             info.variant, preset=info.preset, num_classes=info.num_classes,
-            **{**without_pretrained_files(info.model_args), **overrides})
+            **{**sidecar_legacy_args(info.variant), **without_pretrained_files(info.model_args), **overrides})
     except UnknownModelError as exc:
         raise WeightsError(f"{sidecar_path(path)}: sidecar field 'variant': {exc}") from exc
     except (TypeError, ValueError) as exc:  # an argument or preset the model's constructor refuses

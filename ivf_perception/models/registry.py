@@ -35,6 +35,8 @@ __all__ = [
     "TEST_PRESET",
     "PRETRAINED_FILE_ARGS",
     "without_pretrained_files",
+    "register_sidecar_legacy_args",
+    "sidecar_legacy_args",
 ]
 
 PRETRAINED_FILE_ARGS = frozenset({"encoder_weights", "trunk_weights", "thermal_trunk_weights",
@@ -52,6 +54,7 @@ _Builder = TypeVar("_Builder", bound=Callable[..., Any])
 _MODEL_ENTRYPOINTS: dict[str, Callable[..., nn.Module]] = {}
 _MODEL_PRESETS: dict[str, tuple[str, ...]] = {}
 _DEPRECATED: dict[str, str] = {}
+_SIDECAR_LEGACY_ARGS: dict[str, dict[str, Any]] = {}
 
 
 class UnknownModelError(IvfPerceptionError, KeyError):
@@ -93,6 +96,23 @@ def register_model(fn: _Builder | None = None, *,
         return builder
 
     return register if fn is None else register(fn)
+
+
+def register_sidecar_legacy_args(name: str, args: dict[str, Any]) -> None:
+    """Declare what weights of ``name`` were built with before the constructor arguments
+    ``args`` existed.
+
+    Why: a family that adds an architecture switch and changes a preset's value of it must
+    still rebuild older weight files exactly. The weight loader puts these values under a
+    sidecar's own ``model_args`` (:func:`sidecar_legacy_args`), and exports record the keys
+    explicitly, so only files written before the switch get the legacy values.
+    """
+    _SIDECAR_LEGACY_ARGS[name] = dict(args)
+
+
+def sidecar_legacy_args(name: str) -> dict[str, Any]:
+    """The legacy constructor arguments of ``name`` (empty when the family declares none)."""
+    return copy.deepcopy(_SIDECAR_LEGACY_ARGS.get(_DEPRECATED.get(name, name), {}))
 
 
 def register_deprecated(old_name: str, new_name: str) -> None:
