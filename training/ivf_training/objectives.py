@@ -45,7 +45,7 @@ from ivf_training.config import (
     S4FusionLossConfig,
     UPFusionLossConfig,
 )
-from ivf_training.losses import FusionSegLoss, PerceptionLoss
+from ivf_training.losses import FusionSegLoss, load_resnet50_probe
 from ivf_training.mafs_losses import MAFSStage1Loss, MAFSStage2Loss, random_patch_mask
 from ivf_training.upfusion_losses import UPFusionLoss
 
@@ -213,16 +213,18 @@ class SupervisedObjective(Objective[SettingsT]):
 
 
 class S4FusionObjective(SupervisedObjective[S4FusionLossConfig]):
-    """``loss.kind: s4fusion``: :class:`~ivf_training.losses.FusionSegLoss`, with the
-    perception term when a ResNet-50 weight file is configured."""
+    """``loss.kind: s4fusion``: :class:`~ivf_training.losses.FusionSegLoss`, with the frozen
+    ResNet-50 (per-source weights, perception terms) when a weight file is configured."""
 
     kind = "s4fusion"
 
     @classmethod
     def build_loss(cls, lc: S4FusionLossConfig) -> nn.Module:
-        perception = PerceptionLoss(lc.resnet50_weights) if lc.perception > 0 or lc.perception_texture > 0 else None
+        uses_resnet = lc.source_weights == "resnet" or lc.perception > 0 or lc.perception_texture > 0
+        probe = load_resnet50_probe(lc.resnet50_weights) if uses_resnet else None
         return FusionSegLoss(seg=lc.seg, fusion=lc.fusion, intensity=lc.intensity, ssim=lc.ssim,
-                             gradient=lc.gradient, color=lc.color, perception=perception,
+                             gradient=lc.gradient, color=lc.color, source_weights=lc.source_weights,
+                             omega_c=lc.omega_c, gradient_sobel=lc.gradient_sobel, probe=probe,
                              perception_weight=lc.perception, perception_texture=lc.perception_texture)
 
 
