@@ -43,11 +43,14 @@ def count_gmacs(model: nn.Module, height: int, width: int, device: torch.device 
 
     torch's FlopCounterMode counts convolutions, linear layers and matmuls as 2 FLOPs per MAC;
     halving gives the number most papers report. Element-wise work (activations, the
-    selective-scan recurrence itself) is not counted, as in fvcore.
+    selective-scan recurrence itself) is not counted, as in fvcore. The size is padded up to the
+    model's ``input_multiple`` as the engine pads it (S4Fusion ``paper`` runs 480×640 as 480×648).
 
     ``guided``: a guided model (TeSG) with guidance (a mask and as many text tokens as its
     stored fallback text); otherwise its fallback path runs.
     """
+    multiple = int(getattr(model, "input_multiple", 1))
+    height, width = -(-height // multiple) * multiple, -(-width // multiple) * multiple
     rgb = torch.zeros(1, 3, height, width, device=device)
     thermal = torch.zeros(1, 1, height, width, device=device)
     kwargs = {}

@@ -7,14 +7,29 @@ architecture; nothing copied). The published weights are not used; ours are trai
 
 Architecture (DESIGN §5), U-shaped over 3 scales:
 
-* overlapping 4×4 patch embedding of each modality (6×6 kernel, stride 4) to H/4×W/4 tokens;
+* overlapping patch embedding of each modality: a (stride + overlap)² convolution with stride
+  ``patch_size`` (``paper``: the public code's 4×4 kernel, stride 3, one pixel of overlap, to
+  H/3×W/3 tokens);
 * per-modality encoders of VSS blocks, patch merging between scales;
-* at every scale a CMSA module: ``cmsa_blocks`` Cross SS2D blocks (Patch Mark, Interleaving,
-  Cross SS2D with modality-specific Δ/B/C over a shared hidden state, Recovering); the two
-  recovered streams are summed into the scale's fused feature;
+* CMSA modules: ``cmsa_blocks`` Cross SS2D blocks (Patch Mark, Interleaving, Cross SS2D with
+  modality-specific Δ/B/C over a shared hidden state, Recovering); the two recovered streams
+  are summed into the scale's fused feature;
 * a decoder of VSS blocks that upsamples (patch expanding) and adds the fused skip features;
-* fold + linear output: each H/4 token predicts an overlapping 6×6 patch of the fused
-  luminance, folded back to H×W with overlap averaging.
+* fold + linear output: each token predicts an overlapping (stride + overlap)² patch of the
+  fused luminance, folded back to H×W with overlap averaging.
+
+How the CMSA modules meet the decoder (``cmsa_wiring``):
+
+* ``"public"`` (the public code, ``paper`` preset): CMSA fuses each encoder stage's *input*;
+  the decoder starts from the sum of the two encoders' last outputs, and every decoder stage
+  adds the CMSA feature of the next coarser scale *before* upsampling. The finest scale's CMSA
+  output is never used in the public code (its parameters get no gradient), so it is not built
+  here: the public model's 3.563 M parameters include 0.153 M of that dead branch.
+* ``"all_scales"`` (ours, the bundled ``tiny`` weights): CMSA fuses each stage's *output*, the
+  decoder starts from the coarsest CMSA feature and adds the finer ones after upsampling, so
+  all three CMSA modules are trained and used. Kept as a switch because the bundled weights
+  were trained with it (retraining them is a separate decision), not because it is shown to
+  be better.
 
 Differences from the public code, on purpose:
 
@@ -28,14 +43,23 @@ Differences from the public code, on purpose:
 * Our extension: a light SegFormer head (the shared
   :class:`~ivf_perception.models.layers.SegFormerHead`) on the decoder features of the three
   scales, so this fusion-only network also publishes label maps. ``num_classes=0`` removes it.
-* Any H, W divisible by ``input_multiple`` (16); the engine pads and crops.
+* Any H, W divisible by ``input_multiple`` (``patch_size``·4: 12 for ``paper``, 16 for the
+  stride-4 presets); the engine pads and crops. The public embedding has no padding and needs
+  H ≡ 1 (mod 12) (its 229-pixel crops); ours pads ⌈overlap/2⌉ pixels so any multiple works.
+* ``tiny``/``small``/``test`` keep our stride-4 embedding (6×6 kernel, 2 pixels of overlap):
+  (4/3)² ≈ 1.8× fewer tokens than stride 3, which the CPU presets need for speed.
+
+Weights written before these switches existed carry no ``patch_overlap``/``cmsa_wiring`` in
+their sidecar; :data:`LEGACY_ARGS` tells the weight loader to build them with the old
+behaviour (stride 4, overlap 2, ``all_scales``) whatever their preset, and new exports record
+the switches explicitly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -48,14 +72,27 @@ from ivf_perception.models.layers.factories import DeviceLike, factory_kwargs
 from ivf_perception.models.layers.segformer_head import SegFormerHead
 from ivf_perception.models.registry import register_model
 
-__all__ = ["S4Fusion", "S4FusionFeatures", "s4fusion", "test_s4fusion", "PRESET_ARGS"]
+__all__ = ["S4Fusion", "S4FusionFeatures", "s4fusion", "test_s4fusion", "PRESET_ARGS", "LEGACY_ARGS",
+           "CMSAWiring"]
+
+CMSAWiring = Literal["public", "all_scales"]
+"""How the CMSA features feed the decoder (see the module docstring)."""
 
 
 # --------------------------------------------------------------------------- blocks
 
 
+def _patch_padding(overlap: int) -> int:
+    """Zero padding that makes a (stride + overlap) kernel with stride s give exactly H/s tokens.
+
+    ``floor((H + 2p − s − o)/s) + 1 = H/s`` for H divisible by s needs ``0 <= 2p − o < s``:
+    ``p = ⌈o/2⌉`` (1 for both the public overlap 1 and our overlap 2).
+    """
+    return (overlap + 1) // 2
+
+
 class OverlapPatchEmbed(nn.Module):
-    """Overlapping patch embedding: a (patch+2)² convolution with stride ``patch`` and LayerNorm.
+    """Overlapping patch embedding: a (patch+overlap)² convolution with stride ``patch`` and LayerNorm.
 
     Shape:
         x: (B, C_in, H, W)  ->  (B, H/patch, W/patch, dim), channels-last tokens.
@@ -66,7 +103,7 @@ class OverlapPatchEmbed(nn.Module):
         super().__init__()
         dd = factory_kwargs(device, dtype)
         self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size + overlap, stride=patch_size,
-                              padding=overlap // 2, **dd)
+                              padding=_patch_padding(overlap), **dd)
         self.norm = nn.LayerNorm(dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,13 +219,19 @@ class EncoderStage(nn.Module):
 
 
 class DecoderStage(nn.Module):
-    """Optionally upsample from the coarser scale, add the fused skip, then VSS blocks."""
+    """Optionally upsample from the coarser scale, add the fused skip, then VSS blocks.
+
+    ``skip_before_upsample`` (the public wiring) adds the skip at the coarser scale and then
+    upsamples; otherwise (ours) the skip is added at this stage's scale after upsampling.
+    """
 
     def __init__(self, dim: int, depth: int, d_state: int, ssm_ratio: float, drop_paths: list[float],
                  norm_layer: Callable[..., nn.Module], upsample_from: int | None, scan_backend: str,
+                 skip_before_upsample: bool = False,
                  device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         dd = factory_kwargs(device, dtype)
+        self.skip_before_upsample = skip_before_upsample
         self.upsample = PatchExpand(upsample_from, norm_layer, **dd) if upsample_from else None
         self.blocks = nn.Sequential(*(
             VSSBlock(dim, d_state=d_state, ssm_ratio=ssm_ratio, drop_path=drop_paths[i],
@@ -200,6 +243,8 @@ class DecoderStage(nn.Module):
         if x is None:
             return self.blocks(skip)
         assert self.upsample is not None, "only a stage built with upsample_from takes a coarser input"
+        if self.skip_before_upsample:
+            return self.blocks(self.upsample(x + skip))
         return self.blocks(self.upsample(x) + skip)
 
 
@@ -222,7 +267,7 @@ class FoldFusionHead(nn.Module):
         super().__init__()
         self.kernel = patch_size + overlap
         self.stride = patch_size
-        self.padding = overlap // 2
+        self.padding = _patch_padding(overlap)
         self.proj = nn.Linear(dim, self.kernel * self.kernel, device=device, dtype=dtype)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
@@ -262,7 +307,11 @@ class S4Fusion(FusionSegModel):
         fusion_d_state: SSM state size of the Cross SS2D blocks.
         ssm_ratio: SSM expansion (d_inner = ssm_ratio · dim).
         cmsa_blocks: Cross SS2D blocks per scale.
-        patch_size: patch embedding stride (the fold head uses the same geometry).
+        patch_size: patch embedding stride (the fold head uses the same geometry): 3 in the
+            public code, 4 in our CPU presets.
+        patch_overlap: kernel minus stride of the patch embedding and fold head: 1 in the public
+            code (4×4 kernel), 2 in our CPU presets (6×6 kernel).
+        cmsa_wiring: ``"public"`` or ``"all_scales"`` (see the module docstring).
         drop_path_rate: stochastic depth, linearly increasing over the encoder blocks.
         seg_embed_dim: channels of the segmentation head.
         norm_layer: name or callable of the token norm.
@@ -285,7 +334,9 @@ class S4Fusion(FusionSegModel):
         fusion_d_state: int = 18,
         ssm_ratio: float = 1.5,
         cmsa_blocks: int = 3,
-        patch_size: int = 4,
+        patch_size: int = 3,
+        patch_overlap: int = 1,
+        cmsa_wiring: CMSAWiring = "public",
         drop_path_rate: float = 0.0,
         seg_embed_dim: int = 64,
         norm_layer: str | Callable[..., nn.Module] = "layernorm",
@@ -301,21 +352,29 @@ class S4Fusion(FusionSegModel):
             raise ValueError(f"dims must double per scale (patch merging 4C -> 2C), got {tuple(dims)}")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+        if cmsa_wiring not in get_args(CMSAWiring):
+            raise ValueError(f"cmsa_wiring must be one of {', '.join(get_args(CMSAWiring))}, got {cmsa_wiring!r}")
+        if patch_size < 1 or not 0 <= patch_overlap < 2 * patch_size:
+            raise ValueError(f"need patch_size >= 1 and 0 <= patch_overlap < 2*patch_size, got "
+                             f"{patch_size} and {patch_overlap}")
         dd = factory_kwargs(device, dtype)
         norm = get_norm_layer(norm_layer)
         self.num_classes = int(num_classes)
         self.preset = preset
         self.input_multiple = patch_size * 2 ** (len(dims) - 1)
+        self.cmsa_wiring = cmsa_wiring
         self._args = dict(dims=list(dims), depths=list(depths), d_state=d_state,
                           fusion_d_state=fusion_d_state, ssm_ratio=ssm_ratio, cmsa_blocks=cmsa_blocks,
-                          patch_size=patch_size, seg_embed_dim=seg_embed_dim)
+                          patch_size=patch_size, patch_overlap=patch_overlap, cmsa_wiring=cmsa_wiring,
+                          seg_embed_dim=seg_embed_dim)
+        public = cmsa_wiring == "public"
 
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
         enc_rates = [rates[sum(depths[:i]):sum(depths[:i + 1])] for i in range(len(depths))]
         last = len(dims) - 1
 
-        self.embed_ir = OverlapPatchEmbed(1, dims[0], patch_size, **dd)
-        self.embed_vi = OverlapPatchEmbed(3, dims[0], patch_size, **dd)
+        self.embed_ir = OverlapPatchEmbed(1, dims[0], patch_size, patch_overlap, **dd)
+        self.embed_vi = OverlapPatchEmbed(3, dims[0], patch_size, patch_overlap, **dd)
         self.encoder_ir = nn.ModuleList(
             EncoderStage(dims[i], depths[i], d_state, ssm_ratio, enc_rates[i], norm, i < last, scan_backend, **dd)
             for i in range(len(dims))
@@ -324,18 +383,20 @@ class S4Fusion(FusionSegModel):
             EncoderStage(dims[i], depths[i], d_state, ssm_ratio, enc_rates[i], norm, i < last, scan_backend, **dd)
             for i in range(len(dims))
         )
-        self.fuser = nn.ModuleList(
-            CMSA(dims[i], cmsa_blocks, fusion_d_state, ssm_ratio, 0.0, norm, scan_backend, **dd)
-            for i in range(len(dims))
-        )
+        # Keyed by scale ("0" finest): the public wiring never uses scale 0, so it is not built;
+        # the keys give the same state-dict names as a list for the all-scales wiring.
+        self.fuser = nn.ModuleDict({
+            str(i): CMSA(dims[i], cmsa_blocks, fusion_d_state, ssm_ratio, 0.0, norm, scan_backend, **dd)
+            for i in range(1 if public else 0, len(dims))
+        })
         # Decoder from coarsest to finest scale.
         self.decoder = nn.ModuleList(
             DecoderStage(dims[i], depths[i], d_state, ssm_ratio, enc_rates[i][::-1], norm,
-                         dims[i + 1] if i < last else None, scan_backend, **dd)
+                         dims[i + 1] if i < last else None, scan_backend, skip_before_upsample=public, **dd)
             for i in reversed(range(len(dims)))
         )
         self.decoder_norm = norm(dims[0], **dd)
-        self.fusion_head = FoldFusionHead(dims[0], patch_size, **dd)
+        self.fusion_head = FoldFusionHead(dims[0], patch_size, patch_overlap, **dd)
         self.seg_head = (
             SegFormerHead(list(dims), num_classes, seg_embed_dim, **dd) if num_classes > 0 else None
         )
@@ -345,15 +406,25 @@ class S4Fusion(FusionSegModel):
         ]
 
     def forward_features(self, rgb: torch.Tensor, thermal: torch.Tensor) -> S4FusionFeatures:
-        ir, vi = self.embed_ir(thermal), self.embed_vi(rgb)
-        fused_skips = []
-        for stage_ir, stage_vi, cmsa in zip(self.encoder_ir, self.encoder_vi, self.fuser):
+        ir: torch.Tensor | None = self.embed_ir(thermal)
+        vi: torch.Tensor | None = self.embed_vi(rgb)
+        public = self.cmsa_wiring == "public"
+        skips: list[torch.Tensor] = []  # what each decoder stage adds, coarsest first once reversed
+        feat_ir = feat_vi = None
+        for scale, (stage_ir, stage_vi) in enumerate(zip(self.encoder_ir, self.encoder_vi)):
+            assert ir is not None and vi is not None
+            if public and str(scale) in self.fuser:  # CMSA on the stage inputs
+                skips.append(self.fuser[str(scale)](ir, vi))
             feat_ir, ir = stage_ir(ir)
             feat_vi, vi = stage_vi(vi)
-            fused_skips.append(cmsa(feat_ir, feat_vi))
+            if not public:  # CMSA on the stage outputs
+                skips.append(self.fuser[str(scale)](feat_ir, feat_vi))
+        if public:  # the decoder starts from the summed encoders' last outputs
+            assert feat_ir is not None and feat_vi is not None
+            skips.append(feat_ir + feat_vi)
         x = None
         decoded = []
-        for stage, skip in zip(self.decoder, reversed(fused_skips)):
+        for stage, skip in zip(self.decoder, reversed(skips)):
             x = stage(x, skip)
             decoded.append(x)
         decoded.reverse()
@@ -399,29 +470,38 @@ def _create_s4fusion(preset: str, **kwargs: Any) -> S4Fusion:
     return S4Fusion(preset=preset, **args)
 
 
+_OURS_GEOMETRY: dict[str, Any] = dict(patch_size=4, patch_overlap=2, cmsa_wiring="all_scales")
+"""Our stride-4 embedding and all-scales wiring (the CPU presets and every pre-switch weight file)."""
+
 PRESET_ARGS: dict[str, dict[str, Any]] = {
-    # The published configuration (DESIGN §5).
+    # The published configuration (DESIGN §5) with the public code's embedding and wiring.
     "paper": dict(dims=(48, 96, 192), depths=(1, 2, 1), d_state=12, fusion_d_state=18, ssm_ratio=1.5,
-                  cmsa_blocks=3),
+                  cmsa_blocks=3, patch_size=3, patch_overlap=1, cmsa_wiring="public"),
     # CPU/embedded: narrower, one block per scale, two cross-modal blocks.
     "small": dict(dims=(32, 64, 128), depths=(1, 1, 1), d_state=8, fusion_d_state=12, ssm_ratio=1.5,
-                  cmsa_blocks=2, seg_embed_dim=48),
+                  cmsa_blocks=2, seg_embed_dim=48, **_OURS_GEOMETRY),
     # The fastest usable configuration (bundled default on CPU robots).
     "tiny": dict(dims=(16, 32, 64), depths=(1, 1, 1), d_state=6, fusion_d_state=8, ssm_ratio=1.0,
-                 cmsa_blocks=1, seg_embed_dim=32),
+                 cmsa_blocks=1, seg_embed_dim=32, **_OURS_GEOMETRY),
     # Micro model for tests only (timm's test_* habit).
     "test": dict(dims=(8, 16, 32), depths=(1, 1, 1), d_state=2, fusion_d_state=2, ssm_ratio=1.0,
-                 cmsa_blocks=1, seg_embed_dim=8),
+                 cmsa_blocks=1, seg_embed_dim=8, **_OURS_GEOMETRY),
 }
 
+LEGACY_ARGS: dict[str, dict[str, Any]] = {preset: dict(_OURS_GEOMETRY) for preset in PRESET_ARGS}
+"""What weights saved without these keys were trained with: before the switches existed every
+preset used our geometry, so the weight loader fills them in under the saved ``model_args``
+(:func:`~ivf_perception.models.registry.with_legacy_args`)."""
 
-@register_model(presets=PRESET_ARGS)
+
+@register_model(presets=PRESET_ARGS, legacy_args=LEGACY_ARGS)
 def s4fusion(preset: str = "paper", **kwargs: Any) -> S4Fusion:
     """S4Fusion (paper preset: dims 48/96/192, depths 1/2/1, d_state 12, fusion d_state 18)."""
     return _create_s4fusion(preset, **kwargs)
 
 
-@register_model(presets=PRESET_ARGS)
+@register_model(presets=PRESET_ARGS, legacy_args=LEGACY_ARGS)
 def test_s4fusion(preset: str = "test", **kwargs: Any) -> S4Fusion:
     """Micro S4Fusion for CPU tests of every code path."""
     return _create_s4fusion(preset, **kwargs)
+

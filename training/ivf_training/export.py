@@ -16,7 +16,7 @@ from torch import nn
 from ivf_perception.engine.weights import WeightsInfo, save_weights, training_domain
 from ivf_perception.io.tensor_files import TensorFileError, read_safetensors
 from ivf_perception.models import build_model
-from ivf_perception.models.registry import without_pretrained_files
+from ivf_perception.models.registry import pinned_args, without_pretrained_files
 from ivf_training.build import resolve_classes
 from ivf_training.checkpoint import CheckpointError, load_checkpoint
 from ivf_training.config import config_to_dict
@@ -83,6 +83,9 @@ def load_run_weights(source: str | Path, *, checkpoint: str | None = None) -> Ru
     m = cfg.model
     model_args = without_pretrained_files(m.overrides)  # the trained tensors replace ImageNet files
     model = build_model(m.variant, preset=m.preset, num_classes=m.num_classes, **model_args)
+    # Record the architecture switches the family added later, so the weight loader never gives
+    # this file the legacy values it gives sidecars written before the switches existed.
+    model_args.update(pinned_args(m.variant, model))
     try:
         model.load_state_dict(model_state)  # refuse to export tensors the engine could not load
     except RuntimeError as exc:

@@ -3,28 +3,42 @@
 Models never compute losses (STYLE); the trainer calls :class:`FusionSegLoss` on the model's
 :class:`~ivf_perception.models.base.FusionSegOutput`.
 
-Fusion terms (S4Fusion: L1 + SSIM + gradient, gradient weight 15), all on luminance because the
-thermal image has no colour: ``Y_F`` is the BT.601 luminance of the fused RGB, ``Y_vi`` that of
-the visible image, ``IR`` the thermal image.
+All fusion terms are on luminance because the thermal image has no colour: ``Y_F`` is the
+BT.601 luminance of the fused RGB, ``Y_vi`` that of the visible image, ``IR`` the thermal image.
 
-* intensity: ``L1(Y_F, max(Y_vi, IR))`` — keep the brighter (more salient) source at each pixel.
-* ssim: ``1 − (SSIM(Y_F, Y_vi) + SSIM(Y_F, IR)) / 2`` — structure of both sources.
-* gradient: ``L1(|∇Y_F|, max(|∇Y_vi|, |∇IR|))`` with ``|∇| = |Gx| + |Gy|`` of a Sobel
-  operator normalised by 1/8 (kornia's ``normalized=True``) and replicate padding, so image
-  borders do not create false edges. With the normalisation, a step edge of height 1 has
-  ``|∇| = 0.5``, and S4Fusion's weight 15 puts this term on the scale of the intensity and SSIM
-  terms: on generated scenes, for fused = visible, thermal or mid-gray, L_grad is 0.01–0.06
-  (15·L_grad ≈ 0.13–0.8) while L_int and L_ssim are 0.01–0.55.
-* color (our addition): ``L1(CbCr_F, CbCr_vi)``. S4Fusion fuses luminance only and takes the
-  colour from the visible image; our models output RGB directly, so without this term nothing
-  ties the fused image's colours to the scene's.
+S4Fusion's loss (paper; the form of each term as the public repository's compiled loss module
+``utils/__pycache__/loss.cpython-311.pyc`` computes it, its training script is unreleased):
 
-Perception-enhanced loss (S4Fusion): the entropy of a frozen ImageNet ResNet-50's class
-distribution on the fused image; lowering it makes the fused image less ambiguous to a
-pretrained recogniser, which favours salient objects. Alone it can be lowered by inventing
-texture, so a Sobel texture term keeps it in check: ``mean(relu(|∇Y_F| − max(|∇Y_vi|, |∇IR|)))``
-penalises only edges stronger than both sources have (our reading of "kept in check by a Sobel
-texture term"; the paper releases no training code).
+* per-source weights ω_ir, ω_vi (U2Fusion's information measure on a frozen ImageNet
+  ResNet-50): for each source, ``g = mean over layer1..layer4 of mean_{C,H,W} |∇φ_j|²`` with
+  the raw Sobel ``|Gx| + |Gy|`` (zero padding) of every feature channel; ``(ω_ir, ω_vi) =
+  softmax(g_ir / c, g_vi / c)`` per image, without gradient (:func:`source_weights`).
+* intensity: ``Σ_s ω_s · L1(Y_F, I_s)`` and ssim: ``Σ_s ω_s · (1 − SSIM(Y_F, I_s))``, per image,
+  averaged over the batch (weight α on SSIM).
+* gradient: ``L1(|∇Y_F|, max(|∇Y_vi|, |∇IR|))`` (weight β).
+* perception-enhanced: entropy (nats) of the ResNet-50's 1000-way class distribution on the
+  fused image (weight γ); lowering it makes the fused image less ambiguous to a recogniser.
+
+The paper recipes (``training/recipes/s4fusion_{mfnet,msrs,pst900,fmb}.yaml``) use exactly that
+with α = β = γ = 15 (the weights FIDELITY_AUDIT reads from the paper; the paper text itself was
+not reachable when this was written). Our deviations are switches with these reasons:
+
+* ``source_weights="max"`` (ours, the CPU recipes and the bundled weights): L1 to the per-pixel
+  ``max(Y_vi, IR)`` and the equal-weight SSIM ``1 − (SSIM_vi + SSIM_ir)/2`` (= the weighted form
+  with ω = ½): no 100 MB ResNet-50 file and no second network on a CPU, and the max target
+  keeps the brighter (more salient) source at each pixel without one.
+* ``gradient_sobel="normalized"`` (ours): the Sobel kernels divided by 8 with replicate
+  padding, so image borders make no false edges and a unit step has ``|∇| = 0.5``; the public
+  module uses the raw kernels with zero padding (``"raw"``), which makes the same weight β 8×
+  stronger.
+* ``texture`` (ours, weight ``perception_texture``): ``mean(relu(|∇Y_F| − max(|∇Y_vi|, |∇IR|)))``
+  penalises edges stronger than both sources have, so the entropy term cannot be lowered by
+  inventing texture (our reading of the paper's "kept in check by a Sobel texture term"; the
+  public module has no such term, so the paper recipes set it to 0).
+* color (our addition): ``L1(CbCr_F, CbCr_vi)``. Our models output RGB; S4Fusion itself
+  recombines its Y with the visible Cb/Cr, so for it the term is about 0.
+* The public module's SSIM is kornia's ``ssim_loss``, which halves ``1 − SSIM``: its α = 15
+  equals 7.5 on our ``1 − SSIM``. The paper recipes keep α = 15 on the paper's formula.
 
 Segmentation: cross-entropy with ignore index 255, averaged over the labelled pixels of the
 batch; a batch without any labelled pixel (e.g. only real unlabelled pairs) contributes 0
@@ -34,8 +48,9 @@ instead of NaN.
 from __future__ import annotations
 
 import logging
-import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -51,17 +66,33 @@ from ivf_training.augment import IGNORE_INDEX
 
 __all__ = [
     "PerceptionWeightsError",
+    "SourceWeighting",
+    "SobelForm",
     "gaussian_kernel1d",
     "ssim",
     "sobel_magnitude",
     "intensity_loss",
     "ssim_loss",
     "gradient_loss",
+    "texture_loss",
     "color_loss",
     "segmentation_loss",
-    "PerceptionLoss",
+    "information_measure",
+    "source_weights",
+    "perception_entropy",
+    "ResNet50Probe",
+    "load_resnet50_probe",
     "FusionSegLoss",
 ]
+
+SourceWeighting = Literal["resnet", "max"]
+"""How the intensity and SSIM terms weigh the two sources (see the module docstring)."""
+
+SobelForm = Literal["raw", "normalized"]
+"""Sobel operator of the gradient and texture terms: the public code's or ours."""
+
+SourceWeights = tuple[torch.Tensor, torch.Tensor]
+"""(ω_ir, ω_vi), each of shape (B,), summing to 1 per image."""
 
 _log = logging.getLogger(__name__)
 
@@ -70,7 +101,8 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class PerceptionWeightsError(IvfPerceptionError, ValueError):
-    """The ResNet-50 weight file for the perception loss is missing, corrupt or mismatched."""
+    """The ResNet-50 weight file of the S4Fusion loss (ω weights, perception term) is missing,
+    corrupt or mismatched."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,16 +165,22 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, window_size: int = 11, sigma: floa
     return (num / den).flatten(1).mean(1)
 
 
-def sobel_magnitude(img: torch.Tensor) -> torch.Tensor:
-    """``|Gx| + |Gy|`` of a 1/8-normalised Sobel operator with replicate padding.
+def sobel_magnitude(img: torch.Tensor, form: SobelForm = "normalized") -> torch.Tensor:
+    """``|Gx| + |Gy|`` of every channel: ``"normalized"`` (ours) divides the kernels by 8 and
+    replicates the border, ``"raw"`` (S4Fusion's public loss) keeps the integer kernels and pads
+    with zeros.
 
-    The loss terms call the model library's Sobel op, so the gradients the fusion head extracts
+    The loss terms call the model library's Sobel op, so the gradients the fusion heads extract
     and the gradients the loss compares are the same operator.
 
     Shape:
         img: (B, C, H, W) → (B, C, H, W)
     """
     check_shape(img, "B C H W", name="img")
+    if form not in get_args(SobelForm):
+        raise ValueError(f"Sobel form must be one of {', '.join(get_args(SobelForm))}, got {form!r}")
+    if form == "raw":
+        return _layer_sobel_magnitude(img, normalized=False, border="zeros")
     return _layer_sobel_magnitude(img, normalized=True, border="replicate")
 
 
@@ -154,32 +192,55 @@ def _luma(rgb: torch.Tensor) -> torch.Tensor:
 # fusion terms
 
 
-def intensity_loss(y_fused: torch.Tensor, y_vi: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-    """``L1(Y_F, max(Y_vi, IR))``.
+def _per_image_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).abs().flatten(1).mean(1)
+
+
+def intensity_loss(y_fused: torch.Tensor, y_vi: torch.Tensor, ir: torch.Tensor,
+                   weights: SourceWeights | None = None) -> torch.Tensor:
+    """``L1(Y_F, max(Y_vi, IR))`` (ours) or, with ``weights``, ``mean_b Σ_s ω_s L1(Y_F, I_s)`` (paper).
+
+    Shape:
+        y_fused, y_vi, ir: (B, 1, H, W), weights: two (B,) → scalar
+    """
+    if weights is None:
+        return F.l1_loss(y_fused, torch.maximum(y_vi, ir))
+    w_ir, w_vi = weights
+    return (w_ir * _per_image_l1(y_fused, ir) + w_vi * _per_image_l1(y_fused, y_vi)).mean()
+
+
+def ssim_loss(y_fused: torch.Tensor, y_vi: torch.Tensor, ir: torch.Tensor,
+              weights: SourceWeights | None = None) -> torch.Tensor:
+    """``1 − (SSIM(Y_F, Y_vi) + SSIM(Y_F, IR)) / 2`` (ours) or, with ``weights``,
+    ``mean_b Σ_s ω_s (1 − SSIM(Y_F, I_s))`` (paper); equal weights ½ give the same value.
+
+    Shape:
+        y_fused, y_vi, ir: (B, 1, H, W), weights: two (B,) → scalar
+    """
+    w_ir, w_vi = weights if weights is not None else (0.5, 0.5)
+    return (w_ir * (1.0 - ssim(y_fused, ir)) + w_vi * (1.0 - ssim(y_fused, y_vi))).mean()
+
+
+def gradient_loss(y_fused: torch.Tensor, y_vi: torch.Tensor, ir: torch.Tensor,
+                  form: SobelForm = "normalized") -> torch.Tensor:
+    """``L1(|∇Y_F|, max(|∇Y_vi|, |∇IR|))`` with :func:`sobel_magnitude` of ``form``.
 
     Shape:
         y_fused, y_vi, ir: (B, 1, H, W) → scalar
     """
-    return F.l1_loss(y_fused, torch.maximum(y_vi, ir))
+    target = torch.maximum(sobel_magnitude(y_vi, form), sobel_magnitude(ir, form))
+    return F.l1_loss(sobel_magnitude(y_fused, form), target)
 
 
-def ssim_loss(y_fused: torch.Tensor, y_vi: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-    """``1 − (SSIM(Y_F, Y_vi) + SSIM(Y_F, IR)) / 2``, averaged over the batch.
-
-    Shape:
-        y_fused, y_vi, ir: (B, 1, H, W) → scalar
-    """
-    return 1.0 - 0.5 * (ssim(y_fused, y_vi) + ssim(y_fused, ir)).mean()
-
-
-def gradient_loss(y_fused: torch.Tensor, y_vi: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-    """``L1(|∇Y_F|, max(|∇Y_vi|, |∇IR|))`` with :func:`sobel_magnitude`.
+def texture_loss(y_fused: torch.Tensor, y_vi: torch.Tensor, ir: torch.Tensor,
+                 form: SobelForm = "normalized") -> torch.Tensor:
+    """``mean(relu(|∇Y_F| − max(|∇Y_vi|, |∇IR|)))``: only edges stronger than both sources' (ours).
 
     Shape:
         y_fused, y_vi, ir: (B, 1, H, W) → scalar
     """
-    target = torch.maximum(sobel_magnitude(y_vi), sobel_magnitude(ir))
-    return F.l1_loss(sobel_magnitude(y_fused), target)
+    ceiling = torch.maximum(sobel_magnitude(y_vi, form), sobel_magnitude(ir, form))
+    return F.relu(sobel_magnitude(y_fused, form) - ceiling).mean()
 
 
 def color_loss(fused: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
@@ -205,62 +266,119 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
 
 # --------------------------------------------------------------------------------------------
-# perception-enhanced loss
+# ResNet-50: per-source weights and the perception-enhanced loss
 
 
-class PerceptionLoss(nn.Module):
-    """S4Fusion's perception-enhanced loss with a frozen ImageNet ResNet-50.
-
-    Args:
-        resnet50_weights: a local torchvision ``resnet50`` state dict: ``.safetensors``, or a
-            ``.pth``/``.pt`` file loaded with ``torch.load(weights_only=True)`` (the file
-            torchvision downloads, ``resnet50-11ad3fa6.pth``, works as is). ``None`` disables
-            the loss with a logged notice (no hub is reachable offline, and random ResNet
-            weights would make the entropy meaningless).
-
-    Raises:
-        PerceptionWeightsError: the file is given but missing, corrupt or not a ResNet-50.
+def information_measure(features: Sequence[torch.Tensor]) -> torch.Tensor:
+    """U2Fusion's amount of information of an image, from a pretrained network's feature maps:
+    the mean over the maps of ``mean_{C,H,W} (|Gx| + |Gy|)²`` with the raw Sobel operator and
+    zero padding, as S4Fusion's public loss computes it.
 
     Shape:
-        fused, rgb: (B, 3, H, W), thermal: (B, 1, H, W) → dict of scalars
-        ``per_entropy`` (mean entropy / log(1000), in [0, 1]) and ``per_texture``.
+        features: maps (B, C_j, H_j, W_j) → (B,)
+    """
+    if not features:
+        raise ValueError("information_measure needs at least one feature map")
+    per_map = [sobel_magnitude(f.float(), "raw").pow(2).flatten(1).mean(1) for f in features]
+    return torch.stack(per_map).mean(0)
+
+
+def source_weights(features_ir: Sequence[torch.Tensor], features_vi: Sequence[torch.Tensor],
+                   c: float) -> SourceWeights:
+    """``(ω_ir, ω_vi) = softmax(g_ir / c, g_vi / c)`` per image, ``g`` the
+    :func:`information_measure`; no gradient flows into the weights.
+
+    Args:
+        c: U2Fusion's scale constant: larger ``c`` pulls the weights towards ½.
+
+    Shape:
+        features_ir, features_vi: the same maps of each source → two (B,)
+    """
+    if c <= 0:
+        raise ValueError(f"the source-weight scale c must be > 0, got {c}")
+    with torch.no_grad():
+        g = torch.stack((information_measure(features_ir), information_measure(features_vi))) / c
+        w = g.softmax(0)
+    return w[0], w[1]
+
+
+def perception_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Mean entropy (nats) of the class distributions ``softmax(logits)``, as S4Fusion's public
+    loss computes it (its ``+1e-9`` inside the log replaced by a log-softmax).
+
+    Shape:
+        logits: (B, K) → scalar in [0, ln K]
+    """
+    check_shape(logits, "B K", name="logits")
+    logp = logits.float().log_softmax(1)
+    return -(logp.exp() * logp).sum(1).mean()
+
+
+class ResNet50Probe(nn.Module):
+    """A frozen ImageNet ResNet-50 that S4Fusion's loss looks through: class logits for the
+    perception term and the layer1..layer4 feature maps for the per-source weights.
+
+    Inputs are images in [0, 1], gray ones repeated to 3 channels, normalised with the ImageNet
+    statistics the network was trained with.
+
+    Args:
+        net: a torchvision ``resnet50`` (any network with its stem, ``layer1..4``, ``avgpool``
+            and ``fc``); :meth:`from_file` builds it from a local weight file.
+
+    Shape:
+        img: (B, 1 or 3, H, W) → logits (B, K) and 4 feature maps
     """
 
-    def __init__(self, resnet50_weights: str | Path | None) -> None:
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, net: nn.Module) -> None:
         super().__init__()
-        self.net: nn.Module | None = None
-        if resnet50_weights is None:
-            _log.info(
-                "perception-enhanced loss skipped: no ResNet-50 weights given "
-                "(set loss.resnet50_weights to a local torchvision resnet50 weight file to enable it)"
-            )
-        else:
-            self.net = _load_resnet50(Path(resnet50_weights))
+        self.net = net.requires_grad_(False).eval()
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    @property
-    def enabled(self) -> bool:
-        """Whether weights were loaded and the loss contributes."""
-        return self.net is not None
+    @classmethod
+    def from_file(cls, path: str | Path) -> ResNet50Probe:
+        """Build torchvision's resnet50 and load the local state dict ``path`` (no unpickling).
 
-    def train(self, mode: bool = True) -> PerceptionLoss:
-        """Keep the frozen ResNet in eval mode (batch-norm statistics must not move)."""
+        Raises:
+            PerceptionWeightsError: the file is missing, corrupt or not a ResNet-50; the text
+                names the file and how to provide it.
+        """
+        return cls(_load_resnet50(Path(path)))
+
+    def train(self, mode: bool = True) -> ResNet50Probe:
+        """Keep the frozen network in eval mode (batch-norm statistics must not move)."""
         super().train(mode)
-        if self.net is not None:
-            self.net.eval()
+        self.net.eval()
         return self
 
-    def forward(self, fused: torch.Tensor, rgb: torch.Tensor, thermal: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.net is None:
-            raise RuntimeError("PerceptionLoss is disabled (no weights); check .enabled before calling it")
-        logits = self.net((fused - self.mean) / self.std).float()
-        logp = logits.log_softmax(1)
-        entropy = -(logp.exp() * logp).sum(1).mean() / math.log(logits.shape[1])
-        y_f, y_vi = _luma(fused), _luma(rgb)
-        ceiling = torch.maximum(sobel_magnitude(y_vi), sobel_magnitude(thermal))
-        texture = F.relu(sobel_magnitude(y_f) - ceiling).mean()
-        return {"per_entropy": entropy, "per_texture": texture}
+    def forward(self, img: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        check_shape(img, "B C H W", name="img")
+        if img.shape[1] == 1:
+            img = img.expand(-1, 3, -1, -1)
+        n: Any = self.net  # torchvision's ResNet layout (stem, layer1..4, avgpool, fc)
+        x = (img - self.mean) / self.std
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        features = []
+        for layer in (n.layer1, n.layer2, n.layer3, n.layer4):
+            x = layer(x)
+            features.append(x)
+        logits = n.fc(torch.flatten(n.avgpool(x), 1))
+        return logits, features
+
+
+def load_resnet50_probe(path: str | Path | None) -> ResNet50Probe | None:
+    """The probe from a local file, or ``None`` with a logged notice when no file is configured
+    (no hub is reachable offline, and random ResNet weights would make the terms meaningless)."""
+    if path is None:
+        _log.info(
+            "perception-enhanced loss skipped: no ResNet-50 weights given "
+            "(set loss.resnet50_weights to a local torchvision resnet50 weight file to enable it)"
+        )
+        return None
+    return ResNet50Probe.from_file(path)
 
 
 def _load_resnet50(path: Path) -> nn.Module:
@@ -269,7 +387,7 @@ def _load_resnet50(path: Path) -> nn.Module:
         "provide torchvision's ImageNet resnet50 weights (e.g. resnet50-11ad3fa6.pth, downloaded "
         "on a machine with internet access via torchvision.models.ResNet50_Weights.IMAGENET1K_V2) "
         "and set loss.resnet50_weights to its path, or set it to null to train without the "
-        "perception loss"
+        "ResNet-50 terms (loss.source_weights: max)"
     )
     try:
         state = read_tensor_file(path, what="ResNet-50 weights")
@@ -288,8 +406,7 @@ def _load_resnet50(path: Path) -> nn.Module:
             f"{result.missing_keys[:5]}{'...' if len(result.missing_keys) > 5 else ''}, unexpected "
             f"{result.unexpected_keys[:5]}{'...' if len(result.unexpected_keys) > 5 else ''}; {hint}"
         )
-    net.requires_grad_(False)
-    return net.eval()
+    return net
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,25 +420,40 @@ class FusionSegLoss(nn.Module):
         seg: cross-entropy weight.
         fusion: multiplier of the fusion group.
         intensity, ssim, gradient, color: weights inside the fusion group.
-        perception: the perception loss module (``None`` or disabled → skipped).
-        perception_weight: weight of the entropy term.
-        perception_texture: weight of the texture term.
+        source_weights: ``"resnet"`` (paper: ω-weighted intensity and SSIM, needs ``probe``) or
+            ``"max"`` (ours).
+        omega_c: the scale constant c of the ω softmax.
+        gradient_sobel: Sobel form of the gradient and texture terms (``"raw"``: public code).
+        probe: the frozen ResNet-50 (``None``: no ω weights, no perception terms).
+        perception_weight: weight γ of the entropy term (nats).
+        perception_texture: weight of our texture term.
 
     Returns (forward):
         ``(total, terms)``: the scalar to back-propagate and a dict of detached named terms
         (``seg_ce``, ``fus_intensity``, ``fus_ssim``, ``fus_gradient``, ``fus_color``,
-        ``per_entropy``, ``per_texture``, ``total``) for logging. Terms are unweighted; the
-        total is weighted.
+        ``per_entropy``, ``per_texture``, ``omega_ir`` (mean ω_ir of the batch), ``total``)
+        for logging. Terms are unweighted; the total is weighted.
     """
 
     def __init__(self, *, seg: float = 1.0, fusion: float = 1.0, intensity: float = 1.0, ssim: float = 1.0,
-                 gradient: float = 15.0, color: float = 1.0, perception: PerceptionLoss | None = None,
-                 perception_weight: float = 0.1, perception_texture: float = 1.0) -> None:
+                 gradient: float = 15.0, color: float = 1.0, source_weights: SourceWeighting = "max",
+                 omega_c: float = 3200.0, gradient_sobel: SobelForm = "normalized",
+                 probe: ResNet50Probe | None = None, perception_weight: float = 0.0145,
+                 perception_texture: float = 1.0) -> None:
         super().__init__()
+        if source_weights not in get_args(SourceWeighting):
+            raise ValueError(f"source_weights must be one of {', '.join(get_args(SourceWeighting))}, "
+                             f"got {source_weights!r}")
+        if source_weights == "resnet" and probe is None:
+            raise ValueError("source_weights='resnet' needs the ResNet-50 probe (set loss.resnet50_weights)")
+        sobel_magnitude(torch.zeros(1, 1, 1, 1), gradient_sobel)  # refuse an unknown form now
         self.seg_weight = seg
         self.fusion_weight = fusion
         self.weights = {"fus_intensity": intensity, "fus_ssim": ssim, "fus_gradient": gradient, "fus_color": color}
-        self.perception = perception if perception is not None and perception.enabled else None
+        self.source_weights = source_weights
+        self.omega_c = omega_c
+        self.gradient_sobel: SobelForm = gradient_sobel
+        self.probe = probe
         self.perception_weights = {"per_entropy": perception_weight, "per_texture": perception_texture}
 
     def forward(self, output: FusionSegOutput, rgb: torch.Tensor, thermal: torch.Tensor,
@@ -329,17 +461,26 @@ class FusionSegLoss(nn.Module):
         fused = output.fused.float()
         check_shape(fused, "B 3 H W", name="fused", B=rgb.shape[0], H=rgb.shape[2], W=rgb.shape[3])
         y_f, y_vi = _luma(fused), _luma(rgb)
-        terms: dict[str, torch.Tensor] = {
-            "fus_intensity": intensity_loss(y_f, y_vi, thermal),
-            "fus_ssim": ssim_loss(y_f, y_vi, thermal),
-            "fus_gradient": gradient_loss(y_f, y_vi, thermal),
+        terms: dict[str, torch.Tensor] = {}
+        omega: SourceWeights | None = None
+        if self.source_weights == "resnet":
+            assert self.probe is not None
+            with torch.no_grad():
+                omega = source_weights(self.probe(thermal)[1], self.probe(y_vi)[1], self.omega_c)
+            terms["omega_ir"] = omega[0].mean()
+        terms.update({
+            "fus_intensity": intensity_loss(y_f, y_vi, thermal, omega),
+            "fus_ssim": ssim_loss(y_f, y_vi, thermal, omega),
+            "fus_gradient": gradient_loss(y_f, y_vi, thermal, self.gradient_sobel),
             "fus_color": color_loss(fused, rgb),
-        }
+        })
         total = self.fusion_weight * sum(self.weights[k] * terms[k] for k in self.weights)
-        if self.perception is not None:
-            per = self.perception(fused, rgb, thermal)
-            terms.update(per)
-            total = total + sum(self.perception_weights[k] * per[k] for k in per)
+        if self.probe is not None:
+            if self.perception_weights["per_entropy"]:
+                terms["per_entropy"] = perception_entropy(self.probe(fused)[0])
+            if self.perception_weights["per_texture"]:
+                terms["per_texture"] = texture_loss(y_f, y_vi, thermal, self.gradient_sobel)
+            total = total + sum(self.perception_weights[k] * terms[k] for k in self.perception_weights if k in terms)
         if output.logits is not None and labels is not None and self.seg_weight:
             terms["seg_ce"] = segmentation_loss(output.logits.float(), labels)
             total = total + self.seg_weight * terms["seg_ce"]

@@ -49,7 +49,7 @@ from ivf_training.config import (
     UPFusionLossConfig,
 )
 from ivf_training.datasets.guidance import GUIDANCE_CACHE, GUIDANCE_NONE
-from ivf_training.losses import FusionSegLoss, PerceptionLoss
+from ivf_training.losses import FusionSegLoss, load_resnet50_probe
 from ivf_training.mafs_losses import MAFSStage1Loss, MAFSStage2Loss, random_patch_mask
 from ivf_training.tesg_losses import TeSGLoss
 from ivf_training.teacher import SegmentationOnlyLoss, teacher_input_of, teacher_inputs
@@ -228,16 +228,18 @@ class SupervisedObjective(Objective[SettingsT]):
 
 
 class S4FusionObjective(SupervisedObjective[S4FusionLossConfig]):
-    """``loss.kind: s4fusion``: :class:`~ivf_training.losses.FusionSegLoss`, with the
-    perception term when a ResNet-50 weight file is configured."""
+    """``loss.kind: s4fusion``: :class:`~ivf_training.losses.FusionSegLoss`, with the frozen
+    ResNet-50 (per-source weights, perception terms) when a weight file is configured."""
 
     kind = "s4fusion"
 
     @classmethod
     def build_loss(cls, lc: S4FusionLossConfig) -> nn.Module:
-        perception = PerceptionLoss(lc.resnet50_weights) if lc.perception > 0 or lc.perception_texture > 0 else None
+        uses_resnet = lc.source_weights == "resnet" or lc.perception > 0 or lc.perception_texture > 0
+        probe = load_resnet50_probe(lc.resnet50_weights) if uses_resnet else None
         return FusionSegLoss(seg=lc.seg, fusion=lc.fusion, intensity=lc.intensity, ssim=lc.ssim,
-                             gradient=lc.gradient, color=lc.color, perception=perception,
+                             gradient=lc.gradient, color=lc.color, source_weights=lc.source_weights,
+                             omega_c=lc.omega_c, gradient_sobel=lc.gradient_sobel, probe=probe,
                              perception_weight=lc.perception, perception_texture=lc.perception_texture)
 
 
@@ -372,7 +374,7 @@ class GuidedFusionObjective(Objective[TeSGLossConfig]):
                    mask: torch.Tensor | None = None, guided: torch.Tensor | None = None,
                    text_tokens: torch.Tensor | None = None) -> tuple[torch.Tensor, Terms]:
         """``model``: the (possibly wrapped) :class:`GuidedPath`. ``valid`` is not used: TeSG's
-        reconstructed loss has no padding mask (its crops are never padded in the recipes)."""
+        reconstructed loss (Text-IF's terms) takes no padding mask."""
         drop = self.guidance_dropout > 0 and float(torch.rand(())) < self.guidance_dropout
         with autocast():
             output = model(rgb, thermal) if drop else model(rgb, thermal, mask, guided, text_tokens)

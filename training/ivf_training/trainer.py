@@ -76,7 +76,7 @@ __all__ = ["Trainer", "start_run", "resume_run"]
 ScheduleFactory = Callable[[torch.optim.Optimizer], Scheduler]
 """Builds the learning-rate schedule over the trainer's optimiser (:func:`~ivf_training.schedules.build_schedule`)."""
 
-_LOSS_TERMS = ("total", "seg_ce", "fus_intensity", "fus_ssim", "fus_gradient", "fus_color", "per_entropy",
+_LOSS_TERMS = ("total", "seg_ce", "fus_intensity", "fus_ssim", "fus_gradient", "fus_color", "per_entropy", "omega_ir",
                "per_texture", "moe_balance",
                # MAFS stage I (masked reconstruction) and stage II (fusion + segmentation, DWA weights)
                "rec_rgb", "rec_rgb_intensity", "rec_rgb_gradient", "rec_thermal", "rec_thermal_intensity",

@@ -23,7 +23,7 @@ from ivf_training.config import (
     UPFusionLossConfig,
 )
 from ivf_training.config.schema import tagged_classes
-from ivf_training.losses import FusionSegLoss
+from ivf_training.losses import FusionSegLoss, PerceptionWeightsError
 from ivf_training.mafs_losses import MAFSStage1Loss, MAFSStage2Loss
 from ivf_training.objectives import (
     OBJECTIVES,
@@ -81,6 +81,22 @@ def test_settings_of_another_kind_are_refused(make_config: MakeConfig) -> None:
         objective_class("focal")
     cfg = make_config("loss.gamma=0.8", "loss.kind=cmfs")  # the kind may come after its settings
     assert cfg.loss == CMFSLossConfig(gamma=0.8)
+
+
+def test_s4fusion_paper_loss_settings_are_checked(make_config: MakeConfig, tmp_path: Path) -> None:
+    """ω weighting needs the ResNet-50 file: refused at configuration time without one, and a
+    configured but missing file stops the run naming the file and how to get it."""
+    with pytest.raises(ConfigError, match="loss.source_weights: resnet .* set loss.resnet50_weights"):
+        make_config("loss.source_weights=resnet")
+    with pytest.raises(ConfigError, match="loss.omega_c must be > 0"):
+        make_config("loss.omega_c=0")
+    with pytest.raises(ConfigError, match="loss.ssim must be >= 0"):
+        make_config("loss.ssim=-1")
+    missing = tmp_path / "resnet50.pth"
+    settings = S4FusionLossConfig(source_weights="resnet", perception=0.0, perception_texture=0.0,
+                                  resnet50_weights=str(missing))
+    with pytest.raises(PerceptionWeightsError, match=f"ResNet-50 weights not found: {missing}"):
+        build_objective(settings, num_classes=9)
 
 
 def test_text_guidance_is_a_model_capability() -> None:

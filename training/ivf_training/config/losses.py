@@ -52,20 +52,33 @@ def _non_negative(section: object, names: tuple[str, ...]) -> None:
 
 @dataclass
 class S4FusionLossConfig(LossSettings):
-    """``kind: s4fusion``: cross-entropy plus the fusion terms (``FusionSegLoss``).
+    """``kind: s4fusion``: cross-entropy plus S4Fusion's fusion terms (``FusionSegLoss``).
+
+    The defaults are our CPU setting (what the bundled weights were trained with, and what a
+    resumed older run reads back); the paper recipes set the paper's: ``source_weights: resnet``,
+    ``ssim: 15``, ``gradient: 15``, ``gradient_sobel: raw``, ``perception: 15``,
+    ``perception_texture: 0``. Definitions and the reason of each switch: :mod:`ivf_training.losses`.
 
     Attributes:
         seg: cross-entropy weight (ignore index 255).
         fusion: multiplier of the whole fusion group (intensity + ssim + gradient + color).
-        intensity: L1(Y_F, max(Y_vi, IR)).
-        ssim: 1 − mean(SSIM(Y_F, Y_vi), SSIM(Y_F, IR)).
-        gradient: L1(|∇Y_F|, max(|∇Y_vi|, |∇IR|)) with a normalised Sobel operator.
+        intensity: L1 term: ω-weighted L1 to each source (``resnet``) or L1 to ``max(Y_vi, IR)``.
+        ssim: α of the SSIM term: ω-weighted ``1 − SSIM`` per source (``resnet``) or equal weights.
+        gradient: β of ``L1(|∇Y_F|, max(|∇Y_vi|, |∇IR|))``.
         color: L1 between the fused and the visible CbCr (our addition: the model outputs RGB).
-        perception: weight of the perception-enhanced loss (ResNet-50 entropy); used only when
-            ``resnet50_weights`` is set.
-        perception_texture: weight of the Sobel texture term that keeps the entropy term in check.
+        source_weights: ``resnet`` (paper: ω1, ω2 from the ResNet-50's features; needs
+            ``resnet50_weights``) or ``max`` (ours: no ResNet-50 needed on a CPU).
+        omega_c: the scale constant c of ``softmax(g_ir/c, g_vi/c)`` (U2Fusion's value for
+            visible-infrared, 3200; S4Fusion's own value is in its unreleased training script).
+        gradient_sobel: ``raw`` (public code: integer Sobel kernels, zero padding) or
+            ``normalized`` (ours: kernels / 8, replicate padding: no false border edges).
+        perception: γ of the entropy (nats) of the ResNet-50's class distribution on the fused
+            image; used only when ``resnet50_weights`` is set. Ours 0.0145 = 0.1 / ln 1000 (0.1
+            on the entropy normalised to [0, 1]).
+        perception_texture: weight of our Sobel texture term that keeps the entropy in check
+            (not in the public loss; 0 in the paper recipes).
         resnet50_weights: local torchvision ResNet-50 weight file (.safetensors, or a .pth state
-            dict loaded with ``weights_only=True``); ``None`` skips the perception loss.
+            dict loaded with ``weights_only=True``); ``None`` skips the perception terms.
     """
 
     kind: Literal["s4fusion"] = "s4fusion"
@@ -75,11 +88,26 @@ class S4FusionLossConfig(LossSettings):
     ssim: float = 1.0
     gradient: float = 15.0
     color: float = 1.0
-    perception: float = 0.1
+    source_weights: Literal["resnet", "max"] = "max"
+    omega_c: float = 3200.0
+    gradient_sobel: Literal["raw", "normalized"] = "normalized"
+    perception: float = 0.0145
     perception_texture: float = 1.0
     resnet50_weights: str | None = None
 
     path_fields: ClassVar[tuple[str, ...]] = ("resnet50_weights",)
+
+    def __post_init__(self) -> None:
+        _non_negative(self, ("seg", "fusion", "intensity", "ssim", "gradient", "color", "perception",
+                             "perception_texture"))
+        if self.omega_c <= 0:
+            raise ConfigError(f"loss.omega_c must be > 0, got {self.omega_c}")
+        if self.source_weights == "resnet" and self.resnet50_weights is None:
+            raise ConfigError(
+                "loss.source_weights: resnet estimates the per-source weights with an ImageNet ResNet-50: set "
+                "loss.resnet50_weights to a local torchvision resnet50 weight file (e.g. resnet50-11ad3fa6.pth), "
+                "or use loss.source_weights: max"
+            )
 
 
 @dataclass
