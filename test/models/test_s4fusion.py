@@ -13,7 +13,7 @@ from ivf_perception.engine.weights import WeightsInfo, build_model_from_weights,
 from ivf_perception.models import build_model
 from ivf_perception.models.layers import get_norm_layer
 from ivf_perception.models.layers.color import rgb_to_gray
-from ivf_perception.models.s4fusion import CMSA, PRESET_ARGS, LEGACY_ARGS, S4Fusion, checkpoint_filter_fn
+from ivf_perception.models.s4fusion import CMSA, LEGACY_ARGS, PRESET_ARGS, S4Fusion, checkpoint_filter_fn
 
 PUBLIC = dict(patch_size=3, patch_overlap=1, cmsa_wiring="public")
 """The public code's embedding and wiring (the ``paper`` preset's switches)."""

@@ -51,8 +51,8 @@ from ivf_training.config import (
 from ivf_training.datasets.guidance import GUIDANCE_CACHE, GUIDANCE_NONE
 from ivf_training.losses import FusionSegLoss, load_resnet50_probe
 from ivf_training.mafs_losses import MAFSStage1Loss, MAFSStage2Loss, random_patch_mask
-from ivf_training.tesg_losses import TeSGLoss
 from ivf_training.teacher import SegmentationOnlyLoss, teacher_input_of, teacher_inputs
+from ivf_training.tesg_losses import TeSGLoss
 from ivf_training.upfusion_losses import UPFusionLoss
 
 __all__ = [

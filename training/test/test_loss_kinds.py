@@ -29,16 +29,16 @@ from ivf_training.objectives import (
     OBJECTIVES,
     CMFSObjective,
     DistilledFusionSegObjective,
-    GuidedFusionObjective,
     FusedInputSegObjective,
+    GuidedFusionObjective,
     MaskedReconstructionObjective,
     S4FusionObjective,
     UPFusionObjective,
     build_objective,
     objective_class,
 )
-from ivf_training.tesg_losses import TeSGLoss
 from ivf_training.teacher import SegmentationOnlyLoss
+from ivf_training.tesg_losses import TeSGLoss
 from ivf_training.upfusion_losses import UPFusionLoss
 
 MakeConfig = Callable[..., TrainConfig]
