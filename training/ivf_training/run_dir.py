@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     data = read_yaml(Path(run_dir) / "config.yaml", f"{run_dir} is not a run directory (no config.yaml)")
     if isinstance(data, dict) and isinstance(data.get("loss"), dict):
         loss = _loss_settings_of_its_kind(data["loss"])
+        if loss.get("kind", "s4fusion") == "s4fusion" and "gradient_sobel" not in loss and "perception" in loss:
+            # runs before issue 15 weighted the entropy normalised by ln(1000); the weight is now on nats
+            loss["perception"] = float(loss["perception"]) / math.log(1000.0)
         data["loss"] = {**LEGACY_LOSS_SETTINGS.get(str(loss.get("kind")), {}), **loss}
     model = data.get("model") if isinstance(data, dict) else None
     if isinstance(model, dict) and isinstance(model.get("variant"), str) and is_model(model["variant"]):

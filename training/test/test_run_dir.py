@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,7 +38,8 @@ def test_round_trip_writes_only_the_kinds_settings(make_config: MakeConfig, tmp_
 def test_a_run_written_with_the_flat_loss_section_still_reads(make_config: MakeConfig, tmp_path: Path,
                                                               kind: str) -> None:
     # settings added later (CMFS's gradient_form) read as the values those runs trained with
-    legacy = ["loss.gradient_form=magnitude"] if kind == "cmfs" else []
+    # S4Fusion's perception weight moved from the ln(1000)-normalised entropy to nats
+    legacy = ["loss.gradient_form=magnitude"] if kind == "cmfs" else [f"loss.perception={0.1 / math.log(1000.0)}"]
     cfg = make_config(f"loss.kind={kind}", "loss.gradient=0.2", *legacy)
     data = config_to_dict(cfg)
     data["loss"] = {**FLAT_LOSS, "kind": kind, "gradient": 0.2}

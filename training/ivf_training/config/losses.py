@@ -315,8 +315,7 @@ class TeSGLossConfig(LossSettings):
             raise ConfigError(f"loss.guidance_dropout is a probability in [0, 1], got {self.guidance_dropout}")
 
 
-LossConfig = (S4FusionLossConfig | CMFSLossConfig | MAFSStage1LossConfig | MAFSStage2LossConfig
-              | UPFusionLossConfig | TeSGLossConfig)
+@dataclass
 class FusedSegTeacherLossConfig(LossSettings):
     """``kind: fused_seg_teacher``: train a segmentation network on *fused* images, the teacher
     that MAFS stage II distils from (the paper's SegNeXt "trained on fused images").
@@ -355,7 +354,7 @@ class FusedSegTeacherLossConfig(LossSettings):
 
 
 LossConfig = (S4FusionLossConfig | CMFSLossConfig | MAFSStage1LossConfig | MAFSStage2LossConfig
-              | UPFusionLossConfig | FusedSegTeacherLossConfig)
+              | UPFusionLossConfig | TeSGLossConfig | FusedSegTeacherLossConfig)
 """The ``loss:`` section: the member whose ``kind`` the section names (default ``s4fusion``)."""
 
 
