@@ -349,9 +349,22 @@ def _compare(ort: Any, path: Path, wrapper: nn.Module, input_names: list[str], o
             if not np.allclose(out, ref_np, atol=atol, rtol=rtol):
                 raise OnnxExportError(
                     f"onnxruntime's {name!r} differs from PyTorch's by up to {diff:.3g} at {height}x{width} "
-                    f"(tolerance {atol} + {rtol}·|x|); the ONNX file was not written"
+                    f"(tolerance {atol} + {rtol}·|x|){_selection_note(wrapper, inputs)}; the ONNX file was not written"
                 )
     return diffs
+
+
+def _selection_note(wrapper: nn.Module, inputs: Sequence[torch.Tensor]) -> str:
+    """For a model with hard top-k selections (``selection_margin``, UP-Fusion): the smallest
+    deciding score margin on the check input, so a near-tie flipped between backends (spec §1.11)
+    is told apart from an operator exported wrong."""
+    margin_of = getattr(getattr(wrapper, "model", None), "selection_margin", None)
+    if margin_of is None:
+        return ""
+    margin = float(margin_of(*inputs[:2]))
+    return (f"; its hard top-k selections have a smallest score margin of {margin:.2g} on this input, so "
+            "if that is near float precision (~1e-6) a near-tie resolved differently in onnxruntime "
+            "(spec §1.11; see the README's UP-Fusion section) rather than an operator exported wrong")
 
 
 def file_sha256(path: str | Path) -> str:

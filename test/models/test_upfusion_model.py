@@ -12,6 +12,7 @@ from ivf_perception.checks import ShapeError
 from ivf_perception.models import build_model
 from ivf_perception.models.layers.color import rgb_to_gray, rgb_to_ycbcr
 from ivf_perception.models.upfusion import UPFusion
+from ivf_perception.models.upfusion.selection import recorded_margins, top_channels, top_entries
 from ivf_perception.models.upfusion.semantic import SemanticWeightsError, build_semantic_backbone
 from ivf_perception.models.upfusion.text import PROMPT, TextFeaturesError, prompt_embedding
 
@@ -222,3 +223,23 @@ def test_paper_gmacs_on_the_meta_device_match_the_public_code() -> None:
     net = build_model("upfusion", preset="paper", num_classes=0, device="meta")
     assert count_gmacs(net, 192, 192, device="meta") == pytest.approx(137.7, abs=0.5)
     assert count_gmacs(net, 480, 640, device="meta") == pytest.approx(1035.0, abs=0.5)
+
+
+def test_recorded_margins_are_the_gaps_that_decide_each_top_k() -> None:
+    """k-th vs (k+1)-th score always; between kept entries only where their order matters."""
+    scores = torch.tensor([[0.9, 0.5, 0.88, 0.1]])
+    with recorded_margins() as margins:
+        assert top_channels(scores, 2).tolist() == [[0, 2]]  # ordered: 0.9 - 0.88 decides
+        assert top_entries(scores, 2, ordered=False).tolist() == [[0, 2]]  # a set: 0.88 - 0.5 decides
+    assert margins == pytest.approx([0.02, 0.38])
+    top_channels(scores, 2)  # nothing recorded outside the context
+    assert len(margins) == 2
+
+
+def test_selection_margin_covers_every_hard_selection(model: UPFusion) -> None:
+    """SCPM, four TCPM SE selections and four top-m masks; the smallest one is reported."""
+    rgb, thermal = torch.rand(1, 3, 32, 40), torch.rand(1, 1, 32, 40)
+    with recorded_margins() as margins:
+        model.forward_features(rgb, thermal)
+    assert len(margins) == 9
+    assert model.selection_margin(rgb, thermal) == min(margins) > 0.0

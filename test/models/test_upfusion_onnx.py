@@ -82,3 +82,18 @@ def test_package_export_at_a_fixed_size_matches_pytorch(tmp_path: Path) -> None:
     model.set_text_embedding(torch.randn(512))
     check = export_onnx(model, tmp_path / "up.onnx", height=32, width=40)
     assert (tmp_path / "up.onnx").is_file() and max(check.max_abs_diff.values()) < 1e-4
+
+
+def test_refused_export_names_the_smallest_selection_margin(tmp_path: Path) -> None:
+    """A mismatch (forced here by a zero tolerance) is reported with the model's smallest top-k
+    score margin on the check input, the number that tells a flipped near-tie (spec §1.11) from
+    an operator exported wrong."""
+    from ivf_perception.export.onnx import OnnxExportError, _random_inputs, export_onnx
+
+    torch.manual_seed(1)
+    model = build_model("test_upfusion", num_classes=3).eval()
+    model.set_text_embedding(torch.randn(512))
+    margin = model.selection_margin(*_random_inputs(32, 40, seed=1))
+    with pytest.raises(OnnxExportError, match=f"smallest score margin of {margin:.2g} on this input"):
+        export_onnx(model, tmp_path / "up.onnx", height=32, width=40, atol=0.0, rtol=0.0)
+    assert not (tmp_path / "up.onnx").exists()

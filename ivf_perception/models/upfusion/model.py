@@ -48,6 +48,7 @@ from ivf_perception.models.layers.segformer_head import SegFormerHead
 from ivf_perception.models.registry import register_model
 from ivf_perception.models.upfusion.gam import GAM
 from ivf_perception.models.upfusion.scpm import SCPM
+from ivf_perception.models.upfusion.selection import recorded_margins
 from ivf_perception.models.upfusion.semantic import build_semantic_backbone
 from ivf_perception.models.upfusion.tcpm import TCPM, TEXT_DIM
 from ivf_perception.models.upfusion.text import (
@@ -240,6 +241,18 @@ class UPFusion(FusionSegModel):
             u = torch.sort(module.text_scores(self.text_embedding), descending=True).values
             margins.append(float((u[:-1] - u[1:]).min()))
         return margins
+
+    @torch.no_grad()
+    def selection_margin(self, rgb: torch.Tensor, thermal: torch.Tensor) -> float:
+        """The smallest score margin deciding any hard top-k of this input (SCPM, the four TCPM SE
+        selections, the top-m attention masks), in PyTorch.
+
+        Why: a margin below the ~1e-6 differences between backends means a near-tie can resolve
+        differently there (spec §1.11); the ONNX export check reports it when it refuses a file.
+        """
+        with recorded_margins() as margins:
+            self.forward_features(rgb, thermal)
+        return min(margins)
 
     # ------------------------------------------------------------------ forward
 

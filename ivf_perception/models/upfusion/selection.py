@@ -13,7 +13,9 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["fp32_scores", "gather_channels", "top_channels"]
+__all__ = ["fp32_scores", "gather_channels", "recorded_margins", "top_channels", "top_entries"]
+
+_RECORDERS: list[list[float]] = []
 
 
 @contextlib.contextmanager
@@ -37,7 +39,45 @@ def top_channels(scores: torch.Tensor, k: int) -> torch.Tensor:
     Shape:
         scores: (B, C)  ->  (B, k) int64
     """
-    return torch.topk(scores, k, dim=1).indices
+    return top_entries(scores, k, ordered=True)
+
+
+def top_entries(scores: torch.Tensor, k: int, ordered: bool) -> torch.Tensor:
+    """Indices of the ``k`` highest scores along the last dim, highest first.
+
+    ``ordered`` says whether the order of the kept entries matters downstream (it does for the
+    channel gathers, not for a mask); it only changes which margin :func:`recorded_margins` sees.
+    """
+    indices = torch.topk(scores, k, dim=-1).indices
+    if _RECORDERS:
+        _RECORDERS[-1].append(_margin(scores.detach().float(), k, ordered))
+    return indices
+
+
+def _margin(scores: torch.Tensor, k: int, ordered: bool) -> float:
+    """The smallest score gap that decides the selection: k-th vs (k+1)-th, and between the kept
+    entries when their order matters."""
+    top = scores.sort(dim=-1, descending=True).values
+    gaps = [top[..., k - 1] - top[..., k]] if k < top.shape[-1] else []
+    if ordered and k > 1:
+        gaps.append(top[..., : k - 1] - top[..., 1:k])
+    return min((float(g.min()) for g in gaps), default=float("inf"))
+
+
+@contextlib.contextmanager
+def recorded_margins() -> Iterator[list[float]]:
+    """Collect the deciding score margin of every top-k taken inside (eager PyTorch only).
+
+    Why: a margin below the ~1e-6 differences between backends (ONNX Runtime, fp16) lets a
+    near-tie resolve differently there and changes the output discontinuously (spec §1.11);
+    the ONNX export check names the smallest one when it refuses a file.
+    """
+    margins: list[float] = []
+    _RECORDERS.append(margins)
+    try:
+        yield margins
+    finally:
+        _RECORDERS.pop()
 
 
 def gather_channels(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

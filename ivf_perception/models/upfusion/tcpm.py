@@ -24,7 +24,7 @@ from torch import nn
 
 from ivf_perception.models.layers.factories import DeviceLike, factory_kwargs
 from ivf_perception.models.layers.restormer import GDFN, ChannelLayerNorm, merge_heads, split_heads
-from ivf_perception.models.upfusion.selection import fp32_scores, gather_channels, top_channels
+from ivf_perception.models.upfusion.selection import fp32_scores, gather_channels, top_channels, top_entries
 
 __all__ = ["TCPM", "TopMCrossAttention", "TEXT_DIM"]
 
@@ -69,7 +69,7 @@ class TopMCrossAttention(nn.Module):
         Out-of-place scatter with an index-shaped source: the in-place bool ``scatter_`` of the
         released code does not export to ONNX (spec §1.4).
         """
-        idx = torch.topk(attn, self.keep, dim=-1).indices
+        idx = top_entries(attn, self.keep, ordered=False)
         ones = torch.ones(idx.shape, dtype=attn.dtype, device=attn.device)
         return torch.zeros_like(attn).scatter(-1, idx, ones) > 0.5
 
