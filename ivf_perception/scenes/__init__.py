@@ -42,6 +42,7 @@ from ivf_perception.scenes.config import (
     GUARDRAIL,
     PERSON,
     UNLABELLED,
+    VARIETY,
     Scene,
     SceneConfig,
 )
@@ -49,6 +50,7 @@ from ivf_perception.scenes.writers import BASE_STAMP_NS, scene_stamp_ns, write_s
 
 __all__ = [
     "SceneConfig",
+    "VARIETY",
     "Scene",
     "generate_scene",
     "iter_scenes",
