@@ -321,8 +321,11 @@ class S4Fusion(FusionSegModel):
     """
 
     variant = "s4fusion"
-    # Fixed-size ONNX only: the selective scan's Scan-op bodies keep chunk counts of the traced
-    # size, and onnxruntime fails at another size (ivf_perception.models.ops.scan_export).
+    # Fixed-size ONNX only. Traced with symbolic H×W, torch.export specialises them to the traced
+    # size ("specialized it to be a constant"): ~200 shape guards, from the scan's chunk padding
+    # (`if pad:` in _to_chunks), the view/reshape divisibility of the scan layouts and a chunk
+    # count of 1 in the deeper stages; the dynamo ONNX exporter then writes a graph that only
+    # runs at the traced size (export_onnx's check at a second size catches it).
     _dynamic_onnx = False
 
     def __init__(

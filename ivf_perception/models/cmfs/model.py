@@ -139,8 +139,9 @@ class CMFS(FusionSegModel):
     """
 
     variant = "cmfs"
-    # Fixed-size ONNX only: the selective scan's Scan-op bodies keep chunk counts of the traced
-    # size, and onnxruntime fails at another size (ivf_perception.models.ops.scan_export).
+    # Fixed-size ONNX only: its VSS blocks use the selective-scan export path that pins S4Fusion's
+    # sizes (torch.export specialises H×W through the scan's chunk padding and reshape guards;
+    # see S4Fusion._dynamic_onnx). Not traced separately for CMFS.
     _dynamic_onnx = False
     text_features: torch.Tensor  # buffer (num_prompts, TEXT_DIM), registered in __init__
 

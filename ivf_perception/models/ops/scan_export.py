@@ -7,8 +7,10 @@ every step into the graph: S4Fusion's micro test model at 32×48 became ~3,500 t
 camera size took ~15 minutes). Here the same three passes run under
 :func:`torch._higher_order_ops.scan.scan`, which ``torch.export`` keeps as one higher-order
 node and the dynamo ONNX exporter writes as one ONNX ``Scan`` op (ONNX Runtime runs it; TensorRT
-parses it as a loop). The graph is then a handful of nodes per scan whatever the sequence
-length, so exports take seconds, and the sequence length may be a dynamic dimension.
+parses it as a loop). The graph is then about a hundred nodes per scan whatever the sequence
+length. The ``scan`` operators accept a symbolic length, but the chunk padding and layout
+reshapes around them add shape guards that make ``torch.export`` specialise a dynamic-size
+trace to the traced size (see ``S4Fusion._dynamic_onnx``), so the models export fixed-size.
 
 The arithmetic is the chunked form's (same passes, same order), so results equal it and the
 sequential reference to float32 rounding; only decays ``exp(Δ A) <= 1`` are exponentiated.
