@@ -219,7 +219,7 @@ class Engine:
             if not choice.path.is_file():
                 raise WeightsError(_MISSING_DEFAULT)
             path, self.weights_choice = choice.path, choice.reason
-            _log.info("%s", choice.reason)
+            _log.debug("%s", choice.reason)  # the front doors (node, commands) show it at their own level
         self.weights_path = path
         built = model if isinstance(model, nn.Module) else None
         variant = None if built is not None or model == "auto" else str(model)

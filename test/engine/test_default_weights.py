@@ -68,7 +68,7 @@ def test_custom_table_is_honoured(tmp_path: Path) -> None:
 
 
 def test_engine_records_and_logs_the_choice(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="ivf_perception.engine.engine"):
+    with caplog.at_level(logging.DEBUG, logger="ivf_perception.engine.engine"):
         engine = Engine("auto", weights="default", device="cpu")
     expected = f"weights 'default' on cpu: using the CPU default {CPU_NAME}"
     assert engine.weights_path == DEFAULT_WEIGHTS and engine.weights_choice == expected
