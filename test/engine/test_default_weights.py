@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from ivf_perception.cli._common import add_engine_arguments, engine_from_args
+from ivf_perception.cli.replay import weights_label
 from ivf_perception.engine import DEFAULT_WEIGHTS, Engine
 from ivf_perception.engine.default_weights import (
     DEFAULT_WEIGHTS_TABLE,
@@ -82,3 +83,9 @@ def test_cli_prints_the_choice_on_stderr(capsys: pytest.CaptureFixture[str]) -> 
     engine_from_args(parser.parse_args(["--weights", "default", "--device", "cpu"]))
     captured = capsys.readouterr()
     assert f"using the CPU default {CPU_NAME}" in captured.err and CPU_NAME not in captured.out
+
+
+def test_replay_report_names_the_file_default_resolved_to() -> None:
+    engine = Engine("auto", weights="default", device="cpu")
+    assert weights_label(argparse.Namespace(weights="default"), engine) == str(DEFAULT_WEIGHTS)
+    assert weights_label(argparse.Namespace(weights=None), engine) == str(engine.weights_path)
