@@ -40,7 +40,9 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("engine")
     g.add_argument("--variant", default=None, help="model family (default: from the weights; s4fusion)")
     g.add_argument("--weights", default=None,
-                   help="engine weights .safetensors (with sidecar); 'default' = bundled; 'none' = random init")
+                   help="engine weights .safetensors (with sidecar); 'default' = bundled (the GPU default on "
+                        "CUDA when bundled, else the CPU default; the choice is printed on stderr); "
+                        "'none' = random init")
     g.add_argument("--preset", default=None, help=f"size preset when no weights are used ({describe_presets()})")
     g.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     g.add_argument("--precision", default="fp32", choices=list(PRECISION_NAMES))
@@ -108,7 +110,10 @@ def engine_from_args(args: argparse.Namespace, pipeline: Mapping[str, Any] | Non
     The same :meth:`Engine.from_config` rules as the node's, CPU threads included
     (``--threads``, else the params file's ``threads``, else auto).
     """
-    return Engine.from_config(PipelineConfig.from_values({**(pipeline or {}), **engine_options(args)}))
+    engine = Engine.from_config(PipelineConfig.from_values({**(pipeline or {}), **engine_options(args)}))
+    if engine.weights_choice:  # ``--weights default``: which bundled file this device got and why
+        print(engine.weights_choice, file=sys.stderr)
+    return engine
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -11,7 +11,7 @@ import argparse
 from collections.abc import Sequence
 
 from ivf_perception.cli._common import parse_size, user_errors
-from ivf_perception.scenes import SceneConfig, write_scene_bag, write_scene_folder
+from ivf_perception.scenes import VARIETY, SceneConfig, write_scene_bag, write_scene_folder
 
 __all__ = ["build_parser", "main"]
 
@@ -28,9 +28,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--night", choices=["random", "day", "night"], default="random")
     p.add_argument("--misregistration", type=float, default=0.0, help="thermal shift in pixels")
+    v = p.add_argument_group("variety (all off by default; see ivf_perception.scenes.SceneConfig)")
+    v.add_argument("--variety", action="store_true",
+                   help="turn on every option below at a moderate amount ("
+                        + ", ".join(f"{k}={val:g}" for k, val in VARIETY.items()) + "); explicit options win")
+    v.add_argument("--night-glare", type=float, default=None, help="halo strength around night lights (0 = off)")
+    v.add_argument("--thermal-crossover", type=float, default=None,
+                   help="0..1: pull objects' temperature toward the ground's (0 = off)")
+    v.add_argument("--vignetting", type=float, default=None, help="0..1: RGB corner darkening (0 = off)")
+    v.add_argument("--misregistration-jitter", type=float, default=None,
+                   help="per-scene random extra thermal shift up to this many pixels (0 = off)")
+    v.add_argument("--rgb-noise", type=float, default=None, help="RGB noise std by day, 8-bit levels (default 2)")
+    v.add_argument("--night-rgb-noise", type=float, default=None,
+                   help="RGB noise std by night, 8-bit levels (default 6)")
+    v.add_argument("--thermal-noise", type=float, default=None, help="thermal temporal noise std, counts (default 3)")
+    v.add_argument("--thermal-fpn", type=float, default=None, help="thermal column pattern std, counts (default 6)")
     p.add_argument("--thermal-encoding", choices=["mono8", "mono16"], default="mono8", help="bag only")
     p.add_argument("--fps", type=float, default=10.0, help="bag only")
     return p
+
+
+_OPTIONS = {"night_glare": "night_glare", "thermal_crossover": "thermal_crossover", "vignetting": "vignetting",
+            "misregistration_jitter": "misregistration_jitter_px", "rgb_noise": "rgb_noise_std",
+            "night_rgb_noise": "night_rgb_noise_std", "thermal_noise": "thermal_noise_std",
+            "thermal_fpn": "thermal_fpn_std"}
+"""argparse destination -> SceneConfig field, for the options that are only passed when given."""
+
+
+def scene_options(args: argparse.Namespace) -> dict[str, float]:
+    """SceneConfig fields from ``--variety`` and the explicit options (which override it)."""
+    values: dict[str, float] = dict(VARIETY) if args.variety else {}
+    for dest, field in _OPTIONS.items():
+        if getattr(args, dest) is not None:
+            values[field] = getattr(args, dest)
+    return values
 
 
 @user_errors("ivf-perception generate")
@@ -43,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--count must be >= 1")
     night = {"random": None, "day": False, "night": True}[args.night]
     config = SceneConfig(height=args.size[0], width=args.size[1], night=night, seed=args.seed,
-                         thermal_misregistration_px=args.misregistration)
+                         thermal_misregistration_px=args.misregistration, **scene_options(args))
     if args.out:
         path = write_scene_folder(args.out, args.count, config, start=args.start)
         print(f"wrote {args.count} scenes to {path}")

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ivf_perception.cli._common import add_engine_arguments, engine_from_args, parse_size, setup_logging, user_errors
-from ivf_perception.engine import DEFAULT_WEIGHTS, Engine
+from ivf_perception.engine import Engine
 from ivf_perception.replay.bench import bench_replay, format_bench_table, generate_bench_bags
 from ivf_perception.replay.metrics import NIGHT_LUMA_THRESHOLD
 from ivf_perception.replay.params import NodeParams, load_node_params
@@ -70,7 +70,7 @@ def weights_label(args: argparse.Namespace, engine: Engine) -> str:
     """How the weights were chosen, for reports (a file path, the bundled default, or none)."""
     if engine.info is None:
         return "none (random initialisation)"
-    return str(DEFAULT_WEIGHTS) if args.weights in (None, "default") else str(args.weights)
+    return str(engine.weights_path) if args.weights in (None, "default") else str(args.weights)
 
 
 def build_parser() -> argparse.ArgumentParser:

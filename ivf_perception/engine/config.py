@@ -204,7 +204,8 @@ def _check_crop_rows(values: list[Any]) -> None:
 
 _VARIANT_TEXT = ("model family from the registry (s4fusion, ...); 'auto' = the weights' variant "
                  "(s4fusion when weights is 'none')")
-_WEIGHTS_TEXT = ("engine weights: a .safetensors file (with its .json sidecar), 'default' = bundled, "
+_WEIGHTS_TEXT = ("engine weights: a .safetensors file (with its .json sidecar), 'default' = bundled "
+                 "(GPU default on CUDA when bundled, else the CPU default; logged at configure), "
                  "'none' = random initialisation (benchmarks, tests)")
 
 PIPELINE_PARAMETERS: tuple[ParamSpec, ...] = (

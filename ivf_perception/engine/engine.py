@@ -23,6 +23,7 @@ from ivf_perception.engine.backends import BackendContext, BackendOutput, Infere
 from ivf_perception.engine.backends.base import PRECISIONS
 from ivf_perception.engine.backends.onnx_file import is_onnx_file, onnx_weights_info
 from ivf_perception.engine.config import PipelineConfig, engine_arguments
+from ivf_perception.engine.default_weights import DEFAULT_WEIGHTS_TABLE, WEIGHTS_DIR, resolve_default_weights
 from ivf_perception.engine.guidance import (
     NOT_GUIDED,
     FallbackGuidanceProvider,
@@ -46,7 +47,8 @@ __all__ = ["Engine", "EngineResult", "EngineError", "PRECISIONS", "DEFAULT_WEIGH
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parent.parent / "weights" / "s4fusion_tiny_default.safetensors"
+DEFAULT_WEIGHTS = next(row for row in DEFAULT_WEIGHTS_TABLE if row.device == "cpu").path(WEIGHTS_DIR)
+"""The CPU default (always bundled); ``weights="default"`` picks per device (:mod:`.default_weights`)."""
 
 
 _MISSING_DEFAULT = (f"bundled weights {DEFAULT_WEIGHTS} are missing; reinstall the package or "
@@ -166,6 +168,7 @@ class Engine:
         self._homography = None if homography is None else validate_homography(homography)
         self.info: WeightsInfo | None = None
         self.weights_path: Path | None = None
+        self.weights_choice = ""  # why ``default`` meant this file (empty for an explicit file)
 
         self.model: FusionSegModel | None = None
         if weights is not None and is_onnx_file(weights):
@@ -210,9 +213,13 @@ class Engine:
 
     def _load(self, model: str | nn.Module, weights: str | Path, preset: str | None,
               num_classes: int | None, overrides: dict[str, Any]) -> nn.Module:
-        path = DEFAULT_WEIGHTS if str(weights) == "default" else Path(weights)
-        if str(weights) == "default" and not path.is_file():
-            raise WeightsError(_MISSING_DEFAULT)
+        path = Path(weights)
+        if str(weights) == "default":
+            choice = resolve_default_weights(self.device)
+            if not choice.path.is_file():
+                raise WeightsError(_MISSING_DEFAULT)
+            path, self.weights_choice = choice.path, choice.reason
+            _log.debug("%s", choice.reason)  # the front doors (node, commands) show it at their own level
         self.weights_path = path
         built = model if isinstance(model, nn.Module) else None
         variant = None if built is not None or model == "auto" else str(model)
@@ -251,10 +258,8 @@ class Engine:
 
     @classmethod
     def default(cls, **kwargs: Any) -> Engine:
-        """The bundled S4Fusion weights (trained on generated scenes + real unlabelled pairs)."""
-        if not DEFAULT_WEIGHTS.is_file():
-            raise WeightsError(_MISSING_DEFAULT)
-        return cls("auto", weights=DEFAULT_WEIGHTS, **kwargs)
+        """The bundled default weights for the engine's device (the GPU default on CUDA when bundled)."""
+        return cls("auto", weights="default", **kwargs)
 
     # ------------------------------------------------------------------ properties
 

@@ -230,6 +230,8 @@ class FusionNode(LifecycleNode):
         except CONFIGURE_ERRORS as exc:
             self._undeclare_qos_overrides()
             return self._configure_failed(f"cannot build the engine ({type(exc).__name__}): {exc}")
+        if engine.weights_choice:  # ``weights: default``: say which bundled file this device got and why
+            self.get_logger().info(engine.weights_choice)
         try:  # the warm-up also builds lazily built backends (an ONNX session at the warm-up size)
             started = time.monotonic()
             engine.warmup(*config.warmup_size)

@@ -27,8 +27,12 @@ albedo, temperature and labels at once), :mod:`.cameras` (the RGB and thermal se
 Scenes are data, not I/O: they use :mod:`ivf_perception.io` only to write files and bags and for
 the thermal AGC.
 
-Everything random comes from ``numpy.random.default_rng([seed, index])``: the same index and
-configuration always give the same scene, on any machine, independently of other indices.
+Everything random comes from ``numpy.random.default_rng([seed, index])`` (the opt-in variety's
+misregistration jitter and the bag writer's stamp jitter from their own ``[seed, index, tag]``
+generators): the same index and configuration always give the same scene, on any machine,
+independently of other indices. The variety options (``SceneConfig`` ``night_glare``,
+``thermal_crossover``, ``vignetting``, ``misregistration_jitter_px``; :data:`VARIETY`) are off by
+default.
 """
 
 from ivf_perception.scenes.compose import generate_scene, iter_scenes
@@ -42,6 +46,7 @@ from ivf_perception.scenes.config import (
     GUARDRAIL,
     PERSON,
     UNLABELLED,
+    VARIETY,
     Scene,
     SceneConfig,
 )
@@ -49,6 +54,7 @@ from ivf_perception.scenes.writers import BASE_STAMP_NS, scene_stamp_ns, write_s
 
 __all__ = [
     "SceneConfig",
+    "VARIETY",
     "Scene",
     "generate_scene",
     "iter_scenes",

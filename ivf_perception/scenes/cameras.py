@@ -1,8 +1,10 @@
 """The sensor models: turn a painted scene into an RGB image and raw 16-bit thermal counts.
 
-RGB: ambient or night lighting (headlights, street lamps, oncoming cars), slight blur, sensor
-noise. Thermal: temperature texture, softer LWIR optics, optional misregistration, a per-frame
-gain in counts per kelvin, column fixed-pattern and temporal noise.
+RGB: ambient or night lighting (headlights, street lamps, oncoming cars), optional night glare,
+slight blur, optional vignetting, sensor noise. Thermal: optional thermal crossover, temperature
+texture, softer LWIR optics, optional misregistration, a per-frame gain in counts per kelvin,
+column fixed-pattern and temporal noise. The optional effects draw no random numbers, so each
+leaves the rest of a scene exactly as it was.
 """
 
 from __future__ import annotations
@@ -10,11 +12,52 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ivf_perception.scenes.config import SceneConfig
+from ivf_perception.scenes.config import UNLABELLED, SceneConfig
 from ivf_perception.scenes.noise import gaussian, smooth_noise
 from ivf_perception.scenes.painters import Env
 
-__all__ = ["render_rgb", "render_thermal"]
+__all__ = ["render_rgb", "render_thermal", "glare_halo", "vignette", "crossover_temperature"]
+
+GLARE_SIGMAS = (0.012, 0.045)
+"""Halo widths as fractions of the image width: a tight bloom and a wide veil, as a wet or dirty
+lens at night shows around every bright source."""
+GLARE_GAINS = (1.2, 3.0)
+"""Per-width gains, chosen by eye on night scenes: at ``night_glare`` 1 a street lamp's halo
+saturates a few lamp-widths around it and a headlight's spreads over its car."""
+
+
+def glare_halo(emissive: np.ndarray, strength: float) -> np.ndarray:
+    """The light of the bright sources (``emissive``) spread around them, times ``strength``."""
+    width = emissive.shape[1]
+    halo = np.zeros_like(emissive)
+    for frac, gain in zip(GLARE_SIGMAS, GLARE_GAINS, strict=True):
+        halo += cv2.GaussianBlur(emissive, (0, 0), frac * width) * np.float32(gain * strength)
+    return halo
+
+
+def vignette(height: int, width: int, amount: float) -> np.ndarray:
+    """Per-pixel gain ``1 - amount * (r / r_corner)^2``: 1 at the centre, ``1 - amount`` at the corners."""
+    ys = (np.arange(height, dtype=np.float32) - (height - 1) / 2.0) / ((height - 1) / 2.0)
+    xs = (np.arange(width, dtype=np.float32) - (width - 1) / 2.0) / ((width - 1) / 2.0)
+    r2 = (ys[:, None] ** 2 + xs[None, :] ** 2) / 2.0  # 1 at the corners
+    return np.float32(1.0) - np.float32(amount) * r2
+
+
+def crossover_temperature(env: Env, amount: float) -> np.ndarray:
+    """Every labelled pixel's temperature pulled ``amount`` of the way to the ground's mean.
+
+    The ground is the unlabelled part below the horizon (road, verge, buildings' feet): what an
+    object is seen against in a street scene.
+    """
+    c = env.canvas
+    objects = c.labels != UNLABELLED
+    ground = ~objects
+    ground[: int(env.road.y_h)] = False
+    temp = c.temp.copy()
+    if objects.any() and ground.any():
+        level = np.float32(c.temp[ground].mean())
+        temp[objects] += np.float32(amount) * (level - temp[objects])
+    return temp
 
 
 def render_rgb(env: Env, cfg: SceneConfig) -> np.ndarray:
@@ -43,8 +86,12 @@ def render_rgb(env: Env, cfg: SceneConfig) -> np.ndarray:
         noise_std = cfg.rgb_noise_std
     lit = c.albedo * light[:, :, None]
     lit += c.emissive
+    if env.night and cfg.night_glare > 0:
+        lit += glare_halo(c.emissive, cfg.night_glare)
     img: np.ndarray = cv2.GaussianBlur(lit, (0, 0), 0.6)
     img *= 255.0
+    if cfg.vignetting > 0:  # optics, so before the sensor's noise
+        img *= vignette(c.h, c.w, cfg.vignetting)[:, :, None]
     if noise_std > 0:
         img += gaussian(rng, img.shape) * np.float32(noise_std)
     img += 0.5  # round half up by truncation after clipping
@@ -52,15 +99,17 @@ def render_rgb(env: Env, cfg: SceneConfig) -> np.ndarray:
     return img.astype(np.uint8)
 
 
-def render_thermal(env: Env, cfg: SceneConfig) -> np.ndarray:
+def render_thermal(env: Env, cfg: SceneConfig, shift: tuple[float, float]) -> np.ndarray:
+    """Raw counts; ``shift`` is the scene's ``(dx, dy)`` misregistration (config plus jitter)."""
     c, rng = env.canvas, env.rng
-    textured = c.temp + smooth_noise(rng, c.h, c.w, 16) * np.float32(0.4)
+    base = crossover_temperature(env, cfg.thermal_crossover) if cfg.thermal_crossover > 0 else c.temp
+    textured = base + smooth_noise(rng, c.h, c.w, 16) * np.float32(0.4)
     temp: np.ndarray = cv2.GaussianBlur(textured, (0, 0), 1.0)  # LWIR optics are softer than RGB
-    dx, dy = cfg.thermal_shift
+    dx, dy = shift
     if dx or dy:
-        shift = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]], np.float64)
+        matrix = np.array([[1.0, 0.0, dx], [0.0, 1.0, dy]], np.float64)
         temp = cv2.warpAffine(
-            temp, shift, (c.w, c.h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+            temp, matrix, (c.w, c.h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
         )
     gain = rng.uniform(35.0, 60.0)  # counts per kelvin
     counts = np.float32(8192.0) + (temp - np.float32(20.0)) * np.float32(gain)

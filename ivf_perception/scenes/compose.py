@@ -24,7 +24,7 @@ from ivf_perception.scenes.painters import (
     paint_road,
 )
 
-__all__ = ["check_index", "generate_scene", "iter_scenes"]
+__all__ = ["check_index", "generate_scene", "iter_scenes", "thermal_shift"]
 
 
 def check_index(index: int) -> int:
@@ -108,8 +108,9 @@ def generate_scene(index: int, config: SceneConfig | None = None) -> Scene:
         else:
             paint_cone(env, t, u, cone_t)
 
+    shift = thermal_shift(cfg, index)
     rgb = render_rgb(env, cfg)
-    thermal16 = render_thermal(env, cfg)
+    thermal16 = render_thermal(env, cfg, shift)
     thermal = np.rint(agc_percentile(thermal16, 1.0, 99.0) * 255.0).astype(np.uint8)
     return Scene(
         index=index,
@@ -119,8 +120,21 @@ def generate_scene(index: int, config: SceneConfig | None = None) -> Scene:
         labels=canvas.labels,
         is_night=night,
         ambient_c=ambient,
-        thermal_shift=cfg.thermal_shift,
+        thermal_shift=shift,
     )
+
+
+def thermal_shift(cfg: SceneConfig, index: int) -> tuple[float, float]:
+    """Scene ``index``'s thermal misregistration: the configured one plus its seeded jitter.
+
+    The jitter draws from its own generator so it changes nothing else in the scene.
+    """
+    dx, dy = cfg.thermal_shift
+    jitter = float(cfg.misregistration_jitter_px)
+    if jitter > 0:
+        jx, jy = np.random.default_rng([int(cfg.seed), index, 0x5A]).uniform(-jitter, jitter, 2)
+        dx, dy = dx + float(jx), dy + float(jy)
+    return dx, dy
 
 
 def iter_scenes(count: int, config: SceneConfig | None = None, start: int = 0) -> Iterator[Scene]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -75,7 +74,7 @@ def write_scene_folder(
         })
     meta = {
         "generator": "ivf_perception.scenes",
-        "config": dataclasses.asdict(cfg),
+        "config": cfg.as_record(),
         "fps": fps,
         "thermal_bits": thermal_bits,
         "classes": list(MFNET_CLASSES),

@@ -368,3 +368,25 @@ def test_thermal_agc_smoothing_crop_and_fixed_range_through_the_node(make_node) 
         Parameter("agc_mode", value="fixed"), Parameter("agc_fixed_low", value=27315.0),
         Parameter("agc_fixed_high", value=37315.0)]))
     assert node._engine.agc.mode == "fixed" and node._engine.agc.fixed_low == 27315.0
+
+
+def test_configure_logs_which_default_weights_and_why(make_node) -> None:
+    """``weights: default`` on the CPU: configure says the CPU default was picked (the CUDA cases are
+    the resolver's, tested without a GPU in test/engine/test_default_weights.py)."""
+    node = make_node(weights="default")
+    real = node.get_logger()
+    said: list[str] = []
+
+    class _Recorder:  # the real logger, with info() recorded too
+        def __getattr__(self, name: str):
+            return getattr(real, name)
+
+        def info(self, message: str, **kwargs) -> None:
+            said.append(message)
+            real.info(message, **kwargs)
+
+    recorder = _Recorder()
+    node.get_logger = lambda: recorder  # type: ignore[method-assign]
+    assert node.trigger_configure() == SUCCESS
+    assert "weights 'default' on cpu: using the CPU default s4fusion_tiny_default" in said
+    assert node._engine.weights_path.name == "s4fusion_tiny_default.safetensors"

@@ -62,7 +62,10 @@ class GeneratedDataConfig:
         train_start: first scene index for training.
         val_start: first scene index for validation; far from the training range so the two
             sets never overlap.
-        scene: fields of ``SceneConfig`` (size, object counts, night ratio, ...).
+        scene: fields of ``SceneConfig`` (size, night ratio, noise, and the opt-in variety:
+            ``night_glare``, ``thermal_crossover``, ``vignetting``, ``misregistration_jitter_px``;
+            ``ivf_perception.scenes.VARIETY`` is one moderate setting of them). Used for the
+            training and the validation scenes alike.
     """
 
     train_count: int = 0
