@@ -48,6 +48,7 @@ instead of NaN.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -77,6 +78,7 @@ __all__ = [
     "texture_loss",
     "color_loss",
     "segmentation_loss",
+    "ohem_cross_entropy",
     "information_measure",
     "source_weights",
     "perception_entropy",
@@ -252,17 +254,69 @@ def color_loss(fused: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(rgb_to_ycbcr(fused)[:, 1:], rgb_to_ycbcr(rgb)[:, 1:])
 
 
-def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor,
+                      class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy over labelled pixels (255 ignored); 0 when no pixel is labelled.
+
+    With ``class_weights`` ``w`` it is the weighted mean ``Σ_i w_{y_i}·ℓ_i / Σ_i w_{y_i}``
+    (PyTorch's weighted ``mean``), so rare classes count more without changing the loss scale.
+
+    Shape:
+        logits: (B, K, H, W), labels: (B, H, W) int64, class_weights: (K,) → scalar
+    """
+    check_shape(logits, "B K H W", name="logits")
+    check_shape(labels, "B H W", name="labels", B=logits.shape[0], H=logits.shape[2], W=logits.shape[3])
+    if class_weights is not None:
+        check_shape(class_weights, "K", name="class_weights", K=logits.shape[1])
+        weights = class_weights.to(device=logits.device, dtype=logits.dtype)
+    else:
+        weights = None
+    total = F.cross_entropy(logits, labels, weight=weights, ignore_index=IGNORE_INDEX, reduction="sum")
+    labelled = labels[labels != IGNORE_INDEX]
+    if weights is None:
+        return total / max(labelled.numel(), 1)
+    return total / weights[labelled].sum().clamp(min=torch.finfo(weights.dtype).tiny)
+
+
+def ohem_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, thresh: float = 0.7,
+                       min_kept: int | None = None) -> torch.Tensor:
+    """Online hard example mining cross-entropy (OHEM) over the labelled pixels.
+
+    Definition (BiSeNet/PSFusion's ``OhemCELoss``, which MAFS uses; mmsegmentation's
+    ``OHEMPixelSampler`` is the same rule written with probabilities): with ``ℓ_i`` the
+    per-pixel cross-entropy of the ``n`` labelled pixels (255 ignored), ``τ = −ln(thresh)``
+    (a pixel is *hard* when the probability of its true class is below ``thresh``) and
+    ``k = min(min_kept, n)``::
+
+        kept = {i : ℓ_i > τ}                 if |{i : ℓ_i > τ}| >= k
+               the k largest ℓ_i             otherwise
+        L    = mean_{i ∈ kept} ℓ_i
+
+    so at least ``k`` pixels always contribute and confidently correct ones are dropped. With
+    ``min_kept=None``, ``k = B·H·W // 16`` (BiSeNet's ``n_min``: 1/16 of the batch's pixels).
+    The loss is 0 when no pixel is labelled, or when ``min_kept = 0`` and no pixel is hard.
+
+    Args:
+        logits: class scores.
+        labels: class ids, 255 = ignore.
+        thresh: probability below which a pixel is hard (0.7).
+        min_kept: least number of pixels kept.
 
     Shape:
         logits: (B, K, H, W), labels: (B, H, W) int64 → scalar
     """
     check_shape(logits, "B K H W", name="logits")
     check_shape(labels, "B H W", name="labels", B=logits.shape[0], H=logits.shape[2], W=logits.shape[3])
-    total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
-    count = (labels != IGNORE_INDEX).sum()
-    return total / count.clamp(min=1)
+    if not 0.0 < thresh <= 1.0:
+        raise ValueError(f"OHEM thresh is a probability in (0, 1], got {thresh}")
+    if min_kept is not None and min_kept < 0:
+        raise ValueError(f"OHEM min_kept must be >= 0, got {min_kept}")
+    pixel = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")
+    losses = pixel.flatten()[labels.flatten() != IGNORE_INDEX]
+    k = min(labels.numel() // 16 if min_kept is None else min_kept, losses.numel())
+    hard = losses > -math.log(thresh)
+    kept = losses[hard] if int(hard.sum()) >= k else losses.topk(k).values
+    return kept.sum() / max(kept.numel(), 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -427,10 +481,18 @@ class FusionSegLoss(nn.Module):
         probe: the frozen ResNet-50 (``None``: no ω weights, no perception terms).
         perception_weight: weight γ of the entropy term (nats).
         perception_texture: weight of our texture term.
+        seg_ohem_thresh: ``None`` (paper: plain cross-entropy over every labelled pixel) or the
+            probability threshold of :func:`ohem_cross_entropy` (ours, the CPU default's last
+            stage): thin, rare classes (bike frames, car stops: well under 1 % of the pixels)
+            are drowned by easy road and sky pixels in a plain mean, so a small model never
+            predicts them; OHEM averages over the hard pixels only.
+        seg_ohem_min_kept: least pixels OHEM keeps (``None``: 1/16 of the batch's pixels).
+        seg_class_weights: per-class weights of the cross-entropy (``None``: all 1, the paper);
+            see :func:`segmentation_loss`.
 
     Returns (forward):
         ``(total, terms)``: the scalar to back-propagate and a dict of detached named terms
-        (``seg_ce``, ``fus_intensity``, ``fus_ssim``, ``fus_gradient``, ``fus_color``,
+        (``seg_ce``, or ``seg_ohem`` with OHEM, ``fus_intensity``, ``fus_ssim``, ``fus_gradient``, ``fus_color``,
         ``per_entropy``, ``per_texture``, ``omega_ir`` (mean ω_ir of the batch), ``total``)
         for logging. Terms are unweighted; the total is weighted.
     """
@@ -439,8 +501,11 @@ class FusionSegLoss(nn.Module):
                  gradient: float = 15.0, color: float = 1.0, source_weights: SourceWeighting = "max",
                  omega_c: float = 3200.0, gradient_sobel: SobelForm = "normalized",
                  probe: ResNet50Probe | None = None, perception_weight: float = 0.0145,
-                 perception_texture: float = 1.0) -> None:
+                 perception_texture: float = 1.0, seg_ohem_thresh: float | None = None,
+                 seg_ohem_min_kept: int | None = None, seg_class_weights: Sequence[float] | None = None) -> None:
         super().__init__()
+        if seg_ohem_thresh is not None and not 0.0 < seg_ohem_thresh <= 1.0:
+            raise ValueError(f"seg_ohem_thresh is a probability in (0, 1], got {seg_ohem_thresh}")
         if source_weights not in get_args(SourceWeighting):
             raise ValueError(f"source_weights must be one of {', '.join(get_args(SourceWeighting))}, "
                              f"got {source_weights!r}")
@@ -455,6 +520,10 @@ class FusionSegLoss(nn.Module):
         self.gradient_sobel: SobelForm = gradient_sobel
         self.probe = probe
         self.perception_weights = {"per_entropy": perception_weight, "per_texture": perception_texture}
+        self.seg_ohem_thresh = seg_ohem_thresh
+        self.seg_ohem_min_kept = seg_ohem_min_kept
+        self.seg_class_weights = (None if seg_class_weights is None
+                                  else torch.tensor(seg_class_weights, dtype=torch.float32))
 
     def forward(self, output: FusionSegOutput, rgb: torch.Tensor, thermal: torch.Tensor,
                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -482,7 +551,12 @@ class FusionSegLoss(nn.Module):
                 terms["per_texture"] = texture_loss(y_f, y_vi, thermal, self.gradient_sobel)
             total = total + sum(self.perception_weights[k] * terms[k] for k in self.perception_weights if k in terms)
         if output.logits is not None and labels is not None and self.seg_weight:
-            terms["seg_ce"] = segmentation_loss(output.logits.float(), labels)
-            total = total + self.seg_weight * terms["seg_ce"]
+            if self.seg_ohem_thresh is None:
+                name, seg = "seg_ce", segmentation_loss(output.logits.float(), labels, self.seg_class_weights)
+            else:
+                name, seg = "seg_ohem", ohem_cross_entropy(output.logits.float(), labels, thresh=self.seg_ohem_thresh,
+                                                           min_kept=self.seg_ohem_min_kept)
+            terms[name] = seg
+            total = total + self.seg_weight * seg
         terms["total"] = total
         return total, {k: v.detach() for k, v in terms.items()}

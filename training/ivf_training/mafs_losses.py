@@ -65,7 +65,7 @@ from ivf_perception.models.base import FusionSegOutput
 from ivf_perception.models.layers.color import rgb_to_gray
 from ivf_perception.models.layers.sobel import sobel_gradients
 from ivf_training.augment import IGNORE_INDEX
-from ivf_training.losses import gradient_loss, intensity_loss, sobel_magnitude
+from ivf_training.losses import gradient_loss, intensity_loss, ohem_cross_entropy, sobel_magnitude
 
 __all__ = [
     "MAFS_STAGE1_AUX_KEYS",
@@ -76,7 +76,6 @@ __all__ = [
     "masked_reconstruction_loss",
     "binary_target",
     "boundary_target",
-    "ohem_cross_entropy",
     "balanced_bce_loss",
     "dice_loss",
     "boundary_loss",
@@ -246,47 +245,6 @@ def boundary_target(labels: torch.Tensor, width: int = 1) -> torch.Tensor:
 
 # --------------------------------------------------------------------------------------------
 # stage II: segmentation terms
-
-
-def ohem_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, *, thresh: float = 0.7,
-                       min_kept: int | None = None) -> torch.Tensor:
-    """Online hard example mining cross-entropy (OHEM) over the labelled pixels.
-
-    Definition (BiSeNet/PSFusion's ``OhemCELoss``, which MAFS uses; mmsegmentation's
-    ``OHEMPixelSampler`` is the same rule written with probabilities): with ``ℓ_i`` the
-    per-pixel cross-entropy of the ``n`` labelled pixels (255 ignored), ``τ = −ln(thresh)``
-    (a pixel is *hard* when the probability of its true class is below ``thresh``) and
-    ``k = min(min_kept, n)``::
-
-        kept = {i : ℓ_i > τ}                 if |{i : ℓ_i > τ}| >= k
-               the k largest ℓ_i             otherwise
-        L    = mean_{i ∈ kept} ℓ_i
-
-    so at least ``k`` pixels always contribute and confidently correct ones are dropped. With
-    ``min_kept=None``, ``k = B·H·W // 16`` (BiSeNet's ``n_min``: 1/16 of the batch's pixels).
-    The loss is 0 when no pixel is labelled, or when ``min_kept = 0`` and no pixel is hard.
-
-    Args:
-        logits: class scores.
-        labels: class ids, 255 = ignore.
-        thresh: probability below which a pixel is hard (0.7).
-        min_kept: least number of pixels kept.
-
-    Shape:
-        logits: (B, K, H, W), labels: (B, H, W) int64 → scalar
-    """
-    check_shape(logits, "B K H W", name="logits")
-    check_shape(labels, "B H W", name="labels", B=logits.shape[0], H=logits.shape[2], W=logits.shape[3])
-    if not 0.0 < thresh <= 1.0:
-        raise ValueError(f"OHEM thresh is a probability in (0, 1], got {thresh}")
-    if min_kept is not None and min_kept < 0:
-        raise ValueError(f"OHEM min_kept must be >= 0, got {min_kept}")
-    pixel = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="none")
-    losses = pixel.flatten()[labels.flatten() != IGNORE_INDEX]
-    k = min(labels.numel() // 16 if min_kept is None else min_kept, losses.numel())
-    hard = losses > -math.log(thresh)
-    kept = losses[hard] if int(hard.sum()) >= k else losses.topk(k).values
-    return kept.sum() / max(kept.numel(), 1)
 
 
 def balanced_bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

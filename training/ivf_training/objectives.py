@@ -240,7 +240,9 @@ class S4FusionObjective(SupervisedObjective[S4FusionLossConfig]):
         return FusionSegLoss(seg=lc.seg, fusion=lc.fusion, intensity=lc.intensity, ssim=lc.ssim,
                              gradient=lc.gradient, color=lc.color, source_weights=lc.source_weights,
                              omega_c=lc.omega_c, gradient_sobel=lc.gradient_sobel, probe=probe,
-                             perception_weight=lc.perception, perception_texture=lc.perception_texture)
+                             perception_weight=lc.perception, perception_texture=lc.perception_texture,
+                             seg_ohem_thresh=lc.seg_ohem_thresh, seg_ohem_min_kept=lc.seg_ohem_min_kept,
+                             seg_class_weights=lc.seg_class_weights)
 
 
 class CMFSObjective(SupervisedObjective[CMFSLossConfig]):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ivf_perception.checks import ShapeError
 from ivf_perception.models import build_model
 from ivf_perception.models.base import FusionSegOutput
-from ivf_training.losses import gradient_loss, intensity_loss
+from ivf_training.losses import gradient_loss, intensity_loss, ohem_cross_entropy
 from ivf_training.mafs_losses import (
     MAFS_STAGE2_AUX_KEYS,
     DynamicWeightAverage,
@@ -29,7 +29,6 @@ from ivf_training.mafs_losses import (
     kd_loss,
     masked_reconstruction_loss,
     masked_reconstruction_terms,
-    ohem_cross_entropy,
     random_patch_mask,
 )
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ivf_perception.checks import ShapeError
 from ivf_perception.models.base import FusionSegOutput
 from ivf_training.losses import (
     FusionSegLoss,
@@ -21,6 +22,7 @@ from ivf_training.losses import (
     information_measure,
     intensity_loss,
     load_resnet50_probe,
+    ohem_cross_entropy,
     perception_entropy,
     segmentation_loss,
     sobel_magnitude,
@@ -162,8 +164,44 @@ class TestSegmentation:
         loss.backward()
         assert float(loss.detach()) == 0.0 and torch.isfinite(logits.grad).all()
 
+    def test_class_weights_give_the_weighted_mean(self) -> None:
+        logits = torch.randn(2, 3, 4, 4)
+        labels = torch.randint(0, 3, (2, 4, 4))
+        labels[1, 0] = 255
+        weights = torch.tensor([0.1, 1.0, 3.0])
+        expected = F.cross_entropy(logits, labels, weight=weights, ignore_index=255)
+        assert float(segmentation_loss(logits, labels, weights)) == pytest.approx(float(expected), rel=1e-5)
+        # hand form: Σ w_y ℓ / Σ w_y over labelled pixels
+        pixel = F.cross_entropy(logits, labels, ignore_index=255, reduction="none")
+        kept = labels != 255
+        hand = (weights[labels[kept]] * pixel[kept]).sum() / weights[labels[kept]].sum()
+        assert float(segmentation_loss(logits, labels, weights)) == pytest.approx(float(hand), rel=1e-5)
+
+    def test_class_weights_must_match_the_classes(self) -> None:
+        with pytest.raises(ShapeError):
+            segmentation_loss(torch.randn(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long), torch.ones(4))
+
 
 class TestFusionSegLoss:
+    def test_rare_class_options_replace_the_plain_cross_entropy(self) -> None:
+        rgb, ir = _pair(size=16)
+        logits = torch.randn(2, 3, 16, 16)
+        labels = torch.randint(0, 3, (2, 16, 16))
+        output = FusionSegOutput(fused=rgb, logits=logits)
+        weights = [0.2, 1.0, 2.0]
+        _, weighted = FusionSegLoss(seg_class_weights=weights)(output, rgb, ir, labels)
+        assert float(weighted["seg_ce"]) == pytest.approx(
+            float(segmentation_loss(logits, labels, torch.tensor(weights))), rel=1e-6)
+        total, ohem = FusionSegLoss(seg_ohem_thresh=0.7, seg_ohem_min_kept=10)(output, rgb, ir, labels)
+        assert "seg_ce" not in ohem
+        assert float(ohem["seg_ohem"]) == pytest.approx(
+            float(ohem_cross_entropy(logits, labels, thresh=0.7, min_kept=10)), rel=1e-6)
+        fusion = sum(ohem[k] * w for k, w in (("fus_intensity", 1.0), ("fus_ssim", 1.0), ("fus_gradient", 15.0),
+                                               ("fus_color", 1.0)))
+        assert float(total) == pytest.approx(float(fusion + ohem["seg_ohem"]), rel=1e-5)
+        with pytest.raises(ValueError, match="seg_ohem_thresh"):
+            FusionSegLoss(seg_ohem_thresh=1.5)
+
     def test_terms_total_and_gradients(self) -> None:
         rgb, ir = _pair(size=16)
         fused = torch.rand(2, 3, 16, 16, requires_grad=True)
