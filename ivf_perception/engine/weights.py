@@ -71,6 +71,10 @@ class WeightsInfo:
         metrics: validation metrics.
         training_domain: the kinds of training data (:data:`TRAINING_DOMAINS`), empty when
             unknown (sidecars written before it was recorded).
+        quality: measured quality on data the training never saw (held-out real pairs, held-out
+            generated seeds) and how it was measured; written by ``scripts/quality_report.py``
+            for the bundled weights, empty otherwise. Validation ``metrics`` are not this: they
+            were used to pick the checkpoint.
     """
 
     variant: str
@@ -84,6 +88,7 @@ class WeightsInfo:
     data: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     training_domain: list[str] = field(default_factory=list)
+    quality: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": WEIGHTS_FORMAT, **self.__dict__}
@@ -151,7 +156,7 @@ def _domain(value: Any) -> str:
 _FIELD_CHECKS: dict[str, Callable[[Any], str]] = {
     "variant": _text, "preset": _text, "num_classes": _count, "model_args": _object, "classes": _names,
     "palette": _palette, "input_size": _input_size, "recipe": _object, "data": _object, "metrics": _object,
-    "training_domain": _domain,
+    "training_domain": _domain, "quality": _object,
 }
 """One check per :class:`WeightsInfo` field: the problem in words, or "" when the value is fine."""
 
