@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from ivf_perception.engine import Engine
+from ivf_perception.io.bag_decode import decode_pair
+from ivf_perception.io.bag_inputs import open_bag_inputs
+from ivf_perception.io.bag_pairing import FrameStream
 from ivf_perception.scenes import SceneConfig, write_scene_bag
 
-from .decode import decode_pair
-from .inputs import open_bag_inputs
-from .pairing import FrameStream
 from .params import NodeParams
 from .runner import ReplayOptions, run_replay
 
@@ -49,7 +49,7 @@ def bench_replay(bag: Path, engine: Engine, work_dir: Path, *, frames: int = 20,
     reader, topics = open_bag_inputs(bag, "kilted", None, None, None, detect_label=False)
     try:
         decoded = []
-        for pair in FrameStream(reader, topics, params):
+        for pair in FrameStream(reader, topics, params.config):
             decoded.append(decode_pair(pair))
             if len(decoded) >= frames:
                 break

@@ -1,7 +1,7 @@
 """Extract the paired frames of a bag as a dataset folder the training package reads.
 
 Why: recorded drives become training data. Frames are paired with the live node's policy
-(:class:`~ivf_perception.replay.pairing.FrameStream`), so a dataset holds exactly the pairs the
+(:class:`~ivf_perception.io.bag_pairing.FrameStream`), so a dataset holds exactly the pairs the
 robot would have fused. Layout (the generic one, read by ``ivf_training``'s ``FolderPairDataset``)::
 
     OUT/vi/NAME.png       RGB (8-bit)
@@ -33,15 +33,15 @@ import numpy as np
 from tqdm import tqdm
 
 from ivf_perception.engine.preprocess import prepare_rgb
+from ivf_perception.io.bag_decode import decode_pair
+from ivf_perception.io.bag_inputs import estimated_pairs, open_bag_inputs
+from ivf_perception.io.bag_pairing import FramePair, FrameStream
 from ivf_perception.io.errors import ImageDecodeError
 from ivf_perception.io.extract_layout import EXTRACT_INDEX_FORMAT
 from ivf_perception.io.image_codec import message_encoding
 from ivf_perception.io.image_files import write_png
 
-from .decode import decode_pair
-from .inputs import estimated_pairs, open_bag_inputs
 from .outputs import OutputExistsError, prepare_output_dir
-from .pairing import FramePair, FrameStream
 from .params import NodeParams
 from .report import write_json
 
@@ -154,7 +154,7 @@ def extract_dataset(options: ExtractOptions) -> ExtractResult:
             (options.out / sub).mkdir(parents=True, exist_ok=True)
             for leftover in (options.out / sub).glob(".*.partial.png"):  # from a run killed mid-write
                 leftover.unlink()
-        stream = FrameStream(reader, topics, options.params)
+        stream = FrameStream(reader, topics, options.params.config)
         skipped: list[dict[str, Any]] = []
         written = kept = 0
         status = "running"

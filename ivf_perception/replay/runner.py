@@ -24,22 +24,22 @@ import numpy as np
 from tqdm import tqdm
 
 from ivf_perception.engine import Engine
+from ivf_perception.io.bag_decode import DecodedFrame, decode_pair
+from ivf_perception.io.bag_inputs import estimated_pairs, open_bag_inputs
+from ivf_perception.io.bag_pairing import FramePair, FrameStream
 from ivf_perception.io.bag_reader import BagReader
+from ivf_perception.io.bag_topics import TopicSelection
 from ivf_perception.io.errors import DatasetError, ImageDecodeError
 from ivf_perception.io.image_files import write_png
 from ivf_perception.io.stats_msg import FusionStatsValues
 
-from .decode import DecodedFrame, decode_pair
-from .inputs import estimated_pairs, open_bag_inputs
 from .interrupts import interrupts_deferred
 from .labels import LabelFolder
 from .metrics import NIGHT_LUMA_THRESHOLD, FrameResult, ReplayMetrics, latency_stats, mean_luma
 from .outputs import prepare_output_dir
-from .pairing import FramePair, FrameStream
 from .params import NodeParams
 from .report import REPORT_FILES, write_report
 from .thumbnails import ThumbnailKeeper
-from .topics import TopicSelection
 from .versions import software_versions
 from .writing import DEFAULT_NAMESPACE, OutputBag
 
@@ -270,7 +270,7 @@ def run_replay(options: ReplayOptions, engine: Engine) -> ReplayResult:
         inputs = [t for t in (topics.rgb, topics.thermal, topics.label) if t]
         copy = {t: reader.topics[t] for t in inputs} if options.copy_inputs else None  # Image or CompressedImage
         writer = OutputBag(options.out / OUTPUT_BAG, options.namespace, copy_topics=copy)
-        stream = FrameStream(reader, topics, options.params, on_record=writer.copy if copy else None)
+        stream = FrameStream(reader, topics, options.params.config, on_record=writer.copy if copy else None)
         progress = tqdm(total=estimated_pairs(reader, topics, options.max_frames), unit="frame", desc="replay",
                         disable=not options.progress or None, file=sys.stderr, dynamic_ncols=True)
         t0 = time.perf_counter()

@@ -23,12 +23,11 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 
 from ivf_perception.io.bag import IMAGE_MSGTYPE, get_typestore
+from ivf_perception.io.bag_pairing import FramePair
 from ivf_perception.io.bag_reader import BagRecord
 from ivf_perception.io.errors import BagError
 from ivf_perception.io.image_codec import make_header, numpy_to_image
 from ivf_perception.io.stats_msg import FUSION_STATS_MSGTYPE, FusionStatsValues, register_fusion_stats
-
-from .pairing import FramePair
 
 if TYPE_CHECKING:
     from rosbags.interfaces import Connection

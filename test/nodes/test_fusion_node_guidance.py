@@ -8,7 +8,6 @@ fail at configure with the reason.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,6 @@ import pytest
 import rclpy
 import torch
 from rclpy.lifecycle import TransitionCallbackReturn
-from rclpy.parameter import Parameter
 
 from ivf_perception.engine import Engine, WeightsInfo, save_weights
 from ivf_perception.engine.guidance import CacheGuidanceProvider
@@ -41,25 +39,6 @@ def tesg_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     info = WeightsInfo(variant="test_tesg", preset="test", num_classes=len(MFNET_CLASSES),
                        classes=list(MFNET_CLASSES), palette=list(MFNET_PALETTE))
     return save_weights(model.state_dict(), tmp_path_factory.mktemp("tesg") / "test_tesg.safetensors", info)
-
-
-@pytest.fixture
-def make_node(domain_id: int) -> Iterator:
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=domain_id)
-    nodes: list[FusionNode] = []
-
-    def _make(**overrides) -> FusionNode:
-        values = {"autostart": False, "device": "cpu", "warmup_size": [H, W], "stream_timeout_s": 600.0, **overrides}
-        node = FusionNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
-        nodes.append(node)
-        return node
-
-    yield _make
-    for node in nodes:
-        node.close()
-        node.destroy_node()
-    context.try_shutdown()
 
 
 def _pair(stamp: int, seed: int = 0) -> Pair:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -25,31 +24,6 @@ from ivf_perception.nodes.health import ERROR, OK, assess_health
 from ivf_perception.sync import Pair
 
 SUCCESS, FAILURE = TransitionCallbackReturn.SUCCESS, TransitionCallbackReturn.FAILURE
-
-
-@pytest.fixture
-def context(domain_id: int) -> Iterator[rclpy.Context]:
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=domain_id)
-    yield ctx
-    ctx.try_shutdown()
-
-
-@pytest.fixture
-def make_node(context, test_weights) -> Iterator:
-    nodes: list[FusionNode] = []
-
-    def _make(**overrides) -> FusionNode:
-        values = {"autostart": False, "weights": str(test_weights), "device": "cpu", "warmup_size": [64, 80],
-                  "stream_timeout_s": 600.0, **overrides}
-        node = FusionNode(context=context, parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
-        nodes.append(node)
-        return node
-
-    yield _make
-    for node in nodes:
-        node.close()
-        node.destroy_node()
 
 
 def _subscribe(node: FusionNode, output: str, topic: str) -> None:

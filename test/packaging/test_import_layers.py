@@ -84,15 +84,8 @@ def test_core_never_imports_a_front_door() -> None:
     assert _violations(files, FRONT_DOORS) == []
 
 
-# Known debt, listed so it cannot grow silently: `ivf-train tesg-guidance` reads bags through
-# replay's input/pairing modules (they should move to the shared core, e.g. io/, so that replay
-# and training both import them from there). Remove this entry when they move.
-KNOWN_TRAINING_FRONT_DOOR_IMPORTS = frozenset({TRAINING / "tesg_guidance.py"})
-
-
 def test_training_uses_only_the_shared_core() -> None:
-    files = [f for f in _py_files(TRAINING) if f not in KNOWN_TRAINING_FRONT_DOOR_IMPORTS]
-    assert _violations(files, FRONT_DOORS) == []
+    assert _violations(_py_files(TRAINING), FRONT_DOORS) == []
 
 
 def test_robot_package_tests_do_not_import_the_training_package() -> None:

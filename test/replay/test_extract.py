@@ -10,21 +10,21 @@ import pytest
 from replay_helpers import CONFIG, FRAMES, MICRO, write_bag
 
 from ivf_perception.cli.extract import main as extract_main
+from ivf_perception.io.bag_decode import decode_pair
+from ivf_perception.io.bag_pairing import FrameStream
 from ivf_perception.io.bag_reader import BagReader
+from ivf_perception.io.bag_topics import select_topics
 from ivf_perception.io.image_files import read_image
-from ivf_perception.replay.decode import decode_pair
 from ivf_perception.replay.extract import ExtractOptions, extract_dataset
 from ivf_perception.replay.outputs import OutputExistsError
-from ivf_perception.replay.pairing import FrameStream
 from ivf_perception.replay.params import NodeParams, load_node_params
-from ivf_perception.replay.topics import select_topics
 from ivf_perception.scenes import generate_scene
 
 
 def _bag_pairs(bag: Path) -> list:
     with BagReader(bag) as reader:
         topics = select_topics(reader)
-        return [(p.name, decode_pair(p)) for p in FrameStream(reader, topics, NodeParams())]
+        return [(p.name, decode_pair(p)) for p in FrameStream(reader, topics, NodeParams().config)]
 
 
 def test_extract_round_trip_files_equal_the_bag_frames(mcap_bag, tmp_path):

@@ -11,8 +11,8 @@ from replay_helpers import CONFIG, FRAMES, MICRO, write_bag
 
 from ivf_perception.cli.replay import main as replay_main
 from ivf_perception.io.bag import write_image_bag
+from ivf_perception.io.bag_inputs import EmptyBagError
 from ivf_perception.io.bag_reader import BagReader
-from ivf_perception.replay.inputs import EmptyBagError
 from ivf_perception.replay.outputs import OutputExistsError
 from ivf_perception.replay.runner import run_replay
 from ivf_perception.scenes import generate_scene

@@ -11,8 +11,8 @@ import pytest
 from ivf_perception.engine import Engine
 from ivf_perception.engine.config import PipelineConfig
 from ivf_perception.io.bag import BagMessage
+from ivf_perception.io.bag_topics import MissingTopicError, UnsupportedTopicError, select_topics
 from ivf_perception.replay.params import load_node_params
-from ivf_perception.replay.topics import MissingTopicError, UnsupportedTopicError, select_topics
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"

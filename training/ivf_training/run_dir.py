@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from ivf_perception.models.registry import is_model, with_legacy_args
 from ivf_training.checkpoint import save_model_file
 from ivf_training.config import LossConfig, TrainConfig, config_from_dict, dump_config
 from ivf_training.config.files import read_yaml
-from ivf_training.config.losses import LEGACY_LOSS_SETTINGS
+from ivf_training.config.losses import LEGACY_LOSS_CONVERSIONS, LEGACY_LOSS_SETTINGS
 from ivf_training.config.schema import tagged_classes
 
 __all__ = ["RunDir", "read_run_config"]
@@ -49,15 +48,20 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     data = read_yaml(Path(run_dir) / "config.yaml", f"{run_dir} is not a run directory (no config.yaml)")
     if isinstance(data, dict) and isinstance(data.get("loss"), dict):
         loss = _loss_settings_of_its_kind(data["loss"])
-        if loss.get("kind", "s4fusion") == "s4fusion" and "gradient_sobel" not in loss and "perception" in loss:
-            # runs before issue 15 weighted the entropy normalised by ln(1000); the weight is now on nats
-            loss["perception"] = float(loss["perception"]) / math.log(1000.0)
-        data["loss"] = {**LEGACY_LOSS_SETTINGS.get(str(loss.get("kind")), {}), **loss}
+        kind = _loss_kind(loss)
+        if kind in LEGACY_LOSS_CONVERSIONS:
+            loss = LEGACY_LOSS_CONVERSIONS[kind](loss)
+        data["loss"] = {**LEGACY_LOSS_SETTINGS.get(kind, {}), **loss}
     model = data.get("model") if isinstance(data, dict) else None
     if isinstance(model, dict) and isinstance(model.get("variant"), str) and is_model(model["variant"]):
         # switches this run predates keep the values it was trained with (with_legacy_args)
         model["overrides"] = with_legacy_args(model["variant"], model.get("preset"), model.get("overrides") or {})
     return config_from_dict(data)
+
+
+def _loss_kind(loss: Mapping[str, Any]) -> str:
+    """The section's ``kind``, or the default kind (the first member of ``LossConfig``) when absent."""
+    return str(loss.get("kind", next(iter(tagged_classes(LossConfig) or {}), "")))
 
 
 def _loss_settings_of_its_kind(loss: dict[str, Any]) -> dict[str, Any]:
@@ -68,7 +72,7 @@ def _loss_settings_of_its_kind(loss: dict[str, Any]) -> dict[str, Any]:
     and export exactly as it would have. A key no kind knows still fails.
     """
     kinds = tagged_classes(LossConfig) or {}
-    own = kinds.get(loss.get("kind", next(iter(kinds), "")))
+    own = kinds.get(_loss_kind(loss))
     if own is None:
         return loss
     names = {f.name for f in dataclasses.fields(own)}

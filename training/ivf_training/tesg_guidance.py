@@ -93,17 +93,17 @@ def dataset_pairs(kind: str, root: str | Path, split: str | None = None, *, max_
 def bag_pairs(bag: str | Path, *, distro: str = "humble", rgb_topic: str | None = None,
               thermal_topic: str | None = None, max_pairs: int | None = None) -> Iterator[GuidancePair]:
     """The paired frames of a bag (the node's pairing), keyed by their decoded messages."""
+    from ivf_perception.engine.config import PipelineConfig
     from ivf_perception.engine.preprocess import prepare_rgb, prepare_thermal
+    from ivf_perception.io.bag_decode import decode_pair
+    from ivf_perception.io.bag_inputs import open_bag_inputs
+    from ivf_perception.io.bag_pairing import FrameStream
     from ivf_perception.io.errors import ImageDecodeError
-    from ivf_perception.replay.decode import decode_pair
-    from ivf_perception.replay.inputs import open_bag_inputs
-    from ivf_perception.replay.pairing import FrameStream
-    from ivf_perception.replay.params import NodeParams
 
     reader, topics = open_bag_inputs(Path(bag), distro, rgb_topic, thermal_topic, None, detect_label=False)
     try:
         count = 0
-        for pair in FrameStream(reader, topics, NodeParams()):
+        for pair in FrameStream(reader, topics, PipelineConfig.from_values({})):
             if max_pairs is not None and count >= max_pairs:
                 break
             name = f"{Path(bag).name}#{pair.index}"

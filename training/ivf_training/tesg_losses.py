@@ -28,7 +28,8 @@ from ivf_perception.checks import check_shape
 from ivf_perception.models.base import FusionSegOutput
 from ivf_perception.models.layers.color import rgb_to_gray, rgb_to_ycbcr
 from ivf_perception.models.layers.sobel import sobel_gradients
-from ivf_training.losses import segmentation_loss, ssim
+from ivf_training.loss_terms import weighted_total
+from ivf_training.losses import ssim
 
 __all__ = ["TeSGLoss", "tesg_intensity", "tesg_ssim", "tesg_gradient", "tesg_color", "TESG_SSIM_WINDOW"]
 
@@ -113,10 +114,4 @@ class TeSGLoss(nn.Module):
             "fus_color": tesg_color(fused, rgb),
             "fus_gradient": tesg_gradient(fused, rgb, thermal),
         }
-        total = sum(self.weights[k] * v for k, v in terms.items())
-        if output.logits is not None and labels is not None and self.seg_weight:
-            terms["seg_ce"] = segmentation_loss(output.logits.float(), labels)
-            total = total + self.seg_weight * terms["seg_ce"]
-        assert isinstance(total, torch.Tensor)
-        terms["total"] = total
-        return total, {k: v.detach() for k, v in terms.items()}
+        return weighted_total(terms, self.weights, output, labels, self.seg_weight)

@@ -32,7 +32,8 @@ from ivf_perception.checks import check_shape
 from ivf_perception.models.base import FusionSegOutput
 from ivf_perception.models.layers.color import rgb_to_gray
 from ivf_perception.models.layers.sobel import sobel_magnitude
-from ivf_training.losses import gaussian_kernel1d, segmentation_loss
+from ivf_training.loss_terms import weighted_total
+from ivf_training.losses import gaussian_kernel1d
 
 __all__ = ["UPFusionLoss", "sobel_l1", "ssim_same", "gradient_weighted_ssim", "UPFUSION_LOSS_VARIANTS"]
 
@@ -113,10 +114,4 @@ class UPFusionLoss(nn.Module):
         }
         if self.variant == "code":
             terms["fus_ssim"] = 1 - gradient_weighted_ssim(a, b, fused)
-        total = sum(self.weights[k] * v for k, v in terms.items())
-        if output.logits is not None and labels is not None and self.seg_weight:
-            terms["seg_ce"] = segmentation_loss(output.logits.float(), labels)
-            total = total + self.seg_weight * terms["seg_ce"]
-        assert isinstance(total, torch.Tensor)
-        terms["total"] = total
-        return total, {k: v.detach() for k, v in terms.items()}
+        return weighted_total(terms, self.weights, output, labels, self.seg_weight)

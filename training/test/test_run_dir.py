@@ -47,6 +47,15 @@ def test_a_run_written_with_the_flat_loss_section_still_reads(make_config: MakeC
     assert read_run_config(tmp_path) == cfg
 
 
+def test_an_old_run_without_a_loss_kind_converts_as_the_default_kind(make_config: MakeConfig,
+                                                                     tmp_path: Path) -> None:
+    cfg = make_config(f"loss.perception={0.1 / math.log(1000.0)}")
+    data = config_to_dict(cfg)
+    data["loss"] = {k: v for k, v in FLAT_LOSS.items() if k != "kind"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
+    assert read_run_config(tmp_path) == cfg
+
+
 def test_an_old_cmfs_run_keeps_its_causal_moe_mamba(make_config: MakeConfig, tmp_path: Path) -> None:
     """A run written before the MoE-Mamba switch (no key in model.overrides) resumes and exports
     the causal mixer it trained; a new run's config.yaml carries the switch (start_run pins it)."""

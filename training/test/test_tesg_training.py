@@ -17,7 +17,7 @@ import torch
 from sig_doubles import tiny_components
 from torch import nn
 
-from ivf_perception.guidance import Guidance, GuidanceCache
+from ivf_perception.guidance import Guidance, GuidanceCache, pair_key
 from ivf_perception.io.errors import DatasetError
 from ivf_perception.models import FusionSegOutput, build_model
 from ivf_perception.models.layers.color import rgb_to_ycbcr
@@ -34,7 +34,7 @@ from ivf_training.datasets.guidance import (
 )
 from ivf_training.objectives import GuidedFusionObjective, GuidedPath
 from ivf_training.sig import SemanticInformationGenerator, SIGSettings
-from ivf_training.tesg_guidance import dataset_pairs, write_guidance
+from ivf_training.tesg_guidance import bag_pairs, dataset_pairs, write_guidance
 from ivf_training.tesg_losses import TeSGLoss, tesg_color, tesg_gradient, tesg_intensity, tesg_ssim
 
 RECIPES = Path(__file__).resolve().parents[2] / "training" / "recipes"
@@ -184,6 +184,20 @@ def test_missing_entry_is_an_error_naming_the_sample(cached_folder: tuple[Path, 
     cv2.imwrite(str(root / "ir" / "new.png"), thermal)
     with pytest.raises(DatasetError, match=r"no guidance for 1 of 4 samples \(new\).*ivf-train tesg-guidance"):
         CachedGuidance(build_dataset("folder", root), GuidanceCache(cache_dir))
+
+
+def test_bag_pairs_are_the_node_pairing_keyed_by_the_decoded_messages(tmp_path: Path) -> None:
+    """The bag path reads through the core's bag modules (pairing as the live node pairs)."""
+    from ivf_perception.scenes import SceneConfig, write_scene_bag
+
+    bag = write_scene_bag(tmp_path / "bag", 3, SceneConfig(height=64, width=64, seed=1))
+    pairs = list(bag_pairs(bag))
+    assert [p.name for p in pairs] == [f"bag#{i}" for i in range(3)]
+    for pair in pairs:
+        raw_rgb, raw_thermal = pair.key_arrays
+        assert pair.key == pair_key(raw_rgb, raw_thermal)
+        assert pair.rgb.shape == (64, 64, 3) and pair.thermal.shape[:2] == (64, 64)
+    assert len(list(bag_pairs(bag, max_pairs=2))) == 2
 
 
 def test_tesg_guidance_command_names_missing_model_files(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -9,6 +9,9 @@ the cost linear in H·W and lets full-resolution stages run on large images.
   without centring).
 * :class:`MDTA`: ``qkv = DW3×3(1×1(x))``; per head, q and k are L2-normalised along H·W;
   ``A = softmax(q kᵀ · τ_h)``; ``out = 1×1(A v)``.
+* :class:`ChannelCrossAttentionBase`: the same projections with queries from one map and keys
+  and values from another (TeSG's cross-modal attention, UP-Fusion's top-m attention), with
+  :func:`channel_attention_logits` (``q kᵀ · τ`` of the normalised q and k) shared by all three.
 * :class:`GDFN`: ``1×1 → DW3×3 → split (x1, x2) → GELU(x1)·x2 → 1×1`` with hidden width
   ``int(C · expansion)``.
 * :class:`TransformerBlock`: ``x + MDTA(LN(x))`` then ``x + GDFN(LN(x))``.
@@ -23,8 +26,8 @@ from torch import nn
 
 from ivf_perception.models.layers.factories import DeviceLike, factory_kwargs
 
-__all__ = ["ChannelLayerNorm", "MDTA", "GDFN", "TransformerBlock", "Downsample", "Upsample",
-           "split_heads", "merge_heads", "LAYER_NORM_TYPES"]
+__all__ = ["ChannelLayerNorm", "MDTA", "ChannelCrossAttentionBase", "GDFN", "TransformerBlock", "Downsample",
+           "Upsample", "split_heads", "merge_heads", "channel_attention_logits", "LAYER_NORM_TYPES"]
 
 LAYER_NORM_TYPES = ("WithBias", "BiasFree")
 
@@ -39,6 +42,19 @@ def merge_heads(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Inverse of :func:`split_heads`."""
     b, heads, c, _ = x.shape
     return x.reshape(b, heads * c, height, width)
+
+
+def channel_attention_logits(q: torch.Tensor, k: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """Transposed attention's logits: ``q kᵀ · τ`` with q and k L2-normalised along H·W.
+
+    Callers choose the precision by what they pass (UP-Fusion passes fp32 copies, so its top-m
+    selection does not depend on the autocast dtype).
+
+    Shape:
+        q, k: (B, heads, c, H·W), temperature: (heads, 1, 1)  ->  (B, heads, c, c)
+    """
+    q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    return q @ k.transpose(-2, -1) * temperature
 
 
 class ChannelLayerNorm(nn.Module):
@@ -90,9 +106,57 @@ class MDTA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
         q, k, v = (split_heads(t, self.num_heads) for t in self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1))
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        attn = (q @ k.transpose(-2, -1) * self.temperature).softmax(dim=-1)
+        attn = channel_attention_logits(q, k, self.temperature).softmax(dim=-1)
         return self.project_out(merge_heads(attn @ v, h, w))
+
+
+class ChannelCrossAttentionBase(nn.Module):
+    """MDTA's projections for two inputs: ``q = DW3×3(1×1(x_q))``, ``[k, v] = DW3×3(1×1(x_kv))``,
+    a learned per-head temperature τ and the 1×1 ``project_out``.
+
+    A base class rather than a child module so that subclasses own the parameters under the
+    names their checkpoints use (``temperature``, ``q``, ``q_dwconv``, ``kv``, ``kv_dwconv``,
+    ``project_out``; converted UP-Fusion weights and saved TeSG weights load unchanged) and only
+    write what happens between :meth:`heads` and :meth:`merge` in their ``forward``.
+
+    Args:
+        dim: channels C of both inputs (divisible by ``num_heads``).
+        num_heads: attention heads.
+        bias: bias of the five convolutions.
+        device, dtype: where to create parameters.
+    """
+
+    def __init__(self, dim: int, num_heads: int, bias: bool = False,
+                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"{type(self).__name__}: {dim} channels do not split into {num_heads} heads")
+        dd = factory_kwargs(device, dtype)
+        self.num_heads = num_heads
+        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1, **dd))
+        self.q = nn.Conv2d(dim, dim, 1, bias=bias, **dd)
+        self.q_dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=bias, **dd)
+        self.kv = nn.Conv2d(dim, 2 * dim, 1, bias=bias, **dd)
+        self.kv_dwconv = nn.Conv2d(2 * dim, 2 * dim, 3, padding=1, groups=2 * dim, bias=bias, **dd)
+        self.project_out = nn.Conv2d(dim, dim, 1, bias=bias, **dd)
+
+    def heads(self, x_q: torch.Tensor, x_kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-head q (from ``x_q``), k and v (from ``x_kv``), not yet normalised.
+
+        Shape:
+            x_q, x_kv: (B, C, H, W)  ->  q, k, v: (B, heads, C/heads, H·W)
+        """
+        q = split_heads(self.q_dwconv(self.q(x_q)), self.num_heads)
+        k, v = (split_heads(t, self.num_heads) for t in self.kv_dwconv(self.kv(x_kv)).chunk(2, dim=1))
+        return q, k, v
+
+    def merge(self, out: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Heads back to a map, then ``project_out``.
+
+        Shape:
+            out: (B, heads, C/heads, H·W)  ->  (B, C, H, W)
+        """
+        return self.project_out(merge_heads(out, height, width))
 
 
 class GDFN(nn.Module):

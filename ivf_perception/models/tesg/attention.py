@@ -24,39 +24,30 @@ import torch.nn.functional as F
 from torch import nn
 
 from ivf_perception.models.layers.factories import DeviceLike, factory_kwargs
-from ivf_perception.models.layers.restormer import GDFN, ChannelLayerNorm, merge_heads, split_heads
+from ivf_perception.models.layers.restormer import (
+    GDFN,
+    ChannelCrossAttentionBase,
+    ChannelLayerNorm,
+    channel_attention_logits,
+)
 
 __all__ = ["ChannelCrossAttention", "CrossAttentionBlock", "TextCrossAttention"]
 
 
-class ChannelCrossAttention(nn.Module):
+class ChannelCrossAttention(ChannelCrossAttentionBase):
     """Transposed (channel) attention of ``x``'s queries over ``y``'s keys and values.
+
+    Args: those of :class:`~ivf_perception.models.layers.restormer.ChannelCrossAttentionBase`.
 
     Shape:
         x: (B, C, H, W), y: (B, C, H, W)  ->  (B, C, H, W)
     """
 
-    def __init__(self, dim: int, num_heads: int, bias: bool = False,
-                 device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"ChannelCrossAttention: {dim} channels do not split into {num_heads} heads")
-        dd = factory_kwargs(device, dtype)
-        self.num_heads = num_heads
-        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1, **dd))
-        self.q = nn.Conv2d(dim, dim, 1, bias=bias, **dd)
-        self.q_dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=bias, **dd)
-        self.kv = nn.Conv2d(dim, 2 * dim, 1, bias=bias, **dd)
-        self.kv_dwconv = nn.Conv2d(2 * dim, 2 * dim, 3, padding=1, groups=2 * dim, bias=bias, **dd)
-        self.project_out = nn.Conv2d(dim, dim, 1, bias=bias, **dd)
-
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
-        q = split_heads(self.q_dwconv(self.q(x)), self.num_heads)
-        k, v = (split_heads(t, self.num_heads) for t in self.kv_dwconv(self.kv(y)).chunk(2, dim=1))
-        q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-        attn = (q @ k.transpose(-2, -1) * self.temperature).softmax(dim=-1)
-        return self.project_out(merge_heads(attn @ v, h, w))
+        q, k, v = self.heads(x, y)
+        attn = channel_attention_logits(q, k, self.temperature).softmax(dim=-1)
+        return self.merge(attn @ v, h, w)
 
 
 class CrossAttentionBlock(nn.Module):

@@ -19,11 +19,15 @@ nor a recomputation that could flip near-ties in another precision (spec §1.4, 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ivf_perception.models.layers.factories import DeviceLike, factory_kwargs
-from ivf_perception.models.layers.restormer import GDFN, ChannelLayerNorm, merge_heads, split_heads
+from ivf_perception.models.layers.restormer import (
+    GDFN,
+    ChannelCrossAttentionBase,
+    ChannelLayerNorm,
+    channel_attention_logits,
+)
 from ivf_perception.models.upfusion.selection import fp32_scores, gather_channels, top_channels, top_entries
 
 __all__ = ["TCPM", "TopMCrossAttention", "TEXT_DIM"]
@@ -32,10 +36,11 @@ TEXT_DIM = 512
 """Width of the CLIP ViT-B/32 text embedding."""
 
 
-class TopMCrossAttention(nn.Module):
+class TopMCrossAttention(ChannelCrossAttentionBase):
     """Restormer channel cross-attention keeping the top ``⌊ratio·c⌋`` logits of every row.
 
-    q from ``x_q``, k and v from ``x_kv`` (1×1 + depthwise 3×3, no bias); per head of c
+    q from ``x_q``, k and v from ``x_kv`` (1×1 + depthwise 3×3, no bias: the shared
+    :class:`~ivf_perception.models.layers.restormer.ChannelCrossAttentionBase`); per head of c
     channels, q and k are L2-normalised over pixels and ``A = q kᵀ · τ``; entries outside a
     row's top m become −∞ before the softmax; the result is scaled by ``scale`` (released
     ``attn4``, init 0.2) and projected. The logits and their top-m are computed in fp32.
@@ -46,22 +51,12 @@ class TopMCrossAttention(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, topm_ratio: float = 0.9, bias: bool = False,
                  device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"TopMCrossAttention: {dim} channels do not split into {num_heads} heads")
+        super().__init__(dim, num_heads, bias, device=device, dtype=dtype)
         self.keep = int(dim // num_heads * topm_ratio)
         if self.keep < 1:
             raise ValueError(f"TopMCrossAttention: {dim // num_heads} channels per head keep no entry "
                              f"at ratio {topm_ratio}")
-        dd = factory_kwargs(device, dtype)
-        self.num_heads = num_heads
-        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1, **dd))
-        self.q = nn.Conv2d(dim, dim, 1, bias=bias, **dd)
-        self.q_dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim, bias=bias, **dd)
-        self.kv = nn.Conv2d(dim, 2 * dim, 1, bias=bias, **dd)
-        self.kv_dwconv = nn.Conv2d(2 * dim, 2 * dim, 3, padding=1, groups=2 * dim, bias=bias, **dd)
-        self.project_out = nn.Conv2d(dim, dim, 1, bias=bias, **dd)
-        self.scale = nn.Parameter(torch.tensor([0.2], **dd))
+        self.scale = nn.Parameter(torch.tensor([0.2], **factory_kwargs(device, dtype)))
 
     def topm_mask(self, attn: torch.Tensor) -> torch.Tensor:
         """True where an entry is among the top m of its row.
@@ -75,14 +70,11 @@ class TopMCrossAttention(nn.Module):
 
     def forward(self, x_q: torch.Tensor, x_kv: torch.Tensor) -> torch.Tensor:
         h, w = x_q.shape[-2:]
-        q = split_heads(self.q_dwconv(self.q(x_q)), self.num_heads)
-        k, v = (split_heads(t, self.num_heads) for t in self.kv_dwconv(self.kv(x_kv)).chunk(2, dim=1))
+        q, k, v = self.heads(x_q, x_kv)
         with fp32_scores(q):
-            q, k = F.normalize(q.float(), dim=-1), F.normalize(k.float(), dim=-1)
-            attn = q @ k.transpose(-2, -1) * self.temperature.float()
+            attn = channel_attention_logits(q.float(), k.float(), self.temperature.float())
             attn = attn.masked_fill(~self.topm_mask(attn), float("-inf")).softmax(dim=-1)
-        out = (attn.to(v.dtype) @ v) * self.scale
-        return self.project_out(merge_heads(out, h, w))
+        return self.merge((attn.to(v.dtype) @ v) * self.scale, h, w)
 
 
 class TCPM(nn.Module):

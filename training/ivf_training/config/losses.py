@@ -14,6 +14,8 @@ The definitions of the terms live with the losses: :mod:`ivf_training.losses` (s
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -30,6 +32,7 @@ __all__ = [
     "FusedSegTeacherLossConfig",
     "LossConfig",
     "LEGACY_LOSS_SETTINGS",
+    "LEGACY_LOSS_CONVERSIONS",
 ]
 
 
@@ -390,3 +393,19 @@ LEGACY_LOSS_SETTINGS: dict[str, dict[str, Any]] = {
 """Per ``loss.kind``, the values of settings added for the paper fidelity work (issue 15) that
 runs written before them trained with; :func:`ivf_training.run_dir.read_run_config` fills them
 in, so resuming an old run keeps its objective."""
+
+
+def _s4fusion_perception_in_nats(loss: dict[str, Any]) -> dict[str, Any]:
+    """Runs before issue 15 (recognisable by their missing ``gradient_sobel``) weighted the
+    entropy normalised by ln(1000); the weight is now on nats, so the old weight is divided by it."""
+    if "gradient_sobel" in loss or "perception" not in loss:
+        return loss
+    return {**loss, "perception": float(loss["perception"]) / math.log(1000.0)}
+
+
+LEGACY_LOSS_CONVERSIONS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "s4fusion": _s4fusion_perception_in_nats,
+}
+"""Per ``loss.kind``, how a run's written ``loss:`` section (its kind's keys only) becomes today's
+when a setting changed meaning rather than being added (added ones: :data:`LEGACY_LOSS_SETTINGS`);
+:func:`ivf_training.run_dir.read_run_config` applies it before filling in the added settings."""

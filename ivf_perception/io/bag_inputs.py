@@ -1,17 +1,17 @@
-"""Open a bag for replay or extraction: check it holds something, choose its topics.
+"""Open a bag for replay, extraction or training: check it holds something, choose its topics.
 
-Why shared: ``replay`` and ``extract`` must accept and refuse the same bags with the same
-messages (empty bag, missing or unsupported topics), and estimate their work the same way.
+Why shared (and in the core): ``replay``, ``extract`` and training's bag readers must accept and
+refuse the same bags with the same messages (empty bag, missing or unsupported topics), and
+estimate their work the same way.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ivf_perception.io.bag_reader import BagReader
-from ivf_perception.io.errors import BagError
-
-from .topics import TopicSelection, select_topics
+from .bag_reader import BagReader
+from .bag_topics import TopicSelection, select_topics
+from .errors import BagError
 
 __all__ = ["EmptyBagError", "open_bag_inputs", "estimated_pairs"]
 
@@ -22,7 +22,7 @@ class EmptyBagError(BagError):
 
 def open_bag_inputs(bag: Path, distro: str, rgb: str | None, thermal: str | None, label: str | None,
                     detect_label: bool = True) -> tuple[BagReader, TopicSelection]:
-    """Open a bag and choose its topics (shared by replay and extract).
+    """Open a bag and choose its topics (shared by replay, extract and training).
 
     Raises:
         BagError: unreadable bag; EmptyBagError: no messages; MissingTopicError /

@@ -28,10 +28,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ivf_perception.io.bag import CAMERA_MSGTYPES, IMAGE_MSGTYPE
-from ivf_perception.io.bag_reader import BagReader
-from ivf_perception.io.errors import BagError
-from ivf_perception.io.image_codec import message_encoding
+from .bag import CAMERA_MSGTYPES, IMAGE_MSGTYPE
+from .bag_reader import BagReader
+from .errors import BagError
+from .image_codec import message_encoding
 
 __all__ = ["TopicSelection", "select_topics", "UnsupportedTopicError", "MissingTopicError"]
 

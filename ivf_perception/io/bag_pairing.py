@@ -1,10 +1,12 @@
 """Bag messages → RGB/thermal pairs, exactly as the live node would have paired them.
 
-Why: the value of replay evaluation is that it reproduces live behaviour. Messages are fed to
-the shared :class:`~ivf_perception.sync.ApproximateTimePairer` (same slop, queue size and
-time-jump threshold as the node) in the bag's record-time order, which is the order they arrived
-in live, keyed by their header stamps. The pairer itself resets on a time jump (a looped bag, a
-clock reset), exactly as in the node; this module only logs the jumps it reports.
+Why: the value of replay evaluation (and of anything mined from a bag, such as extracted
+datasets or training guidance) is that it reproduces live behaviour. Messages are fed to the
+shared :class:`~ivf_perception.sync.ApproximateTimePairer` (same slop, queue size and time-jump
+threshold as the node, read from the node's pipeline configuration) in the bag's record-time
+order, which is the order they arrived in live, keyed by their header stamps. The pairer itself
+resets on a time jump (a looped bag, a clock reset), exactly as in the node; this module only
+logs the jumps it reports.
 
 Ground-truth labels (a label topic stamped like the RGB image) are attached to the pair whose
 RGB header stamp they carry. They may be recorded before or after the pair completes, so a pair
@@ -17,16 +19,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from ivf_perception.io.bag_reader import BagReader, BagRecord
-from ivf_perception.io.image_codec import header_stamp_ns
 from ivf_perception.sync import ApproximateTimePairer, PairingStats
 
-from .params import NodeParams
-from .topics import TopicSelection
+from .bag_reader import BagReader, BagRecord
+from .bag_topics import TopicSelection
+from .image_codec import header_stamp_ns
 
-__all__ = ["FramePair", "PairingLog", "FrameStream", "LABEL_WAIT_NS"]
+__all__ = ["FramePair", "PairingLog", "FrameStream", "PairingSettings", "LABEL_WAIT_NS"]
 
 LABEL_WAIT_NS = 2_000_000_000
 """How long (record time) a pair waits for its ground-truth label message."""
@@ -108,22 +109,36 @@ class PairingLog:
                 "labels_matched": self.labels_matched, "labels_unmatched": self.labels_unmatched}
 
 
+class PairingSettings(Protocol):
+    """The pairer's settings, as the node's :class:`~ivf_perception.engine.config.PipelineConfig`
+    holds them (a protocol, so that io does not import the engine that builds on it)."""
+
+    @property
+    def slop_s(self) -> float: ...
+
+    @property
+    def queue_size(self) -> int: ...
+
+    @property
+    def time_jump_threshold_s(self) -> float: ...
+
+
 class FrameStream:
     """Iterate over the pairs of a bag.
 
     Args:
         reader: the open bag.
         topics: the chosen RGB/thermal/label topics.
-        params: the node's slop, queue size and time-jump threshold.
+        settings: the node's slop, queue size and time-jump threshold (its ``PipelineConfig``).
         on_record: called with every input record read (e.g. to copy inputs to the output bag).
     """
 
-    def __init__(self, reader: BagReader, topics: TopicSelection, params: NodeParams,
+    def __init__(self, reader: BagReader, topics: TopicSelection, settings: PairingSettings,
                  on_record: Callable[[BagRecord], None] | None = None) -> None:
         self.reader = reader
         self.topics = topics
         self.pairer: ApproximateTimePairer[tuple[Any, int]] = ApproximateTimePairer(
-            params.slop_s, params.queue_size, params.config.time_jump_threshold_s)
+            settings.slop_s, settings.queue_size, settings.time_jump_threshold_s)
         self.log = PairingLog(self.pairer.stats)
         self._on_record = on_record
         self._labels: dict[int, tuple[Any, int]] = {}  # stamp -> (label msg, record time)

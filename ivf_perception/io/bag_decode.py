@@ -2,10 +2,11 @@
 
 Why a separate step: decoding happens only for frames that paired (as in the live node's
 worker), and a frame that cannot be decoded must be skipped and reported without stopping the
-replay, so the failure has to surface here, per frame, as one exception type. The images are
-decoded by the same codec functions as in the node (``decode_rgb``/``decode_thermal``: channel
-order only; CompressedImage JPEG/PNG through the codec's OpenCV decoding), so the Engine receives
-identical arrays on both paths, and a 16-bit PNG thermal frame the same raw counts as ``mono16``.
+replay (or an extraction, or training's guidance pass), so the failure has to surface here, per
+frame, as one exception type. The images are decoded by the same codec functions as in the node
+(``decode_rgb``/``decode_thermal``: channel order only; CompressedImage JPEG/PNG through the
+codec's OpenCV decoding), so the Engine receives identical arrays on both paths, and a 16-bit
+PNG thermal frame the same raw counts as ``mono16``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ivf_perception.io.errors import ImageDecodeError
-from ivf_perception.io.image_codec import (
+from .bag_pairing import FramePair
+from .errors import ImageDecodeError
+from .image_codec import (
     compressed_to_numpy,
     decode_rgb,
     decode_thermal,
@@ -23,8 +25,6 @@ from ivf_perception.io.image_codec import (
     is_compressed,
     message_encoding,
 )
-
-from .pairing import FramePair
 
 __all__ = ["DecodedFrame", "decode_pair", "decode_labels"]
 
