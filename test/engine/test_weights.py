@@ -191,6 +191,7 @@ def test_weights_of_another_dtype_are_refused_naming_file_and_tensor(weights: Pa
     (lambda d: {**d, "input_size": [128]}, "input_size", "must be null or [height, width]"),
     (lambda d: {**d, "training_domain": ["the internet"]}, "training_domain", "must be a list of"),
     (lambda d: {**d, "metrics": 0.5}, "metrics", "must be a JSON object"),
+    (lambda d: {**d, "quality": [0.7]}, "quality", "must be a JSON object"),
 ])
 def test_malformed_sidecar_is_refused_naming_file_and_field(weights: Path, edit, field, problem) -> None:
     side = sidecar_path(weights)

@@ -481,18 +481,14 @@ class FusionSegLoss(nn.Module):
         probe: the frozen ResNet-50 (``None``: no ω weights, no perception terms).
         perception_weight: weight γ of the entropy term (nats).
         perception_texture: weight of our texture term.
-        seg_ohem_thresh: ``None`` (paper: plain cross-entropy over every labelled pixel) or the
-            probability threshold of :func:`ohem_cross_entropy` (ours, the CPU default's last
-            stage): thin, rare classes (bike frames, car stops: well under 1 % of the pixels)
-            are drowned by easy road and sky pixels in a plain mean, so a small model never
-            predicts them; OHEM averages over the hard pixels only.
-        seg_ohem_min_kept: least pixels OHEM keeps (``None``: 1/16 of the batch's pixels).
-        seg_class_weights: per-class weights of the cross-entropy (``None``: all 1, the paper);
-            see :func:`segmentation_loss`.
+        seg_class_weights: per-class weights of the cross-entropy (``None``: all 1, the paper;
+            ours for the CPU default's later stages): thin, rare classes (bike frames, car stops:
+            well under 1 % of the pixels) are drowned by easy road and sky pixels in a plain
+            mean, so a small model never predicts them. See :func:`segmentation_loss`.
 
     Returns (forward):
         ``(total, terms)``: the scalar to back-propagate and a dict of detached named terms
-        (``seg_ce``, or ``seg_ohem`` with OHEM, ``fus_intensity``, ``fus_ssim``, ``fus_gradient``, ``fus_color``,
+        (``seg_ce``, ``fus_intensity``, ``fus_ssim``, ``fus_gradient``, ``fus_color``,
         ``per_entropy``, ``per_texture``, ``omega_ir`` (mean ω_ir of the batch), ``total``)
         for logging. Terms are unweighted; the total is weighted.
     """
@@ -501,11 +497,8 @@ class FusionSegLoss(nn.Module):
                  gradient: float = 15.0, color: float = 1.0, source_weights: SourceWeighting = "max",
                  omega_c: float = 3200.0, gradient_sobel: SobelForm = "normalized",
                  probe: ResNet50Probe | None = None, perception_weight: float = 0.0145,
-                 perception_texture: float = 1.0, seg_ohem_thresh: float | None = None,
-                 seg_ohem_min_kept: int | None = None, seg_class_weights: Sequence[float] | None = None) -> None:
+                 perception_texture: float = 1.0, seg_class_weights: Sequence[float] | None = None) -> None:
         super().__init__()
-        if seg_ohem_thresh is not None and not 0.0 < seg_ohem_thresh <= 1.0:
-            raise ValueError(f"seg_ohem_thresh is a probability in (0, 1], got {seg_ohem_thresh}")
         if source_weights not in get_args(SourceWeighting):
             raise ValueError(f"source_weights must be one of {', '.join(get_args(SourceWeighting))}, "
                              f"got {source_weights!r}")
@@ -520,8 +513,6 @@ class FusionSegLoss(nn.Module):
         self.gradient_sobel: SobelForm = gradient_sobel
         self.probe = probe
         self.perception_weights = {"per_entropy": perception_weight, "per_texture": perception_texture}
-        self.seg_ohem_thresh = seg_ohem_thresh
-        self.seg_ohem_min_kept = seg_ohem_min_kept
         self.seg_class_weights = (None if seg_class_weights is None
                                   else torch.tensor(seg_class_weights, dtype=torch.float32))
 
@@ -551,12 +542,7 @@ class FusionSegLoss(nn.Module):
                 terms["per_texture"] = texture_loss(y_f, y_vi, thermal, self.gradient_sobel)
             total = total + sum(self.perception_weights[k] * terms[k] for k in self.perception_weights if k in terms)
         if output.logits is not None and labels is not None and self.seg_weight:
-            if self.seg_ohem_thresh is None:
-                name, seg = "seg_ce", segmentation_loss(output.logits.float(), labels, self.seg_class_weights)
-            else:
-                name, seg = "seg_ohem", ohem_cross_entropy(output.logits.float(), labels, thresh=self.seg_ohem_thresh,
-                                                           min_kept=self.seg_ohem_min_kept)
-            terms[name] = seg
-            total = total + self.seg_weight * seg
+            terms["seg_ce"] = segmentation_loss(output.logits.float(), labels, self.seg_class_weights)
+            total = total + self.seg_weight * terms["seg_ce"]
         terms["total"] = total
         return total, {k: v.detach() for k, v in terms.items()}

@@ -241,7 +241,6 @@ class S4FusionObjective(SupervisedObjective[S4FusionLossConfig]):
                              gradient=lc.gradient, color=lc.color, source_weights=lc.source_weights,
                              omega_c=lc.omega_c, gradient_sobel=lc.gradient_sobel, probe=probe,
                              perception_weight=lc.perception, perception_texture=lc.perception_texture,
-                             seg_ohem_thresh=lc.seg_ohem_thresh, seg_ohem_min_kept=lc.seg_ohem_min_kept,
                              seg_class_weights=lc.seg_class_weights)
 
 

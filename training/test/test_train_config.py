@@ -88,8 +88,6 @@ def test_type_errors(override: str, message: str) -> None:
         ([*MINIMAL, "data.scale_range=[2.0, 1.0]"], "data.scale_range must satisfy"),
         ([*MINIMAL, "loss.seg_class_weights=[1.0, 2.0]"], "loss.seg_class_weights has 2 weights but the model has 9"),
         ([*MINIMAL, "loss.seg_class_weights=[0.0, 0.0]"], "at least one > 0"),
-        ([*MINIMAL, "loss.seg_ohem_thresh=0.7", "loss.seg_class_weights=[1.0]"], "set one of them"),
-        ([*MINIMAL, "loss.seg_ohem_thresh=0.0"], "loss.seg_ohem_thresh is a probability"),
     ],
 )
 def test_cross_field_validation(overrides: list[str], message: str) -> None:

@@ -82,12 +82,9 @@ class S4FusionLossConfig(LossSettings):
             (not in the public loss; 0 in the paper recipes).
         resnet50_weights: local torchvision ResNet-50 weight file (.safetensors, or a .pth state
             dict loaded with ``weights_only=True``); ``None`` skips the perception terms.
-        seg_ohem_thresh: ``null`` (paper: plain cross-entropy) or the probability below which a
-            pixel counts as hard for OHEM cross-entropy (ours: rare thin classes get learnt;
-            see ``FusionSegLoss``).
-        seg_ohem_min_kept: least pixels OHEM keeps (``null``: 1/16 of the batch's pixels).
         seg_class_weights: ``null`` (paper: every class weighs 1) or one weight per class for
-            the cross-entropy (ours: the CPU default weighs the thin, rare classes up).
+            the cross-entropy (ours: the CPU default's later stages weigh the thin, rare classes
+            up; see ``FusionSegLoss``).
     """
 
     kind: Literal["s4fusion"] = "s4fusion"
@@ -103,8 +100,6 @@ class S4FusionLossConfig(LossSettings):
     perception: float = 0.0145
     perception_texture: float = 1.0
     resnet50_weights: str | None = None
-    seg_ohem_thresh: float | None = None
-    seg_ohem_min_kept: int | None = None
     seg_class_weights: list[float] | None = None
 
     path_fields: ClassVar[tuple[str, ...]] = ("resnet50_weights",)
@@ -112,17 +107,10 @@ class S4FusionLossConfig(LossSettings):
     def __post_init__(self) -> None:
         _non_negative(self, ("seg", "fusion", "intensity", "ssim", "gradient", "color", "perception",
                              "perception_texture"))
-        if self.seg_ohem_thresh is not None and not 0.0 < self.seg_ohem_thresh <= 1.0:
-            raise ConfigError(f"loss.seg_ohem_thresh is a probability in (0, 1] or null, got {self.seg_ohem_thresh}")
-        if self.seg_ohem_min_kept is not None and self.seg_ohem_min_kept < 0:
-            raise ConfigError(f"loss.seg_ohem_min_kept must be >= 0 or null, got {self.seg_ohem_min_kept}")
-        if self.seg_class_weights is not None:
-            if self.seg_ohem_thresh is not None:
-                raise ConfigError("loss.seg_class_weights and loss.seg_ohem_thresh are two cures for rare classes: "
-                                  "set one of them")
-            if not self.seg_class_weights or min(self.seg_class_weights) < 0 or max(self.seg_class_weights) <= 0:
-                raise ConfigError(f"loss.seg_class_weights must be non-negative with at least one > 0, "
-                                  f"got {self.seg_class_weights}")
+        if self.seg_class_weights is not None and (
+                not self.seg_class_weights or min(self.seg_class_weights) < 0 or max(self.seg_class_weights) <= 0):
+            raise ConfigError(f"loss.seg_class_weights must be non-negative with at least one > 0, "
+                              f"got {self.seg_class_weights}")
         if self.omega_c <= 0:
             raise ConfigError(f"loss.omega_c must be > 0, got {self.omega_c}")
         if self.source_weights == "resnet" and self.resnet50_weights is None:
