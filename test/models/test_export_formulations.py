@@ -49,3 +49,22 @@ def test_adaptive_pooling_bins_equal_torch(shape: tuple[int, ...], size: int | t
         avg, top = adaptive_pool.adaptive_avg_pool2d(x, size), adaptive_pool.adaptive_max_pool2d(x, size)
     torch.testing.assert_close(avg, F.adaptive_avg_pool2d(x, size))
     torch.testing.assert_close(top, F.adaptive_max_pool2d(x, size))
+
+
+def test_tracing_leaves_no_fake_tensor_in_the_constant_caches() -> None:
+    """An export before any eager forward traced the Haar kernels and window-scan orders as the
+    tracer's fake tensors into their caches; the next eager call then failed ("attempted to run
+    this operator with Meta tensors"). Built uncached while tracing, eager calls still work."""
+    from ivf_perception.models.layers.window_scan import _orders, window_scan
+    from ivf_perception.models.ops.wavelet import _cached_kernels, dwt2
+
+    class Both(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return dwt2(x)[0].sum() + window_scan(x, 2).sum()
+
+    _cached_kernels.cache_clear()
+    _orders.cache_clear()
+    x = torch.rand(1, 2, 4, 6)
+    torch.export.export(Both(), (x,))
+    torch.testing.assert_close(Both()(x), dwt2(x)[0].sum() + window_scan(x, 2).sum())
+    assert _cached_kernels.cache_info().currsize == 1 and _orders.cache_info().currsize == 1

@@ -49,8 +49,11 @@ def _orders(H: int, W: int, window: int, device: torch.device) -> tuple[torch.Te
 
 def _orders_for(H: int, W: int, window: int, device: torch.device) -> tuple[torch.Tensor, ...]:
     """:func:`_orders`, or built in the graph when H or W is symbolic (a dynamic-size export
-    traces them as ``SymInt``, which a cache cannot hash, and the graph must compute them)."""
-    if isinstance(H, int) and isinstance(W, int):
+    traces them as ``SymInt``, which a cache cannot hash, and the graph must compute them), and
+    while compiling or exporting (the tensors are the tracer's fake ones then: cached, they would
+    break the next eager call)."""
+    tracing = torch.compiler.is_compiling() or torch.compiler.is_exporting()
+    if isinstance(H, int) and isinstance(W, int) and not tracing:
         return _orders(H, W, window, device)
     return _build_orders(H, W, window, device)
 

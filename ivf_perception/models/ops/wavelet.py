@@ -55,14 +55,27 @@ def _check_levels(levels: int) -> None:
         raise ValueError(f"levels must be a positive int, got {levels!r}")
 
 
-@functools.lru_cache(maxsize=32)
 def _kernels(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """The Haar kernels as a (4, 1, 2, 2) conv weight, cached per device and dtype.
 
-    Built outside inference mode so a cache filled during inference still serves training.
+    Built uncached while compiling or exporting: there the tensor is a fake one of the tracer,
+    and a cached fake tensor would break the next eager call (an ONNX export that ran before
+    any eager forward did that: "selective_scan_fwd ... with Meta tensors").
     """
+    if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+        return _build_kernels(device, dtype)
+    return _cached_kernels(device, dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_kernels(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Built outside inference mode so a cache filled during inference still serves training."""
     with torch.inference_mode(False):
-        return torch.tensor(_HAAR_KERNELS, dtype=dtype, device=device).unsqueeze(1)
+        return _build_kernels(device, dtype)
+
+
+def _build_kernels(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(_HAAR_KERNELS, dtype=dtype, device=device).unsqueeze(1)
 
 
 def _analyse(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
