@@ -12,7 +12,7 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage
-from test_fusion_node_inprocess import SUCCESS, context, make_node  # noqa: F401 (fixtures)
+from test_fusion_node_inprocess import SUCCESS
 
 from ivf_perception.io import make_header
 from ivf_perception.sync import Pair

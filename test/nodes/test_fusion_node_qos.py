@@ -21,7 +21,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_helpers import diagnostic_status, image_msg, params, wait_until
 from sensor_msgs.msg import Image
-from test_fusion_node_inprocess import FAILURE, SUCCESS, context, make_node  # noqa: F401 (fixtures)
+from test_fusion_node_inprocess import FAILURE, SUCCESS
 
 from ivf_perception.nodes.health import OK, WARN, HealthSnapshot, assess_health
 from ivf_perception.nodes.qos import (

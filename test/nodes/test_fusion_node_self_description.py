@@ -10,7 +10,7 @@ import rclpy
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, RegionOfInterest
-from test_fusion_node_inprocess import SUCCESS, _pair, context, make_node  # noqa: F401 (fixtures)
+from test_fusion_node_inprocess import SUCCESS, _pair
 
 from ivf_perception.io import make_header
 from ivf_perception.io.classes import MFNET_CLASSES, MFNET_PALETTE, palette_to_array
