@@ -29,6 +29,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from ivf_perception.engine.weights import sidecar_path
+
 REAL_SETS = {"roadscene": 50, "tno": 25}
 """Held-out real pair sets under the data folder and their pair counts (DESIGN §6)."""
 
@@ -93,7 +95,7 @@ def _segmentation_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
 
 def _write_quality(weights: Path, quality: dict[str, Any]) -> None:
     """Store ``quality`` in the sidecar (atomic replace; every other field untouched)."""
-    side = weights.with_suffix(".json")
+    side = sidecar_path(weights)
     info = json.loads(side.read_text())
     info["quality"] = quality
     tmp = side.with_name(side.name + ".tmp")
