@@ -35,6 +35,7 @@ __all__ = [
     "build_model_from_weights",
     "check_expected",
     "save_weights",
+    "write_sidecar",
     "load_weights",
     "read_sidecar",
     "sidecar_path",
@@ -194,8 +195,32 @@ def sidecar_path(weights_path: str | Path) -> Path:
     return Path(weights_path).with_suffix(".json")
 
 
+def write_sidecar(path: str | Path, info: WeightsInfo) -> Path:
+    """Write the sidecar of weights file ``path`` atomically (temp file + rename).
+
+    The one writer of sidecars (``save_weights`` and ``scripts/quality_report.py`` both come
+    here): ``info`` is checked with the reader's field checks first, so a sidecar that
+    :func:`read_sidecar` would refuse is never written.
+
+    Returns:
+        The path of the sidecar.
+
+    Raises:
+        WeightsError: a field of ``info`` is invalid (naming the sidecar and the field).
+    """
+    side = sidecar_path(path)
+    text = json.dumps(info.to_json(), indent=2, sort_keys=True) + "\n"
+    WeightsInfo.from_json(json.loads(text), side)  # what a reader will see (tuples become lists)
+    side.parent.mkdir(parents=True, exist_ok=True)
+    tmp = side.with_name(side.name + ".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o644)  # temp files are private; weights are shipped and shared
+    tmp.replace(side)
+    return side
+
+
 def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | Path, info: WeightsInfo) -> Path:
-    """Write ``path`` (.safetensors) and its sidecar atomically (temp file + rename).
+    """Write ``path`` (.safetensors) and its sidecar, each atomically (temp file + rename).
 
     Returns:
         The path of the safetensors file.
@@ -207,13 +232,13 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | Path, info:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": WEIGHTS_FORMAT, "variant": info.variant})
-    side = sidecar_path(path)
-    side_tmp = side.with_name(side.name + ".tmp")
-    side_tmp.write_text(json.dumps(info.to_json(), indent=2, sort_keys=True) + "\n")
-    for written in (tmp, side_tmp):
-        written.chmod(0o644)  # temp files are private; weights are shipped and shared
+    tmp.chmod(0o644)  # temp files are private; weights are shipped and shared
+    try:
+        write_sidecar(path, info)
+    except WeightsError:
+        tmp.unlink()
+        raise
     tmp.replace(path)
-    side_tmp.replace(side)
     return path
 
 

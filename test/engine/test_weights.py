@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from ivf_perception.engine import Engine, WeightsError, WeightsInfo, save_weights
-from ivf_perception.engine.weights import build_model_from_weights, load_weights, sidecar_path
+from ivf_perception.engine.weights import (
+    build_model_from_weights,
+    load_weights,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
 from ivf_perception.models import build_model
 
 
@@ -211,3 +217,47 @@ def test_unknown_model_arguments_in_the_sidecar_are_refused_naming_the_field(wei
     with pytest.raises(WeightsError, match=r"m.json: sidecar fields 'preset'/'model_args' do not fit "
                                            r"test_s4fusion: .*no_such_argument"):
         Engine("auto", weights=weights, device="cpu")
+
+
+def test_write_sidecar_round_trips_and_refuses_what_a_reader_would(weights: Path) -> None:
+    info = read_sidecar(weights)
+    info.quality = {"held_out": {"mIoU": 0.6}}
+    info.input_size = (64, 96)  # type: ignore[assignment]  # a tuple is written as the reader's list
+    assert write_sidecar(weights, info) == sidecar_path(weights)
+    again = read_sidecar(weights)
+    assert again.quality == {"held_out": {"mIoU": 0.6}} and again.input_size == [64, 96]
+    assert again.classes == info.classes and again.metrics == {"mIoU": 0.5}
+    before = sidecar_path(weights).read_text()
+    info.num_classes = -1
+    with pytest.raises(WeightsError, match=r"m.json: sidecar field 'num_classes' must be an integer"):
+        write_sidecar(weights, info)
+    assert sidecar_path(weights).read_text() == before  # the old sidecar is untouched
+    assert not list(weights.parent.glob("*.tmp"))
+
+
+def test_save_weights_with_an_invalid_sidecar_writes_nothing(tmp_path: Path) -> None:
+    model = build_model("test_s4fusion", num_classes=9)
+    info = WeightsInfo(variant="test_s4fusion", preset="test", num_classes=9, training_domain=["the internet"])
+    with pytest.raises(WeightsError, match="sidecar field 'training_domain'"):
+        save_weights(model.state_dict(), tmp_path / "w.safetensors", info)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_quality_report_writes_the_sidecar_through_write_sidecar(weights: Path, monkeypatch) -> None:
+    import importlib.util
+
+    import ivf_perception.engine.weights as weights_module
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "quality_report.py"
+    spec = importlib.util.spec_from_file_location("quality_report", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calls: list[Path] = []
+    monkeypatch.setattr(module, "write_sidecar",
+                        lambda path, info: calls.append(Path(path)) or weights_module.write_sidecar(path, info))
+    module._write_quality(weights, {"device": "cpu", "held_out_generated": {"mIoU": 0.61}})
+    assert calls == [weights]
+    info = read_sidecar(weights)
+    assert info.quality == {"device": "cpu", "held_out_generated": {"mIoU": 0.61}}
+    assert info.metrics == {"mIoU": 0.5} and info.palette == [0x112233] * 9  # every other field kept
