@@ -213,10 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "run").mkdir(parents=True, exist_ok=True)
     for kept in ("config.yaml", "data.json", "log.jsonl", "summary.json"):
         shutil.copy2(runs / name / kept, out / "run" / kept)
-    report = {"dry_run": args.dry_run, "date": stamp, "overrides": overrides, "environment": _environment(device), "recipe": str(RECIPE.name),
-              "step_s": round(step_s, 4), "warmup_steps": warmup, "timed_steps": timed, "steps": steps,
-              "train_s": round(train_s, 1), "total_s": round(time.monotonic() - start, 1), "bytes": size,
-              "validation": summary["last_val"], **check}
+    report = {"dry_run": args.dry_run, "date": stamp, "overrides": overrides, "environment": _environment(device),
+              "recipe": RECIPE.name, "step_s": round(step_s, 4), "warmup_steps": warmup, "timed_steps": timed,
+              "steps": steps, "train_s": round(train_s, 1), "total_s": round(time.monotonic() - start, 1),
+              "bytes": size, "validation": summary["last_val"], **check}
     (out / "train_gpu_default.json").write_text(json.dumps(report, indent=2) + "\n")
     val = summary["last_val"]
     print(f"train_gpu_default: {steps} steps in {train_s:.0f} s; validation mIoU {val.get('mIoU', float('nan')):.4f}, "

@@ -56,8 +56,8 @@ def test_dry_run_trains_exports_and_the_file_is_the_cuda_default(tmp_path: Path)
     env = {**os.environ, "PYTHONPATH": f"{REPO_ROOT}{os.pathsep}{REPO_ROOT / 'training'}", "OMP_NUM_THREADS": "1",
            "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--data", str(data), "--out", str(out),
-                           "--runs", str(tmp_path / "runs"), "--set", "seed=3"], capture_output=True, text=True, timeout=300,
-                          env=env, cwd=REPO_ROOT)
+                           "--runs", str(tmp_path / "runs"), "--set", "seed=3"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "cp s4fusion_gpu_default.safetensors s4fusion_gpu_default.json ivf_perception/weights/" in proc.stdout
     assert "scripts/quality_report.py ivf_perception/weights/s4fusion_gpu_default.safetensors" in proc.stdout
