@@ -51,7 +51,9 @@ STEM = "s4fusion_gpu_default"  # the weights table's cuda entry (ivf_perception/
 MAX_BYTES = 8_000_000  # issue 18: the GPU default ships in at most 8 MB
 REQUIRED = {"torch": "torch", "numpy": "numpy", "cv2": "opencv-python(-headless)", "yaml": "pyyaml",
             "safetensors": "safetensors", "timm": "timm", "tqdm": "tqdm"}
-"""Module -> package the trainer and exporter import (found by importing them with each blocked)."""
+"""Module -> package the trainer and exporter import. Found by running ``--dry-run`` and listing the
+third-party modules it loaded (timm also brings torchvision, pillow and huggingface_hub); it
+also runs with onnx, onnxruntime, tensorboard, rosbags, rclpy, scipy and pytest made unimportable."""
 
 DRY_RUN = ["device=cpu", "batch_size=2", "crop=64", "num_workers=0", "data.generated.val_count=2",
            "data.val_max_pairs=1"]
@@ -63,8 +65,8 @@ def _missing_packages() -> list[str]:
     for module, package in REQUIRED.items():
         try:
             importlib.import_module(module)
-        except ImportError:
-            missing.append(f"{module} (pip package {package})")
+        except ImportError as exc:  # the reason too: a package can be present but broken
+            missing.append(f"{module} (pip package {package}: {exc})")
     return missing
 
 

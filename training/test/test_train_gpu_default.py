@@ -101,5 +101,5 @@ def test_missing_packages_stop_the_script_before_anything_runs(tmp_path: Path, m
     monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))  # main() sets it
     monkeypatch.setattr(script, "REQUIRED", {"yaml": "pyyaml", "no_such_module_here": "no-such-package"})
     assert script.main(["--dry-run", "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")]) == 2
-    assert "lacks no_such_module_here (pip package no-such-package)" in capsys.readouterr().err
+    assert "lacks no_such_module_here (pip package no-such-package: No module named" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
