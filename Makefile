@@ -13,7 +13,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export HF_HUB_OFFLINE := 1
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench venv clean train-default gpu-check
+.PHONY: demo test lint bench venv clean train-default gpu-check train-gpu-default
 
 venv: $(STAMP)
 
@@ -54,7 +54,8 @@ lint: $(STAMP)
 
 # Reproduce the bundled CPU default (see README, "Bundled weights"): five stages on 2 CPU cores
 # (about 55 + 40 minutes), then the held-out quality report into the sidecar and the contact
-# sheet. The GPU default (weights table: s4fusion_gpu_default) is not trained here: no GPU.
+# sheet. The GPU default (weights table: s4fusion_gpu_default) is trained by train-gpu-default
+# below on a CUDA machine, then copied into ivf_perception/weights/ and reported on here.
 DEFAULT_STAGES := s4fusion_generated:s4fusion_default s4fusion_generated_finetune:s4fusion_default_ft \
 	s4fusion_default_rare_classes:s4fusion_default_rare s4fusion_default_sharpen:s4fusion_default_sharpen \
 	s4fusion_default_polish:s4fusion_default_polish
@@ -66,6 +67,15 @@ train-default: $(STAMP)
 	$(PY) scripts/quality_report.py ivf_perception/weights/s4fusion_tiny_default.safetensors --write-sidecar
 	$(PY) scripts/contact_sheet.py --weights ivf_perception/weights/s4fusion_tiny_default.safetensors \
 		--out docs/llvip_contact_sheet.jpg
+
+# The GPU default, on a CUDA machine with the Python that has torch (no .venv needed, installs
+# nothing; README "GPU default: how to train it"): measures the time per step, trains
+# training/recipes/s4fusion_gpu_default.yaml for what fits GPU_DEFAULT_ARGS' --minutes (default 8
+# in all), exports float16 s4fusion_gpu_default.safetensors + sidecar to results/gpu_default/<time>/
+# (or --out). GPU_DEFAULT_ARGS=--dry-run runs every step on a CPU in seconds.
+GPU_DEFAULT_ARGS ?=
+train-gpu-default:
+	PYTHONPATH=$(CURDIR):$(CURDIR)/training$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) scripts/train_gpu_default.py $(GPU_DEFAULT_ARGS)
 
 clean:
 	rm -rf $(VENV) demo_output build install log *.egg-info ivf_perception/models/ops/_cpu_scan*.so

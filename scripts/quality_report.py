@@ -29,7 +29,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from ivf_perception.engine.weights import sidecar_path
+from ivf_perception.engine.weights import read_sidecar, write_sidecar
 
 REAL_SETS = {"roadscene": 50, "tno": 25}
 """Held-out real pair sets under the data folder and their pair counts (DESIGN §6)."""
@@ -94,13 +94,10 @@ def _segmentation_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
 
 
 def _write_quality(weights: Path, quality: dict[str, Any]) -> None:
-    """Store ``quality`` in the sidecar (atomic replace; every other field untouched)."""
-    side = sidecar_path(weights)
-    info = json.loads(side.read_text())
-    info["quality"] = quality
-    tmp = side.with_name(side.name + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    tmp.replace(side)
+    """Store ``quality`` in the sidecar (every other field untouched)."""
+    info = read_sidecar(weights)
+    info.quality = quality
+    write_sidecar(weights, info)
 
 
 def main() -> None:

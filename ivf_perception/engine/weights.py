@@ -30,11 +30,13 @@ from ivf_perception.models.registry import UnknownModelError, with_legacy_args, 
 
 __all__ = [
     "WEIGHTS_FORMAT",
+    "STORAGE_DTYPES",
     "WeightsError",
     "WeightsInfo",
     "build_model_from_weights",
     "check_expected",
     "save_weights",
+    "write_sidecar",
     "load_weights",
     "read_sidecar",
     "sidecar_path",
@@ -43,6 +45,9 @@ __all__ = [
 ]
 
 WEIGHTS_FORMAT = "ivf_perception.weights/1"
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+"""How a file stores its floating tensors (sidecar ``storage_dtype``). float16 halves the file (the
+GPU default must ship in 8 MB); the loader casts such tensors back to the model's own dtypes."""
 _PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar"}
 TRAINING_DOMAINS = ("generated scenes", "real unlabelled pairs", "labelled datasets")
 """What a model's labels can be trusted on depends on what it saw: synthetic scenes only teach
@@ -75,6 +80,9 @@ class WeightsInfo:
             generated seeds) and how it was measured; written by ``scripts/quality_report.py``
             for the bundled weights, empty otherwise. Validation ``metrics`` are not this: they
             were used to pick the checkpoint.
+        storage_dtype: how the floating tensors are stored (:data:`STORAGE_DTYPES`);
+            ``save_weights`` casts them to it and the loader casts float16 back to the model's
+            dtypes. Sidecars written before it was recorded mean ``float32``.
     """
 
     variant: str
@@ -89,6 +97,7 @@ class WeightsInfo:
     metrics: dict[str, Any] = field(default_factory=dict)
     training_domain: list[str] = field(default_factory=list)
     quality: dict[str, Any] = field(default_factory=dict)
+    storage_dtype: str = "float32"
 
     def to_json(self) -> dict[str, Any]:
         return {"format": WEIGHTS_FORMAT, **self.__dict__}
@@ -148,6 +157,10 @@ def _input_size(value: Any) -> str:
     return "" if ok else "must be null or [height, width] positive integers"
 
 
+def _storage_dtype(value: Any) -> str:
+    return "" if value in STORAGE_DTYPES else f"must be one of {', '.join(repr(d) for d in STORAGE_DTYPES)}"
+
+
 def _domain(value: Any) -> str:
     ok = isinstance(value, list) and all(v in TRAINING_DOMAINS for v in value)
     return "" if ok else f"must be a list of {', '.join(repr(d) for d in TRAINING_DOMAINS)}"
@@ -156,7 +169,7 @@ def _domain(value: Any) -> str:
 _FIELD_CHECKS: dict[str, Callable[[Any], str]] = {
     "variant": _text, "preset": _text, "num_classes": _count, "model_args": _object, "classes": _names,
     "palette": _palette, "input_size": _input_size, "recipe": _object, "data": _object, "metrics": _object,
-    "training_domain": _domain, "quality": _object,
+    "training_domain": _domain, "quality": _object, "storage_dtype": _storage_dtype,
 }
 """One check per :class:`WeightsInfo` field: the problem in words, or "" when the value is fine."""
 
@@ -194,8 +207,58 @@ def sidecar_path(weights_path: str | Path) -> Path:
     return Path(weights_path).with_suffix(".json")
 
 
+def _sidecar_text(side: Path, info: WeightsInfo) -> str:
+    """The sidecar's JSON text, checked as :func:`read_sidecar` will check it (tuples become lists)."""
+    text = json.dumps(info.to_json(), indent=2, sort_keys=True) + "\n"
+    WeightsInfo.from_json(json.loads(text), side)
+    return text
+
+
+def write_sidecar(path: str | Path, info: WeightsInfo) -> Path:
+    """Write the sidecar of weights file ``path`` atomically (temp file + rename).
+
+    The one writer of sidecars (``save_weights`` and ``scripts/quality_report.py`` both come
+    here): ``info`` is checked with the reader's field checks first, so a sidecar that
+    :func:`read_sidecar` would refuse is never written.
+
+    Returns:
+        The path of the sidecar.
+
+    Raises:
+        WeightsError: a field of ``info`` is invalid (naming the sidecar and the field).
+    """
+    side = sidecar_path(path)
+    text = _sidecar_text(side, info)
+    side.parent.mkdir(parents=True, exist_ok=True)
+    tmp = side.with_name(side.name + ".tmp")
+    tmp.write_text(text)
+    tmp.chmod(0o644)  # temp files are private; weights are shipped and shared
+    tmp.replace(side)
+    return side
+
+
+def _stored(path: Path, state_dict: Mapping[str, torch.Tensor], storage_dtype: str) -> dict[str, torch.Tensor]:
+    """The tensors as written: on the CPU, floating ones cast to ``storage_dtype`` when it is
+    float16. A value float16 cannot hold is refused here, not found as an inf at load time."""
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
+    if storage_dtype == "float32":
+        return tensors
+    dtype = STORAGE_DTYPES[storage_dtype]
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point():
+            cast = tensor.to(dtype)
+            if not bool(torch.isfinite(cast).all()) and bool(torch.isfinite(tensor).all()):
+                raise WeightsError(f"{path}: tensor '{name}' holds values beyond the {storage_dtype} range "
+                                   f"(max |x| {float(tensor.abs().max()):.3g}); store it as float32")
+            tensors[name] = cast
+    return tensors
+
+
 def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | Path, info: WeightsInfo) -> Path:
-    """Write ``path`` (.safetensors) and its sidecar atomically (temp file + rename).
+    """Write ``path`` (.safetensors) and its sidecar, each atomically (temp file + rename).
+
+    Floating tensors are stored as ``info.storage_dtype`` (float16 halves the file; integer
+    tensors such as BatchNorm counters are stored as they are).
 
     Returns:
         The path of the safetensors file.
@@ -203,17 +266,14 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | Path, info:
     path = Path(path)
     if path.suffix != ".safetensors":
         raise WeightsError(f"{path}: engine weights must use the .safetensors suffix")
+    _sidecar_text(sidecar_path(path), info)  # refuse a bad sidecar before writing anything
+    tensors = _stored(path, state_dict, info.storage_dtype)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"format": WEIGHTS_FORMAT, "variant": info.variant})
-    side = sidecar_path(path)
-    side_tmp = side.with_name(side.name + ".tmp")
-    side_tmp.write_text(json.dumps(info.to_json(), indent=2, sort_keys=True) + "\n")
-    for written in (tmp, side_tmp):
-        written.chmod(0o644)  # temp files are private; weights are shipped and shared
+    tmp.chmod(0o644)  # temp files are private; weights are shipped and shared
+    write_sidecar(path, info)
     tmp.replace(path)
-    side_tmp.replace(side)
     return path
 
 
@@ -276,15 +336,28 @@ def check_expected(path: Path, info: WeightsInfo, *, variant: str | None = None,
         raise WeightsError(f"{path} holds preset '{info.preset}' weights but preset '{preset}' was requested")
 
 
-def _check_dtypes(path: Path, state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor]) -> None:
-    """Refuse tensors whose dtype differs from the model's: ``load_state_dict`` would cast them
-    silently (float64 halves the speed of nothing, but integer weights truncate everything)."""
+def _check_dtypes(path: Path, state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
+                  storage_dtype: str) -> dict[str, torch.Tensor]:
+    """The tensors to load, in the model's dtypes.
+
+    A file whose sidecar says ``storage_dtype: float16`` had its floating tensors cast down on
+    purpose; those are cast back up here. Any other dtype that differs from the model's is
+    refused: ``load_state_dict`` would cast it silently (float16 where the sidecar does not say
+    so is a file someone edited, and integer weights truncate everything).
+    """
+    loadable = dict(state)
     for name, tensor in state.items():
         want = expected.get(name)
-        if want is not None and tensor.dtype != want.dtype:
-            raise WeightsError(f"{path}: tensor '{name}' is {str(tensor.dtype).removeprefix('torch.')} but the "
-                               f"model expects {str(want.dtype).removeprefix('torch.')}; re-export the weights "
-                               "with `ivf-train export` (it writes the model's own dtypes)")
+        if want is None or tensor.dtype == want.dtype:
+            continue
+        if storage_dtype == "float16" and tensor.dtype == torch.float16 and want.is_floating_point():
+            loadable[name] = tensor.to(want.dtype)
+            continue
+        raise WeightsError(f"{path}: tensor '{name}' is {str(tensor.dtype).removeprefix('torch.')} but the "
+                           f"model expects {str(want.dtype).removeprefix('torch.')} (sidecar storage_dtype "
+                           f"{storage_dtype}); re-export the weights with `ivf-train export` (it writes the "
+                           "model's own dtypes, or float16 with --storage-dtype float16)")
+    return loadable
 
 
 def build_model_from_weights(path: str | Path, *, variant: str | None = None, preset: str | None = None,
@@ -329,7 +402,7 @@ def build_model_from_weights(path: str | Path, *, variant: str | None = None, pr
     except (TypeError, ValueError) as exc:  # an argument or preset the model's constructor refuses
         raise WeightsError(f"{sidecar_path(path)}: sidecar fields 'preset'/'model_args' do not fit "
                            f"{info.variant}: {exc}") from exc
-    _check_dtypes(path, state, net.state_dict())
+    state = _check_dtypes(path, state, net.state_dict(), info.storage_dtype)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from ivf_perception.engine import Engine, WeightsError, WeightsInfo, save_weights
-from ivf_perception.engine.weights import build_model_from_weights, load_weights, sidecar_path
+from ivf_perception.engine.weights import (
+    build_model_from_weights,
+    load_weights,
+    read_sidecar,
+    sidecar_path,
+    write_sidecar,
+)
 from ivf_perception.models import build_model
 
 
@@ -192,6 +198,7 @@ def test_weights_of_another_dtype_are_refused_naming_file_and_tensor(weights: Pa
     (lambda d: {**d, "training_domain": ["the internet"]}, "training_domain", "must be a list of"),
     (lambda d: {**d, "metrics": 0.5}, "metrics", "must be a JSON object"),
     (lambda d: {**d, "quality": [0.7]}, "quality", "must be a JSON object"),
+    (lambda d: {**d, "storage_dtype": "bfloat16"}, "storage_dtype", "must be one of 'float32', 'float16'"),
 ])
 def test_malformed_sidecar_is_refused_naming_file_and_field(weights: Path, edit, field, problem) -> None:
     side = sidecar_path(weights)
@@ -211,3 +218,99 @@ def test_unknown_model_arguments_in_the_sidecar_are_refused_naming_the_field(wei
     with pytest.raises(WeightsError, match=r"m.json: sidecar fields 'preset'/'model_args' do not fit "
                                            r"test_s4fusion: .*no_such_argument"):
         Engine("auto", weights=weights, device="cpu")
+
+
+def test_write_sidecar_round_trips_and_refuses_what_a_reader_would(weights: Path) -> None:
+    info = read_sidecar(weights)
+    info.quality = {"held_out": {"mIoU": 0.6}}
+    info.input_size = (64, 96)  # type: ignore[assignment]  # a tuple is written as the reader's list
+    assert write_sidecar(weights, info) == sidecar_path(weights)
+    again = read_sidecar(weights)
+    assert again.quality == {"held_out": {"mIoU": 0.6}} and again.input_size == [64, 96]
+    assert again.classes == info.classes and again.metrics == {"mIoU": 0.5}
+    before = sidecar_path(weights).read_text()
+    info.num_classes = -1
+    with pytest.raises(WeightsError, match=r"m.json: sidecar field 'num_classes' must be an integer"):
+        write_sidecar(weights, info)
+    assert sidecar_path(weights).read_text() == before  # the old sidecar is untouched
+    assert not list(weights.parent.glob("*.tmp"))
+
+
+def test_save_weights_with_an_invalid_sidecar_writes_nothing(tmp_path: Path) -> None:
+    model = build_model("test_s4fusion", num_classes=9)
+    info = WeightsInfo(variant="test_s4fusion", preset="test", num_classes=9, training_domain=["the internet"])
+    with pytest.raises(WeightsError, match="sidecar field 'training_domain'"):
+        save_weights(model.state_dict(), tmp_path / "w.safetensors", info)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_quality_report_writes_the_sidecar_through_write_sidecar(weights: Path, monkeypatch) -> None:
+    import importlib.util
+
+    import ivf_perception.engine.weights as weights_module
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "quality_report.py"
+    spec = importlib.util.spec_from_file_location("quality_report", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calls: list[Path] = []
+    monkeypatch.setattr(module, "write_sidecar",
+                        lambda path, info: calls.append(Path(path)) or weights_module.write_sidecar(path, info))
+    module._write_quality(weights, {"device": "cpu", "held_out_generated": {"mIoU": 0.61}})
+    assert calls == [weights]
+    info = read_sidecar(weights)
+    assert info.quality == {"device": "cpu", "held_out_generated": {"mIoU": 0.61}}
+    assert info.metrics == {"mIoU": 0.5} and info.palette == [0x112233] * 9  # every other field kept
+
+
+def test_float16_storage_halves_the_file_and_loads_into_the_float32_model(weights: Path) -> None:
+    state, info = load_weights(weights)
+    info.storage_dtype = "float16"
+    half = save_weights(state, weights.with_name("half.safetensors"), info)
+    assert read_sidecar(half).storage_dtype == "float16" and read_sidecar(weights).storage_dtype == "float32"
+    stored, _ = load_weights(half)
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    assert 0.45 < half.stat().st_size / weights.stat().st_size < 0.6
+    model, _ = build_model_from_weights(half)
+    for k, v in model.state_dict().items():
+        assert v.dtype == state[k].dtype
+        torch.testing.assert_close(v, state[k], atol=1e-7, rtol=2**-10)  # float16 rounding (subnormals: atol)
+
+
+def test_float16_tensors_without_storage_dtype_are_refused(weights: Path) -> None:
+    state, info = load_weights(weights)
+    name = next(k for k, v in state.items() if v.dtype == torch.float32)
+    state[name] = state[name].half()
+    edited = save_weights(state, weights.with_name("edited.safetensors"), info)  # sidecar: float32 storage
+    with pytest.raises(WeightsError, match=rf"edited.safetensors: tensor '{name}' is float16 but the model expects "
+                                           r"float32 \(sidecar storage_dtype float32\)"):
+        build_model_from_weights(edited)
+
+
+def test_old_sidecars_without_storage_dtype_mean_float32(weights: Path) -> None:
+    side = sidecar_path(weights)
+    doc = json.loads(side.read_text())
+    del doc["storage_dtype"]
+    side.write_text(json.dumps(doc))
+    assert read_sidecar(weights).storage_dtype == "float32"
+    build_model_from_weights(weights)
+
+
+def test_bad_storage_dtype_is_refused_naming_the_file(weights: Path) -> None:
+    state, info = load_weights(weights)
+    info.storage_dtype = "int8"
+    with pytest.raises(WeightsError, match=r"q.json: sidecar field 'storage_dtype' must be one of 'float32', "
+                                           r"'float16', got 'int8'"):
+        save_weights(state, weights.with_name("q.safetensors"), info)
+    assert not weights.with_name("q.safetensors").exists()
+
+
+def test_values_beyond_float16_are_refused_at_save(weights: Path) -> None:
+    state, info = load_weights(weights)
+    name = next(k for k, v in state.items() if v.dtype == torch.float32)
+    state[name] = state[name].clone()
+    state[name].view(-1)[0] = 1e6
+    info.storage_dtype = "float16"
+    with pytest.raises(WeightsError, match=rf"big.safetensors: tensor '{name}' holds values beyond the float16 range"):
+        save_weights(state, weights.with_name("big.safetensors"), info)

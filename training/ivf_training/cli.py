@@ -6,6 +6,7 @@
     ivf-train resume RUN_DIR [--checkpoint last|prev] [--stop-at-step N]
     ivf-train eval CHECKPOINT --dataset KIND [--root DIR] [--split S] [--out FILE.json]
     ivf-train export RUN_DIR --out FILE.safetensors [--checkpoint best|last|prev] [--onnx]
+                     [--storage-dtype float32|float16]
     ivf-train bench [--variants ...] [--preset small]
     ivf-train tesg-guidance (--dataset KIND --root DIR | --bag BAG) --out CACHE --blip DIR --diffusion DIR
 
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: best if validated, else last")
     export.add_argument("--onnx", action="store_true",
                         help="also write FILE.onnx, checked against PyTorch with onnxruntime")
+    export.add_argument("--storage-dtype", default="float32", choices=("float32", "float16"),
+                        help="how the .safetensors file stores floating tensors: float16 halves the file "
+                             "(recorded in the sidecar; the loader casts back to the model's dtypes)")
     export.add_argument("--onnx-size", type=_size, default=None, metavar="HxW",
                         help="the ONNX graph's fixed input size (default: the training crop)")
 
@@ -176,8 +180,10 @@ def _export(args: argparse.Namespace) -> int:
         check = export_onnx(run.model, onnx_path, height=height, width=width, metadata=meta)
         diffs = ", ".join(f"{k} {v:.2g}" for k, v in check.max_abs_diff.items())
         print(f"wrote {onnx_path} ({height}x{width}; onnxruntime vs PyTorch max |diff|: {diffs})")
+    run.info.storage_dtype = args.storage_dtype
     out = save_weights(run.model.state_dict(), args.out, run.info)
-    print(f"wrote {out} and {out.with_suffix('.json').name}")
+    print(f"wrote {out} and {out.with_suffix('.json').name} ({args.storage_dtype}, "
+          f"{out.stat().st_size / 1e6:.2f} MB)")
     return 0
 
 

@@ -103,7 +103,8 @@ def load_run_weights(source: str | Path, *, checkpoint: str | None = None) -> Ru
     return RunWeights(model.eval(), info, model_file)
 
 
-def export_engine_weights(source: str | Path, out_path: str | Path, *, checkpoint: str | None = None) -> Path:
+def export_engine_weights(source: str | Path, out_path: str | Path, *, checkpoint: str | None = None,
+                          storage_dtype: str = "float32") -> Path:
     """Write engine weights (``.safetensors`` + sidecar) from a run directory or checkpoint file.
 
     Args:
@@ -111,10 +112,11 @@ def export_engine_weights(source: str | Path, out_path: str | Path, *, checkpoin
         out_path: destination ``.safetensors``.
         checkpoint: ``best``, ``last`` or ``prev`` when ``source`` is a run directory; default
             ``best`` if it exists, else ``last``.
+        storage_dtype: ``float32`` or ``float16`` (half the file; the loader casts back).
 
     The sidecar records the variant, preset, classes and palette, ``input_size`` (the training
     crop), ``recipe`` (the resolved configuration), ``data`` (data.json), ``training_domain``
-    (its kinds of data) and ``metrics`` (see :func:`load_run_weights`, which also says which
+    (its kinds of data), ``storage_dtype`` and ``metrics`` (see :func:`load_run_weights`, which also says which
     weights an EMA run exports).
 
     Raises:
@@ -126,4 +128,5 @@ def export_engine_weights(source: str | Path, out_path: str | Path, *, checkpoin
     refusal = objective_class(run.info.recipe["loss"]["kind"]).export_refusal
     if refusal:
         raise CheckpointError(f"{source}: {refusal}")
+    run.info.storage_dtype = storage_dtype
     return save_weights(run.model.state_dict(), out_path, run.info)
