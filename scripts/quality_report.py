@@ -6,7 +6,9 @@ the report runs exactly them (and ``ivf-train eval --dataset generated`` for the
 
 * the eleven fusion metrics on RoadScene (50 pairs) and TNO (25) for each weights file and for
   the pixel average and pixel maximum (``fuse --baseline``);
-* mIoU and per-class IoU on held-out generated seeds (no training recipe uses them).
+* mIoU and per-class IoU on held-out generated seeds (no training recipe uses them), next to
+  the ceiling a head predicting at 1/4 resolution can reach on the same labels (see
+  :func:`_stride_ceiling`: thin classes such as bikes cannot get near 1 at that stride).
 
 It prints Markdown tables (the README's "Bundled weights" tables are pasted from it) and, with
 ``--write-sidecar``, stores the numbers and how they were measured in each file's sidecar
@@ -28,6 +30,10 @@ import tempfile
 from datetime import date
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
 
 from ivf_perception.engine.weights import read_sidecar, write_sidecar
 
@@ -63,7 +69,7 @@ def _fusion_scores(data: Path, name: str, work: Path, fuse_args: list[str], thre
     return {k: round(float(result["mean"][k]), 4) for k in FUSION_METRICS}
 
 
-def _segmentation_scores(weights: Path, seed: int, count: int, work: Path, threads: int) -> dict[str, float]:
+def _segmentation_scores(weights: Path, seed: int, count: int, work: Path, threads: int) -> dict[str, float | None]:
     """mIoU (classes 1-8) and per-class IoU of ``ivf-train eval`` on generated scenes of ``seed``."""
     report = work / f"generated-{seed}.json"
     _run(_BIN / "ivf-train", "eval", weights, "--dataset", "generated", "-o", f"config={{seed: {seed}}}",
@@ -71,6 +77,39 @@ def _segmentation_scores(weights: Path, seed: int, count: int, work: Path, threa
     metrics = json.loads(report.read_text())["metrics"]
     return {"mIoU": round(float(metrics["mIoU"]), 4),
             **{f"IoU/{c}": round(float(metrics[f"IoU/{c}"]), 4) for c in CLASS_NAMES}}
+
+
+HEAD_STRIDE = 4
+"""Output stride of the segmentation heads of the bundled presets (logits at 1/4, upsampled)."""
+
+
+def _stride_ceiling(seed: int, count: int, stride: int = HEAD_STRIDE) -> dict[str, float | None]:
+    """IoU of the best prediction a head at ``stride`` can make on the generated scenes of ``seed``.
+
+    Why: a generated bike is a wireframe (tyres and tubes 1-3 px wide), so a head that predicts
+    at 1/4 resolution and upsamples bilinearly cannot label it exactly however well it is
+    trained. The "prediction" here is the true class fractions of each ``stride`` x ``stride``
+    cell, upsampled bilinearly and arg-maxed: a reference for the model rows, not a model.
+    Same scenes as ``ivf-train eval --dataset generated -o config={seed: N} -o count=C``.
+    """
+    from ivf_perception.metrics.segmentation import ConfusionAccumulator
+    from ivf_perception.scenes import SceneConfig, generate_scene
+
+    num_classes = len(CLASS_NAMES) + 1
+    confusion = ConfusionAccumulator(num_classes, class_names=("background", *CLASS_NAMES))
+    for index in range(count):
+        labels = torch.from_numpy(generate_scene(index, SceneConfig(seed=seed)).labels.astype(np.int64))
+        one_hot = F.one_hot(labels.clamp(max=num_classes - 1), num_classes).permute(2, 0, 1)[None].float()
+        fractions = F.avg_pool2d(one_hot, stride, ceil_mode=True)
+        best = F.interpolate(fractions, size=labels.shape, mode="bilinear", align_corners=False).argmax(1)[0]
+        confusion.update(best.numpy().astype(np.uint8), labels.numpy().astype(np.uint8))
+    scores = confusion.scores()
+    return {"mIoU": _rounded(scores["mIoU"]), **{f"IoU/{c}": _rounded(scores["per_class_iou"][c]) for c in CLASS_NAMES}}
+
+
+def _rounded(value: float | None) -> float | None:
+    """4 decimals; None (a class absent from labels and prediction) stays None."""
+    return None if value is None else round(float(value), 4)
 
 
 def _fusion_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
@@ -83,14 +122,18 @@ def _fusion_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def _segmentation_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
+def _segmentation_table(rows: dict[str, dict[str, dict[str, float | None]]]) -> str:
     head = ["mIoU", *CLASS_NAMES]
     lines = ["| weights | seed | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
     for method, seeds in rows.items():
         for seed, scores in seeds.items():
             lines.append(f"| {method} | {seed} | " + " | ".join(
-                f"{scores['mIoU' if h == 'mIoU' else f'IoU/{h}']:.3f}" for h in head) + " |")
+                _cell(scores['mIoU' if h == 'mIoU' else f'IoU/{h}']) for h in head) + " |")
     return "\n".join(lines)
+
+
+def _cell(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def _write_quality(weights: Path, quality: dict[str, Any]) -> None:
@@ -114,7 +157,9 @@ def main() -> None:
         raise SystemExit(f"quality_report: held-out sets not found: {', '.join(missing)} (see --data)")
 
     fusion: dict[str, dict[str, dict[str, float]]] = {}
-    segmentation: dict[str, dict[str, dict[str, float]]] = {}
+    segmentation: dict[str, dict[str, dict[str, float | None]]] = {}
+    ceiling_label = f"label ceiling at stride {HEAD_STRIDE} (reference)"
+    ceiling = {f"seed {s}": _stride_ceiling(s, args.count) for s in args.seeds}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for mode, label in (("mean", "pixel average"), ("max", "pixel maximum")):
@@ -136,11 +181,12 @@ def main() -> None:
                     "held_out_real_pairs": {n: {"pairs": REAL_SETS[n], "model": fusion[label][n],
                                                 "pixel_average": fusion["pixel average"][n],
                                                 "pixel_maximum": fusion["pixel maximum"][n]} for n in REAL_SETS},
-                    "held_out_generated": {"scenes_per_seed": args.count, **segmentation[label]},
+                    "held_out_generated": {"scenes_per_seed": args.count, **segmentation[label],
+                                           f"label_ceiling_stride_{HEAD_STRIDE}": ceiling},
                 })
     print(_fusion_table(fusion))
     print()
-    print(_segmentation_table(segmentation))
+    print(_segmentation_table({**segmentation, ceiling_label: ceiling}))
 
 
 if __name__ == "__main__":
