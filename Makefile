@@ -52,17 +52,18 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-# Reproduce the bundled CPU default (see README, "Bundled weights"): five stages on 2 CPU cores
-# (about 55 + 40 minutes), then the held-out quality report into the sidecar and the contact
+# Reproduce the bundled CPU default (see README, "Bundled weights"): seven stages on 2 CPU cores
+# (about 55 + 70 minutes), then the held-out quality report into the sidecar and the contact
 # sheet. The GPU default (weights table: s4fusion_gpu_default) is trained by train-gpu-default
 # below on a CUDA machine, then copied into ivf_perception/weights/ and reported on here.
 DEFAULT_STAGES := s4fusion_generated:s4fusion_default s4fusion_generated_finetune:s4fusion_default_ft \
 	s4fusion_default_rare_classes:s4fusion_default_rare s4fusion_default_sharpen:s4fusion_default_sharpen \
-	s4fusion_default_polish:s4fusion_default_polish
+	s4fusion_default_polish:s4fusion_default_polish s4fusion_default_fidelity:s4fusion_default_fidelity \
+	s4fusion_default_balance:s4fusion_default_balance
 train-default: $(STAMP)
 	set -e; for stage in $(DEFAULT_STAGES); do \
 		$(VENV)/bin/ivf-train run training/recipes/$${stage%%:*}.yaml name=$${stage##*:}; done
-	$(VENV)/bin/ivf-train export runs/s4fusion_default_polish --checkpoint last \
+	$(VENV)/bin/ivf-train export runs/s4fusion_default_balance --checkpoint last \
 		--out ivf_perception/weights/s4fusion_tiny_default.safetensors
 	$(PY) scripts/quality_report.py ivf_perception/weights/s4fusion_tiny_default.safetensors --write-sidecar
 	$(PY) scripts/contact_sheet.py --weights ivf_perception/weights/s4fusion_tiny_default.safetensors \
