@@ -245,15 +245,10 @@ def test_save_weights_with_an_invalid_sidecar_writes_nothing(tmp_path: Path) -> 
 
 
 def test_quality_report_writes_the_sidecar_through_write_sidecar(weights: Path, monkeypatch) -> None:
-    import importlib.util
+    import quality_report as module
 
     import ivf_perception.engine.weights as weights_module
 
-    script = Path(__file__).resolve().parents[2] / "scripts" / "quality_report.py"
-    spec = importlib.util.spec_from_file_location("quality_report", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     calls: list[Path] = []
     monkeypatch.setattr(module, "write_sidecar",
                         lambda path, info: calls.append(Path(path)) or weights_module.write_sidecar(path, info))

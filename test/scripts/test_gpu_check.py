@@ -8,25 +8,16 @@ The CUDA parts themselves run when ``make gpu-check`` is run on a GPU machine.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
+import gpu_check
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "gpu_check.py"
-
-
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_script(*args: str) -> tuple[subprocess.CompletedProcess, dict]:
@@ -77,21 +68,20 @@ def test_spent_budget_skips_the_bench_rows_cleanly(tmp_path: Path) -> None:
 
 
 def test_a_child_past_its_time_is_stopped_and_its_rows_kept() -> None:
-    script = load_script()
     child = ("import json, time; print(json.dumps({'row': 1}), flush=True); print('log line', flush=True); "
              "time.sleep(60)")
-    rows, code, tail = script._stream_json_lines([sys.executable, "-c", child], 5.0, script._child_env())
+    rows, code, tail = gpu_check._stream_json_lines([sys.executable, "-c", child], 5.0, gpu_check._child_env())
     assert rows == [{"row": 1}] and code is None and "log line" in tail
 
 
 def test_bad_size_is_refused() -> None:
     with pytest.raises(SystemExit):
-        load_script().build_parser().parse_args(["--size", "480by640"])
+        gpu_check.build_parser().parse_args(["--size", "480by640"])
 
 
 def test_default_backends_follow_what_is_installed() -> None:
     """torch always; onnxruntime only with a CUDA provider; tensorrt only when it imports."""
-    backends = load_script().default_backends()
+    backends = gpu_check.default_backends()
     assert backends[0] == "torch"
     try:
         import onnxruntime

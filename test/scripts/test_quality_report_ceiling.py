@@ -6,31 +6,16 @@ bike target is from what the head's 1/4 resolution allows; these tests pin its d
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
-import pytest
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "quality_report.py"
+import quality_report as report
 
 
-@pytest.fixture(scope="module")
-def report() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("quality_report", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_stride_one_reproduces_the_labels_exactly(report: ModuleType) -> None:
+def test_stride_one_reproduces_the_labels_exactly() -> None:
     ceiling = report._stride_ceiling(seed=7, count=4, stride=1)
     assert ceiling["mIoU"] == 1.0
     assert all(v in (1.0, None) for k, v in ceiling.items() if k.startswith("IoU/"))
 
 
-def test_stride_four_loses_the_thin_bikes_first(report: ModuleType) -> None:
+def test_stride_four_loses_the_thin_bikes_first() -> None:
     ceiling = report._stride_ceiling(seed=7, count=12)
     assert set(ceiling) == {"mIoU", *(f"IoU/{c}" for c in report.CLASS_NAMES)}
     present = {k: v for k, v in ceiling.items() if v is not None}

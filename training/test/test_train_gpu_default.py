@@ -9,18 +9,17 @@ and the engine runs it (on the CPU).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import cv2
 import numpy as np
 import pytest
+import train_gpu_default
 
 from ivf_perception.engine import Engine
 from ivf_perception.engine.default_weights import DefaultWeights, resolve_default_weights
@@ -28,14 +27,6 @@ from ivf_perception.engine.weights import read_sidecar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = REPO_ROOT / "scripts" / "train_gpu_default.py"
-
-
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("train_gpu_default", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_pairs(root: Path, count: int) -> None:
@@ -89,17 +80,15 @@ def test_dry_run_trains_exports_and_the_file_is_the_cuda_default(tmp_path: Path)
 
 
 def test_steps_fill_the_budget_left_and_too_few_are_refused() -> None:
-    script = load_script()
-    assert script.plan_steps(420.0, 0.14, 60.0) == 2571
+    assert train_gpu_default.plan_steps(420.0, 0.14, 60.0) == 2571
     with pytest.raises(SystemExit, match="only 42 steps of 1.000 s fit the budget"):
-        script.plan_steps(102.0, 1.0, 60.0)
+        train_gpu_default.plan_steps(102.0, 1.0, 60.0)
 
 
 def test_missing_packages_stop_the_script_before_anything_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    script = load_script()
     monkeypatch.setenv("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))  # main() sets it
-    monkeypatch.setattr(script, "REQUIRED", {"yaml": "pyyaml", "no_such_module_here": "no-such-package"})
-    assert script.main(["--dry-run", "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")]) == 2
+    monkeypatch.setattr(train_gpu_default, "REQUIRED", {"yaml": "pyyaml", "no_such_module_here": "no-such-package"})
+    assert train_gpu_default.main(["--dry-run", "--out", str(tmp_path / "out"), "--runs", str(tmp_path / "runs")]) == 2
     assert "lacks no_such_module_here (pip package no-such-package: No module named" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
