@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = json.loads((runs / name / "summary.json").read_text())
     (out / "run").mkdir(parents=True, exist_ok=True)
-    for kept in ("config.yaml", "data.json", "log.jsonl", "summary.json"):
+    for kept in ("config.yaml", "data.json", "origin.json", "log.jsonl", "summary.json"):
         shutil.copy2(runs / name / kept, out / "run" / kept)
     report = {"dry_run": args.dry_run, "date": stamp, "overrides": overrides, "environment": _environment(device),
               "recipe": RECIPE.name, "step_s": round(step_s, 4), "warmup_steps": warmup, "timed_steps": timed,

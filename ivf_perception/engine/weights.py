@@ -83,6 +83,10 @@ class WeightsInfo:
         storage_dtype: how the floating tensors are stored (:data:`STORAGE_DTYPES`);
             ``save_weights`` casts them to it and the loader casts float16 back to the model's
             dtypes. Sidecars written before it was recorded mean ``float32``.
+        lineage: the training runs that made these weights, first to last (a model trained in
+            stages starts each from the one before through ``model.init_from``): one JSON object
+            per run or starting file, written by the training package's export. ``recipe`` is
+            only the last run's configuration; this says how to reproduce the whole chain.
     """
 
     variant: str
@@ -98,6 +102,7 @@ class WeightsInfo:
     training_domain: list[str] = field(default_factory=list)
     quality: dict[str, Any] = field(default_factory=dict)
     storage_dtype: str = "float32"
+    lineage: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"format": WEIGHTS_FORMAT, **self.__dict__}
@@ -136,6 +141,11 @@ def _object(value: Any) -> str:
     return "" if isinstance(value, dict) and all(isinstance(k, str) for k in value) else "must be a JSON object"
 
 
+def _objects(value: Any) -> str:
+    ok = isinstance(value, list) and not any(_object(v) for v in value)
+    return "" if ok else "must be a list of JSON objects"
+
+
 def _names(value: Any) -> str:
     ok = isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value)
     return "" if ok else "must be a list of non-empty names"
@@ -169,7 +179,7 @@ def _domain(value: Any) -> str:
 _FIELD_CHECKS: dict[str, Callable[[Any], str]] = {
     "variant": _text, "preset": _text, "num_classes": _count, "model_args": _object, "classes": _names,
     "palette": _palette, "input_size": _input_size, "recipe": _object, "data": _object, "metrics": _object,
-    "training_domain": _domain, "quality": _object, "storage_dtype": _storage_dtype,
+    "training_domain": _domain, "quality": _object, "storage_dtype": _storage_dtype, "lineage": _objects,
 }
 """One check per :class:`WeightsInfo` field: the problem in words, or "" when the value is fine."""
 

@@ -199,6 +199,8 @@ def test_weights_of_another_dtype_are_refused_naming_file_and_tensor(weights: Pa
     (lambda d: {**d, "metrics": 0.5}, "metrics", "must be a JSON object"),
     (lambda d: {**d, "quality": [0.7]}, "quality", "must be a JSON object"),
     (lambda d: {**d, "storage_dtype": "bfloat16"}, "storage_dtype", "must be one of 'float32', 'float16'"),
+    (lambda d: {**d, "lineage": {"run": "a"}}, "lineage", "must be a list of JSON objects"),
+    (lambda d: {**d, "lineage": [{"run": "a"}, "b"]}, "lineage", "must be a list of JSON objects"),
 ])
 def test_malformed_sidecar_is_refused_naming_file_and_field(weights: Path, edit, field, problem) -> None:
     side = sidecar_path(weights)

@@ -141,6 +141,13 @@ def _apply_threads(requested: int, num_workers: int) -> None:
     apply_threads(requested, reserve=max(1, num_workers))
 
 
+def _portable(path: Path) -> str:
+    """``path`` relative to the current directory when it lies inside it (``make`` runs from the
+    project root), so exported sidecars name ``training/recipes/...`` and not one machine's path."""
+    absolute, here = path.resolve(), Path.cwd().resolve()
+    return str(absolute.relative_to(here)) if absolute.is_relative_to(here) else str(path)
+
+
 def _size(text: str) -> tuple[int, int]:
     """``480x640`` → (480, 640)."""
     h, sep, w = text.lower().partition("x")
@@ -271,7 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cfg = load_config(args.config, args.overrides)
             _apply_threads(args.threads, cfg.num_workers)
             init_distributed(cfg.device)
-            trainer = start_run(cfg, config_stem=args.config.stem)
+            origin = {"recipe": _portable(args.config), "overrides": list(args.overrides)}
+            trainer = start_run(cfg, config_stem=args.config.stem, origin=origin)
             say(f"run directory: {trainer.run_dir}")
         else:
             run_cfg = read_run_config(args.run_dir)

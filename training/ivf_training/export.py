@@ -1,8 +1,9 @@
 """Export: a trained model out of its run directory, as engine weights (``.safetensors`` + sidecar).
 
 What the sidecar records comes from the run directory (:mod:`ivf_training.run_dir`): the
-resolved configuration as ``recipe``, ``data.json`` as ``data``, and the validation metrics of
-the checkpoint exported.
+resolved configuration as ``recipe``, ``data.json`` as ``data``, the validation metrics of
+the checkpoint exported, and the runs it was trained in, followed back through
+``model.init_from``, as ``lineage`` (:mod:`ivf_training.lineage`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ivf_perception.models.registry import pinned_args, without_pretrained_files
 from ivf_training.build import resolve_classes
 from ivf_training.checkpoint import CheckpointError, load_checkpoint
 from ivf_training.config import config_to_dict
+from ivf_training.lineage import run_lineage
 from ivf_training.objectives import objective_class
 from ivf_training.run_dir import read_run_config
 
@@ -32,7 +34,7 @@ class RunWeights:
 
     Attributes:
         model: built from the run's configuration with the checkpoint's weights, on the CPU.
-        info: variant, preset, classes, palette, input size, recipe, data and metrics.
+        info: variant, preset, classes, palette, input size, recipe, data, metrics and lineage.
         model_file: the checkpoint file the weights came from.
     """
 
@@ -98,7 +100,7 @@ def load_run_weights(source: str | Path, *, checkpoint: str | None = None) -> Ru
         classes=classes if m.num_classes else [], palette=palette if m.num_classes else [],
         input_size=[cfg.crop, cfg.crop_width or cfg.crop], recipe=config_to_dict(cfg),
         data=data, metrics={"checkpoint": model_file.name, "best_metric": cfg.best_metric, **metrics},
-        training_domain=training_domain(data),
+        training_domain=training_domain(data), lineage=run_lineage(run_dir),
     )
     return RunWeights(model.eval(), info, model_file)
 
@@ -116,8 +118,8 @@ def export_engine_weights(source: str | Path, out_path: str | Path, *, checkpoin
 
     The sidecar records the variant, preset, classes and palette, ``input_size`` (the training
     crop), ``recipe`` (the resolved configuration), ``data`` (data.json), ``training_domain``
-    (its kinds of data), ``storage_dtype`` and ``metrics`` (see :func:`load_run_weights`, which also says which
-    weights an EMA run exports).
+    (its kinds of data), ``storage_dtype``, ``lineage`` (the runs behind it) and ``metrics``
+    (see :func:`load_run_weights`, which also says which weights an EMA run exports).
 
     Raises:
         CheckpointError: besides :func:`load_run_weights`' cases, a run whose objective refuses

@@ -4,6 +4,8 @@ Layout (``RUN_DIR = out_dir/name``)::
 
     config.yaml        the resolved configuration (absolute paths); ``resume`` reads only this
     data.json          what was trained/validated on (kinds, folders, counts)
+    origin.json        how the run was started: the recipe file and the command-line overrides
+                       (runs started through ``ivf-train run``; export builds the lineage from it)
     log.jsonl          one JSON object per line: {"kind": "train"|"val"|"resume", "step": ...}
     ckpt/last.*        latest checkpoint (see ivf_training.checkpoint), ckpt/prev.* the one before
     ckpt/best.safetensors + best.json   model with the best validation ``best_metric``
@@ -36,7 +38,7 @@ from ivf_training.config.files import read_yaml
 from ivf_training.config.losses import LEGACY_LOSS_CONVERSIONS, LEGACY_LOSS_SETTINGS
 from ivf_training.config.schema import tagged_classes
 
-__all__ = ["RunDir", "read_run_config"]
+__all__ = ["RunDir", "read_run_config", "read_origin"]
 
 _log = logging.getLogger(__name__)
 
@@ -57,6 +59,17 @@ def read_run_config(run_dir: Path) -> TrainConfig:
         # switches this run predates keep the values it was trained with (with_legacy_args)
         model["overrides"] = with_legacy_args(model["variant"], model.get("preset"), model.get("overrides") or {})
     return config_from_dict(data)
+
+
+def read_origin(run_dir: Path) -> dict[str, Any]:
+    """``origin.json`` of a run directory: ``{"recipe": ..., "overrides": [...]}``, or ``{}`` for
+    a run started without a recipe file, written before the file existed, or whose file is damaged
+    (the lineage then names the run without its recipe rather than failing an export)."""
+    try:
+        origin = json.loads((Path(run_dir) / "origin.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return origin if isinstance(origin, dict) else {}
 
 
 def _loss_kind(loss: Mapping[str, Any]) -> str:
@@ -98,11 +111,13 @@ class RunDir:
     def log_path(self) -> Path:
         return self.path / "log.jsonl"
 
-    def write_start(self, cfg: TrainConfig, data: Mapping[str, Any]) -> None:
-        """Create the directory with ``config.yaml`` and ``data.json``."""
+    def write_start(self, cfg: TrainConfig, data: Mapping[str, Any], origin: Mapping[str, Any] | None = None) -> None:
+        """Create the directory with ``config.yaml``, ``data.json`` and, when given, ``origin.json``."""
         self.path.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, self.path / "config.yaml")
         (self.path / "data.json").write_text(json.dumps(data, indent=2) + "\n")
+        if origin is not None:
+            (self.path / "origin.json").write_text(json.dumps(dict(origin), indent=2) + "\n")
 
     def append_log(self, record: Mapping[str, Any]) -> None:
         """One JSON line in ``log.jsonl`` (NaN refused: the log stays valid JSON)."""

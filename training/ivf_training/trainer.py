@@ -477,8 +477,14 @@ def _run_name(cfg: TrainConfig, config_stem: str) -> str:
     return cfg.name or f"{config_stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def start_run(cfg: TrainConfig, config_stem: str = "run") -> Trainer:
-    """Create the run directory (config.yaml, data.json) and a Trainer ready to ``fit``.
+def start_run(cfg: TrainConfig, config_stem: str = "run", *, origin: Mapping[str, Any] | None = None) -> Trainer:
+    """Create the run directory (config.yaml, data.json, origin.json) and a Trainer ready to ``fit``.
+
+    Args:
+        cfg: the resolved configuration.
+        config_stem: the recipe file's stem, for the timestamped name of a run with no ``name``.
+        origin: how the run was started (``{"recipe": file, "overrides": [...]}``), kept in
+            ``origin.json`` so exported weights can list the recipes of every stage.
 
     Raises:
         ConfigError: the run directory already holds a run (resume it or choose another name).
@@ -498,7 +504,8 @@ def start_run(cfg: TrainConfig, config_stem: str = "run") -> Trainer:
     barrier(ctx)  # every rank has checked the directory before rank 0 writes into it
     if ctx.is_main:
         trainer.files.write_start(cfg, {"train": describe_dataset(trainer.train_set),
-                                        "val": describe_dataset(trainer.val_set) if trainer.val_set else None})
+                                        "val": describe_dataset(trainer.val_set) if trainer.val_set else None},
+                                  origin)
     return trainer
 
 

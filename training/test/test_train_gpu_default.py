@@ -62,7 +62,12 @@ def test_dry_run_trains_exports_and_the_file_is_the_cuda_default(tmp_path: Path)
     assert report["dry_run"] is True and report["steps"] == 2 and report["step_s"] > 0
     assert report["overrides"][-1] == "seed=3" and info.recipe["seed"] == 3
     assert report["resolved"] == "weights 'default' on cuda: using the GPU default s4fusion_gpu_default"
-    assert {p.name for p in (out / "run").iterdir()} == {"config.yaml", "data.json", "log.jsonl", "summary.json"}
+    assert {p.name for p in (out / "run").iterdir()} == {"config.yaml", "data.json", "origin.json", "log.jsonl",
+                                                         "summary.json"}
+    assert info.lineage == [{"run": info.recipe["name"], "recipe": "training/recipes/s4fusion_gpu_default.yaml",
+                             "overrides": report["overrides"] + [f"name={info.recipe['name']}",
+                                                                 f"out_dir={tmp_path / 'runs'}", "max_steps=2"],
+                             "max_steps": 2, "started_from": None}]
 
     bundled = tmp_path / "weights"  # a weights folder holding both defaults, as the package will
     bundled.mkdir()
