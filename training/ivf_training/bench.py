@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from ivf_perception.models import list_models
-from ivf_training.config import TrainConfig, absolutize_paths, apply_overrides, config_from_dict
+from ivf_training.config import TrainConfig, absolutize_paths, apply_overrides, config_from_dict, read_recipe
 from ivf_training.trainer import Trainer
 
 __all__ = ["BenchRow", "bench_variant", "recipe_for", "format_rows", "run_bench"]
@@ -69,7 +68,7 @@ def _bench_config(variant: str, preset: str, device: str, batch_size: int, crop:
     """The variant's recipe cut down to a throughput measurement: generated scenes only (no real
     or benchmark folders, which may be absent), no validation, no initial weights."""
     recipe = recipe_for(variant, recipes)
-    data: dict[str, Any] = yaml.safe_load(recipe.read_text()) if recipe else {}
+    data: dict[str, Any] = read_recipe(recipe) if recipe else {}
     data.setdefault("model", {})["init_from"] = None
     loss = data.get("loss", {})
     if loss.get("teacher_weights") and not Path(loss["teacher_weights"]).is_file():

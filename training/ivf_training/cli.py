@@ -3,6 +3,7 @@
 ::
 
     ivf-train run CONFIG.yaml [key=value ...] [--stop-at-step N]
+    ivf-train config CONFIG.yaml [key=value ...]          # the resolved configuration, as YAML
     ivf-train resume RUN_DIR [--checkpoint last|prev] [--stop-at-step N]
     ivf-train eval CHECKPOINT --dataset KIND [--root DIR] [--split S] [--out FILE.json]
     ivf-train export RUN_DIR --out FILE.safetensors [--checkpoint best|last|prev] [--onnx]
@@ -45,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("overrides", nargs="*", metavar="key=value", help="dotted configuration overrides")
     run.add_argument("--stop-at-step", type=int, default=None, metavar="N",
                      help="checkpoint and stop after step N (continue later with `resume`)")
+
+    show = sub.add_parser("config", help="print a recipe's resolved configuration (its base: chain and overrides "
+                                         "applied) as YAML, without training")
+    show.add_argument("config", type=Path, help="recipe YAML")
+    show.add_argument("overrides", nargs="*", metavar="key=value", help="dotted configuration overrides")
 
     resume = sub.add_parser("resume", help="continue a run from its checkpoint")
     resume.add_argument("run_dir", type=Path)
@@ -261,6 +267,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     user_errors = (IvfPerceptionError, FileNotFoundError)
     trainer = None
     try:
+        if args.command == "config":
+            import yaml
+
+            from ivf_training.config import config_to_dict
+
+            print(yaml.safe_dump(config_to_dict(load_config(args.config, args.overrides)), sort_keys=False), end="")
+            return 0
         if args.command == "export":
             return _export(args)
         if args.command == "eval":

@@ -22,6 +22,7 @@ from ivf_training.config.files import (
     dump_config,
     load_config,
     parse_overrides,
+    read_recipe,
 )
 from ivf_training.config.losses import (
     CMFSLossConfig,
@@ -55,6 +56,7 @@ __all__ = [
     "TeSGLossConfig",
     "TrainConfig",
     "load_config",
+    "read_recipe",
     "config_from_dict",
     "config_to_dict",
     "parse_overrides",

@@ -3,6 +3,10 @@
 Relative data paths are resolved against the current working directory when the configuration
 is loaded (run ``ivf-train`` from the project root) and stored absolute in the run directory, so
 ``ivf-train resume`` works from anywhere.
+
+A recipe may start from another: ``base: other.yaml`` (a path relative to the recipe's folder)
+takes that recipe's settings, and the file's own settings change them (:func:`read_recipe`), so
+a training stage states only what it changes from the stage before.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ivf_training.config.schema import (
     build_section,
     config_to_dict,
     section_hints,
+    tagged_classes,
     unknown_key_message,
 )
 from ivf_training.config.train import TrainConfig
@@ -33,6 +38,7 @@ __all__ = [
     "absolutize_paths",
     "dump_config",
     "read_yaml",
+    "read_recipe",
 ]
 
 
@@ -48,6 +54,64 @@ def read_yaml(path: Path, missing: str) -> Any:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+
+
+def read_recipe(path: Path) -> dict[str, Any]:
+    """A recipe file's settings with its ``base:`` chain applied, before overrides and checks.
+
+    The base's settings come first; the file's own replace them key by key: a mapping merges
+    into the base's mapping of the same key, any other value (a number, a list) replaces it.
+    A tagged section (``loss``) whose ``kind`` differs from the base's replaces it whole: the
+    base's settings of another kind would not be valid for the new one.
+
+    Raises:
+        ConfigError: the file or a base is missing or not a mapping, ``base`` is not a file
+            name, or the bases form a loop.
+    """
+    return _read_recipe(Path(path), ())
+
+
+def _read_recipe(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    if path.resolve() in chain:
+        loop = " -> ".join(str(p) for p in (*chain, path.resolve()))
+        raise ConfigError(f"{chain[0]}: base recipes form a loop: {loop}")
+    missing = f"{chain[-1]}: base recipe {path} not found" if chain else f"configuration file not found: {path}"
+    loaded = read_yaml(path, missing)
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(loaded).__name__}")
+    base = loaded.pop("base", None)
+    if base is None:
+        return loaded
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: base must name another recipe file (e.g. base: stage1.yaml), got {base!r}")
+    return _merge_top_level(_read_recipe(path.parent / base, (*chain, path.resolve())), loaded)
+
+
+def _merge_top_level(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``changes`` over ``base`` (see :func:`read_recipe`), replacing tagged sections that change kind."""
+    hints = section_hints(TrainConfig) or {}
+    out = dict(base)
+    for key, value in changes.items():
+        old, kinds = out.get(key), tagged_classes(hints.get(key))
+        if kinds and isinstance(old, dict) and isinstance(value, dict):
+            default = next(iter(kinds))
+            if value.get("kind", old.get("kind", default)) != old.get("kind", default):
+                out[key] = copy.deepcopy(value)
+                continue
+        out[key] = _merged(old, value)
+    return out
+
+
+def _merged(base: Any, changes: Any) -> Any:
+    """Mappings merge key by key (recursively); any other value replaces the base's."""
+    if not (isinstance(base, dict) and isinstance(changes, dict)):
+        return copy.deepcopy(changes)
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merged(out.get(key), value)
+    return out
 
 
 def config_from_dict(data: Mapping[str, Any]) -> TrainConfig:
@@ -111,20 +175,13 @@ _PATH_LIST_FIELDS = ("train_folders", "train_real", "val_folders", "val_real")
 
 
 def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Load a YAML file (or defaults when ``path`` is None), apply overrides, validate.
+    """Load a recipe file with its ``base:`` chain (or defaults when ``path`` is None), apply
+    overrides, validate.
 
     Relative data paths and the loss's weight files are made absolute against the current
     working directory; a ``name`` left empty becomes ``<file stem>-<timestamp>`` in the trainer.
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        loaded = read_yaml(p, f"configuration file not found: {p}")
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping, got {type(loaded).__name__}")
-        data = loaded
+    data = read_recipe(Path(path)) if path is not None else {}
     try:
         cfg = config_from_dict(apply_overrides(data, overrides))
     except ConfigError as exc:
