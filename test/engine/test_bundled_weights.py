@@ -56,6 +56,8 @@ def test_sidecar_lineage_is_what_make_train_default_runs() -> None:
         expected.append({"run": run, "recipe": recipe, "overrides": [f"name={run}"], "max_steps": settings["max_steps"],
                          "started_from": init_from.removeprefix("runs/") if init_from else None})
     assert len(expected) == 7 and read_sidecar(DEFAULT_WEIGHTS).lineage == expected
+    for before, stage in zip(expected, expected[1:]):  # each stage starts from the run before it
+        assert stage["started_from"].split("/")[0] == before["run"], stage
     assert f"ivf-train export runs/{expected[-1]['run']} --checkpoint last" in makefile
 
 
