@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from ivf_perception.baselines import baseline_fuse
 from ivf_perception.engine import DEFAULT_WEIGHTS, Engine
@@ -21,7 +20,6 @@ from ivf_perception.metrics import ConfusionAccumulator, fusion_metrics
 from ivf_perception.scenes import SceneConfig, generate_scene
 
 HELD_OUT_SEED = 4242  # no training recipe uses this seed
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -41,24 +39,6 @@ def test_file_size_and_sidecar_provenance() -> None:
     # honest about the domain: synthetic scenes (the only labels) and real pairs without labels
     assert info.training_domain == ["generated scenes", "real unlabelled pairs"]
     assert training_domain(info.data) == info.training_domain
-
-
-def test_sidecar_lineage_is_what_make_train_default_runs() -> None:
-    """The seven stages the sidecar names are the Makefile's, in order, each with its recipe's
-    step count and starting checkpoint, so `make train-default` reproduces what the file says."""
-    makefile = (REPO_ROOT / "Makefile").read_text()
-    stages = makefile.split("DEFAULT_STAGES :=")[1].split("\ntrain-default:")[0].replace("\\\n", " ").split()
-    expected = []
-    for recipe_name, run in (stage.split(":") for stage in stages):
-        recipe = f"training/recipes/{recipe_name}.yaml"
-        settings = yaml.safe_load((REPO_ROOT / recipe).read_text())
-        init_from = (settings.get("model") or {}).get("init_from")
-        expected.append({"run": run, "recipe": recipe, "overrides": [f"name={run}"], "max_steps": settings["max_steps"],
-                         "started_from": init_from.removeprefix("runs/") if init_from else None})
-    assert len(expected) == 7 and read_sidecar(DEFAULT_WEIGHTS).lineage == expected
-    for before, stage in zip(expected, expected[1:]):  # each stage starts from the run before it
-        assert stage["started_from"].split("/")[0] == before["run"], stage
-    assert f"ivf-train export runs/{expected[-1]['run']} --checkpoint last" in makefile
 
 
 def test_segments_held_out_generated_scenes_far_above_chance(engine: Engine) -> None:

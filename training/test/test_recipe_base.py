@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from ivf_perception.engine import DEFAULT_WEIGHTS
+from ivf_perception.engine.weights import read_sidecar
 from ivf_training.cli import main as train_main
 from ivf_training.config import ConfigError, config_to_dict, load_config, read_recipe
 
@@ -82,6 +83,26 @@ def test_cpu_default_stages_each_start_from_the_one_before() -> None:
     assert bases == [None, *(f"{name}.yaml" for name in CPU_DEFAULT_STAGES[:-1])]
 
 
+def test_bundled_sidecar_lineage_is_what_make_train_default_runs() -> None:
+    """The seven stages the bundled sidecar names are the Makefile's, in order, each with its
+    recipe's step count and starting checkpoint, and each starts from the run before it, so
+    `make train-default` reproduces what the file says."""
+    makefile = (RECIPES.parents[1] / "Makefile").read_text()
+    stages = makefile.split("DEFAULT_STAGES :=")[1].split("\ntrain-default:")[0].replace("\\\n", " ").split()
+    expected = []
+    for recipe_name, run in (stage.split(":") for stage in stages):
+        cfg = load_config(RECIPES / f"{recipe_name}.yaml")
+        init_from = cfg.model.init_from  # absolute: runs/ made absolute against the cwd
+        expected.append({"run": run, "recipe": f"training/recipes/{recipe_name}.yaml", "overrides": [f"name={run}"],
+                         "max_steps": cfg.max_steps,
+                         "started_from": "/".join(Path(init_from).parts[-3:]) if init_from else None})
+    assert [e["recipe"] for e in expected] == [f"training/recipes/{name}.yaml" for name in CPU_DEFAULT_STAGES]
+    assert read_sidecar(DEFAULT_WEIGHTS).lineage == expected
+    for before, stage in zip(expected, expected[1:]):
+        assert stage["started_from"].split("/")[0] == before["run"], stage
+    assert f"ivf-train export runs/{expected[-1]['run']} --checkpoint last" in makefile
+
+
 def test_the_last_stage_still_trains_what_the_bundled_sidecar_records() -> None:
     """The recipe the bundled file was trained with (sidecar ``recipe``, resolved before stages
     used ``base:``) equals what s4fusion_default_balance.yaml resolves to now, paths aside."""
@@ -90,6 +111,7 @@ def test_the_last_stage_still_trains_what_the_bundled_sidecar_records() -> None:
     # start_run pins the architecture switches the model was built with (tiny's stride-4 patches)
     assert now["model"].pop("overrides") == {} and set(shipped["model"].pop("overrides")) == {
         "cmsa_wiring", "patch_overlap", "patch_size"}
+    assert now["loss"].pop("fine_gradient") == 0.0  # added after the file was trained; 0 is the loss it had
     for recipe in (shipped, now):  # where the files lay on the machine that trained it
         recipe["model"]["init_from"] = Path(recipe["model"]["init_from"]).name
         recipe["out_dir"] = Path(recipe["out_dir"]).name
