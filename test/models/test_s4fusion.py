@@ -194,3 +194,63 @@ def test_feature_info() -> None:
     model = build_model("test_s4fusion")
     assert [f["reduction"] for f in model.feature_info] == [4, 8, 16]
     assert [f["num_chs"] for f in model.feature_info] == list(PRESET_ARGS["test"]["dims"])
+
+
+class TestSegRefine:
+    """``seg_refine_width`` (ours): a full-resolution correction of the upsampled class scores."""
+
+    def test_starts_as_the_identity_and_trains(self) -> None:
+        plain = build_model("test_s4fusion").eval()
+        refined = build_model("test_s4fusion", seg_refine_width=8).eval()
+        missing, unexpected = refined.load_state_dict(plain.state_dict(), strict=False)
+        assert {k.split(".")[0] for k in missing} == {"seg_refine"} and not unexpected
+        rgb, ir = torch.rand(1, 3, 32, 48), torch.rand(1, 1, 32, 48)
+        torch.testing.assert_close(refined(rgb, ir).logits, plain(rgb, ir).logits)
+        refined.train()
+        labels = torch.randint(0, 9, (1, 32, 48))
+        for _ in range(2):  # step one moves the zero output conv; step two reaches the hidden one
+            refined.zero_grad()
+            torch.nn.functional.cross_entropy(refined(rgb, ir).logits, labels).backward()
+            with torch.no_grad():
+                for p in refined.seg_refine.parameters():
+                    p -= 0.1 * p.grad
+        assert_all_params_get_grads(refined.seg_refine)
+
+    def test_sees_full_resolution_detail(self) -> None:
+        """A one-pixel thermal line changes the refined scores on that line, not a 4-pixel band."""
+        model = build_model("test_s4fusion", seg_refine_width=8).eval()
+        torch.nn.init.normal_(model.seg_refine.out.weight)
+        rgb, ir = torch.full((1, 3, 32, 32), 0.5), torch.zeros(1, 1, 32, 32)
+        lit = ir.clone()
+        lit[..., 16, :] = 1.0
+        refine = model.seg_refine
+        base = torch.zeros(1, 9, 32, 32)
+        y = torch.full((1, 1, 32, 32), 0.5)
+        with torch.no_grad():
+            change = (refine(base, y, lit) - refine(base, y, ir)).abs().amax(dim=(1, 3))[0]
+        assert float(change[14:19].min()) > 0 and float(change[:14].max()) == 0 and float(change[19:].max()) == 0
+        assert model(rgb, lit).logits.shape == (1, 9, 32, 32)
+
+    def test_is_recorded_and_rebuilt_from_the_sidecar(self, tmp_path: Path) -> None:
+        model = build_model("test_s4fusion", seg_refine_width=8).eval()
+        torch.nn.init.normal_(model.seg_refine.out.weight)
+        info = WeightsInfo(variant="test_s4fusion", preset="test", num_classes=9,
+                           model_args=model.config()["model_args"])
+        path = save_weights(model.state_dict(), tmp_path / "r.safetensors", info)
+        rebuilt, _ = build_model_from_weights(path)
+        assert rebuilt.seg_refine is not None
+        rgb, ir = torch.rand(1, 3, 32, 32), torch.rand(1, 1, 32, 32)
+        torch.testing.assert_close(rebuilt(rgb, ir).logits, model(rgb, ir).logits)
+
+    def test_bad_widths_are_refused(self) -> None:
+        with pytest.raises(ValueError, match="seg_refine_width must be >= 0"):
+            build_model("test_s4fusion", seg_refine_width=-1)
+        with pytest.raises(ValueError, match="needs num_classes > 0"):
+            build_model("test_s4fusion", num_classes=0, seg_refine_width=8)
+
+    def test_checkpoint_filter_drops_a_correction_of_another_class_count(self) -> None:
+        src = build_model("test_s4fusion", num_classes=9, seg_refine_width=8)
+        dst = build_model("test_s4fusion", num_classes=4, seg_refine_width=8)
+        missing, unexpected = dst.load_state_dict(checkpoint_filter_fn(src.state_dict(), dst), strict=False)
+        assert {k.split(".")[0] for k in missing} == {"seg_head", "seg_refine"} and not unexpected
+        assert "seg_refine.hidden.weight" in missing and "seg_refine.out.weight" in missing
