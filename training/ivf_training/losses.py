@@ -31,12 +31,6 @@ not reachable when this was written). Our deviations are switches with these rea
   padding, so image borders make no false edges and a unit step has ``|∇| = 0.5``; the public
   module uses the raw kernels with zero padding (``"raw"``), which makes the same weight β 8×
   stronger.
-* ``fine_gradient`` (ours, weight 0 unless a recipe sets it): ``L1`` of the 1-pixel differences
-  ``|Δx Y_F|``, ``|Δy Y_F|`` to the larger source's, per direction (:func:`fine_gradient_loss`).
-  Sobel's central difference spans 2 pixels and does not respond at all to detail that
-  alternates from pixel to pixel, which SF and AG (1-pixel differences) count: on RoadScene the
-  bundled tiny model reached 0.96 of the pixel maximum's central-difference RMS but 0.91 of its
-  SF and 0.85 of its second-difference RMS.
 * ``texture`` (ours, weight ``perception_texture``): ``mean(relu(|∇Y_F| − max(|∇Y_vi|, |∇IR|)))``
   penalises edges stronger than both sources have, so the entropy term cannot be lowered by
   inventing texture (our reading of the paper's "kept in check by a Sobel texture term"; the
@@ -81,7 +75,6 @@ __all__ = [
     "intensity_loss",
     "ssim_loss",
     "gradient_loss",
-    "fine_gradient_loss",
     "texture_loss",
     "color_loss",
     "segmentation_loss",
@@ -239,21 +232,6 @@ def gradient_loss(y_fused: torch.Tensor, y_vi: torch.Tensor, ir: torch.Tensor,
     """
     target = torch.maximum(sobel_magnitude(y_vi, form), sobel_magnitude(ir, form))
     return F.l1_loss(sobel_magnitude(y_fused, form), target)
-
-
-def _pixel_differences(img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``|Δx|`` (B, C, H, W−1) and ``|Δy|`` (B, C, H−1, W): the 1-pixel differences SF and AG use."""
-    return (img[..., :, 1:] - img[..., :, :-1]).abs(), (img[..., 1:, :] - img[..., :-1, :]).abs()
-
-
-def fine_gradient_loss(y_fused: torch.Tensor, y_vi: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-    """``(L1(|Δx Y_F|, max(|Δx Y_vi|, |Δx IR|)) + L1(|Δy Y_F|, max(|Δy Y_vi|, |Δy IR|))) / 2`` (ours).
-
-    Shape:
-        y_fused, y_vi, ir: (B, 1, H, W) → scalar
-    """
-    (fx, fy), (vx, vy), (tx, ty) = _pixel_differences(y_fused), _pixel_differences(y_vi), _pixel_differences(ir)
-    return 0.5 * (F.l1_loss(fx, torch.maximum(vx, tx)) + F.l1_loss(fy, torch.maximum(vy, ty)))
 
 
 def texture_loss(y_fused: torch.Tensor, y_vi: torch.Tensor, ir: torch.Tensor,
@@ -496,8 +474,6 @@ class FusionSegLoss(nn.Module):
         seg: cross-entropy weight.
         fusion: multiplier of the fusion group.
         intensity, ssim, gradient, color: weights inside the fusion group.
-        fine_gradient: weight of our 1-pixel gradient term inside the fusion group (0: not
-            computed, the paper's and the earlier stages' loss).
         source_weights: ``"resnet"`` (paper: ω-weighted intensity and SSIM, needs ``probe``) or
             ``"max"`` (ours).
         omega_c: the scale constant c of the ω softmax.
@@ -513,15 +489,13 @@ class FusionSegLoss(nn.Module):
     Returns (forward):
         ``(total, terms)``: the scalar to back-propagate and a dict of detached named terms
         (``seg_ce``, ``fus_intensity``, ``fus_ssim``, ``fus_gradient``, ``fus_color``,
-        ``fus_fine_gradient`` (when weighted),
         ``per_entropy``, ``per_texture``, ``omega_ir`` (mean ω_ir of the batch), ``total``)
         for logging. Terms are unweighted; the total is weighted.
     """
 
     def __init__(self, *, seg: float = 1.0, fusion: float = 1.0, intensity: float = 1.0, ssim: float = 1.0,
-                 gradient: float = 15.0, color: float = 1.0, fine_gradient: float = 0.0,
-                 source_weights: SourceWeighting = "max", omega_c: float = 3200.0,
-                 gradient_sobel: SobelForm = "normalized",
+                 gradient: float = 15.0, color: float = 1.0, source_weights: SourceWeighting = "max",
+                 omega_c: float = 3200.0, gradient_sobel: SobelForm = "normalized",
                  probe: ResNet50Probe | None = None, perception_weight: float = 0.0145,
                  perception_texture: float = 1.0, seg_class_weights: Sequence[float] | None = None) -> None:
         super().__init__()
@@ -534,8 +508,6 @@ class FusionSegLoss(nn.Module):
         self.seg_weight = seg
         self.fusion_weight = fusion
         self.weights = {"fus_intensity": intensity, "fus_ssim": ssim, "fus_gradient": gradient, "fus_color": color}
-        if fine_gradient:
-            self.weights["fus_fine_gradient"] = fine_gradient
         self.source_weights = source_weights
         self.omega_c = omega_c
         self.gradient_sobel: SobelForm = gradient_sobel
@@ -562,8 +534,6 @@ class FusionSegLoss(nn.Module):
             "fus_gradient": gradient_loss(y_f, y_vi, thermal, self.gradient_sobel),
             "fus_color": color_loss(fused, rgb),
         })
-        if "fus_fine_gradient" in self.weights:
-            terms["fus_fine_gradient"] = fine_gradient_loss(y_f, y_vi, thermal)
         total = self.fusion_weight * sum(self.weights[k] * terms[k] for k in self.weights)
         if self.probe is not None:
             if self.perception_weights["per_entropy"]:

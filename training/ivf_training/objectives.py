@@ -238,8 +238,7 @@ class S4FusionObjective(SupervisedObjective[S4FusionLossConfig]):
         uses_resnet = lc.source_weights == "resnet" or lc.perception > 0 or lc.perception_texture > 0
         probe = load_resnet50_probe(lc.resnet50_weights) if uses_resnet else None
         return FusionSegLoss(seg=lc.seg, fusion=lc.fusion, intensity=lc.intensity, ssim=lc.ssim,
-                             gradient=lc.gradient, color=lc.color, fine_gradient=lc.fine_gradient,
-                             source_weights=lc.source_weights,
+                             gradient=lc.gradient, color=lc.color, source_weights=lc.source_weights,
                              omega_c=lc.omega_c, gradient_sobel=lc.gradient_sobel, probe=probe,
                              perception_weight=lc.perception, perception_texture=lc.perception_texture,
                              seg_class_weights=lc.seg_class_weights)

@@ -111,7 +111,6 @@ def test_the_last_stage_still_trains_what_the_bundled_sidecar_records() -> None:
     # start_run pins the architecture switches the model was built with (tiny's stride-4 patches)
     assert now["model"].pop("overrides") == {} and set(shipped["model"].pop("overrides")) == {
         "cmsa_wiring", "patch_overlap", "patch_size"}
-    assert now["loss"].pop("fine_gradient") == 0.0  # added after the file was trained; 0 is the loss it had
     for recipe in (shipped, now):  # where the files lay on the machine that trained it
         recipe["model"]["init_from"] = Path(recipe["model"]["init_from"]).name
         recipe["out_dir"] = Path(recipe["out_dir"]).name

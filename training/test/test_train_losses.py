@@ -18,7 +18,6 @@ from ivf_training.losses import (
     PerceptionWeightsError,
     ResNet50Probe,
     color_loss,
-    fine_gradient_loss,
     gradient_loss,
     information_measure,
     intensity_loss,
@@ -138,22 +137,6 @@ class TestGradient:
         assert float(gradient_loss(torch.zeros_like(flat_ir), _luma(rgb), flat_ir)) > 0.01
 
 
-class TestFineGradient:
-    def test_hand_value_and_zero_for_the_max_source(self) -> None:
-        checker = (torch.arange(6).view(1, 6) + torch.arange(4).view(4, 1)) % 2  # 0/1 from pixel to pixel
-        vi = checker.float().view(1, 1, 4, 6)
-        flat = torch.full_like(vi, 0.3)
-        assert float(fine_gradient_loss(vi, vi, flat)) == 0.0
-        assert float(fine_gradient_loss(flat, vi, flat)) == pytest.approx(1.0)  # every |Δ| is 1, the fused has 0
-        # the same checkerboard is invisible to the central difference Sobel is built on
-        assert float(gradient_loss(flat, vi, flat)) < float(fine_gradient_loss(flat, vi, flat)) / 2
-
-    def test_each_direction_counts_half(self) -> None:
-        stripes = (torch.arange(6) % 2).float().view(1, 1, 1, 6).expand(1, 1, 4, 6)  # changes along x only
-        flat = torch.zeros_like(stripes)
-        assert float(fine_gradient_loss(flat, stripes, flat)) == pytest.approx(0.5)
-
-
 class TestColor:
     def test_zero_for_same_colours_and_hand_value(self) -> None:
         rgb, _ = _pair()
@@ -225,17 +208,6 @@ class TestFusionSegLoss:
         total.backward()
         assert fused.grad is not None and float(fused.grad.abs().sum()) > 0
         assert logits.grad is not None and float(logits.grad.abs().sum()) > 0
-
-    def test_fine_gradient_joins_the_fusion_group_only_when_weighted(self) -> None:
-        rgb, ir = _pair(size=16)
-        fused = torch.rand(2, 3, 16, 16)
-        output = FusionSegOutput(fused=fused, logits=None)
-        plain_total, plain = FusionSegLoss(fusion=0.5)(output, rgb, ir)
-        total, terms = FusionSegLoss(fusion=0.5, fine_gradient=10.0)(output, rgb, ir)
-        assert "fus_fine_gradient" not in plain
-        assert float(terms["fus_fine_gradient"]) == pytest.approx(
-            float(fine_gradient_loss(_luma(fused), _luma(rgb), ir)), rel=1e-6)
-        assert float(total - plain_total) == pytest.approx(0.5 * 10.0 * float(terms["fus_fine_gradient"]), rel=1e-5)
 
     def test_fusion_only_output_skips_segmentation(self) -> None:
         rgb, ir = _pair(size=16)

@@ -69,8 +69,6 @@ class S4FusionLossConfig(LossSettings):
         ssim: α of the SSIM term: ω-weighted ``1 − SSIM`` per source (``resnet``) or equal weights.
         gradient: β of ``L1(|∇Y_F|, max(|∇Y_vi|, |∇IR|))``.
         color: L1 between the fused and the visible CbCr (our addition: the model outputs RGB).
-        fine_gradient: weight of our 1-pixel gradient term (0: off, the paper's loss): Sobel
-            does not see pixel-to-pixel detail, which SF and AG count (see ``losses.py``).
         source_weights: ``resnet`` (paper: ω1, ω2 from the ResNet-50's features; needs
             ``resnet50_weights``) or ``max`` (ours: no ResNet-50 needed on a CPU).
         omega_c: the scale constant c of ``softmax(g_ir/c, g_vi/c)`` (U2Fusion's value for
@@ -96,7 +94,6 @@ class S4FusionLossConfig(LossSettings):
     ssim: float = 1.0
     gradient: float = 15.0
     color: float = 1.0
-    fine_gradient: float = 0.0
     source_weights: Literal["resnet", "max"] = "max"
     omega_c: float = 3200.0
     gradient_sobel: Literal["raw", "normalized"] = "normalized"
@@ -108,8 +105,8 @@ class S4FusionLossConfig(LossSettings):
     path_fields: ClassVar[tuple[str, ...]] = ("resnet50_weights",)
 
     def __post_init__(self) -> None:
-        _non_negative(self, ("seg", "fusion", "intensity", "ssim", "gradient", "color", "fine_gradient",
-                             "perception", "perception_texture"))
+        _non_negative(self, ("seg", "fusion", "intensity", "ssim", "gradient", "color", "perception",
+                             "perception_texture"))
         if self.seg_class_weights is not None and (
                 not self.seg_class_weights or min(self.seg_class_weights) < 0 or max(self.seg_class_weights) <= 0):
             raise ConfigError(f"loss.seg_class_weights must be non-negative with at least one > 0, "
