@@ -245,8 +245,7 @@ def _stay_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:
 
 
 def freeze_seg_head(model: nn.Module, variant: str) -> None:
-    """Freeze the model's segmentation head (``model.freeze_seg_head``), with the full-resolution
-    correction of its scores where the model has one (S4Fusion ``seg_refine_width``).
+    """Freeze the model's segmentation head (``model.freeze_seg_head``).
 
     ``requires_grad`` off keeps its parameters out of the optimiser (no update, no weight decay);
     pinning it in eval mode keeps its BatchNorm statistics from drifting towards data it is not
@@ -256,13 +255,10 @@ def freeze_seg_head(model: nn.Module, variant: str) -> None:
     if not isinstance(head, nn.Module):
         raise ConfigError(f"model.freeze_seg_head: {variant} has no segmentation head here "
                           "(model.num_classes is 0 or the variant has none); remove the setting")
-    refine = getattr(model, "seg_refine", None)  # S4Fusion's correction of the head's scores
-    frozen = [head] if not isinstance(refine, nn.Module) else [head, refine]
-    for module in frozen:
-        module.requires_grad_(False)
-        module.train = types.MethodType(_stay_in_eval, module)  # type: ignore[method-assign]
-        module.eval()
-    _log.info("segmentation head frozen (%d parameters)", sum(p.numel() for m in frozen for p in m.parameters()))
+    head.requires_grad_(False)
+    head.train = types.MethodType(_stay_in_eval, head)  # type: ignore[method-assign]
+    head.eval()
+    _log.info("segmentation head frozen (%d parameters)", sum(p.numel() for p in head.parameters()))
 
 
 def has_labels(description: Mapping[str, object]) -> bool:

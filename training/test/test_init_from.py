@@ -59,7 +59,7 @@ def test_a_zero_started_correction_may_be_missing_from_the_weights(tmp_path: Pat
     load_initial_weights(refined, path)
     assert "has no seg_refine; it starts as an identity" in caplog.text
     torch.testing.assert_close(refined.seg_head.classifier.weight, trained.seg_head.classifier.weight)
-    assert not refined.seg_refine.out.weight.detach().any()
+    assert float(refined.seg_refine.out.weight.abs().sum()) == 0.0
 
     with_refine = tmp_path / "refined.safetensors"
     save_file({k: v.contiguous() for k, v in refined.state_dict().items()}, str(with_refine))
@@ -69,15 +69,3 @@ def test_a_zero_started_correction_may_be_missing_from_the_weights(tmp_path: Pat
     save_file(partial, str(tmp_path / "partial.safetensors"))
     with pytest.raises(ConfigError, match=r"missing keys \['fusion_head"):
         load_initial_weights(build_model("test_s4fusion"), tmp_path / "partial.safetensors")
-
-
-def test_freezing_the_head_freezes_its_score_correction_too() -> None:
-    """Without labels nothing trains the correction either: it must not drift with weight decay."""
-    from ivf_training.build import freeze_seg_head
-
-    model = build_model("test_s4fusion", seg_refine_width=8)
-    freeze_seg_head(model, "test_s4fusion")
-    model.train()
-    assert not any(p.requires_grad for p in model.seg_refine.parameters())
-    assert not model.seg_refine.training and not model.seg_head.training
-    assert all(p.requires_grad for p in model.fusion_head.parameters())
