@@ -58,11 +58,6 @@ class FusionSegModel(nn.Module):
     num_classes: int = 0
     variant: str = ""
     preset: str = ""
-    identity_start_modules: tuple[str, ...] = ()
-    """State-dict prefixes of optional modules that start as an identity (a zero-initialised
-    correction), e.g. S4Fusion's ``seg_refine.``: training may start from weights saved without
-    them (``model.init_from``), which then behave exactly as before. Loading for inference stays
-    strict."""
 
     def check_input(self, rgb: torch.Tensor, thermal: torch.Tensor) -> None:
         """Validate the input pair; skipped while tracing/scripting/compiling."""

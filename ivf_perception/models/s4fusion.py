@@ -43,10 +43,6 @@ Differences from the public code, on purpose:
 * Our extension: a light SegFormer head (the shared
   :class:`~ivf_perception.models.layers.SegFormerHead`) on the decoder features of the three
   scales, so this fusion-only network also publishes label maps. ``num_classes=0`` removes it.
-  ``seg_refine_width > 0`` (ours, off in every preset) adds a full-resolution correction of its
-  upsampled scores from the source images
-  (:class:`~ivf_perception.models.layers.FullResolutionRefine`): at stride 4 the head cannot
-  draw the 1–3 px bike frames of the generated scenes.
 * Any H, W divisible by ``input_multiple`` (``patch_size``·4: 12 for ``paper``, 16 for the
   stride-4 presets); the engine pads and crops. The public embedding has no padding and needs
   H ≡ 1 (mod 12) (its 229-pixel crops); ours pads ⌈overlap/2⌉ pixels so any multiple works.
@@ -70,7 +66,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ivf_perception.models.base import FusionSegModel, FusionSegOutput
-from ivf_perception.models.layers import CrossSS2D, DropPath, FullResolutionRefine, VSSBlock, get_norm_layer
+from ivf_perception.models.layers import CrossSS2D, DropPath, VSSBlock, get_norm_layer
 from ivf_perception.models.layers.color import rgb_to_ycbcr, ycbcr_to_rgb
 from ivf_perception.models.layers.factories import DeviceLike, factory_kwargs
 from ivf_perception.models.layers.segformer_head import SegFormerHead
@@ -318,8 +314,6 @@ class S4Fusion(FusionSegModel):
         cmsa_wiring: ``"public"`` or ``"all_scales"`` (see the module docstring).
         drop_path_rate: stochastic depth, linearly increasing over the encoder blocks.
         seg_embed_dim: channels of the segmentation head.
-        seg_refine_width: hidden channels of the full-resolution correction of the class scores
-            (0: none, every preset; see the module docstring).
         norm_layer: name or callable of the token norm.
         scan_backend: selective-scan backend ("auto", "chunked", "ref", "cuda").
         preset: the preset name recorded in the weight sidecar.
@@ -327,7 +321,6 @@ class S4Fusion(FusionSegModel):
     """
 
     variant = "s4fusion"
-    identity_start_modules = ("seg_refine.",)
     # Fixed-size ONNX only. Traced with symbolic H×W, torch.export specialises them to the traced
     # size ("specialized it to be a constant"): ~200 shape guards, from the scan's chunk padding
     # (`if pad:` in _to_chunks), the view/reshape divisibility of the scan layouts and a chunk
@@ -349,7 +342,6 @@ class S4Fusion(FusionSegModel):
         cmsa_wiring: CMSAWiring = "public",
         drop_path_rate: float = 0.0,
         seg_embed_dim: int = 64,
-        seg_refine_width: int = 0,
         norm_layer: str | Callable[..., nn.Module] = "layernorm",
         scan_backend: str = "auto",
         preset: str = "custom",
@@ -363,9 +355,6 @@ class S4Fusion(FusionSegModel):
             raise ValueError(f"dims must double per scale (patch merging 4C -> 2C), got {tuple(dims)}")
         if num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
-        if seg_refine_width < 0 or (seg_refine_width and not num_classes):
-            raise ValueError(f"seg_refine_width must be >= 0 and needs num_classes > 0, got {seg_refine_width} "
-                             f"with {num_classes} classes")
         if cmsa_wiring not in get_args(CMSAWiring):
             raise ValueError(f"cmsa_wiring must be one of {', '.join(get_args(CMSAWiring))}, got {cmsa_wiring!r}")
         if patch_size < 1 or not 0 <= patch_overlap < 2 * patch_size:
@@ -380,7 +369,7 @@ class S4Fusion(FusionSegModel):
         self._args = dict(dims=list(dims), depths=list(depths), d_state=d_state,
                           fusion_d_state=fusion_d_state, ssm_ratio=ssm_ratio, cmsa_blocks=cmsa_blocks,
                           patch_size=patch_size, patch_overlap=patch_overlap, cmsa_wiring=cmsa_wiring,
-                          seg_embed_dim=seg_embed_dim, seg_refine_width=seg_refine_width)
+                          seg_embed_dim=seg_embed_dim)
         public = cmsa_wiring == "public"
 
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -414,7 +403,6 @@ class S4Fusion(FusionSegModel):
         self.seg_head = (
             SegFormerHead(list(dims), num_classes, seg_embed_dim, **dd) if num_classes > 0 else None
         )
-        self.seg_refine = FullResolutionRefine(num_classes, seg_refine_width, **dd) if seg_refine_width else None
         self.feature_info = [
             {"num_chs": dims[i], "reduction": patch_size * 2 ** i, "module": f"decoder.{last - i}"}
             for i in range(len(dims))
@@ -455,8 +443,6 @@ class S4Fusion(FusionSegModel):
         if self.seg_head is not None:
             channels_first = [f.permute(0, 3, 1, 2) for f in features.decoder]
             logits = self.seg_head(channels_first, out_size=tuple(rgb.shape[-2:]))
-            if self.seg_refine is not None:
-                logits = self.seg_refine(logits, y_vi, thermal)
         aux: dict[str, Any] = {"fused_y": fused_y} if self.training else {}
         return FusionSegOutput(fused=fused, logits=logits, aux=aux)
 
@@ -471,13 +457,12 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: S4Fusion) -
     """Adapt a state dict to ``model``: drop the segmentation head when the class count differs.
 
     This is how fusion weights are reused for a new class table: the fusion path loads, the
-    classifier (and the score correction, whose convolutions take and give K channels) is
-    trained anew. Other mismatches are left for ``load_state_dict`` to report.
+    head is trained anew. Other mismatches are left for ``load_state_dict`` to report.
     """
     own = model.state_dict()
     return {
         k: v for k, v in state_dict.items()
-        if not (k.startswith(("seg_head.classifier.", "seg_refine.")) and k in own and own[k].shape != v.shape)
+        if not (k.startswith("seg_head.classifier.") and k in own and own[k].shape != v.shape)
     }
 
 

@@ -210,9 +210,7 @@ def load_initial_weights(model: torch.nn.Module, path: Path) -> None:
 
     Accepts engine weights (with a JSON sidecar, read through the engine's loader so pickles
     are refused the same way) or a run's checkpoint ``.safetensors``. The tensors must fit the
-    model exactly: a silent partial load would make the recipe lie about what it trained. The
-    one exception is the model's ``identity_start_modules`` (a zero-initialised correction added
-    to weights trained without it), named in a warning.
+    model exactly: a silent partial load would make the recipe lie about what it trained.
     """
     if not path.is_file():
         raise ConfigError(f"model.init_from: {path} does not exist")
@@ -224,18 +222,9 @@ def load_initial_weights(model: torch.nn.Module, path: Path) -> None:
         except TensorFileError as exc:
             raise ConfigError(str(exc)) from exc
     try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shapes that differ
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
         raise ConfigError(f"model.init_from: {path} does not fit the configured model: {exc}") from exc
-    optional = tuple(getattr(model, "identity_start_modules", ()))
-    missing = [k for k in result.missing_keys if not k.startswith(optional)]
-    if missing or result.unexpected_keys:
-        raise ConfigError(f"model.init_from: {path} does not fit the configured model: missing keys "
-                          f"{missing[:8]}, unexpected keys {result.unexpected_keys[:8]}")
-    if result.missing_keys:
-        added = sorted({k.split(".")[0] for k in result.missing_keys})
-        _log.warning("model.init_from: %s has no %s; %s starts as an identity (zero correction)",
-                     path, ", ".join(added), "it" if len(added) == 1 else "they")
     _log.info("initialised the model from %s", path)
 
 

@@ -46,26 +46,3 @@ def test_recipe_path_is_made_absolute(tmp_path: Path, monkeypatch: pytest.Monkey
                              "data.generated.train_count=4", "data.generated.val_count=2",
                              "data.generated.val_start=100"])
     assert cfg.model.init_from == str(tmp_path / "runs/a/ckpt/best.safetensors")
-
-
-def test_a_zero_started_correction_may_be_missing_from_the_weights(tmp_path: Path,
-                                                                    caplog: pytest.LogCaptureFixture) -> None:
-    """S4Fusion's ``seg_refine`` starts as the identity: a stage may add it to weights trained
-    without it (named in a warning); every other missing or extra tensor is still refused."""
-    trained = build_model("test_s4fusion")
-    path = tmp_path / "plain.safetensors"
-    save_file({k: v.contiguous() for k, v in trained.state_dict().items()}, str(path))
-    refined = build_model("test_s4fusion", seg_refine_width=8)
-    load_initial_weights(refined, path)
-    assert "has no seg_refine; it starts as an identity" in caplog.text
-    torch.testing.assert_close(refined.seg_head.classifier.weight, trained.seg_head.classifier.weight)
-    assert float(refined.seg_refine.out.weight.abs().sum()) == 0.0
-
-    with_refine = tmp_path / "refined.safetensors"
-    save_file({k: v.contiguous() for k, v in refined.state_dict().items()}, str(with_refine))
-    with pytest.raises(ConfigError, match=r"unexpected keys \['seg_refine"):
-        load_initial_weights(build_model("test_s4fusion"), with_refine)
-    partial = {k: v.contiguous() for k, v in trained.state_dict().items() if not k.startswith("fusion_head.")}
-    save_file(partial, str(tmp_path / "partial.safetensors"))
-    with pytest.raises(ConfigError, match=r"missing keys \['fusion_head"):
-        load_initial_weights(build_model("test_s4fusion"), tmp_path / "partial.safetensors")

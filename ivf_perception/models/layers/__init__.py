@@ -28,7 +28,6 @@ from ivf_perception.models.layers.fft_filter import (
     FFTAmplitudeFilter,
     fft_amplitude_filter,
 )
-from ivf_perception.models.layers.logit_refine import FullResolutionRefine
 from ivf_perception.models.layers.mlp import Mlp
 from ivf_perception.models.layers.restormer import (
     ChannelLayerNorm,
@@ -58,7 +57,6 @@ __all__ = [
     "BT601_LUMA",
     "CrossSS2D",
     "DropPath",
-    "FullResolutionRefine",
     "Mlp",
     "NUM_DIRECTIONS",
     "SS2D",
