@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import json
+import signal
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from replay_helpers import FRAMES, MICRO
 
 from ivf_perception.cli.replay import main as replay_main
 from ivf_perception.engine import Engine
 from ivf_perception.io.bag_reader import BagReader
 from ivf_perception.replay.runner import run_replay
+
+SIGINT_AT_START = signal.getsignal(signal.SIGINT)
+"""SIGINT's handler when the tests were collected, before any test ran: Python's
+``default_int_handler``, or ``SIG_IGN`` when a shell started the suite in the background
+(``make test &``: a non-interactive shell starts background jobs with SIGINT ignored)."""
+
+
+@pytest.fixture
+def terminal_sigint() -> Iterator[None]:
+    """Ctrl-C as in a terminal for one test (KeyboardInterrupt), whatever the suite inherited;
+    first checks that no earlier test left its own SIGINT handler behind."""
+    assert signal.getsignal(signal.SIGINT) is SIGINT_AT_START, (
+        f"an earlier test left SIGINT handled by {signal.getsignal(signal.SIGINT)!r}")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 class InterruptingEngine:
@@ -61,7 +80,7 @@ def test_cli_exit_code_after_ctrl_c(mcap_bag, tmp_path, monkeypatch, capsys):
 
 
 def test_ctrl_c_while_a_frame_is_written_leaves_exactly_the_counted_frames(mcap_bag, micro_engine, options,
-                                                                         monkeypatch):
+                                                                         monkeypatch, terminal_sigint):
     """A real SIGINT arrives between the fused and the labels message of frame 3: the frame is
     finished first, so the bag and the partial report agree on every topic.
 
@@ -69,14 +88,9 @@ def test_ctrl_c_while_a_frame_is_written_leaves_exactly_the_counted_frames(mcap_
     the own pid let the kernel pick any thread of the process; after the node tests the process
     holds DDS and ONNX Runtime threads. One full-suite run saw the replay complete all 6 frames
     (not reproduced since, in a run that watched the SIGINT handler after every test); with a
-    synchronous signal and the precondition below, such a failure can only mean the deferral
-    itself lost the signal.
+    synchronous signal and the precondition in ``terminal_sigint``, such a failure can only mean
+    the deferral itself lost the signal.
     """
-    import signal
-
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, (
-        f"an earlier test left SIGINT handled by {signal.getsignal(signal.SIGINT)!r}")
-
     from ivf_perception.replay.writing import OutputBag
 
     real_image = OutputBag._image
