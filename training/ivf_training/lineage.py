@@ -41,10 +41,11 @@ def run_lineage(run_dir: str | Path) -> list[dict[str, Any]]:
     seen: set[Path] = set()
     current: Path | None = Path(run_dir)
     while current is not None:
-        if current.resolve() in seen:  # only a hand-edited config.yaml can point a run at itself
+        resolved = current.resolve()
+        if resolved in seen:  # only a hand-edited config.yaml can point a run at itself
             newest_first.append({"run": current.name, "missing": "model.init_from loops back to this run"})
             break
-        seen.add(current.resolve())
+        seen.add(resolved)
         try:
             cfg = read_run_config(current)
         except ConfigError as exc:

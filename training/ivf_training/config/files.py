@@ -26,6 +26,7 @@ from ivf_training.config.schema import (
     config_to_dict,
     section_hints,
     tagged_classes,
+    tagged_kind,
     unknown_key_message,
 )
 from ivf_training.config.train import TrainConfig
@@ -72,8 +73,9 @@ def read_recipe(path: Path) -> dict[str, Any]:
 
 
 def _read_recipe(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
-    if path.resolve() in chain:
-        loop = " -> ".join(str(p) for p in (*chain, path.resolve()))
+    resolved = path.resolve()
+    if resolved in chain:
+        loop = " -> ".join(str(p) for p in (*chain, resolved))
         raise ConfigError(f"{chain[0]}: base recipes form a loop: {loop}")
     missing = f"{chain[-1]}: base recipe {path} not found" if chain else f"configuration file not found: {path}"
     loaded = read_yaml(path, missing)
@@ -86,7 +88,7 @@ def _read_recipe(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         return loaded
     if not isinstance(base, str) or not base.strip():
         raise ConfigError(f"{path}: base must name another recipe file (e.g. base: stage1.yaml), got {base!r}")
-    return _merge_top_level(_read_recipe(path.parent / base, (*chain, path.resolve())), loaded)
+    return _merge_top_level(_read_recipe(path.parent / base, (*chain, resolved)), loaded)
 
 
 def _merge_top_level(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -95,12 +97,9 @@ def _merge_top_level(base: dict[str, Any], changes: dict[str, Any]) -> dict[str,
     out = dict(base)
     for key, value in changes.items():
         old, kinds = out.get(key), tagged_classes(hints.get(key))
-        if kinds and isinstance(old, dict) and isinstance(value, dict):
-            default = next(iter(kinds))
-            if value.get("kind", old.get("kind", default)) != old.get("kind", default):
-                out[key] = copy.deepcopy(value)
-                continue
-        out[key] = _merged(old, value)
+        other_kind = bool(kinds) and isinstance(old, dict) and isinstance(value, dict) \
+            and tagged_kind({**old, **value}, kinds) != tagged_kind(old, kinds)
+        out[key] = copy.deepcopy(value) if other_kind else _merged(old, value)
     return out
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "config_to_dict",
     "build_section",
     "tagged_classes",
+    "tagged_kind",
     "section_hints",
     "unknown_key_message",
 ]
@@ -67,6 +68,11 @@ def tagged_classes(tp: Any) -> dict[str, type] | None:
             return None
         out[typing.get_args(kind)[0]] = cls
     return out
+
+
+def tagged_kind(data: Mapping[str, Any], kinds: Mapping[str, type]) -> Any:
+    """The kind a tagged section's data names: ``data["kind"]``, or the first (default) kind."""
+    return data.get("kind", next(iter(kinds)))
 
 
 def section_hints(tp: Any) -> dict[str, Any] | None:
@@ -114,7 +120,7 @@ def _build_tagged(kinds: Mapping[str, type], data: Any, key: str) -> Any:
     """The member of a tagged section named by ``data["kind"]`` (default: the first kind)."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{key} must be a mapping, got {type(data).__name__}: {data!r}")
-    kind = data.get("kind", next(iter(kinds)))
+    kind = tagged_kind(data, kinds)
     if kind not in kinds:
         raise ConfigError(f"{key}.kind must be one of {', '.join(kinds)}; got {kind!r}")
     cls = kinds[kind]
