@@ -59,11 +59,11 @@ lint: $(STAMP)
 DEFAULT_STAGES := s4fusion_generated:s4fusion_default s4fusion_generated_finetune:s4fusion_default_ft \
 	s4fusion_default_rare_classes:s4fusion_default_rare s4fusion_default_sharpen:s4fusion_default_sharpen \
 	s4fusion_default_polish:s4fusion_default_polish s4fusion_default_fidelity:s4fusion_default_fidelity \
-	s4fusion_default_balance:s4fusion_default_balance
+	s4fusion_default_balance:s4fusion_default_balance s4fusion_default_blend:s4fusion_default_blend
 train-default: $(STAMP)
 	set -e; for stage in $(DEFAULT_STAGES); do \
 		$(VENV)/bin/ivf-train run training/recipes/$${stage%%:*}.yaml name=$${stage##*:}; done
-	$(VENV)/bin/ivf-train export runs/s4fusion_default_balance --checkpoint last \
+	$(VENV)/bin/ivf-train export runs/s4fusion_default_blend --checkpoint last \
 		--out ivf_perception/weights/s4fusion_tiny_default.safetensors
 	$(PY) scripts/quality_report.py ivf_perception/weights/s4fusion_tiny_default.safetensors --write-sidecar
 	$(PY) scripts/contact_sheet.py --weights ivf_perception/weights/s4fusion_tiny_default.safetensors \

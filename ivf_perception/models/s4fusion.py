@@ -73,10 +73,13 @@ from ivf_perception.models.layers.segformer_head import SegFormerHead
 from ivf_perception.models.registry import register_model
 
 __all__ = ["S4Fusion", "S4FusionFeatures", "s4fusion", "test_s4fusion", "PRESET_ARGS", "LEGACY_ARGS",
-           "CMSAWiring"]
+           "CMSAWiring", "FusionBase"]
 
 CMSAWiring = Literal["public", "all_scales"]
 """How the CMSA features feed the decoder (see the module docstring)."""
+
+FusionBase = Literal["average", "adaptive_blend"]
+"""What the fusion head corrects (see :class:`FoldFusionHead`)."""
 
 
 # --------------------------------------------------------------------------- blocks
@@ -255,14 +258,31 @@ class FoldFusionHead(nn.Module):
     """Fold + linear output: every token predicts an overlapping k×k patch of the fused Y.
 
     Overlapping predictions are averaged by dividing by the fold of ones, which makes the head
-    resolution-agnostic. The result is a correction in logit space to the pixel average of the
-    visible luminance and the thermal image (zero-initialised, see the module docstring).
+    resolution-agnostic. The result is a correction in logit space to a per-pixel base image
+    (zero-initialised, see the module docstring):
+
+    * ``"average"``: the pixel average of the visible luminance and the thermal image;
+    * ``"adaptive_blend"``: ``IR + w·(Y_vi − IR)`` with ``w = sigmoid(bias + sharpness·G·(Y_vi − IR))``,
+      ``bias`` and ``sharpness`` folded from the tokens like the correction. A large
+      ``sharpness`` makes the base the pixel maximum, ``bias`` picks one source region by
+      region. It starts at ``bias`` 0 and ``sharpness`` 1, i.e. (within a few grey levels of a
+      tie) at the pixel maximum, the target of the intensity loss. Why: the correction comes
+      from stride-4 tokens, so with the average as base the fused image's pixel-to-pixel detail
+      is the average's, which halves each source's edges; a blend keeps the chosen source's
+      full detail wherever ``w`` is near 0 or 1. Why start at the maximum: an average-base
+      network fine-tuned into this head from ``sharpness`` 0 never moves it (its trained
+      correction already brightens the average, so more sharpness first makes every loss term
+      worse), although the pixel maximum has the lower training loss.
 
     Shape:
         tokens: (B, H/p, W/p, C), y_vi, ir: (B, 1, H, W)  ->  fused Y (B, 1, H, W) in (0, 1)
     """
 
-    def __init__(self, dim: int, patch_size: int = 4, overlap: int = 2,
+    blend_gain = 64.0
+    """G: scales the luminance difference so that a sharpness of order 1 already selects the
+    brighter source for differences of a few grey levels (AdamW moves weights ~lr per step)."""
+
+    def __init__(self, dim: int, patch_size: int = 4, overlap: int = 2, base: FusionBase = "average",
                  device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.kernel = patch_size + overlap
@@ -271,18 +291,35 @@ class FoldFusionHead(nn.Module):
         self.proj = nn.Linear(dim, self.kernel * self.kernel, device=device, dtype=dtype)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
+        self.blend: nn.Linear | None = None
+        if base == "adaptive_blend":
+            self.blend = nn.Linear(dim, 2 * self.kernel * self.kernel, device=device, dtype=dtype)
+            nn.init.zeros_(self.blend.weight)
+            nn.init.zeros_(self.blend.bias)
+            with torch.no_grad():  # channels: bias (k² outputs), then sharpness (k² outputs)
+                self.blend.bias[self.kernel * self.kernel:] = 1.0
 
-    def _fold(self, cols: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
-        return F.fold(cols, output_size=out_size, kernel_size=self.kernel, stride=self.stride, padding=self.padding)
+    def _fold_tokens(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, h, w, C·k²) per-token patches -> (B, C, h·p, w·p), overlaps averaged."""
+        b, h, w, _ = values.shape
+        out_size = (h * self.stride, w * self.stride)
+        cols = values.reshape(b, h * w, -1).transpose(1, 2)
+        summed = F.fold(cols, output_size=out_size, kernel_size=self.kernel, stride=self.stride,
+                        padding=self.padding)
+        count = F.fold(torch.ones_like(cols[:1, : self.kernel * self.kernel]), output_size=out_size,
+                       kernel_size=self.kernel, stride=self.stride, padding=self.padding)
+        return summed / count
 
     def forward(self, tokens: torch.Tensor, y_vi: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-        b, h, w, _ = tokens.shape
-        out_size = (h * self.stride, w * self.stride)
-        cols = self.proj(tokens).reshape(b, h * w, -1).transpose(1, 2)
-        summed = self._fold(cols, out_size)
-        count = self._fold(torch.ones_like(cols[:1]), out_size)
-        correction = summed / count
-        base = (0.5 * (y_vi + ir)).clamp(1e-3, 1 - 1e-3)
+        correction = self._fold_tokens(self.proj(tokens))
+        if self.blend is None:
+            base = 0.5 * (y_vi + ir)
+        else:
+            bias, sharpness = self._fold_tokens(self.blend(tokens)).unbind(dim=1)
+            difference = y_vi - ir
+            weight = torch.sigmoid(bias.unsqueeze(1) + sharpness.unsqueeze(1) * self.blend_gain * difference)
+            base = ir + weight * difference
+        base = base.clamp(1e-3, 1 - 1e-3)
         return torch.sigmoid(torch.logit(base) + correction)
 
 
@@ -312,6 +349,8 @@ class S4Fusion(FusionSegModel):
         patch_overlap: kernel minus stride of the patch embedding and fold head: 1 in the public
             code (4×4 kernel), 2 in our CPU presets (6×6 kernel).
         cmsa_wiring: ``"public"`` or ``"all_scales"`` (see the module docstring).
+        fusion_base: ``"average"`` or ``"adaptive_blend"``: the image the fusion head corrects
+            (see :class:`FoldFusionHead`).
         drop_path_rate: stochastic depth, linearly increasing over the encoder blocks.
         seg_embed_dim: channels of the segmentation head.
         norm_layer: name or callable of the token norm.
@@ -340,6 +379,7 @@ class S4Fusion(FusionSegModel):
         patch_size: int = 3,
         patch_overlap: int = 1,
         cmsa_wiring: CMSAWiring = "public",
+        fusion_base: FusionBase = "average",
         drop_path_rate: float = 0.0,
         seg_embed_dim: int = 64,
         norm_layer: str | Callable[..., nn.Module] = "layernorm",
@@ -357,6 +397,8 @@ class S4Fusion(FusionSegModel):
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
         if cmsa_wiring not in get_args(CMSAWiring):
             raise ValueError(f"cmsa_wiring must be one of {', '.join(get_args(CMSAWiring))}, got {cmsa_wiring!r}")
+        if fusion_base not in get_args(FusionBase):
+            raise ValueError(f"fusion_base must be one of {', '.join(get_args(FusionBase))}, got {fusion_base!r}")
         if patch_size < 1 or not 0 <= patch_overlap < 2 * patch_size:
             raise ValueError(f"need patch_size >= 1 and 0 <= patch_overlap < 2*patch_size, got "
                              f"{patch_size} and {patch_overlap}")
@@ -369,7 +411,7 @@ class S4Fusion(FusionSegModel):
         self._args = dict(dims=list(dims), depths=list(depths), d_state=d_state,
                           fusion_d_state=fusion_d_state, ssm_ratio=ssm_ratio, cmsa_blocks=cmsa_blocks,
                           patch_size=patch_size, patch_overlap=patch_overlap, cmsa_wiring=cmsa_wiring,
-                          seg_embed_dim=seg_embed_dim)
+                          fusion_base=fusion_base, seg_embed_dim=seg_embed_dim)
         public = cmsa_wiring == "public"
 
         rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
@@ -399,7 +441,7 @@ class S4Fusion(FusionSegModel):
             for i in reversed(range(len(dims)))
         )
         self.decoder_norm = norm(dims[0], **dd)
-        self.fusion_head = FoldFusionHead(dims[0], patch_size, patch_overlap, **dd)
+        self.fusion_head = FoldFusionHead(dims[0], patch_size, patch_overlap, fusion_base, **dd)
         self.seg_head = (
             SegFormerHead(list(dims), num_classes, seg_embed_dim, **dd) if num_classes > 0 else None
         )
@@ -491,10 +533,12 @@ PRESET_ARGS: dict[str, dict[str, Any]] = {
                  cmsa_blocks=1, seg_embed_dim=8, **_OURS_GEOMETRY),
 }
 
-LEGACY_ARGS: dict[str, dict[str, Any]] = {preset: dict(_OURS_GEOMETRY) for preset in PRESET_ARGS}
+LEGACY_ARGS: dict[str, dict[str, Any]] = {
+    preset: dict(_OURS_GEOMETRY, fusion_base="average") for preset in PRESET_ARGS
+}
 """What weights saved without these keys were trained with: before the switches existed every
-preset used our geometry, so the weight loader fills them in under the saved ``model_args``
-(:func:`~ivf_perception.models.registry.with_legacy_args`)."""
+preset used our geometry and corrected the pixel average, so the weight loader fills them in
+under the saved ``model_args`` (:func:`~ivf_perception.models.registry.with_legacy_args`)."""
 
 
 @register_model(presets=PRESET_ARGS, legacy_args=LEGACY_ARGS)

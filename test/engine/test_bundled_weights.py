@@ -67,14 +67,15 @@ def _held_out_fusion_scores(engine: Engine, root: Path) -> dict[str, dict[str, f
 @pytest.mark.realdata
 def test_roadscene_quality_holds_what_the_sidecar_reports(engine: Engine, shared_data: Path) -> None:
     """The regression guard of issue 18: on the 50 held-out RoadScene pairs the bundled weights
-    keep what they reached (above the pixel average on EN, SD, SF, AG and Qabf, above the pixel
-    maximum on AG) and every metric stays at the number the sidecar's quality report recorded.
-    Not reached, so not asserted: VIF above the pixel average and SF above the pixel maximum."""
+    keep the CPU targets they reach (above the pixel average on EN, SD, SF, AG, VIF and Qabf,
+    above the pixel maximum on SF and AG) and every metric stays at the number the sidecar's
+    quality report recorded."""
     scores = _held_out_fusion_scores(engine, shared_data / "roadscene")
     model = scores["model"]
-    for key in ("EN", "SD", "SF", "AG", "Qabf"):
+    for key in ("EN", "SD", "SF", "AG", "VIF", "Qabf"):
         assert model[key] > scores["pixel_average"][key], f"{key}: {model[key]:.4f} <= pixel average"
-    assert model["AG"] > scores["pixel_maximum"]["AG"], f"AG: {model['AG']:.4f} <= pixel maximum"
+    for key in ("SF", "AG"):
+        assert model[key] > scores["pixel_maximum"][key], f"{key}: {model[key]:.4f} <= pixel maximum"
     recorded = read_sidecar(DEFAULT_WEIGHTS).quality["held_out_real_pairs"]["roadscene"]["model"]
     for key, value in recorded.items():
         # the report went through PNG files (fuse + eval-fusion); this path stays in memory

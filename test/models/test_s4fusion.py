@@ -42,6 +42,51 @@ def test_untrained_model_is_the_pixel_average() -> None:
     torch.testing.assert_close(rgb_to_gray(out.fused), expected, atol=2e-3, rtol=0)
 
 
+class TestS4FusionAdaptiveBlend(ModelTester):
+    """Every generic check also with the adaptive-blend fusion base."""
+
+    model_name = "test_s4fusion"
+    build_kwargs = dict(fusion_base="adaptive_blend")
+
+
+def _gray_pair(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """A gray visible image (neutral Cb/Cr: no gamut clipping) and a thermal image, in [0.1, 0.9]."""
+    rgb = (torch.rand(1, 1, size, size) * 0.8 + 0.1).expand(1, 3, size, size)
+    return rgb, torch.rand(1, 1, size, size) * 0.8 + 0.1
+
+
+def test_untrained_adaptive_blend_is_the_pixel_maximum() -> None:
+    """The blend head starts at the pixel maximum (sharpness 1: G·(Y_vi − IR) decides)."""
+    torch.manual_seed(0)
+    model = build_model("test_s4fusion", fusion_base="adaptive_blend").eval()
+    rgb, ir = _gray_pair()
+    vi = rgb_to_gray(rgb)
+    decided = (vi - ir).abs() > 0.08  # near a tie the blend is a soft mix by design
+    torch.testing.assert_close(rgb_to_gray(model(rgb, ir).fused)[decided], torch.maximum(vi, ir)[decided],
+                               atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize(("bias", "sharpness", "pick"), [
+    (0.0, 10.0, torch.maximum),             # steep in the difference: the pixel maximum
+    (0.0, -10.0, torch.minimum),            # the other sign: the pixel minimum
+    (30.0, 0.0, lambda vi, ir: vi),         # bias only: the visible luminance
+    (-30.0, 0.0, lambda vi, ir: ir),        # negative bias: the thermal image
+])
+def test_adaptive_blend_selects_a_source(bias: float, sharpness: float, pick) -> None:
+    torch.manual_seed(0)
+    model = build_model("test_s4fusion", fusion_base="adaptive_blend").eval()
+    k2 = model.fusion_head.kernel ** 2
+    with torch.no_grad():  # channel 0 of the blend fold is the bias, channel 1 the sharpness
+        model.fusion_head.blend.bias[:k2] = bias
+        model.fusion_head.blend.bias[k2:] = sharpness
+    rgb, ir = _gray_pair()
+    vi = rgb_to_gray(rgb)
+    expected = pick(vi, ir)
+    # Pixels where the two sources nearly tie are a soft mix by design (sigmoid of G·Δ).
+    decided = (vi - ir).abs() > 0.02
+    torch.testing.assert_close(rgb_to_gray(model(rgb, ir).fused)[decided], expected[decided], atol=2e-3, rtol=0)
+
+
 def test_scan_backends_agree() -> None:
     torch.manual_seed(1)
     chunked = build_model("test_s4fusion", scan_backend="chunked").eval()
@@ -139,6 +184,8 @@ def test_bad_switches_are_refused() -> None:
         build_model("test_s4fusion", cmsa_wiring="sideways")
     with pytest.raises(ValueError, match="patch_overlap"):
         build_model("test_s4fusion", patch_size=3, patch_overlap=6)
+    with pytest.raises(ValueError, match="fusion_base must be one of average, adaptive_blend"):
+        build_model("test_s4fusion", fusion_base="median")
 
 
 def test_sidecars_without_the_switches_load_with_the_old_geometry(tmp_path: Path) -> None:
@@ -160,12 +207,15 @@ def test_sidecars_without_the_switches_load_with_the_old_geometry(tmp_path: Path
     assert net.cmsa_wiring == "public" and net.input_multiple == 12
 
 
-def test_bundled_default_weights_pin_the_old_geometry() -> None:
-    """The bundled tiny weights were trained with our stride-4 embedding and all-scales wiring;
-    their sidecar records both, so they keep loading strictly whatever the presets become."""
+def test_bundled_default_weights_pin_their_switches() -> None:
+    """The bundled tiny weights were trained with our stride-4 embedding, all-scales wiring and
+    the adaptive-blend fusion head; their sidecar records all three, so they keep loading
+    strictly whatever the presets become."""
     net, info = build_model_from_weights(DEFAULT_WEIGHTS)
-    assert {k: info.model_args[k] for k in LEGACY_ARGS["tiny"]} == LEGACY_ARGS["tiny"]
+    assert set(info.model_args) == set(LEGACY_ARGS["tiny"])
+    assert info.model_args == dict(LEGACY_ARGS["tiny"], fusion_base="adaptive_blend")
     assert net.cmsa_wiring == "all_scales" and net.embed_ir.proj.kernel_size == (6, 6)
+    assert net.fusion_head.blend is not None
 
 
 def test_presets_shrink() -> None:

@@ -205,27 +205,43 @@ def resolve_init_from(init_from: str) -> Path:
     return DEFAULT_WEIGHTS if init_from == "default" else Path(init_from)
 
 
-def load_initial_weights(model: torch.nn.Module, path: Path) -> None:
+def load_initial_weights(model: torch.nn.Module, path: Path, reinit: Sequence[str] = ()) -> None:
     """Start from trained weights (fine-tuning, stage hand-over) instead of a random init.
 
     Accepts engine weights (with a JSON sidecar, read through the engine's loader so pickles
     are refused the same way) or a run's checkpoint ``.safetensors``. The tensors must fit the
-    model exactly: a silent partial load would make the recipe lie about what it trained.
+    model exactly: a silent partial load would make the recipe lie about what it trained. The
+    only exception is what ``reinit`` names (``model.reinit``): those submodules keep their
+    fresh initialisation, whether or not the file has tensors for them.
     """
     if not path.is_file():
         raise ConfigError(f"model.init_from: {path} does not exist")
+    submodules = dict(model.named_modules())
+    unknown = [name for name in reinit if not name or name not in submodules]
+    if unknown:
+        raise ConfigError(f"model.reinit: {', '.join(map(repr, unknown))} is not a submodule of the model")
+    switches: dict[str, object] = {}
     if _is_engine_weights(path):
-        state, _ = load_weights(path)
+        state, info = load_weights(path)
+        built = model.config().get("model_args", {}) if callable(getattr(model, "config", None)) else {}
+        switches = {k: v for k, v in info.model_args.items() if k in built and built[k] != v}
     else:
         try:
             state = read_safetensors(path, what="model.init_from file")
         except TensorFileError as exc:
             raise ConfigError(str(exc)) from exc
+    prefixes = tuple(f"{name}." for name in reinit)
+    if prefixes:
+        fresh = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(prefixes)}
+        state = {**{k: v for k, v in state.items() if not k.startswith(prefixes)}, **fresh}
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ConfigError(f"model.init_from: {path} does not fit the configured model: {exc}") from exc
-    _log.info("initialised the model from %s", path)
+        hint = "".join(f"; its sidecar records {k}={v!r} (set model.overrides.{k} to match)"
+                       for k, v in switches.items())
+        raise ConfigError(f"model.init_from: {path} does not fit the configured model{hint}: {exc}") from exc
+    _log.info("initialised the model from %s%s", path,
+              f" (freshly initialised: {', '.join(reinit)})" if reinit else "")
 
 
 def _stay_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:

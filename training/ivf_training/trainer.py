@@ -205,7 +205,7 @@ class Trainer:
         m = cfg.model
         model = build_model(m.variant, preset=m.preset, num_classes=m.num_classes, **m.overrides)
         if m.init_from:
-            load_initial_weights(model, resolve_init_from(m.init_from))
+            load_initial_weights(model, resolve_init_from(m.init_from), m.reinit)
         if m.freeze_seg_head:
             freeze_seg_head(model, m.variant)
         class_names, palette = resolve_classes(m.num_classes, cfg.data.class_names, cfg.data.palette, cfg.data.kind)

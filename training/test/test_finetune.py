@@ -23,6 +23,8 @@ from ivf_training.config import ConfigError, load_config
 from ivf_training.trainer import Trainer, resume_run, start_run
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "s4fusion_finetune_bag.yaml"
+BUNDLED_HEAD = "model.overrides={fusion_base: adaptive_blend}"
+"""The bundled weights' fusion head (their sidecar's model_args): a fine-tune must build it."""
 
 
 def _head(trainer: Trainer) -> nn.Module:
@@ -36,7 +38,7 @@ def test_init_from_default_loads_the_bundled_weights_exactly(tmp_path: Path) -> 
                              "best_metric=loss/total", "best_mode=min"])
     assert cfg.model.init_from == "default"  # not made a path relative to the cwd
     assert resolve_init_from("default") == DEFAULT_WEIGHTS
-    model = build_model("s4fusion", preset="tiny", num_classes=9)
+    model = build_model("s4fusion", preset="tiny", num_classes=9, fusion_base="adaptive_blend")
     load_initial_weights(model, resolve_init_from(cfg.model.init_from))
     bundled = load_file(str(DEFAULT_WEIGHTS))
     state = model.state_dict()
@@ -47,7 +49,7 @@ def test_init_from_default_loads_the_bundled_weights_exactly(tmp_path: Path) -> 
 
 def test_freeze_seg_head_and_step0_validation(tmp_path: Path) -> None:
     cfg = load_config(None, [
-        "model.variant=s4fusion", "model.preset=tiny", "model.num_classes=9", "model.init_from=default",
+        "model.variant=s4fusion", "model.preset=tiny", "model.num_classes=9", "model.init_from=default", BUNDLED_HEAD,
         "model.freeze_seg_head=true", "data.generated.train_count=4", "data.generated.val_count=1",
         "data.generated.scene={height: 64, width: 64}", "max_steps=2", "batch_size=2", "crop=64",
         "val_every=0", "ckpt_every=0", "log_every=1", "progress=false", "tensorboard=false",
@@ -127,7 +129,7 @@ def test_unlabelled_folder_run_warns_and_keeps_the_frozen_head(tmp_path: Path,
             pixels = rng.integers(0, 256, (64, 64, channels), dtype=np.uint8)
             Image.fromarray(pixels.squeeze()).save(tmp_path / "pairs" / side / f"{i}.png")
     cfg = load_config(None, [
-        "model.variant=s4fusion", "model.preset=tiny", "model.num_classes=9", "model.init_from=default",
+        "model.variant=s4fusion", "model.preset=tiny", "model.num_classes=9", "model.init_from=default", BUNDLED_HEAD,
         "model.freeze_seg_head=true", "data.kind=folder", f"data.train_folders=[{tmp_path / 'pairs'}]",
         "max_steps=1", "batch_size=2", "crop=64", "val_every=0", "ckpt_every=0", "progress=false",
         "tensorboard=false", f"out_dir={tmp_path}", "name=ft", "best_metric=loss/total", "best_mode=min",
@@ -143,7 +145,7 @@ def test_unlabelled_folder_run_warns_and_keeps_the_frozen_head(tmp_path: Path,
 
 def test_resumed_fine_tune_keeps_its_step0_validation(tmp_path: Path) -> None:
     cfg = load_config(None, [
-        "model.variant=s4fusion", "model.preset=tiny", "model.num_classes=9", "model.init_from=default",
+        "model.variant=s4fusion", "model.preset=tiny", "model.num_classes=9", "model.init_from=default", BUNDLED_HEAD,
         "data.generated.train_count=4", "data.generated.val_count=1", "data.generated.scene={height: 64, width: 64}",
         "max_steps=2", "batch_size=2", "crop=64", "val_every=0", "ckpt_every=1", "progress=false",
         "tensorboard=false", f"out_dir={tmp_path}", "name=ft", "best_metric=loss/total", "best_mode=min",
@@ -155,3 +157,48 @@ def test_resumed_fine_tune_keeps_its_step0_validation(tmp_path: Path) -> None:
     records = [json.loads(line) for line in (tmp_path / "ft" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "val"] == [0, 2]
     assert json.loads((tmp_path / "ft" / "summary.json").read_text())["start_val"] == first["start_val"]
+
+
+def _average_head_weights(tmp_path: Path) -> tuple[nn.Module, Path]:
+    """Engine weights of a micro S4Fusion whose fusion head corrects the pixel average."""
+    from ivf_perception.engine.weights import WeightsInfo, save_weights
+    from ivf_perception.models.registry import pinned_args
+
+    torch.manual_seed(0)
+    source = build_model("test_s4fusion", num_classes=3)
+    for p in source.parameters():
+        p.data.normal_(0, 0.1)
+    info = WeightsInfo(variant="test_s4fusion", preset="test", num_classes=3,
+                       model_args=pinned_args("test_s4fusion", source))
+    return source, save_weights(source.state_dict(), tmp_path / "average.safetensors", info)
+
+
+def test_reinit_keeps_the_named_module_fresh_and_loads_the_rest_exactly(tmp_path: Path) -> None:
+    """Stage 8 of the CPU default: an average-base file into the adaptive-blend head, which
+    restarts at its own initialisation (the pixel maximum) while every other tensor is the file's."""
+    source, path = _average_head_weights(tmp_path)
+    torch.manual_seed(1)
+    model = build_model("test_s4fusion", num_classes=3, fusion_base="adaptive_blend")
+    fresh = {k: v.clone() for k, v in model.state_dict().items() if k.startswith("fusion_head.")}
+    load_initial_weights(model, path, reinit=["fusion_head"])
+    state, loaded = model.state_dict(), source.state_dict()
+    for name, tensor in state.items():
+        expected = fresh[name] if name.startswith("fusion_head.") else loaded[name]
+        assert torch.equal(tensor, expected), name
+    assert state["fusion_head.blend.bias"][-1] == 1.0  # sharpness 1: not the file's average head
+
+
+def test_reinit_names_must_be_submodules_and_the_rest_must_fit(tmp_path: Path) -> None:
+    _, path = _average_head_weights(tmp_path)
+    model = build_model("test_s4fusion", num_classes=3, fusion_base="adaptive_blend")
+    with pytest.raises(ConfigError, match="model.reinit: 'fusion_heads' is not a submodule"):
+        load_initial_weights(model, path, reinit=["fusion_heads"])
+    # Without reinit the blend layer has no tensors in the file: the error names the switch to set.
+    with pytest.raises(ConfigError, match=r"(?s)fusion_base='average' \(set model.overrides.fusion_base "
+                                          r"to match\).*fusion_head\.blend\.weight"):
+        load_initial_weights(model, path)
+
+
+def test_reinit_without_init_from_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"model.reinit \['fusion_head'\] needs model.init_from"):
+        load_config(None, ["model.reinit=[fusion_head]", "max_steps=1"])

@@ -99,14 +99,15 @@ def test_a_run_without_origin_json_keeps_its_place_without_a_recipe(make_config:
 
 def test_a_fine_tune_of_the_bundled_default_inherits_its_lineage(tmp_path: Path) -> None:
     cfg = load_config(None, ["model.variant=s4fusion", "model.preset=tiny", "model.num_classes=9",
-                             "model.init_from=default", f"out_dir={tmp_path}", "name=ft", "max_steps=5",
+                             "model.init_from=default", "model.overrides={fusion_base: adaptive_blend}",
+                             f"out_dir={tmp_path}", "name=ft", "max_steps=5",
                              "data.generated.train_count=2", "data.generated.val_count=1", "batch_size=2"])
     trainer = start_run(cfg, origin={"recipe": "training/recipes/s4fusion_finetune_bag.yaml", "overrides": []})
     lineage = run_lineage(trainer.run_dir)
     bundled = read_sidecar(DEFAULT_WEIGHTS).lineage
-    assert len(bundled) == 7 and lineage[:7] == bundled
-    assert lineage[7] == {"weights": "default", "sha256": file_sha256(DEFAULT_WEIGHTS)}
-    assert lineage[8] == {"run": "ft", "recipe": "training/recipes/s4fusion_finetune_bag.yaml", "overrides": [],
+    assert len(bundled) == 8 and lineage[:8] == bundled
+    assert lineage[8] == {"weights": "default", "sha256": file_sha256(DEFAULT_WEIGHTS)}
+    assert lineage[9] == {"run": "ft", "recipe": "training/recipes/s4fusion_finetune_bag.yaml", "overrides": [],
                           "max_steps": 5, "started_from": "default"}
 
 

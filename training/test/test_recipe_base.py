@@ -17,7 +17,7 @@ from ivf_training.config import ConfigError, config_to_dict, load_config, read_r
 RECIPES = Path(__file__).resolve().parents[2] / "training" / "recipes"
 CPU_DEFAULT_STAGES = ("s4fusion_generated", "s4fusion_generated_finetune", "s4fusion_default_rare_classes",
                       "s4fusion_default_sharpen", "s4fusion_default_polish", "s4fusion_default_fidelity",
-                      "s4fusion_default_balance")
+                      "s4fusion_default_balance", "s4fusion_default_blend")
 
 
 def _write(path: Path, settings: object) -> Path:
@@ -84,7 +84,7 @@ def test_cpu_default_stages_each_start_from_the_one_before() -> None:
 
 
 def test_bundled_sidecar_lineage_is_what_make_train_default_runs() -> None:
-    """The seven stages the bundled sidecar names are the Makefile's, in order, each with its
+    """The eight stages the bundled sidecar names are the Makefile's, in order, each with its
     recipe's step count and starting checkpoint, and each starts from the run before it, so
     `make train-default` reproduces what the file says."""
     makefile = (RECIPES.parents[1] / "Makefile").read_text()
@@ -105,12 +105,13 @@ def test_bundled_sidecar_lineage_is_what_make_train_default_runs() -> None:
 
 def test_the_last_stage_still_trains_what_the_bundled_sidecar_records() -> None:
     """The recipe the bundled file was trained with (sidecar ``recipe``, resolved before stages
-    used ``base:``) equals what s4fusion_default_balance.yaml resolves to now, paths aside."""
+    used ``base:``) equals what s4fusion_default_blend.yaml resolves to now, paths aside."""
     shipped = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())["recipe"]
-    now = config_to_dict(load_config(RECIPES / "s4fusion_default_balance.yaml", ["name=s4fusion_default_balance"]))
+    now = config_to_dict(load_config(RECIPES / "s4fusion_default_blend.yaml", ["name=s4fusion_default_blend"]))
     # start_run pins the architecture switches the model was built with (tiny's stride-4 patches)
-    assert now["model"].pop("overrides") == {} and set(shipped["model"].pop("overrides")) == {
-        "cmsa_wiring", "patch_overlap", "patch_size"}
+    assert now["model"].pop("overrides") == {"fusion_base": "adaptive_blend"}
+    assert shipped["model"].pop("overrides") == {"cmsa_wiring": "all_scales", "patch_overlap": 2, "patch_size": 4,
+                                                 "fusion_base": "adaptive_blend"}
     for recipe in (shipped, now):  # where the files lay on the machine that trained it
         recipe["model"]["init_from"] = Path(recipe["model"]["init_from"]).name
         recipe["out_dir"] = Path(recipe["out_dir"]).name
@@ -119,11 +120,13 @@ def test_the_last_stage_still_trains_what_the_bundled_sidecar_records() -> None:
     assert now == shipped
 
 
-def test_the_gpu_default_keeps_the_last_cpu_stage_s_loss() -> None:
+def test_the_gpu_default_keeps_the_last_cpu_stage_s_loss_and_fusion_head() -> None:
     gpu = load_config(RECIPES / "s4fusion_gpu_default.yaml")
-    cpu = load_config(RECIPES / "s4fusion_default_balance.yaml")
+    cpu = load_config(RECIPES / "s4fusion_default_blend.yaml")
     assert gpu.loss == cpu.loss and gpu.data.generated.scene == cpu.data.generated.scene
-    assert (gpu.model.preset, gpu.model.init_from, gpu.batch_size, gpu.crop) == ("small", None, 32, 192)
+    assert gpu.model.overrides == cpu.model.overrides == {"fusion_base": "adaptive_blend"}
+    assert (gpu.model.preset, gpu.model.init_from, gpu.model.reinit, gpu.batch_size, gpu.crop) == (
+        "small", None, [], 32, 192)
 
 
 def test_ivf_train_config_prints_the_resolved_recipe(capsys: pytest.CaptureFixture[str]) -> None:

@@ -30,6 +30,11 @@ class ModelConfig:
             fine-tuning stages and stage hand-overs; must fit the model exactly. ``default``
             names the package's bundled weights (``s4fusion`` ``tiny`` with 9 MFNet classes), the
             ones the node runs without a ``weights`` parameter: fine-tune those on your own data.
+        reinit: submodules (state-dict prefixes such as ``fusion_head``) that keep their fresh
+            initialisation instead of taking ``init_from``'s tensors: a head whose meaning a
+            switch in ``overrides`` changes (S4Fusion's ``fusion_base``) restarts while the rest
+            of the network carries on. Every name must be a submodule of the model, and every
+            other tensor must still fit exactly.
         freeze_seg_head: keep the segmentation head as it is: its parameters get no gradient and
             no weight decay, and its BatchNorm statistics stay fixed. Use it when the training
             data has no labels (an extracted bag without a label topic): the fusion losses then
@@ -47,6 +52,7 @@ class ModelConfig:
     num_classes: int = 9
     overrides: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None
+    reinit: list[str] = field(default_factory=list)
     freeze_seg_head: bool = False
     text_features: str | None = None
     clip_weights: str | None = None

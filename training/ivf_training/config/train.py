@@ -122,6 +122,9 @@ class TrainConfig:
             raise ConfigError(f"optim.gamma_decay (learning-rate factor per epoch) must be in (0, 1], "
                               f"got {o.gamma_decay}")
         self.loss.check_run(best_metric=self.best_metric, num_classes=self.model.num_classes)
+        if self.model.reinit and not self.model.init_from:
+            raise ConfigError(f"model.reinit {self.model.reinit} needs model.init_from: without it the "
+                              "whole model is freshly initialised anyway")
         if self.model.text_features and self.model.clip_weights:
             raise ConfigError("set model.text_features or model.clip_weights, not both")
         d = self.data
