@@ -37,9 +37,12 @@ Differences from the public code, on purpose:
   luminance; we feed the visible branch RGB (colour helps segmentation), predict the fused Y
   channel and recombine it with the visible Cb/Cr (BT.601), the standard practice for colour
   fusion results.
-* The fusion head predicts a correction, in logit space, to the pixel average of Y_vi and the
-  thermal image, initialised at zero: an untrained model is a sensible fusion and training on
-  a CPU converges in minutes instead of hours.
+* The fusion head predicts a correction, in logit space, to a base image, initialised at zero:
+  an untrained model is a sensible fusion and training on a CPU converges in minutes instead
+  of hours. ``fusion_base="average"`` (all presets) corrects the pixel average of Y_vi and the
+  thermal image; ``"adaptive_blend"`` (the bundled ``tiny`` weights since stage 8) corrects a
+  learnt per-pixel blend of the two that starts at the pixel maximum (see
+  :class:`FoldFusionHead` for why).
 * Our extension: a light SegFormer head (the shared
   :class:`~ivf_perception.models.layers.SegFormerHead`) on the decoder features of the three
   scales, so this fusion-only network also publishes label maps. ``num_classes=0`` removes it.
@@ -49,10 +52,10 @@ Differences from the public code, on purpose:
 * ``tiny``/``small``/``test`` keep our stride-4 embedding (6×6 kernel, 2 pixels of overlap):
   (4/3)² ≈ 1.8× fewer tokens than stride 3, which the CPU presets need for speed.
 
-Weights written before these switches existed carry no ``patch_overlap``/``cmsa_wiring`` in
-their sidecar; :data:`LEGACY_ARGS` tells the weight loader to build them with the old
-behaviour (stride 4, overlap 2, ``all_scales``) whatever their preset, and new exports record
-the switches explicitly.
+Weights written before these switches existed carry no ``patch_overlap``/``cmsa_wiring``/
+``fusion_base`` in their sidecar; :data:`LEGACY_ARGS` tells the weight loader to build them
+with the old behaviour (stride 4, overlap 2, ``all_scales``, ``average``) whatever their
+preset, and new exports record the switches explicitly.
 """
 
 from __future__ import annotations
