@@ -6,6 +6,9 @@ the report runs exactly them (and ``ivf-train eval --dataset generated`` for the
 
 * the eleven fusion metrics on RoadScene (50 pairs) and TNO (25) for each weights file and for
   the pixel average and pixel maximum (``fuse --baseline``);
+* how far each file's fused images are from those two baselines' (mean absolute difference of
+  the BT.601 luminance, grey levels): metrics near a baseline's mean little if the images are
+  that baseline's;
 * mIoU and per-class IoU on held-out generated seeds (no training recipe uses them), next to
   the ceiling a head predicting at 1/4 resolution can reach on the same labels (see
   :func:`_stride_ceiling`: thin classes such as bikes cannot get near 1 at that stride).
@@ -36,6 +39,8 @@ import torch
 import torch.nn.functional as F
 
 from ivf_perception.engine.weights import read_sidecar, write_sidecar
+from ivf_perception.io.image_files import read_rgb
+from ivf_perception.models.layers.color import rgb_to_gray
 
 REAL_SETS = {"roadscene": 50, "tno": 25}
 """Held-out real pair sets under the data folder and their pair counts (DESIGN §6)."""
@@ -67,6 +72,18 @@ def _fusion_scores(data: Path, name: str, work: Path, fuse_args: list[str], thre
     if len(result["per_image"]) != REAL_SETS[name]:
         raise SystemExit(f"quality_report: {name} scored {len(result['per_image'])} pairs, expected {REAL_SETS[name]}")
     return {k: round(float(result["mean"][k]), 4) for k in FUSION_METRICS}
+
+
+def _luminance_difference(fused: Path, baseline: Path) -> float:
+    """Mean |Y_fused − Y_baseline| in grey levels over every pixel of every image ``fuse`` wrote."""
+    names = sorted(p.name for p in fused.iterdir())
+    total, count = 0.0, 0
+    for name in names:
+        a, b = (rgb_to_gray(torch.from_numpy(read_rgb(d / name)).permute(2, 0, 1)[None].double())
+                for d in (fused, baseline))
+        total += float((a - b).abs().sum())
+        count += a.numel()
+    return round(total / count, 3)
 
 
 def _segmentation_scores(weights: Path, seed: int, count: int, work: Path, threads: int) -> dict[str, float | None]:
@@ -122,6 +139,16 @@ def _fusion_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def _distance_table(rows: dict[str, dict[str, dict[str, float]]]) -> str:
+    lines = ["| set | weights | mean abs Y difference to the pixel average | to the pixel maximum |",
+             "|---|---|---|---|"]
+    for n in REAL_SETS:
+        for label, per_set in rows.items():
+            to = per_set[n]
+            lines.append(f"| {n} ({REAL_SETS[n]}) | {label} | {to['pixel_average']:.3f} | {to['pixel_maximum']:.3f} |")
+    return "\n".join(lines)
+
+
 def _segmentation_table(rows: dict[str, dict[str, dict[str, float | None]]]) -> str:
     head = ["mIoU", *CLASS_NAMES]
     lines = ["| weights | seed | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(head)]
@@ -160,6 +187,7 @@ def main() -> None:
     segmentation: dict[str, dict[str, dict[str, float | None]]] = {}
     ceiling_label = f"label ceiling at stride {HEAD_STRIDE} (reference)"
     ceiling = {f"seed {s}": _stride_ceiling(s, args.count) for s in args.seeds}
+    distance: dict[str, dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         for mode, label in (("mean", "pixel average"), ("max", "pixel maximum")):
@@ -170,6 +198,9 @@ def main() -> None:
             run = work / label
             fusion[label] = {n: _fusion_scores(args.data, n, run, ["--weights", str(weights), "--device", "cpu"],
                                                args.threads) for n in REAL_SETS}
+            distance[label] = {n: {base: _luminance_difference(run / n / "fused", work / mode / n / "fused")
+                                   for mode, base in (("mean", "pixel_average"), ("max", "pixel_maximum"))}
+                               for n in REAL_SETS}
             segmentation[label] = {f"seed {s}": _segmentation_scores(weights, s, args.count, run, args.threads)
                                    for s in args.seeds}
             if args.write_sidecar:
@@ -180,11 +211,15 @@ def main() -> None:
                     "device": f"cpu ({platform.machine()})",
                     "held_out_real_pairs": {n: {"pairs": REAL_SETS[n], "model": fusion[label][n],
                                                 "pixel_average": fusion["pixel average"][n],
-                                                "pixel_maximum": fusion["pixel maximum"][n]} for n in REAL_SETS},
+                                                "pixel_maximum": fusion["pixel maximum"][n],
+                                                "mean_abs_luminance_difference": distance[label][n]}
+                                            for n in REAL_SETS},
                     "held_out_generated": {"scenes_per_seed": args.count, **segmentation[label],
                                            f"label_ceiling_stride_{HEAD_STRIDE}": ceiling},
                 })
     print(_fusion_table(fusion))
+    print()
+    print(_distance_table(distance))
     print()
     print(_segmentation_table({**segmentation, ceiling_label: ceiling}))
 

@@ -223,15 +223,14 @@ def load_initial_weights(model: torch.nn.Module, path: Path, reinit: Sequence[st
     switches: dict[str, object] = {}
     if _is_engine_weights(path):
         state, info = load_weights(path)
-        built = model.config().get("model_args", {}) if callable(getattr(model, "config", None)) else {}
-        switches = {k: v for k, v in info.model_args.items() if k in built and built[k] != v}
+        switches = _differing_switches(model, info.model_args)
     else:
         try:
             state = read_safetensors(path, what="model.init_from file")
         except TensorFileError as exc:
             raise ConfigError(str(exc)) from exc
     prefixes = tuple(f"{name}." for name in reinit)
-    if prefixes:
+    if prefixes:  # the file's tensors of those modules are replaced by the model's own
         fresh = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(prefixes)}
         state = {**{k: v for k, v in state.items() if not k.startswith(prefixes)}, **fresh}
     try:
@@ -242,6 +241,14 @@ def load_initial_weights(model: torch.nn.Module, path: Path, reinit: Sequence[st
         raise ConfigError(f"model.init_from: {path} does not fit the configured model{hint}: {exc}") from exc
     _log.info("initialised the model from %s%s", path,
               f" (freshly initialised: {', '.join(reinit)})" if reinit else "")
+
+
+def _differing_switches(model: nn.Module, saved_args: Mapping[str, object]) -> dict[str, object]:
+    """The saved constructor arguments the model was built with other values of: the likely
+    reason why a weight file does not fit, named in the error instead of only its tensor keys."""
+    config = getattr(model, "config", None)
+    built = config().get("model_args", {}) if callable(config) else {}
+    return {k: v for k, v in saved_args.items() if k in built and built[k] != v}
 
 
 def _stay_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:

@@ -172,13 +172,14 @@ def test_export_round_trip(make_config: MakeConfig, tmp_path: Path) -> None:
 
 
 def test_export_records_the_architecture_switches(make_config: MakeConfig, tmp_path: Path) -> None:
-    """Exports write a family's later-added switches (S4Fusion: patch geometry, CMSA wiring)
-    into the sidecar even when the recipe leaves them to the preset, so the weight loader never
+    """Exports write a family's later-added switches (S4Fusion: patch geometry, CMSA wiring,
+    fusion base) into the sidecar even when the recipe leaves them to the preset, so the weight loader never
     mistakes the file for one written before the switches and gives it the legacy values."""
     trainer = start_run(make_config("model.variant=test_s4fusion", "model.preset=test", "max_steps=1"))
     trainer.fit()
     _, info = load_weights(export_engine_weights(trainer.run_dir, tmp_path / "s4.safetensors"))
-    assert info.model_args == {"patch_size": 4, "patch_overlap": 2, "cmsa_wiring": "all_scales"}
+    assert info.model_args == {"patch_size": 4, "patch_overlap": 2, "cmsa_wiring": "all_scales",
+                               "fusion_base": "average"}
 
 
 class _NaNLoss(FusionSegLoss):
