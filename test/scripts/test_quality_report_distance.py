@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 import quality_report as report
+from PIL import Image
 
 
 def _write(folder: Path, name: str, rgb: np.ndarray) -> None:
