@@ -198,8 +198,8 @@ def main() -> None:
             run = work / label
             fusion[label] = {n: _fusion_scores(args.data, n, run, ["--weights", str(weights), "--device", "cpu"],
                                                args.threads) for n in REAL_SETS}
-            distance[label] = {n: {base: _luminance_difference(run / n / "fused", work / mode / n / "fused")
-                                   for mode, base in (("mean", "pixel_average"), ("max", "pixel_maximum"))}
+            distance[label] = {n: {base: _luminance_difference(run / n / "fused", work / base_mode / n / "fused")
+                                   for base_mode, base in (("mean", "pixel_average"), ("max", "pixel_maximum"))}
                                for n in REAL_SETS}
             segmentation[label] = {f"seed {s}": _segmentation_scores(weights, s, args.count, run, args.threads)
                                    for s in args.seeds}

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -281,13 +281,15 @@ class FoldFusionHead(nn.Module):
         tokens: (B, H/p, W/p, C), y_vi, ir: (B, 1, H, W)  ->  fused Y (B, 1, H, W) in (0, 1)
     """
 
-    blend_gain = 64.0
+    blend_gain: ClassVar[float] = 64.0
     """G: scales the luminance difference so that a sharpness of order 1 already selects the
     brighter source for differences of a few grey levels (AdamW moves weights ~lr per step)."""
 
     def __init__(self, dim: int, patch_size: int = 4, overlap: int = 2, base: FusionBase = "average",
                  device: DeviceLike = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        if base not in get_args(FusionBase):
+            raise ValueError(f"fusion_base must be one of {', '.join(get_args(FusionBase))}, got {base!r}")
         self.kernel = patch_size + overlap
         self.stride = patch_size
         self.padding = _patch_padding(overlap)

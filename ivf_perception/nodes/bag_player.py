@@ -142,7 +142,10 @@ class BagPlayer:
             summary.loops += 1
             if not self.loop:
                 break
-        for pub in self._publishers.values():  # let reliable subscribers receive the tail
+        # Let reliable subscribers receive the tail, /clock's too: a process that exits right
+        # after play() drops whatever its subscribers have not acknowledged yet.
+        tail = [*self._publishers.values(), *([self._clock_pub] if self._clock_pub is not None else [])]
+        for pub in tail:
             pub.wait_for_all_acked(Duration(seconds=2))
         summary.duration_s = time.monotonic() - started
         return summary

@@ -198,6 +198,7 @@ def test_sidecars_without_the_switches_load_with_the_old_geometry(tmp_path: Path
     path = save_weights(old.state_dict(), tmp_path / "old.safetensors", info)
     net, _ = build_model_from_weights(path)
     assert net.cmsa_wiring == "all_scales" and net.input_multiple == 16
+    assert net.fusion_head.blend is None  # corrects the pixel average, as before fusion_base existed
     x = torch.rand(1, 3, 32, 48), torch.rand(1, 1, 32, 48)
     torch.testing.assert_close(net(*x).fused, old(*x).fused)
     # A sidecar that names the switches gets them, not the legacy values.

@@ -27,6 +27,7 @@ from ivf_perception.guidance import GuidanceCache, GuidanceError
 from ivf_perception.io.classes import CLASS_TABLES, MFNET_CLASSES
 from ivf_perception.io.tensor_files import TensorFileError, read_safetensors
 from ivf_perception.models.cmfs.text_features import TextFeaturesError, text_features_for
+from ivf_perception.models.registry import with_legacy_args
 from ivf_perception.models.upfusion.text import load_text_embedding, prompt_embedding
 from ivf_training.config import ConfigError, ModelConfig, TrainConfig
 from ivf_training.datasets import RealPairsDataset, build_dataset, build_mix, default_split
@@ -219,11 +220,11 @@ def load_initial_weights(model: torch.nn.Module, path: Path, reinit: Sequence[st
     submodules = dict(model.named_modules())
     unknown = [name for name in reinit if not name or name not in submodules]
     if unknown:
-        raise ConfigError(f"model.reinit: {', '.join(map(repr, unknown))} is not a submodule of the model")
+        raise ConfigError(f"model.reinit: not submodules of the model: {', '.join(map(repr, unknown))}")
     switches: dict[str, object] = {}
     if _is_engine_weights(path):
         state, info = load_weights(path)
-        switches = _differing_switches(model, info.model_args)
+        switches = _differing_switches(model, with_legacy_args(info.variant, info.preset, info.model_args))
     else:
         try:
             state = read_safetensors(path, what="model.init_from file")

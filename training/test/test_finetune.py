@@ -191,7 +191,7 @@ def test_reinit_keeps_the_named_module_fresh_and_loads_the_rest_exactly(tmp_path
 def test_reinit_names_must_be_submodules_and_the_rest_must_fit(tmp_path: Path) -> None:
     _, path = _average_head_weights(tmp_path)
     model = build_model("test_s4fusion", num_classes=3, fusion_base="adaptive_blend")
-    with pytest.raises(ConfigError, match="model.reinit: 'fusion_heads' is not a submodule"):
+    with pytest.raises(ConfigError, match="model.reinit: not submodules of the model: 'fusion_heads'"):
         load_initial_weights(model, path, reinit=["fusion_heads"])
     # Without reinit the blend layer has no tensors in the file: the error names the switch to set.
     with pytest.raises(ConfigError, match=r"(?s)fusion_base='average' \(set model.overrides.fusion_base "
@@ -202,3 +202,17 @@ def test_reinit_names_must_be_submodules_and_the_rest_must_fit(tmp_path: Path) -
 def test_reinit_without_init_from_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"model.reinit \['fusion_head'\] needs model.init_from"):
         load_config(None, ["model.reinit=[fusion_head]", "max_steps=1"])
+
+
+def test_a_sidecar_written_before_a_switch_gets_the_hint_too(tmp_path: Path) -> None:
+    """A file from before fusion_base existed (no such key in its model_args) was trained with
+    the legacy value, so the error names that value as well."""
+    from ivf_perception.engine.weights import WeightsInfo, save_weights
+
+    source = build_model("test_s4fusion", num_classes=3)
+    info = WeightsInfo(variant="test_s4fusion", preset="test", num_classes=3,
+                       model_args={"patch_size": 4, "patch_overlap": 2, "cmsa_wiring": "all_scales"})
+    path = save_weights(source.state_dict(), tmp_path / "stage7_format.safetensors", info)
+    model = build_model("test_s4fusion", num_classes=3, fusion_base="adaptive_blend")
+    with pytest.raises(ConfigError, match=r"fusion_base='average' \(set model.overrides.fusion_base to match\)"):
+        load_initial_weights(model, path)
