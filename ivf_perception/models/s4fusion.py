@@ -304,23 +304,23 @@ class FoldFusionHead(nn.Module):
             with torch.no_grad():  # channels: bias (k² outputs), then sharpness (k² outputs)
                 self.blend.bias[self.kernel * self.kernel:] = 1.0
 
-    def _fold_tokens(self, values: torch.Tensor) -> torch.Tensor:
-        """(B, h, w, C·k²) per-token patches -> (B, C, h·p, w·p), overlaps averaged."""
+    def _fold(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, h, w, C·k²) per-token patches -> (B, C, h·p, w·p), overlapping patches summed."""
         b, h, w, _ = values.shape
-        out_size = (h * self.stride, w * self.stride)
         cols = values.reshape(b, h * w, -1).transpose(1, 2)
-        summed = F.fold(cols, output_size=out_size, kernel_size=self.kernel, stride=self.stride,
-                        padding=self.padding)
-        count = F.fold(torch.ones_like(cols[:1, : self.kernel * self.kernel]), output_size=out_size,
-                       kernel_size=self.kernel, stride=self.stride, padding=self.padding)
-        return summed / count
+        return F.fold(cols, output_size=(h * self.stride, w * self.stride), kernel_size=self.kernel,
+                      stride=self.stride, padding=self.padding)
 
     def forward(self, tokens: torch.Tensor, y_vi: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-        correction = self._fold_tokens(self.proj(tokens))
+        patches = self.proj(tokens)
+        # How many patches cover each pixel (1, 1, H, W): the divisor that averages the overlaps,
+        # shared by every folded output.
+        count = self._fold(torch.ones_like(patches[:1]))
+        correction = self._fold(patches) / count
         if self.blend is None:
             base = 0.5 * (y_vi + ir)
         else:
-            bias, sharpness = self._fold_tokens(self.blend(tokens)).unbind(dim=1)
+            bias, sharpness = (self._fold(self.blend(tokens)) / count).unbind(dim=1)
             difference = y_vi - ir
             weight = torch.sigmoid(bias.unsqueeze(1) + sharpness.unsqueeze(1) * self.blend_gain * difference)
             base = ir + weight * difference
@@ -402,8 +402,6 @@ class S4Fusion(FusionSegModel):
             raise ValueError(f"num_classes must be >= 0, got {num_classes}")
         if cmsa_wiring not in get_args(CMSAWiring):
             raise ValueError(f"cmsa_wiring must be one of {', '.join(get_args(CMSAWiring))}, got {cmsa_wiring!r}")
-        if fusion_base not in get_args(FusionBase):
-            raise ValueError(f"fusion_base must be one of {', '.join(get_args(FusionBase))}, got {fusion_base!r}")
         if patch_size < 1 or not 0 <= patch_overlap < 2 * patch_size:
             raise ValueError(f"need patch_size >= 1 and 0 <= patch_overlap < 2*patch_size, got "
                              f"{patch_size} and {patch_overlap}")

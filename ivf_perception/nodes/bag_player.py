@@ -144,7 +144,9 @@ class BagPlayer:
                 break
         # Let reliable subscribers receive the tail, /clock's too: a process that exits right
         # after play() drops whatever its subscribers have not acknowledged yet.
-        tail = [*self._publishers.values(), *([self._clock_pub] if self._clock_pub is not None else [])]
+        tail = list(self._publishers.values())
+        if self._clock_pub is not None:
+            tail.append(self._clock_pub)
         for pub in tail:
             pub.wait_for_all_acked(Duration(seconds=2))
         summary.duration_s = time.monotonic() - started

@@ -31,12 +31,17 @@ class TestS4FusionPublicWiring(ModelTester):
     sizes = ((36, 48), (24, 60))
 
 
+def _gray_pair(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """A gray visible image and a thermal image, in [0.1, 0.9]: the visible image's neutral Cb/Cr
+    leaves no RGB gamut clipping to blur comparisons of the fused luminance."""
+    rgb = (torch.rand(1, 1, size, size) * 0.8 + 0.1).expand(1, 3, size, size)
+    return rgb, torch.rand(1, 1, size, size) * 0.8 + 0.1
+
+
 def test_untrained_model_is_the_pixel_average() -> None:
     """The zero-initialised fold head makes an untrained model fuse by pixel average (by design)."""
     model = build_model("test_s4fusion").eval()
-    # A gray visible image keeps Cb/Cr neutral, so no RGB gamut clipping blurs the comparison.
-    rgb = (torch.rand(1, 1, 32, 32) * 0.8 + 0.1).expand(1, 3, 32, 32)
-    ir = torch.rand(1, 1, 32, 32) * 0.8 + 0.1
+    rgb, ir = _gray_pair()
     out = model(rgb, ir)
     expected = 0.5 * (rgb_to_gray(rgb) + ir)
     torch.testing.assert_close(rgb_to_gray(out.fused), expected, atol=2e-3, rtol=0)
@@ -47,12 +52,6 @@ class TestS4FusionAdaptiveBlend(ModelTester):
 
     model_name = "test_s4fusion"
     build_kwargs = dict(fusion_base="adaptive_blend")
-
-
-def _gray_pair(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """A gray visible image (neutral Cb/Cr: no gamut clipping) and a thermal image, in [0.1, 0.9]."""
-    rgb = (torch.rand(1, 1, size, size) * 0.8 + 0.1).expand(1, 3, size, size)
-    return rgb, torch.rand(1, 1, size, size) * 0.8 + 0.1
 
 
 def test_untrained_adaptive_blend_is_the_pixel_maximum() -> None:

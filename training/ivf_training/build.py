@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
 from ivf_perception.engine import DEFAULT_WEIGHTS
-from ivf_perception.engine.weights import WEIGHTS_FORMAT, load_weights, sidecar_path
+from ivf_perception.engine.weights import WEIGHTS_FORMAT, WeightsInfo, load_weights, sidecar_path
 from ivf_perception.guidance import GuidanceCache, GuidanceError
 from ivf_perception.io.classes import CLASS_TABLES, MFNET_CLASSES
 from ivf_perception.io.tensor_files import TensorFileError, read_safetensors
@@ -221,10 +221,9 @@ def load_initial_weights(model: torch.nn.Module, path: Path, reinit: Sequence[st
     unknown = [name for name in reinit if not name or name not in submodules]
     if unknown:
         raise ConfigError(f"model.reinit: not submodules of the model: {', '.join(map(repr, unknown))}")
-    switches: dict[str, object] = {}
+    info: WeightsInfo | None = None
     if _is_engine_weights(path):
         state, info = load_weights(path)
-        switches = _differing_switches(model, with_legacy_args(info.variant, info.preset, info.model_args))
     else:
         try:
             state = read_safetensors(path, what="model.init_from file")
@@ -237,19 +236,21 @@ def load_initial_weights(model: torch.nn.Module, path: Path, reinit: Sequence[st
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        hint = "".join(f"; its sidecar records {k}={v!r} (set model.overrides.{k} to match)"
-                       for k, v in switches.items())
+        hint = _switch_hint(model, info) if info is not None else ""
         raise ConfigError(f"model.init_from: {path} does not fit the configured model{hint}: {exc}") from exc
     _log.info("initialised the model from %s%s", path,
               f" (freshly initialised: {', '.join(reinit)})" if reinit else "")
 
 
-def _differing_switches(model: nn.Module, saved_args: Mapping[str, object]) -> dict[str, object]:
-    """The saved constructor arguments the model was built with other values of: the likely
-    reason why a weight file does not fit, named in the error instead of only its tensor keys."""
+def _switch_hint(model: nn.Module, info: WeightsInfo) -> str:
+    """The sidecar's constructor arguments (legacy values filled in) the model was built with
+    other values of: the likely reason why a weight file does not fit, named in the error
+    instead of only its tensor keys."""
     config = getattr(model, "config", None)
     built = config().get("model_args", {}) if callable(config) else {}
-    return {k: v for k, v in saved_args.items() if k in built and built[k] != v}
+    saved = with_legacy_args(info.variant, info.preset, info.model_args)
+    return "".join(f"; its sidecar records {k}={v!r} (set model.overrides.{k} to match)"
+                   for k, v in saved.items() if k in built and built[k] != v)
 
 
 def _stay_in_eval(module: nn.Module, mode: bool = True) -> nn.Module:

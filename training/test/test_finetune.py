@@ -16,7 +16,9 @@ from torch import nn
 
 from ivf_perception.cli.main import main as perception_main
 from ivf_perception.engine import DEFAULT_WEIGHTS
+from ivf_perception.engine.weights import WeightsInfo, save_weights
 from ivf_perception.models import build_model
+from ivf_perception.models.registry import pinned_args
 from ivf_training.build import has_labels, load_initial_weights, resolve_init_from, warn_if_unlabelled
 from ivf_training.cli import main as train_main
 from ivf_training.config import ConfigError, load_config
@@ -159,17 +161,15 @@ def test_resumed_fine_tune_keeps_its_step0_validation(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "ft" / "summary.json").read_text())["start_val"] == first["start_val"]
 
 
-def _average_head_weights(tmp_path: Path) -> tuple[nn.Module, Path]:
-    """Engine weights of a micro S4Fusion whose fusion head corrects the pixel average."""
-    from ivf_perception.engine.weights import WeightsInfo, save_weights
-    from ivf_perception.models.registry import pinned_args
-
+def _average_head_weights(tmp_path: Path, model_args: dict[str, object] | None = None) -> tuple[nn.Module, Path]:
+    """Engine weights of a micro S4Fusion whose fusion head corrects the pixel average; the
+    sidecar records ``model_args`` (default: every switch pinned, as exports write it)."""
     torch.manual_seed(0)
     source = build_model("test_s4fusion", num_classes=3)
     for p in source.parameters():
         p.data.normal_(0, 0.1)
     info = WeightsInfo(variant="test_s4fusion", preset="test", num_classes=3,
-                       model_args=pinned_args("test_s4fusion", source))
+                       model_args=pinned_args("test_s4fusion", source) if model_args is None else model_args)
     return source, save_weights(source.state_dict(), tmp_path / "average.safetensors", info)
 
 
@@ -207,12 +207,7 @@ def test_reinit_without_init_from_is_a_config_error() -> None:
 def test_a_sidecar_written_before_a_switch_gets_the_hint_too(tmp_path: Path) -> None:
     """A file from before fusion_base existed (no such key in its model_args) was trained with
     the legacy value, so the error names that value as well."""
-    from ivf_perception.engine.weights import WeightsInfo, save_weights
-
-    source = build_model("test_s4fusion", num_classes=3)
-    info = WeightsInfo(variant="test_s4fusion", preset="test", num_classes=3,
-                       model_args={"patch_size": 4, "patch_overlap": 2, "cmsa_wiring": "all_scales"})
-    path = save_weights(source.state_dict(), tmp_path / "stage7_format.safetensors", info)
+    _, path = _average_head_weights(tmp_path, {"patch_size": 4, "patch_overlap": 2, "cmsa_wiring": "all_scales"})
     model = build_model("test_s4fusion", num_classes=3, fusion_base="adaptive_blend")
     with pytest.raises(ConfigError, match=r"fusion_base='average' \(set model.overrides.fusion_base to match\)"):
         load_initial_weights(model, path)
