@@ -9,7 +9,8 @@ the report runs exactly them (and ``ivf-train eval --dataset generated`` for the
 * how far each file's fused images are from those two baselines' (mean absolute difference of
   the BT.601 luminance, grey levels): metrics near a baseline's mean little if the images are
   that baseline's;
-* mIoU and per-class IoU on held-out generated seeds (no training recipe uses them), next to
+* mIoU and per-class IoU on held-out generated seeds (no training recipe and no calibration uses
+  them; the report refuses a seed the sidecar's lineage calibrated on), next to
   the ceiling a head predicting at 1/4 resolution can reach on the same labels (see
   :func:`_stride_ceiling`: thin classes such as bikes cannot get near 1 at that stride).
 
@@ -41,6 +42,7 @@ import torch.nn.functional as F
 from ivf_perception.engine.weights import read_sidecar, write_sidecar
 from ivf_perception.io.image_files import read_rgb
 from ivf_perception.models.layers.color import rgb_to_gray
+from ivf_training.calibrate import calibration_scene_seeds
 
 REAL_SETS = {"roadscene": 50, "tno": 25}
 """Held-out real pair sets under the data folder and their pair counts (DESIGN §6)."""
@@ -170,6 +172,14 @@ def _write_quality(weights: Path, quality: dict[str, Any]) -> None:
     write_sidecar(weights, info)
 
 
+def _refuse_calibration_seeds(weights: Path, seeds: list[int]) -> None:
+    """Exit when ``weights`` were calibrated on one of ``seeds``: those scenes are not held out."""
+    seen = sorted(calibration_scene_seeds(read_sidecar(weights)) & set(seeds))
+    if seen:
+        raise SystemExit(f"quality_report: {weights} was calibrated on generated seed(s) {seen}, so they are not "
+                         "held out for it (choose other --seeds)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", nargs="+", type=Path, help="engine weights (.safetensors with sidecar)")
@@ -179,6 +189,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--write-sidecar", action="store_true", help="store the results in each sidecar")
     args = parser.parse_args()
+    for weights in args.weights:
+        _refuse_calibration_seeds(weights, args.seeds)
     missing = [str(args.data / n) for n in REAL_SETS if not (args.data / n).is_dir()]
     if missing:
         raise SystemExit(f"quality_report: held-out sets not found: {', '.join(missing)} (see --data)")

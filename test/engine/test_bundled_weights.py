@@ -49,8 +49,10 @@ def test_segments_held_out_generated_scenes_far_above_chance(engine: Engine) -> 
         acc.update(engine.infer(scene.rgb, scene.thermal).labels, scene.labels)
     scores = acc.scores()
     # chance (uniform over 9 classes) gives an IoU of a few percent per class
-    assert scores["mIoU"] > 0.5, scores  # 0.615-0.620 on 100 scenes of seeds 7 and 11 (sidecar quality)
-    assert scores["per_class_iou"]["5"] > 0.2, scores  # car_stop: 0.00 before the class-weighted stages, 0.46-0.47 now
+    # 0.663 on these 8 scenes (0.611 before the class-offset calibration, so the floor guards it);
+    # 0.667-0.677 on 100 scenes of seeds 7 and 11 (sidecar quality)
+    assert scores["mIoU"] > 0.63, scores
+    assert scores["per_class_iou"]["5"] > 0.2, scores  # car_stop: 0.00 before the class-weighted stages, 0.54-0.55 now
 
 
 def _held_out_fusion_scores(engine: Engine, root: Path) -> dict[str, dict[str, float]]:

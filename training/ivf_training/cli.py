@@ -8,6 +8,7 @@
     ivf-train eval CHECKPOINT --dataset KIND [--root DIR] [--split S] [--out FILE.json]
     ivf-train export RUN_DIR --out FILE.safetensors [--checkpoint best|last|prev] [--onnx]
                      [--storage-dtype float32|float16]
+    ivf-train calibrate WEIGHTS --out FILE.safetensors --dataset KIND [-o KEY=VALUE ...]
     ivf-train bench [--variants ...] [--preset small]
     ivf-train tesg-guidance (--dataset KIND --root DIR | --bag BAG) --out CACHE --blip DIR --diffusion DIR
 
@@ -95,6 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                           help="loader option (YAML value), e.g. thermal=thermal_raw or count=100 (repeatable)")
 
+    calibrate = sub.add_parser(
+        "calibrate", help="fit per-class logit offsets for mIoU on a labelled set and fold them into engine weights",
+        description="Coordinate ascent of mIoU (classes 1..K-1) over per-class offsets added to the logits, "
+                    "folded into the final classifier's bias; the sidecar's lineage records the set and the "
+                    "offsets, and its quality report is cleared (rerun scripts/quality_report.py). Calibrate "
+                    "on data the quality report does not hold out, e.g. generated scenes of seed 3.")
+    calibrate.add_argument("weights", type=Path, help="engine weights (.safetensors with sidecar)")
+    calibrate.add_argument("--out", type=Path, required=True, help="destination .safetensors (may be WEIGHTS)")
+    calibrate.add_argument("--dataset", required=True, metavar="KIND", help="a labelled dataset kind, as for eval")
+    calibrate.add_argument("--root", type=Path, default=None, help="the dataset folder (not for generated)")
+    calibrate.add_argument("--split", default=None, help="default: the split training validates on")
+    calibrate.add_argument("--max-pairs", type=int, default=None, help="use only the first N samples")
+    calibrate.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    calibrate.add_argument("--sweeps", type=int, default=3, help="passes of coordinate ascent over the classes")
+    calibrate.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                           help="loader option (YAML value), e.g. 'config={seed: 3}' count=200 (repeatable)")
+
     bench = sub.add_parser("bench", help="training throughput per variant and the data loader's share")
     bench.add_argument("--variants", nargs="+", default=None, help="default: every registered variant but test_*")
     bench.add_argument("--preset", default="small")
@@ -132,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     guidance.add_argument("--fp16", action="store_true", help="run the models in half precision (GPU)")
     guidance.add_argument("--max-pairs", type=int, default=None, help="only the first N pairs")
     guidance.add_argument("--overwrite", action="store_true", help="regenerate entries that exist")
-    for command in (run, resume, evaluate, bench):
+    for command in (run, resume, evaluate, calibrate, bench):
         command.add_argument("--threads", type=int, default=0, metavar="N",
                              help="CPU threads of torch and OpenCV in the main process; 0 = auto (default): "
                                   "usable physical cores minus the data-loader workers (at least one left), "
@@ -218,6 +236,22 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from ivf_training.calibrate import calibrate_weights
+
+    result = calibrate_weights(args.weights, args.out, args.dataset, args.root, args.split,
+                               options=_options(args.option), max_pairs=args.max_pairs, device=args.device,
+                               sweeps=args.sweeps, progress=True)
+    fit = result.fit
+    print(f"offsets {[round(b, 3) for b in fit.biases]} folded into {result.layer}")
+    print(f"calibration set mIoU {fit.miou_before:.4f} -> {fit.miou_after:.4f}; per-class IoU "
+          + ", ".join(f"{'n/a' if a is None else f'{a:.3f}'}->{'n/a' if b is None else f'{b:.3f}'}"
+                      for a, b in zip(fit.iou_before, fit.iou_after)))
+    print(f"wrote {result.out} and {result.out.with_suffix('.json').name} (quality cleared: rerun "
+          "scripts/quality_report.py on held-out data)")
+    return 0
+
+
 def _tesg_guidance(args: argparse.Namespace) -> int:
     import torch
 
@@ -279,6 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "eval":
             _apply_threads(args.threads, args.num_workers)
             return _eval(args)
+        if args.command == "calibrate":
+            _apply_threads(args.threads, 0)
+            return _calibrate(args)
         if args.command == "tesg-guidance":
             return _tesg_guidance(args)
         if args.command == "bench":

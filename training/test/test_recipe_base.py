@@ -85,8 +85,8 @@ def test_cpu_default_stages_each_start_from_the_one_before() -> None:
 
 def test_bundled_sidecar_lineage_is_what_make_train_default_runs() -> None:
     """The eight stages the bundled sidecar names are the Makefile's, in order, each with its
-    recipe's step count and starting checkpoint, and each starts from the run before it, so
-    `make train-default` reproduces what the file says."""
+    recipe's step count and starting checkpoint, and each starts from the run before it, and the
+    calibration after them is the Makefile's, so `make train-default` reproduces what the file says."""
     makefile = (RECIPES.parents[1] / "Makefile").read_text()
     stages = makefile.split("DEFAULT_STAGES :=")[1].split("\ntrain-default:")[0].replace("\\\n", " ").split()
     expected = []
@@ -97,7 +97,13 @@ def test_bundled_sidecar_lineage_is_what_make_train_default_runs() -> None:
                          "max_steps": cfg.max_steps,
                          "started_from": "/".join(Path(init_from).parts[-3:]) if init_from else None})
     assert [e["recipe"] for e in expected] == [f"training/recipes/{name}.yaml" for name in CPU_DEFAULT_STAGES]
-    assert read_sidecar(DEFAULT_WEIGHTS).lineage == expected
+    *runs, calibration = read_sidecar(DEFAULT_WEIGHTS).lineage
+    assert runs == expected
+    calibrate_args = makefile.split("CALIBRATION :=")[1].split("\n")[0]
+    assert calibration["calibration"] == "class_bias" and calibration["source"] == DEFAULT_WEIGHTS.name
+    assert calibration["dataset"]["options"] == {"config": {"seed": 3}, "count": 200}
+    assert "--dataset generated -o 'config={seed: 3}' -o count=200" in calibrate_args
+    assert "ivf-train calibrate ivf_perception/weights/s4fusion_tiny_default.safetensors" in makefile
     for before, stage in zip(expected, expected[1:]):
         assert stage["started_from"].split("/")[0] == before["run"], stage
     assert f"ivf-train export runs/{expected[-1]['run']} --checkpoint last" in makefile
