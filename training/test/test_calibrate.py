@@ -110,11 +110,14 @@ def test_bad_fit_input_is_a_calibration_error(logits, labels, kwargs, message) -
 
 def _probe() -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(2)
-    return torch.rand(1, 3, 48, 64, generator=gen), torch.rand(1, 1, 48, 64, generator=gen)
+    return torch.rand(1, 3, 64, 64, generator=gen), torch.rand(1, 1, 64, 64, generator=gen)
 
 
-@pytest.mark.parametrize(("variant", "layer"), [("test_s4fusion", "seg_head.classifier"),
-                                                ("test_mafs", "seg_head.head.semantic")])
+@pytest.mark.parametrize(("variant", "layer"), [
+    ("test_s4fusion", "seg_head.classifier"), ("test_cmfs", "seg_head.classifier"),
+    ("test_upfusion", "seg_head.classifier"), ("test_tesg", "seg_head.head.classifier"),
+    ("test_mafs", "seg_head.head.semantic"),  # not its deep-supervision heads, which also have K outputs
+])
 def test_the_fold_shifts_the_logits_by_the_offsets_and_leaves_the_fused_image(variant: str, layer: str) -> None:
     torch.manual_seed(0)
     model = build_model(variant, num_classes=K).eval()
