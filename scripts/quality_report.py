@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ivf_perception.engine.weights import read_sidecar, write_sidecar
+from ivf_perception.engine.weights import WeightsError, read_sidecar, write_sidecar
 from ivf_perception.io.image_files import read_rgb
 from ivf_perception.models.layers.color import rgb_to_gray
 from ivf_training.calibrate import calibration_scene_seeds
@@ -174,7 +174,11 @@ def _write_quality(weights: Path, quality: dict[str, Any]) -> None:
 
 def _refuse_calibration_seeds(weights: Path, seeds: list[int]) -> None:
     """Exit when ``weights`` were calibrated on one of ``seeds``: those scenes are not held out."""
-    seen = sorted(calibration_scene_seeds(read_sidecar(weights)) & set(seeds))
+    try:
+        info = read_sidecar(weights)
+    except WeightsError as exc:
+        raise SystemExit(f"quality_report: {exc}") from exc
+    seen = sorted(calibration_scene_seeds(info) & set(seeds))
     if seen:
         raise SystemExit(f"quality_report: {weights} was calibrated on generated seed(s) {seen}, so they are not "
                          "held out for it (choose other --seeds)")

@@ -2,7 +2,8 @@
 
 ::
 
-    ivf-train calibrate WEIGHTS.safetensors --out CALIBRATED.safetensors [--seed 3] [--count 200]
+    ivf-train calibrate W.safetensors --out OUT.safetensors --dataset KIND [--root DIR] [-o KEY=VALUE ...]
+    ivf-train calibrate W.safetensors --out W.safetensors --dataset generated -o 'config={seed: 3}' -o count=200
 
 Why: a segmentation head trained with class-weighted cross-entropy (the rare-class stages of the
 bundled default) over-predicts the rare classes: on generated scenes of seed 3 the bundled tiny
@@ -32,7 +33,7 @@ from torch import nn
 
 from ivf_perception.engine.weights import WeightsInfo, build_model_from_weights, save_weights
 from ivf_perception.errors import IvfPerceptionError
-from ivf_perception.metrics.segmentation import iou_from_confusion, miou
+from ivf_perception.metrics.segmentation import confusion_matrix, iou_from_confusion, miou
 from ivf_training.augment import IGNORE_INDEX
 from ivf_training.datasets import build_dataset, default_split, describe_dataset
 from ivf_training.objectives import forward_full_size
@@ -79,13 +80,11 @@ def confusion_with_biases(logits: torch.Tensor, labels: torch.Tensor, biases: to
         biases: K offsets.
     """
     k = logits.shape[0]
-    conf = torch.zeros(k * k, dtype=torch.long)
+    conf = torch.zeros(k, k, dtype=torch.long)
     for first in range(0, logits.shape[1], _CHUNK):
         pred = (logits[:, first:first + _CHUNK].float() + biases.view(k, 1).float()).argmax(0)
-        truth = labels[first:first + _CHUNK]
-        keep = truth != IGNORE_INDEX
-        conf += torch.bincount(truth[keep] * k + pred[keep], minlength=k * k)
-    return conf.view(k, k)
+        conf += torch.from_numpy(confusion_matrix(pred, labels[first:first + _CHUNK], k, IGNORE_INDEX))
+    return conf
 
 
 def _miou(conf: torch.Tensor) -> float:
@@ -97,21 +96,25 @@ def _candidate_counts(logits: torch.Tensor, labels: torch.Tensor, biases: torch.
                       thresholds: torch.Tensor) -> torch.Tensor:
     """Pixels counted by (margin bin, runner-up class, true class) for class ``c``.
 
-    With the other offsets fixed, a pixel is labelled ``c`` for offset ``v`` exactly when its
-    margin ``logit_c - max_other(logit + offset)`` exceeds ``-v``, and otherwise gets the runner-up;
-    bin ``b`` holds the pixels whose margin exceeds exactly ``b`` of the ascending ``thresholds``.
+    With the other offsets fixed, argmax labels a pixel ``c`` for offset ``v`` exactly when its
+    margin ``logit_c - max_other(logit + offset)`` exceeds ``-v``, or equals it and ``c`` is the
+    lower index (argmax's tie rule; ties are common with float16 scores and a 1/8 grid), and
+    otherwise gives it the runner-up. Bin ``b`` holds the pixels labelled ``c`` for exactly the
+    ``b`` lowest of the ascending ``thresholds``.
     """
     k, n = logits.shape[0], len(thresholds)
     counts = torch.zeros((n + 1) * k * k, dtype=torch.long)
     for first in range(0, logits.shape[1], _CHUNK):
-        scores = logits[:, first:first + _CHUNK].float() + biases.view(k, 1)
-        own = scores[c] - biases[c]
-        scores[c] = -math.inf
-        rest_max, runner_up = scores.max(0)
         truth = labels[first:first + _CHUNK]
         keep = truth != IGNORE_INDEX
-        above = torch.bucketize((own - rest_max)[keep], thresholds)  # thresholds strictly below the margin
-        counts += torch.bincount((above * k + runner_up[keep]) * k + truth[keep], minlength=(n + 1) * k * k)
+        chunk = logits[:, first:first + _CHUNK][:, keep].float()
+        others = chunk + biases.view(k, 1)
+        others[c] = -math.inf
+        rest_max, runner_up = others.max(0)
+        margin = chunk[c] - rest_max
+        above = torch.where(runner_up > c, torch.bucketize(margin, thresholds, right=True),  # ties go to c
+                            torch.bucketize(margin, thresholds))  # ties go to the runner-up
+        counts += torch.bincount((above * k + runner_up) * k + truth[keep], minlength=(n + 1) * k * k)
     return counts.view(n + 1, k, k)
 
 
@@ -119,8 +122,9 @@ def _best_offset_for_class(logits: torch.Tensor, labels: torch.Tensor, biases: t
                            grid: torch.Tensor) -> float:
     """The grid offset of class ``c`` that maximises mIoU with the other offsets held.
 
-    One pass over the pixels scores every candidate (:func:`_candidate_counts`). The current
-    offset is kept unless a candidate beats it, so a sweep never lowers mIoU.
+    One pass over the pixels scores every candidate (:func:`_candidate_counts`), as argmax would
+    label them (up to float rounding of the sums). The current offset is kept unless a candidate
+    beats it, so a sweep does not lower mIoU.
     """
     n = len(grid)
     thresholds = (-grid).flip(0).contiguous()  # candidate grid[i]'s threshold sits at index n-1-i
@@ -129,7 +133,7 @@ def _best_offset_for_class(logits: torch.Tensor, labels: torch.Tensor, biases: t
     as_runner_up = counts.sum(0)
     scores = []
     for i in range(n):
-        chosen = labelled_c[n - i]  # margin above grid[i]'s threshold: labelled c
+        chosen = labelled_c[n - i]  # labelled c for grid[i]
         conf = (as_runner_up - chosen).transpose(0, 1).clone()  # truth × prediction
         conf[:, c] += chosen.sum(0)
         scores.append(_miou(conf))
@@ -165,9 +169,7 @@ def fit_class_biases(logits: torch.Tensor, labels: torch.Tensor, *, grid: Sequen
     k = logits.shape[0]
     if k < 2:
         raise CalibrationError(f"calibration needs at least 2 classes, the model has {k}")
-    if not grid or sweeps < 1:
-        raise CalibrationError(f"calibration needs a non-empty grid and sweeps >= 1, got {len(grid)} values and "
-                               f"{sweeps} sweeps")
+    _check_search(grid, sweeps)
     labels = labels.long()
     keep = labels != IGNORE_INDEX
     if not bool(keep.any()):
@@ -190,6 +192,12 @@ def fit_class_biases(logits: torch.Tensor, labels: torch.Tensor, *, grid: Sequen
                    iou_before=_ious(before), iou_after=_ious(after))
 
 
+def _check_search(grid: Sequence[float], sweeps: int) -> None:
+    if len(grid) == 0 or sweeps < 1:
+        raise CalibrationError(f"calibration needs a non-empty grid and sweeps >= 1, got {len(grid)} values and "
+                               f"{sweeps} sweeps")
+
+
 def _ious(conf: torch.Tensor) -> list[float | None]:
     return [None if math.isnan(v) else float(v) for v in iou_from_confusion(conf.numpy())]
 
@@ -198,33 +206,36 @@ def fold_class_biases(model: nn.Module, biases: Sequence[float], rgb: torch.Tens
     """Add ``biases`` to the bias of the layer whose output the logits are, in place; its name.
 
     Which layer that is differs by variant (``seg_head.classifier``, MAFS' ``seg_head.head.semantic``
-    beside its deep-supervision heads), so each layer with K outputs and a bias is tried and kept
-    only when the model's logits for the probe ``rgb``/``thermal`` move by exactly the offsets
+    beside its deep-supervision heads), so each layer with K outputs and a bias is tried with
+    distinct trial offsets (1, 2, ..., K: real offsets may all be zero, which any layer passes) and
+    kept only when the model's logits for the probe ``rgb``/``thermal`` move by exactly those
     (true of a final 1×1 classifier followed by bilinear resizing, whose weights sum to one).
 
     Raises:
-        CalibrationError: no layer shifts the logits by a constant (the offsets are not folded).
+        CalibrationError: no layer shifts the logits by a constant (the model is left unchanged).
     """
     offsets = torch.as_tensor(list(biases), dtype=torch.float32)
     k = len(offsets)
+    trial = torch.arange(1, k + 1, dtype=torch.float32)
     with torch.no_grad():
         reference = forward_full_size(model, rgb, thermal, _no_autocast).logits
         if reference is None or reference.shape[1] != k:
             raise CalibrationError(f"the model gives {None if reference is None else reference.shape[1]} class "
                                    f"scores, the offsets are for {k}")
-        expected = reference + offsets.view(1, k, 1, 1).to(reference.device)
-        tolerance = 1e-4 * (1.0 + float(reference.abs().max()))
+        expected = reference + trial.view(1, k, 1, 1).to(reference.device)
+        tolerance = 1e-4 * (1.0 + float(expected.abs().max()))
         for name, layer in model.named_modules():
             out_features = getattr(layer, "out_channels", getattr(layer, "out_features", None))
             bias = getattr(layer, "bias", None)
             if not isinstance(layer, (nn.Conv2d, nn.Linear)) or out_features != k or bias is None:
                 continue
             original = bias.detach().clone()
-            bias.add_(offsets.to(bias))
+            bias.add_(trial.to(bias))
             shifted = forward_full_size(model, rgb, thermal, _no_autocast).logits
-            if shifted is not None and float((shifted - expected).abs().max()) <= tolerance:
-                return name
             bias.copy_(original)
+            if shifted is not None and float((shifted - expected).abs().max()) <= tolerance:
+                bias.add_(offsets.to(bias))
+                return name
     raise CalibrationError(f"{getattr(model, 'variant', type(model).__name__)}: no layer with {k} outputs and a bias "
                            "shifts the logits by a constant, so the offsets cannot be folded into the weights")
 
@@ -252,8 +263,11 @@ class CalibrationSet:
 
 @torch.no_grad()
 def collect_logits(model: nn.Module, dataset: Any, device: torch.device, *, progress: bool = False) -> CalibrationSet:
-    """Run ``model`` over ``dataset`` at full size (as ``ivf-train eval`` does) and keep the scores
-    of the labelled pixels.
+    """Run ``model`` over ``dataset`` at full size and keep the scores of the labelled pixels.
+
+    Each image goes through :func:`~ivf_training.objectives.forward_full_size` (the padding
+    ``ivf-train eval`` uses), in float32; the scores are kept in float16, half the memory (200
+    scenes of 320×240: 280 MB), which the fit counts exactly (its ties follow argmax).
 
     Raises:
         CalibrationError: the set is empty or has no labelled pixel.
@@ -301,7 +315,8 @@ def calibrate_weights(weights: str | Path, out: str | Path, kind: str, root: str
     The sidecar keeps everything it had except ``quality`` (measured on the uncalibrated model,
     so it is cleared: rerun ``scripts/quality_report.py``) and gains a ``lineage`` record: the
     calibration set, the offsets, the layer they went into, and mIoU before and after on that set.
-    ``out`` may be ``weights`` itself (both files are replaced atomically).
+    ``out`` may be ``weights`` itself: each file is replaced atomically, the sidecar first (a
+    crash between the two renames leaves a record of offsets the tensors lack; rerun).
 
     Args:
         weights: engine weights (``.safetensors`` + sidecar) with a segmentation head.
@@ -319,7 +334,10 @@ def calibrate_weights(weights: str | Path, out: str | Path, kind: str, root: str
     """
     from ivf_training.build import resolve_device
 
-    weights = Path(weights)
+    weights, out = Path(weights), Path(out)
+    if out.suffix != ".safetensors":  # refused before the minute of collecting scores
+        raise CalibrationError(f"{out}: engine weights must use the .safetensors suffix")
+    _check_search(grid, sweeps)
     model, info = build_model_from_weights(weights, device=resolve_device(device))
     if info.num_classes == 0:
         raise CalibrationError(f"{weights}: fusion-only weights (num_classes 0) have no class scores to calibrate")
