@@ -46,7 +46,7 @@ DEFAULT_GRID = tuple(x / 8 for x in range(-24, 25))
 """Candidate offsets: -3 to 3 in steps of 1/8 (the offsets fitted for the bundled default lie within ±1.25)."""
 
 
-class CalibrationError(IvfPerceptionError):
+class CalibrationError(IvfPerceptionError, ValueError):
     """The model or the calibration data cannot be calibrated (no labels, no classifier to fold into)."""
 
 

@@ -105,9 +105,10 @@ def test_a_fine_tune_of_the_bundled_default_inherits_its_lineage(tmp_path: Path)
     trainer = start_run(cfg, origin={"recipe": "training/recipes/s4fusion_finetune_bag.yaml", "overrides": []})
     lineage = run_lineage(trainer.run_dir)
     bundled = read_sidecar(DEFAULT_WEIGHTS).lineage
-    assert len(bundled) == 8 and lineage[:8] == bundled
-    assert lineage[8] == {"weights": "default", "sha256": file_sha256(DEFAULT_WEIGHTS)}
-    assert lineage[9] == {"run": "ft", "recipe": "training/recipes/s4fusion_finetune_bag.yaml", "overrides": [],
+    assert len(bundled) == 9 and lineage[:9] == bundled  # eight stages and the calibration
+    assert bundled[8]["calibration"] == "class_bias"
+    assert lineage[9] == {"weights": "default", "sha256": file_sha256(DEFAULT_WEIGHTS)}
+    assert lineage[10] == {"run": "ft", "recipe": "training/recipes/s4fusion_finetune_bag.yaml", "overrides": [],
                           "max_steps": 5, "started_from": "default"}
 
 
