@@ -265,35 +265,38 @@ class CalibrationSet:
 def collect_logits(model: nn.Module, dataset: Any, device: torch.device, *, progress: bool = False) -> CalibrationSet:
     """Run ``model`` over ``dataset`` at full size and keep the scores of the labelled pixels.
 
-    Each image goes through :func:`~ivf_training.objectives.forward_full_size` (the padding
-    ``ivf-train eval`` uses), in float32; the scores are kept in float16, half the memory (200
-    scenes of 320×240: 280 MB), which the fit counts exactly (its ties follow argmax).
+    Each labelled image goes through :func:`~ivf_training.objectives.forward_full_size` (the
+    padding ``ivf-train eval`` uses), in float32; images without a labelled pixel are skipped
+    unrun. The scores are kept in float16, half the memory (200 scenes of 320×240: 280 MB),
+    which the fit counts exactly (its ties follow argmax).
 
     Raises:
-        CalibrationError: the set is empty or has no labelled pixel.
+        CalibrationError: the set is empty or has no labelled pixel (naming the set).
     """
     from tqdm import tqdm
 
+    description = describe_dataset(dataset)
     if len(dataset) == 0:
-        raise CalibrationError("the calibration dataset is empty")
+        raise CalibrationError(f"the calibration set {description} is empty")
     scores, truths = [], []
     probe = None
     for index in tqdm(range(len(dataset)), disable=not progress, unit="img", desc="calibration set"):
         sample = dataset[index]
+        labels = sample["labels"].to(device).flatten()
+        keep = labels != IGNORE_INDEX
+        if not bool(keep.any()):
+            continue
         rgb, thermal = sample["rgb"][None].to(device), sample["thermal"][None].to(device)
         probe = probe or (rgb, thermal)
         logits = forward_full_size(model, rgb, thermal, _no_autocast).logits
         if logits is None:
             raise CalibrationError("the model is fusion-only (no class scores): there is nothing to calibrate")
-        labels = sample["labels"].to(device).flatten()
-        keep = labels != IGNORE_INDEX
         scores.append(logits[0].flatten(1)[:, keep].half().cpu())
         truths.append(labels[keep].cpu())
-    labels = torch.cat(truths)
-    if labels.numel() == 0:
-        raise CalibrationError("the calibration dataset has no labelled pixel")
-    assert probe is not None
-    return CalibrationSet(torch.cat(scores, dim=1), labels, probe, describe_dataset(dataset))
+    if probe is None:
+        raise CalibrationError(f"the calibration set {description} has no labelled pixel in its {len(dataset)} "
+                               "images; calibration needs labels")
+    return CalibrationSet(torch.cat(scores, dim=1), torch.cat(truths), probe, description)
 
 
 @dataclass

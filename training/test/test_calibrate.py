@@ -19,6 +19,7 @@ from ivf_training.calibrate import (
     CalibrationError,
     calibrate_weights,
     calibration_scene_seeds,
+    collect_logits,
     confusion_with_biases,
     fit_class_biases,
     fold_class_biases,
@@ -205,6 +206,28 @@ def test_an_output_without_the_safetensors_suffix_is_refused_before_any_work(tmp
     with pytest.raises(CalibrationError, match="sweeps >= 1"):
         calibrate_weights(source, tmp_path / "out.safetensors", "generated", options=SCENES, sweeps=0)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w.json", "w.safetensors"]
+
+
+def test_a_set_without_labels_is_refused_without_running_the_model() -> None:
+    """A folder of unlabelled pairs (e.g. a bag extraction without a label topic): every image is
+    skipped before the forward pass, and the error names the set."""
+
+    class Unlabelled(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 3
+
+        def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+            return {"rgb": torch.rand(3, 64, 64), "thermal": torch.rand(1, 64, 64),
+                    "labels": torch.full((64, 64), IGNORE_INDEX)}
+
+        def describe(self) -> dict[str, str]:
+            return {"kind": "folder", "root": "night_drive"}
+
+    def never_run(rgb: torch.Tensor, thermal: torch.Tensor) -> FusionSegOutput:
+        raise AssertionError("the model ran on an unlabelled image")
+
+    with pytest.raises(CalibrationError, match="night_drive.*no labelled pixel in its 3 images"):
+        collect_logits(never_run, Unlabelled(), torch.device("cpu"))  # type: ignore[arg-type]
 
 
 def test_fusion_only_weights_are_refused(tmp_path: Path) -> None:
