@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -218,7 +219,7 @@ def fold_class_biases(model: nn.Module, biases: Sequence[float], rgb: torch.Tens
     k = len(offsets)
     trial = torch.arange(1, k + 1, dtype=torch.float32)
     with torch.no_grad():
-        reference = forward_full_size(model, rgb, thermal, _no_autocast).logits
+        reference = forward_full_size(model, rgb, thermal, nullcontext).logits
         if reference is None or reference.shape[1] != k:
             raise CalibrationError(f"the model gives {None if reference is None else reference.shape[1]} class "
                                    f"scores, the offsets are for {k}")
@@ -231,17 +232,13 @@ def fold_class_biases(model: nn.Module, biases: Sequence[float], rgb: torch.Tens
                 continue
             original = bias.detach().clone()
             bias.add_(trial.to(bias))
-            shifted = forward_full_size(model, rgb, thermal, _no_autocast).logits
+            shifted = forward_full_size(model, rgb, thermal, nullcontext).logits
             bias.copy_(original)
             if shifted is not None and float((shifted - expected).abs().max()) <= tolerance:
                 bias.add_(offsets.to(bias))
                 return name
     raise CalibrationError(f"{getattr(model, 'variant', type(model).__name__)}: no layer with {k} outputs and a bias "
                            "shifts the logits by a constant, so the offsets cannot be folded into the weights")
-
-
-def _no_autocast() -> torch.autocast:
-    return torch.autocast("cpu", enabled=False)
 
 
 @dataclass
@@ -288,7 +285,7 @@ def collect_logits(model: nn.Module, dataset: Any, device: torch.device, *, prog
             continue
         rgb, thermal = sample["rgb"][None].to(device), sample["thermal"][None].to(device)
         probe = probe or (rgb, thermal)
-        logits = forward_full_size(model, rgb, thermal, _no_autocast).logits
+        logits = forward_full_size(model, rgb, thermal, nullcontext).logits
         if logits is None:
             raise CalibrationError("the model is fusion-only (no class scores): there is nothing to calibrate")
         scores.append(logits[0].flatten(1)[:, keep].half().cpu())
@@ -306,7 +303,6 @@ class CalibrationResult:
     out: Path
     fit: BiasFit
     layer: str
-    record: dict[str, Any]
 
 
 def calibrate_weights(weights: str | Path, out: str | Path, kind: str, root: str | Path | None = None,
@@ -367,7 +363,7 @@ def calibrate_weights(weights: str | Path, out: str | Path, kind: str, root: str
     }
     calibrated = replace(info, quality={}, lineage=[*info.lineage, record])
     written = save_weights({k: v.cpu() for k, v in model.state_dict().items()}, out, calibrated)
-    return CalibrationResult(written, fit, layer, record)
+    return CalibrationResult(written, fit, layer)
 
 
 def calibration_scene_seeds(info: WeightsInfo) -> set[int]:
